@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Create .venv with the pinned stack and kexport installed in editable mode.
+# torch==2.13.0 is pinned exactly: that CPU wheel is available locally; any
+# other version would pull a multi-GB CUDA build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3.11}
+command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e ".[all,dev]"

@@ -1,0 +1,53 @@
+"""kexport: export Keras 3 models from any backend to verified inference artifacts.
+
+Public API::
+
+    kexport.export_model(model, "out", format="tf_saved_model")
+    archive = kexport.ExportArchive(); ...; archive.write_out("out")
+
+Heavy frameworks are imported only when a function needs them, so
+``import kexport`` stays fast.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from kexport._version import __version__
+from kexport.api import export_model, export_saved_model
+from kexport.errors import (
+    ArtifactError,
+    CaptureError,
+    KexportError,
+    SignatureError,
+    UnsupportedRouteError,
+    VerificationError,
+    WriteError,
+)
+from kexport.registry import routes
+
+if TYPE_CHECKING:
+    from kexport.archive import ExportArchive
+
+__all__ = [
+    "ArtifactError",
+    "CaptureError",
+    "ExportArchive",
+    "KexportError",
+    "SignatureError",
+    "UnsupportedRouteError",
+    "VerificationError",
+    "WriteError",
+    "__version__",
+    "export_model",
+    "export_saved_model",
+    "routes",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ExportArchive":
+        from kexport.archive import ExportArchive
+
+        return ExportArchive
+    raise AttributeError(f"module 'kexport' has no attribute {name!r}")

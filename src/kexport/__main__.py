@@ -1,0 +1,5 @@
+"""``python -m kexport``."""
+
+from kexport.cli import main
+
+raise SystemExit(main())

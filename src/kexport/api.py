@@ -1,0 +1,75 @@
+"""The public export functions: ``export_model`` and one per format."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from kexport.errors import SignatureError, describe
+
+__all__ = ["export_model", "export_saved_model"]
+
+
+def _check_common(model: Any, filepath: Any, verbose: Any) -> None:
+    import keras
+
+    if not isinstance(model, keras.layers.Layer):
+        raise SignatureError(
+            f"Expected `model` to be a Keras model or layer. Received: {describe(model)}"
+        )
+    if not isinstance(filepath, (str, os.PathLike)) or not os.fspath(filepath):
+        raise SignatureError(
+            f"Expected `filepath` to be a non-empty str or pathlib.Path. "
+            f"Received: {describe(filepath)}"
+        )
+    if verbose is not None and not isinstance(verbose, bool):
+        raise SignatureError(
+            f"Expected `verbose` to be True, False or None. Received: {describe(verbose)}"
+        )
+
+
+def export_model(model: Any, filepath: str | os.PathLike[str], format: str = "tf_saved_model",
+                 verbose: bool | None = None, input_signature: Any | None = None,
+                 **kwargs: Any) -> None:
+    """Export a Keras model (or layer) as a standalone inference artifact.
+
+    Args:
+        model: a built Keras model or layer, on any backend.
+        filepath: where to write the artifact (``str`` or ``pathlib.Path``).
+        format: the artifact format; see ``kexport.registry.FORMATS``.
+        verbose: ``True`` prints a summary, ``False`` nothing, ``None`` the
+            format's default.
+        input_signature: the inputs' shapes and dtypes; computed from the
+            model when omitted (batch dimension dynamic).
+        **kwargs: format/backend options. JAX: ``is_static``,
+            ``jax2tf_kwargs``.
+
+    Example:
+
+    ```python
+    kexport.export_model(model, "path/to/location")
+    reloaded = tf.saved_model.load("path/to/location")
+    predictions = reloaded.serve(input_data)
+    ```
+
+    Raises:
+        SignatureError: bad arguments or a signature that does not fit.
+        UnsupportedRouteError: unknown format or no route from this backend.
+        CaptureError, WriteError: when a pipeline step fails (nothing is left
+            half-written and an existing artifact at ``filepath`` is kept).
+    """
+    import keras
+
+    from kexport import registry
+
+    _check_common(model, filepath, verbose)
+    route = registry.resolve(keras.backend.backend(), format)
+    route.load()(model, filepath, verbose=verbose, input_signature=input_signature, **kwargs)
+
+
+def export_saved_model(model: Any, filepath: str | os.PathLike[str],
+                       verbose: bool | None = None, input_signature: Any | None = None,
+                       **kwargs: Any) -> None:
+    """Export ``model`` as a TensorFlow SavedModel; see :func:`export_model`."""
+    export_model(model, filepath, format="tf_saved_model", verbose=verbose,
+                 input_signature=input_signature, **kwargs)

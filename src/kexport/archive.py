@@ -1,0 +1,207 @@
+"""``ExportArchive``: several serving endpoints in one artifact.
+
+The archive records endpoints (as traced ``tf.function`` objects produced by
+the backend's capture, see :mod:`kexport.capture`) and the resources they use,
+then hands them to a format writer in :meth:`ExportArchive.write_out`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from kexport.capture._base import TracedEndpoint
+from kexport.errors import SignatureError, describe
+from kexport.signature import normalize
+
+__all__ = ["ExportArchive"]
+
+_RESERVED = {"variables", "trainable_variables", "non_trainable_variables", "signatures"}
+
+
+def _check_name(name: Any, what: str) -> str:
+    if not isinstance(name, str) or not name:
+        raise SignatureError(f"Expected {what} to be a non-empty str. Received: "
+                             f"{describe(name)}")
+    if not name.isidentifier():
+        raise SignatureError(
+            f"Expected {what} to be a Python identifier (letters, digits, _; "
+            f"no path separators), so it can be an attribute and a file name. "
+            f"Received: {name!r}"
+        )
+    return name
+
+
+class ExportArchive:
+    """Build an inference artifact with one or more serving endpoints.
+
+    Example:
+
+    ```python
+    archive = kexport.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        name="serve",
+        fn=model.call,
+        input_signature=[keras.InputSpec(shape=(None, 3), dtype="float32")],
+    )
+    archive.write_out("path/to/location")
+
+    reloaded = tf.saved_model.load("path/to/location")
+    outputs = reloaded.serve(inputs)
+    ```
+
+    Every endpoint becomes a serving signature (visible to TF-Serving); the
+    first one is also ``serving_default`` unless an endpoint has that name.
+    Variables used by endpoints are tracked automatically; call
+    :meth:`track` to expose ``variables``, ``trainable_variables`` and
+    ``non_trainable_variables`` on the reloaded object, or to add TensorFlow
+    resources such as lookup tables.
+    """
+
+    def __init__(self) -> None:
+        import keras
+
+        from kexport import capture
+
+        self.backend: str = keras.backend.backend()
+        self._capture = capture.for_backend(self.backend)
+        self._endpoints: dict[str, TracedEndpoint] = {}
+        self._collections: dict[str, list[Any]] = {}
+
+    @property
+    def endpoint_names(self) -> list[str]:
+        """Names of the endpoints added so far, in order."""
+        return list(self._endpoints)
+
+    @property
+    def endpoints(self) -> list[TracedEndpoint]:
+        """The traced endpoints, in the order they were added."""
+        return list(self._endpoints.values())
+
+    def track(self, resource: Any) -> Any:
+        """Track the variables of a layer/model, or a TensorFlow resource.
+
+        Args:
+            resource: a built Keras layer or model, or a TensorFlow trackable
+                (e.g. ``tf.lookup.StaticHashTable``).
+
+        Returns:
+            ``resource``, for chaining.
+        """
+        self._capture.track(resource)
+        return resource
+
+    def add_endpoint(self, name: str, fn: Callable[..., Any],
+                     input_signature: Any | None = None, **kwargs: Any) -> Any:
+        """Register a serving endpoint.
+
+        Args:
+            name: the endpoint's name; an attribute of the reloaded object and
+                a serving signature key.
+            fn: a model method (``model.call``), any callable using tracked
+                layers (``lambda x: model(x, training=True)``), or a
+                ``tf.function`` that was called at least once.
+            input_signature: one entry per positional argument of ``fn``;
+                each a spec or a list/tuple/dict of specs (``keras.InputSpec``,
+                ``tf.TensorSpec``, ``keras.KerasTensor`` or tensors).
+            **kwargs: on the JAX backend, ``is_static`` (bool, default
+                ``False``: non-trainable state such as RNG seeds is updated)
+                and ``jax2tf_kwargs`` (dict for ``jax2tf.convert``;
+                ``polymorphic_shapes`` and ``native_serialization`` are
+                computed when absent).
+
+        Returns:
+            The ``tf.function`` wrapping ``fn`` that the archive will save.
+
+        Raises:
+            SignatureError: duplicate name, or unknown input shapes.
+            CaptureError: when tracing ``fn`` fails.
+        """
+        _check_name(name, "the endpoint `name`")
+        if name in self._endpoints:
+            raise SignatureError(
+                f"Endpoint name '{name}' is already taken. Expected a new name. "
+                f"Existing endpoints: {list(self._endpoints)}"
+            )
+        if name in self._collections or name in _RESERVED:
+            raise SignatureError(
+                f"Expected an endpoint name not used by a variable collection or "
+                f"reserved ({sorted(_RESERVED)}). Received: {name!r}"
+            )
+        if not callable(fn):
+            raise SignatureError(f"Expected `fn` to be callable. Received: {describe(fn)}")
+        signature = None if input_signature is None else normalize(input_signature)
+        endpoint = self._capture.trace(name, fn, signature, **kwargs)
+        self._endpoints[name] = endpoint
+        return endpoint.function
+
+    def track_and_add_endpoint(self, name: str, resource: Any, input_signature: Any,
+                               **kwargs: Any) -> Any:
+        """Track ``resource`` and add an endpoint that calls it.
+
+        The returned ``tf.function`` may be called inside a later
+        ``tf.function`` endpoint, e.g. to combine TensorFlow preprocessing
+        with the model.
+        """
+        self.track(resource)
+        return self.add_endpoint(name, resource.__call__, input_signature, **kwargs)
+
+    def add_variable_collection(self, name: str, variables: Any) -> None:
+        """Expose ``variables`` as attribute ``name`` of the reloaded object.
+
+        Args:
+            name: attribute name on the reloaded object.
+            variables: a list, tuple or set of ``keras.Variable`` objects.
+        """
+        import keras
+
+        _check_name(name, "the collection `name`")
+        if name in self._endpoints or name in self._collections or name in _RESERVED:
+            raise SignatureError(
+                f"Expected a collection name not already used by an endpoint or "
+                f"collection and not reserved. Received: {name!r}"
+            )
+        if not isinstance(variables, (list, tuple, set)) or not all(
+                isinstance(v, keras.Variable) for v in variables):
+            raise SignatureError(
+                "Expected `variables` to be a list/tuple/set of keras.Variable. "
+                f"Received: {describe(variables)}"
+            )
+        self._collections[name] = self._capture.collection(list(variables))
+
+    def write_out(self, filepath: str | os.PathLike[str], options: Any | None = None,
+                  verbose: bool = True, format: str = "tf_saved_model") -> None:
+        """Write the artifact to ``filepath`` atomically.
+
+        Args:
+            filepath: where to write (a folder for SavedModel).
+            options: a ``tf.saved_model.SaveOptions`` (SavedModel only).
+            verbose: print a summary of endpoints and files written.
+            format: the artifact format.
+
+        Raises:
+            SignatureError: when no endpoint was added.
+            WriteError: when writing fails; nothing is left half-written.
+        """
+        from kexport import registry
+
+        registry.format_info(format)
+        if not self._endpoints:
+            raise SignatureError(
+                "Expected at least one endpoint before write_out(). Received an "
+                "archive with none: call add_endpoint() first."
+            )
+        writer = registry.archive_writer(format)
+        writer(self, filepath, options=options, verbose=verbose)
+
+    # -- for writers ----------------------------------------------------------
+    @property
+    def collections(self) -> dict[str, list[Any]]:
+        """Variable collections, name -> list of ``tf.Variable``."""
+        return dict(self._collections)
+
+    def trackables(self) -> dict[str, Any]:
+        """What the artifact must hold: variables, resources, tracked state."""
+        return self._capture.trackables()

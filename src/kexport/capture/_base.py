@@ -1,0 +1,349 @@
+"""What every capture shares: variable bookkeeping, tables, names, outputs."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from kexport.errors import CaptureError, SignatureError
+from kexport.signature import Spec, flat_names, flatten_with_paths, map_structure, sanitize_name
+
+__all__ = ["Capture", "TracedEndpoint", "discover_layers", "owner_model", "output_names"]
+
+
+def _is_keras_layer(obj: Any) -> bool:
+    import keras
+
+    return isinstance(obj, keras.layers.Layer)
+
+
+def discover_layers(fn: Callable[..., Any]) -> list[Any]:
+    """Keras layers that ``fn`` uses: its bound ``self``, closure cells, globals.
+
+    This is how endpoints "track automatically" the models they call, e.g.
+    ``model.call`` or ``lambda x: model(x, training=True)``.
+    """
+    found: list[Any] = []
+
+    def add(obj: Any) -> None:
+        if _is_keras_layer(obj) and all(obj is not f for f in found):
+            found.append(obj)
+
+    seen: set[int] = set()
+
+    def visit(f: Any, depth: int = 0) -> None:
+        if f is None or id(f) in seen or depth > 3:
+            return
+        seen.add(id(f))
+        if _is_keras_layer(f):
+            add(f)
+            return
+        add(getattr(f, "__self__", None))
+        f = getattr(f, "python_function", f)  # tf.function
+        f = getattr(f, "__func__", f)
+        for cell in getattr(f, "__closure__", None) or ():
+            try:
+                value = cell.cell_contents
+            except ValueError:
+                continue
+            if callable(value) and not _is_keras_layer(value):
+                visit(value, depth + 1)
+            add(value)
+        code = getattr(f, "__code__", None)
+        glb = getattr(f, "__globals__", {})
+        if code is not None:
+            for name in code.co_names:
+                value = glb.get(name)
+                add(value)
+
+    visit(fn)
+    return found
+
+
+def owner_model(fn: Callable[..., Any]) -> Any | None:
+    """The single Keras model/layer ``fn`` calls, when there is exactly one."""
+    layers = discover_layers(fn)
+    return layers[0] if len(layers) == 1 else None
+
+
+def _model_output_names(model: Any, count: int) -> list[str] | None:
+    names = getattr(model, "output_names", None)
+    if names is None and getattr(model, "_functional", None) is not None:
+        layers = getattr(model, "layers", None)
+        names = [layers[-1].name] if layers else None
+    if names is not None and len(names) == count:
+        return [str(n) for n in names]
+    return None
+
+
+def output_names(structure: Any, owner: Any | None) -> list[str]:
+    """Names for the flat outputs of an endpoint.
+
+    Dict outputs are named by their keys; a Functional or Sequential model's
+    outputs by their output layers' names; anything else ``output_{i}``.
+    """
+    pairs = flatten_with_paths(structure)
+    names: list[str] = []
+    if pairs and all(any(isinstance(p, str) for p in path) for path, _ in pairs):
+        names = ["_".join(str(p) for p in path if isinstance(p, str)) for path, _ in pairs]
+    elif owner is not None:
+        names = _model_output_names(owner, len(pairs)) or []
+    if not names:
+        names = [f"output_{i}" for i in range(len(pairs))]
+    out, seen = [], set()
+    for base in names:
+        base = sanitize_name(base)
+        name, n = base, 1
+        while name in seen:
+            name, n = f"{base}_{n}", n + 1
+        seen.add(name)
+        out.append(name)
+    return out
+
+
+@dataclass
+class TracedEndpoint:
+    """One endpoint after capture.
+
+    Attributes:
+        name: the endpoint's name (a signature key in a SavedModel).
+        function: the ``tf.function`` with a fixed input signature.
+        signature: one structure of :class:`Spec` per positional argument.
+        input_names: one unique name per flat input.
+        output_names: one unique name per flat output.
+        output_specs: one :class:`Spec` per flat output.
+    """
+
+    name: str
+    function: Any
+    signature: list[Any]
+    input_names: list[str]
+    output_names: list[str] = field(default_factory=list)
+    output_specs: list[Spec] = field(default_factory=list)
+    owner: Any | None = None
+
+
+class Capture:
+    """Base class: trace endpoints into ``tf.function`` over ``tf.Variable`` state.
+
+    Subclasses implement :meth:`_trace` (and may override :meth:`_variables_of`)
+    for their backend. The archive calls :meth:`track`, :meth:`trace`,
+    :meth:`collection` and reads :meth:`trackables`.
+    """
+
+    backend: str = ""
+
+    def __init__(self) -> None:
+        self._tracked_layers: list[Any] = []
+        self._resources: list[Any] = []  # non-variable TF trackables (tables)
+        self._variables: dict[int, Any] = {}  # id(tf var) -> tf var
+
+    # -- tracking -------------------------------------------------------------
+    def track(self, resource: Any) -> None:
+        """Track a Keras layer/model or a TensorFlow trackable resource."""
+        import tensorflow as tf
+
+        if _is_keras_layer(resource):
+            if any(resource is t for t in self._tracked_layers):
+                return
+            if not resource.built:
+                raise CaptureError(
+                    f"Expected a built layer or model. Received: "
+                    f"{type(resource).__name__} '{resource.name}' which is not "
+                    "built; call it on data (or build it) before tracking it."
+                )
+            self._tracked_layers.append(resource)
+            for v in self._variables_of(resource):
+                self._variables[id(v)] = v
+            for table in _lookup_tables(resource):
+                self._add_resource(table)
+            return
+        if isinstance(resource, tf.__internal__.tracking.Trackable):
+            self._add_resource(resource)
+            return
+        raise CaptureError(
+            "Expected a Keras layer/model or a TensorFlow trackable resource "
+            f"(e.g. tf.lookup.StaticHashTable). Received: {type(resource).__name__}"
+        )
+
+    def _add_resource(self, resource: Any) -> None:
+        if all(resource is not r for r in self._resources):
+            self._resources.append(resource)
+
+    def _variables_of(self, layer: Any) -> list[Any]:
+        """The ``tf.Variable`` objects that hold ``layer``'s state."""
+        raise NotImplementedError
+
+    def collection(self, variables: Any) -> list[Any]:
+        """The ``tf.Variable`` objects behind Keras ``variables``."""
+        raise NotImplementedError
+
+    def trackables(self) -> dict[str, Any]:
+        """What the written artifact must hold for its functions to run."""
+        tracked_vars = []
+        for layer in self._tracked_layers:
+            tracked_vars.extend(self._variables_of(layer))
+        return {
+            "variables": list(self._variables.values()),
+            "resources": list(self._resources),
+            "tracked": tracked_vars,
+            "tracked_layers": list(self._tracked_layers),
+        }
+
+    # -- tracing --------------------------------------------------------------
+    def trace(self, name: str, fn: Callable[..., Any], signature: list[Any] | None,
+              **kwargs: Any) -> TracedEndpoint:
+        """Trace ``fn`` into a ``tf.function`` for the endpoint ``name``."""
+        import tensorflow as tf
+
+        owner = owner_model(fn)
+        for layer in discover_layers(fn):
+            self.track(layer) if layer.built else None
+        if isinstance(fn, tf.types.experimental.PolymorphicFunction) or hasattr(
+                fn, "get_concrete_function"):
+            if kwargs:
+                raise SignatureError(
+                    f"Endpoint '{name}' is a tf.function; extra arguments "
+                    f"{sorted(kwargs)} cannot be applied to it."
+                )
+            function, signature = _traced_tf_function(name, fn, signature)
+        else:
+            if signature is None:
+                raise SignatureError(
+                    f"Endpoint '{name}': the shapes and dtypes of the inputs of "
+                    "`fn` are unknown. Expected `input_signature=` (a list with "
+                    "one spec per positional argument) or a tf.function that "
+                    "was called at least once. Received: input_signature=None"
+                )
+            _check_positional(name, fn, signature)
+            function = self._trace(name, fn, signature, **kwargs)
+        try:
+            concrete = function.get_concrete_function()
+        except Exception as e:  # noqa: BLE001 - report which endpoint failed
+            raise CaptureError(
+                f"Step 2/3 (capture, {self.backend} backend): tracing endpoint "
+                f"'{name}' failed: {type(e).__name__}: {e}"
+            ) from e
+        for v in concrete.variables:
+            self._variables.setdefault(id(v), v)
+        outputs = concrete.structured_outputs
+        endpoint = TracedEndpoint(
+            name=name,
+            function=function,
+            signature=signature,
+            input_names=flat_names(signature),
+            owner=owner,
+        )
+        endpoint.output_names = output_names(outputs, owner)
+        endpoint.output_specs = [
+            Spec(tuple(t.shape.as_list()), _np_dtype(t.dtype), n)
+            for (_, t), n in zip(flatten_with_paths(_to_plain(outputs)), endpoint.output_names)
+        ]
+        return endpoint
+
+    def _trace(self, name: str, fn: Callable[..., Any], signature: list[Any],
+               **kwargs: Any) -> Any:
+        raise NotImplementedError
+
+
+def _to_plain(structure: Any) -> Any:
+    """Turn TF's wrapped dict/list outputs into plain Python containers."""
+    from collections.abc import Mapping
+
+    if isinstance(structure, Mapping):
+        return {k: _to_plain(v) for k, v in structure.items()}
+    if isinstance(structure, (list, tuple)):
+        return [_to_plain(v) for v in structure]
+    return structure
+
+
+def _np_dtype(dtype: Any) -> str:
+    from kexport.signature import _dtype_name
+
+    return _dtype_name(dtype)
+
+
+def tf_specs(signature: list[Any], names: list[str]) -> list[Any]:
+    """``tf.TensorSpec`` structures for ``signature``, named by ``names``."""
+    import tensorflow as tf
+
+    from kexport.signature import pack_as
+
+    flat = [spec for _, spec in flatten_with_paths(signature)]
+    ordered = [tf.TensorSpec(s.shape, tf.as_dtype(s.dtype), name=n) for s, n in zip(flat, names)]
+    return pack_as(list(signature), ordered)
+
+
+def _from_tf_spec(spec: Any) -> Spec:
+    from kexport.signature import _to_spec
+
+    return _to_spec(spec)
+
+
+def _traced_tf_function(name: str, fn: Any, signature: list[Any] | None) -> tuple[Any, list[Any]]:
+    """Use an existing ``tf.function``: with its own signature or a traced one."""
+    import tensorflow as tf
+
+    if signature is not None:
+        names = flat_names(signature)
+        specs = tf_specs(signature, names)
+        concrete = fn.get_concrete_function(*specs)
+        return _as_function(concrete, specs), signature
+    concretes = fn._list_all_concrete_functions()  # noqa: SLF001 - only way to read traces
+    if not concretes:
+        raise SignatureError(
+            f"Endpoint '{name}' is a tf.function that was never called, so its "
+            "input shapes are unknown. Call it once on sample data, or pass "
+            "`input_signature=`."
+        )
+    concrete = concretes[0]
+    args, _ = concrete.structured_input_signature
+    signature = [map_structure(_from_tf_spec, a) for a in args]
+    return _as_function(concrete, list(args)), signature
+
+
+def _as_function(concrete: Any, specs: list[Any]) -> Any:
+    import tensorflow as tf
+
+    @tf.function(input_signature=specs, autograph=False)
+    def endpoint(*args: Any) -> Any:
+        return concrete(*args)
+
+    return endpoint
+
+
+def _check_positional(name: str, fn: Callable[..., Any], signature: list[Any]) -> None:
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return
+    if any(p.kind == p.VAR_POSITIONAL for p in params):
+        return
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    required = [p for p in positional if p.default is p.empty]
+    if not (len(required) <= len(signature) <= len(positional)):
+        raise SignatureError(
+            f"Endpoint '{name}': expected `input_signature` to hold one entry per "
+            f"positional argument of `fn` ({', '.join(p.name for p in positional)}). "
+            f"Received {len(signature)} entries."
+        )
+
+
+def _lookup_tables(layer: Any) -> list[Any]:
+    """TensorFlow lookup tables held by Keras lookup layers inside ``layer``."""
+    import keras
+
+    kinds = (keras.layers.StringLookup, keras.layers.IntegerLookup,
+             keras.layers.TextVectorization)
+    tables = []
+    sublayers = [layer] + list(layer._flatten_layers(include_self=False))  # noqa: SLF001
+    for sub in sublayers:
+        if not isinstance(sub, kinds):
+            continue
+        inner = getattr(sub, "_lookup_layer", sub)
+        table = getattr(inner, "lookup_table", None)
+        if table is not None:
+            tables.append(table)
+    return tables

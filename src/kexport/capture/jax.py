@@ -1,0 +1,150 @@
+"""JAX backend: endpoints become stateless JAX functions, converted by ``jax2tf``.
+
+The model's state lives in ``tf.Variable`` copies of its Keras variables. A
+traced endpoint reads them, calls the ``jax2tf``-converted stateless function
+and, unless ``is_static=True``, writes updated non-trainable state (seed
+generator counters, for instance) back, so the artifact behaves like the live
+model call after call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from kexport.capture._base import Capture, tf_specs
+from kexport.errors import CaptureError, SignatureError
+from kexport.signature import Spec, flat_names, map_structure
+
+__all__ = ["JaxCapture", "polymorphic_shapes_for"]
+
+
+def polymorphic_shapes_for(signature: list[Any]) -> list[Any]:
+    """``jax2tf`` polymorphic shape strings for each positional argument.
+
+    A dynamic axis 0 is ``batch`` in every input (so inputs that are combined
+    along the batch agree); any other dynamic axis ``k`` is ``d{k}``, shared
+    across inputs at the same position. Pass ``jax2tf_kwargs={"polymorphic_shapes":
+    ...}`` for models whose inputs have independent dynamic dims.
+    """
+
+    def one(spec: Spec) -> str:
+        dims = []
+        for axis, d in enumerate(spec.shape):
+            if d is None:
+                dims.append("batch" if axis == 0 else f"d{axis}")
+            else:
+                dims.append(str(d))
+        return "(" + ", ".join(dims) + (",)" if len(dims) == 1 else ")")
+
+    return [map_structure(one, arg) for arg in signature]
+
+
+class JaxCapture(Capture):
+    """Converts Keras functions on the JAX backend with ``jax2tf``."""
+
+    backend = "jax"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._by_keras_id: dict[int, Any] = {}  # id(keras var) -> tf.Variable
+        self._keras_vars: dict[int, Any] = {}  # id(keras var) -> keras var
+
+    def _tf_var(self, v: Any) -> Any:
+        import numpy as np
+        import tensorflow as tf
+
+        key = id(v)
+        if key not in self._by_keras_id:
+            value = np.asarray(v.value)
+            self._by_keras_id[key] = tf.Variable(
+                value, dtype=tf.as_dtype(value.dtype), trainable=bool(v.trainable),
+                name=v.path.replace("/", "_") if getattr(v, "path", None) else None,
+            )
+            self._keras_vars[key] = v
+        return self._by_keras_id[key]
+
+    def _variables_of(self, layer: Any) -> list[Any]:
+        return [self._tf_var(v) for v in layer.variables]
+
+    def collection(self, variables: Any) -> list[Any]:
+        return [self._tf_var(v) for v in variables]
+
+    def _trace(self, name: str, fn: Callable[..., Any], signature: list[Any],
+               is_static: bool = False, jax2tf_kwargs: dict[str, Any] | None = None,
+               **kwargs: Any) -> Any:
+        import keras
+        import tensorflow as tf
+        from jax.experimental import jax2tf
+
+        if kwargs:
+            raise SignatureError(
+                f"Endpoint '{name}': unexpected keyword arguments {sorted(kwargs)}. "
+                "Expected only `is_static` and `jax2tf_kwargs` on the JAX backend."
+            )
+        if not isinstance(is_static, bool):
+            raise SignatureError(
+                f"Expected `is_static` to be a bool. Received: is_static={is_static!r}"
+            )
+        if not self._tracked_layers:
+            raise CaptureError(
+                f"Endpoint '{name}': no Keras layer or model is tracked and none "
+                "could be found in `fn`. Call archive.track(model) first."
+            )
+        keras_vars = []
+        for layer in self._tracked_layers:
+            for v in layer.variables:
+                if all(v is not k for k in keras_vars):
+                    keras_vars.append(v)
+        trainable = [v for v in keras_vars if v.trainable]
+        frozen = [v for v in keras_vars if not v.trainable]
+        tf_trainable = [self._tf_var(v) for v in trainable]
+        tf_frozen = [self._tf_var(v) for v in frozen]
+
+        def stateless(trainable_values: list[Any], frozen_values: list[Any], *args: Any) -> Any:
+            mapping = list(zip(trainable, trainable_values)) + list(zip(frozen, frozen_values))
+            with keras.StatelessScope(state_mapping=mapping) as scope:
+                outputs = fn(*args)
+            if is_static:
+                return outputs
+            updated = []
+            for v, old in zip(frozen, frozen_values):
+                new = scope.get_current_value(v)
+                updated.append(old if new is None else new)
+            return outputs, updated
+
+        options = dict(jax2tf_kwargs or {})
+        if not isinstance(options, dict):
+            raise SignatureError(
+                f"Expected `jax2tf_kwargs` to be a dict. Received: {jax2tf_kwargs!r}"
+            )
+        user_shapes = options.pop("polymorphic_shapes", None)
+        poly = [None, None] + list(user_shapes or polymorphic_shapes_for(signature))
+        options.setdefault("native_serialization", True)
+        if options.get("native_serialization") is False:
+            raise SignatureError(
+                "jax2tf in this JAX version only supports native serialization. "
+                "Expected jax2tf_kwargs['native_serialization'] to be True or "
+                "unset. Received: False"
+            )
+        options.pop("native_serialization")  # the only mode left; passing it warns
+        try:
+            converted = jax2tf.convert(stateless, polymorphic_shapes=poly, **options)
+        except TypeError as e:
+            raise SignatureError(f"Endpoint '{name}': invalid jax2tf_kwargs: {e}") from e
+        specs = tf_specs(signature, flat_names(signature))
+
+        @tf.function(input_signature=specs, autograph=False)
+        def endpoint(*args: Any) -> Any:
+            values = converted([v.read_value() for v in tf_trainable],
+                               [v.read_value() for v in tf_frozen], *args)
+            if is_static:
+                return values
+            outputs, updated = values
+            for var, new in zip(tf_frozen, updated):
+                var.assign(new)
+            return outputs
+
+        endpoint.__name__ = name
+        return endpoint
+

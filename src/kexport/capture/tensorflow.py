@@ -1,0 +1,43 @@
+"""TensorFlow backend: endpoints are traced directly with ``tf.function``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from kexport.capture._base import Capture, tf_specs
+from kexport.signature import flat_names
+
+__all__ = ["TensorFlowCapture"]
+
+
+class TensorFlowCapture(Capture):
+    """Traces Keras functions with ``tf.function`` on the TensorFlow backend.
+
+    Keras variables on this backend wrap ``tf.Variable`` objects, so the traced
+    graph reads and updates the model's own state (seed generators advance,
+    as they would in the live model).
+    """
+
+    backend = "tensorflow"
+
+    def _variables_of(self, layer: Any) -> list[Any]:
+        return [v.value for v in layer.variables]
+
+    def collection(self, variables: Any) -> list[Any]:
+        return [getattr(v, "value", v) for v in variables]
+
+    def _trace(self, name: str, fn: Callable[..., Any], signature: list[Any],
+               **kwargs: Any) -> Any:
+        import tensorflow as tf
+
+        if kwargs:
+            from kexport.errors import SignatureError
+
+            raise SignatureError(
+                f"Endpoint '{name}': unexpected keyword arguments for the "
+                f"TensorFlow backend: {sorted(kwargs)}. `is_static` and "
+                "`jax2tf_kwargs` only apply to the JAX backend."
+            )
+        specs = tf_specs(signature, flat_names(signature))
+        return tf.function(fn, input_signature=specs, autograph=False)

@@ -1,0 +1,64 @@
+"""Typed errors raised by kexport.
+
+Every error kexport raises on purpose is a :class:`KexportError`. Each child
+names the pipeline stage that failed, so callers can catch exactly what they
+can handle (``except SignatureError``) and scripts can map errors to exit
+codes. Messages follow one pattern: what was expected, what was received, and
+what to do next when a fix is known.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ArtifactError",
+    "CaptureError",
+    "KexportError",
+    "SignatureError",
+    "UnsupportedRouteError",
+    "VerificationError",
+    "WriteError",
+]
+
+
+class KexportError(Exception):
+    """Base class of every error kexport raises on purpose."""
+
+
+class SignatureError(KexportError, ValueError):
+    """The input signature is missing, malformed or does not fit the model."""
+
+
+class CaptureError(KexportError, RuntimeError):
+    """Tracing the model's computation on its backend failed."""
+
+
+class WriteError(KexportError, OSError):
+    """Writing the artifact to disk failed; nothing was left half-written."""
+
+
+class UnsupportedRouteError(KexportError, NotImplementedError):
+    """No route can produce the requested format from this backend here."""
+
+
+class ArtifactError(KexportError, ValueError):
+    """A path given to kexport is not an artifact kexport can open."""
+
+
+class VerificationError(KexportError, AssertionError):
+    """The artifact does not compute what the live model computes.
+
+    Attributes:
+        report: the verification report that failed, when one exists.
+    """
+
+    def __init__(self, message: str, report: object | None = None) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+def describe(value: object) -> str:
+    """Return ``value`` as Keras-style error text: ``repr (of type T)``."""
+    text = repr(value)
+    if len(text) > 200:
+        text = text[:197] + "..."
+    return f"{text} (of type {type(value).__name__})"

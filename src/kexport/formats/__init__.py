@@ -1,0 +1,1 @@
+"""Format writers: one module per artifact format (see kexport.registry)."""

@@ -1,0 +1,140 @@
+"""TensorFlow SavedModel writer.
+
+Layout of what we write (a normal SavedModel, nothing kexport-specific is
+needed to load it):
+
+- one attribute per endpoint on the root object (``reloaded.serve(x)``),
+  taking and returning the same structures as the Keras function;
+- one serving signature per endpoint, taking inputs keyed by the Keras input
+  names and returning outputs keyed by the Keras output names; the first
+  endpoint is also ``serving_default`` unless one already has that name;
+- ``variables`` / ``trainable_variables`` / ``non_trainable_variables`` of the
+  tracked layers, and every variable collection, as root attributes;
+- ``assets.extra/kexport.json``: producer, versions, backend, endpoint specs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import TYPE_CHECKING, Any
+
+from kexport import _summary
+from kexport._atomic import atomic_target
+from kexport.errors import CaptureError, SignatureError, WriteError
+from kexport.signature import flatten, normalize_for_model, pack_as
+
+if TYPE_CHECKING:
+    from kexport.archive import ExportArchive
+    from kexport.capture._base import TracedEndpoint
+
+__all__ = ["DEFAULT_ENDPOINT", "METADATA_FILE", "export", "write_archive"]
+
+DEFAULT_ENDPOINT = "serve"
+SERVING_DEFAULT = "serving_default"
+METADATA_FILE = os.path.join("assets.extra", "kexport.json")
+
+
+def _signature_function(endpoint: TracedEndpoint) -> Any:
+    """A flat, named ``tf.function`` for the endpoint's serving signature."""
+    import tensorflow as tf
+
+    flat = flatten(endpoint.signature)
+    specs = [tf.TensorSpec(s.shape, tf.as_dtype(s.dtype), name=n)
+             for s, n in zip(flat, endpoint.input_names)]
+    structure = endpoint.signature
+    names = endpoint.output_names
+
+    @tf.function(input_signature=specs, autograph=False)
+    def signature(*flat_inputs: Any) -> dict[str, Any]:
+        args = pack_as(list(structure), list(flat_inputs))
+        outputs = endpoint.function(*args)
+        return dict(zip(names, tf.nest.flatten(outputs)))
+
+    return signature
+
+
+def metadata(archive: ExportArchive) -> dict[str, Any]:
+    """What the artifact says about itself (no local paths)."""
+    import keras
+
+    from kexport._version import __version__
+
+    return {
+        "producer": "kexport",
+        "producer_version": __version__,
+        "keras_version": keras.__version__,
+        "backend": archive.backend,
+        "endpoints": {
+            e.name: {
+                "inputs": [dict(s.to_json(), name=n)
+                           for s, n in zip(flatten(e.signature), e.input_names)],
+                "outputs": [s.to_json() for s in e.output_specs],
+            }
+            for e in archive.endpoints
+        },
+    }
+
+
+def write_archive(archive: ExportArchive, filepath: str | os.PathLike[str],
+                  options: Any | None = None, verbose: bool = True) -> None:
+    """Write ``archive`` as a SavedModel at ``filepath`` (atomically)."""
+    import tensorflow as tf
+
+    if options is not None and not isinstance(options, tf.saved_model.SaveOptions):
+        raise SignatureError(
+            "Expected `options` to be a tf.saved_model.SaveOptions. Received: "
+            f"{type(options).__name__}"
+        )
+    root = tf.__internal__.tracking.AutoTrackable()
+    state = archive.trackables()
+    root._kexport_all_variables = list(state["variables"])  # noqa: SLF001
+    root._kexport_resources = list(state["resources"])  # noqa: SLF001
+    if state["tracked_layers"]:
+        tracked = state["tracked"]
+        root.variables = list(tracked)
+        root.trainable_variables = [v for v in tracked if v.trainable]
+        root.non_trainable_variables = [v for v in tracked if not v.trainable]
+    for name, variables in archive.collections.items():
+        setattr(root, name, list(variables))
+    signatures = {}
+    for endpoint in archive.endpoints:
+        setattr(root, endpoint.name, endpoint.function)
+        signatures[endpoint.name] = _signature_function(endpoint).get_concrete_function()
+    first = archive.endpoints[0].name
+    if SERVING_DEFAULT not in signatures:
+        signatures[SERVING_DEFAULT] = signatures[first]
+    with atomic_target(filepath, is_dir=True) as tmp:
+        try:
+            tf.saved_model.save(root, os.fspath(tmp), signatures=signatures, options=options)
+        except (ValueError, AssertionError) as e:
+            if "untracked" in str(e).lower():
+                raise CaptureError(
+                    f"Step 3/3 (write, tf_saved_model): an endpoint uses a "
+                    f"TensorFlow resource that is not tracked: {e}. Next step: "
+                    "call archive.track(resource) for it."
+                ) from e
+            raise WriteError(f"Step 3/3 (write, tf_saved_model) failed: {e}") from e
+        meta_path = tmp / METADATA_FILE
+        meta_path.parent.mkdir(parents=True, exist_ok=True)
+        meta_path.write_text(json.dumps(metadata(archive), indent=2, sort_keys=True))
+    if verbose:
+        _summary.print_summary("tf_saved_model", archive.endpoints, filepath,
+                               default=first if first != SERVING_DEFAULT else None)
+
+
+def export(model: Any, filepath: str | os.PathLike[str], *, verbose: bool | None = None,
+           input_signature: Any | None = None, **kwargs: Any) -> None:
+    """Export ``model`` for inference as a SavedModel (the native route).
+
+    The single endpoint ``serve`` calls ``model(..., training=False)``.
+    """
+    from kexport.archive import ExportArchive
+
+    signature = normalize_for_model(model, input_signature)
+    archive = ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        DEFAULT_ENDPOINT, lambda *args: model(*args, training=False), signature, **kwargs
+    )
+    archive.write_out(filepath, verbose=True if verbose is None else verbose)

@@ -1,0 +1,203 @@
+"""The route registry: which backend can write which format, and how.
+
+A *route* is one way from a Keras backend to an artifact format: a capture
+plus a writer, or a re-host onto another backend plus that backend's route.
+This module is the only place that maps backends and formats to code; the
+rest of kexport asks it (``resolve``, ``capture_for``) instead of branching on
+``keras.backend.backend()``. Adding a format or a backend means adding rows
+here and one module beside the others.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import importlib.util
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from kexport.errors import UnsupportedRouteError
+
+if TYPE_CHECKING:
+    from kexport.capture import Capture
+
+__all__ = ["BACKENDS", "FORMATS", "Format", "Route", "archive_writer", "capture_for", "format_info",
+           "resolve", "routes"]
+
+BACKENDS: tuple[str, ...] = ("tensorflow", "jax", "torch")
+
+
+@dataclass(frozen=True)
+class Format:
+    """One artifact format.
+
+    Attributes:
+        name: the ``format=`` value.
+        description: one line for tables and help.
+        suffix: the usual file suffix, ``""`` for folder formats.
+        packages: importable modules the format's runtime needs.
+        extra: the pip extra that installs them.
+        archive_writer: ``"module:function"`` writing an ``ExportArchive``.
+    """
+
+    name: str
+    description: str
+    suffix: str
+    packages: tuple[str, ...]
+    extra: str
+    archive_writer: str
+
+
+@dataclass(frozen=True)
+class Route:
+    """One way to produce ``format`` from ``backend``.
+
+    Attributes:
+        backend: the Keras backend the model lives on.
+        format: the artifact format produced.
+        kind: ``"native"`` (traced on the model's own backend) or ``"rehost"``.
+        via: the building blocks used, for people.
+        target: ``"module:function"`` that performs the export.
+        packages: importable modules this route needs.
+        extra: the pip extra that installs them.
+    """
+
+    backend: str
+    format: str
+    kind: str
+    via: str
+    target: str
+    packages: tuple[str, ...]
+    extra: str
+
+    @property
+    def missing(self) -> tuple[str, ...]:
+        """Required modules that cannot be imported here."""
+        return tuple(p for p in self.packages if importlib.util.find_spec(p) is None)
+
+    @property
+    def available(self) -> bool:
+        """Whether every package this route needs is installed."""
+        return not self.missing
+
+    @property
+    def reason(self) -> str:
+        """Why the route is unavailable, with the command that fixes it."""
+        if not self.missing:
+            return ""
+        return (f"missing {', '.join(self.missing)}: "
+                f"pip install 'kexport[{self.extra}]'")
+
+    def load(self) -> Callable[..., Any]:
+        """Import and return the function that performs this route."""
+        module, _, func = self.target.partition(":")
+        return getattr(importlib.import_module(module), func)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-able row (``kexport formats --json``)."""
+        return {"backend": self.backend, "format": self.format, "kind": self.kind,
+                "via": self.via, "available": self.available, "reason": self.reason}
+
+
+FORMATS: dict[str, Format] = {
+    "tf_saved_model": Format(
+        "tf_saved_model", "TensorFlow SavedModel (TF-Serving, TF runtimes)", "",
+        ("tensorflow",), "tensorflow", "kexport.formats.saved_model:write_archive"),
+}
+
+_CAPTURES: dict[str, tuple[str, tuple[str, ...], str]] = {
+    "tensorflow": ("kexport.capture.tensorflow:TensorFlowCapture", ("tensorflow",), "tensorflow"),
+    "jax": ("kexport.capture.jax:JaxCapture", ("tensorflow", "jax"), "jax"),
+}
+
+_ROUTES: list[Route] = [
+    Route("tensorflow", "tf_saved_model", "native", "tf.function -> tf.saved_model",
+          "kexport.formats.saved_model:export", ("tensorflow",), "tensorflow"),
+    Route("jax", "tf_saved_model", "native", "jax2tf -> tf.function -> tf.saved_model",
+          "kexport.formats.saved_model:export", ("tensorflow", "jax"), "jax"),
+]
+
+
+def routes(backend: str | None = None, format: str | None = None) -> list[Route]:
+    """The registered routes, optionally filtered, best first within each cell.
+
+    Args:
+        backend: keep only routes from this backend.
+        format: keep only routes to this format.
+    """
+    return [r for r in _ROUTES
+            if (backend is None or r.backend == backend)
+            and (format is None or r.format == format)]
+
+
+def format_info(format: str) -> Format:
+    """The :class:`Format` named ``format``.
+
+    Raises:
+        UnsupportedRouteError: for unknown names, with a did-you-mean.
+    """
+    if not isinstance(format, str) or format not in FORMATS:
+        names = sorted(FORMATS)
+        hint = difflib.get_close_matches(str(format), names, n=1)
+        more = f" Did you mean '{hint[0]}'?" if hint else ""
+        raise UnsupportedRouteError(
+            f"Expected `format` to be one of {names}. Received: "
+            f"format={format!r}.{more}"
+        )
+    return FORMATS[format]
+
+
+def archive_writer(format: str) -> Callable[..., Any]:
+    """The function that writes an ``ExportArchive`` in ``format``."""
+    target = format_info(format).archive_writer
+    module, _, func = target.partition(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def resolve(backend: str, format: str) -> Route:
+    """The first available route from ``backend`` to ``format``.
+
+    Raises:
+        UnsupportedRouteError: when the format is unknown, or no route exists
+            or none is installed (the message says what to install).
+    """
+    format_info(format)
+    candidates = routes(backend, format)
+    for route in candidates:
+        if route.available:
+            return route
+    if candidates:
+        reasons = "; ".join(f"{r.kind} ({r.via}): {r.reason}" for r in candidates)
+        raise UnsupportedRouteError(
+            f"Cannot export format '{format}' from the {backend} backend here: {reasons}"
+        )
+    others = sorted({r.backend for r in routes(format=format)})
+    raise UnsupportedRouteError(
+        f"Exporting format '{format}' from the {backend} backend is not "
+        f"available yet. Backends with a route to it: {others}. Next step: "
+        f"load the model with KERAS_BACKEND set to one of them and export there."
+    )
+
+
+def capture_for(backend: str) -> Capture:
+    """A fresh capture (endpoint tracer) for ``backend``.
+
+    Raises:
+        UnsupportedRouteError: when no capture exists for ``backend`` here.
+    """
+    if backend not in _CAPTURES:
+        raise UnsupportedRouteError(
+            f"ExportArchive is not available on the {backend} backend yet. "
+            f"Expected one of {sorted(_CAPTURES)}. Next step: load the model "
+            "with KERAS_BACKEND=tensorflow or jax and build the archive there."
+        )
+    target, packages, extra = _CAPTURES[backend]
+    missing = [p for p in packages if importlib.util.find_spec(p) is None]
+    if missing:
+        raise UnsupportedRouteError(
+            f"The {backend} capture needs {', '.join(missing)}: "
+            f"pip install 'kexport[{extra}]'"
+        )
+    module, _, cls = target.partition(":")
+    return getattr(importlib.import_module(module), cls)()
