@@ -45,8 +45,6 @@ class FreshProcess:
         if self._pool is None:
             ctx = multiprocessing.get_context("spawn")
             self._pool = ProcessPoolExecutor(max_workers=1, mp_context=ctx)
-        import fresh  # noqa: F401 - fail fast if the helper module is broken
-
         return self._pool.submit(_dispatch, func, args, kwargs).result(timeout=600)
 
     def close(self) -> None:
@@ -55,15 +53,17 @@ class FreshProcess:
 
 
 def _dispatch(func, args, kwargs):
-    import fresh
+    import importlib
 
-    return getattr(fresh, func)(*args, **kwargs)
+    module, _, name = func.rpartition(":")
+    return getattr(importlib.import_module(module or "fresh"), name)(*args, **kwargs)
 
 
 @pytest.fixture(scope="session")
 def fresh_process():
     """Call ``fresh_process("function_name", *args)`` to run ``fresh.function_name``
-    in a separate process that has never imported Keras or kexport."""
+    (or ``"module:function"`` for another module in tests/) in a separate
+    process that has never imported Keras or kexport."""
     proc = FreshProcess()
     yield proc
     proc.close()
