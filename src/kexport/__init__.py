@@ -25,11 +25,13 @@ from kexport.errors import (
     WriteError,
 )
 from kexport.registry import routes
+from kexport.runtime import Artifact, load
 
 if TYPE_CHECKING:
     from kexport.archive import ExportArchive
 
 __all__ = [
+    "Artifact",
     "ArtifactError",
     "CaptureError",
     "ExportArchive",
@@ -41,6 +43,7 @@ __all__ = [
     "__version__",
     "export_model",
     "export_saved_model",
+    "load",
     "routes",
 ]
 

@@ -22,8 +22,8 @@ from kexport.errors import UnsupportedRouteError
 if TYPE_CHECKING:
     from kexport.capture import Capture
 
-__all__ = ["BACKENDS", "FORMATS", "Format", "Route", "archive_writer", "capture_for", "format_info",
-           "resolve", "routes"]
+__all__ = ["BACKENDS", "FORMATS", "RUNTIMES", "Format", "Route", "archive_writer", "capture_for",
+           "format_info", "resolve", "routes", "runtime_for", "runtime_formats"]
 
 BACKENDS: tuple[str, ...] = ("tensorflow", "jax", "torch")
 
@@ -117,6 +117,34 @@ _ROUTES: list[Route] = [
     Route("jax", "tf_saved_model", "native", "jax2tf -> tf.function -> tf.saved_model",
           "kexport.formats.saved_model:export", ("tensorflow", "jax"), "jax"),
 ]
+
+
+# Artifact runtimes (``kexport.load``): format -> loader module exposing
+# ``detect(path) -> bool`` and ``open(path, given) -> Artifact``. Detection
+# tries them in this order.
+RUNTIMES: dict[str, str] = {
+    "tf_saved_model": "kexport.runtime.saved_model",
+    "onnx": "kexport.runtime.onnx",
+}
+
+
+def runtime_formats() -> list[str]:
+    """Formats that :func:`kexport.load` can open, in detection order."""
+    return list(RUNTIMES)
+
+
+def runtime_for(format: str) -> str:
+    """The loader module name for ``format``.
+
+    Raises:
+        UnsupportedRouteError: when no runtime is registered for ``format``.
+    """
+    if format not in RUNTIMES:
+        raise UnsupportedRouteError(
+            f"Expected a format with a runtime, one of {list(RUNTIMES)}. "
+            f"Received: format={format!r}"
+        )
+    return RUNTIMES[format]
 
 
 def routes(backend: str | None = None, format: str | None = None) -> list[Route]:
