@@ -1,0 +1,845 @@
+"""Re-hosting: rebuild a model on another Keras backend in a child process.
+
+Keras picks its backend once per process, so a route that needs another
+backend (PyTorch -> SavedModel without ``torch_xla``, JAX -> a format only the
+TensorFlow backend writes, ...) works in four steps:
+
+1. *describe* (parent): every tracked model becomes data: its Keras config
+   (``keras.saving.serialize_keras_object``) and the values of **all** its
+   variables, seed-generator states and BatchNorm statistics included (a
+   ``.keras`` file drops seed states). Endpoints become :class:`EndpointRecipe`
+   objects: which tracked model, which method, which constant keyword
+   arguments (``training=False``), which input signature.
+2. *rebuild and export* (child, ``KERAS_BACKEND=<target>``, clean
+   environment, private temporary folder): the models are rebuilt from their
+   configs, their variables assigned, the endpoints re-created from the
+   recipes and the artifact written with the target backend's native route.
+   The child then reloads the artifact with the format's own runtime and runs
+   it on sample inputs.
+3. *verify* (parent): the child's outputs are compared with the live model's
+   (the user's own endpoint functions) at two batch sizes; a difference is a
+   :class:`~kexport.errors.VerificationError` with a per-output report.
+4. *place* (parent): only then is the artifact moved to ``filepath``
+   atomically (an earlier artifact there is kept on any failure).
+
+The public entry points are :func:`rehost_export` (one model, any format) and
+:class:`RehostCapture` (an ``ExportArchive`` capture that records endpoints as
+data and re-hosts at ``write_out``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dis
+import inspect
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kexport.capture._base import Capture, TracedEndpoint, output_names
+from kexport.errors import (
+    CaptureError,
+    KexportError,
+    SignatureError,
+    UnsupportedRouteError,
+    VerificationError,
+    WriteError,
+    describe,
+)
+from kexport.signature import Spec, flat_names, flatten, flatten_with_paths, pack_as
+
+__all__ = [
+    "DEFAULT_ATOL",
+    "DEFAULT_RTOL",
+    "EndpointRecipe",
+    "RehostCapture",
+    "describe_endpoint",
+    "rehost_export",
+    "rehost_problem",
+]
+
+DEFAULT_ATOL = 1e-4
+DEFAULT_RTOL = 1e-3
+CHILD_TIMEOUT_S = 900
+_BATCHES = (2, 5)
+_DYNAMIC_DIM = 4  # size used for dynamic non-batch axes in sample inputs
+
+
+# -- endpoints as data -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class EndpointRecipe:
+    """An endpoint described as data, so another process can re-create it.
+
+    Attributes:
+        name: the endpoint's name.
+        model: index of the tracked model it calls.
+        method: the method of that model it calls (``"__call__"``, ``"call"``, ...).
+        kwargs: constant keyword arguments, e.g. ``{"training": False}``.
+        signature: one :class:`Spec` structure per positional argument.
+    """
+
+    name: str
+    model: int
+    method: str
+    kwargs: dict[str, Any]
+    signature: list[Any]
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-able form (see :func:`_specs_to_json`)."""
+        return {"name": self.name, "model": self.model, "method": self.method,
+                "kwargs": dict(self.kwargs), "signature": _specs_to_json(self.signature)}
+
+
+_NOISE_OPS = {"RESUME", "PUSH_NULL", "PRECALL", "CACHE", "NOP", "COPY_FREE_VARS", "MAKE_CELL",
+              "EXTENDED_ARG"}
+_LOAD_OBJ = {"LOAD_GLOBAL", "LOAD_DEREF", "LOAD_CLOSURE", "LOAD_NAME", "LOAD_FAST"}
+_CONST_TYPES = (bool, int, float, str, type(None))
+
+
+def _is_layer(obj: Any) -> bool:
+    import keras
+
+    return isinstance(obj, keras.layers.Layer)
+
+
+def _resolve_name(fn: Any, name: str) -> Any:
+    """The object a name in ``fn``'s code refers to (closure cell, then globals)."""
+    code = fn.__code__
+    cells = dict(zip(code.co_freevars, fn.__closure__ or (), strict=False))
+    if name in cells:
+        try:
+            return cells[name].cell_contents
+        except ValueError:
+            return None
+    glb = getattr(fn, "__globals__", {})
+    if name in glb:
+        return glb[name]
+    return getattr(glb.get("__builtins__", {}), name, None)
+
+
+def _describe_code(fn: Any) -> tuple[Any, str, dict[str, Any]] | str:
+    """Match ``fn``'s bytecode against ``obj[.method](*params, k=const, ...)``.
+
+    Returns:
+        ``(obj, method, kwargs)`` when ``fn`` only forwards its positional
+        parameters to one method of one object with constant keyword
+        arguments; otherwise a short reason why it does not.
+    """
+    code = fn.__code__
+    params = list(code.co_varnames[:code.co_argcount])
+    star = code.co_varnames[code.co_argcount + code.co_kwonlyargcount] \
+        if code.co_flags & inspect.CO_VARARGS else None
+    ops = [i for i in dis.get_instructions(fn) if i.opname not in _NOISE_OPS]
+    pos = 0
+
+    def take(*names: str) -> Any | None:
+        nonlocal pos
+        if pos < len(ops) and ops[pos].opname in names:
+            pos += 1
+            return ops[pos - 1]
+        return None
+
+    first = take(*_LOAD_OBJ)
+    if first is None:
+        return "it does not start by loading a model"
+    if first.opname == "LOAD_FAST":
+        return f"it calls its own argument '{first.argval}', not a tracked model"
+    obj = _resolve_name(fn, first.argval)
+    method = "__call__"
+    attr = take("LOAD_ATTR", "LOAD_METHOD")
+    if attr is not None:
+        method = str(attr.argval)
+    if star is not None and not params:
+        if take("LOAD_FAST") is None or ops[pos - 1].argval != star:
+            return f"it does not pass *{star} on unchanged"
+        kwargs: dict[str, Any] = {}
+        if pos < len(ops) and ops[pos].opname == "LOAD_CONST":
+            values = []
+            while (c := take("LOAD_CONST")) is not None:
+                values.append(c.argval)
+            build = take("BUILD_MAP")
+            if build is None or len(values) != 2 * build.argval:
+                return "its keyword arguments are not constants"
+            kwargs = dict(zip(values[::2], values[1::2], strict=False))
+        call = take("CALL_FUNCTION_EX")
+        if call is None:
+            return "it does more than one call"
+    else:
+        for p in params:
+            load = take("LOAD_FAST")
+            if load is None or load.argval != p:
+                return ("it does not pass its arguments "
+                        f"({', '.join(params)}) on unchanged and in order")
+        consts = []
+        while (c := take("LOAD_CONST")) is not None:
+            consts.append(c.argval)
+        kw = take("KW_NAMES")
+        names = tuple(code.co_consts[kw.arg]) if kw is not None else ()
+        if len(names) != len(consts):
+            return "it passes extra positional values that are not its arguments"
+        kwargs = dict(zip(names, consts, strict=False))
+        if take("CALL", "CALL_FUNCTION", "CALL_METHOD", "CALL_FUNCTION_KW") is None:
+            return "it does more than one call"
+    if take("RETURN_VALUE") is None or pos != len(ops):
+        return "it does more than return the result of one call"
+    if not all(isinstance(v, _CONST_TYPES) for v in kwargs.values()):
+        return "its keyword arguments are not plain constants"
+    return obj, method, kwargs
+
+
+def describe_endpoint(name: str, fn: Callable[..., Any], models: list[Any],
+                      signature: list[Any], backend: str, host: str) -> EndpointRecipe:
+    """Describe endpoint ``fn`` as an :class:`EndpointRecipe`.
+
+    ``fn`` may be a Keras layer/model, one of its bound methods
+    (``model.call``, ``model.__call__``, ``model.encode``) or a function or
+    lambda that forwards its arguments to one such method with constant
+    keyword arguments (``lambda x: model(x, training=False)``). Models not in
+    ``models`` yet are appended to it (tracked automatically).
+
+    Raises:
+        UnsupportedRouteError: when ``fn`` is anything else, e.g. a closure
+            with extra computation; the message says how to make it fit.
+    """
+    obj: Any = None
+    method = "__call__"
+    kwargs: dict[str, Any] = {}
+    why = ""
+    if _is_layer(fn):
+        obj = fn
+    elif inspect.ismethod(fn) and _is_layer(fn.__self__):
+        obj, method = fn.__self__, fn.__func__.__name__
+    elif inspect.isfunction(fn):
+        found = _describe_code(fn)
+        if isinstance(found, str):
+            why = found
+        else:
+            obj, method, kwargs = found
+            if not _is_layer(obj):
+                why = f"it calls {describe(obj)}, which is not a Keras layer or model"
+    else:
+        why = f"it is a {type(fn).__name__}, not a model method or a plain function"
+    if not why and not callable(getattr(obj, method, None)):
+        why = f"{type(obj).__name__} has no method '{method}'"
+    if why:
+        raise UnsupportedRouteError(
+            f"Endpoint '{name}': on the {backend} backend, ExportArchive endpoints are "
+            f"re-hosted onto the {host} backend, so they must be described as data. "
+            "Expected a model method (model.call, model.__call__, model.some_method) or a "
+            "lambda/function that passes its arguments to one tracked model's method "
+            "with constant keyword arguments (lambda x: model(x, training=False)). "
+            f"Received: {describe(fn)}, which cannot be described because {why}. "
+            "Next step: move the extra computation into a method of a custom model "
+            "registered with @keras.saving.register_keras_serializable() in an importable "
+            f"module, or build the archive with KERAS_BACKEND={host}."
+        )
+    if not obj.built:
+        raise CaptureError(
+            f"Endpoint '{name}': expected a built layer or model. Received: "
+            f"{type(obj).__name__} '{obj.name}' which is not built; call it on data first."
+        )
+    index = next((i for i, m in enumerate(models) if m is obj), None)
+    if index is None:
+        models.append(obj)
+        index = len(models) - 1
+    return EndpointRecipe(name, index, method, kwargs, signature)
+
+
+# -- can a model be re-hosted? ------------------------------------------------------------------
+def rehost_problem(model: Any) -> str:
+    """Why ``model`` cannot be rebuilt in a child process, or ``""`` when it can.
+
+    Every class of the model's layers must be importable by module name in a
+    new process: classes defined in ``__main__`` or inside a function are not.
+    """
+    import keras
+
+    problems = []
+    seen: set[type] = set()
+    for layer in model._flatten_layers(include_self=True):
+        cls = type(layer)
+        if cls in seen or cls.__module__.split(".")[0] == "keras":
+            continue
+        seen.add(cls)
+        where = ""
+        if cls.__module__ == "__main__":
+            where = "in __main__ (the script or notebook being run)"
+        elif "<locals>" in cls.__qualname__:
+            where = f"inside a function ({cls.__module__}.{cls.__qualname__})"
+        if where:
+            registered = keras.saving.get_registered_name(cls)
+            problems.append(
+                f"class {cls.__name__} (layer '{layer.name}') is defined {where}, so the "
+                f"child process that rebuilds the model cannot import it"
+                + ("" if registered != cls.__name__ else " and it is not registered")
+            )
+    if not problems:
+        return ""
+    return ("; ".join(problems) + ". Next step: move the class into a module importable "
+            "from sys.path (e.g. my_layers.py), decorate it with "
+            "@keras.saving.register_keras_serializable(), implement get_config(), and "
+            "import it from there.")
+
+
+def _check_rehostable(models: list[Any], host: str) -> None:
+    for m in models:
+        problem = rehost_problem(m)
+        if problem:
+            raise UnsupportedRouteError(
+                f"Cannot re-host model '{m.name}' onto the {host} backend: {problem}"
+            )
+
+
+# -- JSON forms of signatures ------------------------------------------------------------------
+def _specs_to_json(structure: Any) -> Any:
+    if isinstance(structure, Spec):
+        return {"__spec__": structure.to_json()}
+    if isinstance(structure, Mapping):
+        return {"__dict__": [[k, _specs_to_json(v)] for k, v in structure.items()]}
+    if isinstance(structure, tuple):
+        return {"__tuple__": [_specs_to_json(v) for v in structure]}
+    if isinstance(structure, list):
+        return [_specs_to_json(v) for v in structure]
+    raise SignatureError(f"Expected a Spec structure. Received: {describe(structure)}")
+
+
+def specs_from_json(data: Any) -> Any:
+    """Inverse of the JSON form written for the child process."""
+    if isinstance(data, list):
+        return [specs_from_json(v) for v in data]
+    if "__spec__" in data:
+        s = data["__spec__"]
+        return Spec(tuple(s["shape"]), s["dtype"], s["name"])
+    if "__tuple__" in data:
+        return tuple(specs_from_json(v) for v in data["__tuple__"])
+    return {k: specs_from_json(v) for k, v in data["__dict__"]}
+
+
+# -- sample inputs and live outputs -----------------------------------------------------------
+def _sample(spec: Spec, batch: int, rng: Any) -> Any | None:
+    import numpy as np
+
+    shape = [batch if (i == 0 and d is None) else (_DYNAMIC_DIM if d is None else d)
+             for i, d in enumerate(spec.shape)]
+    dtype = np.dtype(spec.dtype) if spec.dtype != "string" else None
+    if dtype is None:
+        return None
+    if dtype.kind == "f":
+        return rng.standard_normal(shape).astype(dtype)
+    if dtype.kind in "iu":
+        return rng.integers(0, 2, shape).astype(dtype)
+    if dtype.kind == "b":
+        return rng.random(shape) > 0.5
+    return None
+
+
+def _flat_numpy(outputs: Any) -> list[Any]:
+    import keras
+    import numpy as np
+
+    return [np.asarray(keras.ops.convert_to_numpy(t)) for _, t in flatten_with_paths(outputs)]
+
+
+def _all_variables(models: list[Any]) -> list[Any]:
+    out: list[Any] = []
+    for m in models:
+        for v in m.variables:
+            if all(v is not o for o in out):
+                out.append(v)
+    return out
+
+
+@contextlib.contextmanager
+def _state_kept(models: list[Any]) -> Any:
+    """Run live calls without leaving a trace in the models' state."""
+    import numpy as np
+
+    variables = _all_variables(models)
+    saved = [np.array(v.numpy() if hasattr(v, "numpy") else v) for v in variables]
+    try:
+        yield
+    finally:
+        for v, value in zip(variables, saved, strict=False):
+            v.assign(value)
+
+
+def _same(a: list[Any], b: list[Any]) -> bool:
+    import numpy as np
+
+    return len(a) == len(b) and all(
+        x.shape == y.shape and np.array_equal(x, y) for x, y in zip(a, b, strict=False))
+
+
+def _live_cases(recipes: list[tuple[EndpointRecipe, Callable[..., Any]]],
+                models: list[Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Sample inputs per endpoint and batch, and the live outputs for them.
+
+    An endpoint whose live outputs differ between two identical calls (random
+    layers in training mode) is marked ``deterministic=False``: only shapes
+    and dtypes are compared for it.
+    """
+    import keras
+    import numpy as np
+
+    rng = np.random.default_rng(20240607)
+    arrays: dict[str, Any] = {}
+    cases: dict[str, Any] = {}
+    for recipe, fn in recipes:
+        entries = []
+        for b, batch in enumerate(_BATCHES):
+            flat_specs = flatten(recipe.signature)
+            flat = [_sample(s, batch, rng) for s in flat_specs]
+            if any(x is None for x in flat):
+                entries = []
+                break
+            args = pack_as(list(recipe.signature),
+                           [keras.ops.convert_to_tensor(x) for x in flat])
+            with _state_kept(models):
+                first = _flat_numpy(fn(*args))
+                second = _flat_numpy(fn(*args))
+            key = f"{recipe.name}__b{b}"
+            for i, x in enumerate(flat):
+                arrays[f"in__{key}__{i}"] = x
+            entries.append({"key": key, "inputs": len(flat), "live": first,
+                            "deterministic": _same(first, second)})
+        cases[recipe.name] = entries
+    return arrays, cases
+
+
+def _compare(cases: dict[str, Any], outputs: Mapping[str, Any], atol: float,
+             rtol: float) -> list[dict[str, Any]]:
+    import numpy as np
+
+    report = []
+    for name, entries in cases.items():
+        for entry in entries:
+            live = entry["live"]
+            got = [outputs[f"out__{entry['key']}__{i}"]
+                   for i in range(sum(k.startswith(f"out__{entry['key']}__") for k in outputs))]
+            row: dict[str, Any] = {"endpoint": name, "batch": _BATCHES[int(entry["key"][-1])],
+                                   "compared": "values" if entry["deterministic"] else "shapes",
+                                   "outputs": []}
+            ok = len(got) == len(live)
+            for i, (x, y) in enumerate(zip(live, got, strict=False)):
+                y = np.asarray(y)
+                same_shape = x.shape == y.shape
+                err = float(np.max(np.abs(x.astype("float64") - y.astype("float64")))) \
+                    if same_shape and x.size and x.dtype.kind in "fiub" else 0.0
+                good = same_shape and (not entry["deterministic"]
+                                       or np.allclose(y, x, atol=atol, rtol=rtol))
+                ok = ok and good
+                row["outputs"].append({"index": i, "live_shape": list(x.shape),
+                                       "artifact_shape": list(y.shape),
+                                       "max_abs_error": err, "ok": bool(good)})
+            if len(got) != len(live):
+                row["count"] = {"live": len(live), "artifact": len(got)}
+            row["ok"] = bool(ok)
+            report.append(row)
+    return report
+
+
+# -- serialising models -------------------------------------------------------------------------
+def _serialize(models: list[Any], host: str, work: Path) -> tuple[list[str], list[str]]:
+    """Write each model's config (JSON) and variables (npz); return file names and imports."""
+    import keras
+    import numpy as np
+
+    files, modules = [], []
+    for i, m in enumerate(models):
+        try:
+            config = keras.saving.serialize_keras_object(m)
+            text = json.dumps(config)
+        except Exception as e:
+            raise UnsupportedRouteError(
+                f"Step 1/3 (re-host onto {host}: serialise the model) failed for "
+                f"'{m.name}': {type(e).__name__}: {e}. Next step: give custom layers a "
+                "get_config() that returns every argument of their __init__."
+            ) from e
+        (work / f"model{i}.json").write_text(text)
+        values = {f"v{j}": np.asarray(keras.ops.convert_to_numpy(v.value))
+                  for j, v in enumerate(m.variables)}
+        np.savez(work / f"model{i}.npz", **values)
+        files.append(f"model{i}")
+        for layer in m._flatten_layers(include_self=True):
+            mod = type(layer).__module__
+            if mod.split(".")[0] != "keras" and mod not in modules:
+                modules.append(mod)
+    return files, modules
+
+
+def _child_env(host: str, work: Path) -> dict[str, str]:
+    """A clean environment: the target backend, the parent's import path, nothing else."""
+    path = []
+    for entry in sys.path:
+        entry = os.path.abspath(entry or os.getcwd())
+        if os.path.isdir(entry) and entry not in path:
+            path.append(entry)
+    env = {"KERAS_BACKEND": host, "PYTHONPATH": os.pathsep.join(path),
+           "KERAS_HOME": str(work / ".keras"), "HOME": str(work),
+           "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONHASHSEED": "0",
+           "PYTHONDONTWRITEBYTECODE": "1"}
+    for key in ("PATH", "LANG", "LC_ALL", "SYSTEMROOT", "TMPDIR", "CUDA_VISIBLE_DEVICES"):
+        if key in os.environ:
+            env[key] = os.environ[key]
+    return env
+
+
+_ERRORS: dict[str, type[KexportError]] = {
+    c.__name__: c for c in (SignatureError, CaptureError, WriteError, UnsupportedRouteError,
+                            VerificationError)}
+
+
+def _run_child(job: dict[str, Any], work: Path, host: str) -> dict[str, Any]:
+    (work / "job.json").write_text(json.dumps(job))
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "kexport.capture._rehost_child", str(work)],
+            env=_child_env(host, work), cwd=work, capture_output=True, text=True,
+            timeout=CHILD_TIMEOUT_S, check=False)
+    except subprocess.TimeoutExpired as e:
+        raise CaptureError(
+            f"Step 2/3 (re-host onto {host}): the child process did not finish in "
+            f"{CHILD_TIMEOUT_S} s."
+        ) from e
+    result_file = work / "result.json"
+    if not result_file.exists():
+        tail = (proc.stderr or proc.stdout or "").strip()[-1500:]
+        raise CaptureError(
+            f"Step 2/3 (re-host onto {host}): the child process exited with code "
+            f"{proc.returncode} without a result. Its last output:\n{tail}"
+        )
+    result = json.loads(result_file.read_text())
+    if result.get("ok"):
+        return result
+    stage, kind, message = result["stage"], result["type"], result["message"]
+    if stage == "rebuild":
+        raise UnsupportedRouteError(
+            f"Step 1/3 (re-host: rebuild the model on the {host} backend) failed: "
+            f"{kind}: {message}. Next step: custom layers and models must live in an "
+            "importable module, be registered with "
+            "@keras.saving.register_keras_serializable() and implement get_config()."
+        )
+    cls = _ERRORS.get(kind, CaptureError)
+    prefix = {"export": f"Step 2/3 (re-host: export on the {host} backend)",
+              "run": f"Step 3/3 (re-host: run the artifact written on the {host} backend)"}[stage]
+    raise cls(f"{prefix} failed: {kind}: {message}")
+
+
+def _place(src: Path, filepath: str | os.PathLike[str]) -> None:
+    """Move the verified artifact (and siblings it wrote) to ``filepath`` atomically."""
+    from kexport._atomic import atomic_target
+
+    target = Path(os.fspath(filepath))
+    with atomic_target(filepath, is_dir=src.is_dir()) as tmp:
+        if src.is_dir():
+            shutil.copytree(src, tmp, dirs_exist_ok=True)
+        else:
+            shutil.copyfile(src, tmp)
+    for sibling in sorted(src.parent.iterdir()):
+        if sibling.name != src.name:
+            with atomic_target(target.parent / sibling.name, is_dir=sibling.is_dir()) as tmp:
+                if sibling.is_dir():
+                    shutil.copytree(sibling, tmp, dirs_exist_ok=True)
+                else:
+                    shutil.copyfile(sibling, tmp)
+
+
+def _note_source(artifact: Path, backend: str) -> None:
+    meta = artifact / "assets.extra" / "kexport.json"
+    if meta.is_file():
+        data = json.loads(meta.read_text())
+        data["source_backend"] = backend
+        data["route"] = "rehost"
+        meta.write_text(json.dumps(data, indent=2, sort_keys=True))
+
+
+def _rehost(models: list[Any], recipes: list[tuple[EndpointRecipe, Callable[..., Any]]],
+            filepath: str | os.PathLike[str], format: str, host: str, verbose: bool,
+            job_extra: dict[str, Any], atol: float, rtol: float) -> list[dict[str, Any]]:
+    """Run the whole re-host pipeline; return the verification report."""
+    import keras
+    import numpy as np
+
+    backend = keras.backend.backend()
+    if not isinstance(filepath, (str, os.PathLike)) or not os.fspath(filepath):
+        raise SignatureError(
+            f"Expected `filepath` to be a non-empty str or pathlib.Path. "
+            f"Received: {describe(filepath)}")
+    _check_rehostable(models, host)
+    target = Path(os.fspath(filepath))
+    with tempfile.TemporaryDirectory(prefix="kexport-rehost-") as tmpdir:
+        work = Path(tmpdir)
+        os.chmod(work, 0o700)
+        files, modules = _serialize(models, host, work)
+        arrays, cases = _live_cases(recipes, models)
+        np.savez(work / "inputs.npz", **arrays)
+        (work / "out").mkdir()
+        out = work / "out" / (target.name or "artifact")
+        job = {"format": format, "host": host, "source_backend": backend,
+               "models": files, "imports": modules, "output": str(out),
+               "verbose": bool(verbose),
+               "endpoints": [r.to_json() for r, _ in recipes],
+               "cases": {n: [{"key": e["key"], "inputs": e["inputs"]} for e in es]
+                         for n, es in cases.items()}}
+        job.update(job_extra)
+        result = _run_child(job, work, host)
+        with np.load(work / "outputs.npz") as data:
+            outputs = {k: data[k] for k in data.files}
+        report = _compare(cases, outputs, atol, rtol)
+        bad = [r for r in report if not r["ok"]]
+        if bad:
+            lines = [f"  endpoint '{r['endpoint']}' batch {r['batch']}: " + ", ".join(
+                f"output {o['index']} max abs error {o['max_abs_error']:.3g} (shapes live "
+                f"{o['live_shape']} vs artifact {o['artifact_shape']})"
+                for o in r["outputs"] if not o["ok"]) for r in bad]
+            raise VerificationError(
+                f"The {format} artifact re-hosted from the {backend} backend onto {host} "
+                f"does not compute what the live model computes (atol={atol}, "
+                f"rtol={rtol}); nothing was written to the target path:\n" + "\n".join(lines),
+                report=report)
+        _note_source(out, backend) if out.is_dir() else None
+        _place(out, filepath)
+        if verbose:
+            text = result.get("stdout", "").replace(str(out), os.fspath(filepath))
+            print(f"kexport: re-hosted from the {backend} backend onto {host}; "
+                  f"verified {sum(len(es) for es in cases.values())} sample batches")
+            if text.strip():
+                print(text.rstrip())
+    return report
+
+
+def _json_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    try:
+        json.dumps(kwargs)
+    except TypeError as e:
+        raise SignatureError(
+            "Expected keyword arguments of a re-hosted export to be plain values "
+            f"(numbers, strings, lists, dicts), since they travel to a child process. "
+            f"Received: {describe(kwargs)}"
+        ) from e
+    return kwargs
+
+
+def rehost_export(model: Any, filepath: str | os.PathLike[str],
+                  format: str = "tf_saved_model", target_backend: str = "tensorflow",
+                  input_signature: Any | None = None, verbose: bool | None = None,
+                  *, atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL,
+                  **kwargs: Any) -> list[dict[str, Any]]:
+    """Export ``model`` by rebuilding it on ``target_backend`` in a child process.
+
+    The model's config and all its variable values (seed-generator states and
+    BatchNorm statistics included) are written to a private temporary folder;
+    a child process with ``KERAS_BACKEND=target_backend`` and a clean
+    environment rebuilds the model and calls
+    ``kexport.export_model(rebuilt, ..., format=format, **kwargs)`` there, then
+    runs the artifact with the format's runtime on sample inputs at two batch
+    sizes. The parent compares those outputs with the live model's
+    (``model(*args, training=False)``) and only then moves the artifact to
+    ``filepath`` atomically.
+
+    Args:
+        model: a built Keras model or layer on the current backend. Custom
+            classes must be importable by module name (not ``__main__``).
+        filepath: where the artifact goes (``str`` or ``pathlib.Path``).
+        format: any format the target backend writes natively
+            (``"tf_saved_model"``, ``"onnx"``, ...).
+        target_backend: the Keras backend that writes the artifact.
+        input_signature: as for :func:`kexport.export_model`; computed from
+            the model when omitted (dynamic batch).
+        verbose: print a summary of what was written (default ``True``).
+        atol: absolute tolerance of the comparison with the live model.
+        rtol: relative tolerance of that comparison.
+        **kwargs: passed to the child's ``export_model`` (JSON-able values
+            only, e.g. ``opset_version=17``).
+
+    Returns:
+        The verification report: one row per endpoint and batch size with
+        the maximum absolute error of each output.
+
+    Raises:
+        UnsupportedRouteError: the model cannot be rebuilt in another process
+            (e.g. a custom class defined in ``__main__``).
+        VerificationError: the artifact differs from the live model; nothing
+            is written to ``filepath`` then.
+        CaptureError, WriteError, SignatureError: when the export fails in the
+            child (re-raised with the step that failed).
+
+    Example:
+
+    ```python
+    # on KERAS_BACKEND=torch
+    from kexport.capture.rehost import rehost_export
+    rehost_export(model, "out_dir", format="tf_saved_model")
+    ```
+    """
+    from kexport.signature import normalize_for_model
+
+    if not _is_layer(model):
+        raise SignatureError(
+            f"Expected `model` to be a Keras model or layer. Received: {describe(model)}")
+    if verbose is not None and not isinstance(verbose, bool):
+        raise SignatureError(
+            f"Expected `verbose` to be True, False or None. Received: {describe(verbose)}")
+    signature = normalize_for_model(model, input_signature)
+    recipe = EndpointRecipe("serve", 0, "__call__", {"training": False}, signature)
+
+    def live(*args: Any) -> Any:
+        return model(*args, training=False)
+
+    extra = {"mode": "model", "kwargs": _json_kwargs(dict(kwargs))}
+    return _rehost([model], [(recipe, live)], filepath, format, target_backend,
+                   True if verbose is None else verbose, extra, atol, rtol)
+
+
+# -- ExportArchive on a backend without a native capture -----------------------------------------
+class RehostCapture(Capture):
+    """An ``ExportArchive`` capture that records endpoints as data and re-hosts.
+
+    Used where the backend has no way to produce TensorFlow functions (PyTorch
+    without ``torch_xla``): ``track`` and ``add_endpoint`` record
+    :class:`EndpointRecipe` objects and check them against the live model;
+    ``write_out`` rebuilds the tracked models on ``host`` in a child process,
+    re-creates the archive there, writes it, and verifies every endpoint
+    against the live functions before placing the artifact.
+    """
+
+    host = "tensorflow"
+
+    def __init__(self) -> None:
+        import keras
+
+        super().__init__()
+        self.backend = keras.backend.backend()
+        self._recipes: list[tuple[EndpointRecipe, Callable[..., Any]]] = []
+        self._refs: dict[int, tuple[int, int]] = {}
+
+    def track(self, resource: Any) -> None:
+        """Track a built Keras layer or model (TensorFlow resources cannot travel)."""
+        if not _is_layer(resource):
+            raise UnsupportedRouteError(
+                f"On the {self.backend} backend, ExportArchive re-hosts tracked Keras "
+                f"layers and models onto the {self.host} backend. Expected a Keras layer "
+                f"or model. Received: {describe(resource)}. TensorFlow resources such "
+                "as lookup tables can only be tracked with KERAS_BACKEND=tensorflow."
+            )
+        if any(resource is t for t in self._tracked_layers):
+            return
+        if not resource.built:
+            raise CaptureError(
+                f"Expected a built layer or model. Received: {type(resource).__name__} "
+                f"'{resource.name}' which is not built; call it on data (or build it) "
+                "before tracking it."
+            )
+        problem = rehost_problem(resource)
+        if problem:
+            raise UnsupportedRouteError(
+                f"Cannot track '{resource.name}' on the {self.backend} backend, whose "
+                f"archives are re-hosted onto {self.host}: {problem}")
+        self._tracked_layers.append(resource)
+
+    def _variables_of(self, layer: Any) -> list[Any]:
+        return list(layer.variables)
+
+    def collection(self, variables: Any) -> list[Any]:
+        """References ``(model index, variable index)`` for ``variables``."""
+        refs = []
+        for v in variables:
+            ref = None
+            for i, m in enumerate(self._tracked_layers):
+                j = next((j for j, w in enumerate(m.variables) if w is v), None)
+                if j is not None:
+                    ref = (i, j)
+                    break
+            if ref is None:
+                raise SignatureError(
+                    f"Expected every variable of the collection to belong to a tracked "
+                    f"layer or model (on the {self.backend} backend they travel with it). "
+                    f"Received: variable '{v.path}' of no tracked layer. Next step: "
+                    "archive.track(the layer that owns it) first."
+                )
+            refs.append(ref)
+        return refs
+
+    def trace(self, name: str, fn: Callable[..., Any], signature: list[Any] | None,
+              **kwargs: Any) -> TracedEndpoint:
+        """Record ``fn`` as an :class:`EndpointRecipe`; check it on the live model."""
+        import keras
+        import numpy as np
+
+        from kexport.capture._base import _check_positional
+
+        if kwargs:
+            raise SignatureError(
+                f"Endpoint '{name}': unexpected keyword arguments for the {self.backend} "
+                f"backend: {sorted(kwargs)}. `is_static` and `jax2tf_kwargs` only apply "
+                "to the JAX backend."
+            )
+        if signature is None:
+            raise SignatureError(
+                f"Endpoint '{name}': the shapes and dtypes of the inputs of `fn` are "
+                "unknown. Expected `input_signature=` (a list with one spec per "
+                "positional argument). Received: input_signature=None"
+            )
+        models = list(self._tracked_layers)
+        recipe = describe_endpoint(name, fn, models, signature, self.backend, self.host)
+        for m in models[len(self._tracked_layers):]:
+            self.track(m)
+        _check_positional(name, fn, signature)
+        owner = self._tracked_layers[recipe.model]
+        flat = [_sample(s, 2, np.random.default_rng(0)) for s in flatten(signature)]
+        outputs: Any = None
+        if all(x is not None for x in flat):
+            args = pack_as(list(signature), [keras.ops.convert_to_tensor(x) for x in flat])
+            try:
+                with _state_kept(self._tracked_layers):
+                    outputs = fn(*args)
+            except Exception as e:
+                raise CaptureError(
+                    f"Step 2/3 (capture, {self.backend} backend): calling endpoint "
+                    f"'{name}' on sample inputs failed: {type(e).__name__}: {e}"
+                ) from e
+        self._recipes.append((recipe, fn))
+        endpoint = TracedEndpoint(name=name, function=fn, signature=signature,
+                                  input_names=flat_names(signature), owner=owner)
+        if outputs is not None:
+            endpoint.output_names = output_names(outputs, owner)
+            endpoint.output_specs = [
+                Spec((None, *tuple(a.shape)[1:]) if a.ndim else (), str(a.dtype), n)
+                for a, n in zip(_flat_numpy(outputs), endpoint.output_names, strict=False)]
+        return endpoint
+
+    def trackables(self) -> dict[str, Any]:
+        """Tracked layers and their Keras variables (nothing here is a TF object)."""
+        return {"variables": _all_variables(self._tracked_layers), "resources": [],
+                "tracked": _all_variables(self._tracked_layers),
+                "tracked_layers": list(self._tracked_layers)}
+
+    def write_archive(self, archive: Any, filepath: str | os.PathLike[str],
+                      format: str = "tf_saved_model", options: Any | None = None,
+                      verbose: bool = True, atol: float = DEFAULT_ATOL,
+                      rtol: float = DEFAULT_RTOL) -> list[dict[str, Any]]:
+        """Re-host the archive onto :attr:`host` and write it there; see module doc.
+
+        Returns:
+            The verification report (one row per endpoint and batch size).
+        """
+        if options is not None:
+            raise UnsupportedRouteError(
+                f"`options` cannot travel to the {self.host} process that writes this "
+                f"archive (the {self.backend} backend re-hosts). Expected options=None. "
+                f"Received: {describe(options)}"
+            )
+        names = archive.endpoint_names
+        recipes = [r for r in self._recipes if r[0].name in names]
+        collections = {k: [list(ref) for ref in v] for k, v in archive.collections.items()}
+        extra = {"mode": "archive", "collections": collections,
+                 "tracked": len(self._tracked_layers)}
+        return _rehost(list(self._tracked_layers), recipes, filepath, format, self.host,
+                       bool(verbose), extra, atol, rtol)
