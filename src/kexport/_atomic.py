@@ -1,28 +1,88 @@
 """Atomic artifact writes: build beside the target, then swap into place.
 
-Every writer builds its artifact in a private temporary folder next to the
-target (same filesystem, so renames are atomic), and only on success moves it
-to the target path. An earlier artifact at the target is renamed aside first
-and deleted only after the new one is in place; a crash between the two
-renames leaves the previous artifact recoverable, and :func:`recover` (called
-at the start of every export) puts it back and removes stale temporaries.
+Every writer builds its artifact in a private temporary path next to the
+target (same filesystem, so renames are atomic) through :func:`atomic_target`,
+and only on success moves it to the target path. The guarantees, which every
+format inherits by writing through :func:`atomic_target`:
+
+- **Never partial.** Readers of the target see either the complete previous
+  artifact or the complete new one. On Linux an existing target is swapped
+  with the new build in one ``renameat2(RENAME_EXCHANGE)`` call; elsewhere
+  the previous artifact is renamed aside first and put back by
+  :func:`recover` if the process dies between the two renames.
+- **Leftovers are cleaned up.** Temporary names carry the writer's process id;
+  :func:`recover` (run at the start of every write) removes those whose
+  writer is gone, and never touches those of a live export.
+- **No data loss by accident.** An existing target that is not a kexport
+  artifact (see :func:`is_kexport_artifact`) is refused with
+  :class:`~kexport.errors.TargetExistsError` unless ``overwrite=True``.
+- **Typed errors.** Any failure inside the ``with`` block becomes a
+  :class:`~kexport.errors.WriteError` (``KexportError`` subclasses pass
+  through) and leaves the target as it was.
+- **Concurrent writers** (threads or processes) to the same folder serialise
+  only their final swap (an ``flock`` on the parent folder); two exports to
+  one path both succeed and the last swap wins, leaving one complete artifact.
+
+Test hook (private): when the environment variable ``_KEXPORT_FAULT`` names
+one of the points in :data:`FAULT_POINTS`, the process kills itself with
+``SIGKILL`` there. The fault tests use it to prove the guarantees above.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import errno
+import json
 import os
 import shutil
+import signal
+import sys
+import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from kexport.errors import WriteError
+from kexport.errors import KexportError, TargetExistsError, WriteError
 
-__all__ = ["atomic_target", "recover"]
+__all__ = [
+    "FAULT_POINTS",
+    "atomic_target",
+    "check_target",
+    "is_kexport_artifact",
+    "overwrite_allowed",
+    "overwrite_policy",
+    "read_manifest",
+    "recover",
+    "register_artifact_check",
+    "strict_json",
+]
 
 _TMP = ".kexport-tmp-"
 _OLD = ".kexport-old-"
+_FAULT_ENV = "_KEXPORT_FAULT"
+#: Where the ``_KEXPORT_FAULT`` test hook can kill the process, in order:
+#: ``created`` (empty temporary made), ``written`` (new artifact complete in
+#: the temporary, before the swap), ``aside`` (fallback swap only: previous
+#: artifact renamed aside, new one not yet in place), ``swapped`` (new artifact
+#: in place, previous one not yet deleted).
+FAULT_POINTS: tuple[str, ...] = ("created", "written", "aside", "swapped")
+#: Manifest file names that mark a folder as a kexport artifact.
+MANIFESTS: tuple[str, ...] = (os.path.join("assets.extra", "kexport.json"), "kexport.json")
+_MANIFEST_MAX_BYTES = 16 << 20
+
+_OVERWRITE: contextvars.ContextVar[bool] = contextvars.ContextVar("kexport_overwrite",
+                                                                  default=False)
+_ACTIVE: set[str] = set()  # tokens of writes in progress in this process
+_ACTIVE_LOCK = threading.Lock()
+_SWAP_LOCK = threading.Lock()
+_CHECKS: list[Callable[[Path], bool]] = []
+
+
+def _fault(point: str) -> None:
+    """Test hook: die here (``SIGKILL``) when ``_KEXPORT_FAULT`` names ``point``."""
+    if os.environ.get(_FAULT_ENV) == point:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _remove(path: Path) -> None:
@@ -33,76 +93,430 @@ def _remove(path: Path) -> None:
             path.unlink()
 
 
-def recover(target: Path) -> None:
-    """Undo what an interrupted export left beside ``target``.
+# -- recognising kexport artifacts ---------------------------------------------
+def _reject_constant(value: str) -> None:
+    raise ValueError(f"non-finite number {value} is not allowed")
 
-    Restores a previous artifact that was renamed aside when the target is
-    missing, and deletes stale temporary builds for this target.
+
+def _no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
+def strict_json(text: str | bytes, *, what: str) -> dict[str, object]:
+    """Parse a JSON object strictly: no duplicate keys, NaN or Infinity.
+
+    Args:
+        text: the JSON document.
+        what: names the document in error messages.
+
+    Raises:
+        ArtifactError: when ``text`` is not such a JSON object.
     """
-    parent = target.parent
-    if not parent.is_dir():
+    from kexport.errors import ArtifactError
+
+    try:
+        if isinstance(text, bytes):
+            text = text.decode("utf-8")
+        value = json.loads(text, object_pairs_hook=_no_duplicates,
+                           parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise ArtifactError(f"Expected {what} to be valid strict JSON. Received "
+                            f"invalid content: {e}") from e
+    if not isinstance(value, dict):
+        raise ArtifactError(f"Expected {what} to hold a JSON object. Received: "
+                            f"{type(value).__name__}")
+    return value
+
+
+def read_manifest(path: str | os.PathLike[str]) -> dict[str, object]:
+    """Read and validate a kexport manifest (``kexport.json``) strictly.
+
+    Args:
+        path: the manifest file.
+
+    Returns:
+        The manifest, a dict whose ``producer`` is ``"kexport"``.
+
+    Raises:
+        ArtifactError: when the file is missing, too large, not strict JSON,
+            or not written by kexport.
+    """
+    from kexport.errors import ArtifactError
+
+    p = Path(os.fspath(path))
+    try:
+        size = p.stat().st_size
+        if size > _MANIFEST_MAX_BYTES:
+            raise ArtifactError(f"Expected a kexport manifest under "
+                                f"{_MANIFEST_MAX_BYTES} bytes. Received {size} bytes.")
+        data = p.read_bytes()
+    except OSError as e:
+        raise ArtifactError(f"Could not read the kexport manifest: {e}") from e
+    manifest = strict_json(data, what="the kexport manifest")
+    if manifest.get("producer") != "kexport":
+        raise ArtifactError("Expected a manifest with producer 'kexport'. Received: "
+                            f"producer={manifest.get('producer')!r}")
+    endpoints = manifest.get("endpoints", {})
+    if not isinstance(endpoints, dict) or not all(isinstance(k, str) for k in endpoints):
+        raise ArtifactError("Expected the manifest's `endpoints` to be an object keyed by "
+                            "endpoint name.")
+    return manifest
+
+
+def _has_manifest(path: Path) -> bool:
+    if not path.is_dir():
+        return False
+    for name in MANIFESTS:
+        candidate = path / name
+        if candidate.is_file():
+            try:
+                read_manifest(candidate)
+            except KexportError:
+                return False
+            return True
+    return False
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    value, shift = 0, 0
+    while pos < len(data) and shift < 64:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+    raise ValueError("truncated varint")
+
+
+def _onnx_by_kexport(path: Path) -> bool:
+    """Whether ``path`` is an ONNX ``ModelProto`` with producer_name ``kexport``.
+
+    Reads only the file's first bytes: protobuf writes ``ir_version`` (field 1)
+    and ``producer_name`` (field 2) first.
+    """
+    if not path.is_file():
+        return False
+    try:
+        with path.open("rb") as f:
+            head = f.read(4096)
+        pos = 0
+        while pos < len(head):
+            key, pos = _varint(head, pos)
+            field, wire = key >> 3, key & 7
+            if field == 2 and wire == 2:
+                length, pos = _varint(head, pos)
+                return head[pos:pos + length] == b"kexport"
+            if field > 2 or wire not in (0, 2):
+                return False
+            if wire == 0:
+                _, pos = _varint(head, pos)
+            else:
+                length, pos = _varint(head, pos)
+                pos += length
+    except (OSError, ValueError):
+        return False
+    return False
+
+
+def register_artifact_check(check: Callable[[Path], bool]) -> None:
+    """Add a recogniser for a kind of kexport artifact.
+
+    Format modules whose artifacts are neither a folder with a kexport
+    manifest nor an ONNX file call this at import time, or name the check in
+    their ``kexport.registry.Format.recognizer``.
+
+    Args:
+        check: returns ``True`` when the path is an artifact kexport wrote;
+            it must not raise and must only read the path.
+    """
+    if check not in _CHECKS:
+        _CHECKS.append(check)
+
+
+def _registry_checks() -> list[Callable[[Path], bool]]:
+    import importlib
+
+    from kexport import registry
+
+    checks = []
+    for fmt in registry.FORMATS.values():
+        target = getattr(fmt, "recognizer", "")
+        if not target:
+            continue
+        module, _, func = target.partition(":")
+        with contextlib.suppress(ImportError, AttributeError):
+            checks.append(getattr(importlib.import_module(module), func))
+    return checks
+
+
+def is_kexport_artifact(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` holds an artifact that kexport wrote.
+
+    Recognised: a folder holding a valid kexport manifest
+    (``assets.extra/kexport.json`` in a SavedModel, or ``kexport.json``), an
+    ONNX file whose ``producer_name`` is ``kexport``, and whatever a format
+    recognises through :func:`register_artifact_check` or its registry row.
+    """
+    p = Path(os.fspath(path))
+    if not (p.exists() or p.is_symlink()):
+        return False
+    for check in [_has_manifest, _onnx_by_kexport, *_CHECKS, *_registry_checks()]:
+        try:
+            if check(p):
+                return True
+        except Exception:  # a broken recogniser is a "no"
+            continue
+    return False
+
+
+def check_target(filepath: str | os.PathLike[str], *, overwrite: bool = False) -> None:
+    """Refuse to replace something that is not a kexport artifact.
+
+    Nothing at ``filepath``, an empty folder or file, or a kexport artifact
+    may be replaced; anything else only with ``overwrite=True``.
+
+    Raises:
+        TargetExistsError: when ``filepath`` holds other data and
+            ``overwrite`` is false.
+    """
+    p = Path(os.fspath(filepath))
+    if overwrite or not (p.exists() or p.is_symlink()):
         return
+    try:
+        if p.is_dir() and not any(p.iterdir()):
+            return
+        if p.is_file() and p.stat().st_size == 0:
+            return
+    except OSError:
+        pass
+    if is_kexport_artifact(p):
+        return
+    kind = "a folder of other files" if p.is_dir() else "a file that is not a kexport artifact"
+    raise TargetExistsError(
+        f"Expected `filepath` to be a new path, an empty folder or an existing kexport "
+        f"artifact. Received: filepath='{os.fspath(filepath)}', which is {kind}. "
+        "Nothing was written. Next step: choose another path, or pass overwrite=True "
+        "to replace it."
+    )
+
+
+def overwrite_allowed() -> bool:
+    """Whether the enclosing :func:`overwrite_policy` allows overwriting."""
+    return _OVERWRITE.get()
+
+
+@contextlib.contextmanager
+def overwrite_policy(overwrite: bool) -> Iterator[None]:
+    """Let :func:`atomic_target` calls in this context replace other data.
+
+    Public export functions wrap their work in this, so every format writer
+    honours ``overwrite=`` without passing it along.
+    """
+    token = _OVERWRITE.set(bool(overwrite))
+    try:
+        yield
+    finally:
+        _OVERWRITE.reset(token)
+
+
+# -- stale temporaries -----------------------------------------------------------
+def _owner(entry: str, prefix: str) -> tuple[int, str] | None:
+    rest = entry[len(prefix):]
+    pid, _, token = rest.partition("-")
+    if not pid.isdigit():
+        return None
+    return int(pid), token[:12]
+
+
+def _alive(pid: int, token: str) -> bool:
+    if pid == os.getpid():
+        with _ACTIVE_LOCK:
+            return token in _ACTIVE
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def _locked(parent: Path) -> Iterator[None]:
+    """Serialise swaps in ``parent`` across threads and processes."""
+    with _SWAP_LOCK:
+        fd = None
+        try:
+            fd = os.open(parent, os.O_RDONLY)
+            import fcntl
+
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except (OSError, ImportError):
+            pass  # no flock here (Windows, some network filesystems)
+        try:
+            yield
+        finally:
+            if fd is not None:
+                os.close(fd)  # releases the flock
+
+
+def _recover_locked(target: Path) -> None:
+    parent = target.parent
     prefix_tmp = f".{target.name}{_TMP}"
     prefix_old = f".{target.name}{_OLD}"
     olds = []
     for entry in parent.iterdir():
-        if entry.name.startswith(prefix_tmp):
-            _remove(entry)
-        elif entry.name.startswith(prefix_old):
-            olds.append(entry)
-    for old in olds:
-        if not target.exists() and not target.is_symlink():
+        for prefix in (prefix_tmp, prefix_old):
+            if not entry.name.startswith(prefix):
+                continue
+            owner = _owner(entry.name, prefix)
+            if owner is not None and _alive(*owner):
+                continue
+            if prefix == prefix_tmp:
+                _remove(entry)
+            else:
+                olds.append(entry)
+    for old in sorted(olds, key=lambda p: p.stat().st_mtime if p.exists() else 0):
+        if not (target.exists() or target.is_symlink()):
             with contextlib.suppress(OSError):
                 os.replace(old, target)
                 continue
         _remove(old)
 
 
+def recover(target: str | os.PathLike[str]) -> None:
+    """Undo what an interrupted export left beside ``target``.
+
+    Restores a previous artifact that was renamed aside when the target is
+    missing, and deletes temporary builds for this target whose writer
+    process is gone. Writes still in progress are left alone.
+    """
+    target = Path(os.fspath(target))
+    parent = target.parent if str(target.parent) else Path(".")
+    if not parent.is_dir():
+        return
+    with _locked(parent):
+        _recover_locked(target)
+
+
+# -- the swap ----------------------------------------------------------------------
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap paths ``a`` and ``b``; ``False`` where unsupported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                          ctypes.c_uint]
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), os.fspath(b))
+
+
+def _swap_in(tmp: Path, target: Path, old: Path) -> None:
+    """Move ``tmp`` to ``target``; afterwards ``tmp``/``old`` hold what to delete."""
+    if not (target.exists() or target.is_symlink()):
+        os.replace(tmp, target)
+        return
+    if _exchange(tmp, target):
+        return
+    os.replace(target, old)
+    _fault("aside")
+    try:
+        os.replace(tmp, target)
+    except OSError:
+        if not (target.exists() or target.is_symlink()):
+            with contextlib.suppress(OSError):
+                os.replace(old, target)
+        raise
+
+
 @contextlib.contextmanager
-def atomic_target(filepath: str | os.PathLike[str], *, is_dir: bool) -> Iterator[Path]:
+def atomic_target(filepath: str | os.PathLike[str], *, is_dir: bool,
+                  overwrite: bool | None = None) -> Iterator[Path]:
     """Yield a temporary path to write into; move it to ``filepath`` on success.
 
     Args:
         filepath: where the artifact must end up.
         is_dir: whether the artifact is a folder (else a single file).
+        overwrite: replace ``filepath`` even when it holds data that is not a
+            kexport artifact; ``None`` uses the enclosing
+            :func:`overwrite_policy` (default ``False``).
 
     Raises:
-        WriteError: when the parent folder does not exist or is not writable,
-            or the final move fails. The target is then left as it was.
+        TargetExistsError: when ``filepath`` holds other data (see
+            :func:`check_target`).
+        WriteError: when the parent folder does not exist or is not
+            writable, the writer fails, or the final move fails. The target
+            is then left as it was.
     """
+    if overwrite is None:
+        overwrite = _OVERWRITE.get()
     target = Path(os.fspath(filepath))
     parent = target.parent if str(target.parent) else Path(".")
+    if not target.name or target.name in (".", ".."):
+        raise WriteError(f"Expected `filepath` to name a file or folder. Received: "
+                         f"filepath='{os.fspath(filepath)}'")
     if not parent.is_dir():
         raise WriteError(
             f"Expected the folder that will hold the artifact to exist. "
-            f"Received: filepath='{filepath}' whose parent folder does not exist."
+            f"Received: filepath='{os.fspath(filepath)}' whose parent folder does not exist."
         )
     if not os.access(parent, os.W_OK):
         raise WriteError(
             f"Expected a writable folder for the artifact. Received: "
-            f"filepath='{filepath}' in a folder that is not writable."
+            f"filepath='{os.fspath(filepath)}' in a folder that is not writable."
         )
-    recover(target)
+    check_target(target, overwrite=overwrite)
     token = uuid.uuid4().hex[:12]
-    tmp = parent / f".{target.name}{_TMP}{token}"
-    if is_dir:
-        tmp.mkdir()
+    with _ACTIVE_LOCK:
+        _ACTIVE.add(token)
+    stem = f"{os.getpid()}-{token}"
+    tmp = parent / f".{target.name}{_TMP}{stem}{'' if is_dir else target.suffix}"
+    old = parent / f".{target.name}{_OLD}{stem}"
     try:
-        yield tmp
-        if not tmp.exists():
-            raise WriteError(f"The writer produced nothing for '{filepath}'.")
-        old = parent / f".{target.name}{_OLD}{token}"
-        had_old = target.exists() or target.is_symlink()
         try:
-            if had_old:
-                os.replace(target, old)
-            os.replace(tmp, target)
+            recover(target)
+            if is_dir:
+                tmp.mkdir()
+            _fault("created")
+            yield tmp
+            if not (tmp.exists() or tmp.is_symlink()):
+                raise WriteError(f"The writer produced nothing for '{os.fspath(filepath)}'.")
+            _fault("written")
+            with _locked(parent):
+                check_target(target, overwrite=overwrite)
+                _swap_in(tmp, target, old)
+            _fault("swapped")
+        except KexportError:
+            raise
         except OSError as e:
-            if had_old and not target.exists():
-                with contextlib.suppress(OSError):
-                    os.replace(old, target)
-            raise WriteError(f"Could not move the new artifact into place: {e}") from e
-        if had_old:
-            _remove(old)
+            raise WriteError(
+                f"Writing '{os.fspath(filepath)}' failed: {e}. The target was left as it was."
+            ) from e
+        except Exception as e:  # every write failure becomes a typed error
+            raise WriteError(
+                f"Writing '{os.fspath(filepath)}' failed: {type(e).__name__}: {e}. "
+                "The target was left as it was."
+            ) from e
     finally:
         _remove(tmp)
+        if target.exists() or target.is_symlink():
+            _remove(old)  # else recover() puts the previous artifact back
+        with _ACTIVE_LOCK:
+            _ACTIVE.discard(token)

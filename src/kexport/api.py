@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from kexport import _atomic
 from kexport.errors import SignatureError, describe
 
 __all__ = ["export_model", "export_saved_model"]
@@ -28,9 +29,23 @@ def _check_common(model: Any, filepath: Any, verbose: Any) -> None:
         )
 
 
+def _check_overwrite(filepath: str | os.PathLike[str], overwrite: Any) -> None:
+    """Refuse bad ``filepath``/``overwrite`` values and, early, targets holding other data."""
+    if not isinstance(filepath, (str, os.PathLike)) or not os.fspath(filepath):
+        raise SignatureError(
+            f"Expected `filepath` to be a non-empty str or pathlib.Path. "
+            f"Received: {describe(filepath)}"
+        )
+    if not isinstance(overwrite, bool):
+        raise SignatureError(
+            f"Expected `overwrite` to be True or False. Received: {describe(overwrite)}"
+        )
+    _atomic.check_target(filepath, overwrite=overwrite)
+
+
 def export_model(model: Any, filepath: str | os.PathLike[str], format: str = "tf_saved_model",
                  verbose: bool | None = None, input_signature: Any | None = None,
-                 **kwargs: Any) -> None:
+                 overwrite: bool = False, **kwargs: Any) -> None:
     """Export a Keras model (or layer) as a standalone inference artifact.
 
     Args:
@@ -41,6 +56,9 @@ def export_model(model: Any, filepath: str | os.PathLike[str], format: str = "tf
             format's default.
         input_signature: the inputs' shapes and dtypes; computed from the
             model when omitted (batch dimension dynamic).
+        overwrite: replace ``filepath`` even when it holds data that is not a
+            kexport artifact (an existing kexport artifact is always replaced,
+            atomically).
         **kwargs: format/backend options. JAX: ``is_static``,
             ``jax2tf_kwargs``.
 
@@ -54,6 +72,8 @@ def export_model(model: Any, filepath: str | os.PathLike[str], format: str = "tf
 
     Raises:
         SignatureError: bad arguments or a signature that does not fit.
+        TargetExistsError: ``filepath`` holds other data and ``overwrite`` is
+            false (checked before any work).
         UnsupportedRouteError: unknown format or no route from this backend.
         CaptureError, WriteError: when a pipeline step fails (nothing is left
             half-written and an existing artifact at ``filepath`` is kept).
@@ -64,12 +84,14 @@ def export_model(model: Any, filepath: str | os.PathLike[str], format: str = "tf
 
     _check_common(model, filepath, verbose)
     route = registry.resolve(keras.backend.backend(), format)
-    route.load()(model, filepath, verbose=verbose, input_signature=input_signature, **kwargs)
+    _check_overwrite(filepath, overwrite)
+    with _atomic.overwrite_policy(overwrite):
+        route.load()(model, filepath, verbose=verbose, input_signature=input_signature, **kwargs)
 
 
 def export_saved_model(model: Any, filepath: str | os.PathLike[str],
                        verbose: bool | None = None, input_signature: Any | None = None,
-                       **kwargs: Any) -> None:
+                       overwrite: bool = False, **kwargs: Any) -> None:
     """Export ``model`` as a TensorFlow SavedModel; see :func:`export_model`."""
     export_model(model, filepath, format="tf_saved_model", verbose=verbose,
-                 input_signature=input_signature, **kwargs)
+                 input_signature=input_signature, overwrite=overwrite, **kwargs)

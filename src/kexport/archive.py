@@ -172,7 +172,8 @@ class ExportArchive:
         self._collections[name] = self._capture.collection(list(variables))
 
     def write_out(self, filepath: str | os.PathLike[str], options: Any | None = None,
-                  verbose: bool = True, format: str = "tf_saved_model") -> None:
+                  verbose: bool = True, format: str = "tf_saved_model",
+                  overwrite: bool = False) -> None:
         """Write the artifact to ``filepath`` atomically.
 
         Args:
@@ -180,9 +181,13 @@ class ExportArchive:
             options: a ``tf.saved_model.SaveOptions`` (SavedModel only).
             verbose: print a summary of endpoints and files written.
             format: the artifact format.
+            overwrite: replace ``filepath`` even when it holds data that is
+                not a kexport artifact (a kexport artifact is always replaced).
 
         Raises:
             SignatureError: when no endpoint was added.
+            TargetExistsError: ``filepath`` holds other data and
+                ``overwrite`` is false.
             WriteError: when writing fails; nothing is left half-written.
         """
         from kexport import registry
@@ -193,8 +198,15 @@ class ExportArchive:
                 "Expected at least one endpoint before write_out(). Received an "
                 "archive with none: call add_endpoint() first."
             )
+        from kexport import _atomic
+        from kexport.api import _check_overwrite
+
+        if overwrite is False and _atomic.overwrite_allowed():
+            overwrite = True  # called by export_model(..., overwrite=True)
+        _check_overwrite(filepath, overwrite)
         writer = registry.archive_writer(format)
-        writer(self, filepath, options=options, verbose=verbose)
+        with _atomic.overwrite_policy(overwrite):
+            writer(self, filepath, options=options, verbose=verbose)
 
     # -- for writers ----------------------------------------------------------
     @property

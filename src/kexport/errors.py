@@ -14,6 +14,7 @@ __all__ = [
     "CaptureError",
     "KexportError",
     "SignatureError",
+    "TargetExistsError",
     "UnsupportedRouteError",
     "VerificationError",
     "WriteError",
@@ -34,6 +35,13 @@ class CaptureError(KexportError, RuntimeError):
 
 class WriteError(KexportError, OSError):
     """Writing the artifact to disk failed; nothing was left half-written."""
+
+
+class TargetExistsError(WriteError, FileExistsError):
+    """The target path holds data that is not a kexport artifact.
+
+    Raised before anything is written; pass ``overwrite=True`` to replace it.
+    """
 
 
 class UnsupportedRouteError(KexportError, NotImplementedError):
