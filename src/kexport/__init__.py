@@ -26,6 +26,7 @@ from kexport.errors import (
 )
 from kexport.registry import routes
 from kexport.runtime import Artifact, load
+from kexport.verify import VerificationReport, verify
 
 if TYPE_CHECKING:
     from kexport.archive import ExportArchive
@@ -39,12 +40,14 @@ __all__ = [
     "SignatureError",
     "UnsupportedRouteError",
     "VerificationError",
+    "VerificationReport",
     "WriteError",
     "__version__",
     "export_model",
     "export_saved_model",
     "load",
     "routes",
+    "verify",
 ]
 
 

@@ -45,7 +45,8 @@ def _check_overwrite(filepath: str | os.PathLike[str], overwrite: Any) -> None:
 
 def export_model(model: Any, filepath: str | os.PathLike[str], format: str = "tf_saved_model",
                  verbose: bool | None = None, input_signature: Any | None = None,
-                 overwrite: bool = False, **kwargs: Any) -> None:
+                 overwrite: bool = False, verify: bool | dict[str, Any] = False,
+                 **kwargs: Any) -> None:
     """Export a Keras model (or layer) as a standalone inference artifact.
 
     Args:
@@ -59,6 +60,10 @@ def export_model(model: Any, filepath: str | os.PathLike[str], format: str = "tf
         overwrite: replace ``filepath`` even when it holds data that is not a
             kexport artifact (an existing kexport artifact is always replaced,
             atomically).
+        verify: ``True`` reloads the artifact in a fresh process and compares
+            it with ``model`` (see :func:`kexport.verify`); a dict passes
+            options to it (``atol``, ``rtol``, ``seed``, ``sizes``). The
+            report is stored in the artifact.
         **kwargs: format/backend options. JAX: ``is_static``,
             ``jax2tf_kwargs``.
 
@@ -75,6 +80,9 @@ def export_model(model: Any, filepath: str | os.PathLike[str], format: str = "tf
         TargetExistsError: ``filepath`` holds other data and ``overwrite`` is
             false (checked before any work).
         UnsupportedRouteError: unknown format or no route from this backend.
+        VerificationError: with ``verify``, when the artifact does not
+            compute what the model computes; ``.report`` holds the report
+            (the artifact is kept, with the failed report inside it).
         CaptureError, WriteError: when a pipeline step fails (nothing is left
             half-written and an existing artifact at ``filepath`` is kept).
     """
@@ -87,6 +95,25 @@ def export_model(model: Any, filepath: str | os.PathLike[str], format: str = "tf
     _check_overwrite(filepath, overwrite)
     with _atomic.overwrite_policy(overwrite):
         route.load()(model, filepath, verbose=verbose, input_signature=input_signature, **kwargs)
+    if verify is not False:
+        _verify_export(model, filepath, verify)
+
+
+def _verify_export(model: Any, filepath: str | os.PathLike[str], verify: Any) -> None:
+    """Run :func:`kexport.verify` after an export; raise if it fails."""
+    from kexport.verify import raise_if_failed
+    from kexport.verify import verify as check
+
+    if verify is True:
+        options: dict[str, Any] = {}
+    elif isinstance(verify, dict):
+        options = dict(verify)
+    else:
+        raise SignatureError(
+            "Expected `verify` to be True, False or a dict of kexport.verify options. "
+            f"Received: {describe(verify)}"
+        )
+    raise_if_failed(check(model, filepath, **options), filepath)
 
 
 def export_saved_model(model: Any, filepath: str | os.PathLike[str],

@@ -7,6 +7,7 @@ then hands them to a format writer in :meth:`ExportArchive.write_out`.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from typing import Any
@@ -205,6 +206,9 @@ class ExportArchive:
             overwrite = True  # called by export_model(..., overwrite=True)
         _check_overwrite(filepath, overwrite)
         writer = registry.archive_writer(format)
+        deferred = getattr(self._capture, "write_archive", None)
+        if deferred is not None:  # a re-hosting capture writes on another backend
+            writer = functools.partial(deferred, format=format)
         with _atomic.overwrite_policy(overwrite):
             writer(self, filepath, options=options, verbose=verbose)
 
@@ -217,3 +221,7 @@ class ExportArchive:
     def trackables(self) -> dict[str, Any]:
         """What the artifact must hold: variables, resources, tracked state."""
         return self._capture.trackables()
+
+    def save_context(self) -> Any:
+        """The backend's context for serialising traced functions."""
+        return self._capture.save_context()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -179,6 +180,10 @@ class Capture:
     def collection(self, variables: Any) -> list[Any]:
         """The ``tf.Variable`` objects behind Keras ``variables``."""
         raise NotImplementedError
+
+    def save_context(self) -> contextlib.AbstractContextManager[None]:
+        """A context that writers enter while serialising traced functions."""
+        return contextlib.nullcontext()
 
     def trackables(self) -> dict[str, Any]:
         """What the written artifact must hold for its functions to run."""

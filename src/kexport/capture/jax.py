@@ -9,7 +9,8 @@ model call after call.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from kexport.capture._base import Capture, tf_specs
@@ -40,10 +41,35 @@ def polymorphic_shapes_for(signature: list[Any]) -> list[Any]:
     return [map_structure(one, arg) for arg in signature]
 
 
+@contextlib.contextmanager
+def _no_source_paths() -> Iterator[None]:
+    """Keep local source paths out of the serialized StableHLO module.
+
+    ``jax2tf`` native serialization records each op's Python source location
+    (``loc("/home/user/project/model.py":12:3)``) inside the SavedModel. JAX
+    strips whatever matches ``jax_hlo_source_file_canonicalization_regex``
+    from those file names; matching everything drops them, leaving function
+    names only. The previous setting is restored afterwards.
+    """
+    import jax
+
+    key = "jax_hlo_source_file_canonicalization_regex"
+    previous = getattr(jax.config, key)
+    jax.config.update(key, ".*")
+    try:
+        yield
+    finally:
+        jax.config.update(key, previous)
+
+
 class JaxCapture(Capture):
     """Converts Keras functions on the JAX backend with ``jax2tf``."""
 
     backend = "jax"
+
+    def save_context(self) -> contextlib.AbstractContextManager[None]:
+        """Lowerings done while saving (e.g. gradients) also drop source paths."""
+        return _no_source_paths()
 
     def __init__(self) -> None:
         super().__init__()
@@ -128,6 +154,8 @@ class JaxCapture(Capture):
                 "unset. Received: False"
             )
         options.pop("native_serialization")  # the only mode left; passing it warns
+        # Serving artifacts need no gradients; skipping them halves export work.
+        options.setdefault("with_gradient", False)
         try:
             converted = jax2tf.convert(stateless, polymorphic_shapes=poly, **options)
         except TypeError as e:
@@ -136,8 +164,9 @@ class JaxCapture(Capture):
 
         @tf.function(input_signature=specs, autograph=False)
         def endpoint(*args: Any) -> Any:
-            values = converted([v.read_value() for v in tf_trainable],
-                               [v.read_value() for v in tf_frozen], *args)
+            with _no_source_paths():
+                values = converted([v.read_value() for v in tf_trainable],
+                                   [v.read_value() for v in tf_frozen], *args)
             if is_static:
                 return values
             outputs, updated = values

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from kexport import _summary
 from kexport._atomic import atomic_target
-from kexport.errors import CaptureError, SignatureError, WriteError
+from kexport.errors import CaptureError, KexportError, SignatureError, WriteError
 from kexport.signature import flatten, normalize_for_model, pack_as
 
 if TYPE_CHECKING:
@@ -106,8 +106,12 @@ def write_archive(archive: ExportArchive, filepath: str | os.PathLike[str],
         signatures[SERVING_DEFAULT] = signatures[first]
     with atomic_target(filepath, is_dir=True) as tmp:
         try:
-            tf.saved_model.save(root, os.fspath(tmp), signatures=signatures, options=options)
-        except (ValueError, AssertionError) as e:
+            with archive.save_context():
+                tf.saved_model.save(root, os.fspath(tmp), signatures=signatures,
+                                    options=options)
+        except KexportError:
+            raise
+        except Exception as e:  # noqa: BLE001 - every failure becomes a typed error
             if "untracked" in str(e).lower():
                 raise CaptureError(
                     f"Step 3/3 (write, tf_saved_model): an endpoint uses a "
