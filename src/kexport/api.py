@@ -91,7 +91,7 @@ def export_model(model: Any, filepath: str | os.PathLike[str], format: str = "tf
     from kexport import registry
 
     _check_common(model, filepath, verbose)
-    route = registry.resolve(keras.backend.backend(), format)
+    route = registry.resolve(keras.backend.backend(), format, model)
     _check_overwrite(filepath, overwrite)
     with _atomic.overwrite_policy(overwrite):
         route.load()(model, filepath, verbose=verbose, input_signature=input_signature, **kwargs)

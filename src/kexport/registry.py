@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from kexport.capture import Capture
 
 __all__ = ["BACKENDS", "FORMATS", "RUNTIMES", "Format", "Route", "archive_writer", "capture_for",
-           "format_info", "resolve", "routes", "runtime_for", "runtime_formats"]
+           "format_info", "matrix", "resolve", "routes", "runtime_for", "runtime_formats"]
 
 BACKENDS: tuple[str, ...] = ("tensorflow", "jax", "torch")
 
@@ -89,6 +89,21 @@ class Route:
         return (f"missing {', '.join(self.missing)}: "
                 f"pip install 'kexport[{self.extra}]'")
 
+    def problem(self, model: Any | None = None) -> str:
+        """Why this route cannot export ``model`` here, ``""`` when it can.
+
+        A missing package (with the ``pip install`` that fixes it) or, for
+        re-host routes, a model feature that cannot travel to the child
+        process (e.g. a custom layer class defined in ``__main__``).
+        """
+        if self.missing:
+            return self.reason
+        if model is not None and self.kind == "rehost":
+            from kexport.capture.rehost import rehost_problem
+
+            return rehost_problem(model)
+        return ""
+
     def load(self) -> Callable[..., Any]:
         """Import and return the function that performs this route."""
         module, _, func = self.target.partition(":")
@@ -109,6 +124,9 @@ FORMATS: dict[str, Format] = {
 _CAPTURES: dict[str, tuple[str, tuple[str, ...], str]] = {
     "tensorflow": ("kexport.capture.tensorflow:TensorFlowCapture", ("tensorflow",), "tensorflow"),
     "jax": ("kexport.capture.jax:JaxCapture", ("tensorflow", "jax"), "jax"),
+    # No native capture (Keras needs torch_xla): endpoints are recorded as data
+    # and the archive is rebuilt and written on the TensorFlow backend.
+    "torch": ("kexport.capture.rehost:RehostCapture", ("tensorflow",), "tensorflow"),
 }
 
 _ROUTES: list[Route] = [
@@ -116,6 +134,9 @@ _ROUTES: list[Route] = [
           "kexport.formats.saved_model:export", ("tensorflow",), "tensorflow"),
     Route("jax", "tf_saved_model", "native", "jax2tf -> tf.function -> tf.saved_model",
           "kexport.formats.saved_model:export", ("tensorflow", "jax"), "jax"),
+    Route("torch", "tf_saved_model", "rehost",
+          "re-host on tensorflow (child process) -> tf.function -> tf.saved_model",
+          "kexport.capture.rehost:saved_model_via_tensorflow", ("tensorflow",), "tensorflow"),
 ]
 
 
@@ -183,20 +204,33 @@ def archive_writer(format: str) -> Callable[..., Any]:
     return getattr(importlib.import_module(module), func)
 
 
-def resolve(backend: str, format: str) -> Route:
-    """The first available route from ``backend`` to ``format``.
+def matrix() -> dict[tuple[str, str], list[Route]]:
+    """Every backend x format cell with its routes in the order they are tried."""
+    return {(b, f): routes(b, f) for b in BACKENDS for f in FORMATS}
+
+
+def resolve(backend: str, format: str, model: Any | None = None) -> Route:
+    """The first route from ``backend`` to ``format`` that can run here.
+
+    Args:
+        backend: the Keras backend.
+        format: the artifact format.
+        model: when given, routes that cannot carry this model (see
+            :meth:`Route.problem`) are skipped.
 
     Raises:
         UnsupportedRouteError: when the format is unknown, or no route exists
-            or none is installed (the message says what to install).
+            or none can run (the message gives each route's reason).
     """
     format_info(format)
     candidates = routes(backend, format)
-    for route in candidates:
-        if route.available:
+    problems = [r.problem(model) for r in candidates]
+    for route, problem in zip(candidates, problems, strict=True):
+        if not problem:
             return route
     if candidates:
-        reasons = "; ".join(f"{r.kind} ({r.via}): {r.reason}" for r in candidates)
+        reasons = "; ".join(f"{r.kind} ({r.via}): {p}"
+                            for r, p in zip(candidates, problems, strict=True))
         raise UnsupportedRouteError(
             f"Cannot export format '{format}' from the {backend} backend here: {reasons}"
         )

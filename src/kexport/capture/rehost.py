@@ -63,6 +63,7 @@ __all__ = [
     "describe_endpoint",
     "rehost_export",
     "rehost_problem",
+    "saved_model_via_tensorflow",
 ]
 
 DEFAULT_ATOL = 1e-4
@@ -696,6 +697,17 @@ def rehost_export(model: Any, filepath: str | os.PathLike[str],
     extra = {"mode": "model", "kwargs": _json_kwargs(dict(kwargs))}
     return _rehost([model], [(recipe, live)], filepath, format, target_backend,
                    True if verbose is None else verbose, extra, atol, rtol)
+
+
+def saved_model_via_tensorflow(model: Any, filepath: str | os.PathLike[str], *,
+                               verbose: bool | None = None, input_signature: Any | None = None,
+                               **kwargs: Any) -> list[dict[str, Any]]:
+    """The registry's re-host route to ``tf_saved_model`` (PyTorch backend).
+
+    Same as ``rehost_export(model, filepath, "tf_saved_model", "tensorflow", ...)``.
+    """
+    return rehost_export(model, filepath, "tf_saved_model", "tensorflow",
+                         input_signature=input_signature, verbose=verbose, **kwargs)
 
 
 # -- ExportArchive on a backend without a native capture -----------------------------------------
