@@ -19,7 +19,7 @@ from typing import Any
 
 from kexport.errors import SignatureError, describe
 
-__all__ = ["Artifact", "EndpointInfo", "TensorInfo", "format_shape"]
+__all__ = ["Artifact", "EndpointInfo", "TensorInfo", "feeds_for", "format_shape"]
 
 
 def format_shape(shape: Sequence[int | str | None]) -> str:
@@ -83,6 +83,14 @@ class EndpointInfo:
         """A JSON-able description."""
         return {"inputs": [t.to_json() for t in self.inputs],
                 "outputs": [t.to_json() for t in self.outputs]}
+
+    @classmethod
+    def from_json(cls, name: str, data: dict[str, Any]) -> EndpointInfo:
+        """Inverse of :meth:`to_json`."""
+        def infos(items: list[dict[str, Any]]) -> tuple[TensorInfo, ...]:
+            return tuple(TensorInfo(t["name"], tuple(t["shape"]), t["dtype"]) for t in items)
+
+        return cls(name, infos(data["inputs"]), infos(data["outputs"]))
 
 
 @dataclass
@@ -206,31 +214,44 @@ class Artifact(abc.ABC):
         return self.endpoints[name]
 
     def _feeds(self, info: EndpointInfo, inputs: Any) -> dict[str, Any]:
-        import numpy as np
+        return feeds_for(info, inputs)
 
-        names = info.input_names
-        if isinstance(inputs, Mapping):
-            unknown = sorted(set(inputs) - set(names))
-            missing = [n for n in names if n not in inputs]
-            if unknown or missing:
-                raise SignatureError(
-                    f"Endpoint '{info.name}': expected inputs named {names}. "
-                    f"Received: {sorted(inputs)} (missing {missing}, unknown {unknown})"
-                )
-            values = [inputs[n] for n in names]
-        elif isinstance(inputs, (list, tuple)):
-            values = list(inputs)
-        else:
-            values = [inputs]
-        if len(values) != len(names):
+
+def feeds_for(info: EndpointInfo, inputs: Any) -> dict[str, Any]:
+    """Check ``inputs`` against ``info``; return NumPy arrays keyed by input name.
+
+    Args:
+        info: the endpoint.
+        inputs: one array, a list/tuple in input order, or a dict by name.
+
+    Raises:
+        SignatureError: wrong names, count, rank, static dims or dtype.
+    """
+    import numpy as np
+
+    names = info.input_names
+    if isinstance(inputs, Mapping):
+        unknown = sorted(set(inputs) - set(names))
+        missing = [n for n in names if n not in inputs]
+        if unknown or missing:
             raise SignatureError(
-                f"Endpoint '{info.name}': expected {len(names)} input(s) {names}. "
-                f"Received: {len(values)} value(s)"
+                f"Endpoint '{info.name}': expected inputs named {names}. "
+                f"Received: {sorted(inputs)} (missing {missing}, unknown {unknown})"
             )
-        feeds = {}
-        for spec, value in zip(info.inputs, values, strict=True):
-            feeds[spec.name] = _check_array(info.name, spec, np.asarray(value))
-        return feeds
+        values = [inputs[n] for n in names]
+    elif isinstance(inputs, (list, tuple)):
+        values = list(inputs)
+    else:
+        values = [inputs]
+    if len(values) != len(names):
+        raise SignatureError(
+            f"Endpoint '{info.name}': expected {len(names)} input(s) {names}. "
+            f"Received: {len(values)} value(s)"
+        )
+    feeds = {}
+    for spec, value in zip(info.inputs, values, strict=True):
+        feeds[spec.name] = _check_array(info.name, spec, np.asarray(value))
+    return feeds
 
 
 def _check_array(endpoint: str, spec: TensorInfo, array: Any) -> Any:
