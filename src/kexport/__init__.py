@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from kexport._version import __version__
-from kexport.api import export_model, export_saved_model
+from kexport.api import export_model, export_onnx, export_saved_model
 from kexport.errors import (
     ArtifactError,
     CaptureError,
@@ -44,6 +44,7 @@ __all__ = [
     "WriteError",
     "__version__",
     "export_model",
+    "export_onnx",
     "export_saved_model",
     "load",
     "routes",

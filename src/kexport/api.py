@@ -8,7 +8,7 @@ from typing import Any
 from kexport import _atomic
 from kexport.errors import SignatureError, describe
 
-__all__ = ["export_model", "export_saved_model"]
+__all__ = ["export_model", "export_onnx", "export_saved_model"]
 
 
 def _check_common(model: Any, filepath: Any, verbose: Any) -> None:
@@ -122,3 +122,36 @@ def export_saved_model(model: Any, filepath: str | os.PathLike[str],
     """Export ``model`` as a TensorFlow SavedModel; see :func:`export_model`."""
     export_model(model, filepath, format="tf_saved_model", verbose=verbose,
                  input_signature=input_signature, overwrite=overwrite, **kwargs)
+
+
+def export_onnx(model: Any, filepath: str | os.PathLike[str], verbose: bool | None = None,
+                input_signature: Any | None = None, opset_version: int | None = None,
+                **kwargs: Any) -> None:
+    """Export ``model`` as an ONNX graph; see :func:`export_model` and docs/onnx.md.
+
+    Works on the TensorFlow, JAX and PyTorch backends. The file at
+    ``filepath`` (any name) loads with ``onnxruntime.InferenceSession``; its
+    inputs and outputs carry the Keras names and every ``None`` dimension is
+    symbolic.
+
+    Args:
+        model: a built Keras model or layer.
+        filepath: the ONNX file to write (need not end in ``.onnx``).
+        verbose: print a summary (``None``: yes).
+        input_signature: as for :func:`export_model`.
+        opset_version: the ONNX opset (default
+            ``kexport.formats.onnx.DEFAULT_OPSET``, 18).
+        **kwargs: ``external_data_threshold`` (bytes; weights above it go to
+            ``<filepath>.data``, default just under 2 GiB), and the options
+            of :func:`export_model`.
+
+    Example:
+
+    ```python
+    kexport.export_onnx(model, "model.onnx")
+    session = onnxruntime.InferenceSession("model.onnx")
+    outputs = session.run(None, {"input_name": x})
+    ```
+    """
+    export_model(model, filepath, format="onnx", verbose=verbose,
+                 input_signature=input_signature, opset_version=opset_version, **kwargs)

@@ -119,6 +119,9 @@ FORMATS: dict[str, Format] = {
     "tf_saved_model": Format(
         "tf_saved_model", "TensorFlow SavedModel (TF-Serving, TF runtimes)", "",
         ("tensorflow",), "tensorflow", "kexport.formats.saved_model:write_archive"),
+    "onnx": Format(
+        "onnx", "ONNX graph (ONNX Runtime, Triton)", ".onnx",
+        ("onnx", "onnxruntime"), "onnx", "kexport.formats.onnx:write_archive"),
 }
 
 _CAPTURES: dict[str, tuple[str, tuple[str, ...], str]] = {
@@ -137,6 +140,18 @@ _ROUTES: list[Route] = [
     Route("torch", "tf_saved_model", "rehost",
           "re-host on tensorflow (child process) -> tf.function -> tf.saved_model",
           "kexport.capture.rehost:saved_model_via_tensorflow", ("tensorflow",), "tensorflow"),
+    Route("tensorflow", "onnx", "native", "tf.function -> tf2onnx",
+          "kexport.formats.onnx:export_tensorflow",
+          ("tensorflow", "tf2onnx", "onnx", "onnxscript"), "onnx"),
+    Route("torch", "onnx", "native",
+          "torch.export -> torch.onnx (re-host on tensorflow for a dynamic recurrent time axis)",
+          "kexport.formats.onnx:export_torch", ("torch", "onnx", "onnxscript"), "onnx"),
+    Route("jax", "onnx", "rehost", "re-host on tensorflow (child process) -> tf2onnx",
+          "kexport.formats.onnx:export_rehost",
+          ("tensorflow", "tf2onnx", "onnx", "onnxscript"), "onnx"),
+    Route("torch", "onnx", "rehost", "re-host on tensorflow (child process) -> tf2onnx",
+          "kexport.formats.onnx:export_rehost",
+          ("tensorflow", "tf2onnx", "onnx", "onnxscript"), "onnx"),
 ]
 
 

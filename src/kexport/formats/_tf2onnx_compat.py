@@ -1,0 +1,116 @@
+"""The one place kexport talks to ``tf2onnx`` (and works around its age).
+
+tf2onnx 1.17 predates NumPy 2. Everything kexport needs from it goes through
+:func:`convert_function`; every workaround lives here, scoped to the call,
+each with the reason it exists:
+
+- **NumPy 2** removed ``np.product``; tf2onnx's large-model path
+  (``large_model=True``, needed for graphs over 2 GiB) still calls it in
+  ``tf2onnx.graph``. During the call that module sees a NumPy proxy that adds
+  the alias back (NumPy itself is not touched).
+- **Export time**: tf2onnx's Einsum optimizer ranks every letter permutation
+  of each equation with a cost model written in NumPy (about 2 s per Einsum,
+  10 s for one attention layer). During the call it decomposes each equation
+  as written instead; the graph still loses its Einsum nodes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import types
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import onnx
+
+__all__ = ["convert_function", "numpy2_patch"]
+
+
+class _NumpyWithProduct(types.ModuleType):
+    """``numpy`` as seen by tf2onnx: every attribute, plus ``product``."""
+
+    def __init__(self) -> None:
+        super().__init__("numpy")
+
+    def __getattr__(self, name: str) -> Any:
+        import numpy as np
+
+        if name == "product":
+            return np.prod
+        return getattr(np, name)
+
+
+@contextlib.contextmanager
+def numpy2_patch() -> Iterator[None]:
+    """Let ``tf2onnx.graph`` call ``np.product`` under NumPy 2, for one call."""
+    import numpy as np
+    import tf2onnx.graph
+
+    if hasattr(np, "product"):  # NumPy 1: nothing to do
+        yield
+        return
+    original = tf2onnx.graph.np
+    tf2onnx.graph.np = _NumpyWithProduct()
+    try:
+        yield
+    finally:
+        tf2onnx.graph.np = original
+
+
+@contextlib.contextmanager
+def _einsum_as_written() -> Iterator[None]:
+    from tf2onnx.optimizer import einsum_optimizer
+
+    original = einsum_optimizer.optimize_einsum
+
+    def as_written(equation: str, dtype: Any, optimize: bool = True, **kwargs: Any) -> Any:
+        return original(equation, dtype, optimize=False, **kwargs)
+
+    einsum_optimizer.optimize_einsum = as_written
+    try:
+        yield
+    finally:
+        einsum_optimizer.optimize_einsum = original
+
+
+def _inline_external(model: onnx.ModelProto, storage: Any) -> None:
+    """Put tensors tf2onnx kept aside (large-model mode) back into ``model``."""
+    import onnx
+
+    from kexport.formats._onnx_io import iter_initializers
+
+    data = storage.name_to_tensor_data
+    for tensor in iter_initializers(model.graph):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        location = next(e.value for e in tensor.external_data if e.key == "location")
+        tensor.raw_data = data.pop(location)
+        del tensor.external_data[:]
+        tensor.data_location = onnx.TensorProto.DEFAULT
+
+
+def convert_function(function: Any, opset: int, large_model: bool = False) -> onnx.ModelProto:
+    """Convert a ``tf.function`` with a flat, named input signature to ONNX.
+
+    Args:
+        function: a ``tf.function`` whose ``input_signature`` is a flat list
+            of named ``tf.TensorSpec``.
+        opset: the ONNX opset to emit.
+        large_model: use tf2onnx's large-model mode (weights kept outside the
+            protobuf while converting; needed above 2 GiB). The tensors are
+            put back into the returned model, which kexport then writes with
+            external data itself.
+
+    Returns:
+        The converted model; graph input names are the spec names.
+    """
+    import tf2onnx
+
+    with numpy2_patch(), _einsum_as_written():
+        model, storage = tf2onnx.convert.from_function(
+            function, input_signature=function.input_signature, opset=opset,
+            large_model=large_model)
+    if large_model and storage is not None:
+        _inline_external(model, storage)
+    return model

@@ -1,0 +1,715 @@
+"""ONNX writer: one graph per endpoint, named, dynamic, lean, self-describing.
+
+Pipeline (each failure names its step, the route and what to do next):
+
+1. **signature** — the model's inputs with names and dynamic dims
+   (:mod:`kexport.signature`);
+2. **capture** — one route per backend produces a raw ONNX graph:
+
+   - TensorFlow: the endpoint is traced by :mod:`kexport.capture` into a
+     ``tf.function`` and converted by ``tf2onnx`` (see :mod:`._tf2onnx_compat`);
+   - PyTorch: ``torch.export`` with a ``torch.export.Dim`` per dynamic axis,
+     translated by ``torch.onnx``; models whose recurrent time axis is dynamic
+     (``torch.export`` would unroll and fix it) are re-hosted instead;
+   - JAX (and the PyTorch fallback): the model is re-hosted on TensorFlow in
+     a child process (config + weights through a ``.keras`` file), where the
+     TensorFlow route runs (:mod:`._onnx_rehost`);
+3. **finish** — inputs/outputs renamed to the Keras names, graph optimised
+   (constant folding, dead-node and duplicate removal), opset checked,
+   metadata set, local paths and debug metadata stripped;
+4. **write** — atomically; weights above ``external_data_threshold`` go to one
+   ``<file>.data`` beside the graph; ``onnx.checker`` (``full_check=True``)
+   passes before the call returns.
+
+``ExportArchive.write_out(path, format="onnx")`` writes a folder instead:
+``<endpoint>.onnx`` per endpoint, one shared ``weights.data`` and
+``manifest.json`` (see :func:`write_archive`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from kexport import _summary
+from kexport._atomic import atomic_target
+from kexport.errors import (
+    CaptureError,
+    KexportError,
+    SignatureError,
+    UnsupportedRouteError,
+    WriteError,
+)
+from kexport.signature import Spec, flat_names, flatten, normalize_for_model, pack_as
+
+if TYPE_CHECKING:
+    import onnx
+
+    from kexport.archive import ExportArchive
+    from kexport.capture._base import TracedEndpoint
+
+__all__ = [
+    "ARCHIVE_MANIFEST",
+    "ARCHIVE_WEIGHTS",
+    "DEFAULT_ENDPOINT",
+    "DEFAULT_EXTERNAL_DATA_THRESHOLD",
+    "DEFAULT_OPSET",
+    "RawGraph",
+    "export_rehost",
+    "export_tensorflow",
+    "export_torch",
+    "write_archive",
+]
+
+DEFAULT_OPSET = 18
+"""Opset used when ``opset_version`` is not given (ONNX Runtime >= 1.14 runs it)."""
+DEFAULT_EXTERNAL_DATA_THRESHOLD = 2 * 1024**3 - 64 * 1024**2
+"""Weights above this many bytes go to external data (protobuf's 2 GiB limit, less headroom)."""
+DEFAULT_ENDPOINT = "serve"
+ARCHIVE_WEIGHTS = "weights.data"
+ARCHIVE_MANIFEST = "manifest.json"
+_MIN_OPSET = 13
+_LARGE_TF_GRAPH = 2**30  # above this, tf2onnx keeps weights outside its GraphDef
+_LOOKUP_LAYERS = ("StringLookup", "IntegerLookup", "TextVectorization", "Hashing")
+
+
+@dataclass
+class RawGraph:
+    """What a capture route hands to the finishing steps.
+
+    Attributes:
+        model: the converted ONNX model, names not yet final.
+        input_names: the Keras name of each flat graph input, in order.
+        output_names: the Keras name of each flat graph output, in order.
+        output_specs: one :class:`Spec` per flat output.
+        route: the route taken, for metadata and error messages.
+    """
+
+    model: Any
+    input_names: list[str]
+    output_names: list[str]
+    output_specs: list[Spec] = field(default_factory=list)
+    route: str = ""
+
+
+def _step_error(cls: type[KexportError], step: str, route: str, cause: BaseException,
+                layer: str | None = None, next_steps: str = "") -> KexportError:
+    where = f" in Keras layer '{layer}'" if layer else ""
+    text = (f"{step} (route: {route}) failed{where}: {type(cause).__name__}: "
+            f"{str(cause).strip()[:1500]}")
+    if next_steps:
+        text += f"\nNext steps: {next_steps}"
+    return cls(text)
+
+
+def _guess_layer(model: Any, cause: BaseException) -> str | None:
+    """The name of a layer of ``model`` that the error text mentions, if any."""
+    text = str(cause)
+    try:
+        layers = list(model._flatten_layers(include_self=False))
+    except Exception:
+        return None
+    best = None
+    for layer in layers:
+        name = getattr(layer, "name", "")
+        if name and (f"/{name}/" in text or f"'{name}'" in text or f"{name}_" in text
+                     or f" {name}" in text) and (best is None or len(name) > len(best)):
+            best = name
+    return best
+
+
+# -- options ------------------------------------------------------------------
+
+def _check_opset(opset_version: Any) -> int:
+    if opset_version is None:
+        return DEFAULT_OPSET
+    import onnx
+
+    newest = onnx.defs.onnx_opset_version()
+    if isinstance(opset_version, bool) or not isinstance(opset_version, int) or not (
+            _MIN_OPSET <= opset_version <= newest):
+        raise SignatureError(
+            f"Expected `opset_version` to be an int from {_MIN_OPSET} to {newest} "
+            f"(the newest this onnx package knows). Received: opset_version={opset_version!r}"
+        )
+    return opset_version
+
+
+def _check_threshold(threshold: Any) -> int:
+    if threshold is None:
+        return DEFAULT_EXTERNAL_DATA_THRESHOLD
+    if isinstance(threshold, bool) or not isinstance(threshold, int) or threshold < 0:
+        raise SignatureError(
+            "Expected `external_data_threshold` to be a non-negative int (bytes). "
+            f"Received: external_data_threshold={threshold!r}"
+        )
+    return threshold
+
+
+def _pop_options(kwargs: dict[str, Any], backend: str) -> dict[str, Any]:
+    """Split ONNX options from ``kwargs``; refuse what no route understands."""
+    opts = {
+        "opset": _check_opset(kwargs.pop("opset_version", None)),
+        "threshold": _check_threshold(kwargs.pop("external_data_threshold", None)),
+    }
+    # JAX's SavedModel options have no meaning for an ONNX graph (no jax2tf here).
+    kwargs.pop("is_static", None)
+    kwargs.pop("jax2tf_kwargs", None)
+    if kwargs:
+        raise SignatureError(
+            f"Unexpected keyword arguments for ONNX export on the {backend} backend: "
+            f"{sorted(kwargs)}. Expected only `opset_version` and `external_data_threshold`."
+        )
+    return opts
+
+
+def _refuse_lookup_layers(model: Any, route: str) -> None:
+    """Lookup layers hold TensorFlow hash tables: refuse them with a clear error."""
+    try:
+        layers = [model, *model._flatten_layers(include_self=False)]
+    except Exception:
+        return
+    for layer in layers:
+        if type(layer).__name__ in _LOOKUP_LAYERS:
+            raise UnsupportedRouteError(
+                f"Step 1/4 (signature, route: {route}): Keras layer '{layer.name}' "
+                f"({type(layer).__name__}) cannot be exported to ONNX: its vocabulary "
+                "lives in a TensorFlow hash table that no ONNX converter maps to "
+                "ONNX-ML operators ONNX Runtime runs reliably. Next steps: apply "
+                "the lookup before the model (export the model from its integer "
+                "ids onward), or export format='tf_saved_model', which keeps the table."
+            )
+
+
+# -- step 2: capture routes ------------------------------------------------------
+
+def _flat_tf_function(endpoint: TracedEndpoint) -> Any:
+    """A ``tf.function`` over the endpoint's flat, named inputs, returning a flat list."""
+    import tensorflow as tf
+
+    specs = [tf.TensorSpec(s.shape, tf.as_dtype(s.dtype), name=n)
+             for s, n in zip(flatten(endpoint.signature), endpoint.input_names, strict=False)]
+    structure = endpoint.signature
+
+    @tf.function(input_signature=specs, autograph=False)
+    def flat(*flat_inputs: Any) -> list[Any]:
+        args = pack_as(list(structure), list(flat_inputs))
+        return list(tf.nest.flatten(endpoint.function(*args)))
+
+    return flat
+
+
+def _weight_bytes(variables: Sequence[Any]) -> int:
+    import numpy as np
+
+    return sum(int(np.prod(v.shape)) * np.dtype(getattr(v.dtype, "name", v.dtype)).itemsize
+               for v in variables)
+
+
+def tf_endpoint_to_onnx(endpoint: TracedEndpoint, opset: int, route: str,
+                        model: Any | None = None, weight_bytes: int = 0) -> RawGraph:
+    """Convert one traced TensorFlow endpoint with ``tf2onnx`` (step 2)."""
+    from kexport.formats import _tf2onnx_compat
+
+    function = _flat_tf_function(endpoint)
+    try:
+        proto = _tf2onnx_compat.convert_function(function, opset,
+                                                 large_model=weight_bytes > _LARGE_TF_GRAPH)
+    except Exception as e:
+        text = str(e)
+        hint = ("re-export on the TensorFlow backend; on JAX, export the model "
+                "(export_onnx re-hosts it) rather than an ExportArchive endpoint"
+                if "XlaCallModule" in text else
+                "check that every op the endpoint uses has an ONNX equivalent; "
+                "try another opset_version, or export format='tf_saved_model'")
+        raise _step_error(CaptureError, "Step 2/4 (capture: tf2onnx conversion)", route, e,
+                          _guess_layer(model, e) if model is not None else None,
+                          hint) from e
+    return RawGraph(proto, list(endpoint.input_names), list(endpoint.output_names),
+                    list(endpoint.output_specs), route)
+
+
+def capture_tensorflow(model: Any, signature: list[Any], opset: int,
+                       route: str = "tensorflow: tf.function -> tf2onnx") -> RawGraph:
+    """TensorFlow route: trace ``model(..., training=False)`` and convert it."""
+    from kexport.capture.tensorflow import TensorFlowCapture
+
+    capture = TensorFlowCapture()
+    capture.track(model)
+    try:
+        endpoint = capture.trace(DEFAULT_ENDPOINT,
+                                 lambda *args: model(*args, training=False), signature)
+    except CaptureError as e:
+        raise _step_error(CaptureError, "Step 2/4 (capture: tf.function trace)", route, e,
+                          _guess_layer(model, e),
+                          "make sure the model runs on these input shapes with "
+                          "training=False") from e
+    return tf_endpoint_to_onnx(endpoint, opset, route, model,
+                               _weight_bytes(model.variables))
+
+
+def _sample_size(axis: int) -> int:
+    # >= 2 (torch.export fixes size-1 dims), distinct per axis so that
+    # unrelated dynamic axes are not unified by equal sample sizes.
+    return 2 if axis == 0 else axis + 2
+
+
+def _has_dynamic_recurrence(model: Any, signature: list[Any]) -> str | None:
+    """The name of a recurrent layer when a non-batch input axis is dynamic."""
+    import keras
+
+    if not any(ax != 0 for s in flatten(signature) for ax in s.dynamic_axes):
+        return None
+    for layer in model._flatten_layers(include_self=False):
+        if isinstance(layer, keras.layers.RNN):
+            return layer.name
+    return None
+
+
+class _Specialised(Exception):
+    pass
+
+
+def capture_torch(model: Any, signature: list[Any], opset: int,
+                  route: str = "torch: torch.export -> torch.onnx") -> RawGraph:
+    """PyTorch route: ``torch.export`` with ``Dim`` per dynamic axis, then ``torch.onnx``."""
+    import numpy as np
+    import torch
+
+    from kexport.capture._base import output_names
+
+    flat_specs = flatten(signature)
+    names = flat_names(signature)
+    for spec, name in zip(flat_specs, names, strict=False):
+        if spec.dtype == "string":
+            raise UnsupportedRouteError(
+                f"Step 1/4 (signature, route: {route}): input '{name}' is a string "
+                "tensor, which PyTorch cannot hold. Next step: export on the "
+                "TensorFlow backend."
+            )
+    dims: dict[int, Any] = {}
+    samples, dynamic = [], []
+    for spec in flat_specs:
+        shape = []
+        axes = {}
+        for axis, d in enumerate(spec.shape):
+            if d is None:
+                if axis not in dims:
+                    dims[axis] = torch.export.Dim("batch" if axis == 0 else f"d{axis}",
+                                                  min=1, max=2**20)
+                axes[axis] = dims[axis]
+                shape.append(_sample_size(axis))
+            else:
+                shape.append(d)
+        if np.dtype(spec.dtype).kind in "iub":
+            sample = torch.zeros(shape, dtype=getattr(torch, spec.dtype))
+        else:
+            sample = torch.rand(shape, dtype=getattr(torch, spec.dtype))
+        samples.append(sample)
+        dynamic.append(axes or None)
+    structure = signature
+
+    class _Endpoint(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, *flat_inputs: Any) -> Any:
+            args = pack_as(list(structure), list(flat_inputs))
+            return tuple(flatten(self.model(*args, training=False)))
+
+    with torch.no_grad():
+        live = model(*pack_as(list(structure), samples), training=False)
+    outs = output_names(_plain(live), model)
+    out_specs = [Spec((None, *tuple(t.shape)[1:]) if t.ndim else (), str(t.dtype).removeprefix("torch."), n)
+                 for t, n in zip(flatten(_plain(live)), outs, strict=False)]
+    wrapper = _Endpoint().eval()
+    try:
+        program = torch.onnx.export(
+            wrapper, tuple(samples), dynamo=True, dynamic_shapes=(tuple(dynamic),),
+            input_names=names, output_names=outs, opset_version=max(opset, 18),
+            optimize=False, verbose=False, report=False)
+    except Exception as e:
+        raise _step_error(CaptureError, "Step 2/4 (capture: torch.export + torch.onnx)", route,
+                          e, _guess_layer(model, e),
+                          "export on the TensorFlow backend (re-hosting), or report the "
+                          "layer to kexport") from e
+    proto = program.model_proto
+    for spec, value in zip(flat_specs, proto.graph.input, strict=False):
+        got = value.type.tensor_type.shape.dim
+        if any(got[ax].HasField("dim_value") for ax in spec.dynamic_axes):
+            raise _Specialised(value.name)
+    return RawGraph(proto, names, outs, out_specs, route)
+
+
+def _plain(structure: Any) -> Any:
+    if isinstance(structure, dict):
+        return {k: _plain(v) for k, v in structure.items()}
+    if isinstance(structure, (list, tuple)):
+        return [_plain(v) for v in structure]
+    return structure
+
+
+# -- step 3: finish -----------------------------------------------------------------
+
+def _rename_io(model: Any, input_names: Sequence[str], output_names: Sequence[str]) -> None:
+    """Give graph inputs/outputs the Keras names (an ``onnx_ir`` model, in place)."""
+    import onnx_ir as ir
+
+    graph = model.graph
+    if len(graph.inputs) != len(input_names) or len(graph.outputs) != len(output_names):
+        raise CaptureError(
+            f"Step 3/4 (finish): expected {len(input_names)} graph inputs and "
+            f"{len(output_names)} outputs. Received {len(graph.inputs)} and "
+            f"{len(graph.outputs)} from the converter."
+        )
+    wanted = set(input_names) | set(output_names)
+    for node in graph:
+        for v in node.outputs:
+            if v.name in wanted and v not in graph.outputs:
+                v.name = f"{v.name}__inner"
+    for v, name in zip(graph.inputs, input_names, strict=False):
+        v.name = name
+    seen: set[int] = set()
+    for i, (v, name) in enumerate(zip(list(graph.outputs), output_names, strict=False)):
+        if v.is_graph_input() or id(v) in seen or (v.name != name and v.name in wanted):
+            node = ir.node("Identity", inputs=[v])
+            graph.append(node)
+            v = node.outputs[0]
+            graph.outputs[i] = v
+        seen.add(id(v))
+        v.name = name
+
+
+def _clear_debug_info(model: Any) -> None:
+    """Drop doc strings and node metadata (they can hold local source paths)."""
+    from onnx_ir.passes.common import ClearMetadataAndDocStringPass
+
+    ClearMetadataAndDocStringPass()(model)
+    model.doc_string = None
+    model.graph.doc_string = None
+    model.metadata_props.clear()
+    model.graph.metadata_props.clear()
+
+
+def _optimize(model: Any) -> None:
+    """Constant folding, dead-node, identity and duplicate removal."""
+    import onnxscript.optimizer
+    from onnx_ir.passes.common import (
+        CommonSubexpressionEliminationPass,
+        DeduplicateInitializersPass,
+        RemoveUnusedFunctionsPass,
+        RemoveUnusedNodesPass,
+        RemoveUnusedOpsetsPass,
+    )
+
+    onnxscript.optimizer.optimize_ir(model, num_iterations=2)
+    for p in (DeduplicateInitializersPass(), CommonSubexpressionEliminationPass(),
+              RemoveUnusedNodesPass(), RemoveUnusedFunctionsPass(), RemoveUnusedOpsetsPass()):
+        p(model)
+
+
+def _spec_json(specs: Sequence[Spec], names: Sequence[str]) -> str:
+    return json.dumps([dict(s.to_json(), name=n) for s, n in zip(specs, names, strict=False)],
+                      separators=(",", ":"))
+
+
+def finish(raw: RawGraph, *, opset: int, backend: str, endpoint: str,
+           input_specs: Sequence[Spec], optimize: bool = True) -> onnx.ModelProto:
+    """Step 3: names, optimisation, opset and metadata, as an ``onnx.ModelProto``."""
+    import keras
+    import onnx
+    import onnx_ir as ir
+
+    from kexport._version import __version__
+
+    try:
+        model = ir.serde.deserialize_model(raw.model)
+        _rename_io(model, raw.input_names, raw.output_names)
+        _clear_debug_info(model)
+        if optimize:
+            _optimize(model)
+        proto = ir.serde.serialize_model(model)
+    except KexportError:
+        raise
+    except Exception as e:
+        raise _step_error(WriteError, "Step 3/4 (finish: rename + optimise)", raw.route, e,
+                          None, "retry with another opset_version; report the model "
+                          "to kexport") from e
+    current = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    if current != opset:
+        try:
+            proto = onnx.version_converter.convert_version(proto, opset)
+        except Exception as e:
+            raise _step_error(WriteError, f"Step 3/4 (finish: opset {current} -> {opset})",
+                              raw.route, e, None,
+                              f"use opset_version={current} or newer") from e
+    _name_dynamic_dims(proto, input_specs)
+    proto.producer_name = "kexport"
+    proto.producer_version = __version__
+    proto.doc_string = ""
+    del proto.metadata_props[:]
+    meta = {
+        "kexport.backend": backend,
+        "kexport.keras_version": keras.__version__,
+        "kexport.endpoint": endpoint,
+        "kexport.route": raw.route,
+        "kexport.inputs": _spec_json(input_specs, raw.input_names),
+        "kexport.outputs": _spec_json(raw.output_specs, raw.output_names),
+    }
+    for k, v in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = k, v
+    return proto
+
+
+def _name_dynamic_dims(proto: onnx.ModelProto, input_specs: Sequence[Spec]) -> None:
+    """Call dynamic input axes ``batch`` (axis 0) and ``d<axis>``, graph-wide.
+
+    Converters invent names (``unk__6``, ``s0``); the same axis position of
+    every input gets one readable name, and the invented name is replaced in
+    outputs and value infos too, so output dims that follow an input dim say so.
+    """
+    rename: dict[str, str] = {}
+    for spec, value in zip(input_specs, proto.graph.input, strict=False):
+        dims = value.type.tensor_type.shape.dim
+        for axis in spec.dynamic_axes:
+            if axis >= len(dims):
+                continue
+            new = "batch" if axis == 0 else f"d{axis}"
+            old = dims[axis].dim_param if dims[axis].HasField("dim_param") else None
+            if old and old not in rename:
+                rename[old] = new
+            dims[axis].dim_param = rename.get(old, new) if old else new
+    for value in [*proto.graph.output, *proto.graph.value_info]:
+        if not value.type.HasField("tensor_type"):
+            continue
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.HasField("dim_param") and dim.dim_param in rename:
+                dim.dim_param = rename[dim.dim_param]
+
+
+# -- step 4: write ------------------------------------------------------------------
+
+def _check(target: str | onnx.ModelProto, route: str) -> None:
+    import onnx
+
+    try:
+        onnx.checker.check_model(target, full_check=True)
+    except Exception as e:
+        raise _step_error(WriteError, "Step 4/4 (write: onnx.checker full_check)", route, e,
+                          None, "report this model to kexport; try another opset_version") from e
+
+
+def write_model(proto: onnx.ModelProto, filepath: str | os.PathLike[str], threshold: int,
+                route: str) -> bool:
+    """Write one graph atomically, with ``<name>.data`` beside it when large.
+
+    Returns:
+        Whether external data was written.
+    """
+    from kexport.formats import _onnx_io
+
+    path = Path(os.fspath(filepath))
+    data_name = f"{path.name}.data"
+    data_path = path.with_name(data_name)
+    external = _onnx_io.initializer_bytes([proto]) > threshold
+    if not external:
+        _check(proto, route)
+        with atomic_target(path, is_dir=False) as tmp:
+            tmp.write_bytes(proto.SerializeToString())
+        if data_path.is_file():
+            data_path.unlink()  # a stale weights file of an earlier large export
+        return False
+    with atomic_target(data_path, is_dir=False) as tmp_data, \
+            atomic_target(path, is_dir=False) as tmp_graph:
+        with open(tmp_data, "wb") as f:
+            _onnx_io.externalize([proto], f, data_name, min_bytes=min(threshold, 1024))
+        tmp_graph.write_bytes(proto.SerializeToString())
+    try:
+        _check(os.fspath(path), route)
+    except WriteError:
+        path.unlink(missing_ok=True)
+        data_path.unlink(missing_ok=True)
+        raise
+    return True
+
+
+# -- route targets (registered in kexport.registry) ---------------------------------
+
+def _export(model: Any, filepath: str | os.PathLike[str], verbose: bool | None,
+            input_signature: Any, kwargs: dict[str, Any], backend: str,
+            capture: Callable[[Any, list[Any], int], RawGraph]) -> None:
+    signature = normalize_for_model(model, input_signature)
+    opts = _pop_options(kwargs, backend)
+    raw = capture(model, signature, opts["opset"])
+    proto = finish(raw, opset=opts["opset"], backend=backend, endpoint=DEFAULT_ENDPOINT,
+                   input_specs=flatten(signature))
+    del raw
+    write_model(proto, filepath, opts["threshold"], proto_route(proto))
+    if verbose is None or verbose:
+        _summary.print_summary("onnx", [_SummaryEndpoint.of(proto, signature)], filepath)
+
+
+def proto_route(proto: onnx.ModelProto) -> str:
+    """The route recorded in a finished graph's metadata."""
+    return next((p.value for p in proto.metadata_props if p.key == "kexport.route"), "?")
+
+
+@dataclass
+class _SummaryEndpoint:
+    name: str
+    signature: list[Any]
+    input_names: list[str]
+    output_specs: list[Spec]
+
+    @classmethod
+    def of(cls, proto: onnx.ModelProto, signature: list[Any]) -> _SummaryEndpoint:
+        meta = {p.key: p.value for p in proto.metadata_props}
+        outs = [Spec(tuple(o["shape"]), o["dtype"], o["name"])
+                for o in json.loads(meta["kexport.outputs"])]
+        return cls(meta["kexport.endpoint"], signature, [i.name for i in proto.graph.input], outs)
+
+
+def export_tensorflow(model: Any, filepath: str | os.PathLike[str], *,
+                      verbose: bool | None = None, input_signature: Any | None = None,
+                      **kwargs: Any) -> None:
+    """TensorFlow backend -> ONNX (``tf.function`` + ``tf2onnx``, in process)."""
+    _refuse_lookup_layers(model, "tensorflow: tf.function -> tf2onnx")
+    _export(model, filepath, verbose, input_signature, kwargs, "tensorflow",
+            capture_tensorflow)
+
+
+def export_rehost(model: Any, filepath: str | os.PathLike[str], *,
+                  verbose: bool | None = None, input_signature: Any | None = None,
+                  **kwargs: Any) -> None:
+    """Any backend -> ONNX by re-hosting the model on TensorFlow in a child process."""
+    import keras
+
+    from kexport.formats import _onnx_rehost
+
+    _refuse_lookup_layers(model, _onnx_rehost.ROUTE)
+    _export(model, filepath, verbose, input_signature, kwargs, keras.backend.backend(),
+            _onnx_rehost.capture_rehost)
+
+
+def export_torch(model: Any, filepath: str | os.PathLike[str], *,
+                 verbose: bool | None = None, input_signature: Any | None = None,
+                 **kwargs: Any) -> None:
+    """PyTorch backend -> ONNX.
+
+    Strategies in order: ``torch.export`` + ``torch.onnx`` in process; when a
+    dynamic axis would be fixed by ``torch.export`` (recurrent layers over a
+    dynamic time axis unroll into a fixed number of steps), re-host on
+    TensorFlow instead so that axis stays symbolic.
+    """
+    from kexport.formats import _onnx_rehost
+
+    _refuse_lookup_layers(model, "torch: torch.export -> torch.onnx")
+
+    def capture(m: Any, signature: list[Any], opset: int) -> RawGraph:
+        if _has_dynamic_recurrence(m, signature) is None:
+            try:
+                return capture_torch(m, signature, opset)
+            except _Specialised:
+                pass
+        return _onnx_rehost.capture_rehost(m, signature, opset)
+
+    _export(model, filepath, verbose, input_signature, kwargs, "torch", capture)
+
+
+# -- ExportArchive ------------------------------------------------------------------
+
+def write_archive(archive: ExportArchive, filepath: str | os.PathLike[str],
+                  options: Any | None = None, verbose: bool = True,
+                  opset_version: int | None = None) -> None:
+    """Write ``archive`` as a folder of ONNX graphs sharing one weights file.
+
+    Layout::
+
+        <filepath>/
+          <endpoint>.onnx      one graph per endpoint, inputs/outputs named
+          weights.data         every weight tensor once, shared by the graphs
+          manifest.json        producer, versions, backend, opset and, per
+                               endpoint, its file and input/output specs
+
+    Raises:
+        SignatureError: when ``options`` is given (SavedModel only).
+        CaptureError, WriteError: when converting or writing fails.
+    """
+    from kexport._version import __version__
+    from kexport.formats import _onnx_io
+
+    if options is not None:
+        raise SignatureError(
+            "Expected `options=None` for format='onnx' (options are "
+            f"tf.saved_model.SaveOptions, SavedModel only). Received: {type(options).__name__}"
+        )
+    opset = _check_opset(opset_version)
+    route = f"{archive.backend}: ExportArchive tf.function -> tf2onnx"
+    protos = []
+    for endpoint in archive.endpoints:
+        raw = tf_endpoint_to_onnx(endpoint, opset, route, endpoint.owner,
+                                  _weight_bytes(archive.trackables()["variables"]))
+        protos.append(finish(raw, opset=opset, backend=archive.backend, endpoint=endpoint.name,
+                             input_specs=flatten(endpoint.signature)))
+    import keras
+
+    manifest = {
+        "producer": "kexport",
+        "producer_version": __version__,
+        "keras_version": keras.__version__,
+        "backend": archive.backend,
+        "format": "onnx",
+        "opset": opset,
+        "weights": ARCHIVE_WEIGHTS,
+        "endpoints": {
+            e.name: {
+                "file": f"{e.name}.onnx",
+                "inputs": json.loads(_spec_json(flatten(e.signature), e.input_names)),
+                "outputs": [s.to_json() for s in e.output_specs],
+            }
+            for e in archive.endpoints
+        },
+    }
+    with atomic_target(filepath, is_dir=True) as tmp:
+        with open(tmp / ARCHIVE_WEIGHTS, "wb") as f:
+            _onnx_io.externalize(protos, f, ARCHIVE_WEIGHTS)
+        for endpoint, proto in zip(archive.endpoints, protos, strict=False):
+            graph_path = tmp / f"{endpoint.name}.onnx"
+            graph_path.write_bytes(proto.SerializeToString())
+            _check(os.fspath(graph_path), route)
+        (tmp / ARCHIVE_MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    if verbose:
+        _summary.print_summary("onnx", archive.endpoints, filepath)
+
+
+def spec_structure_to_json(signature: list[Any]) -> Any:
+    """A JSON form of a signature (for the re-host child process)."""
+    def enc(s: Any) -> Any:
+        if isinstance(s, Spec):
+            return {"__spec__": [list(s.shape), s.dtype, s.name]}
+        if isinstance(s, dict):
+            return {"__dict__": {k: enc(v) for k, v in s.items()}}
+        if isinstance(s, tuple):
+            return {"__tuple__": [enc(v) for v in s]}
+        return [enc(v) for v in s]
+
+    return enc(signature)
+
+
+def spec_structure_from_json(data: Any) -> Any:
+    """Inverse of :func:`spec_structure_to_json`."""
+    if isinstance(data, dict) and "__spec__" in data:
+        shape, dtype, name = data["__spec__"]
+        return Spec(tuple(shape), dtype, name)
+    if isinstance(data, dict) and "__dict__" in data:
+        return {k: spec_structure_from_json(v) for k, v in data["__dict__"].items()}
+    if isinstance(data, dict) and "__tuple__" in data:
+        return tuple(spec_structure_from_json(v) for v in data["__tuple__"])
+    return [spec_structure_from_json(v) for v in data]
+
