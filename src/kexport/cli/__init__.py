@@ -1,27 +1,144 @@
-"""The ``kexport`` command line (help and version for now)."""
+"""The ``kexport`` command line (also ``python -m kexport``).
+
+Verbs: ``export``, ``inspect``, ``verify``, ``bench``, ``formats``. Every verb
+takes ``--json`` for scripts. Exit codes: 0 success, 1 verification failed,
+2 bad input or usage (a typed kexport error, a missing file, bad arguments).
+
+This module only builds the parser: the verbs live in :mod:`kexport.cli._commands`
+and import Keras and the runtimes when they run, so ``kexport --help`` stays fast.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from collections.abc import Sequence
 
 from kexport._version import __version__
 
-__all__ = ["main"]
+__all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "build_parser", "main"]
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+_BACKENDS = ("tensorflow", "jax", "torch")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, received {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, received {text!r}")
+    return value
+
+
+def _tolerance(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, received {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, received {text!r}")
+    return value
+
+
+def _common(p: argparse.ArgumentParser, backend: bool = False) -> None:
+    p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    if backend:
+        p.add_argument("--backend", choices=_BACKENDS,
+                       help="Keras backend to load the model on (default: $KERAS_BACKEND)")
+
+
+def _tolerances(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--atol", type=_tolerance, help="absolute tolerance (default: by precision)")
+    p.add_argument("--rtol", type=_tolerance, help="relative tolerance (default: by precision)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the generated inputs")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every verb (imports nothing heavy)."""
     parser = argparse.ArgumentParser(
         prog="kexport",
         description="Export Keras 3 models from any backend to verified inference artifacts.",
+        epilog="Exit codes: 0 success, 1 verification failed, 2 bad input or usage.",
     )
     parser.add_argument("--version", action="version", version=f"kexport {__version__}")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+
+    p = sub.add_parser("export", help="export a .keras model (verified by default)",
+                       description="Export MODEL.keras to an artifact, then reload the artifact "
+                                   "in a fresh process and compare it with the model.")
+    p.add_argument("model", metavar="MODEL.keras")
+    p.add_argument("--format", "-f", default="tf_saved_model",
+                   help="artifact format (see `kexport formats`; default tf_saved_model)")
+    p.add_argument("-o", "--output", required=True, metavar="OUT", help="artifact path")
+    p.add_argument("--input-signature", metavar="JSON",
+                   help='e.g. \'[{"shape": [null, 64], "dtype": "float32", "name": "x"}]\'')
+    p.add_argument("--opset", type=_positive, help="ONNX opset version")
+    p.add_argument("--no-verify", action="store_true", help="skip verification")
+    p.add_argument("--unsafe", action="store_true",
+                   help="load the .keras file with Keras safe mode OFF (runs its Python code)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace OUT even if it holds something other than an artifact")
+    _tolerances(p)
+    _common(p, backend=True)
+
+    p = sub.add_parser("inspect", help="show an artifact's endpoints, files, metadata",
+                       description="Format, endpoints with input/output names, shapes and "
+                                   "dtypes, file sizes, metadata, the stored verification "
+                                   "result and operator counts.")
+    p.add_argument("artifact", metavar="ARTIFACT")
+    _common(p)
+
+    p = sub.add_parser("verify", help="compare an artifact with a .keras model",
+                       description="Run ARTIFACT in a fresh process and compare it with "
+                                   "MODEL.keras; exit 1 when out of tolerance.")
+    p.add_argument("model", metavar="MODEL.keras")
+    p.add_argument("artifact", metavar="ARTIFACT")
+    p.add_argument("--unsafe", action="store_true", help="Keras safe mode OFF")
+    p.add_argument("--no-store", action="store_true",
+                   help="do not store the report inside the artifact")
+    _tolerances(p)
+    _common(p, backend=True)
+
+    p = sub.add_parser("bench", help="latency and throughput of an artifact",
+                       description="p50/p90/p99 latency and throughput per batch size, next "
+                                   "to the Keras model when --model is given.")
+    p.add_argument("artifact", metavar="ARTIFACT")
+    p.add_argument("--batch", type=_positive, nargs="+", default=[1, 32], metavar="N",
+                   help="batch sizes (default: 1 32)")
+    p.add_argument("--model", metavar="MODEL.keras", help="also time this Keras model")
+    p.add_argument("--endpoint", help="endpoint to time (default: the default endpoint)")
+    p.add_argument("--seconds", type=float, default=1.0,
+                   help="time budget per batch size and runner (default 1)")
+    p.add_argument("--dim-size", type=_positive, default=8,
+                   help="size given to dynamic dims other than the batch (default 8)")
+    p.add_argument("--unsafe", action="store_true", help="Keras safe mode OFF for --model")
+    _common(p, backend=True)
+
+    p = sub.add_parser("formats", help="the backend x format route table")
+    _common(p)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     parser = build_parser()
-    parser.parse_args(argv)
-    parser.print_help()
-    return 0
+    args = parser.parse_args(argv)
+    if args.verb is None:
+        parser.print_help()
+        return EXIT_USAGE
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if getattr(args, "backend", None):
+        os.environ["KERAS_BACKEND"] = args.backend
+    from kexport.cli import _commands
+
+    try:
+        return _commands.run(args)
+    except KeyboardInterrupt:
+        print("kexport: interrupted", file=sys.stderr)
+        return 130

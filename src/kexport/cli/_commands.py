@@ -1,0 +1,341 @@
+"""The verbs of the ``kexport`` command; each returns an exit code."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from kexport.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from kexport.cli._progress import Progress
+from kexport.errors import KexportError, SignatureError, VerificationError
+
+__all__ = ["run"]
+
+
+def run(args: argparse.Namespace) -> int:
+    """Dispatch ``args.verb``; map typed errors to exit codes."""
+    verbs: dict[str, Callable[[argparse.Namespace, Progress], int]] = {
+        "export": export, "inspect": inspect, "verify": verify, "bench": bench,
+        "formats": formats,
+    }
+    progress = Progress(False if args.json else None)
+    try:
+        return verbs[args.verb](args, progress)
+    except VerificationError as e:
+        return _fail(args, e, EXIT_FAILED)
+    except (KexportError, OSError) as e:
+        return _fail(args, e, EXIT_USAGE)
+
+
+def _fail(args: argparse.Namespace, error: BaseException, code: int) -> int:
+    if args.json:
+        print(json.dumps({"ok": False, "error": {"type": type(error).__name__,
+                                                  "message": str(error)}}, indent=2))
+    else:
+        print(f"kexport {args.verb}: error: {type(error).__name__}: {error}", file=sys.stderr)
+    return code
+
+
+def _emit(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
+    print(json.dumps(data, indent=2, default=str) if args.json else text)
+
+
+def _human_size(n: int) -> str:
+    from kexport._summary import human_size
+
+    return human_size(n)
+
+
+# -- loading ----------------------------------------------------------------
+
+def load_model(path: str, unsafe: bool) -> Any:
+    """Load a ``.keras`` file with Keras safe mode unless ``unsafe``."""
+    from kexport.errors import ArtifactError
+
+    if not os.path.isfile(path):
+        raise ArtifactError(f"Expected a .keras model file. Received: '{path}', which "
+                            f"{'is a folder' if os.path.isdir(path) else 'does not exist'}.")
+    try:
+        from kexport._keras_file import load_keras_file
+    except ImportError:  # pragma: no cover - until the reliability module lands
+        import keras
+
+        if not path.endswith(".keras"):
+            raise ArtifactError(f"Expected a .keras file. Received: '{path}'") from None
+        return keras.saving.load_model(path, safe_mode=not unsafe)
+    return load_keras_file(path, safe_mode=not unsafe)
+
+
+def parse_signature(text: str | None) -> Any:
+    """``--input-signature`` JSON -> specs (a list, dict or single spec).
+
+    Raises:
+        SignatureError: invalid JSON or specs, with what was expected.
+    """
+    if text is None:
+        return None
+    from kexport.signature import Spec
+
+    try:
+        data = json.loads(text)
+    except ValueError as e:
+        raise SignatureError(f"Expected --input-signature to be JSON. Received: {text!r} "
+                             f"({e})") from None
+
+    def spec(item: Any) -> Any:
+        if isinstance(item, dict) and "shape" in item:
+            shape = item["shape"]
+            if not isinstance(shape, list):
+                raise SignatureError(f"Expected a list as 'shape'. Received: {shape!r}")
+            return Spec(tuple(shape), str(item.get("dtype", "float32")), item.get("name"))
+        if isinstance(item, list):
+            return [spec(i) for i in item]
+        if isinstance(item, dict):
+            return {k: spec(v) for k, v in item.items()}
+        raise SignatureError(
+            'Expected --input-signature entries like {"shape": [null, 8], "dtype": '
+            f'"float32", "name": "x"}}. Received: {item!r}')
+
+    return spec(data)
+
+
+def _backend() -> str:
+    import keras
+
+    return keras.backend.backend()
+
+
+# -- export -----------------------------------------------------------------
+
+def export(args: argparse.Namespace, progress: Progress) -> int:
+    """``kexport export MODEL.keras --format F -o OUT``."""
+    import kexport
+    from kexport import registry
+    from kexport._summary import size_of
+
+    registry.format_info(args.format)
+    signature = parse_signature(args.input_signature)
+    kwargs: dict[str, Any] = {}
+    if args.opset is not None:
+        kwargs["opset_version"] = args.opset
+    with progress.step("Loading model"):
+        model = load_model(args.model, args.unsafe)
+    backend = _backend()
+    start = time.perf_counter()
+    with progress.step(f"Exporting to {args.format} ({backend} backend)"):
+        kexport.export_model(model, args.output, format=args.format, verbose=False,
+                             input_signature=signature, overwrite=args.overwrite, **kwargs)
+    export_s = time.perf_counter() - start
+    data: dict[str, Any] = {"ok": True, "format": args.format, "backend": backend,
+                            "output": args.output, "size": size_of(args.output),
+                            "export_seconds": round(export_s, 3), "verification": None}
+    lines = [f"Wrote {args.format} artifact '{args.output}' "
+             f"({_human_size(data['size'])}) in {export_s:.1f}s from the {backend} backend."]
+    if not args.no_verify:
+        start = time.perf_counter()
+        with progress.step("Verifying in a fresh process"):
+            report = kexport.verify(model, args.output, atol=args.atol, rtol=args.rtol,
+                                    seed=args.seed)
+        data["verify_seconds"] = round(time.perf_counter() - start, 3)
+        data["verification"] = report.to_json()
+        data["ok"] = report.ok
+        lines.append(report.table())
+    else:
+        lines.append("Not verified (--no-verify).")
+    _emit(args, data, "\n".join(lines))
+    return EXIT_OK if data["ok"] else EXIT_FAILED
+
+
+# -- verify -----------------------------------------------------------------
+
+def verify(args: argparse.Namespace, progress: Progress) -> int:
+    """``kexport verify MODEL.keras ARTIFACT``."""
+    import kexport
+
+    with progress.step("Loading model"):
+        model = load_model(args.model, args.unsafe)
+    with progress.step("Verifying in a fresh process"):
+        report = kexport.verify(model, args.artifact, atol=args.atol, rtol=args.rtol,
+                                seed=args.seed, store=not args.no_store)
+    _emit(args, report.to_json(), report.table())
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+# -- inspect ----------------------------------------------------------------
+
+def inspect(args: argparse.Namespace, progress: Progress) -> int:
+    """``kexport inspect ARTIFACT``."""
+    import kexport
+
+    with progress.step("Opening artifact"):
+        artifact = kexport.load(args.artifact)
+    info = artifact.describe()
+    if args.json:
+        _emit(args, info, "")
+        return EXIT_OK
+    lines = [f"{args.artifact}: {artifact.format}, {_human_size(artifact.size)}",
+             "endpoints:"]
+    for name, endpoint in artifact.endpoints.items():
+        alias = " (default)" if name == artifact.default_endpoint else ""
+        lines.append(f"  {name}{alias}")
+        lines.extend(f"    input  {t}" for t in endpoint.inputs)
+        lines.extend(f"    output {t}" for t in endpoint.outputs)
+    lines.append("files:")
+    lines.extend(f"  {_human_size(size):>10}  {name}" for name, size in info["files"].items())
+    if artifact.metadata:
+        lines.append("metadata:")
+        for key, value in artifact.metadata.items():
+            if key == "endpoints" or (isinstance(value, str) and key.endswith(("inputs",
+                                                                               "outputs"))):
+                continue
+            lines.append(f"  {key}: {value if not isinstance(value, (dict, list)) else json.dumps(value)}")
+    stored = info["verification"]
+    if stored:
+        from kexport.verify import VerificationReport
+
+        lines.append("stored verification:")
+        try:
+            lines.extend("  " + line for line in VerificationReport.from_json(stored)
+                         .table().splitlines())
+        except (KeyError, TypeError):
+            lines.append(f"  ok={stored.get('ok')}")
+    else:
+        lines.append("stored verification: none (run `kexport verify MODEL.keras ARTIFACT`)")
+    ops = info["op_counts"]
+    if ops:
+        lines.append("operators:")
+        for name, counts in ops.items():
+            total = sum(counts.values())
+            top = ", ".join(f"{op} {n}" for op, n in list(counts.items())[:8])
+            more = ", ..." if len(counts) > 8 else ""
+            lines.append(f"  {name}: {total} ops ({top}{more})")
+    _emit(args, info, "\n".join(lines))
+    return EXIT_OK
+
+
+# -- bench ------------------------------------------------------------------
+
+def _time(fn: Callable[[], Any], seconds: float, min_runs: int = 5,
+          max_runs: int = 10_000) -> list[float]:
+    fn()  # warm-up (first-call compilation and allocation)
+    times: list[float] = []
+    deadline = time.perf_counter() + seconds
+    while len(times) < max_runs and (len(times) < min_runs or time.perf_counter() < deadline):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _stats(times: list[float], batch: int) -> dict[str, float]:
+    import numpy as np
+
+    ms = np.asarray(times) * 1000.0
+    return {"p50_ms": float(np.percentile(ms, 50)), "p90_ms": float(np.percentile(ms, 90)),
+            "p99_ms": float(np.percentile(ms, 99)), "runs": len(times),
+            "throughput_per_s": float(batch * len(times) / max(sum(times), 1e-12))}
+
+
+def bench_inputs(endpoint: Any, batch: int, dim_size: int, seed: int = 0) -> dict[str, Any]:
+    """Random inputs: the leading dynamic dim is ``batch``, others ``dim_size``."""
+    import numpy as np
+
+    from kexport.runtime import EndpointInfo, TensorInfo
+    from kexport.verify import sample_inputs
+
+    fixed = []
+    for t in endpoint.inputs:
+        shape = tuple((batch if i == 0 else dim_size) if d is None else d
+                      for i, d in enumerate(t.shape))
+        fixed.append(TensorInfo(t.name, shape, t.dtype))
+    static = EndpointInfo(endpoint.name, tuple(fixed), endpoint.outputs)
+    return sample_inputs(static, 1, np.random.default_rng(seed))
+
+
+def bench(args: argparse.Namespace, progress: Progress) -> int:
+    """``kexport bench ARTIFACT [--batch N ...] [--model MODEL.keras]``."""
+    import kexport
+
+    if args.seconds <= 0:
+        raise SignatureError(f"Expected --seconds > 0. Received: {args.seconds}")
+    with progress.step("Opening artifact"):
+        artifact = kexport.load(args.artifact)
+    endpoint = artifact._endpoint(args.endpoint or artifact.default_endpoint)
+    model = reference = None
+    if args.model:
+        from kexport.verify import _reference
+
+        with progress.step("Loading model"):
+            model = load_model(args.model, args.unsafe)
+        reference = _reference(model, endpoint)
+    rows = []
+    for batch in args.batch:
+        feeds = bench_inputs(endpoint, batch, args.dim_size)
+        with progress.step(f"Timing {artifact.format} at batch {batch}"):
+            row: dict[str, Any] = {"batch": batch, "artifact": _stats(
+                _time(lambda f=feeds: artifact.run(endpoint.name, f), args.seconds), batch)}
+        if reference is not None:
+            with progress.step(f"Timing the Keras model at batch {batch}"):
+                row["keras"] = _stats(_time(lambda f=feeds: reference(f), args.seconds), batch)
+        rows.append(row)
+    data = {"format": artifact.format, "endpoint": endpoint.name,
+            "keras_backend": _backend() if model is not None else None, "results": rows}
+    head = ["batch", "runner", "p50 ms", "p90 ms", "p99 ms", "items/s", "runs"]
+    table = [head]
+    for row in rows:
+        for runner in ("artifact", "keras"):
+            if runner not in row:
+                continue
+            s = row[runner]
+            label = artifact.format if runner == "artifact" else f"keras ({data['keras_backend']})"
+            table.append([str(row["batch"]), label, f"{s['p50_ms']:.3f}", f"{s['p90_ms']:.3f}",
+                          f"{s['p99_ms']:.3f}", f"{s['throughput_per_s']:.0f}", str(s["runs"])])
+    widths = [max(len(r[i]) for r in table) for i in range(len(head))]
+    text = [f"Benchmark of endpoint '{endpoint.name}' ({artifact.format})"]
+    text += ["  ".join(v.rjust(w) for v, w in zip(r, widths, strict=True)) for r in table]
+    _emit(args, data, "\n".join(text))
+    return EXIT_OK
+
+
+# -- formats ----------------------------------------------------------------
+
+def formats(args: argparse.Namespace, progress: Progress) -> int:
+    """``kexport formats``: the backend x format route table."""
+    from kexport import registry
+
+    rows = registry.routes()
+    data = {
+        "formats": {n: {"description": f.description, "suffix": f.suffix,
+                        "loadable": n in registry.runtime_formats()}
+                    for n, f in registry.FORMATS.items()},
+        "routes": [r.to_json() for r in rows],
+    }
+    names = list(registry.FORMATS)
+    table = [["backend \\ format", *names]]
+    for backend in registry.BACKENDS:
+        cells = []
+        for fmt in names:
+            found = registry.routes(backend, fmt)
+            usable = [r for r in found if r.available]
+            if usable:
+                cells.append(usable[0].kind)
+            elif found:
+                cells.append(f"({found[0].kind}: missing {', '.join(found[0].missing)})")
+            else:
+                cells.append("-")
+        table.append([backend, *cells])
+    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip()
+             for r in table]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines.append("")
+    lines += [f"{n}: {f.description}" for n, f in registry.FORMATS.items()]
+    lines.append("native: traced on the model's backend; rehost: rebuilt on another "
+                 "backend in a child process; -: no route yet.")
+    _emit(args, data, "\n".join(lines))
+    return EXIT_OK
