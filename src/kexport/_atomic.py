@@ -67,12 +67,16 @@ _FAULT_ENV = "_KEXPORT_FAULT"
 #: artifact renamed aside, new one not yet in place), ``swapped`` (new artifact
 #: in place, previous one not yet deleted).
 FAULT_POINTS: tuple[str, ...] = ("created", "written", "aside", "swapped")
-#: Manifest file names that mark a folder as a kexport artifact.
-MANIFESTS: tuple[str, ...] = (os.path.join("assets.extra", "kexport.json"), "kexport.json")
+#: Manifest file names that mark a folder as a kexport artifact (SavedModel,
+#: generic, ONNX archive folder).
+MANIFESTS: tuple[str, ...] = (os.path.join("assets.extra", "kexport.json"), "kexport.json",
+                              "manifest.json")
 _MANIFEST_MAX_BYTES = 16 << 20
 
-_OVERWRITE: contextvars.ContextVar[bool] = contextvars.ContextVar("kexport_overwrite",
-                                                                  default=False)
+# None: no public export in progress (internal rewrites such as storing a
+# verification report are not checked); False/True: export_model(overwrite=).
+_OVERWRITE: contextvars.ContextVar[bool | None] = contextvars.ContextVar("kexport_overwrite",
+                                                                         default=None)
 _ACTIVE: set[str] = set()  # tokens of writes in progress in this process
 _ACTIVE_LOCK = threading.Lock()
 _SWAP_LOCK = threading.Lock()
@@ -177,9 +181,29 @@ def _has_manifest(path: Path) -> bool:
             try:
                 read_manifest(candidate)
             except KexportError:
-                return False
+                continue
             return True
-    return False
+    return any(_onnx_by_kexport(f) for f in path.glob("*.onnx"))
+
+
+def _tflite_by_kexport(path: Path) -> bool:
+    """A TFLite flatbuffer (``TFL3``) carrying kexport's ``kexport.json`` metadata."""
+    import mmap
+
+    if not path.is_file() or path.stat().st_size < 8:
+        return False
+    with path.open("rb") as f:
+        if f.read(8)[4:8] != b"TFL3":
+            return False
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            return m.find(b'"producer": "kexport"') >= 0 and m.find(b"kexport.json") >= 0
+
+
+def _sibling_of_artifact(path: Path) -> bool:
+    """``name.onnx.data`` beside a kexport ``name.onnx``: external weights."""
+    stem = path.with_name(path.stem) if path.suffix else None
+    return (stem is not None and stem != path and stem.exists()
+            and any(check(stem) for check in (_onnx_by_kexport, _tflite_by_kexport)))
 
 
 def _varint(data: bytes, pos: int) -> tuple[int, int]:
@@ -259,14 +283,18 @@ def is_kexport_artifact(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` holds an artifact that kexport wrote.
 
     Recognised: a folder holding a valid kexport manifest
-    (``assets.extra/kexport.json`` in a SavedModel, or ``kexport.json``), an
-    ONNX file whose ``producer_name`` is ``kexport``, and whatever a format
-    recognises through :func:`register_artifact_check` or its registry row.
+    (``assets.extra/kexport.json`` in a SavedModel, ``kexport.json`` or
+    ``manifest.json``) or a kexport ONNX graph; an ONNX file whose
+    ``producer_name`` is ``kexport`` and its external weights file
+    (``name.onnx.data``); a ``.tflite`` file with kexport metadata; and
+    whatever a format recognises through :func:`register_artifact_check` or
+    its registry row.
     """
     p = Path(os.fspath(path))
     if not (p.exists() or p.is_symlink()):
         return False
-    for check in [_has_manifest, _onnx_by_kexport, *_CHECKS, *_registry_checks()]:
+    for check in [_has_manifest, _onnx_by_kexport, _tflite_by_kexport, _sibling_of_artifact,
+                  *_CHECKS, *_registry_checks()]:
         try:
             if check(p):
                 return True
@@ -308,7 +336,7 @@ def check_target(filepath: str | os.PathLike[str], *, overwrite: bool = False) -
 
 def overwrite_allowed() -> bool:
     """Whether the enclosing :func:`overwrite_policy` allows overwriting."""
-    return _OVERWRITE.get()
+    return bool(_OVERWRITE.get())
 
 
 @contextlib.contextmanager
@@ -456,7 +484,8 @@ def atomic_target(filepath: str | os.PathLike[str], *, is_dir: bool,
         is_dir: whether the artifact is a folder (else a single file).
         overwrite: replace ``filepath`` even when it holds data that is not a
             kexport artifact; ``None`` uses the enclosing
-            :func:`overwrite_policy` (default ``False``).
+            :func:`overwrite_policy`, and outside any (internal rewrites of
+            files inside an artifact) does not check.
 
     Raises:
         TargetExistsError: when ``filepath`` holds other data (see
@@ -466,7 +495,8 @@ def atomic_target(filepath: str | os.PathLike[str], *, is_dir: bool,
             is then left as it was.
     """
     if overwrite is None:
-        overwrite = _OVERWRITE.get()
+        policy = _OVERWRITE.get()
+        overwrite = True if policy is None else policy
     target = Path(os.fspath(filepath))
     parent = target.parent if str(target.parent) else Path(".")
     if not target.name or target.name in (".", ".."):
