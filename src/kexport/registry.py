@@ -119,6 +119,9 @@ FORMATS: dict[str, Format] = {
     "tf_saved_model": Format(
         "tf_saved_model", "TensorFlow SavedModel (TF-Serving, TF runtimes)", "",
         ("tensorflow",), "tensorflow", "kexport.formats.saved_model:write_archive"),
+    "litert": Format(
+        "litert", "LiteRT / TensorFlow Lite flatbuffer with named signatures", ".tflite",
+        ("tensorflow",), "tensorflow", "kexport.formats.litert:write_archive"),
     "onnx": Format(
         "onnx", "ONNX graph (ONNX Runtime, Triton)", ".onnx",
         ("onnx", "onnxruntime"), "onnx", "kexport.formats.onnx:write_archive"),
@@ -133,6 +136,10 @@ _CAPTURES: dict[str, tuple[str, tuple[str, ...], str]] = {
 }
 
 _ROUTES: list[Route] = [
+    Route("tensorflow", "litert", "native", "tf.function -> tf.lite.TFLiteConverter",
+          "kexport.formats.litert:export", ("tensorflow",), "tensorflow"),
+    Route("jax", "litert", "native", "jax2tf (StableHLO) -> tf.lite.TFLiteConverter",
+          "kexport.formats.litert:export_stateless", ("tensorflow", "jax"), "jax"),
     Route("tensorflow", "tf_saved_model", "native", "tf.function -> tf.saved_model",
           "kexport.formats.saved_model:export", ("tensorflow",), "tensorflow"),
     Route("jax", "tf_saved_model", "native", "jax2tf -> tf.function -> tf.saved_model",

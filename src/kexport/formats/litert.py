@@ -1,0 +1,470 @@
+"""LiteRT (TensorFlow Lite) writer: one ``.tflite`` flatbuffer, one signature per endpoint.
+
+What we write:
+
+- one *named signature* per endpoint (the endpoint's name is the signature
+  key), whose inputs are keyed by the Keras input names and whose outputs are
+  keyed by the Keras output names, so a runtime calls
+  ``interpreter.get_signature_runner("serve")(x=...)`` and never has to guess
+  an input order;
+- builtin TFLite operators only, unless the caller passes ``allow_flex=True``
+  (Select-TF ops need the larger Flex runtime on the device). Recurrent layers
+  with a known number of time steps are unrolled while tracing (see
+  :func:`_rnn_unrolled`) so that LSTM/GRU/SimpleRNN become builtin ops with a
+  dynamic batch, instead of ``TensorList`` ops that only Flex runs;
+- a dynamic batch: the signature's ``shape_signature`` keeps ``-1`` wherever
+  the Keras signature has ``None``, and the signature runner resizes inputs on
+  the fly;
+- the kexport manifest (producer, versions, endpoints, quantization) as the
+  flatbuffer metadata entry ``kexport.json``. It holds no local path.
+
+Quantization (``quantization=``): ``"dynamic_int8"`` (int8 weights, float
+activations), ``"float16"`` (float16 weights) and ``"int8"`` (full integer,
+calibrated on ``representative_dataset``; inputs and outputs stay float32).
+:func:`tolerance` gives the tolerances a comparison with the float model uses
+for each mode.
+
+The conversion goes through a private temporary SavedModel holding the
+signature functions (the converter's multi-signature path, which also freezes
+the variables); nothing of it stays on disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from kexport import _summary
+from kexport._atomic import atomic_target
+from kexport.errors import CaptureError, KexportError, SignatureError, WriteError, describe
+from kexport.signature import flatten, normalize_for_model, pack_as
+
+if TYPE_CHECKING:
+    from kexport.archive import ExportArchive
+    from kexport.capture._base import TracedEndpoint
+
+__all__ = [
+    "DEFAULT_ENDPOINT",
+    "METADATA_NAME",
+    "QUANTIZATIONS",
+    "LiteRTOptions",
+    "export",
+    "export_stateless",
+    "is_litert_artifact",
+    "read_metadata",
+    "tolerance",
+    "write_archive",
+]
+
+DEFAULT_ENDPOINT = "serve"
+METADATA_NAME = "kexport.json"
+#: quantization mode -> (atol, rtol) for comparing with the float model.
+QUANTIZATIONS: dict[str | None, tuple[float, float]] = {
+    None: (1e-4, 1e-3),
+    "float16": (2e-2, 2e-2),
+    "dynamic_int8": (1e-1, 1e-1),
+    "int8": (2.5e-1, 2.5e-1),
+}
+_TFLITE_MAGIC = b"TFL3"
+
+
+def tolerance(quantization: str | None) -> tuple[float, float]:
+    """``(atol, rtol)`` for comparing a LiteRT artifact with the live float model.
+
+    Args:
+        quantization: the mode the artifact was converted with (``None`` for
+            float32).
+
+    Raises:
+        SignatureError: for an unknown mode.
+    """
+    if quantization not in QUANTIZATIONS:
+        raise SignatureError(
+            f"Expected `quantization` to be one of {list(QUANTIZATIONS)}. "
+            f"Received: quantization={quantization!r}"
+        )
+    return QUANTIZATIONS[quantization]
+
+
+@dataclass(frozen=True)
+class LiteRTOptions:
+    """Converter options for the LiteRT writer (``write_out(options=...)``).
+
+    Attributes:
+        quantization: ``None`` (float32), ``"dynamic_int8"``, ``"float16"`` or
+            ``"int8"`` (full integer; needs ``representative_dataset``).
+        representative_dataset: calibration samples for ``"int8"``: an
+            iterable, or a callable returning one, of samples; a sample is an
+            array (single-input endpoints), a list in the endpoint's flat input
+            order, or a dict keyed by input name.
+        allow_flex: allow Select-TF (Flex) operators when builtin ones cannot
+            express the model.
+    """
+
+    quantization: str | None = None
+    representative_dataset: Callable[[], Iterable[Any]] | Iterable[Any] | None = None
+    allow_flex: bool = False
+
+    def __post_init__(self) -> None:
+        tolerance(self.quantization)
+        if not isinstance(self.allow_flex, bool):
+            raise SignatureError(
+                f"Expected `allow_flex` to be True or False. Received: {describe(self.allow_flex)}"
+            )
+        if self.quantization == "int8" and self.representative_dataset is None:
+            raise SignatureError(
+                "Expected `representative_dataset` (calibration samples) with "
+                "quantization='int8'. Received: representative_dataset=None. Next step: "
+                "pass a few hundred typical inputs, or use quantization='dynamic_int8'."
+            )
+        if self.quantization != "int8" and self.representative_dataset is not None:
+            raise SignatureError(
+                "`representative_dataset` is only used with quantization='int8'. "
+                f"Received: quantization={self.quantization!r}"
+            )
+
+    @classmethod
+    def coerce(cls, options: Any) -> LiteRTOptions:
+        """Accept ``None``, a :class:`LiteRTOptions` or a dict of its fields."""
+        if options is None:
+            return cls()
+        if isinstance(options, cls):
+            return options
+        if isinstance(options, Mapping):
+            unknown = sorted(set(options) - {"quantization", "representative_dataset",
+                                             "allow_flex"})
+            if unknown:
+                raise SignatureError(
+                    "Expected LiteRT options among quantization, representative_dataset, "
+                    f"allow_flex. Received unknown: {unknown}"
+                )
+            return cls(**options)
+        raise SignatureError(
+            "Expected `options` to be a kexport.formats.litert.LiteRTOptions or a dict "
+            f"for format='litert'. Received: {describe(options)}"
+        )
+
+
+# -- peer-library workaround: recurrent layers and the TFLite converter -----------------------
+@contextlib.contextmanager
+def _rnn_unrolled(layers: list[Any]) -> Iterator[None]:
+    """Trace Keras recurrent layers unrolled, so TFLite gets builtin ops.
+
+    Workaround: Keras 3 on TensorFlow runs RNNs as a ``tf.while_loop`` over
+    ``TensorList`` ops; the TFLite converter can only lower those to builtin
+    ops when the list elements have a static shape, i.e. *not* with a dynamic
+    batch ("'tf.TensorListReserve' op requires element_shape to be static"),
+    and otherwise needs Select-TF (Flex) ops. Unrolling over the (static)
+    time axis computes the same thing with plain matmuls. The cuDNN path is
+    switched off too (``CudnnRNN`` has no TFLite form). Attributes are
+    restored on exit; layers whose time axis is dynamic fail to unroll, and
+    the caller then traces them as they are.
+    """
+    import keras
+
+    changed: list[tuple[Any, str, Any]] = []
+    for layer in layers:
+        for sub in layer._flatten_layers(include_self=True):
+            if isinstance(sub, keras.layers.RNN):
+                if not getattr(sub, "unroll", True):
+                    changed.append((sub, "unroll", sub.unroll))
+                    sub.unroll = True
+                if getattr(sub, "use_cudnn", False) not in (False, None):
+                    changed.append((sub, "use_cudnn", sub.use_cudnn))
+                    sub.use_cudnn = False
+    try:
+        yield
+    finally:
+        for obj, attr, value in reversed(changed):
+            setattr(obj, attr, value)
+
+
+def _signature_function(endpoint: TracedEndpoint, python_fn: Callable[..., Any]) -> Any:
+    """A flat ``tf.function``: named inputs in, outputs keyed by name out."""
+    import tensorflow as tf
+
+    flat = flatten(endpoint.signature)
+    specs = [tf.TensorSpec(s.shape, tf.as_dtype(s.dtype), name=n)
+             for s, n in zip(flat, endpoint.input_names, strict=True)]
+    structure = endpoint.signature
+    names = endpoint.output_names
+
+    @tf.function(input_signature=specs, autograph=False)
+    def signature(*flat_inputs: Any) -> dict[str, Any]:
+        args = pack_as(list(structure), list(flat_inputs))
+        outputs = python_fn(*args)
+        return dict(zip(names, tf.nest.flatten(outputs), strict=True))
+
+    return signature
+
+
+def _concrete_signature(endpoint: TracedEndpoint, layers: list[Any]) -> Any:
+    """Trace the endpoint for LiteRT: unrolled RNNs first, as captured otherwise."""
+    python_fn = getattr(endpoint.function, "python_function", None)
+    if python_fn is not None and layers:
+        try:
+            with _rnn_unrolled(layers):
+                return _signature_function(endpoint, python_fn).get_concrete_function()
+        except (ValueError, TypeError):
+            pass  # e.g. a dynamic time axis cannot be unrolled: trace as captured
+    return _signature_function(endpoint, endpoint.function).get_concrete_function()
+
+
+def _calibration(options: LiteRTOptions, endpoints: list[TracedEndpoint]) -> Callable[[], Any]:
+    """The converter's ``representative_dataset``: ``(signature_key, {name: array})``."""
+    import numpy as np
+
+    def gen() -> Iterator[tuple[str, dict[str, Any]]]:
+        data = options.representative_dataset
+        samples = data() if callable(data) else data
+        for sample in samples:
+            for e in endpoints:
+                if isinstance(sample, Mapping):
+                    feed = {n: sample[n] for n in e.input_names if n in sample}
+                elif isinstance(sample, (list, tuple)):
+                    feed = dict(zip(e.input_names, sample, strict=False))
+                else:
+                    feed = {e.input_names[0]: sample}
+                if set(feed) != set(e.input_names):
+                    raise SignatureError(
+                        f"Expected each representative sample to hold the inputs of endpoint "
+                        f"'{e.name}': {e.input_names}. Received a sample with "
+                        f"{sorted(feed) if feed else describe(sample)}"
+                    )
+                specs = dict(zip(e.input_names, flatten(e.signature), strict=True))
+                yield e.name, {n: np.asarray(v, dtype=specs[n].dtype) for n, v in feed.items()}
+
+    return gen
+
+
+def _configure(converter: Any, options: LiteRTOptions, endpoints: list[TracedEndpoint]) -> None:
+    import tensorflow as tf
+
+    ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if options.allow_flex:
+        ops.append(tf.lite.OpsSet.SELECT_TF_OPS)
+    q = options.quantization
+    if q is not None:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if q == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    if q == "int8":
+        converter.representative_dataset = _calibration(options, endpoints)
+        if not options.allow_flex:
+            ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.target_spec.supported_ops = ops
+
+
+def _op_names(model_obj: Any) -> list[str]:
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    names = []
+    for code in model_obj.operatorCodes or []:
+        custom = code.customCode.decode() if isinstance(code.customCode, bytes) \
+            else code.customCode
+        names.append(custom or flatbuffer_utils.opcode_to_name(model_obj, len(names)))
+    return names
+
+
+def _with_metadata(flatbuffer: bytes, meta: dict[str, Any]) -> tuple[bytes, list[str]]:
+    """Add ``meta`` as the flatbuffer metadata entry ``kexport.json``; return the ops too."""
+    import numpy as np
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model_obj = flatbuffer_utils.convert_bytearray_to_object(bytearray(flatbuffer))
+    ops = _op_names(model_obj)
+    meta = dict(meta, operators=sorted(set(ops)))
+    buffer = schema.BufferT()
+    buffer.data = np.frombuffer(json.dumps(meta, sort_keys=True).encode(), dtype=np.uint8)
+    model_obj.buffers.append(buffer)
+    entry = schema.MetadataT()
+    entry.name = METADATA_NAME
+    entry.buffer = len(model_obj.buffers) - 1
+    model_obj.metadata = [*(model_obj.metadata or []), entry]
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model_obj)), ops
+
+
+def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The kexport manifest stored in a ``.tflite`` file, or ``None``.
+
+    Reads the flatbuffer with TensorFlow Lite's schema (TensorFlow needed).
+    """
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    with open(os.fspath(path), "rb") as f:
+        model_obj = flatbuffer_utils.convert_bytearray_to_object(bytearray(f.read()))
+    for entry in model_obj.metadata or []:
+        name = entry.name.decode() if isinstance(entry.name, bytes) else entry.name
+        if name == METADATA_NAME:
+            data = bytes(model_obj.buffers[entry.buffer].data)
+            return json.loads(data.decode())
+    return None
+
+
+def is_litert_artifact(path: Any) -> bool:
+    """Whether ``path`` is a ``.tflite`` file that kexport wrote (cheap byte check)."""
+    try:
+        p = os.fspath(path)
+        if not os.path.isfile(p) or os.path.getsize(p) > 4 << 30:
+            return False
+        with open(p, "rb") as f:
+            head = f.read(8)
+            if head[4:8] != _TFLITE_MAGIC:
+                return False
+            f.seek(0)
+            return b'"producer": "kexport"' in f.read()
+    except OSError:
+        return False
+
+
+def _metadata(archive: ExportArchive, options: LiteRTOptions) -> dict[str, Any]:
+    import keras
+
+    from kexport._version import __version__
+
+    return {
+        "producer": "kexport",
+        "producer_version": __version__,
+        "keras_version": keras.__version__,
+        "backend": archive.backend,
+        "format": "litert",
+        "quantization": options.quantization,
+        "allow_flex": options.allow_flex,
+        "endpoints": {
+            e.name: {
+                "inputs": [dict(s.to_json(), name=n)
+                           for s, n in zip(flatten(e.signature), e.input_names, strict=True)],
+                "outputs": [s.to_json() for s in e.output_specs],
+            }
+            for e in archive.endpoints
+        },
+    }
+
+
+def convert(archive: ExportArchive, options: LiteRTOptions) -> bytes:
+    """Convert every endpoint of ``archive`` into one ``.tflite`` flatbuffer (bytes).
+
+    Raises:
+        CaptureError: when an endpoint needs operators outside the allowed set
+            (the message names them and suggests ``allow_flex=True``).
+        WriteError: when the converter fails otherwise.
+    """
+    import tensorflow as tf
+
+    state = archive.trackables()
+    layers = list(state["tracked_layers"])
+    endpoints = archive.endpoints
+    root = tf.__internal__.tracking.AutoTrackable()
+    root._kexport_all_variables = list(state["variables"])
+    root._kexport_resources = list(state["resources"])
+    try:
+        signatures = {e.name: _concrete_signature(e, layers) for e in endpoints}
+    except KexportError:
+        raise
+    except Exception as e:
+        raise CaptureError(
+            f"Step 2/3 (capture for litert): tracing the endpoints failed: "
+            f"{type(e).__name__}: {e}"
+        ) from e
+    with tempfile.TemporaryDirectory(prefix="kexport-litert-") as tmp:
+        try:
+            tf.saved_model.save(root, tmp, signatures=signatures)
+            converter = tf.lite.TFLiteConverter.from_saved_model(
+                tmp, signature_keys=[e.name for e in endpoints])
+            _configure(converter, options, endpoints)
+            return converter.convert()
+        except KexportError:
+            raise
+        except Exception as e:
+            text = str(e)
+            if "Select TF ops" in text or "Flex" in text or "TensorList" in text \
+                    or "XlaCallModule" in text or "not supported by" in text:
+                raise CaptureError(
+                    "Step 3/3 (write, litert): the model needs operators that are not "
+                    "TFLite builtins (the converter said: "
+                    f"{_first_error_line(text)}). Next step: pass allow_flex=True to "
+                    "allow Select-TF (Flex) ops, which need the Flex delegate at run time."
+                ) from e
+            raise WriteError(
+                f"Step 3/3 (write, litert): the TFLite converter failed: "
+                f"{_first_error_line(text)}"
+            ) from e
+
+
+def _first_error_line(text: str) -> str:
+    for line in text.splitlines():
+        if "error:" in line:
+            return line.split("error:", 1)[1].strip()[:300]
+    return text.strip().splitlines()[0][:300] if text.strip() else "(no message)"
+
+
+def write_archive(archive: ExportArchive, filepath: str | os.PathLike[str],
+                  options: Any | None = None, verbose: bool = True) -> None:
+    """Write ``archive`` as one ``.tflite`` file with one signature per endpoint.
+
+    Args:
+        archive: the endpoints to write.
+        filepath: the ``.tflite`` file to write (atomically).
+        options: a :class:`LiteRTOptions`, or a dict of its fields.
+        verbose: print a summary.
+    """
+    opts = LiteRTOptions.coerce(options)
+    flatbuffer = convert(archive, opts)
+    data, _ = _with_metadata(flatbuffer, _metadata(archive, opts))
+    with atomic_target(filepath, is_dir=False) as tmp:
+        try:
+            tmp.write_bytes(data)
+        except OSError as e:
+            raise WriteError(f"Step 3/3 (write, litert): could not write the file: {e}") from e
+    if verbose:
+        _summary.print_summary("litert", archive.endpoints, filepath)
+
+
+def export(model: Any, filepath: str | os.PathLike[str], *, verbose: bool | None = None,
+           input_signature: Any | None = None, quantization: str | None = None,
+           representative_dataset: Any | None = None, allow_flex: bool = False,
+           **kwargs: Any) -> None:
+    """Export ``model`` as a ``.tflite`` file with the signature ``serve``.
+
+    The endpoint calls ``model(..., training=False)``; its inputs and outputs
+    carry the Keras names.
+
+    Args:
+        model: a built Keras model or layer.
+        filepath: the ``.tflite`` file to write.
+        verbose: print a summary (default ``True``).
+        input_signature: as for :func:`kexport.export_model`.
+        quantization: see :class:`LiteRTOptions`.
+        representative_dataset: see :class:`LiteRTOptions`.
+        allow_flex: see :class:`LiteRTOptions`.
+        **kwargs: backend capture options (JAX: ``is_static``, ``jax2tf_kwargs``).
+    """
+    from kexport.archive import ExportArchive
+
+    options = LiteRTOptions(quantization, representative_dataset, allow_flex)
+    signature = normalize_for_model(model, input_signature)
+    archive = ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        DEFAULT_ENDPOINT, lambda *args: model(*args, training=False), signature, **kwargs
+    )
+    archive.write_out(filepath, options=options, verbose=True if verbose is None else verbose,
+                      format="litert")
+
+
+def export_stateless(model: Any, filepath: str | os.PathLike[str], **kwargs: Any) -> None:
+    """:func:`export` for captures that can write state back (the JAX route).
+
+    A LiteRT artifact holds no mutable state that TFLite can update (the
+    converter rejects ``uint32`` seed-generator assignments), and inference
+    with ``training=False`` changes none, so the endpoint is traced with
+    ``is_static=True`` unless the caller says otherwise.
+    """
+    kwargs.setdefault("is_static", True)
+    export(model, filepath, **kwargs)
