@@ -12,6 +12,14 @@ each with the reason it exists:
   of each equation with a cost model written in NumPy (about 2 s per Einsum,
   10 s for one attention layer). During the call it decomposes each equation
   as written instead; the graph still loses its Einsum nodes.
+- **Erfc**: TensorFlow's exact GELU (``keras.activations.gelu``) uses
+  ``Erfc``, which has no ONNX operator and no tf2onnx handler, so tf2onnx
+  writes an invalid graph (Keras's own exporter does). A handler rewrites it
+  as ``1 - Erf(x)``.
+- **Captured constants**: tensors a ``tf.function`` captures by value (e.g.
+  the adapted mean/variance of ``keras.layers.Normalization``) are left as
+  extra graph *inputs* by tf2onnx. They are turned into initializers with
+  their captured values.
 """
 
 from __future__ import annotations
@@ -74,6 +82,18 @@ def _einsum_as_written() -> Iterator[None]:
         einsum_optimizer.optimize_einsum = original
 
 
+def _erfc_handler(ctx: Any, node: Any, name: str, args: Any) -> None:
+    """tf2onnx handler: ``Erfc(x)`` becomes ``Sub(1, Erf(x))``."""
+    import numpy as np
+    from tf2onnx import utils
+
+    np_dtype = utils.map_onnx_to_numpy_type(ctx.get_dtype(node.input[0]))
+    erf = ctx.make_node("Erf", [node.input[0]], op_name_scope=node.name)
+    one = ctx.make_const(utils.make_name(f"{node.name}_one"), np.array(1, dtype=np_dtype))
+    ctx.replace_inputs(node, [one.output[0], erf.output[0]])
+    node.type = "Sub"
+
+
 def _inline_external(model: onnx.ModelProto, storage: Any) -> None:
     """Put tensors tf2onnx kept aside (large-model mode) back into ``model``."""
     import onnx
@@ -88,6 +108,27 @@ def _inline_external(model: onnx.ModelProto, storage: Any) -> None:
         tensor.raw_data = data.pop(location)
         del tensor.external_data[:]
         tensor.data_location = onnx.TensorProto.DEFAULT
+
+
+def _captured_inputs_to_initializers(model: onnx.ModelProto, function: Any) -> None:
+    """Replace graph inputs that are by-value captures with initializers."""
+    from onnx import numpy_helper
+
+    wanted = {spec.name for spec in function.input_signature}
+    extra = [v for v in model.graph.input if v.name not in wanted]
+    if not extra:
+        return
+    concrete = function.get_concrete_function()
+    values = {}
+    for external, internal in concrete.graph.captures:
+        if getattr(external, "dtype", None) is not None and external.dtype.name != "resource":
+            values[internal.name] = external
+    for value in extra:
+        if value.name not in values:
+            continue
+        tensor = numpy_helper.from_array(values[value.name].numpy(), value.name)
+        model.graph.initializer.append(tensor)
+        model.graph.input.remove(value)
 
 
 def convert_function(function: Any, opset: int, large_model: bool = False) -> onnx.ModelProto:
@@ -110,7 +151,8 @@ def convert_function(function: Any, opset: int, large_model: bool = False) -> on
     with numpy2_patch(), _einsum_as_written():
         model, storage = tf2onnx.convert.from_function(
             function, input_signature=function.input_signature, opset=opset,
-            large_model=large_model)
+            large_model=large_model, custom_op_handlers={"Erfc": (_erfc_handler, [])})
+    _captured_inputs_to_initializers(model, function)
     if large_model and storage is not None:
         _inline_external(model, storage)
     return model

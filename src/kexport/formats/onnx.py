@@ -359,7 +359,11 @@ def _plain(structure: Any) -> Any:
 def _rename_io(model: Any, input_names: Sequence[str], output_names: Sequence[str]) -> None:
     """Give graph inputs/outputs the Keras names (an ``onnx_ir`` model, in place)."""
     import onnx_ir as ir
+    from onnx_ir.passes.common import RemoveInitializersFromInputsPass
 
+    # captured constants (e.g. Normalization's mean) can arrive as inputs with
+    # an initializer; they are weights, not model inputs
+    RemoveInitializersFromInputsPass()(model)
     graph = model.graph
     if len(graph.inputs) != len(input_names) or len(graph.outputs) != len(output_names):
         raise CaptureError(
