@@ -60,3 +60,13 @@ def saved_model_collection(path, name):
 
     loaded = tf.saved_model.load(path)
     return [np.asarray(v.numpy()) for v in getattr(loaded, name)]
+
+
+def saved_model_function_aliases(path):
+    """Function aliases recorded in the SavedModel's MetaGraphDef."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    sm = saved_model_pb2.SavedModel()
+    with open(f"{path}/saved_model.pb", "rb") as f:
+        sm.ParseFromString(f.read())
+    return dict(sm.meta_graphs[0].meta_info_def.function_aliases)

@@ -305,8 +305,25 @@ def _traced_tf_function(name: str, fn: Any, signature: list[Any] | None) -> tupl
         )
     concrete = concretes[0]
     args, _ = concrete.structured_input_signature
+    if getattr(fn, "input_signature", None) is None:
+        # Traced once on a sample: serve any batch size, like every other endpoint.
+        relaxed = [map_structure(_relax_batch, a) for a in args]
+        try:
+            concrete = fn.get_concrete_function(*relaxed)
+            args = relaxed
+        except Exception:  # noqa: BLE001 - the function needs its traced shapes
+            pass
     signature = [map_structure(_from_tf_spec, a) for a in args]
     return _as_function(concrete, list(args)), signature
+
+
+def _relax_batch(spec: Any) -> Any:
+    import tensorflow as tf
+
+    shape = spec.shape.as_list() if spec.shape.rank is not None else None
+    if not shape:
+        return spec
+    return tf.TensorSpec([None] + shape[1:], spec.dtype, name=spec.name)
 
 
 def _as_function(concrete: Any, specs: list[Any]) -> Any:
@@ -326,7 +343,9 @@ def _check_positional(name: str, fn: Callable[..., Any], signature: list[Any]) -
         return
     if any(p.kind == p.VAR_POSITIONAL for p in params):
         return
-    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    # `training` and `mask` are Keras call options, never serving inputs.
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+                  and p.name not in ("training", "mask")]
     required = [p for p in positional if p.default is p.empty]
     if not (len(required) <= len(signature) <= len(positional)):
         raise SignatureError(
