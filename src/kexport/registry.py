@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from kexport.capture import Capture
 
 __all__ = ["BACKENDS", "FORMATS", "RUNTIMES", "Format", "Route", "archive_writer", "capture_for",
-           "format_info", "matrix", "resolve", "routes", "runtime_for", "runtime_formats"]
+           "captures", "format_info", "matrix", "resolve", "routes", "runtime_for", "runtime_formats"]
 
 BACKENDS: tuple[str, ...] = ("tensorflow", "jax", "torch")
 
@@ -262,6 +262,21 @@ def resolve(backend: str, format: str, model: Any | None = None) -> Route:
         f"available yet. Backends with a route to it: {others}. Next step: "
         f"load the model with KERAS_BACKEND set to one of them and export there."
     )
+
+
+_CAPTURE_VIA: dict[str, str] = {
+    "tensorflow": "native: tf.function",
+    "jax": "native: jax2tf -> tf.function",
+    "torch": ("rehost: endpoints recorded as data (model, method, training flag, "
+              "signature); the archive is rebuilt and written on tensorflow in a child "
+              "process, then verified against the live endpoints"),
+}
+
+
+def captures() -> dict[str, tuple[str, tuple[str, ...], str]]:
+    """ExportArchive support per backend: ``{backend: (how, packages, extra)}``."""
+    return {b: (_CAPTURE_VIA.get(b, target), packages, extra)
+            for b, (target, packages, extra) in _CAPTURES.items()}
 
 
 def capture_for(backend: str) -> Capture:

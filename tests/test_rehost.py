@@ -1,0 +1,275 @@
+"""Re-hosting: routes through a child process on another backend, verified before writing.
+
+The PyTorch backend has no native SavedModel route (Keras needs torch_xla), so
+there the whole ExportArchive API runs through re-hosting onto TensorFlow.
+Child processes cost seconds each, so each backend run spawns at most two and
+module-scoped fixtures share them between tests.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import keras
+import numpy as np
+import pytest
+
+import kexport
+import rehost_layers
+from kexport import registry
+from kexport.capture import rehost
+from kexport.errors import SignatureError, UnsupportedRouteError, VerificationError
+
+BACKEND = keras.backend.backend()
+L = keras.layers
+
+
+def _np(x):
+    return np.asarray(keras.ops.convert_to_numpy(x))
+
+
+# -- the registry ---------------------------------------------------------------------------------
+def test_routes_table_orders_native_first_and_names_rehost_for_torch_saved_model():
+    table = kexport.routes()
+    assert table == registry.routes()
+    cells = registry.matrix()
+    assert set(cells) == {(b, f) for b in registry.BACKENDS for f in registry.FORMATS}
+    for found in cells.values():
+        kinds = [r.kind for r in found]
+        assert kinds == sorted(kinds, key=["native", "rehost"].index)
+    (torch_sm,) = registry.routes("torch", "tf_saved_model")
+    assert torch_sm.kind == "rehost" and "tensorflow" in torch_sm.via
+    assert torch_sm.load() is rehost.saved_model_via_tensorflow
+    assert torch_sm.to_json()["available"] is True
+
+
+def test_route_reason_names_missing_package_and_pip_install(monkeypatch):
+    fake = registry.Route("torch", "tf_saved_model", "native", "torch_xla -> tf.saved_model",
+                          "kexport.formats.saved_model:export", ("kexport_no_such_pkg",), "xla")
+    monkeypatch.setattr(registry, "_ROUTES", [fake])
+    assert fake.problem() == "missing kexport_no_such_pkg: pip install 'kexport[xla]'"
+    with pytest.raises(UnsupportedRouteError,
+                       match=r"native \(torch_xla -> tf.saved_model\): missing kexport_no_such_pkg"):
+        registry.resolve("torch", "tf_saved_model")
+
+
+def test_resolve_skips_rehost_route_for_model_with_unimportable_class(monkeypatch):
+    class Local(L.Layer):
+        def call(self, x):
+            return x
+
+    model = keras.Sequential([keras.Input((2,)), Local()])
+    with pytest.raises(UnsupportedRouteError,
+                       match=r"rehost \(re-host on tensorflow.*class Local .* inside a function"):
+        registry.resolve("torch", "tf_saved_model", model)
+
+
+def test_torch_archive_capture_is_registered():
+    how, packages, _ = registry.captures()["torch"]
+    assert how.startswith("rehost") and packages == ("tensorflow",)
+
+
+# -- endpoints as data ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def small():
+    i = keras.Input((4,), name="x")
+    return keras.Model(i, L.Dense(2, name="y")(L.Dropout(0.5)(i)))
+
+
+def _recipe(fn, model):
+    from kexport.signature import Spec
+
+    sig = [Spec((None, 4), "float32")]
+    return rehost.describe_endpoint("ep", fn, [model], sig, "torch", "tensorflow")
+
+
+def test_describe_endpoint_methods_and_training_lambdas(small):
+    model = small
+    assert _recipe(model.call, model).method == "call"
+    assert _recipe(model.__call__, model).method == "__call__"
+    assert _recipe(model, model).method == "__call__"
+    r = _recipe(lambda x: model(x, training=True), model)
+    assert (r.model, r.method, r.kwargs) == (0, "__call__", {"training": True})
+    r = _recipe(lambda x: model.call(x, training=False), model)
+    assert (r.method, r.kwargs) == ("call", {"training": False})
+    r = _recipe(lambda *args: model(*args, training=False), model)
+    assert (r.method, r.kwargs) == ("__call__", {"training": False})
+
+    def plain(x):
+        return model(x)
+
+    assert _recipe(plain, model).kwargs == {}
+
+
+@pytest.mark.parametrize("fn_name, why", [
+    ("extra", "it does more than return the result of one call"),
+    ("swapped", "does not pass its arguments"),
+    ("not_a_model", "which is not a Keras layer or model"),
+    ("own_arg", "it calls its own argument"),
+])
+def test_describe_endpoint_refuses_closures_it_cannot_carry(small, fn_name, why):
+    model = small
+    other = np.abs
+    fns = {
+        "extra": lambda x: model(x, training=False) * 2.0,
+        "swapped": lambda x, y: model(y, x),
+        "not_a_model": lambda x: other(x),
+        "own_arg": lambda f, x: f(x),
+    }
+    with pytest.raises(UnsupportedRouteError) as info:
+        _recipe(fns[fn_name], model)
+    text = str(info.value)
+    assert "Endpoint 'ep': on the torch backend" in text
+    assert why in text
+    assert "lambda x: model(x, training=False)" in text  # what is expected
+    assert "Next step" in text
+
+
+def test_rehost_problem_names_main_classes_and_the_fix():
+    class InMain(L.Layer):
+        def call(self, x):
+            return x
+
+    InMain.__module__ = "__main__"
+    InMain.__qualname__ = "InMain"
+    model = keras.Sequential([keras.Input((3,)), InMain(name="mine")])
+    problem = rehost.rehost_problem(model)
+    assert "class InMain (layer 'mine') is defined in __main__" in problem
+    assert "register_keras_serializable" in problem and "importable" in problem
+    with tempfile.TemporaryDirectory() as tmp:
+        target = os.path.join(tmp, "out")
+        with pytest.raises(UnsupportedRouteError, match=r"Cannot re-host model .* defined in __main__"):
+            rehost.rehost_export(model, target, "tf_saved_model", "tensorflow")
+        assert not os.path.exists(target)
+    ok = keras.Sequential([keras.Input((3,)), rehost_layers.NoisyScale()])
+    assert rehost.rehost_problem(ok) == ""
+
+
+def test_rehost_export_rejects_bad_arguments(small):
+    with pytest.raises(SignatureError, match=r"Expected `model` to be a Keras model"):
+        rehost.rehost_export("model.keras", "out")
+    with pytest.raises(SignatureError, match=r"Expected `verbose` to be True, False or None"):
+        rehost.rehost_export(small, "out", verbose="yes")
+    with pytest.raises(SignatureError, match=r"plain values"):
+        rehost.rehost_export(small, "out", opset_version=object())
+
+
+# -- PyTorch: the whole ExportArchive API through re-hosting (one child process) ------------------
+def _stateful_model():
+    i = keras.Input((6,), name="feat")
+    h = rehost_layers.NoisyScale(name="noisy")(i)
+    h = L.Dense(8, activation="relu", name="hidden")(h)
+    h = L.BatchNormalization(name="bn")(h)
+    h = L.Dropout(0.5, seed=3)(h)
+    model = keras.Model(i, L.Dense(3, name="probs")(h))
+    x = np.random.default_rng(1).standard_normal((16, 6)).astype("float32")
+    for _ in range(3):  # move BatchNorm statistics and seed states away from their defaults
+        model(x, training=True)
+    return model
+
+
+@pytest.fixture(scope="module")
+def torch_archive(fresh_process):
+    model = _stateful_model()
+    spec = [keras.InputSpec(shape=(None, 6), dtype="float32", name="feat")]
+    archive = kexport.ExportArchive()
+    archive.track(model)
+    served = archive.add_endpoint("serve", lambda x: model(x, training=False), spec)
+    archive.add_endpoint("train", lambda x: model(x, training=True), spec)
+    archive.track_and_add_endpoint("features", model.get_layer("noisy"), spec)
+    archive.add_variable_collection("head_vars", model.get_layer("probs").variables)
+    state_before = [_np(v) for v in model.variables]
+    tmp = tempfile.mkdtemp(prefix="kx_rehost_archive_")
+    path = os.path.join(tmp, "sm")
+    archive.write_out(path, verbose=False)
+    state_after = [_np(v) for v in model.variables]
+    rng = np.random.default_rng(5)
+    args = [rng.standard_normal((n, 6)).astype("float32") for n in (1, 7)]
+    report = fresh_process("fresh_rehost:saved_model_report", path, args, args[1])
+    return {"model": model, "path": path, "args": args, "report": report, "served": served,
+            "state": (state_before, state_after)}
+
+
+@pytest.mark.backends("torch")
+def test_torch_archive_serve_matches_live_model_at_two_batch_sizes(torch_archive):
+    model, report = torch_archive["model"], torch_archive["report"]
+    for x, got, default in zip(torch_archive["args"], report["serve"], report["default"],
+                               strict=True):
+        want = _np(model(x, training=False))
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+        np.testing.assert_allclose(default["probs"], want, atol=1e-5, rtol=1e-5)
+    x = torch_archive["args"][0]
+    np.testing.assert_allclose(_np(torch_archive["served"](x)), _np(model(x, training=False)))
+
+
+@pytest.mark.backends("torch")
+def test_torch_archive_signatures_carry_keras_names_and_serving_default(torch_archive):
+    sigs = torch_archive["report"]["signatures"]
+    assert set(sigs) == {"serve", "train", "features", "serving_default"}
+    assert sigs["serving_default"] == sigs["serve"] == {"inputs": ["feat"], "outputs": ["probs"]}
+    assert sigs["features"]["inputs"] == ["feat"]
+
+
+@pytest.mark.backends("torch")
+def test_torch_archive_custom_layer_method_endpoint(torch_archive):
+    layer = torch_archive["model"].get_layer("noisy")
+    for x, got in zip(torch_archive["args"], torch_archive["report"]["features"], strict=True):
+        np.testing.assert_allclose(got, _np(layer(x)), atol=1e-6)
+
+
+@pytest.mark.backends("torch")
+def test_torch_archive_carries_state_and_rng(torch_archive):
+    model, report = torch_archive["model"], torch_archive["report"]
+    before, after = torch_archive["state"]
+    for a, b in zip(before, after, strict=True):  # write_out leaves the live model untouched
+        np.testing.assert_array_equal(a, b)
+    live = {v.path: _np(v) for v in model.non_trainable_variables}
+    seeds = [v for p, v in live.items() if "seed_generator_state" in p]
+    assert seeds  # the model has RNG state that must travel
+    reloaded = report["non_trainable"]
+    for path, value in live.items():  # BatchNorm statistics and seed states, by value
+        assert any(r.shape == value.shape and np.array_equal(r, value) for r in reloaded), path
+    first, second = report["train"]  # training=True endpoint: random and advancing
+    assert first.shape == second.shape == (7, 3)
+    assert not np.allclose(first, second)
+    head = model.get_layer("probs").variables
+    assert len(report["collection"]) == len(head)
+    for got, v in zip(report["collection"], head, strict=True):
+        np.testing.assert_array_equal(got, _np(v))
+
+
+@pytest.mark.backends("torch")
+def test_torch_archive_holds_no_local_paths(torch_archive):
+    blob = torch_archive["report"]["bytes"]
+    for local in (tempfile.gettempdir(), os.getcwd(), os.path.expanduser("~"),
+                  "kexport-rehost-", os.path.dirname(os.path.dirname(__file__))):
+        assert local.encode() not in blob, local
+
+
+@pytest.mark.backends("torch")
+def test_torch_archive_rejects_tf_resources_and_jax_kwargs(small):
+    archive = kexport.ExportArchive()
+    with pytest.raises(UnsupportedRouteError, match=r"Expected a Keras layer or model\. Received: "):
+        archive.track(object())
+    with pytest.raises(SignatureError, match=r"unexpected keyword arguments .* \['is_static'\]"):
+        archive.add_endpoint("serve", small.call, [keras.InputSpec(shape=(None, 4))],
+                             is_static=True)
+
+
+# -- verification catches a model that computes differently once re-hosted -------------------------
+@pytest.mark.backends("torch")
+def test_torch_export_model_verifies_before_writing(tmp_path, capsys):
+    """A layer that behaves differently per backend is caught; the old artifact survives."""
+    i = keras.Input((3,), name="a")
+    skewed = keras.Model(i, L.Dense(2, name="out")(rehost_layers.BackendSkew()(i)))
+    target = tmp_path / "sm"
+    target.mkdir()
+    (target / "saved_model.pb").write_bytes(b"previous")
+    with pytest.raises(VerificationError, match=r"does not compute what the live model computes") \
+            as info:
+        kexport.export_model(skewed, target, overwrite=True)
+    rows = info.value.report
+    assert {r["batch"] for r in rows} == {2, 5} and not any(r["ok"] for r in rows)
+    assert rows[0]["outputs"][0]["max_abs_error"] > 0.01
+    assert (target / "saved_model.pb").read_bytes() == b"previous"
