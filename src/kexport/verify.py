@@ -459,6 +459,13 @@ def verify(model: Any, path: str | os.PathLike[str], inputs: Any | None = None, 
                              f"Received: {describe(sizes)}")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise SignatureError(f"Expected `seed` to be an int. Received: {describe(seed)}")
+    import keras
+
+    if not isinstance(model, (keras.layers.Layer, Mapping)):
+        raise SignatureError(
+            "Expected `model` to be a Keras model/layer, or a dict mapping endpoint "
+            f"names to callables. Received: {describe(model)}"
+        )
     format = detect(path)
     worker = _Worker(timeout)
     try:
