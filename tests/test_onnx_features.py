@@ -1,0 +1,142 @@
+"""ONNX options and guarantees: opset, external data, archives, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+
+import kexport
+import onnx_models
+from kexport.errors import SignatureError, UnsupportedRouteError
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    keras.utils.set_random_seed(3)
+    model = onnx_models.mlp()
+    x = np.random.default_rng(0).normal(size=(3, 8)).astype("float32")
+    ref = keras.ops.convert_to_numpy(model(x, training=False))
+    return model, x, ref, tmp_path_factory.mktemp("onnx_features")
+
+
+def test_opset_external_data_and_no_paths(small, fresh_process):
+    model, x, ref, root = small
+    path = root / "mlp17.onnx"
+    ext = root / "mlp_ext.onnx"
+    kexport.export_onnx(model, path, verbose=False, opset_version=17)
+    kexport.export_onnx(model, ext, verbose=False, external_data_threshold=0)
+    got = fresh_process("fresh_onnx:run_many", {
+        "plain": (str(path), [{"features": x}]),
+        "ext": (str(ext), [{"features": x}]),
+    })
+    assert got["plain"]["opset"]["ai.onnx"] == 17
+    assert got["plain"]["external"] == []
+    assert not (root / "mlp17.onnx.data").exists()
+    # external data: one data file beside the graph, referenced by bare name
+    assert (root / "mlp_ext.onnx.data").is_file()
+    assert got["ext"]["external"]
+    for key in ("plain", "ext"):
+        np.testing.assert_allclose(got[key]["results"][0][0], ref, rtol=1e-5, atol=1e-6)
+    for f in (path, ext, root / "mlp_ext.onnx.data"):
+        data = f.read_bytes()
+        for needle in (str(root), os.getcwd(), os.path.expanduser("~")):
+            assert needle.encode() not in data
+
+
+def test_bad_options_are_typed_errors(small):
+    model, _, _, root = small
+    with pytest.raises(SignatureError, match=r"Expected `opset_version` to be an int from 13 .*Received: opset_version=7"):
+        kexport.export_onnx(model, root / "bad.onnx", opset_version=7)
+    with pytest.raises(SignatureError, match=r"Unexpected keyword arguments .*\['bogus'\]"):
+        kexport.export_onnx(model, root / "bad.onnx", bogus=1)
+    with pytest.raises(SignatureError, match="external_data_threshold"):
+        kexport.export_onnx(model, root / "bad.onnx", external_data_threshold=-1)
+    with pytest.raises(SignatureError, match="Expected `input_signature` to match"):
+        kexport.export_onnx(model, root / "bad.onnx",
+                            input_signature=[keras.InputSpec(shape=(None, 8)),
+                                             keras.InputSpec(shape=(None, 2))])
+    assert not (root / "bad.onnx").exists()
+
+
+def test_lookup_layer_is_refused_by_name(small):
+    _, _, _, root = small
+    i = keras.Input((1,), dtype="string", name="word")
+    ids = keras.layers.StringLookup(vocabulary=["a", "b"], name="vocab")(i)
+    model = keras.Model(i, keras.layers.Embedding(4, 2)(ids))
+    with pytest.raises(UnsupportedRouteError, match=r"Keras layer 'vocab' \(StringLookup\) cannot be exported to ONNX.*Next steps"):
+        kexport.export_onnx(model, root / "lookup.onnx")
+    assert not (root / "lookup.onnx").exists()
+
+
+def test_verbose_summary(small, capsys):
+    model, _, _, root = small
+    kexport.export_onnx(model, root / "v.onnx", verbose=True)
+    out = capsys.readouterr().out
+    assert "onnx" in out and "input  features: float32(None, 8)" in out
+    assert "output probs" in out
+
+
+def test_export_model_format_onnx(small, fresh_process):
+    model, x, ref, root = small
+    kexport.export_model(model, root / "via_export_model", format="onnx", verbose=False)
+    got = fresh_process("fresh_onnx:run_many",
+                        {"m": (str(root / "via_export_model"), [{"features": x}])})
+    np.testing.assert_allclose(got["m"]["results"][0][0], ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.backends("tensorflow")
+def test_archive_writes_shared_weights_once(small, fresh_process):
+    model, x, ref, root = small
+    archive = kexport.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serve", lambda t: model(t, training=False),
+                         [keras.InputSpec(shape=(None, 8), dtype="float32", name="features")])
+    archive.add_endpoint("logits", lambda t: model.layers[-1](model.layers[1](t)),
+                         [keras.InputSpec(shape=(None, 8), dtype="float32", name="features")])
+    out = root / "archive"
+    archive.write_out(out, format="onnx", verbose=False)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "logits.onnx", "manifest.json", "serve.onnx", "weights.data"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["endpoints"]["serve"]["file"] == "serve.onnx"
+    assert manifest["weights"] == "weights.data"
+    weight_bytes = sum(int(np.prod(v.shape)) * 4 for v in model.weights)
+    big = sum(int(np.prod(v.shape)) * 4 for v in model.weights if np.prod(v.shape) * 4 >= 1024)
+    size = (out / "weights.data").stat().st_size
+    assert big <= size < weight_bytes + 1024  # stored once, not once per endpoint
+    got = fresh_process("fresh_onnx:run_many", {
+        "serve": (str(out / "serve.onnx"), [{"features": x}]),
+        "logits": (str(out / "logits.onnx"), [{"features": x}]),
+    })
+    np.testing.assert_allclose(got["serve"]["results"][0][0], ref, rtol=1e-5, atol=1e-6)
+    live = keras.ops.convert_to_numpy(model.layers[-1](model.layers[1](x)))
+    np.testing.assert_allclose(got["logits"]["results"][0][0], live, rtol=1e-5, atol=1e-6)
+    assert got["serve"]["metadata"]["kexport.endpoint"] == "serve"
+
+
+@pytest.mark.backends("tensorflow")
+def test_tf2onnx_numpy2_large_model_workaround():
+    """tf2onnx's large-model path calls np.product (gone in NumPy 2); the compat fixes it."""
+    import tensorflow as tf
+    import tf2onnx
+
+    from kexport.formats import _tf2onnx_compat
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(300)])
+
+    @tf.function(input_signature=[tf.TensorSpec((None, 4), tf.float32, name="x")])
+    def fn(x):
+        return model(x)
+
+    if not hasattr(np, "product"):
+        with pytest.raises(AttributeError, match="product"):
+            tf2onnx.convert.from_function(fn, input_signature=fn.input_signature,
+                                          opset=18, large_model=True)
+    proto = _tf2onnx_compat.convert_function(fn, 18, large_model=True)
+    sizes = sorted(len(t.raw_data) for t in proto.graph.initializer)
+    assert sizes[-1] == 4 * 300 * 4  # kernel back inline, ready for kexport's writer
+    assert not hasattr(np, "product") or np.__version__ < "2"  # NumPy itself untouched
