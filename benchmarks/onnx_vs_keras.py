@@ -1,0 +1,165 @@
+"""kexport ONNX export vs Keras's own ``Model.export(format="onnx")``.
+
+For a small zoo (MLP, ResNet-style CNN, LSTM, Transformer encoder) on one
+backend (``KERAS_BACKEND``, or every backend with ``--all-backends``) prints:
+export time, file size vs raw weight bytes, ONNX Runtime p50 latency (one
+thread) at batch 1 and 32, and max abs error against the live model.
+
+    KERAS_BACKEND=torch python benchmarks/onnx_vs_keras.py --quick
+    python benchmarks/onnx_vs_keras.py --all-backends
+
+Keras's exporter is called here only as the baseline; kexport never uses it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def zoo(quick):
+    import keras
+
+    s = 4 if quick else 1
+
+    def mlp():
+        i = keras.Input((1024 // s,), name="x")
+        x = i
+        for _ in range(4):
+            x = keras.layers.Dense(1024 // s, activation="relu")(x)
+        return keras.Model(i, keras.layers.Dense(10, name="y")(x)), (1024 // s,)
+
+    def cnn():
+        i = keras.Input((64, 64, 3), name="image")
+        x = keras.layers.Conv2D(64 // s, 3, padding="same", activation="relu")(i)
+        for f in (64 // s, 128 // s, 256 // s):
+            y = keras.layers.Conv2D(f, 3, padding="same")(x)
+            y = keras.layers.BatchNormalization()(y)
+            y = keras.layers.ReLU()(y)
+            y = keras.layers.Conv2D(f, 3, padding="same")(y)
+            y = keras.layers.BatchNormalization()(y)
+            sc = keras.layers.Conv2D(f, 1)(x)
+            x = keras.layers.ReLU()(y + sc)
+            x = keras.layers.MaxPooling2D()(x)
+        x = keras.layers.GlobalAveragePooling2D()(x)
+        return keras.Model(i, keras.layers.Dense(10, name="y")(x)), (64, 64, 3)
+
+    def lstm():
+        i = keras.Input((32, 64), name="seq")
+        x = keras.layers.LSTM(256 // s, return_sequences=True)(i)
+        x = keras.layers.LSTM(256 // s)(x)
+        return keras.Model(i, keras.layers.Dense(10, name="y")(x)), (32, 64)
+
+    def transformer():
+        d, ff, blocks = (512 // s, 2048 // s, 3 if not quick else 2)
+        i = keras.Input((32, d), name="tokens")
+        x = i
+        for _ in range(blocks):
+            a = keras.layers.MultiHeadAttention(8, d // 8)(x, x)
+            x = keras.layers.LayerNormalization()(x + a)
+            f = keras.layers.Dense(ff, activation="gelu")(x)
+            x = keras.layers.LayerNormalization()(x + keras.layers.Dense(d)(f))
+        return keras.Model(i, keras.layers.Identity(name="y")(x)), (32, d)
+
+    return {"mlp": mlp, "resnet_cnn": cnn, "lstm": lstm, "transformer": transformer}
+
+
+def _latency(path, shape, batch, reps):
+    import numpy as np
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    x = np.random.default_rng(0).normal(size=(batch, *shape)).astype("float32")
+    sess.run(None, {name: x})
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        sess.run(None, {name: x})
+        times.append(time.perf_counter() - t)
+    return float(np.median(times)) * 1e3, sess
+
+
+def _size(path):
+    p = Path(path)
+    files = [p] + ([p.with_name(p.name + ".data")] if p.with_name(p.name + ".data").exists() else [])
+    if p.is_dir():
+        files = [f for f in p.rglob("*") if f.is_file()]
+    return sum(f.stat().st_size for f in files)
+
+
+def run_backend(quick, reps, only):
+    import keras
+    import numpy as np
+
+    import kexport
+
+    backend = keras.backend.backend()
+    rows = []
+    tmp = Path(tempfile.mkdtemp(prefix="kexport-bench-"))
+    # warm the converters once so the first model does not pay imports
+    warm = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    kexport.export_onnx(warm, tmp / "warm.onnx", verbose=False)
+    for name, build in zoo(quick).items():
+        if only and name not in only:
+            continue
+        keras.utils.set_random_seed(0)
+        model, shape = build()
+        raw = sum(int(np.prod(v.shape)) * 4 for v in model.weights)
+        x = np.random.default_rng(1).normal(size=(2, *shape)).astype("float32")
+        ref = keras.ops.convert_to_numpy(model(x, training=False))
+        for tool in ("kexport", "keras"):
+            path = tmp / f"{name}_{tool}.onnx"
+            t = time.perf_counter()
+            try:
+                if tool == "kexport":
+                    kexport.export_onnx(model, path, verbose=False)
+                else:
+                    model.export(str(path), format="onnx", verbose=False)
+                export_s = time.perf_counter() - t
+                p1, sess = _latency(path, shape, 1, reps)
+                p32, _ = _latency(path, shape, 32, max(3, reps // 4))
+                out = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+                err = float(np.abs(out - ref).max())
+                rows.append((backend, name, tool, f"{export_s:.2f}", f"{_size(path) / raw:.3f}",
+                             f"{raw / 2**20:.1f}", f"{p1:.2f}", f"{p32:.2f}", f"{err:.1e}"))
+            except Exception as e:
+                msg = f"{type(e).__name__}: {str(e).splitlines()[0][:60]}" if str(e) else type(e).__name__
+                rows.append((backend, name, tool, "fail", "-", f"{raw / 2**20:.1f}", "-", "-", msg))
+    head = ("backend", "model", "tool", "export s", "size/raw", "raw MiB", "p50 b1 ms",
+            "p50 b32 ms", "max abs err")
+    widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
+    for r in [head, *rows]:
+        print(" | ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=False)))
+    sys.stdout.flush()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="small models, few repetitions")
+    ap.add_argument("--all-backends", action="store_true", help="run tensorflow, jax and torch")
+    ap.add_argument("--reps", type=int, default=None, help="latency repetitions (batch 1)")
+    ap.add_argument("--models", nargs="*", default=None, help="subset of the zoo")
+    args = ap.parse_args()
+    reps = args.reps or (10 if args.quick else 50)
+    if args.all_backends:
+        for b in ("tensorflow", "jax", "torch"):
+            cmd = [sys.executable, __file__, "--reps", str(reps)]
+            cmd += ["--quick"] if args.quick else []
+            cmd += ["--models", *args.models] if args.models else []
+            subprocess.run(cmd, env={**os.environ, "KERAS_BACKEND": b,
+                                     "TF_CPP_MIN_LOG_LEVEL": "3"}, check=False)
+        return
+    run_backend(args.quick, reps, args.models)
+
+
+if __name__ == "__main__":
+    main()
