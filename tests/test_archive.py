@@ -10,9 +10,9 @@ import sys
 import keras
 import numpy as np
 import pytest
-from models import assert_close, mlp, np_out, rng, stochastic_model, two_inputs_two_outputs
 
 import kexport
+from models import assert_close, mlp, np_out, rng, stochastic_model, two_inputs_two_outputs
 
 pytestmark = pytest.mark.backends("tensorflow", "jax")
 
@@ -265,7 +265,7 @@ def test_archive_errors(tmp_path):
         archive.add_endpoint("", model.call, SPEC8)
     with pytest.raises(kexport.SignatureError, match="one entry per positional argument"):
         archive.add_endpoint("two", model.call, SPEC8 + SPEC8)
-    with pytest.raises(kexport.SignatureError, match="list/tuple/set of keras.Variable"):
+    with pytest.raises(kexport.SignatureError, match=r"list/tuple/set of keras\.Variable"):
         archive.add_variable_collection("vars", [1, 2])
     with pytest.raises(kexport.SignatureError, match="not already used"):
         archive.add_variable_collection("serve", model.variables)
@@ -286,3 +286,16 @@ def test_write_out_verbose_summary(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "endpoint 'serve' (also serving_default)" in out
     assert "endpoint 'twice'" in out
+
+
+@pytest.mark.backends("jax")
+def test_jax_refuses_lookup_layers_by_name(tmp_path):
+    lookup = keras.layers.IntegerLookup(vocabulary=[12, 36, 7], name="ids_lookup")
+    inputs = keras.Input((3,), dtype="int64", name="ids")
+    model = keras.Model(inputs, keras.layers.Dense(2)(keras.ops.cast(lookup(inputs), "float32")))
+    archive = kexport.ExportArchive()
+    archive.track(model)
+    with pytest.raises(kexport.CaptureError,
+                       match=r"jax2tf cannot trace the TensorFlow lookup tables of layer\(s\) "
+                             r"'ids_lookup' \(IntegerLookup\).*KERAS_BACKEND=tensorflow"):
+        archive.add_endpoint("serve", model.call, [keras.InputSpec(shape=(None, 3), dtype="int64")])

@@ -7,6 +7,8 @@ import os
 import keras
 import numpy as np
 import pytest
+
+import kexport
 from models import (
     NoisyLayer,
     Subclassed,
@@ -21,8 +23,6 @@ from models import (
     stochastic_model,
     two_inputs_two_outputs,
 )
-
-import kexport
 
 pytestmark = pytest.mark.backends("tensorflow", "jax")
 

@@ -224,9 +224,7 @@ def normalize(input_signature: Any) -> list[Any]:
     """
     if input_signature is None:
         raise SignatureError("Expected an input signature. Received: None")
-    if _is_leaf(input_signature):
-        input_signature = [input_signature]
-    elif isinstance(input_signature, Mapping):
+    if _is_leaf(input_signature) or isinstance(input_signature, Mapping):
         input_signature = [input_signature]
     if len(input_signature) == 0:
         raise SignatureError(

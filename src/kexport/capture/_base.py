@@ -226,7 +226,7 @@ class Capture:
             function = self._trace(name, fn, signature, **kwargs)
         try:
             concrete = function.get_concrete_function()
-        except Exception as e:  # noqa: BLE001 - report which endpoint failed
+        except Exception as e:
             raise CaptureError(
                 f"Step 2/3 (capture, {self.backend} backend): tracing endpoint "
                 f"'{name}' failed: {type(e).__name__}: {e}"
@@ -289,14 +289,13 @@ def _from_tf_spec(spec: Any) -> Spec:
 
 def _traced_tf_function(name: str, fn: Any, signature: list[Any] | None) -> tuple[Any, list[Any]]:
     """Use an existing ``tf.function``: with its own signature or a traced one."""
-    import tensorflow as tf
 
     if signature is not None:
         names = flat_names(signature)
         specs = tf_specs(signature, names)
         concrete = fn.get_concrete_function(*specs)
         return _as_function(concrete, specs), signature
-    concretes = fn._list_all_concrete_functions()  # noqa: SLF001 - only way to read traces
+    concretes = fn._list_all_concrete_functions()
     if not concretes:
         raise SignatureError(
             f"Endpoint '{name}' is a tf.function that was never called, so its "
@@ -311,7 +310,7 @@ def _traced_tf_function(name: str, fn: Any, signature: list[Any] | None) -> tupl
         try:
             concrete = fn.get_concrete_function(*relaxed)
             args = relaxed
-        except Exception:  # noqa: BLE001 - the function needs its traced shapes
+        except Exception:
             pass
     signature = [map_structure(_from_tf_spec, a) for a in args]
     return _as_function(concrete, list(args)), signature
@@ -355,17 +354,20 @@ def _check_positional(name: str, fn: Callable[..., Any], signature: list[Any]) -
         )
 
 
-def _lookup_tables(layer: Any) -> list[Any]:
-    """TensorFlow lookup tables held by Keras lookup layers inside ``layer``."""
+def lookup_layers(layer: Any) -> list[Any]:
+    """Keras lookup layers (which hold TensorFlow tables) inside ``layer``."""
     import keras
 
     kinds = (keras.layers.StringLookup, keras.layers.IntegerLookup,
              keras.layers.TextVectorization)
+    sublayers = [layer] + list(layer._flatten_layers(include_self=False))
+    return [sub for sub in sublayers if isinstance(sub, kinds)]
+
+
+def _lookup_tables(layer: Any) -> list[Any]:
+    """TensorFlow lookup tables held by Keras lookup layers inside ``layer``."""
     tables = []
-    sublayers = [layer] + list(layer._flatten_layers(include_self=False))  # noqa: SLF001
-    for sub in sublayers:
-        if not isinstance(sub, kinds):
-            continue
+    for sub in lookup_layers(layer):
         inner = getattr(sub, "_lookup_layer", sub)
         table = getattr(inner, "lookup_table", None)
         if table is not None:

@@ -62,6 +62,28 @@ def _no_source_paths() -> Iterator[None]:
         jax.config.update(key, previous)
 
 
+def tf_only_layers(model: Any) -> list[Any]:
+    """Layers inside ``model`` that hold TensorFlow lookup tables.
+
+    ``StringLookup``, ``IntegerLookup`` and ``TextVectorization`` run their
+    tables in TensorFlow even on the JAX backend, so ``jax2tf`` cannot trace
+    them.
+    """
+    from kexport.capture._base import lookup_layers
+
+    return lookup_layers(model)
+
+
+def native_problem(model: Any) -> str:
+    """Why the native JAX route cannot export ``model``; ``""`` when it can."""
+    layers = tf_only_layers(model) if model is not None else []
+    if not layers:
+        return ""
+    names = ", ".join(f"'{layer.name}' ({type(layer).__name__})" for layer in layers)
+    return (f"jax2tf cannot trace the TensorFlow lookup tables of layer(s) {names}; "
+            "export such models with KERAS_BACKEND=tensorflow")
+
+
 class JaxCapture(Capture):
     """Converts Keras functions on the JAX backend with ``jax2tf``."""
 
@@ -112,6 +134,11 @@ class JaxCapture(Capture):
             raise SignatureError(
                 f"Expected `is_static` to be a bool. Received: is_static={is_static!r}"
             )
+        for layer in self._tracked_layers:
+            problem = native_problem(layer)
+            if problem:
+                raise CaptureError(f"Step 2/3 (capture, jax backend), endpoint '{name}': "
+                                   f"{problem}.")
         if not self._tracked_layers:
             raise CaptureError(
                 f"Endpoint '{name}': no Keras layer or model is tracked and none "

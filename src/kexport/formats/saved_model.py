@@ -88,8 +88,8 @@ def write_archive(archive: ExportArchive, filepath: str | os.PathLike[str],
         )
     root = tf.__internal__.tracking.AutoTrackable()
     state = archive.trackables()
-    root._kexport_all_variables = list(state["variables"])  # noqa: SLF001
-    root._kexport_resources = list(state["resources"])  # noqa: SLF001
+    root._kexport_all_variables = list(state["variables"])
+    root._kexport_resources = list(state["resources"])
     if state["tracked_layers"]:
         tracked = state["tracked"]
         root.variables = list(tracked)
@@ -111,7 +111,7 @@ def write_archive(archive: ExportArchive, filepath: str | os.PathLike[str],
                                     options=options)
         except KexportError:
             raise
-        except Exception as e:  # noqa: BLE001 - every failure becomes a typed error
+        except Exception as e:
             if "untracked" in str(e).lower():
                 raise CaptureError(
                     f"Step 3/3 (write, tf_saved_model): an endpoint uses a "
