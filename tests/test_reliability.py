@@ -91,6 +91,7 @@ def test_overwrite_true_and_artifact_replacement(tmp_path, fmt):
     assert report.ok  # the new weights (scale 3) are in place
 
 
+@pytest.mark.backends("tensorflow")  # backend-independent; the torch archive re-hosts (slow)
 def test_archive_write_out_refuses_other_data(tmp_path):
     archive = kexport.ExportArchive()
     model = small_model()
