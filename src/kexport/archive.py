@@ -207,7 +207,8 @@ class ExportArchive:
         _check_overwrite(filepath, overwrite)
         writer = registry.archive_writer(format)
         deferred = getattr(self._capture, "write_archive", None)
-        if deferred is not None:  # a re-hosting capture writes on another backend
+        if deferred is not None and self.backend not in registry.format_info(
+                format).native_archives:  # a re-hosting capture writes on another backend
             writer = functools.partial(deferred, format=format)
         with _atomic.overwrite_policy(overwrite):
             writer(self, filepath, options=options, verbose=verbose)

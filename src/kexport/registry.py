@@ -39,6 +39,13 @@ class Format:
         packages: importable modules the format's runtime needs.
         extra: the pip extra that installs them.
         archive_writer: ``"module:function"`` writing an ``ExportArchive``.
+        native_archives: backends whose archives ``archive_writer`` writes
+            in-process even where the backend's capture would re-host
+            (e.g. ``.pt2`` programs on the PyTorch backend).
+        recognizer: ``"module:function"`` telling whether a path holds an
+            artifact of this format that kexport wrote (see
+            ``kexport._atomic.is_kexport_artifact``); ``""`` when the generic
+            checks suffice.
     """
 
     name: str
@@ -47,6 +54,8 @@ class Format:
     packages: tuple[str, ...]
     extra: str
     archive_writer: str
+    native_archives: tuple[str, ...] = ()
+    recognizer: str = ""
 
 
 @dataclass(frozen=True)
@@ -122,6 +131,10 @@ FORMATS: dict[str, Format] = {
     "litert": Format(
         "litert", "LiteRT / TensorFlow Lite flatbuffer with named signatures", ".tflite",
         ("tensorflow",), "tensorflow", "kexport.formats.litert:write_archive"),
+    "torch": Format(
+        "torch", "PyTorch ExportedProgram (torch.export .pt2)", ".pt2",
+        ("torch",), "torch", "kexport.formats.torch_program:write_archive", ("torch",),
+        "kexport.formats.torch_program:is_torch_program_artifact"),
     "onnx": Format(
         "onnx", "ONNX graph (ONNX Runtime, Triton)", ".onnx",
         ("onnx", "onnxruntime"), "onnx", "kexport.formats.onnx:write_archive"),
@@ -140,6 +153,12 @@ _ROUTES: list[Route] = [
           "kexport.formats.litert:export", ("tensorflow",), "tensorflow"),
     Route("jax", "litert", "native", "jax2tf (StableHLO) -> tf.lite.TFLiteConverter",
           "kexport.formats.litert:export_stateless", ("tensorflow", "jax"), "jax"),
+    Route("torch", "torch", "native", "torch.export (Dim dynamic batch)",
+          "kexport.formats.torch_program:export", ("torch",), "torch"),
+    Route("tensorflow", "torch", "rehost", "re-host on torch (child process) -> torch.export",
+          "kexport.formats.torch_program:export_rehost", ("torch",), "torch"),
+    Route("jax", "torch", "rehost", "re-host on torch (child process) -> torch.export",
+          "kexport.formats.torch_program:export_rehost", ("torch",), "torch"),
     Route("tensorflow", "tf_saved_model", "native", "tf.function -> tf.saved_model",
           "kexport.formats.saved_model:export", ("tensorflow",), "tensorflow"),
     Route("jax", "tf_saved_model", "native", "jax2tf -> tf.function -> tf.saved_model",

@@ -1,0 +1,290 @@
+"""PyTorch ExportedProgram writer (``torch.export``, ``.pt2``).
+
+What we write:
+
+- for one model (``export_model(..., format="torch")``): one ``.pt2`` file;
+  ``torch.export.load(path).module()(*inputs)`` runs it. Its positional
+  inputs are the model's flat inputs in kexport's canonical order (list order;
+  dict inputs by sorted key), and they carry the Keras input names (the
+  program's placeholders are named after them). A model with one output
+  returns a tensor, otherwise a tuple in the flat output order;
+- dynamic dimensions as ``torch.export.Dim`` objects: one ``batch`` dim shared
+  by every input's axis 0, and one dim per other dynamic axis position.
+  Sample inputs use sizes of at least 2 (``torch.export`` specialises
+  dimensions whose sample size is 0 or 1);
+- for an ``ExportArchive`` with several endpoints (or a path without the
+  ``.pt2`` suffix): a folder with one ``<endpoint>.pt2`` per endpoint plus
+  ``kexport.json``;
+- the kexport manifest in every ``.pt2`` as the extra file ``kexport.json``
+  (``torch.export.load(path, extra_files={"kexport.json": ""})`` reads it).
+
+The native route exists on the PyTorch backend only (Keras layers are
+``torch.nn.Module`` objects there); the other backends re-host the model onto
+PyTorch in a child process (:func:`export_rehost`).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from kexport import _summary
+from kexport._atomic import atomic_target
+from kexport.errors import CaptureError, KexportError, SignatureError, UnsupportedRouteError
+from kexport.signature import Spec, flatten, flatten_with_paths, normalize_for_model, pack_as
+
+if TYPE_CHECKING:
+    from kexport.archive import ExportArchive
+
+__all__ = [
+    "DEFAULT_ENDPOINT",
+    "MANIFEST",
+    "SUFFIX",
+    "export",
+    "export_program",
+    "export_rehost",
+    "is_torch_program_artifact",
+    "read_metadata",
+    "write_archive",
+]
+
+DEFAULT_ENDPOINT = "serve"
+MANIFEST = "kexport.json"
+SUFFIX = ".pt2"
+_SAMPLE_SIZES = (3, 5, 7, 11, 13, 17)  # sample size per dynamic axis position (>= 2)
+
+
+def _identifier(name: str, taken: set[str]) -> str:
+    """``name`` as a Python identifier (placeholder names must be identifiers)."""
+    text = "".join(c if c.isalnum() or c == "_" else "_" for c in name) or "input"
+    if not (text[0].isalpha() or text[0] == "_"):
+        text = "x_" + text
+    base, n = text, 1
+    while text in taken or text in ("self",):
+        text, n = f"{base}_{n}", n + 1
+    taken.add(text)
+    return text
+
+
+def _sample(spec: Spec) -> Any:
+    import numpy as np
+    import torch
+
+    shape = tuple(_SAMPLE_SIZES[min(i, len(_SAMPLE_SIZES) - 1)] if d is None else d
+                  for i, d in enumerate(spec.shape))
+    if spec.dtype == "string":
+        raise SignatureError(
+            "Expected numeric inputs for a torch.export program. Received a string input; "
+            "string preprocessing has no PyTorch form."
+        )
+    rng = np.random.default_rng(0)
+    kind = np.dtype(spec.dtype).kind
+    value = rng.random(shape).astype(spec.dtype) if kind == "f" else np.zeros(shape, spec.dtype)
+    return torch.from_numpy(np.ascontiguousarray(value))
+
+
+def _dynamic_shapes(signature: list[Any], params: list[str]) -> dict[str, Any]:
+    import torch
+
+    dims: dict[int, Any] = {}
+    out: dict[str, Any] = {}
+    for name, spec in zip(params, flatten(signature), strict=True):
+        axes = {}
+        for axis in spec.dynamic_axes:
+            if axis not in dims:
+                dims[axis] = torch.export.Dim("batch" if axis == 0 else f"d{axis}")
+            axes[axis] = dims[axis]
+        out[name] = axes or None
+    return out
+
+
+def _flat_module(fn: Callable[..., Any], signature: list[Any], params: list[str],
+                 layers: list[Any]) -> Any:
+    """A ``torch.nn.Module`` whose ``forward`` takes the flat, named inputs."""
+    import torch
+
+    from kexport.signature import map_structure
+
+    structure = map_structure(lambda s: s, signature)
+
+    class FlatEndpoint(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layers = torch.nn.ModuleList(layers)
+
+        def forward(self, *flat: Any) -> Any:
+            outputs = fn(*pack_as(list(structure), list(flat)))
+            leaves = [leaf for _, leaf in flatten_with_paths(outputs)]
+            return leaves[0] if len(leaves) == 1 else tuple(leaves)
+
+    module = FlatEndpoint()
+    bound = module.forward
+
+    def forward(*flat: Any) -> Any:
+        return bound(*flat)
+
+    forward.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [inspect.Parameter(p, inspect.Parameter.POSITIONAL_OR_KEYWORD) for p in params])
+    module.forward = forward
+    return module
+
+
+def export_program(fn: Callable[..., Any], signature: list[Any], input_names: list[str],
+                   layers: list[Any], name: str = DEFAULT_ENDPOINT) -> Any:
+    """Capture ``fn`` with ``torch.export`` over flat named inputs; return the program.
+
+    Raises:
+        CaptureError: when ``torch.export`` cannot capture ``fn`` (the message
+            names the endpoint and the step).
+    """
+    import torch
+
+    taken: set[str] = set()
+    params = [_identifier(n, taken) for n in input_names]
+    module = _flat_module(fn, signature, params, layers)
+    samples = tuple(_sample(s) for s in flatten(signature))
+    try:
+        with torch.no_grad():
+            return torch.export.export(module, samples,
+                                       dynamic_shapes=_dynamic_shapes(signature, params),
+                                       strict=False)
+    except KexportError:
+        raise
+    except Exception as e:  # every capture failure becomes a typed error
+        raise CaptureError(
+            f"Step 2/3 (capture, torch.export): endpoint '{name}' could not be exported: "
+            f"{type(e).__name__}: {str(e).strip().splitlines()[0][:400]}. Next step: make "
+            "the dynamic dimensions of `input_signature` static where the model needs them."
+        ) from e
+
+
+def _endpoint_meta(e: Any) -> dict[str, Any]:
+    return {"inputs": [dict(s.to_json(), name=n)
+                       for s, n in zip(flatten(e.signature), e.input_names, strict=True)],
+            "outputs": [s.to_json() for s in e.output_specs]}
+
+
+def _manifest(archive: ExportArchive, layout: str) -> dict[str, Any]:
+    import keras
+    import torch
+
+    from kexport._version import __version__
+
+    return {"producer": "kexport", "producer_version": __version__,
+            "keras_version": keras.__version__, "torch_version": torch.__version__,
+            "backend": archive.backend, "format": "torch", "layout": layout,
+            "endpoints": {e.name: dict(_endpoint_meta(e), file=f"{e.name}{SUFFIX}")
+                          for e in archive.endpoints}}
+
+
+def _save(program: Any, path: Path, manifest: dict[str, Any]) -> None:
+    import torch
+
+    torch.export.save(program, os.fspath(path),
+                      extra_files={MANIFEST: json.dumps(manifest, sort_keys=True)})
+
+
+def write_archive(archive: ExportArchive, filepath: str | os.PathLike[str],
+                  options: Any | None = None, verbose: bool = True) -> None:
+    """Write ``archive`` as ``.pt2`` program(s): one file, or a folder per endpoint.
+
+    Args:
+        archive: endpoints on the PyTorch backend.
+        filepath: a ``.pt2`` file (one endpoint) or a folder.
+        options: unused; must be ``None``.
+        verbose: print a summary.
+
+    Raises:
+        UnsupportedRouteError: when the archive is not on the PyTorch backend.
+        CaptureError: when ``torch.export`` fails for an endpoint.
+    """
+    if options is not None:
+        raise SignatureError(f"Expected options=None for format='torch'. Received: {options!r}")
+    if archive.backend != "torch":  # the capture tells; not a backend branch of ours
+        raise UnsupportedRouteError(
+            f"An ExportArchive built on the {archive.backend} backend holds TensorFlow "
+            "functions, which torch.export cannot read. Expected an archive built with "
+            "KERAS_BACKEND=torch. Next step: export the model itself with "
+            "export_model(model, path, format='torch') (it is re-hosted onto PyTorch), or "
+            "build the archive on the PyTorch backend."
+        )
+    layers = list(archive.trackables()["tracked_layers"])
+    single = os.fspath(filepath).endswith(SUFFIX) and len(archive.endpoints) == 1
+    manifest = _manifest(archive, "file" if single else "folder")
+    programs = {e.name: export_program(e.function, e.signature, e.input_names, layers, e.name)
+                for e in archive.endpoints}
+    with atomic_target(filepath, is_dir=not single) as tmp:
+        if single:
+            _save(programs[archive.endpoints[0].name], tmp, manifest)
+        else:
+            for e in archive.endpoints:
+                _save(programs[e.name], tmp / f"{e.name}{SUFFIX}", manifest)
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    if verbose:
+        _summary.print_summary("torch", archive.endpoints, filepath)
+
+
+def export(model: Any, filepath: str | os.PathLike[str], *, verbose: bool | None = None,
+           input_signature: Any | None = None, **kwargs: Any) -> None:
+    """Export ``model`` (PyTorch backend) as a ``torch.export`` program (``.pt2``).
+
+    The program calls ``model(..., training=False)``.
+    """
+    from kexport.archive import ExportArchive
+
+    if kwargs:
+        raise SignatureError(
+            f"Unexpected keyword arguments for format='torch': {sorted(kwargs)}. "
+            "Expected none (dynamic dims come from `input_signature`)."
+        )
+    signature = normalize_for_model(model, input_signature)
+    archive = ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(DEFAULT_ENDPOINT, lambda *args: model(*args, training=False), signature)
+    archive.write_out(filepath, verbose=True if verbose is None else verbose, format="torch")
+
+
+def export_rehost(model: Any, filepath: str | os.PathLike[str], *, verbose: bool | None = None,
+                  input_signature: Any | None = None, **kwargs: Any) -> Any:
+    """Re-host ``model`` onto the PyTorch backend in a child process and export there.
+
+    The child's artifact is compared with the live model before it is placed.
+    """
+    from kexport.capture.rehost import rehost_export
+
+    return rehost_export(model, filepath, "torch", "torch", input_signature=input_signature,
+                         verbose=verbose, **kwargs)
+
+
+def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The kexport manifest of a ``.pt2`` file or program folder, or ``None``.
+
+    Reads the zip directly (no PyTorch import).
+    """
+    import zipfile
+
+    p = Path(os.fspath(path))
+    if p.is_dir():
+        m = p / MANIFEST
+        return json.loads(m.read_text()) if m.is_file() else None
+    try:
+        with zipfile.ZipFile(p) as z:
+            for member in z.namelist():
+                if member.endswith(f"/extra/{MANIFEST}"):
+                    return json.loads(z.read(member).decode())
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return None
+    return None
+
+
+def is_torch_program_artifact(path: Any) -> bool:
+    """Whether ``path`` is a ``.pt2`` file (or program folder) that kexport wrote."""
+    try:
+        meta = read_metadata(path)
+    except Exception:  # a broken file is "no"
+        return False
+    return bool(meta) and meta.get("producer") == "kexport" and meta.get("format") == "torch"
