@@ -226,8 +226,11 @@ def _graph_files(path: Path) -> tuple[dict[str, Path], str, dict[str, Any]]:
     order = list(listed) if isinstance(listed, (dict, list)) else []
     order = [str(n if isinstance(n, str) else n.get("name", "")) for n in order]
     names = [n for n in order if n in found] + [n for n in found if n not in order]
+    # The manifest's explicit default, else the conventional ``serve``, else
+    # the first listed (a JSON object's keys may have been sorted on write).
     default = manifest.get("default_endpoint") or manifest.get("default") or (
-        names[0] if names else DEFAULT_ENDPOINT)
+        DEFAULT_ENDPOINT if DEFAULT_ENDPOINT in found else (names[0] if names else
+                                                            DEFAULT_ENDPOINT))
     meta = {k: v for k, v in manifest.items() if k not in ("endpoints",)}
     return {n: found[n] for n in names}, str(default), meta
 
