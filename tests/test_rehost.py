@@ -273,3 +273,35 @@ def test_torch_export_model_verifies_before_writing(tmp_path, capsys):
     assert {r["batch"] for r in rows} == {2, 5} and not any(r["ok"] for r in rows)
     assert rows[0]["outputs"][0]["max_abs_error"] > 0.01
     assert (target / "saved_model.pb").read_bytes() == b"previous"
+
+
+# -- TensorFlow and JAX: re-hosting is generic (onto the other backend) ----------------------------
+_OTHER = {"tensorflow": "jax", "jax": "tensorflow", "torch": "tensorflow"}
+
+
+@pytest.mark.backends("tensorflow", "jax")
+def test_rehost_export_onto_other_backend_matches_live_model(tmp_path, fresh_process, capsys):
+    i = keras.Input((None, 5), name="seq")  # dynamic batch and time axes
+    h = L.Dense(4, activation="tanh")(i)
+    model = keras.Model(i, L.Dense(2, name="y")(rehost_layers.NoisyScale()(h)))
+    target = tmp_path / "sm"
+    report = rehost.rehost_export(model, target, "tf_saved_model", _OTHER[BACKEND])
+    assert all(r["ok"] and r["compared"] == "values" for r in report)
+    printed = capsys.readouterr().out
+    assert f"re-hosted from the {BACKEND} backend onto {_OTHER[BACKEND]}" in printed
+    assert str(target) in printed and "kexport-rehost-" not in printed
+    x = np.random.default_rng(3).standard_normal((3, 9, 5)).astype("float32")
+    got = fresh_process("saved_model_signature", str(target), "serving_default", {"seq": x})
+    np.testing.assert_allclose(got["y"], _np(model(x, training=False)), atol=1e-5)
+
+
+@pytest.mark.backends("tensorflow", "jax")
+def test_rehost_reports_a_class_the_child_cannot_rebuild(tmp_path):
+    i = keras.Input((3,), name="a")
+    model = keras.Model(i, rehost_layers.ForgetsConfig(3)(i))
+    target = tmp_path / "sm"
+    with pytest.raises(UnsupportedRouteError,
+                       match=r"(?s)Step 1/3 \(re-host: rebuild the model on the .* backend\) failed: "
+                             r"TypeError: .*units.*register_keras_serializable"):
+        rehost.rehost_export(model, target, "tf_saved_model", _OTHER[BACKEND])
+    assert not target.exists()
