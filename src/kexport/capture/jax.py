@@ -10,6 +10,7 @@ model call after call.
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -41,6 +42,11 @@ def polymorphic_shapes_for(signature: list[Any]) -> list[Any]:
     return [map_structure(one, arg) for arg in signature]
 
 
+_PATHS_LOCK = threading.Lock()
+_PATHS_USERS = 0
+_PATHS_PREVIOUS: Any = None
+
+
 @contextlib.contextmanager
 def _no_source_paths() -> Iterator[None]:
     """Keep local source paths out of the serialized StableHLO module.
@@ -49,17 +55,26 @@ def _no_source_paths() -> Iterator[None]:
     (``loc("/home/user/project/model.py":12:3)``) inside the SavedModel. JAX
     strips whatever matches ``jax_hlo_source_file_canonicalization_regex``
     from those file names; matching everything drops them, leaving function
-    names only. The previous setting is restored afterwards.
+    names only. The setting is process-wide, so it is reference-counted: it
+    stays on while any thread is inside this context and the user's previous
+    value comes back when the last one leaves.
     """
     import jax
 
+    global _PATHS_USERS, _PATHS_PREVIOUS
     key = "jax_hlo_source_file_canonicalization_regex"
-    previous = getattr(jax.config, key)
-    jax.config.update(key, ".*")
+    with _PATHS_LOCK:
+        if _PATHS_USERS == 0:
+            _PATHS_PREVIOUS = getattr(jax.config, key)
+            jax.config.update(key, ".*")
+        _PATHS_USERS += 1
     try:
         yield
     finally:
-        jax.config.update(key, previous)
+        with _PATHS_LOCK:
+            _PATHS_USERS -= 1
+            if _PATHS_USERS == 0:
+                jax.config.update(key, _PATHS_PREVIOUS)
 
 
 def tf_only_layers(model: Any) -> list[Any]:
