@@ -259,11 +259,15 @@ def _sample_size(axis: int) -> int:
 
 
 def _has_dynamic_recurrence(model: Any, signature: list[Any]) -> str | None:
-    """The name of a recurrent layer when a non-batch input axis is dynamic."""
+    """The name of a recurrent layer of ``model``, if it has one.
+
+    Keras on PyTorch runs RNNs as a Python loop: ``torch.export`` unrolls it,
+    fixing a dynamic time axis, and even a fixed one gives a huge graph (an
+    LSTM over 32 steps took 80 s to export). Such models are re-hosted.
+    """
     import keras
 
-    if not any(ax != 0 for s in flatten(signature) for ax in s.dynamic_axes):
-        return None
+    del signature
     for layer in model._flatten_layers(include_self=False):
         if isinstance(layer, keras.layers.RNN):
             return layer.name
@@ -607,9 +611,9 @@ def export_torch(model: Any, filepath: str | os.PathLike[str], *,
     """PyTorch backend -> ONNX.
 
     Strategies in order: ``torch.export`` + ``torch.onnx`` in process; when a
-    dynamic axis would be fixed by ``torch.export`` (recurrent layers over a
-    dynamic time axis unroll into a fixed number of steps), re-host on
-    TensorFlow instead so that axis stays symbolic.
+    model has a recurrent layer (``torch.export`` unrolls Keras's Python RNN
+    loop into a fixed number of steps) or a dynamic axis was fixed anyway,
+    re-host on TensorFlow instead so that the time axis stays symbolic.
     """
     from kexport.formats import _onnx_rehost
 
