@@ -54,9 +54,11 @@ __all__ = [
     "QUANTIZATIONS",
     "LiteRTOptions",
     "export",
+    "export_rehost",
     "export_stateless",
     "is_litert_artifact",
     "read_metadata",
+    "run_flat",
     "tolerance",
     "write_archive",
 ]
@@ -468,3 +470,58 @@ def export_stateless(model: Any, filepath: str | os.PathLike[str], **kwargs: Any
     """
     kwargs.setdefault("is_static", True)
     export(model, filepath, **kwargs)
+
+
+def run_flat(path: str | os.PathLike[str], endpoint: str, flat: list[Any]) -> list[Any]:
+    """Run signature ``endpoint`` of the ``.tflite`` file on flat NumPy inputs.
+
+    Inputs are matched to the signature by the names in the kexport metadata
+    (never by position); returns the outputs in the metadata's order.
+    """
+    import tensorflow as tf
+
+    meta = read_metadata(path) or {}
+    info = meta.get("endpoints", {}).get(endpoint)
+    interpreter = tf.lite.Interpreter(model_path=os.fspath(path))
+    runner = interpreter.get_signature_runner(endpoint)
+    if info is None:
+        sig = interpreter.get_signature_list()[endpoint]
+        names, outs = list(sig["inputs"]), list(sig["outputs"])
+    else:
+        names = [i["name"] for i in info["inputs"]]
+        outs = [o["name"] for o in info["outputs"]]
+    result = runner(**dict(zip(names, flat, strict=True)))
+    return [result[n] for n in outs]
+
+
+def export_rehost(model: Any, filepath: str | os.PathLike[str], *, verbose: bool | None = None,
+                  input_signature: Any | None = None, **kwargs: Any) -> Any:
+    """Re-host ``model`` onto the TensorFlow backend in a child process and convert there.
+
+    Converter options (``quantization``, ``allow_flex``) travel to the child;
+    a ``representative_dataset`` must then be a list of arrays/lists/dicts.
+    Float artifacts are compared with the live model before they are placed.
+    """
+    from kexport.capture.rehost import rehost_export
+
+    data = kwargs.get("representative_dataset")
+    if data is not None:
+        kwargs["representative_dataset"] = _plain_samples(data)
+    atol, rtol = tolerance(kwargs.get("quantization"))
+    return rehost_export(model, filepath, "litert", "tensorflow",
+                         input_signature=input_signature, verbose=verbose,
+                         atol=atol, rtol=rtol, **kwargs)
+
+
+def _plain_samples(data: Any) -> list[Any]:
+    """Calibration samples as JSON-able lists (they travel to the child process)."""
+    import numpy as np
+
+    def plain(x: Any) -> Any:
+        if isinstance(x, Mapping):
+            return {k: plain(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [plain(v) for v in x]
+        return np.asarray(x).tolist()
+
+    return [plain(s) for s in (data() if callable(data) else data)]
