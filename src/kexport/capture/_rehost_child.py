@@ -121,12 +121,20 @@ def _run_torch_program(path: str, endpoint: dict[str, Any], args: list[Any]) -> 
     return run_flat(path, endpoint["name"], flatten(args))
 
 
+def _run_openvino(path: str, endpoint: dict[str, Any], args: list[Any]) -> list[Any]:
+    from kexport.formats.openvino import run_flat
+    from kexport.signature import flatten
+
+    return run_flat(path, endpoint["name"], flatten(args))
+
+
 # format -> function(path, endpoint json, structured args) -> flat outputs.
 RUNNERS: dict[str, Callable[[str, dict[str, Any], list[Any]], list[Any]]] = {
     "tf_saved_model": _run_saved_model,
     "onnx": _run_onnx,
     "litert": _run_litert,
     "torch": _run_torch_program,
+    "openvino": _run_openvino,
 }
 
 

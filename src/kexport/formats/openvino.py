@@ -1,0 +1,323 @@
+"""OpenVINO IR writer (``.xml`` graph + ``.bin`` weights).
+
+What we write:
+
+- for one model with a path ending in ``.xml``: ``name.xml`` and ``name.bin``
+  side by side; ``openvino.Core().compile_model("name.xml", "CPU")`` runs it;
+- for an ``ExportArchive`` with several endpoints (or a path without the
+  ``.xml`` suffix): a folder with ``<endpoint>.xml`` / ``<endpoint>.bin`` per
+  endpoint plus ``kexport.json``;
+- inputs named by the Keras input names and in kexport's flat order, outputs
+  named by the Keras output names, dynamic dimensions (``None`` in the
+  signature) kept dynamic and every other dimension static;
+- float32 weights (no silent float16 compression) and the kexport manifest in
+  the IR's ``rt_info`` (``kexport_manifest``), without local paths.
+
+How an endpoint reaches OpenVINO (strategies tried in order, by what the
+capture produced, never by backend name):
+
+1. a TensorFlow function (TensorFlow backend): ``openvino.convert_model`` on
+   the signature's concrete function. A JAX capture (StableHLO inside
+   ``XlaCallModule``) is refused: neither OpenVINO's TensorFlow frontend nor
+   its TFLite frontend (after a LiteRT conversion) reads it, so the JAX route
+   re-hosts the model onto TensorFlow (:func:`export_rehost`);
+2. a Python callable on PyTorch tensors (PyTorch backend): ``torch.export``
+   (:mod:`kexport.formats.torch_program`), then ``openvino.convert_model``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from kexport import _summary
+from kexport._atomic import atomic_target
+from kexport.errors import (
+    CaptureError,
+    KexportError,
+    SignatureError,
+    UnsupportedRouteError,
+    WriteError,
+)
+from kexport.signature import flatten, normalize_for_model
+
+if TYPE_CHECKING:
+    from kexport.archive import ExportArchive
+    from kexport.capture._base import TracedEndpoint
+
+__all__ = [
+    "DEFAULT_ENDPOINT",
+    "MANIFEST",
+    "export",
+    "export_rehost",
+    "is_openvino_artifact",
+    "read_metadata",
+    "run_flat",
+    "write_archive",
+]
+
+DEFAULT_ENDPOINT = "serve"
+MANIFEST = "kexport.json"
+_RT_PRODUCER = "kexport_producer"
+_RT_MANIFEST = "kexport_manifest"
+
+
+# -- strategies -----------------------------------------------------------------------------------
+def _uses_xla_call_module(concrete: Any) -> bool:
+    graph_def = concrete.graph.as_graph_def()
+    nodes = list(graph_def.node)
+    for fn in graph_def.library.function:
+        nodes.extend(fn.node_def)
+    return any(n.op == "XlaCallModule" for n in nodes)
+
+
+def _from_tensorflow(endpoint: TracedEndpoint, archive: ExportArchive) -> Any:
+    """Strategy 1: a TensorFlow function, read by OpenVINO's TensorFlow frontend."""
+    import openvino as ov
+
+    from kexport.formats import litert
+
+    concrete = litert._signature_function(endpoint, endpoint.function).get_concrete_function()
+    if _uses_xla_call_module(concrete):
+        raise UnsupportedRouteError(
+            f"Step 3/3 (write, openvino): endpoint '{endpoint.name}' is StableHLO wrapped "
+            "in XlaCallModule (JAX backend), which OpenVINO cannot read (neither directly "
+            "nor through LiteRT). Expected a TensorFlow or PyTorch capture. Next step: "
+            "export_model(model, path, format='openvino') re-hosts a JAX model onto "
+            "TensorFlow; build archives with KERAS_BACKEND=tensorflow or torch."
+        )
+    return ov.convert_model(concrete)
+
+
+def _from_torch(endpoint: TracedEndpoint, archive: ExportArchive) -> Any:
+    """Strategy 3: ``torch.export`` the Python callable, then convert the program."""
+    import openvino as ov
+
+    from kexport.formats.torch_program import export_program
+
+    layers = list(archive.trackables()["tracked_layers"])
+    program = export_program(endpoint.function, endpoint.signature, endpoint.input_names,
+                             layers, endpoint.name)
+    return ov.convert_model(program)
+
+
+def _convert(endpoint: TracedEndpoint, archive: ExportArchive) -> Any:
+    is_tf = hasattr(endpoint.function, "get_concrete_function")
+    strategy = _from_tensorflow if is_tf else _from_torch
+    try:
+        model = strategy(endpoint, archive)
+    except KexportError:
+        raise
+    except Exception as e:  # every conversion failure becomes a typed error
+        raise CaptureError(
+            f"Step 3/3 (write, openvino): converting endpoint '{endpoint.name}' with "
+            f"openvino.convert_model failed: {type(e).__name__}: "
+            f"{str(e).strip().splitlines()[0][:400] if str(e).strip() else ''}"
+        ) from e
+    return _named(model, endpoint)
+
+
+# -- names and shapes -------------------------------------------------------------------------------
+def _named(model: Any, endpoint: TracedEndpoint) -> Any:
+    """Give the IR the Keras names, kexport's input order and the signature's dims.
+
+    Converters name ports their own way (``serve_x:0``, placeholders, ...) and
+    some make every dimension dynamic; the signature is the truth.
+    """
+    import openvino as ov
+
+    specs = flatten(endpoint.signature)
+    names = endpoint.input_names
+    ports = list(model.inputs)
+    if len(ports) != len(names):
+        raise CaptureError(
+            f"Step 3/3 (write, openvino): endpoint '{endpoint.name}' converted with "
+            f"{len(ports)} inputs. Expected {len(names)}: {names}."
+        )
+    prefix = f"{endpoint.name}_"  # LiteRT tensors are named "<signature>_<input>:0"
+    by_name = {}
+    for port in ports:
+        for n in port.get_names():
+            base = n.split(":")[0]
+            for key in (n, base, base.removeprefix(prefix)):
+                by_name.setdefault(key, port)
+    ordered = [by_name.get(n) for n in names]
+    if any(p is None for p in ordered) or len({id(p) for p in ordered}) != len(ordered):
+        ordered = ports  # converters that drop names keep the flat order
+    shapes = {}
+    for port, name, spec in zip(ordered, names, specs, strict=True):
+        port.get_tensor().set_names({name})
+        shapes[port] = ov.PartialShape([-1 if d is None else d for d in spec.shape])
+    model.reshape(shapes)
+    out_names = endpoint.output_names
+    outs = list(model.outputs)
+    if len(outs) == len(out_names):
+        by_out = {}
+        for port in outs:
+            for n in port.get_names():
+                by_out.setdefault(n, port)
+        ordered_out = [by_out.get(n) for n in out_names]
+        if any(p is None for p in ordered_out) or len({id(p) for p in ordered_out}) != len(outs):
+            ordered_out = outs
+        for port, name in zip(ordered_out, out_names, strict=True):
+            port.get_tensor().set_names({name})
+    return model
+
+
+def _manifest(archive: Any, layout: str) -> dict[str, Any]:
+    import keras
+    import openvino as ov
+
+    from kexport._version import __version__
+
+    return {"producer": "kexport", "producer_version": __version__,
+            "keras_version": keras.__version__, "openvino_version": ov.__version__,
+            "backend": archive.backend, "format": "openvino", "layout": layout,
+            "endpoints": {
+                e.name: {"inputs": [dict(s.to_json(), name=n) for s, n in
+                                    zip(flatten(e.signature), e.input_names, strict=True)],
+                         "outputs": [s.to_json() for s in e.output_specs],
+                         "file": f"{e.name}.xml"}
+                for e in archive.endpoints}}
+
+
+def _save(model: Any, xml: Path, manifest: dict[str, Any]) -> None:
+    import openvino as ov
+
+    model.set_rt_info("kexport", [_RT_PRODUCER])
+    model.set_rt_info(json.dumps(manifest, sort_keys=True), [_RT_MANIFEST])
+    ov.save_model(model, os.fspath(xml), compress_to_fp16=False)
+
+
+def write_archive(archive: ExportArchive, filepath: str | os.PathLike[str],
+                  options: Any | None = None, verbose: bool = True) -> None:
+    """Write ``archive`` as OpenVINO IR: one ``.xml``/``.bin`` pair, or a folder of them.
+
+    Args:
+        archive: the endpoints to write.
+        filepath: ``name.xml`` (one endpoint; ``name.bin`` goes beside it) or a folder.
+        options: unused; must be ``None``.
+        verbose: print a summary.
+    """
+    if options is not None:
+        raise SignatureError(
+            f"Expected options=None for format='openvino'. Received: {options!r}")
+    target = Path(os.fspath(filepath))
+    single = target.suffix == ".xml" and len(archive.endpoints) == 1
+    if target.suffix == ".xml" and not single:
+        raise SignatureError(
+            f"Expected a folder path for an archive with {len(archive.endpoints)} endpoints "
+            f"(one IR per endpoint). Received: filepath='{os.fspath(filepath)}' ending in .xml."
+        )
+    manifest = _manifest(archive, "file" if single else "folder")
+    models = {e.name: _convert(e, archive) for e in archive.endpoints}
+    with tempfile.TemporaryDirectory(prefix="kexport-openvino-") as tmp:
+        build = Path(tmp)
+        try:
+            for name, model in models.items():
+                _save(model, build / f"{name}.xml", manifest)
+        except Exception as e:
+            raise WriteError(f"Step 3/3 (write, openvino): saving the IR failed: {e}") from e
+        if single:
+            (name,) = models
+            # weights first, graph last: the .xml is what runtimes open
+            with atomic_target(target.with_suffix(".bin"), is_dir=False) as t:
+                shutil.copyfile(build / f"{name}.bin", t)
+            with atomic_target(target, is_dir=False) as t:
+                shutil.copyfile(build / f"{name}.xml", t)
+        else:
+            (build / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+            with atomic_target(target, is_dir=True) as t:
+                for f in build.iterdir():
+                    shutil.copyfile(f, t / f.name)
+    if verbose:
+        _summary.print_summary("openvino", archive.endpoints, filepath)
+
+
+def export(model: Any, filepath: str | os.PathLike[str], *, verbose: bool | None = None,
+           input_signature: Any | None = None, **kwargs: Any) -> None:
+    """Export ``model`` as OpenVINO IR with the endpoint ``serve``.
+
+    Args:
+        model: a built Keras model or layer.
+        filepath: ``name.xml`` (``name.bin`` is written beside it) or a folder.
+        verbose: print a summary (default ``True``).
+        input_signature: as for :func:`kexport.export_model`.
+        **kwargs: backend capture options (JAX: ``is_static``, ``jax2tf_kwargs``).
+    """
+    from kexport.archive import ExportArchive
+
+    signature = normalize_for_model(model, input_signature)
+    archive = ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        DEFAULT_ENDPOINT, lambda *args: model(*args, training=False), signature, **kwargs
+    )
+    archive.write_out(filepath, verbose=True if verbose is None else verbose, format="openvino")
+
+
+def export_rehost(model: Any, filepath: str | os.PathLike[str], *, verbose: bool | None = None,
+                  input_signature: Any | None = None, **kwargs: Any) -> Any:
+    """Re-host ``model`` onto the TensorFlow backend in a child process and convert there.
+
+    The child's IR is compared with the live model before it is placed.
+    """
+    from kexport.capture.rehost import rehost_export
+
+    return rehost_export(model, filepath, "openvino", "tensorflow",
+                         input_signature=input_signature, verbose=verbose, **kwargs)
+
+
+# -- reading back ---------------------------------------------------------------------------------
+def _xml_files(path: Path) -> list[Path]:
+    return [path] if path.suffix == ".xml" else sorted(path.glob("*.xml"))
+
+
+def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The kexport manifest of an IR (``.xml``) or IR folder, or ``None`` (no OpenVINO import)."""
+    import html
+    import re
+
+    p = Path(os.fspath(path))
+    if p.is_dir():
+        m = p / MANIFEST
+        return json.loads(m.read_text()) if m.is_file() else None
+    if p.suffix != ".xml" or not p.is_file():
+        return None
+    text = p.read_text(errors="replace")
+    found = re.search(rf'<{_RT_MANIFEST} value="([^"]*)"', text)
+    return json.loads(html.unescape(found.group(1))) if found else None
+
+
+def is_openvino_artifact(path: Any) -> bool:
+    """Whether ``path`` is an IR kexport wrote (its ``.xml``, ``.bin`` or folder)."""
+    try:
+        p = Path(os.fspath(path))
+        if p.suffix == ".bin":
+            p = p.with_suffix(".xml")
+        meta = read_metadata(p)
+    except Exception:  # a broken file is "no"
+        return False
+    return bool(meta) and meta.get("producer") == "kexport" and meta.get("format") == "openvino"
+
+
+def run_flat(path: str | os.PathLike[str], endpoint: str, flat: list[Any]) -> list[Any]:
+    """Run ``endpoint`` of the IR at ``path`` on flat NumPy inputs, by input name."""
+    import openvino as ov
+
+    p = Path(os.fspath(path))
+    xml = p / f"{endpoint}.xml" if p.is_dir() else p
+    meta = read_metadata(xml) or {}
+    info = meta.get("endpoints", {}).get(endpoint, {})
+    compiled = ov.Core().compile_model(os.fspath(xml), "CPU")
+    names = [i["name"] for i in info.get("inputs", [])] or \
+        [port.get_any_name() for port in compiled.inputs]
+    result = compiled(dict(zip(names, flat, strict=True)))
+    outs = [o["name"] for o in info.get("outputs", [])]
+    if outs:
+        return [result[compiled.output(n)] for n in outs]
+    return [result[port] for port in compiled.outputs]
