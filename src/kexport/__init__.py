@@ -14,7 +14,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from kexport._version import __version__
-from kexport.api import export_model, export_onnx, export_saved_model
+from kexport.api import (
+    export_litert,
+    export_model,
+    export_onnx,
+    export_openvino,
+    export_saved_model,
+    export_torch,
+)
 from kexport.errors import (
     ArtifactError,
     CaptureError,
@@ -46,8 +53,11 @@ __all__ = [
     "WriteError",
     "__version__",
     "export_model",
+    "export_litert",
     "export_onnx",
+    "export_openvino",
     "export_saved_model",
+    "export_torch",
     "load",
     "routes",
     "verify",

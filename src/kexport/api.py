@@ -8,7 +8,8 @@ from typing import Any
 from kexport import _atomic
 from kexport.errors import SignatureError, describe
 
-__all__ = ["export_model", "export_onnx", "export_saved_model"]
+__all__ = ["export_litert", "export_model", "export_onnx", "export_openvino", "export_saved_model",
+           "export_torch"]
 
 
 def _check_common(model: Any, filepath: Any, verbose: Any) -> None:
@@ -155,3 +156,74 @@ def export_onnx(model: Any, filepath: str | os.PathLike[str], verbose: bool | No
     """
     export_model(model, filepath, format="onnx", verbose=verbose,
                  input_signature=input_signature, opset_version=opset_version, **kwargs)
+
+
+def export_litert(model: Any, filepath: str | os.PathLike[str], verbose: bool | None = None,
+                  input_signature: Any | None = None, quantization: str | None = None,
+                  representative_dataset: Any | None = None, allow_flex: bool = False,
+                  **kwargs: Any) -> None:
+    """Export ``model`` as a LiteRT (TensorFlow Lite) ``.tflite`` file; see docs/litert.md.
+
+    Works on the TensorFlow and JAX backends natively and on PyTorch by
+    re-hosting onto TensorFlow. The file has one named signature, ``serve``,
+    whose inputs and outputs carry the Keras names; standard layers (LSTM
+    included) use builtin operators only and the batch dimension stays
+    resizable.
+
+    Args:
+        model: a built Keras model or layer.
+        filepath: the ``.tflite`` file to write.
+        verbose: print a summary (``None``: yes).
+        input_signature: as for :func:`export_model`.
+        quantization: ``None``, ``"dynamic_int8"``, ``"float16"`` or ``"int8"``.
+        representative_dataset: calibration samples for ``"int8"``.
+        allow_flex: allow Select-TF (Flex) operators.
+        **kwargs: the options of :func:`export_model`.
+
+    Example:
+
+    ```python
+    kexport.export_litert(model, "model.tflite")
+    runner = tf.lite.Interpreter("model.tflite").get_signature_runner("serve")
+    outputs = runner(x=inputs)  # {"y": ...}
+    ```
+    """
+    options: dict[str, Any] = {"quantization": quantization, "allow_flex": allow_flex}
+    if representative_dataset is not None:
+        options["representative_dataset"] = representative_dataset
+    export_model(model, filepath, format="litert", verbose=verbose,
+                 input_signature=input_signature, **options, **kwargs)
+
+
+def export_openvino(model: Any, filepath: str | os.PathLike[str], verbose: bool | None = None,
+                    input_signature: Any | None = None, **kwargs: Any) -> None:
+    """Export ``model`` as OpenVINO IR (``name.xml`` + ``name.bin``); see docs/openvino.md.
+
+    Example:
+
+    ```python
+    kexport.export_openvino(model, "model.xml")
+    compiled = openvino.Core().compile_model("model.xml", "CPU")
+    ```
+    """
+    export_model(model, filepath, format="openvino", verbose=verbose,
+                 input_signature=input_signature, **kwargs)
+
+
+def export_torch(model: Any, filepath: str | os.PathLike[str], verbose: bool | None = None,
+                 input_signature: Any | None = None, **kwargs: Any) -> None:
+    """Export ``model`` as a ``torch.export`` program (``.pt2``); see docs/torch_program.md.
+
+    Native on the PyTorch backend; TensorFlow and JAX models are re-hosted onto
+    PyTorch in a child process and verified before the file is placed.
+
+    Example:
+
+    ```python
+    kexport.export_torch(model, "model.pt2")
+    program = torch.export.load("model.pt2").module()
+    y = program(torch.from_numpy(x))
+    ```
+    """
+    export_model(model, filepath, format="torch", verbose=verbose,
+                 input_signature=input_signature, **kwargs)
