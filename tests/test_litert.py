@@ -1,0 +1,163 @@
+"""LiteRT (.tflite): every model kind, reloaded with tf.lite in a fresh process."""
+
+from __future__ import annotations
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+import kexport
+from format_models import KINDS, build, cases, inputs, live
+from kexport.errors import CaptureError, SignatureError
+from kexport.formats import litert
+
+NATIVE = pytest.mark.backends("tensorflow", "jax")
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, fresh_process):
+    """Every kind exported once; one fresh process reloads them all at batch 3 and 7."""
+    root = tmp_path_factory.mktemp("litert")
+    built, jobs = {}, []
+    for kind in KINDS:
+        model, spec = build(kind)
+        path = str(root / f"{kind}.tflite")
+        kexport.export_model(model, path, format="litert", verbose=False)
+        built[kind] = (model, spec, path, cases(model, kind, spec))
+        jobs.append((path, "serve", [xs for xs, _ in built[kind][3]]))
+    results = fresh_process("fresh_formats:litert_run", jobs)
+    return {k: (built[k], r) for k, r in zip(KINDS, results)}
+
+
+@NATIVE
+@pytest.mark.parametrize("kind", KINDS)
+def test_kind_matches_live_model_in_fresh_process(exported, kind):
+    (_, spec, _path, want), got = exported[kind]
+    assert got["signatures"]["serve"]["inputs"] == sorted(spec)
+    assert got["signatures"]["serve"]["outputs"] == ["probs" if kind == "cnn" else "y"]
+    for (_, ref), out in zip(want, got["outputs"]):
+        (y,) = out.values()
+        np.testing.assert_allclose(y, ref, atol=1e-5, rtol=1e-4)
+    # dynamic batch survives in the signature: the runtime may resize it
+    assert all(s[0] == -1 for s in got["shape_signature"].values())
+
+
+@NATIVE
+def test_lstm_uses_builtin_ops_only(exported):
+    (_, _, path, _), _ = exported["lstm"]
+    meta = litert.read_metadata(path)
+    assert meta["producer"] == "kexport" and meta["quantization"] is None
+    assert not [op for op in meta["operators"] if op.startswith("Flex")]
+    assert "FULLY_CONNECTED" in meta["operators"]
+    assert "/tmp" not in json.dumps(meta)
+
+
+@NATIVE
+def test_rnn_attributes_restored_after_export(exported):
+    model = exported["lstm"][0][0]
+    lstm = next(la for la in model.layers if isinstance(la, keras.layers.LSTM))
+    assert lstm.unroll is False
+
+
+@NATIVE
+def test_quantization_modes_within_dtype_tolerance(tmp_path, fresh_process):
+    model, spec = build("mlp")
+    model.layers[-2].kernel.assign(np.random.default_rng(1).normal(size=(8, 16)).astype("f"))
+    rng = np.random.default_rng(0)
+    data = [rng.random((1, 8), dtype="float32") for _ in range(32)]
+    jobs, refs = [], []
+    for mode in ("float16", "dynamic_int8", "int8"):
+        path = str(tmp_path / f"{mode}.tflite")
+        kexport.export_litert(model, path, verbose=False, quantization=mode,
+                              representative_dataset=data if mode == "int8" else None)
+        assert litert.read_metadata(path)["quantization"] == mode
+        xs = inputs(spec, 3)
+        jobs.append((path, "serve", [xs]))
+        refs.append(live(model, "mlp", xs))
+    results = fresh_process("fresh_formats:litert_run", jobs)
+    for mode, ref, res in zip(("float16", "dynamic_int8", "int8"), refs, results):
+        atol, rtol = litert.tolerance(mode)
+        np.testing.assert_allclose(res["outputs"][0]["y"], ref, atol=atol, rtol=rtol)
+    assert "float16" in results[0]["dtypes"]
+    assert "int8" in results[2]["dtypes"]
+
+
+@NATIVE
+def test_archive_writes_several_signatures_into_one_file(tmp_path, fresh_process):
+    model, spec = build("multi")
+    archive = kexport.ExportArchive()
+    archive.track(model)
+    sig = [[keras.InputSpec(shape=(None, 3), name="a"), keras.InputSpec(shape=(None, 4), name="b")]]
+    archive.add_endpoint("serve", lambda x: model(x, training=False), sig)
+    archive.add_endpoint("double", lambda x: model(x, training=False) * 2.0, sig)
+    path = str(tmp_path / "two.tflite")
+    archive.write_out(path, format="litert", verbose=False)
+    xs = inputs(spec, 3)
+    res = fresh_process("fresh_formats:litert_run",
+                        [(path, "serve", [xs]), (path, "double", [xs])])
+    assert set(res[0]["signatures"]) == {"serve", "double"}
+    ref = live(model, "multi", xs)
+    np.testing.assert_allclose(res[0]["outputs"][0]["y"], ref, atol=1e-5)
+    np.testing.assert_allclose(res[1]["outputs"][0]["y"], 2 * ref, atol=1e-5)
+
+
+@NATIVE
+def test_reexport_replaces_own_artifact(tmp_path):
+    model, _ = build("mlp")
+    path = tmp_path / "m.tflite"
+    kexport.export_litert(model, path, verbose=False)
+    first = path.read_bytes()
+    kexport.export_litert(model, path, verbose=False, quantization="float16")
+    assert path.read_bytes() != first
+
+
+def test_bad_quantization_is_a_typed_error(tmp_path):
+    model, _ = build("mlp")
+    with pytest.raises(SignatureError, match=r"Expected `quantization` to be one of .*"
+                                             r"Received: quantization='int4'"):
+        kexport.export_litert(model, tmp_path / "m.tflite", quantization="int4")
+    with pytest.raises(SignatureError, match="Expected `representative_dataset`"):
+        kexport.export_litert(model, tmp_path / "m.tflite", quantization="int8")
+    assert not (tmp_path / "m.tflite").exists()
+
+
+def test_options_must_be_litert_options():
+    with pytest.raises(SignatureError, match="Received unknown: \\['bogus'\\]"):
+        litert.LiteRTOptions.coerce({"bogus": 1})
+    with pytest.raises(SignatureError, match="Expected `allow_flex` to be True or False"):
+        litert.LiteRTOptions(allow_flex="yes")
+
+
+@pytest.mark.backends("tensorflow")
+def test_flex_ops_are_refused_unless_allowed(tmp_path):
+    import tensorflow as tf
+
+    model, _ = build("mlp")
+    archive = kexport.ExportArchive()
+    archive.track(model)
+
+    @tf.function(input_signature=[tf.TensorSpec((None, 8), tf.float32, name="x")])
+    def ragged(x):  # tf.math.bincount on floats cast to int has no builtin form
+        return tf.math.bincount(tf.cast(x * 4, tf.int32), minlength=5, axis=-1)
+
+    archive.add_endpoint("serve", ragged)
+    with pytest.raises(CaptureError, match="pass allow_flex=True"):
+        archive.write_out(tmp_path / "f.tflite", format="litert", verbose=False)
+    assert not (tmp_path / "f.tflite").exists()
+    archive.write_out(tmp_path / "f.tflite", format="litert", verbose=False,
+                      options={"allow_flex": True})
+    assert any(op.startswith("Flex") for op in litert.read_metadata(tmp_path / "f.tflite")["operators"])
+
+
+@pytest.mark.backends("torch")
+def test_torch_model_is_rehosted_onto_tensorflow(tmp_path, fresh_process):
+    model, spec = build("dict")
+    path = str(tmp_path / "d.tflite")
+    kexport.export_litert(model, path, verbose=False)
+    want = cases(model, "dict", spec)
+    (res,) = fresh_process("fresh_formats:litert_run", [(path, "serve", [xs for xs, _ in want])])
+    assert res["signatures"]["serve"]["inputs"] == ["a", "b"]
+    for (_, ref), out in zip(want, res["outputs"]):
+        np.testing.assert_allclose(out["y"], ref, atol=1e-5)
