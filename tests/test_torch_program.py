@@ -1,0 +1,87 @@
+"""PyTorch ExportedProgram (.pt2): every kind on PyTorch, re-host from TF/JAX, archives."""
+
+from __future__ import annotations
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+import kexport
+from format_models import KINDS, build, cases
+from kexport.errors import UnsupportedRouteError
+
+
+def _flat(xs):
+    return [xs[k] for k in sorted(xs)]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, fresh_process):
+    root = tmp_path_factory.mktemp("pt2")
+    built, jobs = {}, []
+    for kind in KINDS:
+        model, spec = build(kind)
+        path = str(root / f"{kind}.pt2")
+        kexport.export_torch(model, path, verbose=False)
+        built[kind] = (model, spec, path, cases(model, kind, spec))
+        jobs.append((path, [_flat(xs) for xs, _ in built[kind][3]]))
+    results = fresh_process("fresh_formats:torch_run", jobs)
+    return {k: (built[k], r) for k, r in zip(KINDS, results)}
+
+
+@pytest.mark.backends("torch")
+@pytest.mark.parametrize("kind", KINDS)
+def test_kind_matches_live_model_in_fresh_process(exported, kind):
+    (_, spec, _path, want), got = exported[kind]
+    assert got["inputs"] == sorted(spec)  # placeholders carry the Keras names
+    for (_, ref), (y,) in zip(want, got["outputs"]):
+        np.testing.assert_allclose(y, ref, atol=1e-5, rtol=1e-4)
+    manifest = json.loads(got["manifest"])
+    assert manifest["producer"] == "kexport" and manifest["format"] == "torch"
+    assert "/tmp" not in got["manifest"]
+
+
+@pytest.mark.backends("torch")
+def test_batch_of_one_and_archive_folder(tmp_path, fresh_process):
+    model, _ = build("multi")
+    archive = kexport.ExportArchive()
+    archive.track(model)
+    sig = [[keras.InputSpec(shape=(None, 3), name="a"), keras.InputSpec(shape=(None, 4), name="b")]]
+    archive.add_endpoint("serve", lambda x: model(x, training=False), sig)
+    archive.add_endpoint("twice", lambda x: model(x, training=False), sig)
+    out = tmp_path / "programs"
+    archive.write_out(out, format="torch", verbose=False)
+    assert sorted(p.name for p in out.iterdir()) == ["kexport.json", "serve.pt2", "twice.pt2"]
+    xs = {"a": np.ones((1, 3), "f"), "b": np.ones((1, 4), "f")}
+    res = fresh_process("fresh_formats:torch_run",
+                        [(str(out / "serve.pt2"), [_flat(xs)]), (str(out / "twice.pt2"), [_flat(xs)])])
+    ref = np.asarray(keras.ops.convert_to_numpy(model([xs["a"], xs["b"]])))
+    for r in res:
+        np.testing.assert_allclose(r["outputs"][0][0], ref, atol=1e-6)
+
+
+@pytest.mark.backends("tensorflow", "jax")
+def test_rehosted_onto_torch_from_other_backends(tmp_path, fresh_process):
+    model, spec = build("dict")
+    path = str(tmp_path / "d.pt2")
+    kexport.export_torch(model, path, verbose=False)
+    want = cases(model, "dict", spec)
+    (res,) = fresh_process("fresh_formats:torch_run", [(path, [_flat(xs) for xs, _ in want])])
+    assert res["inputs"] == ["a", "b"]
+    for (_, ref), (y,) in zip(want, res["outputs"]):
+        np.testing.assert_allclose(y, ref, atol=1e-5)
+
+
+@pytest.mark.backends("tensorflow", "jax")
+def test_archive_of_tf_functions_is_refused_with_next_step(tmp_path):
+    model, _ = build("mlp")
+    archive = kexport.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serve", lambda x: model(x, training=False),
+                         [keras.InputSpec(shape=(None, 8))])
+    with pytest.raises(UnsupportedRouteError,
+                       match=r"Expected an archive built with KERAS_BACKEND=torch"):
+        archive.write_out(tmp_path / "a.pt2", format="torch", verbose=False)
+    assert not (tmp_path / "a.pt2").exists()
