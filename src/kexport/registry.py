@@ -201,6 +201,9 @@ _ROUTES: list[Route] = [
 RUNTIMES: dict[str, str] = {
     "tf_saved_model": "kexport.runtime.saved_model",
     "onnx": "kexport.runtime.onnx",
+    "litert": "kexport.runtime.litert",
+    "openvino": "kexport.runtime.openvino",
+    "torch": "kexport.runtime.torch_program",
 }
 
 

@@ -1,0 +1,114 @@
+"""Runtime for PyTorch ExportedProgram artifacts (``.pt2`` file, or a folder of them).
+
+Each ``.pt2`` is one endpoint; ``torch.export.load(file).module()`` is called
+with the flat inputs in the manifest's order, and outputs are named by the
+manifest.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from kexport.runtime._base import Artifact, EndpointInfo, TensorInfo
+
+__all__ = ["TorchProgramArtifact", "detect", "open"]
+
+FORMAT = "torch"
+
+
+def _is_program(path: Path) -> bool:
+    if not path.is_file():
+        return False
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(n.endswith("/archive_format") for n in z.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def detect(path: Path) -> bool:
+    """A ``torch.export`` zip archive, or a folder of ``.pt2`` files."""
+    if path.is_dir():
+        return any(_is_program(p) for p in path.glob("*.pt2"))
+    return _is_program(path)
+
+
+def _infos(items: list[dict[str, Any]]) -> tuple[TensorInfo, ...]:
+    return tuple(TensorInfo(i["name"], tuple(i["shape"]), i["dtype"]) for i in items)
+
+
+class TorchProgramArtifact(Artifact):
+    """``.pt2`` program(s) run with ``torch.export.load(...).module()``."""
+
+    def __init__(self, path: str, files: dict[str, Path], metadata: dict[str, Any]) -> None:
+        import torch
+
+        super().__init__(path=path, format=FORMAT)
+        self.metadata = metadata
+        listed = metadata.get("endpoints", {})
+        self._modules: dict[str, Any] = {}
+        for name, file in files.items():
+            program = torch.export.load(os.fspath(file))
+            self._modules[name] = program.module()
+            known = listed.get(name)
+            if known is None:
+                names = [s.arg.name for s in program.graph_signature.input_specs
+                         if s.kind.name == "USER_INPUT"]
+                ins = tuple(TensorInfo(n, (), "float32") for n in names)
+                outs: tuple[TensorInfo, ...] = ()
+            else:
+                ins, outs = _infos(known["inputs"]), _infos(known["outputs"])
+            self.endpoints[name] = EndpointInfo(name, ins, outs)
+        order = [k for k in listed if k in self.endpoints]
+        # manifests are written with sorted keys: prefer the conventional "serve"
+        self.default_endpoint = "serve" if "serve" in self.endpoints else (
+            order[0] if order else next(iter(self.endpoints), "serve"))
+
+    def _feeds(self, info: EndpointInfo, inputs: Any) -> dict[str, Any]:
+        if info.outputs:
+            return super()._feeds(info, inputs)
+        import numpy as np
+
+        values = [inputs[n] for n in info.input_names] if isinstance(inputs, dict) else \
+            (list(inputs) if isinstance(inputs, (list, tuple)) else [inputs])
+        return {n: np.asarray(v) for n, v in zip(info.input_names, values, strict=True)}
+
+    def _run(self, endpoint: EndpointInfo, feeds: dict[str, Any]) -> dict[str, Any]:
+        import numpy as np
+        import torch
+
+        args = [torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in endpoint.input_names]
+        with torch.no_grad():
+            out = self._modules[endpoint.name](*args)
+        leaves = list(out) if isinstance(out, (list, tuple)) else [out]
+        names = endpoint.output_names or [f"output_{i}" for i in range(len(leaves))]
+        return {n: t.detach().cpu().numpy() for n, t in zip(names, leaves, strict=True)}
+
+
+def open(path: Path, given: str) -> TorchProgramArtifact:
+    """Open a ``.pt2`` file or program folder.
+
+    Raises:
+        ArtifactError: when PyTorch is missing or cannot load a program.
+    """
+    from kexport.errors import ArtifactError
+    from kexport.formats.torch_program import SUFFIX, read_metadata
+
+    try:
+        import torch  # noqa: F401
+    except ImportError as e:
+        raise ArtifactError(
+            "Opening a .pt2 artifact needs PyTorch: pip install 'kexport[torch]'"
+        ) from e
+    files = {"serve": path} if path.is_file() else \
+        {p.stem: p for p in sorted(path.glob(f"*{SUFFIX}"))}
+    meta = read_metadata(path) or {}
+    if path.is_file() and meta.get("endpoints"):
+        files = {next(iter(meta["endpoints"])): path}
+    try:
+        return TorchProgramArtifact(given, files, meta)
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise ArtifactError(f"Could not open '{given}' as a torch.export program: {e}") from e
