@@ -161,3 +161,15 @@ def test_torch_model_is_rehosted_onto_tensorflow(tmp_path, fresh_process):
     assert res["signatures"]["serve"]["inputs"] == ["a", "b"]
     for (_, ref), out in zip(want, res["outputs"]):
         np.testing.assert_allclose(out["y"], ref, atol=1e-5)
+
+
+@NATIVE
+def test_kexport_load_runs_signature_by_name(exported):
+    (_, _, path, want), _ = exported["dict"]
+    artifact = kexport.load(path)
+    assert artifact.format == "litert" and artifact.default_endpoint == "serve"
+    assert artifact.endpoints["serve"].input_names == ["a", "b"]
+    xs, ref = want[1]
+    np.testing.assert_allclose(artifact({"b": xs["b"], "a": xs["a"]})["y"], ref, atol=1e-5)
+    with pytest.raises(SignatureError, match=r"expected inputs named \['a', 'b'\]"):
+        artifact({"a": xs["a"]})

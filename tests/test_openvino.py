@@ -80,3 +80,13 @@ def test_jax_model_is_rehosted_onto_tensorflow(tmp_path, fresh_process):
     assert res["inputs"] == ["seq"]
     for (_, ref), out in zip(want, res["outputs"]):
         np.testing.assert_allclose(out["y"], ref, atol=1e-5)
+
+
+@NATIVE
+def test_kexport_load_runs_ir_by_name(exported):
+    (_, _, path, want), _ = exported["multi"]
+    artifact = kexport.load(path)
+    assert artifact.format == "openvino" and artifact.default_endpoint == "serve"
+    assert artifact.endpoints["serve"].input_names == ["a", "b"]
+    xs, ref = want[0]
+    np.testing.assert_allclose(artifact(xs)["y"], ref, atol=1e-5)

@@ -85,3 +85,12 @@ def test_archive_of_tf_functions_is_refused_with_next_step(tmp_path):
                        match=r"Expected an archive built with KERAS_BACKEND=torch"):
         archive.write_out(tmp_path / "a.pt2", format="torch", verbose=False)
     assert not (tmp_path / "a.pt2").exists()
+
+
+@pytest.mark.backends("torch")
+def test_kexport_load_runs_program_by_name(exported):
+    (_, _, path, want), _ = exported["dict"]
+    artifact = kexport.load(path)
+    assert artifact.format == "torch" and artifact.endpoints["serve"].input_names == ["a", "b"]
+    xs, ref = want[0]
+    np.testing.assert_allclose(artifact(xs)["y"], ref, atol=1e-5)
