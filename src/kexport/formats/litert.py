@@ -73,6 +73,7 @@ QUANTIZATIONS: dict[str | None, tuple[float, float]] = {
     "int8": (2.5e-1, 2.5e-1),
 }
 _TFLITE_MAGIC = b"TFL3"
+_PRECISION = {None: "float32", "float16": "float16", "dynamic_int8": "int8", "int8": "int8"}
 
 
 def tolerance(quantization: str | None) -> tuple[float, float]:
@@ -337,6 +338,8 @@ def _metadata(archive: ExportArchive, options: LiteRTOptions) -> dict[str, Any]:
         "backend": archive.backend,
         "format": "litert",
         "quantization": options.quantization,
+        # the compute precision kexport.verify picks tolerances by
+        "precision": _PRECISION[options.quantization],
         "allow_flex": options.allow_flex,
         "endpoints": {
             e.name: {
