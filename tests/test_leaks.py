@@ -78,6 +78,14 @@ def test_artifact_holds_no_local_paths(tmp_path, monkeypatch, fmt):
 
         return Recorder()
 
+    # Import every kexport module first: one imported during the export would
+    # bind whichever atomic_target is current then, and escape the patch.
+    import importlib
+    import pkgutil
+
+    for info in pkgutil.walk_packages(kexport.__path__, "kexport."):
+        if not info.name.endswith("__main__"):
+            importlib.import_module(info.name)
     for module in list(sys.modules.values()):
         if getattr(module, "atomic_target", None) is real:
             monkeypatch.setattr(module, "atomic_target", recording)

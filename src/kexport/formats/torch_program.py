@@ -182,11 +182,29 @@ def _manifest(archive: ExportArchive, layout: str) -> dict[str, Any]:
                           for e in archive.endpoints}}
 
 
+def _strip_source_locations(program: Any) -> None:
+    """Drop the ``stack_trace`` that ``torch.export`` keeps on every node.
+
+    The traces name the Python files that built the graph (our install, the
+    user's project), and ``torch.export.save`` writes them into the ``.pt2``.
+    """
+    import torch
+
+    for module in program.graph_module.modules():
+        if isinstance(module, torch.fx.GraphModule):
+            for node in module.graph.nodes:
+                node.meta.pop("stack_trace", None)
+
+
 def _save(program: Any, path: Path, manifest: dict[str, Any]) -> None:
     import torch
 
-    torch.export.save(program, os.fspath(path),
-                      extra_files={MANIFEST: json.dumps(manifest, sort_keys=True)})
+    _strip_source_locations(program)
+    # Saving to a path names the zip's root folder after the (temporary) file
+    # name; through a file object torch uses a neutral name instead.
+    with open(path, "wb") as f:
+        torch.export.save(program, f,
+                          extra_files={MANIFEST: json.dumps(manifest, sort_keys=True)})
 
 
 def write_archive(archive: ExportArchive, filepath: str | os.PathLike[str],
