@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import kexport
+from kexport import registry
 from models import (
     NoisyLayer,
     Subclassed,
@@ -309,3 +310,20 @@ def test_unknown_format_suggests_the_closest(tmp_path):
 def test_not_a_model_is_refused(tmp_path):
     with pytest.raises(kexport.SignatureError, match=r"Expected `model` to be a Keras model or layer\. Received: 'model' \(of type str\)"):
         kexport.export_model("model", str(tmp_path / "x"))
+
+
+@pytest.mark.backends("jax")
+def test_jax_model_with_lookup_layer_is_rehosted_on_tensorflow(tmp_path, fresh_process, capsys):
+    lookup = keras.layers.IntegerLookup(vocabulary=[12, 36, 7], name="ids_lookup")
+    inputs = keras.Input((3,), dtype="int64", name="ids")
+    model = keras.Model(inputs, keras.layers.Dense(2, name="y")(
+        keras.ops.cast(lookup(inputs), "float32")))
+    path = str(tmp_path / "sm")
+    kexport.export_model(model, path, verbose=True)
+    assert "re-hosted from the jax backend onto tensorflow" in capsys.readouterr().out
+    x = np.array([[7, 12, 99], [36, 36, 1]], dtype="int64")
+    got = fresh_process("saved_model_signature", path, "serving_default", {"ids": x})
+    assert_close(got["y"], np_out(model(x)))
+    route = registry.resolve("jax", "tf_saved_model", model)
+    assert route.kind == "rehost"
+    assert "'ids_lookup' (IntegerLookup)" in registry.routes("jax", "tf_saved_model")[0].problem(model)

@@ -70,6 +70,9 @@ class Route:
         target: ``"module:function"`` that performs the export.
         packages: importable modules this route needs.
         extra: the pip extra that installs them.
+        check: optional ``"module:function"`` returning why this route cannot
+            carry a given model (``""`` when it can), e.g. layers a capture
+            cannot trace.
     """
 
     backend: str
@@ -79,6 +82,7 @@ class Route:
     target: str
     packages: tuple[str, ...]
     extra: str
+    check: str = ""
 
     @property
     def missing(self) -> tuple[str, ...]:
@@ -107,6 +111,11 @@ class Route:
         """
         if self.missing:
             return self.reason
+        if model is not None and self.check:
+            module, _, func = self.check.partition(":")
+            problem = getattr(importlib.import_module(module), func)(model)
+            if problem:
+                return problem
         if model is not None and self.kind == "rehost":
             from kexport.capture.rehost import rehost_problem
 
@@ -156,7 +165,8 @@ _ROUTES: list[Route] = [
     Route("tensorflow", "litert", "native", "tf.function -> tf.lite.TFLiteConverter",
           "kexport.formats.litert:export", ("tensorflow",), "tensorflow"),
     Route("jax", "litert", "native", "jax2tf (StableHLO) -> tf.lite.TFLiteConverter",
-          "kexport.formats.litert:export_stateless", ("tensorflow", "jax"), "jax"),
+          "kexport.formats.litert:export_stateless", ("tensorflow", "jax"), "jax",
+          check="kexport.capture.jax:native_problem"),
     Route("torch", "litert", "rehost",
           "re-host on tensorflow (child process) -> tf.lite.TFLiteConverter",
           "kexport.formats.litert:export_rehost", ("tensorflow",), "tensorflow"),
@@ -176,7 +186,12 @@ _ROUTES: list[Route] = [
     Route("tensorflow", "tf_saved_model", "native", "tf.function -> tf.saved_model",
           "kexport.formats.saved_model:export", ("tensorflow",), "tensorflow"),
     Route("jax", "tf_saved_model", "native", "jax2tf -> tf.function -> tf.saved_model",
-          "kexport.formats.saved_model:export", ("tensorflow", "jax"), "jax"),
+          "kexport.formats.saved_model:export", ("tensorflow", "jax"), "jax",
+          check="kexport.capture.jax:native_problem"),
+    Route("jax", "tf_saved_model", "rehost",
+          "re-host on tensorflow (child process) -> tf.function -> tf.saved_model "
+          "(models with TensorFlow lookup layers)",
+          "kexport.capture.rehost:saved_model_via_tensorflow", ("tensorflow",), "tensorflow"),
     Route("torch", "tf_saved_model", "rehost",
           "re-host on tensorflow (child process) -> tf.function -> tf.saved_model",
           "kexport.capture.rehost:saved_model_via_tensorflow", ("tensorflow",), "tensorflow"),

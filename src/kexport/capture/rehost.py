@@ -702,7 +702,8 @@ def rehost_export(model: Any, filepath: str | os.PathLike[str],
 def saved_model_via_tensorflow(model: Any, filepath: str | os.PathLike[str], *,
                                verbose: bool | None = None, input_signature: Any | None = None,
                                **kwargs: Any) -> list[dict[str, Any]]:
-    """The registry's re-host route to ``tf_saved_model`` (PyTorch backend).
+    """The registry's re-host route to ``tf_saved_model`` (PyTorch backend, and JAX
+    models whose lookup layers ``jax2tf`` cannot trace).
 
     Same as ``rehost_export(model, filepath, "tf_saved_model", "tensorflow", ...)``.
     """
