@@ -13,4 +13,5 @@ def load_and_run(path, calls):
     outs = [art.run(endpoint, inputs) for endpoint, inputs in calls]
     default = art(*[v for v in calls[0][1].values()]) if isinstance(calls[0][1], dict) else None
     return {"format": art.format, "default": art.default_endpoint, "endpoints": info,
-            "outputs": outs, "default_out": default}
+            "outputs": outs, "default_out": default,
+            "shared_initializers": getattr(art, "shared_initializers", None)}

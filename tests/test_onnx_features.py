@@ -140,3 +140,60 @@ def test_tf2onnx_numpy2_large_model_workaround():
     sizes = sorted(len(t.raw_data) for t in proto.graph.initializer)
     assert sizes[-1] == 4 * 300 * 4  # kernel back inline, ready for kexport's writer
     assert not hasattr(np, "product") or np.__version__ < "2"  # NumPy itself untouched
+
+
+@pytest.mark.backends("tensorflow")
+def test_archive_every_weight_in_one_shared_file(tmp_path, fresh_process):
+    """Small weights too: both graphs refer to weights.data, each tensor stored once."""
+    import onnx
+
+    keras.utils.set_random_seed(5)
+    model = onnx_models.mlp()
+    rng = np.random.default_rng(5)
+    for v in model.weights:  # non-zero biases, so no weight is folded away
+        v.assign(rng.normal(size=v.shape).astype("float32"))
+    spec = [keras.InputSpec(shape=(None, 8), dtype="float32", name="features")]
+    archive = kexport.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("logits", lambda t: model.layers[-1](model.layers[1](t)), spec)
+    archive.add_endpoint("serve", lambda t: model(t, training=False), spec)
+    out = tmp_path / "archive"
+    archive.write_out(out, format="onnx", verbose=False)
+
+    raw = sum(int(np.prod(v.shape)) * 4 for v in model.weights)
+    size = (out / "weights.data").stat().st_size
+    assert raw <= size <= raw + 64 * len(model.weights)  # once, not once per endpoint
+    for name in ("logits", "serve"):
+        assert (out / f"{name}.onnx").stat().st_size < 4096
+        graph = onnx.load(str(out / f"{name}.onnx"), load_external_data=False).graph
+        floats = [t for t in graph.initializer if t.data_type == onnx.TensorProto.FLOAT]
+        assert len(floats) == len(model.weights)
+        assert all(t.data_location == onnx.TensorProto.EXTERNAL for t in floats)
+        assert {e.value for t in floats for e in t.external_data if e.key == "location"} == {
+            "weights.data"}
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["default_endpoint"] == "logits"  # the first endpoint added
+    assert list(manifest["endpoints"]) == ["logits", "serve"]
+
+    x = rng.normal(size=(3, 8)).astype("float32")
+    ref = keras.ops.convert_to_numpy(model(x, training=False))
+    live_logits = keras.ops.convert_to_numpy(model.layers[-1](model.layers[1](x)))
+    got = fresh_process("fresh_onnx:run_many", {  # onnx.checker full_check + ONNX Runtime
+        "serve": (str(out / "serve.onnx"), [{"features": x}]),
+        "logits": (str(out / "logits.onnx"), [{"features": x}]),
+    })
+    np.testing.assert_allclose(got["serve"]["results"][0][0], ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got["logits"]["results"][0][0], live_logits, rtol=1e-5, atol=1e-6)
+    loaded = fresh_process("fresh_runtime:load_and_run", str(out),
+                           [("serve", {"features": x}), ("logits", {"features": x})])
+    assert loaded["default"] == "logits"
+    assert loaded["shared_initializers"] == len(model.weights)  # one copy in memory
+    np.testing.assert_allclose(loaded["outputs"][0]["probs"], ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(loaded["default_out"]["probs"], live_logits, rtol=1e-5, atol=1e-6)
+
+
+def test_archive_default_endpoint_rule():
+    from kexport.formats.onnx import archive_default_endpoint
+
+    assert archive_default_endpoint(["logits", "serve"]) == "logits"
+    assert archive_default_endpoint(["logits", "serving_default"]) == "serving_default"

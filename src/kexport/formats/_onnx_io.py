@@ -3,7 +3,11 @@
 One writer serves both the single-file export (weights above a threshold go
 to ``<file>.data`` beside the graph) and ``ExportArchive`` (every endpoint's
 graph refers to one ``weights.data``; a tensor whose bytes several graphs
-share is stored once). Tensors are processed one at a time and their inline
+share is stored once). In an archive every floating-point initializer is a
+weight and moves out whatever its size (so nothing is duplicated across
+endpoints); other tensors move out from :data:`MIN_EXTERNAL_BYTES` (1 KiB)
+up, so small integer constants (shapes, axes, indices) stay in the graph they
+structure. Tensors are processed one at a time and their inline
 bytes cleared right after they are written, so peak memory stays near the
 size of the weights.
 """
@@ -17,7 +21,8 @@ from typing import IO, TYPE_CHECKING
 if TYPE_CHECKING:
     import onnx
 
-__all__ = ["ALIGNMENT", "MIN_EXTERNAL_BYTES", "externalize", "initializer_bytes", "iter_initializers"]
+__all__ = ["ALIGNMENT", "MIN_EXTERNAL_BYTES", "externalize", "initializer_bytes", "is_float",
+           "iter_initializers"]
 
 ALIGNMENT = 64
 MIN_EXTERNAL_BYTES = 1024
@@ -58,6 +63,14 @@ def initializer_bytes(models: Sequence[onnx.ModelProto]) -> int:
                if t.data_location != onnx.TensorProto.EXTERNAL)
 
 
+def is_float(tensor: onnx.TensorProto) -> bool:
+    """Whether ``tensor`` holds floating-point values (a weight, not a shape or index)."""
+    import onnx
+
+    return tensor.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16,
+                                onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE)
+
+
 def _take_bytes(tensor: onnx.TensorProto) -> bytes | None:
     """The tensor's little-endian bytes, with its inline copy cleared."""
     import onnx
@@ -78,7 +91,7 @@ def _take_bytes(tensor: onnx.TensorProto) -> bytes | None:
 
 
 def externalize(models: Sequence[onnx.ModelProto], stream: IO[bytes], location: str,
-                min_bytes: int = MIN_EXTERNAL_BYTES) -> int:
+                min_bytes: int = MIN_EXTERNAL_BYTES, all_floats: bool = False) -> int:
     """Move initializers of ``models`` into ``stream``, stored once each.
 
     Args:
@@ -87,6 +100,8 @@ def externalize(models: Sequence[onnx.ModelProto], stream: IO[bytes], location: 
         location: the data file's name as the graphs will refer to it: a
             bare file name beside the graph, never a local path.
         min_bytes: smaller tensors stay inline.
+        all_floats: move every floating-point tensor whatever its size (an
+            archive's weights), ``min_bytes`` then applies to the others.
 
     Returns:
         The number of bytes written to ``stream``.
@@ -97,7 +112,9 @@ def externalize(models: Sequence[onnx.ModelProto], stream: IO[bytes], location: 
     offset = 0
     for model in models:
         for tensor in iter_initializers(model.graph):
-            if tensor.data_location == onnx.TensorProto.EXTERNAL or _nbytes(tensor) < min_bytes:
+            size = _nbytes(tensor)
+            if tensor.data_location == onnx.TensorProto.EXTERNAL or size == 0 or (
+                    size < min_bytes and not (all_floats and is_float(tensor))):
                 continue
             data = _take_bytes(tensor)
             if data is None:

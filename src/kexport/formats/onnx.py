@@ -12,8 +12,10 @@ Pipeline (each failure names its step, the route and what to do next):
      translated by ``torch.onnx``; models whose recurrent time axis is dynamic
      (``torch.export`` would unroll and fix it) are re-hosted instead;
    - JAX (and the PyTorch fallback): the model is re-hosted on TensorFlow in
-     a child process (config + weights through a ``.keras`` file), where the
-     TensorFlow route runs (:mod:`._onnx_rehost`);
+     a child process by :mod:`kexport.capture.rehost` (config + variable
+     values; a persistent worker per target backend), where the TensorFlow
+     route writes the graph, which is checked against the live model before
+     it is placed;
 3. **finish** — inputs/outputs renamed to the Keras names, graph optimised
    (constant folding, dead-node and duplicate removal), opset checked,
    metadata set, local paths and debug metadata stripped;
@@ -59,6 +61,7 @@ __all__ = [
     "DEFAULT_EXTERNAL_DATA_THRESHOLD",
     "DEFAULT_OPSET",
     "RawGraph",
+    "archive_default_endpoint",
     "export_rehost",
     "export_tensorflow",
     "export_torch",
@@ -552,9 +555,15 @@ def write_model(proto: onnx.ModelProto, filepath: str | os.PathLike[str], thresh
 def _export(model: Any, filepath: str | os.PathLike[str], verbose: bool | None,
             input_signature: Any, kwargs: dict[str, Any], backend: str,
             capture: Callable[[Any, list[Any], int], RawGraph]) -> None:
+    from kexport.capture.rehost import rehost_source
+
     signature = normalize_for_model(model, input_signature)
     opts = _pop_options(kwargs, backend)
     raw = capture(model, signature, opts["opset"])
+    source = rehost_source()
+    if source is not None:  # writing in a re-host child: record where the model lives
+        raw.route = f"re-host on {backend} (child process): {raw.route.partition(': ')[2]}"
+        backend = source
     proto = finish(raw, opset=opts["opset"], backend=backend, endpoint=DEFAULT_ENDPOINT,
                    input_specs=flatten(signature))
     del raw
@@ -592,17 +601,27 @@ def export_tensorflow(model: Any, filepath: str | os.PathLike[str], *,
             capture_tensorflow)
 
 
+REHOST_ROUTE = "re-host on tensorflow (child process): tf.function -> tf2onnx"
+
+
 def export_rehost(model: Any, filepath: str | os.PathLike[str], *,
                   verbose: bool | None = None, input_signature: Any | None = None,
                   **kwargs: Any) -> None:
-    """Any backend -> ONNX by re-hosting the model on TensorFlow in a child process."""
+    """Any backend -> ONNX by re-hosting the model on TensorFlow in a child process.
+
+    Uses :func:`kexport.capture.rehost.rehost_export`: the graph is written by
+    the TensorFlow route in the re-host worker and compared with the live
+    model before it is placed at ``filepath``.
+    """
     import keras
 
-    from kexport.formats import _onnx_rehost
+    from kexport.capture.rehost import rehost_export
 
-    _refuse_lookup_layers(model, _onnx_rehost.ROUTE)
-    _export(model, filepath, verbose, input_signature, kwargs, keras.backend.backend(),
-            _onnx_rehost.capture_rehost)
+    _refuse_lookup_layers(model, REHOST_ROUTE)
+    opts = _pop_options(dict(kwargs), keras.backend.backend())  # refuse bad options here
+    rehost_export(model, filepath, "onnx", "tensorflow", input_signature=input_signature,
+                  verbose=verbose, opset_version=opts["opset"],
+                  external_data_threshold=opts["threshold"])
 
 
 def export_torch(model: Any, filepath: str | os.PathLike[str], *,
@@ -613,40 +632,58 @@ def export_torch(model: Any, filepath: str | os.PathLike[str], *,
     Strategies in order: ``torch.export`` + ``torch.onnx`` in process; when a
     model has a recurrent layer (``torch.export`` unrolls Keras's Python RNN
     loop into a fixed number of steps) or a dynamic axis was fixed anyway,
-    re-host on TensorFlow instead so that the time axis stays symbolic.
+    re-host on TensorFlow instead (:func:`export_rehost`) so that the time
+    axis stays symbolic.
     """
-    from kexport.formats import _onnx_rehost
-
     _refuse_lookup_layers(model, "torch: torch.export -> torch.onnx")
-
-    def capture(m: Any, signature: list[Any], opset: int) -> RawGraph:
-        if _has_dynamic_recurrence(m, signature) is None:
-            try:
-                return capture_torch(m, signature, opset)
-            except _Specialised:
-                pass
-        return _onnx_rehost.capture_rehost(m, signature, opset)
-
-    _export(model, filepath, verbose, input_signature, kwargs, "torch", capture)
+    signature = normalize_for_model(model, input_signature)
+    if _has_dynamic_recurrence(model, signature) is None:
+        try:
+            _export(model, filepath, verbose, input_signature, dict(kwargs), "torch",
+                    capture_torch)
+            return
+        except _Specialised:
+            pass
+    export_rehost(model, filepath, verbose=verbose, input_signature=input_signature,
+                  **kwargs)
 
 
 # -- ExportArchive ------------------------------------------------------------------
 
+def archive_default_endpoint(names: Sequence[str]) -> str:
+    """The endpoint an archive runs by default: ``serving_default`` if present, else the first."""
+    return "serving_default" if "serving_default" in names else names[0]
+
+
 def write_archive(archive: ExportArchive, filepath: str | os.PathLike[str],
-                  options: Any | None = None, verbose: bool = True,
+                  options: Any | None = None, verbose: bool = True, *,
                   opset_version: int | None = None) -> None:
     """Write ``archive`` as a folder of ONNX graphs sharing one weights file.
 
     Layout::
 
         <filepath>/
-          <endpoint>.onnx      one graph per endpoint, inputs/outputs named
+          <endpoint>.onnx      one graph per endpoint, inputs/outputs named;
+                               every initializer refers to weights.data
           weights.data         every weight tensor once, shared by the graphs
-          manifest.json        producer, versions, backend, opset and, per
-                               endpoint, its file and input/output specs
+                               (a tensor two endpoints use is stored once)
+          manifest.json        producer, versions, backend, opset,
+                               default_endpoint and, per endpoint in the
+                               order added, its file and input/output specs
+
+    Every floating-point initializer goes to ``weights.data`` whatever its
+    size; other tensors (shapes, axes, indices) go there from 1 KiB up.
+
+    Args:
+        archive: the archive whose endpoints to write.
+        filepath: the folder to write (atomically).
+        options: must be ``None`` (SavedModel's ``SaveOptions`` only).
+        verbose: print a summary.
+        opset_version: the ONNX opset of every graph (``None``: :data:`DEFAULT_OPSET`);
+            passed as ``archive.write_out(path, format="onnx", opset_version=17)``.
 
     Raises:
-        SignatureError: when ``options`` is given (SavedModel only).
+        SignatureError: when ``options`` is given or ``opset_version`` is invalid.
         CaptureError, WriteError: when converting or writing fails.
     """
     from kexport._version import __version__
@@ -675,6 +712,7 @@ def write_archive(archive: ExportArchive, filepath: str | os.PathLike[str],
         "format": "onnx",
         "opset": opset,
         "weights": ARCHIVE_WEIGHTS,
+        "default_endpoint": archive_default_endpoint(archive.endpoint_names),
         "endpoints": {
             e.name: {
                 "file": f"{e.name}.onnx",
@@ -686,12 +724,13 @@ def write_archive(archive: ExportArchive, filepath: str | os.PathLike[str],
     }
     with atomic_target(filepath, is_dir=True) as tmp:
         with open(tmp / ARCHIVE_WEIGHTS, "wb") as f:
-            _onnx_io.externalize(protos, f, ARCHIVE_WEIGHTS)
+            _onnx_io.externalize(protos, f, ARCHIVE_WEIGHTS, all_floats=True)
         for endpoint, proto in zip(archive.endpoints, protos, strict=False):
             graph_path = tmp / f"{endpoint.name}.onnx"
             graph_path.write_bytes(proto.SerializeToString())
             _check(os.fspath(graph_path), route)
-        (tmp / ARCHIVE_MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        # not sort_keys: the endpoints keep the order they were added in
+        (tmp / ARCHIVE_MANIFEST).write_text(json.dumps(manifest, indent=2))
     if verbose:
         _summary.print_summary("onnx", archive.endpoints, filepath)
 
