@@ -1,25 +1,36 @@
-"""The child side of re-hosting (``python -m kexport.capture._rehost_child WORKDIR``).
+"""The child side of re-hosting: a persistent worker per target backend.
 
-Runs with ``KERAS_BACKEND`` set to the target backend. Reads ``job.json``
-written by :mod:`kexport.capture.rehost`, rebuilds the models, exports, runs
-the artifact on the sample inputs with the format's own runtime, and writes
-``result.json`` and ``outputs.npz``. Every failure is reported in
-``result.json`` with the stage it happened in.
+Started by :mod:`kexport.capture.rehost` as
+``python -m kexport.capture._rehost_child`` with ``KERAS_BACKEND`` set to the
+target backend (never through ``multiprocessing``, so user scripts without a
+``__main__`` guard are safe), and reused for every re-host onto that backend
+by the same parent process.
+
+Protocol: one JSON request per stdin line (``{"work": <job folder>,
+"sys_path": [...]}``), one JSON reply per stdout line. For each request the
+worker reads ``job.json`` from the job folder, rebuilds the models, exports,
+runs the artifact on the sample inputs with the format's own runtime
+(:func:`kexport.load`, so a new format needs nothing here) and writes
+``result.json`` and ``outputs.npz`` there. Every failure is reported with the
+stage it happened in; a failed job leaves no state behind for the next one
+(``keras.backend.clear_session()`` before and after every job).
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib
 import io
 import json
+import os
 import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RUNNERS", "main"]
+__all__ = ["main", "run_job", "serve"]
 
 
 def _rebuild(work: Path, job: dict[str, Any]) -> list[Any]:
@@ -64,111 +75,64 @@ def _endpoint_fn(model: Any, method: str, kwargs: dict[str, Any]) -> Callable[..
 
 def _export(models: list[Any], job: dict[str, Any]) -> None:
     import kexport
-    from kexport.capture.rehost import specs_from_json
+    from kexport.capture.rehost import rehosted_from, specs_from_json
 
     out = job["output"]
-    if job["mode"] == "model":
-        (endpoint,) = job["endpoints"]
-        kexport.export_model(models[0], out, format=job["format"], verbose=job["verbose"],
-                             input_signature=specs_from_json(endpoint["signature"]),
-                             **job["kwargs"])
-        return
-    archive = kexport.ExportArchive()
-    for m in models:
-        archive.track(m)
-    for ep in job["endpoints"]:
-        fn = _endpoint_fn(models[ep["model"]], ep["method"], ep["kwargs"])
-        archive.add_endpoint(ep["name"], fn, specs_from_json(ep["signature"]))
-    for name, refs in job["collections"].items():
-        archive.add_variable_collection(name, [models[i].variables[j] for i, j in refs])
-    archive.write_out(out, verbose=job["verbose"], format=job["format"])
-
-
-def _run_saved_model(path: str, endpoint: dict[str, Any], args: list[Any]) -> list[Any]:
-    import tensorflow as tf
-
-    loaded = tf.saved_model.load(path)
-    fn = getattr(loaded, endpoint["name"])
-    outputs = fn(*tf.nest.map_structure(tf.constant, args))
-    return [t.numpy() for t in tf.nest.flatten(outputs)]
-
-
-def _run_onnx(path: str, endpoint: dict[str, Any], args: list[Any]) -> list[Any]:
-    import onnxruntime as ort
-
-    from kexport.capture.rehost import specs_from_json
-    from kexport.signature import flat_names, flatten
-
-    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-    names = [i.name for i in session.get_inputs()]
-    ours = flat_names(specs_from_json(endpoint["signature"]))
-    flat = flatten(args)
-    feed = dict(zip(ours, flat, strict=False)) if sorted(ours) == sorted(names) else dict(zip(names, flat, strict=False))
-    return list(session.run(None, feed))
-
-
-def _run_litert(path: str, endpoint: dict[str, Any], args: list[Any]) -> list[Any]:
-    from kexport.formats.litert import run_flat
-    from kexport.signature import flatten
-
-    return run_flat(path, endpoint["name"], flatten(args))
-
-
-def _run_torch_program(path: str, endpoint: dict[str, Any], args: list[Any]) -> list[Any]:
-    from kexport.formats.torch_program import run_flat
-    from kexport.signature import flatten
-
-    return run_flat(path, endpoint["name"], flatten(args))
-
-
-def _run_openvino(path: str, endpoint: dict[str, Any], args: list[Any]) -> list[Any]:
-    from kexport.formats.openvino import run_flat
-    from kexport.signature import flatten
-
-    return run_flat(path, endpoint["name"], flatten(args))
-
-
-# format -> function(path, endpoint json, structured args) -> flat outputs.
-RUNNERS: dict[str, Callable[[str, dict[str, Any], list[Any]], list[Any]]] = {
-    "tf_saved_model": _run_saved_model,
-    "onnx": _run_onnx,
-    "litert": _run_litert,
-    "torch": _run_torch_program,
-    "openvino": _run_openvino,
-}
+    with rehosted_from(job["source_backend"]):
+        if job["mode"] == "model":
+            (endpoint,) = job["endpoints"]
+            kexport.export_model(models[0], out, format=job["format"],
+                                 verbose=job["verbose"],
+                                 input_signature=specs_from_json(endpoint["signature"]),
+                                 **job["kwargs"])
+            return
+        archive = kexport.ExportArchive()
+        for m in models:
+            archive.track(m)
+        for ep in job["endpoints"]:
+            fn = _endpoint_fn(models[ep["model"]], ep["method"], ep["kwargs"])
+            archive.add_endpoint(ep["name"], fn, specs_from_json(ep["signature"]))
+        for name, refs in job["collections"].items():
+            archive.add_variable_collection(name, [models[i].variables[j] for i, j in refs])
+        archive.write_out(out, verbose=job["verbose"], format=job["format"])
 
 
 def _run(work: Path, job: dict[str, Any]) -> dict[str, Any]:
+    """Run the artifact on the sample inputs with its own runtime (:func:`kexport.load`)."""
     import numpy as np
 
+    import kexport
     from kexport.capture.rehost import specs_from_json
-    from kexport.signature import pack_as
+    from kexport.signature import flat_names
 
-    runner = RUNNERS.get(job["format"])
-    if runner is None:
-        raise NotImplementedError(
-            f"no runtime to check a re-hosted '{job['format']}' artifact; expected one of "
-            f"{sorted(RUNNERS)}")
+    artifact = kexport.load(job["output"], format=job["format"])
     outputs: dict[str, Any] = {}
     with np.load(work / "inputs.npz") as data:
         for ep in job["endpoints"]:
-            signature = specs_from_json(ep["signature"])
+            ours = flat_names(specs_from_json(ep["signature"]))
+            info = artifact.endpoints.get(ep["name"])
+            theirs = info.input_names if info is not None else []
             for case in job["cases"][ep["name"]]:
                 key = case["key"]
                 flat = [data[f"in__{key}__{i}"] for i in range(case["inputs"])]
-                for i, y in enumerate(runner(job["output"], ep, pack_as(signature, flat))):
+                # By name when the artifact kept the Keras input names, else in order.
+                feeds: Any = (dict(zip(ours, flat, strict=True))
+                              if sorted(ours) == sorted(theirs) else flat)
+                result = artifact.run(ep["name"], feeds)
+                for i, y in enumerate(result.values()):
                     outputs[f"out__{key}__{i}"] = np.asarray(y)
     return outputs
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the job in the folder ``argv[0]``; always write ``result.json``."""
+def run_job(work: Path) -> dict[str, Any]:
+    """Run the job in folder ``work``; write and return its ``result.json`` content."""
+    import keras
     import numpy as np
 
-    work = Path((argv if argv is not None else sys.argv[1:])[0])
     job = json.loads((work / "job.json").read_text())
     stage = "rebuild"
     buffer = io.StringIO()
+    keras.backend.clear_session()
     try:
         with contextlib.redirect_stdout(buffer):
             models = _rebuild(work, job)
@@ -181,7 +145,41 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         result = {"ok": False, "stage": stage, "type": type(e).__name__, "message": str(e),
                   "traceback": traceback.format_exc()[-4000:]}
+    finally:
+        models = outputs = None  # drop this job's objects before the next one
+        keras.backend.clear_session()
+        gc.collect()
     (work / "result.json").write_text(json.dumps(result))
+    return result
+
+
+def serve() -> None:  # pragma: no cover - runs in the child process
+    """Worker loop: one request per stdin line, one reply per stdout line."""
+    protocol = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)  # anything a library prints goes to the log, never into the protocol
+    sys.stdout = io.TextIOWrapper(os.fdopen(1, "wb", closefd=False), write_through=True)
+    for line in sys.stdin:
+        request = json.loads(line)
+        for entry in request.get("sys_path", []):
+            if entry not in sys.path:
+                sys.path.append(entry)
+        importlib.invalidate_caches()
+        try:
+            result = run_job(Path(request["work"]))
+            reply = {"ok": bool(result.get("ok"))}
+        except BaseException as e:  # a broken job folder must not stop the worker
+            reply = {"ok": False, "error": f"{type(e).__name__}: {e}"}
+        protocol.write(json.dumps(reply) + "\n")
+        protocol.flush()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Serve requests on stdin (no argument), or run one job folder ``argv[0]``."""
+    args = argv if argv is not None else sys.argv[1:]
+    if args:
+        run_job(Path(args[0]))
+    else:
+        serve()
     return 0
 
 

@@ -11,11 +11,16 @@ TensorFlow backend writes, ...) works in four steps:
    objects: which tracked model, which method, which constant keyword
    arguments (``training=False``), which input signature.
 2. *rebuild and export* (child, ``KERAS_BACKEND=<target>``, clean
-   environment, private temporary folder): the models are rebuilt from their
-   configs, their variables assigned, the endpoints re-created from the
-   recipes and the artifact written with the target backend's native route.
-   The child then reloads the artifact with the format's own runtime and runs
-   it on sample inputs.
+   environment, private temporary folder per job): the models are rebuilt
+   from their configs, their variables assigned, the endpoints re-created
+   from the recipes and the artifact written with the target backend's native
+   route. The child then opens the artifact with :func:`kexport.load` (the
+   format's own runtime) and runs it on sample inputs. The child is one
+   persistent worker per target backend (``python -m
+   kexport.capture._rehost_child`` through :class:`subprocess.Popen`, never
+   ``multiprocessing``), started on first use, restarted if it died, reused
+   by later re-hosts of the same parent process (the backend import is paid
+   once) and stopped at exit.
 3. *verify* (parent): the child's outputs are compared with the live model's
    (the user's own endpoint functions) at two batch sizes; a difference is a
    :class:`~kexport.errors.VerificationError` with a per-output report.
@@ -29,6 +34,7 @@ data and re-hosts at ``write_out``).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dis
 import inspect
@@ -38,6 +44,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,9 +67,12 @@ __all__ = [
     "DEFAULT_RTOL",
     "EndpointRecipe",
     "RehostCapture",
+    "close_workers",
     "describe_endpoint",
     "rehost_export",
     "rehost_problem",
+    "rehost_source",
+    "rehosted_from",
     "saved_model_via_tensorflow",
 ]
 
@@ -475,15 +485,42 @@ def _serialize(models: list[Any], host: str, work: Path) -> tuple[list[str], lis
     return files, modules
 
 
-def _child_env(host: str, work: Path) -> dict[str, str]:
-    """A clean environment: the target backend, the parent's import path, nothing else."""
+# -- the persistent worker per target backend --------------------------------------------------
+_SOURCE: list[str] = []  # set in the worker while a job runs (see rehosted_from)
+
+
+@contextlib.contextmanager
+def rehosted_from(backend: str) -> Any:
+    """Mark the exports inside the block as re-hosted from ``backend`` (child side).
+
+    Writers that record the source backend in their artifact's metadata read it
+    with :func:`rehost_source`.
+    """
+    _SOURCE.append(backend)
+    try:
+        yield
+    finally:
+        _SOURCE.pop()
+
+
+def rehost_source() -> str | None:
+    """The backend the model being exported was re-hosted from, or ``None``."""
+    return _SOURCE[-1] if _SOURCE else None
+
+
+def _parent_path() -> list[str]:
     path = []
     for entry in sys.path:
         entry = os.path.abspath(entry or os.getcwd())
         if os.path.isdir(entry) and entry not in path:
             path.append(entry)
-    env = {"KERAS_BACKEND": host, "PYTHONPATH": os.pathsep.join(path),
-           "KERAS_HOME": str(work / ".keras"), "HOME": str(work),
+    return path
+
+
+def _child_env(host: str, home: Path) -> dict[str, str]:
+    """A clean environment: the target backend, the parent's import path, nothing else."""
+    env = {"KERAS_BACKEND": host, "PYTHONPATH": os.pathsep.join(_parent_path()),
+           "KERAS_HOME": str(home / ".keras"), "HOME": str(home),
            "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONHASHSEED": "0",
            "PYTHONDONTWRITEBYTECODE": "1"}
     for key in ("PATH", "LANG", "LC_ALL", "SYSTEMROOT", "TMPDIR", "CUDA_VISIBLE_DEVICES"):
@@ -492,29 +529,118 @@ def _child_env(host: str, work: Path) -> dict[str, str]:
     return env
 
 
+class _Worker:
+    """One ``python -m kexport.capture._rehost_child`` process on one backend.
+
+    Started with :class:`subprocess.Popen` (never ``multiprocessing``), fed one
+    job folder per stdin line, answering one JSON line per job on stdout; its
+    stderr goes to an anonymous temporary file whose tail explains a crash.
+    """
+
+    def __init__(self, host: str) -> None:
+        import queue
+        import threading
+
+        self.host = host
+        self.home = Path(tempfile.mkdtemp(prefix="kexport-rehost-worker-"))
+        os.chmod(self.home, 0o700)
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the worker
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "kexport.capture._rehost_child"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
+            env=_child_env(host, self.home), cwd=self.home)
+        self.replies: queue.Queue[bytes] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True,
+                         name=f"kexport-rehost-{host}").start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.replies.put(line)
+        self.replies.put(b"")  # end of file: the worker exited
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log_tail(self) -> str:
+        self.log.seek(0)
+        return self.log.read().decode("utf-8", "replace").strip()[-1500:]
+
+    def call(self, work: Path, timeout: float) -> None:
+        """Run the job in ``work``; raise :class:`CaptureError` if the worker fails."""
+        import queue
+
+        assert self.proc.stdin is not None
+        request = {"work": str(work), "sys_path": _parent_path()}
+        try:
+            self.proc.stdin.write((json.dumps(request) + "\n").encode())
+            self.proc.stdin.flush()
+            line = self.replies.get(timeout=timeout)
+        except queue.Empty as e:
+            self.close()
+            raise CaptureError(
+                f"Step 2/3 (re-host onto {self.host}): the child process did not finish "
+                f"in {timeout:g} s; it was stopped (the next re-host starts a new one)."
+            ) from e
+        except OSError:
+            line = b""
+        if not line:
+            code = self.proc.wait()
+            tail = self.log_tail()
+            self.close()
+            raise CaptureError(
+                f"Step 2/3 (re-host onto {self.host}): the child process exited with "
+                f"code {code} without a result. Its last output:\n{tail}"
+            )
+
+    def close(self) -> None:
+        if self.alive():
+            assert self.proc.stdin is not None
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        with contextlib.suppress(OSError):
+            self.log.close()
+        shutil.rmtree(self.home, ignore_errors=True)
+
+
+_WORKERS: dict[str, _Worker] = {}
+_WORKERS_LOCK = threading.Lock()
+
+
+def close_workers() -> None:
+    """Stop every re-host worker process of this process (also run at exit)."""
+    with _WORKERS_LOCK:
+        while _WORKERS:
+            _WORKERS.popitem()[1].close()
+
+
+atexit.register(close_workers)
+
+
 _ERRORS: dict[str, type[KexportError]] = {
     c.__name__: c for c in (SignatureError, CaptureError, WriteError, UnsupportedRouteError,
                             VerificationError)}
 
 
 def _run_child(job: dict[str, Any], work: Path, host: str) -> dict[str, Any]:
+    """Run ``job`` in the ``host`` worker (started, or restarted, as needed)."""
     (work / "job.json").write_text(json.dumps(job))
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "kexport.capture._rehost_child", str(work)],
-            env=_child_env(host, work), cwd=work, capture_output=True, text=True,
-            timeout=CHILD_TIMEOUT_S, check=False)
-    except subprocess.TimeoutExpired as e:
-        raise CaptureError(
-            f"Step 2/3 (re-host onto {host}): the child process did not finish in "
-            f"{CHILD_TIMEOUT_S} s."
-        ) from e
+    with _WORKERS_LOCK:
+        worker = _WORKERS.get(host)
+        if worker is None or not worker.alive():
+            if worker is not None:
+                worker.close()
+            worker = _WORKERS[host] = _Worker(host)
+        worker.call(work, CHILD_TIMEOUT_S)
     result_file = work / "result.json"
     if not result_file.exists():
-        tail = (proc.stderr or proc.stdout or "").strip()[-1500:]
         raise CaptureError(
-            f"Step 2/3 (re-host onto {host}): the child process exited with code "
-            f"{proc.returncode} without a result. Its last output:\n{tail}"
+            f"Step 2/3 (re-host onto {host}): the child process wrote no result."
         )
     result = json.loads(result_file.read_text())
     if result.get("ok"):
