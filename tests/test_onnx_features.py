@@ -197,3 +197,56 @@ def test_archive_default_endpoint_rule():
 
     assert archive_default_endpoint(["logits", "serve"]) == "logits"
     assert archive_default_endpoint(["logits", "serving_default"]) == "serving_default"
+
+
+def _two_endpoint_archive(model, hidden=True):
+    spec = [keras.InputSpec(shape=(None, 8), dtype="float32", name="features")]
+    archive = kexport.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serve", lambda t: model(t, training=False), spec)
+    if hidden:  # not a plain model call: the TensorFlow backend only
+        archive.add_endpoint("hidden", lambda t: model.layers[1](t), spec)
+    return archive
+
+
+@pytest.mark.backends("tensorflow")
+def test_archive_write_out_passes_opset_version(small, fresh_process):
+    model, x, ref, root = small
+    out = root / "archive17"
+    _two_endpoint_archive(model).write_out(out, format="onnx", verbose=False, opset_version=17)
+    assert json.loads((out / "manifest.json").read_text())["opset"] == 17
+    got = fresh_process("fresh_onnx:run_many", {
+        "serve": (str(out / "serve.onnx"), [{"features": x}]),
+        "hidden": (str(out / "hidden.onnx"), [{"features": x}]),
+    })
+    assert got["serve"]["opset"]["ai.onnx"] == got["hidden"]["opset"]["ai.onnx"] == 17
+    np.testing.assert_allclose(got["serve"]["results"][0][0], ref, rtol=1e-5, atol=1e-6)
+
+
+def test_archive_write_out_refuses_unknown_format_options(small):
+    model, _, _, root = small
+    archive = _two_endpoint_archive(model, hidden=False)
+    with pytest.raises(SignatureError, match=r"Unexpected keyword arguments for "
+                       r"write_out\(format='onnx'\): \['bogus'\]\. Expected only: \['opset_version'\]"):
+        archive.write_out(root / "bogus", format="onnx", bogus=1)
+    with pytest.raises(SignatureError, match=r"format='tf_saved_model'\): \['opset_version'\]\. "
+                       r"Expected only: none"):
+        archive.write_out(root / "bogus", format="tf_saved_model", opset_version=17)
+    assert not (root / "bogus").exists()
+
+
+@pytest.mark.backends("tensorflow")
+def test_archive_write_out_checks_opset_value(small):
+    model, _, _, root = small
+    with pytest.raises(SignatureError, match=r"Received: opset_version=7"):
+        _two_endpoint_archive(model).write_out(root / "bad7", format="onnx", opset_version=7)
+    assert not (root / "bad7").exists()
+
+
+@pytest.mark.backends("torch")  # torch archives are re-hosted at write_out
+def test_rehosted_archive_refuses_format_options_it_cannot_pass_on(small):
+    model, _, _, root = small
+    with pytest.raises(UnsupportedRouteError, match=r"by re-hosting, which cannot pass "
+                       r"\['opset_version'\] on yet"):
+        _two_endpoint_archive(model, hidden=False).write_out(root / "rh", format="onnx",
+                                                             opset_version=17)

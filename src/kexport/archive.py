@@ -8,17 +8,30 @@ then hands them to a format writer in :meth:`ExportArchive.write_out`.
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 from collections.abc import Callable
 from typing import Any
 
 from kexport.capture._base import TracedEndpoint
-from kexport.errors import SignatureError, describe
+from kexport.errors import SignatureError, UnsupportedRouteError, describe
 from kexport.signature import normalize
 
 __all__ = ["ExportArchive"]
 
 _RESERVED = {"variables", "trainable_variables", "non_trainable_variables", "signatures"}
+
+
+def _format_options(writer: Callable[..., Any]) -> list[str]:
+    """The options a format's archive writer takes: its keyword-only parameters."""
+    return [p.name for p in inspect.signature(writer).parameters.values()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY]
+
+
+def _accepts(writer: Callable[..., Any], names: list[str]) -> bool:
+    params = inspect.signature(writer).parameters
+    return all(n in params for n in names) or any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
 def _check_name(name: Any, what: str) -> str:
@@ -174,7 +187,7 @@ class ExportArchive:
 
     def write_out(self, filepath: str | os.PathLike[str], options: Any | None = None,
                   verbose: bool = True, format: str = "tf_saved_model",
-                  overwrite: bool = False) -> None:
+                  overwrite: bool = False, **format_options: Any) -> None:
         """Write the artifact to ``filepath`` atomically.
 
         Args:
@@ -184,9 +197,15 @@ class ExportArchive:
             format: the artifact format.
             overwrite: replace ``filepath`` even when it holds data that is
                 not a kexport artifact (a kexport artifact is always replaced).
+            **format_options: options of the format's archive writer (its
+                keyword-only parameters), e.g. ``opset_version=17`` for
+                ``format="onnx"``.
 
         Raises:
-            SignatureError: when no endpoint was added.
+            SignatureError: when no endpoint was added, or an option is not
+                one the format's writer takes.
+            UnsupportedRouteError: when an option cannot reach the process
+                that writes a re-hosted archive.
             TargetExistsError: ``filepath`` holds other data and
                 ``overwrite`` is false.
             WriteError: when writing fails; nothing is left half-written.
@@ -206,12 +225,26 @@ class ExportArchive:
             overwrite = True  # called by export_model(..., overwrite=True)
         _check_overwrite(filepath, overwrite)
         writer = registry.archive_writer(format)
+        valid = _format_options(writer)
+        unknown = sorted(set(format_options) - set(valid))
+        if unknown:
+            raise SignatureError(
+                f"Unexpected keyword arguments for write_out(format={format!r}): {unknown}. "
+                f"Expected only: {valid or 'none (this format takes no options)'}"
+            )
         deferred = getattr(self._capture, "write_archive", None)
         if deferred is not None and self.backend not in registry.format_info(
                 format).native_archives:  # a re-hosting capture writes on another backend
+            if format_options and not _accepts(deferred, list(format_options)):
+                raise UnsupportedRouteError(
+                    f"The {self.backend} backend writes format={format!r} archives by "
+                    f"re-hosting, which cannot pass {sorted(format_options)} on yet. "
+                    "Expected no format options on this backend; export on the "
+                    "TensorFlow backend to use them."
+                )
             writer = functools.partial(deferred, format=format)
         with _atomic.overwrite_policy(overwrite):
-            writer(self, filepath, options=options, verbose=verbose)
+            writer(self, filepath, options=options, verbose=verbose, **format_options)
 
     # -- for writers ----------------------------------------------------------
     @property
