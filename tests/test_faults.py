@@ -320,3 +320,47 @@ def test_saved_model_kill_and_write_failure(tmp_path, fresh_process, monkeypatch
     assert leftovers(tmp_path) == []
     np.testing.assert_allclose(fresh_process("saved_model_call", str(target), "serve", [x]),
                                np.full((2, 2), 15.0))
+
+
+OPENVINO_CHILD = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {src!r})
+    import keras, numpy as np, kexport
+    model = keras.Sequential([keras.Input((3,), name="x"), keras.layers.Dense(2, name="y")])
+    model.set_weights([np.full((3, 2), float(sys.argv[2]), "float32"), np.zeros(2, "float32")])
+    kexport.export_openvino(model, sys.argv[1], verbose=False)
+""").format(src=SRC)
+
+
+@pytest.mark.backends("tensorflow")
+def test_openvino_pair_killed_between_bin_and_xml(tmp_path, fresh_process):
+    """SIGKILL after the new .bin is in place but before the new .xml: kexport's
+    readers refuse the mixed pair (no silent wrong weights); the next export
+    replaces both and runs."""
+    target = tmp_path / "m.xml"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    env.pop("_KEXPORT_FAULT", None)
+    x = np.ones((2, 3), "float32")
+
+    def export(scale, fault=None):
+        run_env = dict(env, _KEXPORT_FAULT=fault) if fault else env
+        return subprocess.run([sys.executable, "-c", OPENVINO_CHILD, str(target), str(scale)],
+                              env=run_env, capture_output=True, text=True, timeout=300)
+
+    assert export(2.0).returncode == 0
+    first = kexport.load(target)
+    np.testing.assert_allclose(first.run("serve", {"x": x})["y"], np.full((2, 2), 6.0))
+    xml_before = target.read_bytes()
+    # "swapped" fires after the first swap of the pair: the .bin
+    assert export(3.0, fault="swapped").returncode == -signal.SIGKILL
+    assert target.read_bytes() == xml_before  # old graph beside the new weights
+    with pytest.raises(kexport.ArtifactError, match=r"interrupted between writing the .bin "
+                       r"and the .xml\. Next step: export again"):
+        kexport.load(target)
+
+    assert export(4.0).returncode == 0
+    assert leftovers(tmp_path) == []
+    got = fresh_process("fresh_formats:openvino_run", [(str(target), [{"x": x}])])
+    np.testing.assert_allclose(got[0]["outputs"][0]["y"], np.full((2, 2), 12.0))
+    np.testing.assert_allclose(kexport.load(target).run("serve", {"x": x})["y"],
+                               np.full((2, 2), 12.0))

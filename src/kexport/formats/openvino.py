@@ -52,6 +52,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_ENDPOINT",
     "MANIFEST",
+    "check_weights",
     "export",
     "export_rehost",
     "is_openvino_artifact",
@@ -64,6 +65,7 @@ DEFAULT_ENDPOINT = "serve"
 MANIFEST = "kexport.json"
 _RT_PRODUCER = "kexport_producer"
 _RT_MANIFEST = "kexport_manifest"
+_WEIGHTS_PENDING = "kexport-weights-sha256-pending"
 
 
 # -- strategies -----------------------------------------------------------------------------------
@@ -185,6 +187,50 @@ def _manifest(archive: Any, layout: str) -> dict[str, Any]:
                 for e in archive.endpoints}}
 
 
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_weights(xml: str | os.PathLike[str], metadata: dict[str, Any] | None = None) -> None:
+    """Refuse a single-file IR whose ``.bin`` is not the one its ``.xml`` was written with.
+
+    The ``.xml``/``.bin`` pair is replaced by two atomic renames; a process
+    killed between them leaves a new ``.bin`` beside the previous ``.xml``.
+    The ``.xml`` records its weights' SHA-256 (``weights_sha256`` in the
+    manifest), so kexport's readers detect that state instead of running
+    wrong weights; the next export replaces both files.
+
+    Args:
+        xml: the ``.xml`` file.
+        metadata: its manifest, when already read.
+
+    Raises:
+        ArtifactError: when the weights file is missing or does not match.
+    """
+    from kexport.errors import ArtifactError
+
+    xml = Path(os.fspath(xml))
+    meta = read_metadata(xml) if metadata is None else metadata
+    want = (meta or {}).get("weights_sha256")
+    if not want or xml.is_dir():
+        return
+    weights = xml.with_suffix(".bin")
+    got = _sha256(weights) if weights.is_file() else "missing"
+    if got != want:
+        raise ArtifactError(
+            f"OpenVINO IR '{xml.name}': expected the weights file '{weights.name}' written "
+            f"with it (sha256 {want[:12]}…). Received: sha256 {got[:12]}… — an export was "
+            "interrupted between writing the .bin and the .xml. Next step: export again "
+            "(it replaces both files)."
+        )
+
+
 def _save(model: Any, xml: Path, manifest: dict[str, Any]) -> None:
     import openvino as ov
 
@@ -214,6 +260,8 @@ def write_archive(archive: ExportArchive, filepath: str | os.PathLike[str],
             f"(one IR per endpoint). Received: filepath='{os.fspath(filepath)}' ending in .xml."
         )
     manifest = _manifest(archive, "file" if single else "folder")
+    if single:
+        manifest["weights_sha256"] = _WEIGHTS_PENDING
     models = {e.name: _convert(e, archive) for e in archive.endpoints}
     with tempfile.TemporaryDirectory(prefix="kexport-openvino-") as tmp:
         build = Path(tmp)
@@ -224,11 +272,18 @@ def write_archive(archive: ExportArchive, filepath: str | os.PathLike[str],
             raise WriteError(f"Step 3/3 (write, openvino): saving the IR failed: {e}") from e
         if single:
             (name,) = models
-            # weights first, graph last: the .xml is what runtimes open
+            xml = build / f"{name}.xml"
+            # the graph records its weights' hash (kexport readers check the pair)
+            xml.write_text(xml.read_text().replace(_WEIGHTS_PENDING,
+                                                   _sha256(build / f"{name}.bin")))
+            # Two renames cannot be one atomic step: weights first, graph last
+            # (the .xml is what runtimes open). A crash between them leaves a
+            # new .bin beside the old .xml, which check_weights() refuses and
+            # the next export replaces.
             with atomic_target(target.with_suffix(".bin"), is_dir=False) as t:
                 shutil.copyfile(build / f"{name}.bin", t)
             with atomic_target(target, is_dir=False) as t:
-                shutil.copyfile(build / f"{name}.xml", t)
+                shutil.copyfile(xml, t)
         else:
             (build / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
             with atomic_target(target, is_dir=True) as t:
@@ -312,6 +367,7 @@ def run_flat(path: str | os.PathLike[str], endpoint: str, flat: list[Any]) -> li
     p = Path(os.fspath(path))
     xml = p / f"{endpoint}.xml" if p.is_dir() else p
     meta = read_metadata(xml) or {}
+    check_weights(xml, meta)
     info = meta.get("endpoints", {}).get(endpoint, {})
     compiled = ov.Core().compile_model(os.fspath(xml), "CPU")
     names = [i["name"] for i in info.get("inputs", [])] or \

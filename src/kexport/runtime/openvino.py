@@ -81,7 +81,7 @@ def open(path: Path, given: str) -> OpenVINOArtifact:
         ArtifactError: when OpenVINO is missing or cannot compile the IR.
     """
     from kexport.errors import ArtifactError
-    from kexport.formats.openvino import read_metadata
+    from kexport.formats.openvino import check_weights, read_metadata
 
     try:
         import openvino  # noqa: F401
@@ -93,6 +93,8 @@ def open(path: Path, given: str) -> OpenVINOArtifact:
     meta = read_metadata(path) or {}
     if path.is_file() and len(meta.get("endpoints", {})) == 1:
         files = {next(iter(meta["endpoints"])): path}
+    if path.is_file():
+        check_weights(path, meta)
     try:
         return OpenVINOArtifact(given, files, meta)
     except RuntimeError as e:
