@@ -127,3 +127,28 @@ def test_report_table_json_round_trip():
     text = report.table()
     assert "Verification FAILED (onnx" in text
     assert "shape mismatch in serve/probs [dyn=3]: expected (3, 3), received (3, 2)" in text
+
+
+@pytest.mark.backends("tensorflow")
+def test_int8_litert_verifies_with_the_format_tolerance(tmp_path):
+    """verify takes an int8 LiteRT artifact's tolerance from formats/litert.py
+    (one table), and a full-integer MLP passes on calibrated inputs."""
+    import keras
+
+    from kexport.formats import litert
+
+    keras.utils.set_random_seed(7)
+    model = keras.Sequential([keras.Input((8,), name="x"), keras.layers.Dense(16, activation="relu"),
+                              keras.layers.Dense(3, name="y")])
+    rng = np.random.default_rng(0)
+    calibration = [rng.random((1, 8), dtype="float32") for _ in range(64)]
+    path = tmp_path / "int8.tflite"
+    kexport.export_litert(model, path, verbose=False, quantization="int8",
+                          representative_dataset=calibration)
+    x = rng.random((5, 8), dtype="float32")  # inside the calibration range
+    report = kexport.verify(model, path, inputs=x)
+    assert (report.atol, report.rtol) == litert.tolerance("int8") == (0.25, 0.25)
+    assert report.precision == "int8"
+    assert report.ok, report
+    err = max(c.max_abs for c in report.checks)
+    assert 0 < err < 0.25  # really quantized, and within the declared tolerance

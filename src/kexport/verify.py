@@ -28,7 +28,8 @@ from typing import Any
 from kexport.errors import SignatureError, VerificationError, describe
 from kexport.runtime._base import EndpointInfo, TensorInfo, feeds_for, format_shape
 
-__all__ = ["TOLERANCES", "OutputCheck", "VerificationReport", "default_tolerances",
+__all__ = ["TOLERANCES", "OutputCheck", "VerificationReport", "declared_tolerances",
+           "default_tolerances",
            "raise_if_failed", "sample_inputs", "store_report", "verify"]
 
 # (atol, rtol) by the artifact's compute precision. Outputs are compared like
@@ -46,6 +47,28 @@ DEFAULT_SIZES: tuple[int, ...] = (1, 3)
 def default_tolerances(precision: str) -> tuple[float, float]:
     """``(atol, rtol)`` for an artifact computing in ``precision``."""
     return TOLERANCES.get(precision, TOLERANCES["float32"])
+
+
+def declared_tolerances(format: str, metadata: Mapping[str, Any]) -> tuple[float, float] | None:
+    """The tolerances a format declares for one of its artifacts, if it does.
+
+    A format module registered in :mod:`kexport.registry` may define
+    ``artifact_tolerance(metadata) -> (atol, rtol) | None``; e.g. LiteRT
+    answers by the quantization mode its metadata records, so verify and the
+    format share one table. Formats without the hook get :data:`TOLERANCES`
+    by precision.
+    """
+    import importlib
+
+    from kexport import registry
+    from kexport.errors import KexportError
+
+    try:
+        module = registry.format_info(format).archive_writer.partition(":")[0]
+        hook = getattr(importlib.import_module(module), "artifact_tolerance", None)
+    except (KexportError, ImportError):
+        return None
+    return hook(metadata) if hook is not None else None
 
 
 def _precision(metadata: Mapping[str, Any], endpoints: Mapping[str, EndpointInfo]) -> str:
@@ -481,8 +504,9 @@ def verify(model: Any, path: str | os.PathLike[str], inputs: Any | None = None, 
                       f"{opened.get('error')}")
         endpoints = {n: EndpointInfo.from_json(n, e) for n, e in opened["endpoints"].items()}
         default = opened["default"]
-        precision = _precision(opened.get("metadata") or {}, endpoints)
-        d_atol, d_rtol = default_tolerances(precision)
+        metadata = opened.get("metadata") or {}
+        precision = _precision(metadata, endpoints)
+        d_atol, d_rtol = declared_tolerances(format, metadata) or default_tolerances(precision)
         atol = d_atol if atol is None else float(atol)
         rtol = d_rtol if rtol is None else float(rtol)
         report = VerificationReport(format, precision, atol, rtol, seed)

@@ -53,6 +53,7 @@ __all__ = [
     "METADATA_NAME",
     "QUANTIZATIONS",
     "LiteRTOptions",
+    "artifact_tolerance",
     "export",
     "export_rehost",
     "export_stateless",
@@ -92,6 +93,26 @@ def tolerance(quantization: str | None) -> tuple[float, float]:
             f"Received: quantization={quantization!r}"
         )
     return QUANTIZATIONS[quantization]
+
+
+def artifact_tolerance(metadata: Mapping[str, Any]) -> tuple[float, float] | None:
+    """``(atol, rtol)`` that ``kexport.verify`` uses for a LiteRT artifact.
+
+    The one source of LiteRT tolerances: the table :data:`QUANTIZATIONS`,
+    looked up by the quantization mode the artifact's metadata records.
+
+    Args:
+        metadata: the artifact's ``kexport.json`` metadata.
+
+    Returns:
+        The tolerances, or ``None`` when the metadata names no known mode
+        (verify then falls back to its precision defaults).
+    """
+    mode = metadata.get("quantization")
+    if "quantization" not in metadata or not (mode is None or isinstance(mode, str)) \
+            or mode not in QUANTIZATIONS:
+        return None
+    return QUANTIZATIONS[mode]
 
 
 @dataclass(frozen=True)
