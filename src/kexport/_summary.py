@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from kexport.signature import flatten
@@ -12,12 +11,12 @@ from kexport.signature import flatten
 __all__ = ["human_size", "print_summary", "size_of"]
 
 
-def size_of(path: str | os.PathLike[str]) -> int:
-    """Total size in bytes of a file or of every file under a folder."""
-    p = Path(path)
-    if p.is_file():
-        return p.stat().st_size
-    return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+def size_of(path: str | os.PathLike[str], format: str | None = None) -> int:
+    """Total size in bytes of an artifact: a folder's files, or a file and its
+    format's sidecars (ONNX external data, OpenVINO weights)."""
+    from kexport.registry import artifact_files
+
+    return sum(f.stat().st_size for f in artifact_files(path, format))
 
 
 def human_size(n: float) -> str:
@@ -42,7 +41,7 @@ def print_summary(format: str, endpoints: Sequence[Any], filepath: str | os.Path
     no more of the local filesystem than the caller chose to pass.
     """
     lines = [f"kexport: wrote {format} artifact '{os.fspath(filepath)}' "
-             f"({human_size(size_of(filepath))})"]
+             f"({human_size(size_of(filepath, format))})"]
     for e in endpoints:
         alias = " (also serving_default)" if e.name == default else ""
         lines.append(f"  endpoint '{e.name}'{alias}")

@@ -13,8 +13,10 @@ from __future__ import annotations
 import difflib
 import importlib
 import importlib.util
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kexport.errors import UnsupportedRouteError
@@ -46,6 +48,9 @@ class Format:
             artifact of this format that kexport wrote (see
             ``kexport._atomic.is_kexport_artifact``); ``""`` when the generic
             checks suffice.
+        sidecars: files that belong to a single-file artifact, as patterns
+            over its file name (``{name}``) and stem (``{stem}``), e.g. ONNX
+            external data ``{name}.data`` or OpenVINO weights ``{stem}.bin``.
     """
 
     name: str
@@ -56,6 +61,7 @@ class Format:
     archive_writer: str
     native_archives: tuple[str, ...] = ()
     recognizer: str = ""
+    sidecars: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -147,11 +153,32 @@ FORMATS: dict[str, Format] = {
     "openvino": Format(
         "openvino", "OpenVINO IR (.xml graph + .bin weights)", ".xml",
         ("openvino",), "openvino", "kexport.formats.openvino:write_archive",
-        ("torch",), "kexport.formats.openvino:is_openvino_artifact"),
+        ("torch",), "kexport.formats.openvino:is_openvino_artifact", ("{stem}.bin",)),
     "onnx": Format(
         "onnx", "ONNX graph (ONNX Runtime, Triton)", ".onnx",
-        ("onnx", "onnxruntime"), "onnx", "kexport.formats.onnx:write_archive"),
+        ("onnx", "onnxruntime"), "onnx", "kexport.formats.onnx:write_archive",
+        sidecars=("{name}.data",)),
 }
+
+
+def artifact_files(path: str | os.PathLike[str], format: str | None = None) -> list[Path]:
+    """Every file that makes up the artifact at ``path``.
+
+    A folder artifact is every file below it; a single-file artifact is the
+    file plus its format's sidecars (``Format.sidecars``) that exist.
+    """
+    p = Path(path)
+    if p.is_dir():
+        return sorted(f for f in p.rglob("*") if f.is_file())
+    if not p.is_file():
+        return []
+    files = [p]
+    info = FORMATS.get(format or "")
+    for pattern in info.sidecars if info else ():
+        sidecar = p.with_name(pattern.format(name=p.name, stem=p.stem))
+        if sidecar.is_file():
+            files.append(sidecar)
+    return files
 
 _CAPTURES: dict[str, tuple[str, tuple[str, ...], str]] = {
     "tensorflow": ("kexport.capture.tensorflow:TensorFlowCapture", ("tensorflow",), "tensorflow"),

@@ -132,7 +132,7 @@ def export(args: argparse.Namespace, progress: Progress) -> int:
                              input_signature=signature, overwrite=args.overwrite, **kwargs)
     export_s = time.perf_counter() - start
     data: dict[str, Any] = {"ok": True, "format": args.format, "backend": backend,
-                            "output": args.output, "size": size_of(args.output),
+                            "output": args.output, "size": size_of(args.output, args.format),
                             "export_seconds": round(export_s, 3), "verification": None}
     lines = [f"Wrote {args.format} artifact '{args.output}' "
              f"({_human_size(data['size'])}) in {export_s:.1f}s from the {backend} backend."]

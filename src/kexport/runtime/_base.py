@@ -144,11 +144,12 @@ class Artifact(abc.ABC):
     @property
     def files(self) -> dict[str, int]:
         """Relative file name -> size in bytes of every file of the artifact."""
+        from kexport.registry import artifact_files
+
         p = Path(self.path)
-        if p.is_file():
-            return {p.name: p.stat().st_size}
-        return {f.relative_to(p).as_posix(): f.stat().st_size
-                for f in sorted(p.rglob("*")) if f.is_file()}
+        root = p if p.is_dir() else p.parent
+        return {f.relative_to(root).as_posix(): f.stat().st_size
+                for f in artifact_files(p, self.format)}
 
     @property
     def size(self) -> int:
