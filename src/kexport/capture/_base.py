@@ -147,14 +147,8 @@ class Capture:
         import tensorflow as tf
 
         if _is_keras_layer(resource):
-            if any(resource is t for t in self._tracked_layers):
+            if self._is_tracked(resource):
                 return
-            if not resource.built:
-                raise CaptureError(
-                    f"Expected a built layer or model. Received: "
-                    f"{type(resource).__name__} '{resource.name}' which is not "
-                    "built; call it on data (or build it) before tracking it."
-                )
             self._tracked_layers.append(resource)
             for v in self._variables_of(resource):
                 self._variables[id(v)] = v
@@ -168,6 +162,18 @@ class Capture:
             "Expected a Keras layer/model or a TensorFlow trackable resource "
             f"(e.g. tf.lookup.StaticHashTable). Received: {type(resource).__name__}"
         )
+
+    def _is_tracked(self, layer: Any) -> bool:
+        """Whether ``layer`` is tracked already; refuses layers that are not built."""
+        if any(layer is t for t in self._tracked_layers):
+            return True
+        if not layer.built:
+            raise CaptureError(
+                f"Expected a built layer or model. Received: {type(layer).__name__} "
+                f"'{layer.name}' which is not built; call it on data (or build it) "
+                "before tracking it."
+            )
+        return False
 
     def _add_resource(self, resource: Any) -> None:
         if all(resource is not r for r in self._resources):

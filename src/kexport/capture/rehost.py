@@ -868,14 +868,8 @@ class RehostCapture(Capture):
                 f"or model. Received: {describe(resource)}. TensorFlow resources such "
                 "as lookup tables can only be tracked with KERAS_BACKEND=tensorflow."
             )
-        if any(resource is t for t in self._tracked_layers):
+        if self._is_tracked(resource):
             return
-        if not resource.built:
-            raise CaptureError(
-                f"Expected a built layer or model. Received: {type(resource).__name__} "
-                f"'{resource.name}' which is not built; call it on data (or build it) "
-                "before tracking it."
-            )
         problem = rehost_problem(resource)
         if problem:
             raise UnsupportedRouteError(
