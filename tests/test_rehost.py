@@ -282,7 +282,9 @@ _OTHER = {"tensorflow": "jax", "jax": "tensorflow", "torch": "tensorflow"}
 @pytest.mark.backends("tensorflow", "jax")
 def test_rehost_export_onto_other_backend_matches_live_model(tmp_path, fresh_process, capsys):
     i = keras.Input((None, 5), name="seq")  # dynamic batch and time axes
-    h = L.Dense(4, activation="tanh")(i)
+    norm = L.Normalization()  # adapted: mean/variance are derived from its variables
+    norm.adapt(np.random.default_rng(1).normal(4.0, 3.0, (64, 7, 5)).astype("float32"))
+    h = L.Dense(4, activation="tanh")(norm(i))
     model = keras.Model(i, L.Dense(2, name="y")(rehost_layers.NoisyScale()(h)))
     target = tmp_path / "sm"
     report = rehost.rehost_export(model, target, "tf_saved_model", _OTHER[BACKEND])

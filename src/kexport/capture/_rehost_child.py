@@ -58,8 +58,23 @@ def _rebuild(work: Path, job: dict[str, Any]) -> list[Any]:
                     f"variable '{v.path}' has shape {tuple(v.shape)} once rebuilt, "
                     f"{tuple(value.shape)} on the source backend")
             v.assign(value)
+        _finalize_state(model)
         models.append(model)
     return models
+
+
+def _finalize_state(model: Any) -> None:
+    """Let layers rebuild what they derive from their variables.
+
+    Variables are assigned directly, so layers that cache tensors computed
+    from them (an adapted ``Normalization`` keeps ``mean``/``variance`` built
+    from ``adapt_mean``/``adapt_variance``; lookup layers their tables) must
+    recompute them, as Keras does after ``adapt``.
+    """
+    for layer in model._flatten_layers(include_self=True):
+        finalize = getattr(layer, "finalize_state", None)
+        if callable(finalize):
+            finalize()
 
 
 def _endpoint_fn(model: Any, method: str, kwargs: dict[str, Any]) -> Callable[..., Any]:
