@@ -12,8 +12,10 @@ Pipeline (each failure names its step, the route and what to do next):
      translated by ``torch.onnx``; models whose recurrent time axis is dynamic
      (``torch.export`` would unroll and fix it) are re-hosted instead;
    - JAX (and the PyTorch fallback): the model is re-hosted on TensorFlow in
-     a child process (config + weights through a ``.keras`` file), where the
-     TensorFlow route runs (:mod:`._onnx_rehost`);
+     a child process by :mod:`kexport.capture.rehost` (config + variable
+     values; a persistent worker per target backend), where the TensorFlow
+     route writes the graph, which is checked against the live model before
+     it is placed;
 3. **finish** — inputs/outputs renamed to the Keras names, graph optimised
    (constant folding, dead-node and duplicate removal), opset checked,
    metadata set, local paths and debug metadata stripped;
@@ -553,9 +555,15 @@ def write_model(proto: onnx.ModelProto, filepath: str | os.PathLike[str], thresh
 def _export(model: Any, filepath: str | os.PathLike[str], verbose: bool | None,
             input_signature: Any, kwargs: dict[str, Any], backend: str,
             capture: Callable[[Any, list[Any], int], RawGraph]) -> None:
+    from kexport.capture.rehost import rehost_source
+
     signature = normalize_for_model(model, input_signature)
     opts = _pop_options(kwargs, backend)
     raw = capture(model, signature, opts["opset"])
+    source = rehost_source()
+    if source is not None:  # writing in a re-host child: record where the model lives
+        raw.route = f"re-host on {backend} (child process): {raw.route.partition(': ')[2]}"
+        backend = source
     proto = finish(raw, opset=opts["opset"], backend=backend, endpoint=DEFAULT_ENDPOINT,
                    input_specs=flatten(signature))
     del raw
@@ -593,17 +601,27 @@ def export_tensorflow(model: Any, filepath: str | os.PathLike[str], *,
             capture_tensorflow)
 
 
+REHOST_ROUTE = "re-host on tensorflow (child process): tf.function -> tf2onnx"
+
+
 def export_rehost(model: Any, filepath: str | os.PathLike[str], *,
                   verbose: bool | None = None, input_signature: Any | None = None,
                   **kwargs: Any) -> None:
-    """Any backend -> ONNX by re-hosting the model on TensorFlow in a child process."""
+    """Any backend -> ONNX by re-hosting the model on TensorFlow in a child process.
+
+    Uses :func:`kexport.capture.rehost.rehost_export`: the graph is written by
+    the TensorFlow route in the re-host worker and compared with the live
+    model before it is placed at ``filepath``.
+    """
     import keras
 
-    from kexport.formats import _onnx_rehost
+    from kexport.capture.rehost import rehost_export
 
-    _refuse_lookup_layers(model, _onnx_rehost.ROUTE)
-    _export(model, filepath, verbose, input_signature, kwargs, keras.backend.backend(),
-            _onnx_rehost.capture_rehost)
+    _refuse_lookup_layers(model, REHOST_ROUTE)
+    opts = _pop_options(dict(kwargs), keras.backend.backend())  # refuse bad options here
+    rehost_export(model, filepath, "onnx", "tensorflow", input_signature=input_signature,
+                  verbose=verbose, opset_version=opts["opset"],
+                  external_data_threshold=opts["threshold"])
 
 
 def export_torch(model: Any, filepath: str | os.PathLike[str], *,
@@ -614,21 +632,20 @@ def export_torch(model: Any, filepath: str | os.PathLike[str], *,
     Strategies in order: ``torch.export`` + ``torch.onnx`` in process; when a
     model has a recurrent layer (``torch.export`` unrolls Keras's Python RNN
     loop into a fixed number of steps) or a dynamic axis was fixed anyway,
-    re-host on TensorFlow instead so that the time axis stays symbolic.
+    re-host on TensorFlow instead (:func:`export_rehost`) so that the time
+    axis stays symbolic.
     """
-    from kexport.formats import _onnx_rehost
-
     _refuse_lookup_layers(model, "torch: torch.export -> torch.onnx")
-
-    def capture(m: Any, signature: list[Any], opset: int) -> RawGraph:
-        if _has_dynamic_recurrence(m, signature) is None:
-            try:
-                return capture_torch(m, signature, opset)
-            except _Specialised:
-                pass
-        return _onnx_rehost.capture_rehost(m, signature, opset)
-
-    _export(model, filepath, verbose, input_signature, kwargs, "torch", capture)
+    signature = normalize_for_model(model, input_signature)
+    if _has_dynamic_recurrence(model, signature) is None:
+        try:
+            _export(model, filepath, verbose, input_signature, dict(kwargs), "torch",
+                    capture_torch)
+            return
+        except _Specialised:
+            pass
+    export_rehost(model, filepath, verbose=verbose, input_signature=input_signature,
+                  **kwargs)
 
 
 # -- ExportArchive ------------------------------------------------------------------
