@@ -183,69 +183,17 @@ def _has_manifest(path: Path) -> bool:
             except KexportError:
                 continue
             return True
-    return any(_onnx_by_kexport(f) for f in path.glob("*.onnx"))
-
-
-def _tflite_by_kexport(path: Path) -> bool:
-    """A TFLite flatbuffer (``TFL3``) carrying kexport's ``kexport.json`` metadata."""
-    import mmap
-
-    if not path.is_file() or path.stat().st_size < 8:
-        return False
-    with path.open("rb") as f:
-        if f.read(8)[4:8] != b"TFL3":
-            return False
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
-            return m.find(b'"producer": "kexport"') >= 0 and m.find(b"kexport.json") >= 0
-
-
-def _sibling_of_artifact(path: Path) -> bool:
-    """``name.onnx.data`` beside a kexport ``name.onnx``: external weights."""
-    stem = path.with_name(path.stem) if path.suffix else None
-    return (stem is not None and stem != path and stem.exists()
-            and any(check(stem) for check in (_onnx_by_kexport, _tflite_by_kexport)))
-
-
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    value, shift = 0, 0
-    while pos < len(data) and shift < 64:
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, pos
-        shift += 7
-    raise ValueError("truncated varint")
-
-
-def _onnx_by_kexport(path: Path) -> bool:
-    """Whether ``path`` is an ONNX ``ModelProto`` with producer_name ``kexport``.
-
-    Reads only the file's first bytes: protobuf writes ``ir_version`` (field 1)
-    and ``producer_name`` (field 2) first.
-    """
-    if not path.is_file():
-        return False
-    try:
-        with path.open("rb") as f:
-            head = f.read(4096)
-        pos = 0
-        while pos < len(head):
-            key, pos = _varint(head, pos)
-            field, wire = key >> 3, key & 7
-            if field == 2 and wire == 2:
-                length, pos = _varint(head, pos)
-                return head[pos:pos + length] == b"kexport"
-            if field > 2 or wire not in (0, 2):
-                return False
-            if wire == 0:
-                _, pos = _varint(head, pos)
-            else:
-                length, pos = _varint(head, pos)
-                pos += length
-    except (OSError, ValueError):
-        return False
     return False
+
+
+def _sidecar_of_artifact(path: Path) -> bool:
+    """A sidecar file (``Format.sidecars``, e.g. ``name.onnx.data``) of a kexport artifact."""
+    from kexport import registry
+
+    return any(path in registry.artifact_files(main, fmt)[1:]
+               for fmt, info in registry.FORMATS.items() if info.suffix
+               for main in path.parent.glob(f"*{info.suffix}")
+               if main != path and _registry_check(fmt)(main))
 
 
 def register_artifact_check(check: Callable[[Path], bool]) -> None:
@@ -263,20 +211,24 @@ def register_artifact_check(check: Callable[[Path], bool]) -> None:
         _CHECKS.append(check)
 
 
-def _registry_checks() -> list[Callable[[Path], bool]]:
+def _registry_check(format: str) -> Callable[[Path], bool]:
+    """The recogniser a format names in its registry row (``Format.recognizer``)."""
     import importlib
 
     from kexport import registry
 
-    checks = []
-    for fmt in registry.FORMATS.values():
-        target = getattr(fmt, "recognizer", "")
-        if not target:
-            continue
+    target = registry.FORMATS[format].recognizer
+    if target:
         module, _, func = target.partition(":")
         with contextlib.suppress(ImportError, AttributeError):
-            checks.append(getattr(importlib.import_module(module), func))
-    return checks
+            return getattr(importlib.import_module(module), func)
+    return lambda path: False
+
+
+def _registry_checks() -> list[Callable[[Path], bool]]:
+    from kexport import registry
+
+    return [_registry_check(fmt) for fmt in registry.FORMATS]
 
 
 def is_kexport_artifact(path: str | os.PathLike[str]) -> bool:
@@ -293,8 +245,7 @@ def is_kexport_artifact(path: str | os.PathLike[str]) -> bool:
     p = Path(os.fspath(path))
     if not (p.exists() or p.is_symlink()):
         return False
-    for check in [_has_manifest, _onnx_by_kexport, _tflite_by_kexport, _sibling_of_artifact,
-                  *_CHECKS, *_registry_checks()]:
+    for check in [_has_manifest, *_registry_checks(), _sidecar_of_artifact, *_CHECKS]:
         try:
             if check(p):
                 return True

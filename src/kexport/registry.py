@@ -145,7 +145,8 @@ FORMATS: dict[str, Format] = {
         ("tensorflow",), "tensorflow", "kexport.formats.saved_model:write_archive"),
     "litert": Format(
         "litert", "LiteRT / TensorFlow Lite flatbuffer with named signatures", ".tflite",
-        ("tensorflow",), "tensorflow", "kexport.formats.litert:write_archive"),
+        ("tensorflow",), "tensorflow", "kexport.formats.litert:write_archive",
+        recognizer="kexport.formats.litert:is_litert_artifact"),
     "torch": Format(
         "torch", "PyTorch ExportedProgram (torch.export .pt2)", ".pt2",
         ("torch",), "torch", "kexport.formats.torch_program:write_archive", ("torch",),
@@ -157,7 +158,7 @@ FORMATS: dict[str, Format] = {
     "onnx": Format(
         "onnx", "ONNX graph (ONNX Runtime, Triton)", ".onnx",
         ("onnx", "onnxruntime"), "onnx", "kexport.formats.onnx:write_archive",
-        sidecars=("{name}.data",)),
+        recognizer="kexport.formats.onnx:is_onnx_artifact", sidecars=("{name}.data",)),
 }
 
 

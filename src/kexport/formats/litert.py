@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from kexport.capture._base import TracedEndpoint
 
 __all__ = [
+    "is_litert_artifact",
     "DEFAULT_ENDPOINT",
     "METADATA_NAME",
     "QUANTIZATIONS",
@@ -57,7 +58,6 @@ __all__ = [
     "export",
     "export_rehost",
     "export_stateless",
-    "is_litert_artifact",
     "read_metadata",
     "run_flat",
     "tolerance",
@@ -75,6 +75,24 @@ QUANTIZATIONS: dict[str | None, tuple[float, float]] = {
 }
 _TFLITE_MAGIC = b"TFL3"
 _PRECISION = {None: "float32", "float16": "float16", "dynamic_int8": "int8", "int8": "int8"}
+
+
+def is_litert_artifact(path: str | os.PathLike[str]) -> bool:
+    """Registry recogniser: a TFLite flatbuffer (``TFL3``) with kexport's metadata.
+
+    Maps the file instead of reading it, so large models cost no memory.
+    """
+    import mmap
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size < 8:
+        return False
+    with path.open("rb") as f:
+        if f.read(8)[4:8] != b"TFL3":
+            return False
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            return m.find(b'"producer": "kexport"') >= 0 and m.find(b"kexport.json") >= 0
 
 
 def tolerance(quantization: str | None) -> tuple[float, float]:
@@ -329,22 +347,6 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any] | None:
             data = bytes(model_obj.buffers[entry.buffer].data)
             return json.loads(data.decode())
     return None
-
-
-def is_litert_artifact(path: Any) -> bool:
-    """Whether ``path`` is a ``.tflite`` file that kexport wrote (cheap byte check)."""
-    try:
-        p = os.fspath(path)
-        if not os.path.isfile(p) or os.path.getsize(p) > 4 << 30:
-            return False
-        with open(p, "rb") as f:
-            head = f.read(8)
-            if head[4:8] != _TFLITE_MAGIC:
-                return False
-            f.seek(0)
-            return b'"producer": "kexport"' in f.read()
-    except OSError:
-        return False
 
 
 def _metadata(archive: ExportArchive, options: LiteRTOptions) -> dict[str, Any]:
