@@ -122,3 +122,17 @@ ZOO = {
     "transformer": transformer, "embedding": embedding, "multi_io": multi_io,
     "dict_inputs": dict_inputs, "subclassed": subclassed, "preprocessing": preprocessing,
 }
+
+
+@keras.saving.register_keras_serializable(package="kexport_tests")
+class BatchScaled(keras.layers.Layer):
+    """Scales by the batch size read as a Python float in user code (PyTorch only):
+    a trace would freeze it, so the traced strategy must refuse it."""
+
+    def call(self, x):
+        return x * float(keras.ops.shape(x)[0])
+
+
+def batch_scaled():
+    i = keras.Input((4,), name="x")
+    return keras.Model(i, keras.layers.Dense(3, name="y")(BatchScaled()(i)))

@@ -46,6 +46,7 @@ from kexport.errors import (
     UnsupportedRouteError,
     WriteError,
 )
+from kexport.formats._onnx_torch import NotTraceable, cached_torchlib_registry, capture_traced
 from kexport.signature import Spec, flat_names, flatten, normalize_for_model, pack_as
 
 if TYPE_CHECKING:
@@ -386,10 +387,11 @@ def capture_torch(model: Any, signature: list[Any], opset: int,
                  for t, n in zip(flatten(_plain(live)), outs, strict=False)]
     wrapper = _Endpoint().eval()
     try:
-        program = torch.onnx.export(
-            wrapper, tuple(samples), dynamo=True, dynamic_shapes=(tuple(dynamic),),
-            input_names=names, output_names=outs, opset_version=max(opset, 18),
-            optimize=False, verbose=False, report=False)
+        with cached_torchlib_registry():
+            program = torch.onnx.export(
+                wrapper, tuple(samples), dynamo=True, dynamic_shapes=(tuple(dynamic),),
+                input_names=names, output_names=outs, opset_version=max(opset, 18),
+                optimize=False, verbose=False, report=False)
     except Exception as e:
         raise _step_error(CaptureError, "Step 2/4 (capture: torch.export + torch.onnx)", route,
                           e, _guess_layer(model, e),
@@ -401,6 +403,14 @@ def capture_torch(model: Any, signature: list[Any], opset: int,
         if any(got[ax].HasField("dim_value") for ax in spec.dynamic_axes):
             raise _Specialised(value.name)
     return RawGraph(proto, names, outs, out_specs, route)
+
+
+def _capture_torch_fast_first(model: Any, signature: list[Any], opset: int) -> RawGraph:
+    """The traced strategy when ONNX Runtime confirms it, else ``torch.export``."""
+    try:
+        return capture_traced(model, signature, opset)
+    except NotTraceable:
+        return capture_torch(model, signature, opset)
 
 
 def _plain(structure: Any) -> Any:
@@ -679,18 +689,20 @@ def export_torch(model: Any, filepath: str | os.PathLike[str], *,
                  **kwargs: Any) -> None:
     """PyTorch backend -> ONNX.
 
-    Strategies in order: ``torch.export`` + ``torch.onnx`` in process; when a
-    model has a recurrent layer (``torch.export`` unrolls Keras's Python RNN
-    loop into a fixed number of steps) or a dynamic axis was fixed anyway,
-    re-host on TensorFlow instead (:func:`export_rehost`) so that the time
-    axis stays symbolic.
+    Strategies in order, in process: the traced ``torch.onnx`` exporter when
+    ONNX Runtime reproduces the live model at other sizes of every dynamic
+    axis (:func:`kexport.formats._onnx_torch.capture_traced`, fast), else
+    ``torch.export`` + ``torch.onnx``. A model with a recurrent layer
+    (both unroll Keras's Python RNN loop into a fixed number of steps), or one
+    whose dynamic axis was fixed anyway, is re-hosted on TensorFlow instead
+    (:func:`export_rehost`) so that the time axis stays symbolic.
     """
     _refuse_lookup_layers(model, "torch: torch.export -> torch.onnx")
     signature = normalize_for_model(model, input_signature)
     if _has_dynamic_recurrence(model, signature) is None:
         try:
             _export(model, filepath, verbose, input_signature, dict(kwargs), "torch",
-                    capture_torch)
+                    _capture_torch_fast_first)
             return
         except _Specialised:
             pass

@@ -1,0 +1,244 @@
+"""PyTorch -> ONNX helpers: a fast traced strategy and a ``torch.onnx`` workaround.
+
+Two things live here so that :mod:`kexport.formats.onnx` keeps one capture
+function per route:
+
+* :func:`capture_traced` — the fast strategy tried first on the PyTorch
+  backend. ``torch.onnx.export(dynamo=False)`` records the model by running it
+  once (TorchScript tracing, ~0.1-1 s where ``torch.export`` + decomposition
+  takes 2-7 s). Tracing can silently fix a dynamic dimension or a branch, so
+  the graph is only used when (a) no ``TracerWarning`` (a tensor turned into
+  a Python value) came from outside Keras's own ops or from Keras's control
+  flow (``cond``, loops), and (b) ONNX Runtime reproduces the live model at
+  two *other* sizes of every dynamic axis (batch 1 and 3, other axes too).
+  Any doubt raises :class:`NotTraceable` and the ``torch.export`` strategy
+  runs.
+* :func:`cached_torchlib_registry` — peer-library workaround: ``torch.onnx``'s
+  dynamo exporter rebuilds its ATen -> ONNX registry on every call
+  (``ONNXRegistry.from_torchlib`` reads the source of ~500 onnxscript
+  functions, ~1.8 s each export). Within the context the registry is built
+  once per opset and each call gets a copy (so a caller's custom ops never
+  leak into later exports).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import threading
+import traceback
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+from kexport.signature import Spec, flat_names, flatten, pack_as
+
+__all__ = ["NotTraceable", "cached_torchlib_registry", "capture_traced"]
+
+_TRACE_SAMPLE_BATCH = 2
+_CHECK_BATCHES = (1, 3)
+_ATOL, _RTOL = 1e-4, 1e-3
+
+
+class NotTraceable(Exception):
+    """The traced graph cannot be trusted for this model; use ``torch.export``."""
+
+
+def _trace_size(axis: int, batch: int) -> int:
+    # distinct per axis so that unrelated dynamic axes are not unified
+    return batch if axis == 0 else axis + 1 + batch
+
+
+def _samples(specs: list[Spec], batch: int, seed: int) -> list[Any]:
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for spec in specs:
+        shape = [_trace_size(a, batch) if d is None else d for a, d in enumerate(spec.shape)]
+        dtype = np.dtype(spec.dtype)
+        if dtype.kind == "f":
+            out.append(rng.standard_normal(shape).astype(dtype))
+        elif dtype.kind in "iu":
+            out.append(rng.integers(0, 2, shape).astype(dtype))
+        elif dtype.kind == "b":
+            out.append(rng.random(shape) > 0.5)
+        else:
+            raise NotTraceable(f"dtype {spec.dtype}")
+    return out
+
+
+def capture_traced(model: Any, signature: list[Any], opset: int,
+                   route: str = "torch: torch.onnx (traced, verified)") -> Any:
+    """The fast PyTorch strategy; returns a ``RawGraph`` or raises :class:`NotTraceable`."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    import torch
+
+    from kexport.capture._base import output_names
+    from kexport.formats.onnx import RawGraph
+
+    specs = flatten(signature)
+    names = flat_names(signature)
+    if any(s.dtype == "string" for s in specs) or not hasattr(torch.onnx, "export"):
+        raise NotTraceable("string inputs")
+    structure = signature
+
+    class _Endpoint(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, *flat_inputs: Any) -> Any:
+            args = pack_as(list(structure), list(flat_inputs))
+            return tuple(flatten(model(*args, training=False)))
+
+    def live(flat: list[Any]) -> list[Any]:
+        with torch.no_grad():
+            out = model(*pack_as(list(structure), [torch.as_tensor(a) for a in flat]),
+                        training=False)
+        return [np.asarray(t.detach().cpu().numpy()) for t in flatten(_plain(out))]
+
+    sample = _samples(specs, _TRACE_SAMPLE_BATCH, 0)
+    with torch.no_grad():
+        first = model(*pack_as(list(structure), [torch.as_tensor(a) for a in sample]),
+                      training=False)
+    outs = output_names(_plain(first), model)
+    flat_first = flatten(_plain(first))
+    out_specs = [Spec((None, *tuple(t.shape)[1:]) if t.ndim else (),
+                      str(t.dtype).removeprefix("torch."), n)
+                 for t, n in zip(flat_first, outs, strict=False)]
+    dynamic_axes: dict[str, dict[int, str]] = {}
+    for spec, name in zip(specs, names, strict=False):
+        axes = {a: ("batch" if a == 0 else f"d{a}") for a in spec.dynamic_axes}
+        if axes:
+            dynamic_axes[name] = axes
+    if any(0 in axes for axes in dynamic_axes.values()):
+        for name, t in zip(outs, flat_first, strict=False):
+            if t.ndim:
+                dynamic_axes[name] = {0: "batch"}
+    buffer = io.BytesIO()
+    wrapper = _Endpoint().eval()
+    doubts: list[str] = []
+
+    def note(message: Any, category: type, *args: Any, **kwargs: Any) -> None:
+        if issubclass(category, torch.jit.TracerWarning) and not _benign_trace_site():
+            doubts.append(str(message))
+
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("always")
+            warnings.showwarning = note
+            torch.onnx.export(wrapper, tuple(torch.as_tensor(a) for a in sample), buffer,
+                              dynamo=False, input_names=names, output_names=outs,
+                              dynamic_axes=dynamic_axes, opset_version=opset,
+                              do_constant_folding=True, verbose=False)
+    except Exception as e:  # the torch.export strategy reports real failures
+        raise NotTraceable(f"{type(e).__name__}: {e}") from e
+    if doubts:
+        raise NotTraceable(f"tracer warning: {doubts[0]}")
+    data = buffer.getvalue()
+    session_opts = ort.SessionOptions()
+    session_opts.intra_op_num_threads = 1
+    session_opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        session = ort.InferenceSession(data, session_opts, providers=["CPUExecutionProvider"])
+        for seed, batch in enumerate(_CHECK_BATCHES, start=1):
+            flat = _samples(specs, batch, seed)
+            got = session.run(None, dict(zip(names, flat, strict=True)))
+            want = live(flat)
+            if len(got) != len(want) or any(
+                    g.shape != w.shape or not np.allclose(g, w, atol=_ATOL, rtol=_RTOL)
+                    for g, w in zip(got, want, strict=False)):
+                raise NotTraceable(f"differs from the live model at batch {batch}")
+    except NotTraceable:
+        raise
+    except Exception as e:
+        raise NotTraceable(f"{type(e).__name__}: {e}") from e
+    return RawGraph(onnx.load_from_string(data), names, outs, out_specs, route)
+
+
+# Keras's own ops read static sizes as Python values (input checks, softmax
+# over a size-1 axis) and turn Python constants into tensors; kexport's tests
+# run those at varied sizes. Python control flow on tensor values is another
+# matter: Keras's ``cond``/loops and anything in user code stay doubts.
+_CONTROL_FLOW = {"cond", "switch", "while_loop", "fori_loop", "scan", "associative_scan",
+                 "map", "vectorized_map"}
+
+
+def _benign_trace_site() -> bool:
+    """Whether the TracerWarning being raised comes from Keras's own ops."""
+    for frame in reversed(traceback.extract_stack()):
+        path = frame.filename.replace(os.sep, "/")
+        if "/torch/" in path or path.endswith(("/warnings.py", "/_onnx_torch.py")):
+            continue
+        return "/keras/src/" in path and frame.name not in _CONTROL_FLOW
+    return False
+
+
+def _plain(structure: Any) -> Any:
+    if isinstance(structure, dict):
+        return {k: _plain(v) for k, v in structure.items()}
+    if isinstance(structure, (list, tuple)):
+        return [_plain(v) for v in structure]
+    return structure
+
+
+_registry_lock = threading.Lock()
+_registry_users = 0
+_registry_cache: dict[int, Any] = {}
+_original_from_torchlib: Any = None
+
+
+@contextlib.contextmanager
+def cached_torchlib_registry() -> Iterator[None]:
+    """Build ``torch.onnx``'s ATen -> ONNX registry once per opset while inside.
+
+    Reference-counted and thread-safe; outside the context ``torch.onnx``
+    behaves as shipped. A no-op when the private hook is not where torch
+    2.x keeps it.
+    """
+    global _registry_users, _original_from_torchlib
+    try:
+        from torch.onnx._internal.exporter import _registration
+    except ImportError:
+        yield
+        return
+    cls = _registration.ONNXRegistry
+    if not hasattr(cls, "from_torchlib") or not hasattr(cls(), "functions"):
+        yield
+        return
+    with _registry_lock:
+        if _registry_users == 0:
+            original = cls.__dict__["from_torchlib"]
+            _original_from_torchlib = original
+
+            def from_torchlib(klass: Any, opset_version: Any = None, **kw: Any) -> Any:
+                build = original.__get__(None, klass)
+                if kw or klass is not cls:
+                    return build(opset_version, **kw) if opset_version is not None \
+                        else build(**kw)
+                key = opset_version
+                with _registry_lock:
+                    base = _registry_cache.get(key)
+                if base is None:
+                    base = build(opset_version) if opset_version is not None else build()
+                    with _registry_lock:
+                        _registry_cache[key] = base
+                copy = cls()
+                copy.__dict__.update(base.__dict__)
+                copy.functions = {k: list(v) for k, v in base.functions.items()}
+                return copy
+
+            cls.from_torchlib = classmethod(from_torchlib)
+        _registry_users += 1
+    try:
+        yield
+    finally:
+        with _registry_lock:
+            _registry_users -= 1
+            if _registry_users == 0 and _original_from_torchlib is not None:
+                cls.from_torchlib = _original_from_torchlib
+                _original_from_torchlib = None

@@ -1,0 +1,75 @@
+"""PyTorch -> ONNX strategies: the fast traced graph only where it generalises.
+
+The traced ``torch.onnx`` exporter is tried first on the PyTorch backend and
+kept only when ONNX Runtime reproduces the live model at other sizes of every
+dynamic axis; otherwise ``torch.export`` runs. Artifacts are reloaded in a
+fresh process and compared with the live model at batch 1, 3 and 8.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+import kexport
+import onnx_models
+
+pytestmark = pytest.mark.backends("torch")
+
+
+def _check(model, path, fresh_process, name="x"):
+    rng = np.random.default_rng(0)
+    xs = [rng.normal(size=(b, *model.inputs[0].shape[1:])).astype("float32") for b in (1, 3, 8)]
+    got = fresh_process("fresh_onnx:run_many", {"m": (str(path), [{name: x} for x in xs])})["m"]
+    for x, out in zip(xs, got["results"], strict=True):
+        ref = keras.ops.convert_to_numpy(model(x, training=False))
+        assert out[0].shape == ref.shape
+        np.testing.assert_allclose(out[0], ref, rtol=1e-4, atol=2e-5)
+    return got["metadata"]["kexport.route"]
+
+
+def test_plain_model_takes_the_traced_strategy(tmp_path, fresh_process):
+    model = onnx_models.mlp()
+    path = tmp_path / "mlp.onnx"
+    kexport.export_onnx(model, path, verbose=False)
+    assert _check(model, path, fresh_process, "features") == "torch: torch.onnx (traced, verified)"
+
+
+def test_model_the_tracer_cannot_export_falls_back_to_torch_export(tmp_path, fresh_process):
+    # the traced exporter fails on attention's dynamic reshapes; torch.export
+    # writes the graph instead, still dynamic in batch and length
+    model = onnx_models.transformer()
+    path = tmp_path / "transformer.onnx"
+    kexport.export_onnx(model, path, verbose=False)
+    rng = np.random.default_rng(0)
+    xs = [rng.normal(size=(b, t, 16)).astype("float32") for b, t in ((1, 5), (3, 5), (8, 9))]
+    got = fresh_process("fresh_onnx:run_many", {"m": (str(path), [{"tokens": x} for x in xs])})
+    for x, out in zip(xs, got["m"]["results"], strict=True):
+        ref = keras.ops.convert_to_numpy(model(x, training=False))
+        np.testing.assert_allclose(out[0], ref, rtol=1e-4, atol=2e-5)
+    assert got["m"]["metadata"]["kexport.route"] == "torch: torch.export -> torch.onnx"
+
+
+def test_traced_strategy_refuses_python_values_taken_in_user_code():
+    from kexport.formats._onnx_torch import NotTraceable, capture_traced
+    from kexport.signature import normalize_for_model
+
+    model = onnx_models.batch_scaled()
+    with pytest.raises(NotTraceable, match="tracer warning: Converting a tensor to a Python"):
+        capture_traced(model, normalize_for_model(model, None), 18)
+
+
+def test_torchlib_registry_is_built_once_and_copied():
+    from torch.onnx._internal.exporter import _registration
+
+    from kexport.formats._onnx_torch import cached_torchlib_registry
+
+    original = _registration.ONNXRegistry.__dict__["from_torchlib"]
+    with cached_torchlib_registry():
+        a = _registration.ONNXRegistry.from_torchlib()
+        a.functions.clear()  # a caller mutating its copy ...
+        b = _registration.ONNXRegistry.from_torchlib()
+        assert b.functions  # ... does not reach the next export
+        assert b is not a and b.opset_version == a.opset_version
+    assert _registration.ONNXRegistry.__dict__["from_torchlib"] is original
