@@ -76,6 +76,21 @@ def render() -> str:
         how, packages, extra = info
         lines.append(f"| {b} | {how} | " + ", ".join(f"`{p}`" for p in packages)
                      + f" (`kexport[{extra}]`) |")
+    lines += ["", "Who writes `ExportArchive.write_out(path, format=...)`: **in process** (the "
+              "format's writer reads the captured endpoints) or **re-host → host** (the tracked "
+              "models are rebuilt on the host backend in a child process, the endpoints "
+              "re-created from their description as data, the archive written there and "
+              "compared with the live endpoints at two batch sizes before it is placed; "
+              "endpoints must be model methods or lambdas forwarding to one, e.g. "
+              "`lambda x: model(x, training=False)`).", "",
+              "| backend \\ format | " + " | ".join(f"`{f}`" for f in formats) + " |",
+              "|---|" + "---|" * len(formats)]
+    for b in registry.BACKENDS:
+        row = []
+        for f in formats:
+            host = registry.archive_host(b, f)
+            row.append("in process" if host is None else f"re-host → {host}")
+        lines.append(f"| {b} | " + " | ".join(row) + " |")
     lines += ["", "## Formats", "", "| format | description | runtime needs |", "|---|---|---|"]
     for name, fmt in registry.FORMATS.items():
         lines.append(f"| `{name}` | {fmt.description} | "

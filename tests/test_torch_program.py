@@ -75,15 +75,20 @@ def test_rehosted_onto_torch_from_other_backends(tmp_path, fresh_process):
 
 
 @pytest.mark.backends("tensorflow", "jax")
-def test_archive_of_tf_functions_is_refused_with_next_step(tmp_path):
+def test_writer_called_directly_refuses_tf_functions_with_next_step(tmp_path):
+    """write_out(format="torch") re-hosts such archives (tests/test_archive_rehost.py);
+    the writer itself only reads PyTorch code."""
+    from kexport.formats import torch_program
+
     model, _ = build("mlp")
     archive = kexport.ExportArchive()
     archive.track(model)
     archive.add_endpoint("serve", lambda x: model(x, training=False),
                          [keras.InputSpec(shape=(None, 8))])
     with pytest.raises(UnsupportedRouteError,
-                       match=r"Expected an archive built with KERAS_BACKEND=torch"):
-        archive.write_out(tmp_path / "a.pt2", format="torch", verbose=False)
+                       match=r"Expected an archive built with KERAS_BACKEND=torch\. Next step: "
+                             r"call archive\.write_out\(path, format='torch'\), which re-hosts"):
+        torch_program.write_archive(archive, tmp_path / "a.pt2", verbose=False)
     assert not (tmp_path / "a.pt2").exists()
 
 

@@ -83,6 +83,7 @@ class ExportArchive:
         self._capture = capture.for_backend(self.backend)
         self._endpoints: dict[str, TracedEndpoint] = {}
         self._collections: dict[str, list[Any]] = {}
+        self._collection_vars: dict[str, list[Any]] = {}  # the Keras variables themselves
 
     @property
     def endpoint_names(self) -> list[str]:
@@ -125,6 +126,12 @@ class ExportArchive:
                 and ``jax2tf_kwargs`` (dict for ``jax2tf.convert``;
                 ``polymorphic_shapes`` and ``native_serialization`` are
                 computed when absent).
+
+        The endpoint is also recorded as data when it can be (a model
+        method, or a lambda/function passing its arguments to one tracked
+        model's method with constant keyword arguments), for formats that
+        :meth:`write_out` writes by re-hosting the archive; other endpoints
+        still work for every format written in process.
 
         Returns:
             The ``tf.function`` wrapping ``fn`` that the archive will save.
@@ -184,6 +191,7 @@ class ExportArchive:
                 f"Received: {describe(variables)}"
             )
         self._collections[name] = self._capture.collection(list(variables))
+        self._collection_vars[name] = list(variables)
 
     def write_out(self, filepath: str | os.PathLike[str], options: Any | None = None,
                   verbose: bool = True, format: str = "tf_saved_model",
@@ -201,11 +209,23 @@ class ExportArchive:
                 keyword-only parameters), e.g. ``opset_version=17`` for
                 ``format="onnx"``.
 
+        Where the registry says so (:func:`kexport.registry.archive_host`,
+        e.g. ``format="torch"`` on TensorFlow/JAX, ``"openvino"`` on JAX,
+        most formats on PyTorch), the archive is re-hosted: the tracked
+        models are rebuilt on the host backend in a child process, the
+        endpoints re-created from their description as data, the artifact
+        written there and compared with the live endpoints at two batch
+        sizes before it is placed.
+
         Raises:
             SignatureError: when no endpoint was added, or an option is not
                 one the format's writer takes.
             UnsupportedRouteError: when an option cannot reach the process
-                that writes a re-hosted archive.
+                that writes a re-hosted archive, or an endpoint of a
+                re-hosted archive cannot be described as data (e.g. a
+                closure with extra computation).
+            VerificationError: a re-hosted artifact differs from the live
+                endpoints (nothing is written then).
             TargetExistsError: ``filepath`` holds other data and
                 ``overwrite`` is false.
             WriteError: when writing fails; nothing is left half-written.
@@ -232,25 +252,36 @@ class ExportArchive:
                 f"Unexpected keyword arguments for write_out(format={format!r}): {unknown}. "
                 f"Expected only: {valid or 'none (this format takes no options)'}"
             )
-        deferred = getattr(self._capture, "write_archive", None)
-        if deferred is not None and self.backend not in registry.format_info(
-                format).native_archives:  # a re-hosting capture writes on another backend
-            if format_options and not _accepts(deferred, list(format_options)):
+        host = registry.archive_host(self.backend, format)
+        if host is not None:  # written by re-hosting the archive onto another backend
+            from kexport.capture.rehost import write_archive_rehosted
+
+            if format_options and not _accepts(write_archive_rehosted, list(format_options)):
                 raise UnsupportedRouteError(
                     f"The {self.backend} backend writes format={format!r} archives by "
                     f"re-hosting, which cannot pass {sorted(format_options)} on yet. "
                     "Expected no format options on this backend; export on the "
-                    "TensorFlow backend to use them."
+                    f"{host} backend to use them."
                 )
-            writer = functools.partial(deferred, format=format)
+            writer = functools.partial(write_archive_rehosted, format=format, host=host)
         with _atomic.overwrite_policy(overwrite):
             writer(self, filepath, options=options, verbose=verbose, **format_options)
 
     # -- for writers ----------------------------------------------------------
     @property
     def collections(self) -> dict[str, list[Any]]:
-        """Variable collections, name -> list of ``tf.Variable``."""
+        """Variable collections, name -> what the capture made of them (``tf.Variable``
+        objects, or references into the tracked models on a re-hosting capture)."""
         return dict(self._collections)
+
+    def variable_collections(self) -> dict[str, list[Any]]:
+        """Variable collections, name -> the ``keras.Variable`` objects given."""
+        return {k: list(v) for k, v in self._collection_vars.items()}
+
+    def described_endpoints(self) -> dict[str, tuple[Any, Callable[..., Any]]]:
+        """Endpoints as data for re-hosting: name -> (``EndpointRecipe`` or why it could
+        not be described, the live endpoint function)."""
+        return self._capture.described()
 
     def trackables(self) -> dict[str, Any]:
         """What the artifact must hold: variables, resources, tracked state."""

@@ -24,8 +24,9 @@ from kexport.errors import UnsupportedRouteError
 if TYPE_CHECKING:
     from kexport.capture import Capture
 
-__all__ = ["BACKENDS", "FORMATS", "RUNTIMES", "Format", "Route", "archive_writer", "capture_for",
-           "captures", "format_info", "matrix", "resolve", "routes", "runtime_for", "runtime_formats"]
+__all__ = ["BACKENDS", "FORMATS", "RUNTIMES", "Format", "Route", "archive_host", "archive_writer",
+           "capture_for", "capture_host", "captures", "format_info", "matrix", "resolve", "routes",
+           "runtime_for", "runtime_formats"]
 
 BACKENDS: tuple[str, ...] = ("tensorflow", "jax", "torch")
 
@@ -44,6 +45,12 @@ class Format:
         native_archives: backends whose archives ``archive_writer`` writes
             in-process even where the backend's capture would re-host
             (e.g. ``.pt2`` programs on the PyTorch backend).
+        archive_rehost: ``(source backend, host backend)`` pairs: archives
+            built on the source backend are written by re-hosting them onto
+            the host backend (its ``archive_writer`` runs there), although
+            the source backend's capture works in-process for other formats
+            (e.g. ``.pt2`` programs from TensorFlow functions). See
+            :func:`archive_host`.
         recognizer: ``"module:function"`` telling whether a path holds an
             artifact of this format that kexport wrote (see
             ``kexport._atomic.is_kexport_artifact``); ``""`` when the generic
@@ -62,6 +69,7 @@ class Format:
     native_archives: tuple[str, ...] = ()
     recognizer: str = ""
     sidecars: tuple[str, ...] = ()
+    archive_rehost: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -150,11 +158,15 @@ FORMATS: dict[str, Format] = {
     "torch": Format(
         "torch", "PyTorch ExportedProgram (torch.export .pt2)", ".pt2",
         ("torch",), "torch", "kexport.formats.torch_program:write_archive", ("torch",),
-        "kexport.formats.torch_program:is_torch_program_artifact"),
+        "kexport.formats.torch_program:is_torch_program_artifact",
+        # torch.export reads PyTorch code only, never TensorFlow functions
+        archive_rehost=(("tensorflow", "torch"), ("jax", "torch"))),
     "openvino": Format(
         "openvino", "OpenVINO IR (.xml graph + .bin weights)", ".xml",
         ("openvino",), "openvino", "kexport.formats.openvino:write_archive",
-        ("torch",), "kexport.formats.openvino:is_openvino_artifact", ("{stem}.bin",)),
+        ("torch",), "kexport.formats.openvino:is_openvino_artifact", ("{stem}.bin",),
+        # OpenVINO cannot read the XlaCallModule (StableHLO) ops of jax2tf functions
+        archive_rehost=(("jax", "tensorflow"),)),
     "onnx": Format(
         "onnx", "ONNX graph (ONNX Runtime, Triton)", ".onnx",
         ("onnx", "onnxruntime"), "onnx", "kexport.formats.onnx:write_archive",
@@ -341,6 +353,37 @@ def resolve(backend: str, format: str, model: Any | None = None) -> Route:
         f"available yet. Backends with a route to it: {others}. Next step: "
         f"load the model with KERAS_BACKEND set to one of them and export there."
     )
+
+
+# Backends whose capture cannot write any archive in-process (endpoints are
+# recorded as data): every format not in ``Format.native_archives`` is written
+# by re-hosting onto this backend.
+_CAPTURE_HOSTS: dict[str, str] = {"torch": "tensorflow"}
+
+
+def capture_host(backend: str) -> str | None:
+    """Where ``backend``'s capture re-hosts archives by default; ``None`` when it
+    writes them in-process (see :func:`archive_host` for one format)."""
+    return _CAPTURE_HOSTS.get(backend)
+
+
+def archive_host(backend: str, format: str) -> str | None:
+    """The backend that writes ``format`` archives built on ``backend``.
+
+    ``None`` when the archive is written in-process by the format's
+    ``archive_writer``; otherwise ``ExportArchive.write_out`` re-hosts it onto
+    the returned backend (:func:`kexport.capture.rehost.write_archive_rehosted`).
+
+    Raises:
+        UnsupportedRouteError: for unknown formats.
+    """
+    info = format_info(format)
+    rehosted = dict(info.archive_rehost)
+    if backend in rehosted:
+        return rehosted[backend]
+    if backend in info.native_archives:
+        return None
+    return capture_host(backend)
 
 
 _CAPTURE_VIA: dict[str, str] = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,6 +41,9 @@ def discover_layers(fn: Callable[..., Any]) -> list[Any]:
         seen.add(id(f))
         if _is_keras_layer(f):
             add(f)
+            return
+        if isinstance(f, functools.partial):
+            visit(f.func, depth + 1)
             return
         add(getattr(f, "__self__", None))
         f = getattr(f, "python_function", f)  # tf.function
@@ -139,7 +143,10 @@ class Capture:
     def __init__(self) -> None:
         self._tracked_layers: list[Any] = []
         self._resources: list[Any] = []  # non-variable TF trackables (tables)
+        self._tracked_resources: list[Any] = []  # those tracked explicitly, not via a layer
         self._variables: dict[int, Any] = {}  # id(tf var) -> tf var
+        # endpoint name -> (EndpointRecipe, or why it is none; the live function)
+        self._described: dict[str, tuple[Any, Callable[..., Any]]] = {}
 
     # -- tracking -------------------------------------------------------------
     def track(self, resource: Any) -> None:
@@ -157,6 +164,8 @@ class Capture:
             return
         if isinstance(resource, tf.__internal__.tracking.Trackable):
             self._add_resource(resource)
+            if all(resource is not r for r in self._tracked_resources):
+                self._tracked_resources.append(resource)
             return
         raise CaptureError(
             "Expected a Keras layer/model or a TensorFlow trackable resource "
@@ -187,6 +196,19 @@ class Capture:
         """The ``tf.Variable`` objects behind Keras ``variables``."""
         raise NotImplementedError
 
+    def described(self) -> dict[str, tuple[Any, Callable[..., Any]]]:
+        """Each endpoint as data: ``name -> (EndpointRecipe or why not, live function)``.
+
+        Formats this capture cannot write in-process are written by re-hosting
+        the archive (:func:`kexport.capture.rehost.write_archive_rehosted`),
+        which needs every endpoint described; recipes index the tracked layers.
+        """
+        return dict(self._described)
+
+    def _options_problem(self, options: dict[str, Any]) -> str:
+        """Why capture ``options`` given to ``add_endpoint`` cannot be re-hosted, or ``""``."""
+        return f"it was added with capture options {sorted(options)}" if options else ""
+
     def save_context(self) -> contextlib.AbstractContextManager[None]:
         """A context that writers enter while serialising traced functions."""
         return contextlib.nullcontext()
@@ -201,6 +223,7 @@ class Capture:
             "resources": list(self._resources),
             "tracked": tracked_vars,
             "tracked_layers": list(self._tracked_layers),
+            "tracked_resources": list(self._tracked_resources),
         }
 
     # -- tracing --------------------------------------------------------------
@@ -252,7 +275,21 @@ class Capture:
             Spec(tuple(t.shape.as_list()), _np_dtype(t.dtype), n)
             for (_, t), n in zip(flatten_with_paths(_to_plain(outputs)), endpoint.output_names)
         ]
+        self._describe(name, fn, endpoint.signature, kwargs)
         return endpoint
+
+    def _describe(self, name: str, fn: Callable[..., Any], signature: list[Any],
+                  options: dict[str, Any]) -> None:
+        """Record ``fn`` as data too (best-effort, no tracing; see :meth:`described`)."""
+        from kexport.capture.rehost import recipe_or_reason
+
+        recipe: Any = self._options_problem(options)
+        if not recipe:
+            try:
+                recipe = recipe_or_reason(name, fn, self._tracked_layers, signature)
+            except Exception as e:  # recording must never break in-process formats
+                recipe = f"describing it failed ({type(e).__name__}: {e})"
+        self._described[name] = (recipe, fn)
 
     def _trace(self, name: str, fn: Callable[..., Any], signature: list[Any],
                **kwargs: Any) -> Any:

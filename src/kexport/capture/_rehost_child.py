@@ -19,6 +19,7 @@ stage it happened in; a failed job leaves no state behind for the next one
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import importlib
 import io
@@ -78,14 +79,10 @@ def _finalize_state(model: Any) -> None:
 
 
 def _endpoint_fn(model: Any, method: str, kwargs: dict[str, Any]) -> Callable[..., Any]:
+    """The endpoint again; still describable as data (a host whose capture
+    re-hosts or records endpoints, e.g. PyTorch, describes it once more)."""
     bound = getattr(model, method)
-    if not kwargs:
-        return bound
-
-    def call(*args: Any) -> Any:
-        return bound(*args, **kwargs)
-
-    return call
+    return functools.partial(bound, **kwargs) if kwargs else bound
 
 
 def _export(models: list[Any], job: dict[str, Any]) -> None:

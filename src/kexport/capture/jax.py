@@ -130,6 +130,16 @@ class JaxCapture(Capture):
     def _variables_of(self, layer: Any) -> list[Any]:
         return [self._tf_var(v) for v in layer.variables]
 
+    def _options_problem(self, options: dict[str, Any]) -> str:
+        """``is_static`` only concerns this capture's state write-back, so it does not
+        stop re-hosting; ``jax2tf_kwargs`` shape the jax2tf conversion, which a
+        re-hosted archive does not use, so such an endpoint is not re-hosted."""
+        if options.get("jax2tf_kwargs"):
+            return ("it was added with jax2tf_kwargs, which only apply to the jax2tf "
+                    "capture")
+        return super()._options_problem({k: v for k, v in options.items()
+                                         if k not in ("is_static", "jax2tf_kwargs")})
+
     def collection(self, variables: Any) -> list[Any]:
         return [self._tf_var(v) for v in variables]
 

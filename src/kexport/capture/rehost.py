@@ -27,9 +27,12 @@ TensorFlow backend writes, ...) works in four steps:
 4. *place* (parent): only then is the artifact moved to ``filepath``
    atomically (an earlier artifact there is kept on any failure).
 
-The public entry points are :func:`rehost_export` (one model, any format) and
+The public entry points are :func:`rehost_export` (one model, any format),
 :class:`RehostCapture` (an ``ExportArchive`` capture that records endpoints as
-data and re-hosts at ``write_out``).
+data and re-hosts at ``write_out``) and :func:`write_archive_rehosted` (any
+capture's archive, for the formats the registry re-hosts, e.g. ``.pt2`` from
+TensorFlow/JAX archives; the TensorFlow and JAX captures record every
+endpoint as data too, best-effort, with :func:`recipe_or_reason`).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import dis
+import functools
 import inspect
 import json
 import os
@@ -69,11 +73,14 @@ __all__ = [
     "RehostCapture",
     "close_workers",
     "describe_endpoint",
+    "not_described_error",
+    "recipe_or_reason",
     "rehost_export",
     "rehost_problem",
     "rehost_source",
     "rehosted_from",
     "saved_model_via_tensorflow",
+    "write_archive_rehosted",
 ]
 
 DEFAULT_ATOL = 1e-4
@@ -205,24 +212,21 @@ def _describe_code(fn: Any) -> tuple[Any, str, dict[str, Any]] | str:
     return obj, method, kwargs
 
 
-def describe_endpoint(name: str, fn: Callable[..., Any], models: list[Any],
-                      signature: list[Any], backend: str, host: str) -> EndpointRecipe:
-    """Describe endpoint ``fn`` as an :class:`EndpointRecipe`.
-
-    ``fn`` may be a Keras layer/model, one of its bound methods
-    (``model.call``, ``model.__call__``, ``model.encode``) or a function or
-    lambda that forwards its arguments to one such method with constant
-    keyword arguments (``lambda x: model(x, training=False)``). Models not in
-    ``models`` yet are appended to it (tracked automatically).
-
-    Raises:
-        UnsupportedRouteError: when ``fn`` is anything else, e.g. a closure
-            with extra computation; the message says how to make it fit.
-    """
+def _describe(fn: Callable[..., Any]) -> tuple[Any, str, dict[str, Any]] | str:
+    """``(layer, method, constant kwargs)`` that ``fn`` amounts to, or why it is not one."""
     obj: Any = None
     method = "__call__"
     kwargs: dict[str, Any] = {}
-    why = ""
+    if isinstance(fn, functools.partial):  # partial(model.call, training=False)
+        if fn.args:
+            return "it is a functools.partial with positional arguments"
+        if not all(isinstance(v, _CONST_TYPES) for v in fn.keywords.values()):
+            return "its keyword arguments are not plain constants"
+        found = _describe(fn.func)
+        if isinstance(found, str):
+            return found
+        obj, method, kwargs = found
+        return obj, method, {**kwargs, **fn.keywords}
     if _is_layer(fn):
         obj = fn
     elif inspect.ismethod(fn) and _is_layer(fn.__self__):
@@ -230,27 +234,85 @@ def describe_endpoint(name: str, fn: Callable[..., Any], models: list[Any],
     elif inspect.isfunction(fn):
         found = _describe_code(fn)
         if isinstance(found, str):
-            why = found
-        else:
-            obj, method, kwargs = found
-            if not _is_layer(obj):
-                why = f"it calls {describe(obj)}, which is not a Keras layer or model"
+            return found
+        obj, method, kwargs = found
+        if not _is_layer(obj):
+            return f"it calls {describe(obj)}, which is not a Keras layer or model"
     else:
-        why = f"it is a {type(fn).__name__}, not a model method or a plain function"
-    if not why and not callable(getattr(obj, method, None)):
-        why = f"{type(obj).__name__} has no method '{method}'"
-    if why:
-        raise UnsupportedRouteError(
-            f"Endpoint '{name}': on the {backend} backend, ExportArchive endpoints are "
-            f"re-hosted onto the {host} backend, so they must be described as data. "
-            "Expected a model method (model.call, model.__call__, model.some_method) or a "
-            "lambda/function that passes its arguments to one tracked model's method "
-            "with constant keyword arguments (lambda x: model(x, training=False)). "
-            f"Received: {describe(fn)}, which cannot be described because {why}. "
-            "Next step: move the extra computation into a method of a custom model "
-            "registered with @keras.saving.register_keras_serializable() in an importable "
-            f"module, or build the archive with KERAS_BACKEND={host}."
-        )
+        return f"it is a {type(fn).__name__}, not a model method or a plain function"
+    if not callable(getattr(obj, method, None)):
+        return f"{type(obj).__name__} has no method '{method}'"
+    return obj, method, kwargs
+
+
+def not_described_error(name: str, fn: Any, why: str, lead: str,
+                        host: str) -> UnsupportedRouteError:
+    """The error for endpoint ``name`` that cannot be described as data.
+
+    Args:
+        name: the endpoint.
+        fn: its function, for the message.
+        why: why it cannot be described (from :func:`recipe_or_reason`).
+        lead: what re-hosts it, e.g. "on the torch backend, ExportArchive
+            endpoints are re-hosted onto the tensorflow backend".
+        host: the backend that writes the archive (the next step names it).
+    """
+    return UnsupportedRouteError(
+        f"Endpoint '{name}': {lead}, so they must be described as data. "
+        "Expected a model method (model.call, model.__call__, model.some_method) or a "
+        "lambda/function that passes its arguments to one tracked model's method "
+        "with constant keyword arguments (lambda x: model(x, training=False)). "
+        f"Received: {describe(fn)}, which cannot be described because {why}. "
+        "Next step: use such an endpoint (move extra computation into a method of a custom "
+        "model registered with @keras.saving.register_keras_serializable() in an importable "
+        f"module), or build the archive with KERAS_BACKEND={host}."
+    )
+
+
+def recipe_or_reason(name: str, fn: Callable[..., Any], models: list[Any],
+                     signature: list[Any]) -> EndpointRecipe | str:
+    """Describe endpoint ``fn`` over the tracked ``models``, or say why it cannot be.
+
+    Best-effort and cheap (bytecode inspection, no tracing): captures that
+    write in-process record this for every endpoint, so that formats they
+    cannot write themselves can re-host the archive later. Unlike
+    :func:`describe_endpoint` it never raises and never tracks new models.
+    """
+    found = _describe(fn)
+    if isinstance(found, str):
+        return found
+    obj, method, kwargs = found
+    if not obj.built:
+        return f"it calls {type(obj).__name__} '{obj.name}', which is not built"
+    index = next((i for i, m in enumerate(models) if m is obj), None)
+    if index is None:
+        return (f"it calls {type(obj).__name__} '{obj.name}', which is not tracked "
+                "(archive.track() it first)")
+    return EndpointRecipe(name, index, method, kwargs, signature)
+
+
+def describe_endpoint(name: str, fn: Callable[..., Any], models: list[Any],
+                      signature: list[Any], backend: str, host: str) -> EndpointRecipe:
+    """Describe endpoint ``fn`` as an :class:`EndpointRecipe`.
+
+    ``fn`` may be a Keras layer/model, one of its bound methods
+    (``model.call``, ``model.__call__``, ``model.encode``), a function or
+    lambda that forwards its arguments to one such method with constant
+    keyword arguments (``lambda x: model(x, training=False)``), or a
+    ``functools.partial`` of one of those with constant keyword arguments
+    only (``partial(model.call, training=False)``). Models not in
+    ``models`` yet are appended to it (tracked automatically).
+
+    Raises:
+        UnsupportedRouteError: when ``fn`` is anything else, e.g. a closure
+            with extra computation; the message says how to make it fit.
+    """
+    found = _describe(fn)
+    if isinstance(found, str):
+        raise not_described_error(
+            name, fn, found, f"on the {backend} backend, ExportArchive endpoints are "
+            f"re-hosted onto the {host} backend", host)
+    obj, method, kwargs = found
     if not obj.built:
         raise CaptureError(
             f"Endpoint '{name}': expected a built layer or model. Received: "
@@ -844,20 +906,20 @@ class RehostCapture(Capture):
     Used where the backend has no way to produce TensorFlow functions (PyTorch
     without ``torch_xla``): ``track`` and ``add_endpoint`` record
     :class:`EndpointRecipe` objects and check them against the live model;
-    ``write_out`` rebuilds the tracked models on ``host`` in a child process,
-    re-creates the archive there, writes it, and verifies every endpoint
-    against the live functions before placing the artifact.
+    ``write_out`` (:func:`write_archive_rehosted`, for every format not in
+    the format's ``native_archives``) rebuilds the tracked models on ``host``
+    in a child process, re-creates the archive there, writes it, and verifies
+    every endpoint against the live functions before placing the artifact.
     """
-
-    host = "tensorflow"
 
     def __init__(self) -> None:
         import keras
 
+        from kexport import registry
+
         super().__init__()
         self.backend = keras.backend.backend()
-        self._recipes: list[tuple[EndpointRecipe, Callable[..., Any]]] = []
-        self._refs: dict[int, tuple[int, int]] = {}
+        self.host = registry.capture_host(self.backend) or "tensorflow"
 
     def track(self, resource: Any) -> None:
         """Track a built Keras layer or model (TensorFlow resources cannot travel)."""
@@ -938,7 +1000,7 @@ class RehostCapture(Capture):
                     f"Step 2/3 (capture, {self.backend} backend): calling endpoint "
                     f"'{name}' on sample inputs failed: {type(e).__name__}: {e}"
                 ) from e
-        self._recipes.append((recipe, fn))
+        self._described[name] = (recipe, fn)
         endpoint = TracedEndpoint(name=name, function=fn, signature=signature,
                                   input_names=flat_names(signature), owner=owner)
         if outputs is not None:
@@ -952,27 +1014,97 @@ class RehostCapture(Capture):
         """Tracked layers and their Keras variables (nothing here is a TF object)."""
         return {"variables": _all_variables(self._tracked_layers), "resources": [],
                 "tracked": _all_variables(self._tracked_layers),
-                "tracked_layers": list(self._tracked_layers)}
+                "tracked_layers": list(self._tracked_layers), "tracked_resources": []}
 
-    def write_archive(self, archive: Any, filepath: str | os.PathLike[str],
-                      format: str = "tf_saved_model", options: Any | None = None,
-                      verbose: bool = True, atol: float = DEFAULT_ATOL,
-                      rtol: float = DEFAULT_RTOL) -> list[dict[str, Any]]:
-        """Re-host the archive onto :attr:`host` and write it there; see module doc.
 
-        Returns:
-            The verification report (one row per endpoint and batch size).
-        """
-        if options is not None:
-            raise UnsupportedRouteError(
-                f"`options` cannot travel to the {self.host} process that writes this "
-                f"archive (the {self.backend} backend re-hosts). Expected options=None. "
-                f"Received: {describe(options)}"
+# -- ExportArchive written by re-hosting (any capture) ------------------------------------------
+def _collection_refs(name: str, variables: list[Any], models: list[Any],
+                     backend: str) -> list[list[int]]:
+    """``[model index, variable index]`` for each Keras variable of a collection."""
+    refs = []
+    for v in variables:
+        ref = next(([i, j] for i, m in enumerate(models)
+                    for j, w in enumerate(m.variables) if w is v), None)
+        if ref is None:
+            raise SignatureError(
+                f"Variable collection '{name}': expected every variable to belong to a "
+                f"tracked layer or model (a re-hosted archive rebuilds them from the "
+                f"tracked models). Received: variable '{getattr(v, 'path', v)}' of no "
+                "tracked layer. Next step: archive.track(the layer that owns it) first."
             )
-        names = archive.endpoint_names
-        recipes = [r for r in self._recipes if r[0].name in names]
-        collections = {k: [list(ref) for ref in v] for k, v in archive.collections.items()}
-        extra = {"mode": "archive", "collections": collections,
-                 "tracked": len(self._tracked_layers)}
-        return _rehost(list(self._tracked_layers), recipes, filepath, format, self.host,
-                       bool(verbose), extra, atol, rtol)
+        refs.append(ref)
+    return refs
+
+
+def write_archive_rehosted(archive: Any, filepath: str | os.PathLike[str], *,
+                           format: str, host: str, options: Any | None = None,
+                           verbose: bool = True, atol: float = DEFAULT_ATOL,
+                           rtol: float = DEFAULT_RTOL) -> list[dict[str, Any]]:
+    """Write ``archive`` in ``format`` by re-hosting it onto the ``host`` backend.
+
+    Used by ``ExportArchive.write_out`` wherever the registry says so
+    (:func:`kexport.registry.archive_host`): every endpoint must have been
+    described as data when it was added (:class:`EndpointRecipe`); the tracked
+    models are rebuilt on ``host`` in the worker process, the archive is
+    re-created and written there with ``host``'s own writer, every endpoint
+    is compared with the live endpoint functions at two batch sizes, and only
+    then is the artifact placed at ``filepath`` (see the module doc).
+
+    Args:
+        archive: the ``ExportArchive`` (any backend's capture).
+        filepath: where the artifact goes.
+        format: the artifact format.
+        host: the backend that writes it (not the current one).
+        options: must be ``None`` (it cannot travel to the child).
+        verbose: print what was re-hosted and written.
+        atol: absolute tolerance of the comparison with the live endpoints.
+        rtol: relative tolerance of that comparison.
+
+    Returns:
+        The verification report (one row per endpoint and batch size).
+
+    Raises:
+        UnsupportedRouteError: an endpoint could not be described as data (the
+            message names it, says why and what to do), ``options`` was
+            given, or a model cannot be rebuilt in another process.
+        VerificationError: the artifact differs from the live endpoints;
+            nothing is written to ``filepath`` then.
+    """
+    import keras
+
+    backend = keras.backend.backend()
+    if host == backend:
+        raise UnsupportedRouteError(
+            f"Expected a host backend other than the current one to re-host a "
+            f"format={format!r} archive. Received: host={host!r} on the {backend} backend."
+        )
+    if options is not None:
+        raise UnsupportedRouteError(
+            f"`options` cannot travel to the {host} process that writes this "
+            f"format={format!r} archive (the {backend} backend re-hosts it). Expected "
+            f"options=None. Received: {describe(options)}"
+        )
+    state = archive.trackables()
+    for resource in state.get("tracked_resources", []):
+        raise UnsupportedRouteError(
+            f"ExportArchive.write_out(format={format!r}) on the {backend} backend re-hosts "
+            f"the archive onto the {host} backend, which rebuilds tracked Keras layers and "
+            "models only. Expected no TensorFlow resource tracked with archive.track(). "
+            f"Received: {describe(resource)}. Next step: keep lookups inside the model "
+            "(e.g. a StringLookup layer), or write this format from an archive without it."
+        )
+    described = archive.described_endpoints()
+    recipes: list[tuple[EndpointRecipe, Callable[..., Any]]] = []
+    for name in archive.endpoint_names:
+        recipe, fn = described.get(name, ("it was added before endpoints were recorded", None))
+        if isinstance(recipe, str):
+            raise not_described_error(
+                name, fn, recipe, f"ExportArchive.write_out(format={format!r}) on the "
+                f"{backend} backend re-hosts the archive onto the {host} backend (a child "
+                "process rebuilds the tracked models and their endpoints)", host)
+        recipes.append((recipe, fn))
+    models = list(state["tracked_layers"])
+    collections = {k: _collection_refs(k, v, models, backend)
+                   for k, v in archive.variable_collections().items()}
+    extra = {"mode": "archive", "collections": collections, "tracked": len(models)}
+    return _rehost(models, recipes, filepath, format, host, bool(verbose), extra, atol, rtol)

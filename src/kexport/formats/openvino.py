@@ -18,9 +18,11 @@ capture produced, never by backend name):
 
 1. a TensorFlow function (TensorFlow backend): ``openvino.convert_model`` on
    the signature's concrete function. A JAX capture (StableHLO inside
-   ``XlaCallModule``) is refused: neither OpenVINO's TensorFlow frontend nor
-   its TFLite frontend (after a LiteRT conversion) reads it, so the JAX route
-   re-hosts the model onto TensorFlow (:func:`export_rehost`);
+   ``XlaCallModule``) is refused here: neither OpenVINO's TensorFlow frontend
+   nor its TFLite frontend (after a LiteRT conversion) reads it, so the JAX
+   route re-hosts the model onto TensorFlow (:func:`export_rehost`), and
+   ``ExportArchive.write_out(format="openvino")`` re-hosts JAX archives
+   (``registry.archive_host``) before this writer runs;
 2. a Python callable on PyTorch tensors (PyTorch backend): ``torch.export``
    (:mod:`kexport.formats.torch_program`), then ``openvino.convert_model``.
 """
@@ -89,8 +91,8 @@ def _from_tensorflow(endpoint: TracedEndpoint, archive: ExportArchive) -> Any:
             f"Step 3/3 (write, openvino): endpoint '{endpoint.name}' is StableHLO wrapped "
             "in XlaCallModule (JAX backend), which OpenVINO cannot read (neither directly "
             "nor through LiteRT). Expected a TensorFlow or PyTorch capture. Next step: "
-            "export_model(model, path, format='openvino') re-hosts a JAX model onto "
-            "TensorFlow; build archives with KERAS_BACKEND=tensorflow or torch."
+            "archive.write_out(path, format='openvino') and export_model(model, path, "
+            "format='openvino') re-host JAX archives and models onto TensorFlow."
         )
     return ov.convert_model(concrete)
 

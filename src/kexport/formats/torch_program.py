@@ -20,7 +20,9 @@ What we write:
 
 The native route exists on the PyTorch backend only (Keras layers are
 ``torch.nn.Module`` objects there); the other backends re-host the model onto
-PyTorch in a child process (:func:`export_rehost`).
+PyTorch in a child process (:func:`export_rehost`), and their archives too
+(``ExportArchive.write_out(path, format="torch")``: endpoints described as
+data are rebuilt on PyTorch and verified against the live ones).
 """
 
 from __future__ import annotations
@@ -217,8 +219,14 @@ def write_archive(archive: ExportArchive, filepath: str | os.PathLike[str],
         options: unused; must be ``None``.
         verbose: print a summary.
 
+    Archives built on TensorFlow/JAX reach this function on the PyTorch
+    backend: ``ExportArchive.write_out(path, format="torch")`` re-hosts them
+    there (``registry.archive_host``), then verifies them against the live
+    endpoints.
+
     Raises:
-        UnsupportedRouteError: when the archive is not on the PyTorch backend.
+        UnsupportedRouteError: when called directly with an archive that is
+            not on the PyTorch backend.
         CaptureError: when ``torch.export`` fails for an endpoint.
     """
     if options is not None:
@@ -227,9 +235,9 @@ def write_archive(archive: ExportArchive, filepath: str | os.PathLike[str],
         raise UnsupportedRouteError(
             f"An ExportArchive built on the {archive.backend} backend holds TensorFlow "
             "functions, which torch.export cannot read. Expected an archive built with "
-            "KERAS_BACKEND=torch. Next step: export the model itself with "
-            "export_model(model, path, format='torch') (it is re-hosted onto PyTorch), or "
-            "build the archive on the PyTorch backend."
+            "KERAS_BACKEND=torch. Next step: call archive.write_out(path, format='torch'), "
+            "which re-hosts the archive onto PyTorch (write_archive is only its in-process "
+            "step on the PyTorch backend)."
         )
     layers = list(archive.trackables()["tracked_layers"])
     single = os.fspath(filepath).endswith(SUFFIX) and len(archive.endpoints) == 1
