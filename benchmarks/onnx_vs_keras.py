@@ -2,8 +2,10 @@
 
 For a small zoo (MLP, ResNet-style CNN, LSTM, Transformer encoder) on one
 backend (``KERAS_BACKEND``, or every backend with ``--all-backends``) prints:
-export time, file size vs raw weight bytes, ONNX Runtime p50 latency (one
-thread) at batch 1 and 32, and max abs error against the live model.
+export time, file size and stored weight bytes vs raw weight bytes (plus the
+graph's own bytes), ONNX Runtime p50 latency (one thread) at batch 1 and 32,
+max abs error against the live model, and a verdict against the targets of
+issue #3. The JAX baseline needs ``pip install jax2onnx`` (Keras's JAX route).
 
     KERAS_BACKEND=torch python benchmarks/onnx_vs_keras.py --quick
     python benchmarks/onnx_vs_keras.py --all-backends
@@ -89,11 +91,37 @@ def _latency(path, shape, batch, reps):
 
 
 def _size(path):
+    """(bytes on disk, bytes of weights held as initializers/constants)."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
     p = Path(path)
     files = [p] + ([p.with_name(p.name + ".data")] if p.with_name(p.name + ".data").exists() else [])
     if p.is_dir():
         files = [f for f in p.rglob("*") if f.is_file()]
-    return sum(f.stat().st_size for f in files)
+    model = onnx.load(str(p))
+    weights = sum(numpy_helper.to_array(t).nbytes for t in model.graph.initializer)
+    for node in model.graph.node:
+        for a in node.attribute:
+            if node.op_type == "Constant" and a.type == onnx.AttributeProto.TENSOR:
+                weights += int(np.prod(a.t.dims or [1])) * 4
+    return sum(f.stat().st_size for f in files), weights
+
+
+# Targets of issue #3: latency no worse than Keras's artifact, export time at
+# most 1.2x Keras's, weights at most 1.02x the raw weight bytes (the graph's own
+# bytes, shown as "graph KiB", come on top). Latency within 5% counts as equal
+# (timer noise at sub-millisecond p50s).
+def _verdict(ours, theirs, weights_ratio):
+    parts = ["weights ok" if weights_ratio <= 1.02 else f"weights {weights_ratio:.3f}x"]
+    if theirs is not None:
+        export_ratio = ours[0] / theirs[0]
+        parts.append(f"export {export_ratio:.2f}x" + (" ok" if export_ratio <= 1.2 else " MISS"))
+        slow = [b for b, a, k in (("b1", ours[1], theirs[1]), ("b32", ours[2], theirs[2]))
+                if a > 1.05 * k]
+        parts.append("latency ok" if not slow else f"latency MISS ({', '.join(slow)})")
+    return "; ".join(parts)
 
 
 def run_backend(quick, reps, only):
@@ -116,6 +144,8 @@ def run_backend(quick, reps, only):
         raw = sum(int(np.prod(v.shape)) * 4 for v in model.weights)
         x = np.random.default_rng(1).normal(size=(2, *shape)).astype("float32")
         ref = keras.ops.convert_to_numpy(model(x, training=False))
+        measured = {}
+        kexport_weights = float("nan")
         for tool in ("kexport", "keras"):
             path = tmp / f"{name}_{tool}.onnx"
             t = time.perf_counter()
@@ -129,13 +159,29 @@ def run_backend(quick, reps, only):
                 p32, _ = _latency(path, shape, 32, max(3, reps // 4))
                 out = sess.run(None, {sess.get_inputs()[0].name: x})[0]
                 err = float(np.abs(out - ref).max())
-                rows.append((backend, name, tool, f"{export_s:.2f}", f"{_size(path) / raw:.3f}",
-                             f"{raw / 2**20:.1f}", f"{p1:.2f}", f"{p32:.2f}", f"{err:.1e}"))
+                size, weights = _size(path)
+                measured[tool] = (export_s, p1, p32)
+                verdict = "-"
+                if tool == "keras" and "kexport" in measured:
+                    verdict = _verdict(measured["kexport"], measured["keras"], kexport_weights)
+                elif tool == "keras":
+                    verdict = "baseline only"
+                else:
+                    kexport_weights = weights / raw
+                rows.append((backend, name, tool, f"{export_s:.2f}", f"{size / raw:.3f}",
+                             f"{weights / raw:.3f}", f"{(size - weights) / 1024:.0f}",
+                             f"{raw / 2**20:.1f}", f"{p1:.2f}", f"{p32:.2f}", f"{err:.1e}",
+                             verdict))
             except Exception as e:
                 msg = f"{type(e).__name__}: {str(e).splitlines()[0][:60]}" if str(e) else type(e).__name__
-                rows.append((backend, name, tool, "fail", "-", f"{raw / 2**20:.1f}", "-", "-", msg))
-    head = ("backend", "model", "tool", "export s", "size/raw", "raw MiB", "p50 b1 ms",
-            "p50 b32 ms", "max abs err")
+                verdict = "kexport only" if tool == "keras" and "kexport" in measured else "-"
+                if tool == "keras" and "kexport" in measured:
+                    verdict = "kexport only; " + _verdict(measured["kexport"], None,
+                                                           kexport_weights)
+                rows.append((backend, name, tool, "fail", "-", "-", "-", f"{raw / 2**20:.1f}",
+                             "-", "-", msg, verdict))
+    head = ("backend", "model", "tool", "export s", "size/raw", "weights/raw", "graph KiB",
+            "raw MiB", "p50 b1 ms", "p50 b32 ms", "max abs err", "targets (kexport vs keras)")
     widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
     for r in [head, *rows]:
         print(" | ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=False)))

@@ -90,6 +90,7 @@ def test_registry_says_which_archives_are_rehosted_and_onto_what():
     assert registry.archive_host("tensorflow", "torch") == "torch"
     assert registry.archive_host("jax", "torch") == "torch"
     assert registry.archive_host("jax", "openvino") == "tensorflow"
+    assert registry.archive_host("jax", "onnx") == "tensorflow"
     for fmt in ("tf_saved_model", "onnx", "litert", "openvino"):
         assert registry.archive_host("tensorflow", fmt) is None
     # the PyTorch capture: written natively where it can, on tensorflow otherwise
@@ -170,9 +171,35 @@ def test_jax_archive_written_as_openvino_ir_matches_live_models(archive, tmp_pat
         _no_local_paths(f.read_bytes())
 
 
+# -- ONNX graphs from JAX archives --------------------------------------------------------------
+@pytest.mark.backends("jax")
+def test_jax_archive_written_as_onnx_matches_live_models(archive, tmp_path, fresh_process):
+    archive, model, encoder = archive
+    out = tmp_path / "graphs"
+    archive.write_out(out, format="onnx", verbose=False)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "encode.onnx", "manifest.json", "serve.onnx", "weights.data"]
+    xs = _inputs(7)
+    got = fresh_process("fresh_onnx:run_many", {
+        "serve": (str(out / "serve.onnx"), [{"feat": xs[n]["feat"]} for n in BATCHES]),
+        "encode": (str(out / "encode.onnx"), [{"a": xs[n]["a"], "b": xs[n]["b"]}
+                                              for n in BATCHES])})
+    assert got["serve"]["session_inputs"] == ["feat"]
+    assert got["encode"]["session_inputs"] == ["a", "b"]
+    for i, n in enumerate(BATCHES):
+        want = _want(model, encoder, xs[n])
+        np.testing.assert_allclose(got["serve"]["results"][i][0], want["serve"], atol=1e-5,
+                                   rtol=1e-5)
+        np.testing.assert_allclose(got["encode"]["results"][i][0], want["encode"], atol=1e-5,
+                                   rtol=1e-5)
+    for f in out.iterdir():
+        _no_local_paths(f.read_bytes())
+
+
 # -- what cannot be re-hosted, and what verification catches ------------------------------------
 _HOSTED = {"tensorflow": [("torch", "torch")],
-           "jax": [("torch", "torch"), ("openvino", "tensorflow")]}.get(BACKEND, [])
+           "jax": [("torch", "torch"), ("openvino", "tensorflow"),
+                   ("onnx", "tensorflow")]}.get(BACKEND, [])
 
 
 @pytest.mark.backends("tensorflow", "jax")

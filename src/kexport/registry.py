@@ -170,7 +170,9 @@ FORMATS: dict[str, Format] = {
     "onnx": Format(
         "onnx", "ONNX graph (ONNX Runtime, Triton)", ".onnx",
         ("onnx", "onnxruntime"), "onnx", "kexport.formats.onnx:write_archive",
-        recognizer="kexport.formats.onnx:is_onnx_artifact", sidecars=("{name}.data",)),
+        recognizer="kexport.formats.onnx:is_onnx_artifact", sidecars=("{name}.data",),
+        # tf2onnx cannot read the XlaCallModule (StableHLO) ops of jax2tf functions
+        archive_rehost=(("jax", "tensorflow"),)),
 }
 
 

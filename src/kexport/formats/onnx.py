@@ -302,8 +302,95 @@ def capture_tensorflow(model: Any, signature: list[Any], opset: int,
                           _guess_layer(model, e),
                           "make sure the model runs on these input shapes with "
                           "training=False") from e
+    lifted = _liftable_variables(model)
+    if lifted:
+        try:
+            return _convert_lifted(model, endpoint, lifted, opset, route)
+        except Exception:  # the plain conversion below reports real failures
+            pass
     return tf_endpoint_to_onnx(endpoint, opset, route, model,
                                _weight_bytes(model.variables))
+
+
+_LIFT_MIN_BYTES = 64 * 1024
+"""Variables at least this large reach tf2onnx as graph inputs, not constants."""
+
+
+def _liftable_variables(model: Any) -> list[Any]:
+    """Large variables of ``model`` outside recurrent layers, each once.
+
+    tf2onnx freezes every variable into a constant of its GraphDef and copies
+    those several times (a 128 MiB MLP took 30 s and 9 GiB). Large weights are
+    fed to the converter as inputs instead and become initializers afterwards.
+    Recurrent layers keep constant weights: tf2onnx only rewrites a Keras RNN
+    loop into an ONNX LSTM/GRU op when they are constants.
+    """
+    import keras
+    import numpy as np
+
+    recurrent = {id(v) for layer in model._flatten_layers(include_self=False)
+                 if isinstance(layer, keras.layers.RNN) for v in layer.variables}
+    out, seen = [], set()
+    for v in model.variables:
+        size = int(np.prod(v.shape)) * np.dtype(getattr(v.dtype, "name", v.dtype)).itemsize
+        if size >= _LIFT_MIN_BYTES and id(v) not in recurrent and id(v) not in seen:
+            seen.add(id(v))
+            out.append(v)
+    return out
+
+
+def _convert_lifted(model: Any, endpoint: TracedEndpoint, lifted: list[Any], opset: int,
+                    route: str) -> RawGraph:
+    """Convert ``model(..., training=False)`` with ``lifted`` variables as graph inputs.
+
+    The function runs the model in a ``keras.StatelessScope`` mapping each lifted
+    variable to an input; the converted graph's weight inputs are then turned
+    into initializers holding the variables' values (one copy), named by the
+    variables' paths.
+    """
+    import keras
+    import tensorflow as tf
+    from onnx import numpy_helper
+
+    from kexport.formats import _tf2onnx_compat
+
+    specs = [tf.TensorSpec(s.shape, tf.as_dtype(s.dtype), name=n)
+             for s, n in zip(flatten(endpoint.signature), endpoint.input_names, strict=False)]
+    placeholders = [f"kexport_lifted_{i}" for i in range(len(lifted))]
+    weights = [tf.TensorSpec(v.shape, tf.as_dtype(v.dtype), name=n)
+               for v, n in zip(lifted, placeholders, strict=True)]
+    structure, count = endpoint.signature, len(specs)
+
+    @tf.function(input_signature=specs + weights, autograph=False)
+    def flat(*args: Any) -> list[Any]:
+        with keras.StatelessScope(state_mapping=list(zip(lifted, args[count:], strict=True))):
+            out = model(*pack_as(list(structure), list(args[:count])), training=False)
+        return list(tf.nest.flatten(out))
+
+    proto = _tf2onnx_compat.convert_function(flat, opset)
+    by_name = dict(zip(placeholders, lifted, strict=True))
+    taken = {o for node in proto.graph.node for o in node.output} | set(endpoint.input_names)
+    rename: dict[str, str] = {}
+    for value in list(proto.graph.input):
+        variable = by_name.get(value.name.split(":")[0])
+        if variable is None:
+            continue
+        name = str(variable.path)
+        if name in taken or name in rename.values():
+            name = value.name
+        rename[value.name] = name
+        proto.graph.input.remove(value)
+        array = keras.ops.convert_to_numpy(variable.value)
+        proto.graph.initializer.append(numpy_helper.from_array(array, name))
+        del array
+    if len(rename) != len(lifted):
+        raise CaptureError("lifted weights did not all reach the graph")
+    for node in proto.graph.node:
+        for i, name in enumerate(node.input):
+            if name in rename:
+                node.input[i] = rename[name]
+    return RawGraph(proto, list(endpoint.input_names), list(endpoint.output_names),
+                    list(endpoint.output_specs), route)
 
 
 def _sample_size(axis: int) -> int:
@@ -467,6 +554,19 @@ def _clear_debug_info(model: Any) -> None:
     model.graph.metadata_props.clear()
 
 
+_LAYOUT_OPS = {"Transpose", "Reshape", "Squeeze", "Unsqueeze", "Cast"}
+
+
+def _fold_weight_layout(node: Any) -> bool | None:
+    """Fold layout ops on weights whatever their size (a kernel's HWIO -> OIHW
+    transpose would otherwise run at every inference; onnxscript's default
+    limits skip tensors over 8192 elements)."""
+    if node.op_type in _LAYOUT_OPS and node.domain in ("", "ai.onnx") and all(
+            v is None or v.const_value is not None for v in node.inputs):
+        return True
+    return None
+
+
 def _optimize(model: Any) -> None:
     """Constant folding, dead-node, identity and duplicate removal."""
     import onnxscript.optimizer
@@ -478,7 +578,7 @@ def _optimize(model: Any) -> None:
         RemoveUnusedOpsetsPass,
     )
 
-    onnxscript.optimizer.optimize_ir(model, num_iterations=2)
+    onnxscript.optimizer.optimize_ir(model, num_iterations=2, should_fold=_fold_weight_layout)
     for p in (DeduplicateInitializersPass(), CommonSubexpressionEliminationPass(),
               RemoveUnusedNodesPass(), RemoveUnusedFunctionsPass(), RemoveUnusedOpsetsPass()):
         p(model)
