@@ -243,6 +243,11 @@ _ROUTES: list[Route] = [
     Route("torch", "onnx", "native",
           "torch.export -> torch.onnx (re-host on tensorflow for a dynamic recurrent time axis)",
           "kexport.formats.onnx:export_torch", ("torch", "onnx", "onnxscript"), "onnx"),
+    Route("jax", "onnx", "native",
+          "jax2onnx, kept when ONNX Runtime matches the live model (recurrent models and "
+          "graphs it cannot write or ONNX Runtime cannot run: re-host on tensorflow)",
+          "kexport.formats.onnx:export_jax",
+          ("jax2onnx", "onnx", "onnxruntime", "onnxscript", "tensorflow", "tf2onnx"), "onnx"),
     Route("jax", "onnx", "rehost", "re-host on tensorflow (child process) -> tf2onnx",
           "kexport.formats.onnx:export_rehost",
           ("tensorflow", "tf2onnx", "onnx", "onnxscript"), "onnx"),

@@ -32,41 +32,12 @@ import warnings
 from collections.abc import Iterator
 from typing import Any
 
+from kexport.formats._onnx_check import NotTraceable, check_against_live, samples
 from kexport.signature import Spec, flat_names, flatten, pack_as
 
 __all__ = ["NotTraceable", "cached_torchlib_registry", "capture_traced"]
 
 _TRACE_SAMPLE_BATCH = 2
-_CHECK_BATCHES = (1, 3)
-_ATOL, _RTOL = 1e-4, 1e-3
-
-
-class NotTraceable(Exception):
-    """The traced graph cannot be trusted for this model; use ``torch.export``."""
-
-
-def _trace_size(axis: int, batch: int) -> int:
-    # distinct per axis so that unrelated dynamic axes are not unified
-    return batch if axis == 0 else axis + 1 + batch
-
-
-def _samples(specs: list[Spec], batch: int, seed: int) -> list[Any]:
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    out = []
-    for spec in specs:
-        shape = [_trace_size(a, batch) if d is None else d for a, d in enumerate(spec.shape)]
-        dtype = np.dtype(spec.dtype)
-        if dtype.kind == "f":
-            out.append(rng.standard_normal(shape).astype(dtype))
-        elif dtype.kind in "iu":
-            out.append(rng.integers(0, 2, shape).astype(dtype))
-        elif dtype.kind == "b":
-            out.append(rng.random(shape) > 0.5)
-        else:
-            raise NotTraceable(f"dtype {spec.dtype}")
-    return out
 
 
 def capture_traced(model: Any, signature: list[Any], opset: int,
@@ -74,7 +45,6 @@ def capture_traced(model: Any, signature: list[Any], opset: int,
     """The fast PyTorch strategy; returns a ``RawGraph`` or raises :class:`NotTraceable`."""
     import numpy as np
     import onnx
-    import onnxruntime as ort
     import torch
 
     from kexport.capture._base import output_names
@@ -101,7 +71,7 @@ def capture_traced(model: Any, signature: list[Any], opset: int,
                         training=False)
         return [np.asarray(t.detach().cpu().numpy()) for t in flatten(_plain(out))]
 
-    sample = _samples(specs, _TRACE_SAMPLE_BATCH, 0)
+    sample = samples(specs, _TRACE_SAMPLE_BATCH, 0)
     with torch.no_grad():
         first = model(*pack_as(list(structure), [torch.as_tensor(a) for a in sample]),
                       training=False)
@@ -140,23 +110,7 @@ def capture_traced(model: Any, signature: list[Any], opset: int,
     if doubts:
         raise NotTraceable(f"tracer warning: {doubts[0]}")
     data = buffer.getvalue()
-    session_opts = ort.SessionOptions()
-    session_opts.intra_op_num_threads = 1
-    session_opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    try:
-        session = ort.InferenceSession(data, session_opts, providers=["CPUExecutionProvider"])
-        for seed, batch in enumerate(_CHECK_BATCHES, start=1):
-            flat = _samples(specs, batch, seed)
-            got = session.run(None, dict(zip(names, flat, strict=True)))
-            want = live(flat)
-            if len(got) != len(want) or any(
-                    g.shape != w.shape or not np.allclose(g, w, atol=_ATOL, rtol=_RTOL)
-                    for g, w in zip(got, want, strict=False)):
-                raise NotTraceable(f"differs from the live model at batch {batch}")
-    except NotTraceable:
-        raise
-    except Exception as e:
-        raise NotTraceable(f"{type(e).__name__}: {e}") from e
+    check_against_live(data, names, specs, live)
     return RawGraph(onnx.load_from_string(data), names, outs, out_specs, route)
 
 

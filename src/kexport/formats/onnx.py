@@ -46,7 +46,8 @@ from kexport.errors import (
     UnsupportedRouteError,
     WriteError,
 )
-from kexport.formats._onnx_torch import NotTraceable, cached_torchlib_registry, capture_traced
+from kexport.formats._onnx_check import NotTraceable
+from kexport.formats._onnx_torch import cached_torchlib_registry, capture_traced
 from kexport.signature import Spec, flat_names, flatten, normalize_for_model, pack_as
 
 if TYPE_CHECKING:
@@ -64,6 +65,7 @@ __all__ = [
     "DEFAULT_OPSET",
     "RawGraph",
     "archive_default_endpoint",
+    "export_jax",
     "export_rehost",
     "export_tensorflow",
     "export_torch",
@@ -782,6 +784,32 @@ def export_rehost(model: Any, filepath: str | os.PathLike[str], *,
     rehost_export(model, filepath, "onnx", "tensorflow", input_signature=input_signature,
                   verbose=verbose, opset_version=opts["opset"],
                   external_data_threshold=opts["threshold"])
+
+
+def export_jax(model: Any, filepath: str | os.PathLike[str], *,
+               verbose: bool | None = None, input_signature: Any | None = None,
+               **kwargs: Any) -> None:
+    """JAX backend -> ONNX.
+
+    ``jax2onnx`` in process when ONNX Runtime reproduces the live model at
+    other sizes of every dynamic axis (:mod:`._onnx_jax`), else re-hosted on
+    TensorFlow (:func:`export_rehost`). Models with a recurrent layer go
+    straight to the re-host route: tf2onnx writes one ONNX ``LSTM``/``GRU``
+    op where ``jax2onnx`` writes a ``Loop`` (2-2.5x slower in ONNX Runtime).
+    """
+    from kexport.formats._onnx_jax import capture_jax2onnx
+
+    _refuse_lookup_layers(model, "jax: jax2onnx")
+    signature = normalize_for_model(model, input_signature)
+    if _has_dynamic_recurrence(model, signature) is None:
+        try:
+            _export(model, filepath, verbose, input_signature, dict(kwargs), "jax",
+                    capture_jax2onnx)
+            return
+        except NotTraceable:
+            pass
+    export_rehost(model, filepath, verbose=verbose, input_signature=input_signature,
+                  **kwargs)
 
 
 def export_torch(model: Any, filepath: str | os.PathLike[str], *,

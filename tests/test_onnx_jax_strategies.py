@@ -1,0 +1,63 @@
+"""JAX -> ONNX strategies: jax2onnx in process where ONNX Runtime agrees, else re-host.
+
+jax2onnx misbehaves on this stack in two ways this file pins down: a MaxPool
+graph it writes fails in ONNX Runtime, and it refuses reverse scans
+(Bidirectional RNNs). Both must end on the re-host route with a correct
+artifact. Artifacts are reloaded in a fresh process and compared with the live
+model at batch 1, 3 and 8.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+import kexport
+import onnx_models
+from kexport.signature import flatten, normalize_for_model
+
+pytestmark = pytest.mark.backends("jax")
+REHOST = "re-host on tensorflow (child process): tf.function -> tf2onnx"
+
+
+def _export_and_check(key, tmp_path, fresh_process):
+    model = onnx_models.ZOO[key]()
+    spec = flatten(normalize_for_model(model, None))[0]
+    path = tmp_path / f"{key}.onnx"
+    kexport.export_onnx(model, path, verbose=False)
+    rng = np.random.default_rng(0)
+    xs = [rng.normal(size=[b if a == 0 else (6 if d is None else d)
+                           for a, d in enumerate(spec.shape)]).astype("float32")
+          for b in (1, 3, 8)]
+    got = fresh_process("fresh_onnx:run_many", {key: (str(path), [{spec.name: x} for x in xs])})
+    for x, out in zip(xs, got[key]["results"], strict=True):
+        ref = keras.ops.convert_to_numpy(model(x, training=False))
+        assert out[0].shape == ref.shape
+        np.testing.assert_allclose(out[0], ref, rtol=1e-4, atol=2e-5)
+    return got[key]["metadata"]["kexport.route"]
+
+
+def test_plain_model_is_converted_in_process_by_jax2onnx(tmp_path, fresh_process):
+    assert _export_and_check("transformer", tmp_path, fresh_process) == "jax: jax2onnx (verified)"
+
+
+def test_graph_onnx_runtime_cannot_run_falls_back_to_rehost(tmp_path, fresh_process):
+    # jax2onnx writes the CNN's MaxPool in a form ONNX Runtime refuses at run time
+    assert _export_and_check("cnn", tmp_path, fresh_process) == REHOST
+
+
+def test_recurrent_model_goes_to_rehost_for_the_lstm_op(tmp_path, fresh_process):
+    assert _export_and_check("lstm", tmp_path, fresh_process) == REHOST
+
+
+def test_jax2onnx_refusals_are_not_traceable():
+    from kexport.formats._onnx_check import NotTraceable
+    from kexport.formats._onnx_jax import capture_jax2onnx
+
+    model = onnx_models.bilstm()
+    with pytest.raises(NotTraceable, match="jax2onnx: NotImplementedError: Reverse scan"):
+        capture_jax2onnx(model, normalize_for_model(model, None), 18)
+    model = onnx_models.cnn()
+    with pytest.raises(NotTraceable, match=r"ONNX Runtime: .*MaxPool"):
+        capture_jax2onnx(model, normalize_for_model(model, None), 18)
