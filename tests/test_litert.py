@@ -173,3 +173,32 @@ def test_kexport_load_runs_signature_by_name(exported):
     np.testing.assert_allclose(artifact({"b": xs["b"], "a": xs["a"]})["y"], ref, atol=1e-5)
     with pytest.raises(SignatureError, match=r"expected inputs named \['a', 'b'\]"):
         artifact({"a": xs["a"]})
+
+
+@pytest.mark.backends("torch")
+def test_rehosted_full_integer_artifact_is_checked_on_its_calibration_data(
+        tmp_path, fresh_process, monkeypatch):
+    # int8 artifacts are only accurate on inputs like the calibration data, so
+    # the re-host check compares values on those samples (not random ones)
+    from kexport.errors import VerificationError
+
+    model, _ = build("mlp")
+    rng = np.random.default_rng(0)
+    data = [rng.random((1, 8), dtype="float32") for _ in range(32)]
+    path = tmp_path / "q.tflite"
+    kexport.export_litert(model, path, verbose=False, quantization="int8",
+                          representative_dataset=data)
+    assert litert.read_metadata(path)["quantization"] == "int8"
+    xs = {"x": np.concatenate(data[10:13])}
+    (res,) = fresh_process("fresh_formats:litert_run", [(str(path), "serve", [xs])])
+    atol, rtol = litert.tolerance("int8")
+    np.testing.assert_allclose(res["outputs"][0]["y"], live(model, "mlp", xs), atol=atol,
+                               rtol=rtol)
+    assert "int8" in res["dtypes"]
+    # the values really are compared: a float-exact tolerance fails, nothing written
+    monkeypatch.setitem(litert.QUANTIZATIONS, "int8", (1e-9, 1e-9))
+    bad = tmp_path / "strict.tflite"
+    with pytest.raises(VerificationError, match=r"max abs error"):
+        kexport.export_litert(model, bad, verbose=False, quantization="int8",
+                              representative_dataset=data)
+    assert not bad.exists()

@@ -451,12 +451,15 @@ def _same(a: list[Any], b: list[Any]) -> bool:
 
 
 def _live_cases(recipes: list[tuple[EndpointRecipe, Callable[..., Any]]],
-                models: list[Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+                models: list[Any], given: list[list[Any]] | None = None,
+                ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Sample inputs per endpoint and batch, and the live outputs for them.
 
-    An endpoint whose live outputs differ between two identical calls (random
-    layers in training mode) is marked ``deterministic=False``: only shapes
-    and dtypes are compared for it.
+    ``given`` replaces the random samples: one flat list of input arrays per
+    batch (e.g. calibration data, on which a full-integer artifact must be
+    accurate). An endpoint whose live outputs differ between two identical
+    calls (random layers in training mode) is marked ``deterministic=False``:
+    only shapes and dtypes are compared for it.
     """
     import keras
     import numpy as np
@@ -466,9 +469,11 @@ def _live_cases(recipes: list[tuple[EndpointRecipe, Callable[..., Any]]],
     cases: dict[str, Any] = {}
     for recipe, fn in recipes:
         entries = []
-        for b, batch in enumerate(_BATCHES):
+        batches = list(enumerate(_BATCHES if given is None else given))
+        for b, batch in batches:
             flat_specs = flatten(recipe.signature)
-            flat = [_sample(s, batch, rng) for s in flat_specs]
+            flat = ([_sample(s, batch, rng) for s in flat_specs] if given is None
+                    else [np.asarray(x) for x in batch])
             if any(x is None for x in flat):
                 entries = []
                 break
@@ -751,7 +756,8 @@ def _note_source(artifact: Path, backend: str) -> None:
 
 def _rehost(models: list[Any], recipes: list[tuple[EndpointRecipe, Callable[..., Any]]],
             filepath: str | os.PathLike[str], format: str, host: str, verbose: bool,
-            job_extra: dict[str, Any], atol: float, rtol: float) -> list[dict[str, Any]]:
+            job_extra: dict[str, Any], atol: float, rtol: float,
+            given: list[list[Any]] | None = None) -> list[dict[str, Any]]:
     """Run the whole re-host pipeline; return the verification report."""
     import keras
     import numpy as np
@@ -767,7 +773,7 @@ def _rehost(models: list[Any], recipes: list[tuple[EndpointRecipe, Callable[...,
         work = Path(tmpdir)
         os.chmod(work, 0o700)
         files, modules = _serialize(models, host, work)
-        arrays, cases = _live_cases(recipes, models)
+        arrays, cases = _live_cases(recipes, models, given)
         np.savez(work / "inputs.npz", **arrays)
         (work / "out").mkdir()
         out = work / "out" / (target.name or "artifact")
@@ -820,6 +826,7 @@ def rehost_export(model: Any, filepath: str | os.PathLike[str],
                   format: str = "tf_saved_model", target_backend: str = "tensorflow",
                   input_signature: Any | None = None, verbose: bool | None = None,
                   *, atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL,
+                  sample_inputs: list[list[Any]] | None = None,
                   **kwargs: Any) -> list[dict[str, Any]]:
     """Export ``model`` by rebuilding it on ``target_backend`` in a child process.
 
@@ -845,6 +852,8 @@ def rehost_export(model: Any, filepath: str | os.PathLike[str],
         verbose: print a summary of what was written (default ``True``).
         atol: absolute tolerance of the comparison with the live model.
         rtol: relative tolerance of that comparison.
+        sample_inputs: inputs to compare on instead of random ones: one flat
+            list of arrays (one per model input, in signature order) per batch.
         **kwargs: passed to the child's ``export_model`` (JSON-able values
             only, e.g. ``opset_version=17``).
 
@@ -884,7 +893,7 @@ def rehost_export(model: Any, filepath: str | os.PathLike[str],
 
     extra = {"mode": "model", "kwargs": _json_kwargs(dict(kwargs))}
     return _rehost([model], [(recipe, live)], filepath, format, target_backend,
-                   True if verbose is None else verbose, extra, atol, rtol)
+                   True if verbose is None else verbose, extra, atol, rtol, sample_inputs)
 
 
 def saved_model_via_tensorflow(model: Any, filepath: str | os.PathLike[str], *,
