@@ -3,7 +3,8 @@
 For a small zoo (MLP, ResNet-style CNN, LSTM, Transformer encoder) on one
 backend (``KERAS_BACKEND``, or every backend with ``--all-backends``) prints:
 export time, file size and stored weight bytes vs raw weight bytes (plus the
-graph's own bytes), ONNX Runtime p50 latency (one thread) at batch 1 and 32,
+graph's own bytes), ONNX Runtime p50 latency (one thread, the two artifacts' runs interleaved) at
+batch 1 and 32,
 max abs error against the live model, and a verdict against the targets of
 issue #3. The JAX baseline needs ``pip install jax2onnx`` (Keras's JAX route).
 
@@ -16,6 +17,7 @@ Keras's exporter is called here only as the baseline; kexport never uses it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
@@ -71,23 +73,30 @@ def zoo(quick):
     return {"mlp": mlp, "resnet_cnn": cnn, "lstm": lstm, "transformer": transformer}
 
 
-def _latency(path, shape, batch, reps):
-    import numpy as np
+def _session(path):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     opts.inter_op_num_threads = 1
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def _latencies(sessions, shape, batch, reps):
+    """p50 ms per session, runs interleaved so machine noise hits all alike."""
+    import numpy as np
+
     x = np.random.default_rng(0).normal(size=(batch, *shape)).astype("float32")
-    sess.run(None, {name: x})
-    times = []
+    feeds = {k: {s.get_inputs()[0].name: x} for k, s in sessions.items()}
+    for k, s in sessions.items():
+        s.run(None, feeds[k])
+    times = {k: [] for k in sessions}
     for _ in range(reps):
-        t = time.perf_counter()
-        sess.run(None, {name: x})
-        times.append(time.perf_counter() - t)
-    return float(np.median(times)) * 1e3, sess
+        for k, s in sessions.items():
+            t = time.perf_counter()
+            s.run(None, feeds[k])
+            times[k].append(time.perf_counter() - t)
+    return {k: float(np.median(v)) * 1e3 for k, v in times.items()}
 
 
 def _size(path):
@@ -133,9 +142,11 @@ def run_backend(quick, reps, only):
     backend = keras.backend.backend()
     rows = []
     tmp = Path(tempfile.mkdtemp(prefix="kexport-bench-"))
-    # warm the converters once so the first model does not pay imports
-    warm = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    # warm both exporters once so the first model does not pay imports
+    warm = keras.Sequential([keras.Input((4,), name="x"), keras.layers.Dense(2)])
     kexport.export_onnx(warm, tmp / "warm.onnx", verbose=False)
+    with contextlib.suppress(Exception):  # failures are reported per model below
+        warm.export(str(tmp / "warm_keras.onnx"), format="onnx", verbose=False)
     for name, build in zoo(quick).items():
         if only and name not in only:
             continue
@@ -144,8 +155,7 @@ def run_backend(quick, reps, only):
         raw = sum(int(np.prod(v.shape)) * 4 for v in model.weights)
         x = np.random.default_rng(1).normal(size=(2, *shape)).astype("float32")
         ref = keras.ops.convert_to_numpy(model(x, training=False))
-        measured = {}
-        kexport_weights = float("nan")
+        exported, failed = {}, {}
         for tool in ("kexport", "keras"):
             path = tmp / f"{name}_{tool}.onnx"
             t = time.perf_counter()
@@ -154,32 +164,38 @@ def run_backend(quick, reps, only):
                     kexport.export_onnx(model, path, verbose=False)
                 else:
                     model.export(str(path), format="onnx", verbose=False)
-                export_s = time.perf_counter() - t
-                p1, sess = _latency(path, shape, 1, reps)
-                p32, _ = _latency(path, shape, 32, max(3, reps // 4))
-                out = sess.run(None, {sess.get_inputs()[0].name: x})[0]
-                err = float(np.abs(out - ref).max())
-                size, weights = _size(path)
-                measured[tool] = (export_s, p1, p32)
-                verdict = "-"
-                if tool == "keras" and "kexport" in measured:
-                    verdict = _verdict(measured["kexport"], measured["keras"], kexport_weights)
-                elif tool == "keras":
-                    verdict = "baseline only"
-                else:
-                    kexport_weights = weights / raw
-                rows.append((backend, name, tool, f"{export_s:.2f}", f"{size / raw:.3f}",
-                             f"{weights / raw:.3f}", f"{(size - weights) / 1024:.0f}",
-                             f"{raw / 2**20:.1f}", f"{p1:.2f}", f"{p32:.2f}", f"{err:.1e}",
-                             verdict))
+                exported[tool] = (path, time.perf_counter() - t)
             except Exception as e:
-                msg = f"{type(e).__name__}: {str(e).splitlines()[0][:60]}" if str(e) else type(e).__name__
-                verdict = "kexport only" if tool == "keras" and "kexport" in measured else "-"
-                if tool == "keras" and "kexport" in measured:
-                    verdict = "kexport only; " + _verdict(measured["kexport"], None,
-                                                           kexport_weights)
+                failed[tool] = (f"{type(e).__name__}: {str(e).splitlines()[0][:60]}"
+                                if str(e) else type(e).__name__)
+        sessions, errors = {}, {}
+        for tool, (path, _) in list(exported.items()):
+            try:
+                sessions[tool] = _session(path)
+                out = sessions[tool].run(None, {sessions[tool].get_inputs()[0].name: x})[0]
+                errors[tool] = float(np.abs(out - ref).max())
+            except Exception as e:
+                failed[tool] = f"{type(e).__name__}: {str(e).splitlines()[0][:60]}"
+                sessions.pop(tool, None)
+        p1 = _latencies(sessions, shape, 1, reps) if sessions else {}
+        p32 = _latencies(sessions, shape, 32, max(3, reps // 4)) if sessions else {}
+        measured = {t: (exported[t][1], p1[t], p32[t]) for t in sessions}
+        ours = _size(exported["kexport"][0])[1] / raw if "kexport" in sessions else float("nan")
+        for tool in ("kexport", "keras"):
+            verdict = "-"
+            if tool == "keras" and "kexport" in measured:
+                verdict = _verdict(measured["kexport"], measured.get("keras"), ours)
+                if "keras" not in measured:
+                    verdict = "kexport only; " + verdict
+            if tool in failed:
                 rows.append((backend, name, tool, "fail", "-", "-", "-", f"{raw / 2**20:.1f}",
-                             "-", "-", msg, verdict))
+                             "-", "-", failed[tool], verdict))
+                continue
+            size, weights = _size(exported[tool][0])
+            rows.append((backend, name, tool, f"{exported[tool][1]:.2f}", f"{size / raw:.3f}",
+                         f"{weights / raw:.3f}", f"{(size - weights) / 1024:.0f}",
+                         f"{raw / 2**20:.1f}", f"{p1[tool]:.2f}", f"{p32[tool]:.2f}",
+                         f"{errors[tool]:.1e}", verdict))
     head = ("backend", "model", "tool", "export s", "size/raw", "weights/raw", "graph KiB",
             "raw MiB", "p50 b1 ms", "p50 b32 ms", "max abs err", "targets (kexport vs keras)")
     widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
