@@ -73,9 +73,11 @@ def run(mib, tool, threshold_default):
     for _ in range(layers):
         x = keras.layers.Dense(width, activation="relu")(x)
     model = keras.Model(inputs, keras.layers.Dense(8, name="y")(x))
+    model(np.zeros((1, width), "float32"))  # Keras's exporter refuses never-called models
     raw = sum(int(np.prod(v.shape)) * 4 for v in model.weights)
     tmp = Path(tempfile.mkdtemp(prefix="kexport-mem-"))
-    warm = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    warm = keras.Sequential([keras.Input((4,), name="x"), keras.layers.Dense(2)])
+    warm(np.zeros((1, 4), "float32"))
     if tool == "kexport":
         kexport.export_onnx(warm, tmp / "warm.onnx", verbose=False)
     else:

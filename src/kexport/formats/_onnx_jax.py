@@ -40,10 +40,18 @@ def capture_jax2onnx(model: Any, signature: list[Any], opset: int, route: str = 
     def fn(*flat: Any) -> tuple[Any, ...]:
         return tuple(flatten(model(*pack_as(list(structure), list(flat)), training=False)))
 
-    jitted = jax.jit(fn)  # one compilation per checked shape, not one per op
+    # One compilation per checked shape (not one per op), with the variables as
+    # arguments: closed over, XLA would embed (copy) and fold every weight.
+    @jax.jit
+    def stateless(trainable: Any, non_trainable: Any, *flat: Any) -> tuple[Any, ...]:
+        out, _ = model.stateless_call(trainable, non_trainable,
+                                      *pack_as(list(structure), list(flat)), training=False)
+        return tuple(flatten(out))
 
     def live(flat: list[Any]) -> list[Any]:
-        return [np.asarray(keras.ops.convert_to_numpy(o)) for o in jitted(*flat)]
+        out = stateless([v.value for v in model.trainable_variables],
+                        [v.value for v in model.non_trainable_variables], *flat)
+        return [np.asarray(keras.ops.convert_to_numpy(o)) for o in out]
 
     first = jax.eval_shape(fn, *samples(specs, 2, 0))  # shapes only, nothing runs
     outs = output_names(list(first), model)
