@@ -35,9 +35,27 @@ from typing import Any
 from kexport.formats._onnx_check import NotTraceable, check_against_live, samples
 from kexport.signature import Spec, flat_names, flatten, pack_as
 
-__all__ = ["NotTraceable", "cached_torchlib_registry", "capture_traced"]
+__all__ = ["NotTraceable", "cached_torchlib_registry", "capture_traced", "endpoint_module",
+           "plain"]
 
 _TRACE_SAMPLE_BATCH = 2
+
+
+def endpoint_module(model: Any, signature: list[Any]) -> Any:
+    """A ``torch.nn.Module`` taking the flat inputs and returning the flat outputs
+    of ``model(..., training=False)``, in eval mode (what both exporters trace)."""
+    import torch
+
+    class _Endpoint(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, *flat_inputs: Any) -> Any:
+            args = pack_as(list(signature), list(flat_inputs))
+            return tuple(flatten(self.model(*args, training=False)))
+
+    return _Endpoint().eval()
 
 
 def capture_traced(model: Any, signature: list[Any], opset: int,
@@ -56,27 +74,18 @@ def capture_traced(model: Any, signature: list[Any], opset: int,
         raise NotTraceable("string inputs")
     structure = signature
 
-    class _Endpoint(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = model
-
-        def forward(self, *flat_inputs: Any) -> Any:
-            args = pack_as(list(structure), list(flat_inputs))
-            return tuple(flatten(model(*args, training=False)))
-
     def live(flat: list[Any]) -> list[Any]:
         with torch.no_grad():
             out = model(*pack_as(list(structure), [torch.as_tensor(a) for a in flat]),
                         training=False)
-        return [np.asarray(t.detach().cpu().numpy()) for t in flatten(_plain(out))]
+        return [np.asarray(t.detach().cpu().numpy()) for t in flatten(plain(out))]
 
     sample = samples(specs, _TRACE_SAMPLE_BATCH, 0)
     with torch.no_grad():
         first = model(*pack_as(list(structure), [torch.as_tensor(a) for a in sample]),
                       training=False)
-    outs = output_names(_plain(first), model)
-    flat_first = flatten(_plain(first))
+    outs = output_names(plain(first), model)
+    flat_first = flatten(plain(first))
     out_specs = [Spec((None, *tuple(t.shape)[1:]) if t.ndim else (),
                       str(t.dtype).removeprefix("torch."), n)
                  for t, n in zip(flat_first, outs, strict=False)]
@@ -90,7 +99,7 @@ def capture_traced(model: Any, signature: list[Any], opset: int,
             if t.ndim:
                 dynamic_axes[name] = {0: "batch"}
     buffer = io.BytesIO()
-    wrapper = _Endpoint().eval()
+    wrapper = endpoint_module(model, signature)
     doubts: list[str] = []
 
     def note(message: Any, category: type, *args: Any, **kwargs: Any) -> None:
@@ -132,11 +141,12 @@ def _benign_trace_site() -> bool:
     return False
 
 
-def _plain(structure: Any) -> Any:
+def plain(structure: Any) -> Any:
+    """Nested lists/dicts of tensors as plain Python lists and dicts."""
     if isinstance(structure, dict):
-        return {k: _plain(v) for k, v in structure.items()}
+        return {k: plain(v) for k, v in structure.items()}
     if isinstance(structure, (list, tuple)):
-        return [_plain(v) for v in structure]
+        return [plain(v) for v in structure]
     return structure
 
 

@@ -47,7 +47,12 @@ from kexport.errors import (
     WriteError,
 )
 from kexport.formats._onnx_check import NotTraceable
-from kexport.formats._onnx_torch import cached_torchlib_registry, capture_traced
+from kexport.formats._onnx_torch import (
+    cached_torchlib_registry,
+    capture_traced,
+    endpoint_module,
+    plain,
+)
 from kexport.signature import Spec, flat_names, flatten, normalize_for_model, pack_as
 
 if TYPE_CHECKING:
@@ -459,22 +464,12 @@ def capture_torch(model: Any, signature: list[Any], opset: int,
         samples.append(sample)
         dynamic.append(axes or None)
     structure = signature
-
-    class _Endpoint(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = model
-
-        def forward(self, *flat_inputs: Any) -> Any:
-            args = pack_as(list(structure), list(flat_inputs))
-            return tuple(flatten(self.model(*args, training=False)))
-
     with torch.no_grad():
         live = model(*pack_as(list(structure), samples), training=False)
-    outs = output_names(_plain(live), model)
+    outs = output_names(plain(live), model)
     out_specs = [Spec((None, *tuple(t.shape)[1:]) if t.ndim else (), str(t.dtype).removeprefix("torch."), n)
-                 for t, n in zip(flatten(_plain(live)), outs, strict=False)]
-    wrapper = _Endpoint().eval()
+                 for t, n in zip(flatten(plain(live)), outs, strict=False)]
+    wrapper = endpoint_module(model, signature)
     try:
         with cached_torchlib_registry():
             program = torch.onnx.export(
@@ -502,12 +497,6 @@ def _capture_torch_fast_first(model: Any, signature: list[Any], opset: int) -> R
         return capture_torch(model, signature, opset)
 
 
-def _plain(structure: Any) -> Any:
-    if isinstance(structure, dict):
-        return {k: _plain(v) for k, v in structure.items()}
-    if isinstance(structure, (list, tuple)):
-        return [_plain(v) for v in structure]
-    return structure
 
 
 # -- step 3: finish -----------------------------------------------------------------
@@ -801,16 +790,8 @@ def export_jax(model: Any, filepath: str | os.PathLike[str], *,
     from kexport.formats._onnx_jax import capture_jax2onnx
 
     _refuse_lookup_layers(model, "jax: jax2onnx")
-    signature = normalize_for_model(model, input_signature)
-    if _has_dynamic_recurrence(model, signature) is None:
-        try:
-            _export(model, filepath, verbose, input_signature, dict(kwargs), "jax",
-                    capture_jax2onnx)
-            return
-        except NotTraceable:
-            pass
-    export_rehost(model, filepath, verbose=verbose, input_signature=input_signature,
-                  **kwargs)
+    _in_process_else_rehost(model, filepath, verbose, input_signature, kwargs, "jax",
+                            capture_jax2onnx, NotTraceable)
 
 
 def export_torch(model: Any, filepath: str | os.PathLike[str], *,
@@ -827,13 +808,23 @@ def export_torch(model: Any, filepath: str | os.PathLike[str], *,
     (:func:`export_rehost`) so that the time axis stays symbolic.
     """
     _refuse_lookup_layers(model, "torch: torch.export -> torch.onnx")
+    _in_process_else_rehost(model, filepath, verbose, input_signature, kwargs, "torch",
+                            _capture_torch_fast_first, _Specialised)
+
+
+def _in_process_else_rehost(model: Any, filepath: str | os.PathLike[str],
+                            verbose: bool | None, input_signature: Any,
+                            kwargs: dict[str, Any], backend: str,
+                            capture: Callable[[Any, list[Any], int], RawGraph],
+                            gives_up: type[Exception]) -> None:
+    """``capture`` in process unless the model is recurrent or it raises ``gives_up``;
+    then re-host on TensorFlow (nothing is written before either succeeds)."""
     signature = normalize_for_model(model, input_signature)
     if _has_dynamic_recurrence(model, signature) is None:
         try:
-            _export(model, filepath, verbose, input_signature, dict(kwargs), "torch",
-                    _capture_torch_fast_first)
+            _export(model, filepath, verbose, input_signature, dict(kwargs), backend, capture)
             return
-        except _Specialised:
+        except gives_up:
             pass
     export_rehost(model, filepath, verbose=verbose, input_signature=input_signature,
                   **kwargs)
