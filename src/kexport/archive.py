@@ -91,6 +91,13 @@ class ExportArchive:
         return list(self._endpoints)
 
     @property
+    def default_endpoint(self) -> str:
+        """What an artifact runs by default: ``serving_default`` if an endpoint
+        has that name, else the first endpoint added (``""`` when none)."""
+        names = self.endpoint_names
+        return "serving_default" if "serving_default" in names else (names[0] if names else "")
+
+    @property
     def endpoints(self) -> list[TracedEndpoint]:
         """The traced endpoints, in the order they were added."""
         return list(self._endpoints.values())

@@ -364,6 +364,7 @@ def _metadata(archive: ExportArchive, options: LiteRTOptions) -> dict[str, Any]:
         # the compute precision kexport.verify picks tolerances by
         "precision": _PRECISION[options.quantization],
         "allow_flex": options.allow_flex,
+        "default_endpoint": archive.default_endpoint,
         "endpoints": {
             e.name: {
                 "inputs": [dict(s.to_json(), name=n)

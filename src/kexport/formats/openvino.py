@@ -181,6 +181,7 @@ def _manifest(archive: Any, layout: str) -> dict[str, Any]:
     return {"producer": "kexport", "producer_version": __version__,
             "keras_version": keras.__version__, "openvino_version": ov.__version__,
             "backend": archive.backend, "format": "openvino", "layout": layout,
+            "default_endpoint": archive.default_endpoint,
             "endpoints": {
                 e.name: {"inputs": [dict(s.to_json(), name=n) for s, n in
                                     zip(flatten(e.signature), e.input_names, strict=True)],

@@ -180,6 +180,7 @@ def _manifest(archive: ExportArchive, layout: str) -> dict[str, Any]:
     return {"producer": "kexport", "producer_version": __version__,
             "keras_version": keras.__version__, "torch_version": torch.__version__,
             "backend": archive.backend, "format": "torch", "layout": layout,
+            "default_endpoint": archive.default_endpoint,
             "endpoints": {e.name: dict(_endpoint_meta(e), file=f"{e.name}{SUFFIX}")
                           for e in archive.endpoints}}
 

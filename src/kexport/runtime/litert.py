@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from kexport.runtime._base import Artifact, EndpointInfo, TensorInfo
+from kexport.runtime._base import Artifact, EndpointInfo, TensorInfo, manifest_default_endpoint
 
 __all__ = ["LiteRTArtifact", "detect", "open"]
 
@@ -60,10 +60,7 @@ class LiteRTArtifact(Artifact):
             self.endpoints[key] = EndpointInfo(
                 key, tuple(_info(n, ins[n]) for n in in_order),
                 tuple(_info(n, outs[n]) for n in out_order))
-        order = [k for k in listed if k in self.endpoints]
-        # manifests are written with sorted keys: prefer the conventional "serve"
-        self.default_endpoint = "serve" if "serve" in self.endpoints else (
-            order[0] if order else next(iter(self.endpoints), "serve"))
+        self.default_endpoint = manifest_default_endpoint(self.metadata, self.endpoints)
 
     def _run(self, endpoint: EndpointInfo, feeds: dict[str, Any]) -> dict[str, Any]:
         result = self._runners[endpoint.name](**feeds)

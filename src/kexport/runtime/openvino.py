@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from kexport.runtime._base import Artifact, EndpointInfo, TensorInfo
+from kexport.runtime._base import Artifact, EndpointInfo, TensorInfo, manifest_default_endpoint
 
 __all__ = ["OpenVINOArtifact", "detect", "open"]
 
@@ -63,10 +63,7 @@ class OpenVINOArtifact(Artifact):
             self.endpoints[name] = EndpointInfo(
                 name, tuple(_info(compiled.input(n), n) for n in ins),
                 tuple(_info(compiled.output(n), n) for n in outs))
-        order = [k for k in listed if k in self.endpoints]
-        # manifests are written with sorted keys: prefer the conventional "serve"
-        self.default_endpoint = "serve" if "serve" in self.endpoints else (
-            order[0] if order else next(iter(self.endpoints), "serve"))
+        self.default_endpoint = manifest_default_endpoint(metadata, self.endpoints)
 
     def _run(self, endpoint: EndpointInfo, feeds: dict[str, Any]) -> dict[str, Any]:
         compiled = self._compiled[endpoint.name]

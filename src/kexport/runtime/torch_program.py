@@ -12,7 +12,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from kexport.runtime._base import Artifact, EndpointInfo, TensorInfo
+from kexport.runtime._base import Artifact, EndpointInfo, TensorInfo, manifest_default_endpoint
 
 __all__ = ["TorchProgramArtifact", "detect", "open"]
 
@@ -62,10 +62,7 @@ class TorchProgramArtifact(Artifact):
             else:
                 ins, outs = _infos(known["inputs"]), _infos(known["outputs"])
             self.endpoints[name] = EndpointInfo(name, ins, outs)
-        order = [k for k in listed if k in self.endpoints]
-        # manifests are written with sorted keys: prefer the conventional "serve"
-        self.default_endpoint = "serve" if "serve" in self.endpoints else (
-            order[0] if order else next(iter(self.endpoints), "serve"))
+        self.default_endpoint = manifest_default_endpoint(metadata, self.endpoints)
 
     def _feeds(self, info: EndpointInfo, inputs: Any) -> dict[str, Any]:
         if info.outputs:
