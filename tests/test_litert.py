@@ -202,3 +202,27 @@ def test_rehosted_full_integer_artifact_is_checked_on_its_calibration_data(
         kexport.export_litert(model, bad, verbose=False, quantization="int8",
                               representative_dataset=data)
     assert not bad.exists()
+
+
+@pytest.mark.backends("torch")
+def test_torch_archive_is_rehosted_into_one_tflite_with_a_signature_per_endpoint(
+        tmp_path, fresh_process):
+    model, spec = build("multi")
+    i = keras.Input((4,), name="x")
+    head = keras.Model(i, keras.layers.Dense(2, name="z")(i))
+    archive = kexport.ExportArchive()
+    archive.track(model)
+    archive.track(head)
+    sig = [[keras.InputSpec(shape=(None, 3), name="a"), keras.InputSpec(shape=(None, 4), name="b")]]
+    archive.add_endpoint("serve", lambda x: model(x, training=False), sig)
+    archive.add_endpoint("head", head.call, [keras.InputSpec(shape=(None, 4), name="x")])
+    path = str(tmp_path / "two.tflite")
+    archive.write_out(path, format="litert", verbose=False)
+    xs = inputs(spec, 3)
+    hx = {"x": np.random.default_rng(2).normal(size=(3, 4)).astype("float32")}
+    res = fresh_process("fresh_formats:litert_run", [(path, "serve", [xs]), (path, "head", [hx])])
+    assert set(res[0]["signatures"]) == {"serve", "head"}
+    np.testing.assert_allclose(res[0]["outputs"][0]["y"], live(model, "multi", xs), atol=1e-5)
+    np.testing.assert_allclose(res[1]["outputs"][0]["z"],
+                               keras.ops.convert_to_numpy(head(hx["x"])), atol=1e-5)
+    assert kexport.load(path).default_endpoint == "serve"
