@@ -31,20 +31,23 @@ def _archive():
     return archive, model
 
 
+def _written_default_runs_predict(archive, model, path, fmt):
+    archive.write_out(path, format=fmt, verbose=False)
+    artifact = kexport.load(path)
+    assert artifact.default_endpoint == "predict"
+    x = np.random.default_rng(0).normal(size=(3, 4)).astype("float32")
+    out = artifact(x)  # the default endpoint: "predict" doubles the model's output
+    got = next(iter(out.values())) if isinstance(out, dict) else out
+    np.testing.assert_allclose(got, 2.0 * keras.ops.convert_to_numpy(model(x)), atol=1e-5)
+
+
 @pytest.mark.backends("tensorflow")
 @pytest.mark.parametrize("fmt, name", [("litert", "a.tflite"), ("openvino", "ir"),
                                        ("onnx", "graphs")])
 def test_first_added_endpoint_is_the_default_in_every_format(fmt, name, tmp_path):
     archive, model = _archive()
     assert archive.default_endpoint == "predict"
-    path = tmp_path / name
-    archive.write_out(path, format=fmt, verbose=False)
-    artifact = kexport.load(path)
-    assert artifact.default_endpoint == "predict"
-    x = np.random.default_rng(0).normal(size=(3, 4)).astype("float32")
-    out = artifact(x)
-    got = next(iter(out.values())) if isinstance(out, dict) else out
-    np.testing.assert_allclose(got, 2.0 * keras.ops.convert_to_numpy(model(x)), atol=1e-5)
+    _written_default_runs_predict(archive, model, tmp_path / name, fmt)
 
 
 def test_recorded_default_wins_older_manifests_keep_their_rule():
@@ -61,11 +64,4 @@ def test_recorded_default_wins_older_manifests_keep_their_rule():
 @pytest.mark.backends("torch")
 def test_first_added_endpoint_is_the_default_of_pt2_archives(tmp_path):
     archive, model = _archive()
-    path = tmp_path / "programs"
-    archive.write_out(path, format="torch", verbose=False)
-    artifact = kexport.load(path)
-    assert artifact.default_endpoint == "predict"
-    x = np.random.default_rng(0).normal(size=(3, 4)).astype("float32")
-    out = artifact(x)
-    got = next(iter(out.values())) if isinstance(out, dict) else out
-    np.testing.assert_allclose(got, 2.0 * keras.ops.convert_to_numpy(model(x)), atol=1e-5)
+    _written_default_runs_predict(archive, model, tmp_path / "programs", "torch")
