@@ -53,3 +53,23 @@ class ForgetsConfig(keras.layers.Layer):
 
     def get_config(self):
         return keras.layers.Layer.get_config(self) | {"name": self.name}
+
+
+def stateful_classifier():
+    """A Functional model with a custom layer (weight + RNG), Dense, BatchNorm and
+    Dropout, its BatchNorm statistics and seed states moved away from their
+    defaults by a few training-mode calls."""
+    import numpy as np
+
+    L = keras.layers
+    i = keras.Input((6,), name="feat")
+    h = NoisyScale(name="noisy")(i)
+    h = L.Dense(8, activation="relu", name="hidden")(h)
+    h = L.BatchNormalization(name="bn")(h)
+    h = L.Dropout(0.5, seed=3)(h)
+    model = keras.Model(i, L.Dense(3, name="probs")(h))
+    x = np.random.default_rng(1).standard_normal((16, 6)).astype("float32")
+    for _ in range(3):
+        model(x, training=True)
+    return model
+

@@ -36,17 +36,6 @@ def _np(x):
     return np.asarray(keras.ops.convert_to_numpy(x))
 
 
-def _classifier():
-    i = keras.Input((6,), name="feat")
-    h = rehost_layers.NoisyScale(name="noisy")(i)
-    h = L.Dense(8, activation="relu", name="hidden")(h)
-    h = L.BatchNormalization(name="bn")(h)
-    h = L.Dropout(0.5, seed=3)(h)
-    model = keras.Model(i, L.Dense(3, name="probs")(h))
-    x = np.random.default_rng(1).standard_normal((16, 6)).astype("float32")
-    for _ in range(3):  # move BatchNorm statistics away from their defaults
-        model(x, training=True)
-    return model
 
 
 def _encoder():
@@ -64,7 +53,7 @@ def _inputs(seed=5):
 
 @pytest.fixture(scope="module")
 def archive():
-    model, encoder = _classifier(), _encoder()
+    model, encoder = rehost_layers.stateful_classifier(), _encoder()
     archive = kexport.ExportArchive()
     archive.track(model)
     archive.track(encoder)
@@ -110,7 +99,7 @@ def test_endpoints_as_data_partials_and_untracked_models():
     from kexport.capture import rehost
     from kexport.signature import Spec
 
-    model, other = _encoder(), _classifier()
+    model, other = _encoder(), rehost_layers.stateful_classifier()
     sig = [Spec((None, 6), "float32")]
     r = rehost.recipe_or_reason("ep", functools.partial(model.call, training=False), [model], sig)
     assert (r.model, r.method, r.kwargs) == (0, "call", {"training": False})
@@ -206,7 +195,7 @@ _HOSTED = {"tensorflow": [("torch", "torch")],
 @pytest.mark.parametrize("fmt, host", _HOSTED or [("torch", "torch")])
 def test_endpoint_with_extra_computation_is_refused_naming_it_and_the_next_step(
         tmp_path, fmt, host):
-    model = _classifier()
+    model = rehost_layers.stateful_classifier()
     archive = kexport.ExportArchive()
     archive.track(model)
     archive.add_endpoint("serve", model.call, SPEC)
@@ -225,7 +214,7 @@ def test_endpoint_with_extra_computation_is_refused_naming_it_and_the_next_step(
 
 @pytest.mark.backends("tensorflow", "jax")
 def test_recording_endpoints_leaves_in_process_formats_alone(tmp_path, fresh_process):
-    model = _classifier()
+    model = rehost_layers.stateful_classifier()
     archive = kexport.ExportArchive()
     archive.track(model)
     archive.add_endpoint("doubled", lambda x: model(x, training=False) * 2.0, SPEC)
@@ -240,7 +229,7 @@ def test_recording_endpoints_leaves_in_process_formats_alone(tmp_path, fresh_pro
 
 @pytest.mark.backends("jax")
 def test_jax2tf_kwargs_endpoint_is_refused_for_rehosted_formats(tmp_path):
-    model = _classifier()
+    model = rehost_layers.stateful_classifier()
     archive = kexport.ExportArchive()
     archive.track(model)
     archive.add_endpoint("serve", lambda x: model(x, training=False), SPEC,
@@ -269,7 +258,7 @@ def test_rehosted_archive_is_verified_before_it_is_placed(tmp_path):
 def test_tracked_tensorflow_resource_is_refused_rather_than_dropped(tmp_path):
     import tensorflow as tf
 
-    model = _classifier()
+    model = rehost_layers.stateful_classifier()
     table = tf.lookup.StaticHashTable(
         tf.lookup.KeyValueTensorInitializer(["a", "b"], [0, 1]), default_value=-1)
     archive = kexport.ExportArchive()

@@ -156,22 +156,11 @@ def test_rehost_export_rejects_bad_arguments(small):
 
 
 # -- PyTorch: the whole ExportArchive API through re-hosting (one child process) ------------------
-def _stateful_model():
-    i = keras.Input((6,), name="feat")
-    h = rehost_layers.NoisyScale(name="noisy")(i)
-    h = L.Dense(8, activation="relu", name="hidden")(h)
-    h = L.BatchNormalization(name="bn")(h)
-    h = L.Dropout(0.5, seed=3)(h)
-    model = keras.Model(i, L.Dense(3, name="probs")(h))
-    x = np.random.default_rng(1).standard_normal((16, 6)).astype("float32")
-    for _ in range(3):  # move BatchNorm statistics and seed states away from their defaults
-        model(x, training=True)
-    return model
 
 
 @pytest.fixture(scope="module")
 def torch_archive(fresh_process):
-    model = _stateful_model()
+    model = rehost_layers.stateful_classifier()
     spec = [keras.InputSpec(shape=(None, 6), dtype="float32", name="feat")]
     archive = kexport.ExportArchive()
     archive.track(model)

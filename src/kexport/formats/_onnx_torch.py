@@ -32,11 +32,11 @@ import warnings
 from collections.abc import Iterator
 from typing import Any
 
+from kexport.capture._base import _to_plain
 from kexport.formats._onnx_check import NotTraceable, check_against_live, samples
 from kexport.signature import Spec, flat_names, flatten, pack_as
 
-__all__ = ["NotTraceable", "cached_torchlib_registry", "capture_traced", "endpoint_module",
-           "plain"]
+__all__ = ["NotTraceable", "cached_torchlib_registry", "capture_traced", "endpoint_module"]
 
 _TRACE_SAMPLE_BATCH = 2
 
@@ -78,14 +78,14 @@ def capture_traced(model: Any, signature: list[Any], opset: int,
         with torch.no_grad():
             out = model(*pack_as(list(structure), [torch.as_tensor(a) for a in flat]),
                         training=False)
-        return [np.asarray(t.detach().cpu().numpy()) for t in flatten(plain(out))]
+        return [np.asarray(t.detach().cpu().numpy()) for t in flatten(_to_plain(out))]
 
     sample = samples(specs, _TRACE_SAMPLE_BATCH, 0)
     with torch.no_grad():
         first = model(*pack_as(list(structure), [torch.as_tensor(a) for a in sample]),
                       training=False)
-    outs = output_names(plain(first), model)
-    flat_first = flatten(plain(first))
+    outs = output_names(_to_plain(first), model)
+    flat_first = flatten(_to_plain(first))
     out_specs = [Spec((None, *tuple(t.shape)[1:]) if t.ndim else (),
                       str(t.dtype).removeprefix("torch."), n)
                  for t, n in zip(flat_first, outs, strict=False)]
@@ -140,14 +140,6 @@ def _benign_trace_site() -> bool:
         return "/keras/src/" in path and frame.name not in _CONTROL_FLOW
     return False
 
-
-def plain(structure: Any) -> Any:
-    """Nested lists/dicts of tensors as plain Python lists and dicts."""
-    if isinstance(structure, dict):
-        return {k: plain(v) for k, v in structure.items()}
-    if isinstance(structure, (list, tuple)):
-        return [plain(v) for v in structure]
-    return structure
 
 
 _registry_lock = threading.Lock()

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from kexport import _summary
 from kexport._atomic import atomic_target
+from kexport.capture._base import _to_plain
 from kexport.errors import (
     CaptureError,
     KexportError,
@@ -47,12 +48,7 @@ from kexport.errors import (
     WriteError,
 )
 from kexport.formats._onnx_check import NotTraceable
-from kexport.formats._onnx_torch import (
-    cached_torchlib_registry,
-    capture_traced,
-    endpoint_module,
-    plain,
-)
+from kexport.formats._onnx_torch import cached_torchlib_registry, capture_traced, endpoint_module
 from kexport.signature import Spec, flat_names, flatten, normalize_for_model, pack_as
 
 if TYPE_CHECKING:
@@ -466,9 +462,9 @@ def capture_torch(model: Any, signature: list[Any], opset: int,
     structure = signature
     with torch.no_grad():
         live = model(*pack_as(list(structure), samples), training=False)
-    outs = output_names(plain(live), model)
+    outs = output_names(_to_plain(live), model)
     out_specs = [Spec((None, *tuple(t.shape)[1:]) if t.ndim else (), str(t.dtype).removeprefix("torch."), n)
-                 for t, n in zip(flatten(plain(live)), outs, strict=False)]
+                 for t, n in zip(flatten(_to_plain(live)), outs, strict=False)]
     wrapper = endpoint_module(model, signature)
     try:
         with cached_torchlib_registry():
