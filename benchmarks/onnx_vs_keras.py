@@ -2,7 +2,8 @@
 
 For a small zoo (MLP, ResNet-style CNN, LSTM, Transformer encoder) on one
 backend (``KERAS_BACKEND``, or every backend with ``--all-backends``) prints:
-export time, file size and stored weight bytes vs raw weight bytes (plus the
+export time (median of ``--export-reps`` rounds, a freshly built model each,
+the two exporters alternating), file size and stored weight bytes vs raw weight bytes (plus the
 graph's own bytes), ONNX Runtime p50 latency (one thread, the two artifacts' runs interleaved) at
 batch 1 and 32,
 max abs error against the live model, and a verdict against the targets of
@@ -133,7 +134,7 @@ def _verdict(ours, theirs, weights_ratio):
     return "; ".join(parts)
 
 
-def run_backend(quick, reps, only):
+def run_backend(quick, reps, only, export_reps=3):
     import keras
     import numpy as np
 
@@ -150,24 +151,34 @@ def run_backend(quick, reps, only):
     for name, build in zoo(quick).items():
         if only and name not in only:
             continue
-        keras.utils.set_random_seed(0)
-        model, shape = build()
+        exported, failed, times = {}, {}, {"kexport": [], "keras": []}
+        # Export time: the median of ``export_reps`` rounds, each on a freshly built
+        # model (same seed, same weights: nothing cached for that model), the two
+        # exporters alternating which goes first; this machine's timings swing.
+        for rep in range(export_reps):
+            keras.utils.set_random_seed(0)
+            model, shape = build()
+            x = np.random.default_rng(1).normal(size=(2, *shape)).astype("float32")
+            ref = keras.ops.convert_to_numpy(model(x, training=False))  # Keras needs a call
+            order = ("kexport", "keras") if rep % 2 == 0 else ("keras", "kexport")
+            for tool in order:
+                if tool in failed:
+                    continue
+                path = tmp / f"{name}_{tool}_{rep}.onnx"
+                t = time.perf_counter()
+                try:
+                    if tool == "kexport":
+                        kexport.export_onnx(model, path, verbose=False)
+                    else:
+                        model.export(str(path), format="onnx", verbose=False)
+                    times[tool].append(time.perf_counter() - t)
+                    exported[tool] = path
+                except Exception as e:
+                    failed[tool] = (f"{type(e).__name__}: {str(e).splitlines()[0][:60]}"
+                                    if str(e) else type(e).__name__)
+        exported = {t: (p, float(np.median(times[t]))) for t, p in exported.items()
+                    if t not in failed}
         raw = sum(int(np.prod(v.shape)) * 4 for v in model.weights)
-        x = np.random.default_rng(1).normal(size=(2, *shape)).astype("float32")
-        ref = keras.ops.convert_to_numpy(model(x, training=False))
-        exported, failed = {}, {}
-        for tool in ("kexport", "keras"):
-            path = tmp / f"{name}_{tool}.onnx"
-            t = time.perf_counter()
-            try:
-                if tool == "kexport":
-                    kexport.export_onnx(model, path, verbose=False)
-                else:
-                    model.export(str(path), format="onnx", verbose=False)
-                exported[tool] = (path, time.perf_counter() - t)
-            except Exception as e:
-                failed[tool] = (f"{type(e).__name__}: {str(e).splitlines()[0][:60]}"
-                                if str(e) else type(e).__name__)
         sessions, errors = {}, {}
         for tool, (path, _) in list(exported.items()):
             try:
@@ -210,17 +221,20 @@ def main():
     ap.add_argument("--all-backends", action="store_true", help="run tensorflow, jax and torch")
     ap.add_argument("--reps", type=int, default=None, help="latency repetitions (batch 1)")
     ap.add_argument("--models", nargs="*", default=None, help="subset of the zoo")
+    ap.add_argument("--export-reps", type=int, default=3,
+                    help="export rounds per model, fresh model each (median reported)")
     args = ap.parse_args()
     reps = args.reps or (10 if args.quick else 50)
     if args.all_backends:
         for b in ("tensorflow", "jax", "torch"):
-            cmd = [sys.executable, __file__, "--reps", str(reps)]
+            cmd = [sys.executable, __file__, "--reps", str(reps),
+                   "--export-reps", str(args.export_reps)]
             cmd += ["--quick"] if args.quick else []
             cmd += ["--models", *args.models] if args.models else []
             subprocess.run(cmd, env={**os.environ, "KERAS_BACKEND": b,
                                      "TF_CPP_MIN_LOG_LEVEL": "3"}, check=False)
         return
-    run_backend(args.quick, reps, args.models)
+    run_backend(args.quick, reps, args.models, args.export_reps)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import keras
 import numpy as np
+import onnx_ir as ir
 import pytest
 
 import kexport
@@ -59,5 +60,59 @@ def test_jax2onnx_refusals_are_not_traceable():
     with pytest.raises(NotTraceable, match="jax2onnx: NotImplementedError: Reverse scan"):
         capture_jax2onnx(model, normalize_for_model(model, None), 18)
     model = onnx_models.cnn()
+    raw = capture_jax2onnx(model, normalize_for_model(model, None), 18)
     with pytest.raises(NotTraceable, match=r"ONNX Runtime: .*MaxPool"):
-        capture_jax2onnx(model, normalize_for_model(model, None), 18)
+        raw.accept(ir.to_proto(raw.model).SerializeToString())
+
+
+def _jax2onnx_connected_check():
+    """jax2onnx's connectivity check, the shipped one and the one kexport installs."""
+    from jax2onnx.converter import output_binding
+
+    return output_binding, output_binding._value_is_graph_connected
+
+
+def test_linear_output_binding_gives_jax2onnx_the_same_graph_and_restores_it():
+    import jax
+    import jax2onnx
+
+    from kexport.formats._onnx_jax import linear_output_binding
+
+    model = onnx_models.transformer()
+    inputs = [jax.ShapeDtypeStruct(("batch", "d1", 16), np.float32)]
+
+    def convert():
+        return jax2onnx.to_onnx(lambda x: model(x, training=False), inputs=inputs,
+                                input_names=["tokens"], output_names=["encoded"], opset=18,
+                                return_mode="proto").SerializeToString()
+
+    module, shipped = _jax2onnx_connected_check()
+    plain = convert()
+    with linear_output_binding():
+        with linear_output_binding():  # nested (another export in a thread): counted
+            assert module._value_is_graph_connected is not shipped
+        assert module._value_is_graph_connected is not shipped
+        fast = convert()
+    assert module._value_is_graph_connected is shipped
+    assert fast == plain
+
+
+def test_linear_output_binding_leaves_other_values_to_jax2onnx_scan():
+    from types import SimpleNamespace
+
+    from kexport.formats._onnx_jax import linear_output_binding
+
+    graph = ir.Graph([], [], nodes=[])
+    inside = ir.node("Relu", inputs=[ir.Value(name="x")])
+    inside.outputs[0].name = "relu_out"
+    graph.append(inside)
+    outside = ir.node("Relu", inputs=[ir.Value(name="z")])  # not part of the graph
+    outside.outputs[0].name = "elsewhere"
+    ctx = SimpleNamespace(builder=SimpleNamespace(inputs=[], initializers=[], nodes=graph))
+    module, _ = _jax2onnx_connected_check()
+    with linear_output_binding():
+        connected = module._value_is_graph_connected
+        assert connected(ctx, inside.outputs[0]) is True
+        assert connected(ctx, outside.outputs[0]) is False  # jax2onnx's own scan says so
+        outside.outputs[0].name = "relu_out"  # jax2onnx also matches values by name
+        assert connected(ctx, outside.outputs[0]) is True

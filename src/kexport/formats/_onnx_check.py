@@ -2,7 +2,8 @@
 
 Fast converters (the traced ``torch.onnx`` exporter, ``jax2onnx``) can silently
 fix a dynamic dimension or produce a graph ONNX Runtime cannot run. Their
-output is used only after :func:`check_against_live` ran it at batch 1 and 3
+output is used only after :func:`check_against_live` ran the finished graph
+(optimised, named: the bytes that will be written) at batch 1 and 3
 (every other dynamic axis at two further sizes, none equal to the sample the
 converter saw) and compared it with the live model; anything else raises
 :class:`NotTraceable` and the caller moves on to its next strategy.
@@ -11,11 +12,12 @@ converter saw) and compared it with the live model; anything else raises
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any
 
 from kexport.signature import Spec
 
-__all__ = ["CHECK_BATCHES", "NotTraceable", "check_against_live", "samples"]
+__all__ = ["CHECK_BATCHES", "Acceptance", "NotTraceable", "check_against_live", "samples"]
 
 CHECK_BATCHES = (1, 3)
 _ATOL, _RTOL = 1e-4, 1e-3
@@ -57,6 +59,35 @@ def samples(specs: Sequence[Spec], batch: int, seed: int, sized_as: int | None =
     return out
 
 
+def _cases(specs: Sequence[Spec]) -> list[list[Any]]:
+    # Every batch shares its other dynamic sizes (none the converter saw), so the
+    # live model runs once on all of them concatenated (JAX compiles per shape);
+    # a model that mixes samples across the batch then fails the check: safe.
+    return [samples(specs, batch, seed, sized_as=CHECK_BATCHES[0])
+            for seed, batch in enumerate(CHECK_BATCHES, start=1)]
+
+
+def _compare(data: bytes, names: Sequence[str], cases: list[list[Any]],
+             wants: Callable[[], list[list[Any]]]) -> None:
+    import numpy as np
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+        gots = [session.run(None, dict(zip(names, flat, strict=True))) for flat in cases]
+        del session
+    except Exception as e:
+        raise NotTraceable(f"ONNX Runtime: {type(e).__name__}: {str(e)[:300]}") from e
+    for batch, got, want in zip(CHECK_BATCHES, gots, wants(), strict=True):
+        if len(got) != len(want) or any(
+                g.shape != w.shape or not np.allclose(g, w, atol=_ATOL, rtol=_RTOL)
+                for g, w in zip(got, want, strict=False)):
+            raise NotTraceable(f"differs from the live model at batch {batch}")
+
+
 def check_against_live(data: bytes, names: Sequence[str], specs: Sequence[Spec],
                        live: Callable[[list[Any]], list[Any]]) -> None:
     """Run the serialized graph ``data`` and compare with ``live(flat inputs)``.
@@ -64,30 +95,41 @@ def check_against_live(data: bytes, names: Sequence[str], specs: Sequence[Spec],
     Raises:
         NotTraceable: ONNX Runtime cannot load or run it, or an output differs.
     """
-    import numpy as np
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    # Every batch shares its other dynamic sizes (none the converter saw), so the
-    # live model runs once on all of them concatenated (JAX compiles per shape);
-    # a model that mixes samples across the batch then fails the check: safe.
-    cases = [samples(specs, batch, seed, sized_as=CHECK_BATCHES[0])
-             for seed, batch in enumerate(CHECK_BATCHES, start=1)]
+    cases = _cases(specs)
     wants = _live_once(cases, specs, live)
-    try:
-        session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
-        for batch, flat, want in zip(CHECK_BATCHES, cases, wants, strict=True):
-            got = session.run(None, dict(zip(names, flat, strict=True)))
-            if len(got) != len(want) or any(
-                    g.shape != w.shape or not np.allclose(g, w, atol=_ATOL, rtol=_RTOL)
-                    for g, w in zip(got, want, strict=False)):
-                raise NotTraceable(f"differs from the live model at batch {batch}")
-    except NotTraceable:
-        raise
-    except Exception as e:
-        raise NotTraceable(f"ONNX Runtime: {type(e).__name__}: {str(e)[:300]}") from e
+    _compare(data, names, cases, lambda: wants)
+
+
+class Acceptance:
+    """:func:`check_against_live` bound to one model, used as ``RawGraph.accept``.
+
+    The live model's outputs on the check inputs start computing at once, in
+    a background thread, so they are ready by the time the finished graph
+    (optimised, named) is checked: the reference overlaps kexport's own
+    graph passes instead of adding to them. Calling the object (or
+    :meth:`close`) waits for that thread, so no live call is left running
+    when a later strategy starts tracing the model.
+    """
+
+    def __init__(self, names: Sequence[str], specs: Sequence[Spec],
+                 live: Callable[[list[Any]], list[Any]]) -> None:
+        self.names = list(names)
+        self.cases = _cases(specs)
+        pool = ThreadPoolExecutor(1, thread_name_prefix="kexport-live")
+        self._reference = pool.submit(_live_once, self.cases, specs, live)
+        pool.shutdown(wait=False)
+
+    def __call__(self, data: bytes) -> None:
+        """Raises :class:`NotTraceable` unless ONNX Runtime reproduces the live model."""
+        try:
+            # the live model's own errors propagate as they are
+            _compare(data, self.names, self.cases, self._reference.result)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Wait for the live reference (its errors are for ``__call__`` to raise)."""
+        wait([self._reference])
 
 
 def _live_once(cases: list[list[Any]], specs: Sequence[Spec],

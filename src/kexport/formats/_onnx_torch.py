@@ -11,8 +11,8 @@ function per route:
   a Python value) came from outside Keras's own ops or from Keras's control
   flow (``cond``, loops), and (b) ONNX Runtime reproduces the live model at
   two *other* sizes of every dynamic axis (batch 1 and 3, other axes too).
-  Any doubt raises :class:`NotTraceable` and the ``torch.export`` strategy
-  runs.
+  Any doubt raises :class:`NotTraceable` (the check (b) runs on the finished
+  graph, through ``RawGraph.accept``) and the ``torch.export`` strategy runs.
 * :func:`cached_torchlib_registry` — peer-library workaround: ``torch.onnx``'s
   dynamo exporter rebuilds its ATen -> ONNX registry on every call
   (``ONNXRegistry.from_torchlib`` reads the source of ~500 onnxscript
@@ -33,7 +33,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from kexport.capture._base import _to_plain
-from kexport.formats._onnx_check import NotTraceable, check_against_live, samples
+from kexport.formats._onnx_check import Acceptance, NotTraceable, samples
 from kexport.signature import Spec, flat_names, flatten, pack_as
 
 __all__ = ["NotTraceable", "cached_torchlib_registry", "capture_traced", "endpoint_module"]
@@ -118,9 +118,8 @@ def capture_traced(model: Any, signature: list[Any], opset: int,
         raise NotTraceable(f"{type(e).__name__}: {e}") from e
     if doubts:
         raise NotTraceable(f"tracer warning: {doubts[0]}")
-    data = buffer.getvalue()
-    check_against_live(data, names, specs, live)
-    return RawGraph(onnx.load_from_string(data), names, outs, out_specs, route)
+    return RawGraph(onnx.load_from_string(buffer.getvalue()), names, outs, out_specs, route,
+                    accept=Acceptance(names, specs, live))
 
 
 # Keras's own ops read static sizes as Python values (input checks, softmax

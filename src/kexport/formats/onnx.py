@@ -95,6 +95,11 @@ class RawGraph:
         output_names: the Keras name of each flat graph output, in order.
         output_specs: one :class:`Spec` per flat output.
         route: the route taken, for metadata and error messages.
+        accept: for a fast converter's graph, the check the *finished* graph
+            (its serialized bytes, exactly what will be written) must pass
+            before anything is written; raises
+            :class:`~kexport.formats._onnx_check.NotTraceable` to send the
+            export to the next strategy.
     """
 
     model: Any
@@ -102,6 +107,7 @@ class RawGraph:
     output_names: list[str]
     output_specs: list[Spec] = field(default_factory=list)
     route: str = ""
+    accept: Callable[[bytes], None] | None = None
 
 
 def _varint(data: bytes, pos: int) -> tuple[int, int]:
@@ -485,12 +491,9 @@ def capture_torch(model: Any, signature: list[Any], opset: int,
     return RawGraph(proto, names, outs, out_specs, route)
 
 
-def _capture_torch_fast_first(model: Any, signature: list[Any], opset: int) -> RawGraph:
-    """The traced strategy when ONNX Runtime confirms it, else ``torch.export``."""
-    try:
-        return capture_traced(model, signature, opset)
-    except NotTraceable:
-        return capture_torch(model, signature, opset)
+#: PyTorch strategies in order: the traced graph when ONNX Runtime confirms
+#: it, else ``torch.export``.
+_TORCH_STRATEGIES = (capture_traced, capture_torch)
 
 
 
@@ -587,7 +590,9 @@ def finish(raw: RawGraph, *, opset: int, backend: str, endpoint: str,
     from kexport._version import __version__
 
     try:
-        model = ir.serde.deserialize_model(raw.model)
+        # jax2onnx hands over an onnx_ir model; the others a ModelProto
+        model = raw.model if isinstance(raw.model, ir.Model) else \
+            ir.serde.deserialize_model(raw.model)
         _rename_io(model, raw.input_names, raw.output_names)
         _clear_debug_info(model)
         if optimize:
@@ -654,7 +659,7 @@ def _name_dynamic_dims(proto: onnx.ModelProto, input_specs: Sequence[Spec]) -> N
 
 # -- step 4: write ------------------------------------------------------------------
 
-def _check(target: str | onnx.ModelProto, route: str) -> None:
+def _check(target: str | bytes | onnx.ModelProto, route: str) -> None:
     import onnx
 
     try:
@@ -664,26 +669,43 @@ def _check(target: str | onnx.ModelProto, route: str) -> None:
                           None, "report this model to kexport; try another opset_version") from e
 
 
+_PROTO_LIMIT = 2**31 - 1  # protobuf cannot serialize a larger message
+
+
 def write_model(proto: onnx.ModelProto, filepath: str | os.PathLike[str], threshold: int,
-                route: str) -> bool:
-    """Write one graph atomically, with ``<name>.data`` beside it when large.
+                route: str, accept: Callable[[bytes], None] | None = None) -> bool:
+    """Check and write one graph atomically, with ``<name>.data`` beside it when large.
+
+    The graph is serialized once: ``onnx.checker`` (``full_check``), then
+    ``accept`` (a fast route's check, see :class:`RawGraph`) read those bytes,
+    and they are what gets written. ``proto`` is consumed: its weights may be
+    moved out of it.
 
     Returns:
         Whether external data was written.
+
+    Raises:
+        NotTraceable: from ``accept`` (nothing is written), or when ``accept``
+            is given for a graph too large to serialize in memory.
     """
     from kexport.formats import _onnx_io
 
     path = Path(os.fspath(filepath))
     data_name = f"{path.name}.data"
     data_path = path.with_name(data_name)
-    external = _onnx_io.initializer_bytes([proto]) > threshold
-    if not external:
-        _check(proto, route)
-        with atomic_target(path, is_dir=False) as tmp:
-            tmp.write_bytes(proto.SerializeToString())
-        if data_path.is_file():
-            data_path.unlink()  # a stale weights file of an earlier large export
-        return False
+    weights = _onnx_io.initializer_bytes([proto])
+    external = weights > threshold
+    if accept is not None:
+        if weights > _PROTO_LIMIT - (64 << 20):  # room for the graph itself
+            raise NotTraceable("over 2 GiB: the graph cannot be checked in memory")
+        data = proto.SerializeToString()
+        accept(data)
+        if not external:
+            del proto.graph.initializer[:]  # consumed: the bytes hold the weights now
+            return _write_inline(data, path, data_path, route)
+        del data
+    elif not external:
+        return _write_inline(proto.SerializeToString(), path, data_path, route)
     with atomic_target(data_path, is_dir=False) as tmp_data, \
             atomic_target(path, is_dir=False) as tmp_graph:
         with open(tmp_data, "wb") as f:
@@ -698,26 +720,51 @@ def write_model(proto: onnx.ModelProto, filepath: str | os.PathLike[str], thresh
     return True
 
 
+def _write_inline(data: bytes, path: Path, data_path: Path, route: str) -> bool:
+    _check(data, route)
+    with atomic_target(path, is_dir=False) as tmp:
+        tmp.write_bytes(data)
+    if data_path.is_file():
+        data_path.unlink()  # a stale weights file of an earlier large export
+    return False
+
+
 # -- route targets (registered in kexport.registry) ---------------------------------
 
 def _export(model: Any, filepath: str | os.PathLike[str], verbose: bool | None,
             input_signature: Any, kwargs: dict[str, Any], backend: str,
-            capture: Callable[[Any, list[Any], int], RawGraph]) -> None:
+            captures: Sequence[Callable[[Any, list[Any], int], RawGraph]]) -> None:
+    """Capture, finish and write with the first strategy in ``captures`` whose
+    graph is accepted; :class:`NotTraceable` moves on to the next one (and
+    propagates from the last)."""
     from kexport.capture.rehost import rehost_source
 
     signature = normalize_for_model(model, input_signature)
     opts = _pop_options(kwargs, backend)
-    raw = capture(model, signature, opts["opset"])
-    source = rehost_source()
-    if source is not None:  # writing in a re-host child: record where the model lives
-        raw.route = f"re-host on {backend} (child process): {raw.route.partition(': ')[2]}"
-        backend = source
-    proto = finish(raw, opset=opts["opset"], backend=backend, endpoint=DEFAULT_ENDPOINT,
-                   input_specs=flatten(signature))
-    del raw
-    write_model(proto, filepath, opts["threshold"], proto_route(proto))
+    for number, capture in enumerate(captures, start=1):
+        accept = None
+        try:
+            raw = capture(model, signature, opts["opset"])
+            accept = raw.accept
+            source = rehost_source()
+            graph_backend = backend
+            if source is not None:  # writing in a re-host child: record where the model lives
+                raw.route = f"re-host on {backend} (child process): {raw.route.partition(': ')[2]}"
+                graph_backend = source
+            proto = finish(raw, opset=opts["opset"], backend=graph_backend,
+                           endpoint=DEFAULT_ENDPOINT, input_specs=flatten(signature))
+            del raw
+            summary = _SummaryEndpoint.of(proto, signature)
+            write_model(proto, filepath, opts["threshold"], proto_route(proto), accept)
+            break
+        except NotTraceable:
+            if number == len(captures):
+                raise
+        finally:
+            if accept is not None and hasattr(accept, "close"):
+                accept.close()  # no live reference call outlives its strategy
     if verbose is None or verbose:
-        _summary.print_summary("onnx", [_SummaryEndpoint.of(proto, signature)], filepath)
+        _summary.print_summary("onnx", [summary], filepath)
 
 
 def proto_route(proto: onnx.ModelProto) -> str:
@@ -746,7 +793,7 @@ def export_tensorflow(model: Any, filepath: str | os.PathLike[str], *,
     """TensorFlow backend -> ONNX (``tf.function`` + ``tf2onnx``, in process)."""
     _refuse_lookup_layers(model, "tensorflow: tf.function -> tf2onnx")
     _export(model, filepath, verbose, input_signature, kwargs, "tensorflow",
-            capture_tensorflow)
+            (capture_tensorflow,))
 
 
 REHOST_ROUTE = "re-host on tensorflow (child process): tf.function -> tf2onnx"
@@ -787,7 +834,7 @@ def export_jax(model: Any, filepath: str | os.PathLike[str], *,
 
     _refuse_lookup_layers(model, "jax: jax2onnx")
     _in_process_else_rehost(model, filepath, verbose, input_signature, kwargs, "jax",
-                            capture_jax2onnx, NotTraceable)
+                            (capture_jax2onnx,), NotTraceable)
 
 
 def export_torch(model: Any, filepath: str | os.PathLike[str], *,
@@ -805,20 +852,20 @@ def export_torch(model: Any, filepath: str | os.PathLike[str], *,
     """
     _refuse_lookup_layers(model, "torch: torch.export -> torch.onnx")
     _in_process_else_rehost(model, filepath, verbose, input_signature, kwargs, "torch",
-                            _capture_torch_fast_first, _Specialised)
+                            _TORCH_STRATEGIES, _Specialised)
 
 
 def _in_process_else_rehost(model: Any, filepath: str | os.PathLike[str],
                             verbose: bool | None, input_signature: Any,
                             kwargs: dict[str, Any], backend: str,
-                            capture: Callable[[Any, list[Any], int], RawGraph],
+                            captures: Sequence[Callable[[Any, list[Any], int], RawGraph]],
                             gives_up: type[Exception]) -> None:
-    """``capture`` in process unless the model is recurrent or it raises ``gives_up``;
+    """``captures`` in process unless the model is recurrent or they raise ``gives_up``;
     then re-host on TensorFlow (nothing is written before either succeeds)."""
     signature = normalize_for_model(model, input_signature)
     if _has_dynamic_recurrence(model, signature) is None:
         try:
-            _export(model, filepath, verbose, input_signature, dict(kwargs), backend, capture)
+            _export(model, filepath, verbose, input_signature, dict(kwargs), backend, captures)
             return
         except gives_up:
             pass
