@@ -9,6 +9,8 @@ the live model.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import keras
 import numpy as np
 import pytest
@@ -53,28 +55,60 @@ def test_the_graph_onnx_runtime_checked_is_the_file_written(tmp_path, monkeypatc
     assert _run_fresh(model, path, fresh_process) == FAST[keras.backend.backend()]
 
 
-def test_graph_too_large_to_check_in_memory_goes_to_the_next_strategy(tmp_path, monkeypatch,
-                                                                       fresh_process):
-    # pretend protobuf's 2 GiB limit is just above the 64 MiB kept for the graph
-    monkeypatch.setattr(onnx_format, "_PROTO_LIMIT", (64 << 20) + 100)
+def test_with_external_data_the_staged_files_are_checked_then_placed(tmp_path, monkeypatch,
+                                                                    fresh_process):
+    checked = []
+    compare = _onnx_check._compare
+
+    def spy(data, *args):
+        checked.append(data)
+        return compare(data, *args)
+
+    monkeypatch.setattr(_onnx_check, "_compare", spy)
     model = onnx_models.mlp()  # 780 bytes of weights
     path = tmp_path / "mlp.onnx"
-    kexport.export_onnx(model, path, verbose=False)
-    assert _run_fresh(model, path, fresh_process) == NEXT[keras.backend.backend()]
+    kexport.export_onnx(model, path, verbose=False, external_data_threshold=100)
+    assert (tmp_path / "mlp.onnx.data").is_file()
+    # ONNX Runtime read a staged file of the same name, since removed
+    assert len(checked) == 1 and isinstance(checked[0], str)
+    assert Path(checked[0]).name == "mlp.onnx" and not Path(checked[0]).exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mlp.onnx", "mlp.onnx.data"]
+    assert _run_fresh(model, path, fresh_process) == FAST[keras.backend.backend()]
 
 
-def test_write_model_refuses_to_check_what_it_cannot_serialize_and_writes_nothing(
-        tmp_path, monkeypatch):
+def _tiny_graph():
     import onnx
 
-    monkeypatch.setattr(onnx_format, "_PROTO_LIMIT", (64 << 20) + 100)
-    weights = onnx.numpy_helper.from_array(np.ones((64,), "float32"), "w")
+    weights = onnx.numpy_helper.from_array(np.ones((512,), "float32"), "w")
     graph = onnx.helper.make_graph(
         [onnx.helper.make_node("Add", ["x", "w"], ["y"])], "g",
-        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [64])],
-        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [64])], [weights])
-    proto = onnx.helper.make_model(graph)
-    calls = []
-    with pytest.raises(_onnx_check.NotTraceable, match="over 2 GiB"):
-        onnx_format.write_model(proto, tmp_path / "g.onnx", 2**40, "test", calls.append)
-    assert calls == [] and list(tmp_path.iterdir()) == []
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [512])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [512])], [weights])
+    return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)])
+
+
+def test_refused_external_data_graph_leaves_the_earlier_artifact_as_it_was(tmp_path):
+    target = tmp_path / "g.onnx"
+    onnx_format.write_model(_tiny_graph(), target, 16, "test")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert sorted(before) == ["g.onnx", "g.onnx.data"]
+
+    def refuse(data):
+        raise _onnx_check.NotTraceable("differs from the live model at batch 3")
+
+    with pytest.raises(_onnx_check.NotTraceable, match="at batch 3"):
+        onnx_format.write_model(_tiny_graph(), target, 16, "test", refuse)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_weights_too_large_for_one_protobuf_go_to_external_data_whatever_the_threshold(
+        tmp_path, monkeypatch):
+    import onnxruntime as ort
+
+    monkeypatch.setattr(onnx_format, "INLINE_LIMIT", 1000)  # stands for protobuf's 2 GiB
+    target = tmp_path / "g.onnx"
+    assert onnx_format.write_model(_tiny_graph(), target, 2**40, "test") is True
+    assert (tmp_path / "g.onnx.data").stat().st_size == 2048
+    x = np.arange(512, dtype="float32")
+    got = ort.InferenceSession(str(target)).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(got, x + 1)

@@ -54,6 +54,7 @@ __all__ = [
     "overwrite_policy",
     "read_manifest",
     "recover",
+    "staging_dir",
     "register_artifact_check",
     "strict_json",
 ]
@@ -499,5 +500,37 @@ def atomic_target(filepath: str | os.PathLike[str], *, is_dir: bool,
         _remove(tmp)
         if target.exists() or target.is_symlink():
             _remove(old)  # else recover() puts the previous artifact back
+        with _ACTIVE_LOCK:
+            _ACTIVE.discard(token)
+
+
+@contextlib.contextmanager
+def staging_dir(filepath: str | os.PathLike[str]) -> Iterator[Path]:
+    """A private, empty folder beside ``filepath`` for files that must be
+    checked together before any of them is placed (e.g. a graph and its
+    external data, whose reader resolves one from the other's folder).
+
+    Removed on exit; if the process dies first, :func:`recover` removes it
+    with the other temporaries of ``filepath``. Move finished files out with
+    :func:`atomic_target` (same filesystem, so a rename).
+
+    Raises:
+        WriteError: when the folder cannot be created.
+    """
+    target = Path(os.fspath(filepath))
+    parent = target.parent if str(target.parent) else Path(".")
+    token = uuid.uuid4().hex[:12]
+    with _ACTIVE_LOCK:
+        _ACTIVE.add(token)
+    stage = parent / f".{target.name}{_TMP}{os.getpid()}-{token}-stage"
+    try:
+        try:
+            stage.mkdir()
+        except OSError as e:
+            raise WriteError(f"Writing '{os.fspath(filepath)}' failed: {e}. "
+                             "The target was left as it was.") from e
+        yield stage
+    finally:
+        _remove(stage)
         with _ACTIVE_LOCK:
             _ACTIVE.discard(token)

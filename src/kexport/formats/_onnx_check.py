@@ -67,7 +67,7 @@ def _cases(specs: Sequence[Spec]) -> list[list[Any]]:
             for seed, batch in enumerate(CHECK_BATCHES, start=1)]
 
 
-def _compare(data: bytes, names: Sequence[str], cases: list[list[Any]],
+def _compare(data: bytes | str, names: Sequence[str], cases: list[list[Any]],
              wants: Callable[[], list[list[Any]]]) -> None:
     import numpy as np
     import onnxruntime as ort
@@ -88,9 +88,10 @@ def _compare(data: bytes, names: Sequence[str], cases: list[list[Any]],
             raise NotTraceable(f"differs from the live model at batch {batch}")
 
 
-def check_against_live(data: bytes, names: Sequence[str], specs: Sequence[Spec],
+def check_against_live(data: bytes | str, names: Sequence[str], specs: Sequence[Spec],
                        live: Callable[[list[Any]], list[Any]]) -> None:
-    """Run the serialized graph ``data`` and compare with ``live(flat inputs)``.
+    """Run the graph ``data`` (serialized, or a file's path) and compare with
+    ``live(flat inputs)``.
 
     Raises:
         NotTraceable: ONNX Runtime cannot load or run it, or an output differs.
@@ -119,7 +120,7 @@ class Acceptance:
         self._reference = pool.submit(_live_once, self.cases, specs, live)
         pool.shutdown(wait=False)
 
-    def __call__(self, data: bytes) -> None:
+    def __call__(self, data: bytes | str) -> None:
         """Raises :class:`NotTraceable` unless ONNX Runtime reproduces the live model."""
         try:
             # the live model's own errors propagate as they are

@@ -118,7 +118,11 @@ def capture_traced(model: Any, signature: list[Any], opset: int,
         raise NotTraceable(f"{type(e).__name__}: {e}") from e
     if doubts:
         raise NotTraceable(f"tracer warning: {doubts[0]}")
-    return RawGraph(onnx.load_from_string(buffer.getvalue()), names, outs, out_specs, route,
+    graph = onnx.ModelProto()
+    with buffer.getbuffer() as view:  # parsed in place: no copy of the weights' bytes
+        graph.ParseFromString(view)
+    del buffer
+    return RawGraph(graph, names, outs, out_specs, route,
                     accept=Acceptance(names, specs, live))
 
 

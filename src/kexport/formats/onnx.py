@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kexport import _summary
-from kexport._atomic import atomic_target
+from kexport._atomic import atomic_target, staging_dir
 from kexport.capture._base import _to_plain
 from kexport.errors import (
     CaptureError,
@@ -75,7 +75,11 @@ __all__ = [
 
 DEFAULT_OPSET = 18
 """Opset used when ``opset_version`` is not given (ONNX Runtime >= 1.14 runs it)."""
-DEFAULT_EXTERNAL_DATA_THRESHOLD = 2 * 1024**3 - 64 * 1024**2
+#: Above this many bytes of weights a graph cannot be stored inline
+#: (protobuf's 2 GiB message limit, with room for the graph itself): external
+#: data is then written whatever ``external_data_threshold`` says.
+INLINE_LIMIT = 2**31 - (64 << 20)
+DEFAULT_EXTERNAL_DATA_THRESHOLD = INLINE_LIMIT
 """Weights above this many bytes go to external data (protobuf's 2 GiB limit, less headroom)."""
 DEFAULT_ENDPOINT = "serve"
 ARCHIVE_WEIGHTS = "weights.data"
@@ -96,8 +100,9 @@ class RawGraph:
         output_specs: one :class:`Spec` per flat output.
         route: the route taken, for metadata and error messages.
         accept: for a fast converter's graph, the check the *finished* graph
-            (its serialized bytes, exactly what will be written) must pass
-            before anything is written; raises
+            (its serialized bytes, or the staged file with external data:
+            exactly what will be written) must pass before anything is
+            placed; raises
             :class:`~kexport.formats._onnx_check.NotTraceable` to send the
             export to the next strategy.
     """
@@ -107,7 +112,7 @@ class RawGraph:
     output_names: list[str]
     output_specs: list[Spec] = field(default_factory=list)
     route: str = ""
-    accept: Callable[[bytes], None] | None = None
+    accept: Callable[[bytes | str], None] | None = None
 
 
 def _varint(data: bytes, pos: int) -> tuple[int, int]:
@@ -669,59 +674,51 @@ def _check(target: str | bytes | onnx.ModelProto, route: str) -> None:
                           None, "report this model to kexport; try another opset_version") from e
 
 
-_PROTO_LIMIT = 2**31 - 1  # protobuf cannot serialize a larger message
-
-
 def write_model(proto: onnx.ModelProto, filepath: str | os.PathLike[str], threshold: int,
-                route: str, accept: Callable[[bytes], None] | None = None) -> bool:
+                route: str, accept: Callable[[bytes | str], None] | None = None) -> bool:
     """Check and write one graph atomically, with ``<name>.data`` beside it when large.
 
-    The graph is serialized once: ``onnx.checker`` (``full_check``), then
-    ``accept`` (a fast route's check, see :class:`RawGraph`) read those bytes,
-    and they are what gets written. ``proto`` is consumed: its weights may be
-    moved out of it.
+    What is checked is what is written: ``onnx.checker`` (``full_check``)
+    and then ``accept`` (a fast route's check, see :class:`RawGraph`) read
+    the serialized graph, or, with external data, the graph and data files
+    staged beside the target (their final names, so the data is found as a
+    reader will find it), which are then moved into place. ``proto`` is
+    consumed: its weights are moved out of it.
 
     Returns:
         Whether external data was written.
 
     Raises:
-        NotTraceable: from ``accept`` (nothing is written), or when ``accept``
-            is given for a graph too large to serialize in memory.
+        NotTraceable: from ``accept``; nothing is written.
     """
     from kexport.formats import _onnx_io
 
     path = Path(os.fspath(filepath))
     data_name = f"{path.name}.data"
     data_path = path.with_name(data_name)
-    weights = _onnx_io.initializer_bytes([proto])
-    external = weights > threshold
-    if accept is not None:
-        if weights > _PROTO_LIMIT - (64 << 20):  # room for the graph itself
-            raise NotTraceable("over 2 GiB: the graph cannot be checked in memory")
+    if _onnx_io.initializer_bytes([proto]) <= min(threshold, INLINE_LIMIT):
         data = proto.SerializeToString()
-        accept(data)
-        if not external:
-            del proto.graph.initializer[:]  # consumed: the bytes hold the weights now
-            return _write_inline(data, path, data_path, route)
-        del data
-    elif not external:
-        return _write_inline(proto.SerializeToString(), path, data_path, route)
-    with atomic_target(data_path, is_dir=False) as tmp_data, \
-            atomic_target(path, is_dir=False) as tmp_graph:
-        with open(tmp_data, "wb") as f:
+        del proto.graph.initializer[:]  # consumed: ``data`` holds the weights now
+        _check(data, route)
+        if accept is not None:
+            accept(data)
+        return _write_inline(data, path, data_path)
+    with staging_dir(path) as stage:
+        graph_file, data_file = stage / path.name, stage / data_name
+        with open(data_file, "wb") as f:
             _onnx_io.externalize([proto], f, data_name, min_bytes=min(threshold, 1024))
-        tmp_graph.write_bytes(proto.SerializeToString())
-    try:
-        _check(os.fspath(path), route)
-    except WriteError:
-        path.unlink(missing_ok=True)
-        data_path.unlink(missing_ok=True)
-        raise
+        graph_file.write_bytes(proto.SerializeToString())
+        _check(os.fspath(graph_file), route)
+        if accept is not None:
+            accept(os.fspath(graph_file))
+        with atomic_target(data_path, is_dir=False) as tmp_data, \
+                atomic_target(path, is_dir=False) as tmp_graph:
+            os.replace(data_file, tmp_data)
+            os.replace(graph_file, tmp_graph)
     return True
 
 
-def _write_inline(data: bytes, path: Path, data_path: Path, route: str) -> bool:
-    _check(data, route)
+def _write_inline(data: bytes, path: Path, data_path: Path) -> bool:
     with atomic_target(path, is_dir=False) as tmp:
         tmp.write_bytes(data)
     if data_path.is_file():
