@@ -73,3 +73,36 @@ def test_torchlib_registry_is_built_once_and_copied():
         assert b.functions  # ... does not reach the next export
         assert b is not a and b.opset_version == a.opset_version
     assert _registration.ONNXRegistry.__dict__["from_torchlib"] is original
+
+
+def test_failed_traced_strategy_prints_no_torch_ir_and_leaves_the_log_off(tmp_path, capfd):
+    # torch 2.13's TorchScript exporter turns its C++ log on for good on every
+    # export; the traced strategy failing on attention would then dump the graph
+    import torch
+
+    assert not torch._C._jit_is_onnx_log_enabled()
+    model = onnx_models.transformer()
+    kexport.export_onnx(model, tmp_path / "t.onnx", verbose=False)
+    out, err = capfd.readouterr()
+    assert "Torch IR graph at exception" not in out + err
+    assert not torch._C._jit_is_onnx_log_enabled()
+
+
+def test_quiet_torchscript_log_restores_an_enabled_log():
+    import torch
+    from torch.onnx._internal.torchscript_exporter import utils
+
+    from kexport.formats._onnx_torch import quiet_torchscript_log
+
+    shipped = utils.setup_onnx_logging
+    torch._C._jit_set_onnx_log_enabled(True)  # a user who asked torch for its log
+    try:
+        with quiet_torchscript_log():
+            with utils.setup_onnx_logging(False):
+                assert not torch._C._jit_is_onnx_log_enabled()
+            with utils.setup_onnx_logging(True):
+                assert torch._C._jit_is_onnx_log_enabled()
+            assert torch._C._jit_is_onnx_log_enabled()
+        assert utils.setup_onnx_logging is shipped
+    finally:
+        torch._C._jit_set_onnx_log_enabled(False)

@@ -19,10 +19,9 @@ runs jax2onnx's own scan, so the answers are the same.
 from __future__ import annotations
 
 import contextlib
-import threading
-from collections.abc import Iterator
 from typing import Any
 
+from kexport._patch import scoped_patch
 from kexport.formats._onnx_check import Acceptance, NotTraceable, samples
 from kexport.signature import Spec, flat_names, flatten, pack_as
 
@@ -104,47 +103,27 @@ def _live_function(model: Any, structure: list[Any]) -> Any:
     return run
 
 
-_binding_lock = threading.Lock()
-_binding_users = 0
-_original_connected: Any = None
-
-
-def _connected_fast(ctx: Any, value: Any) -> bool:
-    producer = getattr(value, "producer", None)
-    node = producer() if callable(producer) else None
-    graph = getattr(getattr(ctx, "builder", None), "nodes", None)
-    if node is not None and graph is not None and getattr(node, "graph", None) is graph:
-        return True  # jax2onnx's scan would find ``node`` among the graph's nodes
-    return _original_connected(ctx, value)
-
-
-@contextlib.contextmanager
-def linear_output_binding() -> Iterator[None]:
+def linear_output_binding() -> contextlib.AbstractContextManager[None]:
     """Make jax2onnx's per-equation "is this output connected" check O(1) while inside.
 
-    Reference-counted and thread-safe; outside the context jax2onnx behaves as
-    shipped. A no-op when the private function is not where jax2onnx 0.17
-    keeps it.
+    Reference-counted and thread-safe (:func:`kexport._patch.scoped_patch`);
+    outside the context jax2onnx behaves as shipped. A no-op when the private
+    function is not where jax2onnx 0.17 keeps it.
     """
-    global _binding_users, _original_connected
     try:
         from jax2onnx.converter import output_binding
     except ImportError:
-        yield
-        return
-    if not callable(output_binding.__dict__.get("_value_is_graph_connected")):
-        yield
-        return
-    with _binding_lock:
-        if _binding_users == 0:
-            _original_connected = output_binding._value_is_graph_connected
-            output_binding._value_is_graph_connected = _connected_fast
-        _binding_users += 1
-    try:
-        yield
-    finally:
-        with _binding_lock:
-            _binding_users -= 1
-            if _binding_users == 0:
-                output_binding._value_is_graph_connected = _original_connected
-                _original_connected = None
+        return contextlib.nullcontext()
+
+    def make(shipped: Any) -> Any:
+        def connected(ctx: Any, value: Any) -> bool:
+            producer = getattr(value, "producer", None)
+            node = producer() if callable(producer) else None
+            graph = getattr(getattr(ctx, "builder", None), "nodes", None)
+            if node is not None and graph is not None and getattr(node, "graph", None) is graph:
+                return True  # jax2onnx's scan would find ``node`` among the graph's nodes
+            return shipped(ctx, value)
+
+        return connected
+
+    return scoped_patch(output_binding, "_value_is_graph_connected", make)

@@ -13,6 +13,9 @@ function per route:
   two *other* sizes of every dynamic axis (batch 1 and 3, other axes too).
   Any doubt raises :class:`NotTraceable` (the check (b) runs on the finished
   graph, through ``RawGraph.accept``) and the ``torch.export`` strategy runs.
+* :func:`quiet_torchscript_log` — peer-library workaround: the TorchScript
+  exporter turns its C++ log on for good on every export, so a failed traced
+  strategy dumps the whole Torch IR graph; kept off inside kexport.
 * :func:`cached_torchlib_registry` — peer-library workaround: ``torch.onnx``'s
   dynamo exporter rebuilds its ATen -> ONNX registry on every call
   (``ONNXRegistry.from_torchlib`` reads the source of ~500 onnxscript
@@ -32,11 +35,13 @@ import warnings
 from collections.abc import Iterator
 from typing import Any
 
+from kexport._patch import scoped_patch
 from kexport.capture._base import _to_plain
 from kexport.formats._onnx_check import Acceptance, NotTraceable, samples
 from kexport.signature import Spec, flat_names, flatten, pack_as
 
-__all__ = ["NotTraceable", "cached_torchlib_registry", "capture_traced", "endpoint_module"]
+__all__ = ["NotTraceable", "cached_torchlib_registry", "capture_traced", "endpoint_module",
+           "quiet_torchscript_log"]
 
 _TRACE_SAMPLE_BATCH = 2
 
@@ -107,7 +112,7 @@ def capture_traced(model: Any, signature: list[Any], opset: int,
             doubts.append(str(message))
 
     try:
-        with warnings.catch_warnings(), torch.no_grad():
+        with warnings.catch_warnings(), torch.no_grad(), quiet_torchscript_log():
             warnings.simplefilter("always")
             warnings.showwarning = note
             torch.onnx.export(wrapper, tuple(torch.as_tensor(a) for a in sample), buffer,
@@ -143,6 +148,41 @@ def _benign_trace_site() -> bool:
         return "/keras/src/" in path and frame.name not in _CONTROL_FLOW
     return False
 
+
+
+def quiet_torchscript_log() -> contextlib.AbstractContextManager[None]:
+    """Keep ``torch.onnx``'s TorchScript exporter log off while inside.
+
+    Peer-library workaround (torch 2.13): ``setup_onnx_logging`` tests
+    ``_C._jit_is_onnx_log_enabled`` without calling it, so every export turns
+    the C++ log on and leaves it on for the rest of the process; a traced
+    strategy that fails then prints the whole Torch IR graph ("Torch IR graph
+    at exception: ...", thousands of lines) although kexport moves on to the
+    next strategy. Inside, the log is on only for ``verbose=True`` (kexport
+    never asks) and its previous state is restored on exit.
+    """
+    import torch
+
+    try:
+        from torch.onnx._internal.torchscript_exporter import utils
+    except ImportError:
+        return contextlib.nullcontext()
+    if not hasattr(torch._C, "_jit_set_onnx_log_enabled"):
+        return contextlib.nullcontext()
+
+    def make(shipped: Any) -> Any:
+        @contextlib.contextmanager
+        def setup_onnx_logging(verbose: bool) -> Iterator[None]:
+            before = bool(torch._C._jit_is_onnx_log_enabled())
+            torch._C._jit_set_onnx_log_enabled(bool(verbose))
+            try:
+                yield
+            finally:
+                torch._C._jit_set_onnx_log_enabled(before)
+
+        return setup_onnx_logging
+
+    return scoped_patch(utils, "setup_onnx_logging", make)
 
 
 _registry_lock = threading.Lock()
