@@ -33,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from onnx_vs_keras import zoo
+from onnx_vs_keras import timed_export, zoo
 
 STEPS = ("capture", "finish", "checker", "ort check", "re-host")
 
@@ -91,15 +91,10 @@ def main():
             for tool in (("kexport", "keras") if rep % 2 == 0 else ("keras", "kexport")):
                 path = tmp / f"{name}_{tool}_{rep}.onnx"
                 spent.clear()
-                t = time.perf_counter()
                 try:
-                    if tool == "kexport":
-                        kexport.export_onnx(model, path, verbose=False)
-                    else:
-                        model.export(str(path), format="onnx", verbose=False)
+                    took = timed_export(tool, model, path)
                 except Exception:
                     continue
-                took = time.perf_counter() - t
                 if tool == "keras":
                     theirs.append(took)
                     continue

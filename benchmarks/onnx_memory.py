@@ -5,7 +5,7 @@ process per backend) prints: weight MiB, resident memory before the export,
 the peak during it (this process and any re-host worker it started, each
 measured with Linux's VmHWM after resetting it through
 ``/proc/<pid>/clear_refs``), the extra peak as a multiple of the weights,
-export seconds, and whether external data was written.
+export seconds, whether external data was written and the route taken.
 
     python benchmarks/onnx_memory.py --mib 512
     KERAS_BACKEND=torch python benchmarks/onnx_memory.py --mib 2300 --threshold-default
@@ -99,8 +99,12 @@ def run(mib, tool, threshold_default):
     pids = [me, *_children(me)]
     extra = sum(max(0, _status(p, "VmHWM") - before.get(p, 0)) for p in pids)
     external = path.with_name(path.name + ".data").exists()
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
     print(f"{backend:10} | {tool:7} | {raw / 2**20:8.0f} | {before[me] / 2**20:10.0f} | "
-          f"{extra / 2**20:13.0f} | {extra / raw:11.2f} | {seconds:8.1f} | {external}")
+          f"{extra / 2**20:13.0f} | {extra / raw:11.2f} | {seconds:8.1f} | {external!s:13} | "
+          f"{meta.get('kexport.route', '-')}")
     sys.stdout.flush()
 
 
@@ -117,7 +121,7 @@ def main():
         run(args.mib, args.tool, args.threshold_default)
         return
     print("backend    | tool    | weight MiB | RSS before MiB | extra peak MiB | peak/weights"
-          " | export s | external data")
+          " | export s | external data | route")
     backends = [os.environ["KERAS_BACKEND"]] if "KERAS_BACKEND" in os.environ else [
         "tensorflow", "jax", "torch"]
     for b in backends:

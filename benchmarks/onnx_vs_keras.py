@@ -74,6 +74,18 @@ def zoo(quick):
     return {"mlp": mlp, "resnet_cnn": cnn, "lstm": lstm, "transformer": transformer}
 
 
+def timed_export(tool, model, path):
+    """Seconds ``tool`` ("kexport" or "keras", the baseline) takes to write ``path``."""
+    import kexport
+
+    t = time.perf_counter()
+    if tool == "kexport":
+        kexport.export_onnx(model, path, verbose=False)
+    else:
+        model.export(str(path), format="onnx", verbose=False)
+    return time.perf_counter() - t
+
+
 def _session(path):
     import onnxruntime as ort
 
@@ -165,13 +177,8 @@ def run_backend(quick, reps, only, export_reps=3):
                 if tool in failed:
                     continue
                 path = tmp / f"{name}_{tool}_{rep}.onnx"
-                t = time.perf_counter()
                 try:
-                    if tool == "kexport":
-                        kexport.export_onnx(model, path, verbose=False)
-                    else:
-                        model.export(str(path), format="onnx", verbose=False)
-                    times[tool].append(time.perf_counter() - t)
+                    times[tool].append(timed_export(tool, model, path))
                     exported[tool] = path
                 except Exception as e:
                     failed[tool] = (f"{type(e).__name__}: {str(e).splitlines()[0][:60]}"
