@@ -30,6 +30,7 @@ Pipeline (each failure names its step, the route and what to do next):
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -751,6 +752,7 @@ def _export(model: Any, filepath: str | os.PathLike[str], verbose: bool | None,
             proto = finish(raw, opset=opts["opset"], backend=graph_backend,
                            endpoint=DEFAULT_ENDPOINT, input_specs=flatten(signature))
             del raw
+            _release_converter_copy(proto)
             summary = _SummaryEndpoint.of(proto, signature)
             write_model(proto, filepath, opts["threshold"], proto_route(proto), accept)
             break
@@ -762,6 +764,24 @@ def _export(model: Any, filepath: str | os.PathLike[str], verbose: bool | None,
                 accept.close()  # no live reference call outlives its strategy
     if verbose is None or verbose:
         _summary.print_summary("onnx", [summary], filepath)
+
+
+_COLLECT_ABOVE = 64 << 20
+
+
+def _release_converter_copy(proto: onnx.ModelProto) -> None:
+    """Free the converter's copy of the weights now, not when the collector runs.
+
+    ``onnx_ir`` graphs are reference cycles (nodes, values and their graph),
+    so the converter's graph and the weights it holds would outlive
+    :func:`finish` until Python's cycle collector happened to run: one more
+    copy of the weights at the export's peak (PyTorch: 3.0x -> 2.2x the
+    weights, 256 MiB MLP). Collected only for large models, where it matters.
+    """
+    from kexport.formats import _onnx_io
+
+    if _onnx_io.initializer_bytes([proto]) >= _COLLECT_ABOVE:
+        gc.collect()
 
 
 def proto_route(proto: onnx.ModelProto) -> str:
