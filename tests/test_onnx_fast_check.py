@@ -112,3 +112,18 @@ def test_weights_too_large_for_one_protobuf_go_to_external_data_whatever_the_thr
     x = np.arange(512, dtype="float32")
     got = ort.InferenceSession(str(target)).run(None, {"x": x})[0]
     np.testing.assert_array_equal(got, x + 1)
+
+
+def test_messages_quoted_from_peer_libraries_lose_their_local_paths():
+    from kexport.formats.onnx import without_paths
+
+    torch_error = ("SymbolicValueError: Failed to export a node '%117', scope: Functional:: "
+                   "# /home/me/.venv/lib/python3.11/site-packages/keras/src/ops/nn.py:3154:0\n"
+                   "Torch IR graph at exception: graph(...)")
+    assert without_paths(torch_error) == ("SymbolicValueError: Failed to export a node '%117', "
+                                          "scope: Functional:: # nn.py:3154:0")
+    assert without_paths(r'Load model from C:\Users\me\m.onnx failed: "/tmp/x/y.txt"') == \
+        'Load model from m.onnx failed: "y.txt"'
+    kept = "see https://github.com/onnx/onnx/issues/1 and ./relative/file.py"
+    assert without_paths(kept) == kept
+    assert without_paths("x" * 500).endswith("...") and len(without_paths("x" * 500)) == 240

@@ -118,3 +118,14 @@ def test_linear_output_binding_leaves_other_values_to_jax2onnx_scan():
         assert connected(ctx, outside.outputs[0]) is False  # jax2onnx's own scan says so
         outside.outputs[0].name = "relu_out"  # jax2onnx also matches values by name
         assert connected(ctx, outside.outputs[0]) is True
+
+
+def test_verbose_export_says_why_the_fast_graph_was_not_used(tmp_path, capsys):
+    import sys
+
+    kexport.export_onnx(onnx_models.cnn(), tmp_path / "cnn.onnx")
+    out = capsys.readouterr().out
+    assert "kexport: not using the jax2onnx graph: ONNX Runtime:" in out
+    assert "MaxPool" in out
+    assert "kexport: re-hosting on tensorflow (tf.function -> tf2onnx)" in out
+    assert sys.prefix not in out and "site-packages" not in out

@@ -81,11 +81,15 @@ def test_failed_traced_strategy_prints_no_torch_ir_and_leaves_the_log_off(tmp_pa
     import torch
 
     assert not torch._C._jit_is_onnx_log_enabled()
+    import sys
+
     model = onnx_models.transformer()
-    kexport.export_onnx(model, tmp_path / "t.onnx", verbose=False)
+    kexport.export_onnx(model, tmp_path / "t.onnx")  # verbose: says why, in one line
     out, err = capfd.readouterr()
     assert "Torch IR graph at exception" not in out + err
     assert not torch._C._jit_is_onnx_log_enabled()
+    assert "kexport: not using the traced torch.onnx graph: SymbolicValueError" in out
+    assert sys.prefix not in out and "site-packages" not in out
 
 
 def test_quiet_torchscript_log_restores_an_enabled_log():

@@ -33,6 +33,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -430,8 +431,8 @@ def _has_dynamic_recurrence(model: Any, signature: list[Any]) -> str | None:
     return None
 
 
-class _Specialised(Exception):
-    pass
+class _Specialised(NotTraceable):
+    """``torch.export`` fixed a dynamic axis anyway: re-host instead."""
 
 
 def capture_torch(model: Any, signature: list[Any], opset: int,
@@ -493,7 +494,7 @@ def capture_torch(model: Any, signature: list[Any], opset: int,
     for spec, value in zip(flat_specs, proto.graph.input, strict=False):
         got = value.type.tensor_type.shape.dim
         if any(got[ax].HasField("dim_value") for ax in spec.dynamic_axes):
-            raise _Specialised(value.name)
+            raise _Specialised(f"it fixed a dynamic axis of input '{value.name}'")
     return RawGraph(proto, names, outs, out_specs, route)
 
 
@@ -756,7 +757,8 @@ def _export(model: Any, filepath: str | os.PathLike[str], verbose: bool | None,
             summary = _SummaryEndpoint.of(proto, signature)
             write_model(proto, filepath, opts["threshold"], proto_route(proto), accept)
             break
-        except NotTraceable:
+        except NotTraceable as e:
+            _say_not_used(verbose, capture, e)
             if number == len(captures):
                 raise
         finally:
@@ -764,6 +766,30 @@ def _export(model: Any, filepath: str | os.PathLike[str], verbose: bool | None,
                 accept.close()  # no live reference call outlives its strategy
     if verbose is None or verbose:
         _summary.print_summary("onnx", [summary], filepath)
+
+
+#: How the verbose output names each strategy a graph can come from.
+_STRATEGIES = {"capture_traced": "the traced torch.onnx graph",
+               "capture_torch": "the torch.export graph",
+               "capture_jax2onnx": "the jax2onnx graph"}
+_DIRECTORIES = re.compile(  # an absolute path's folders (not URLs, not relative paths)
+    r"(?<![\w.:/\\])(?:[A-Za-z]:)?(?:[\\/][^\s\\/'\"():,]+)+[\\/](?=[^\s\\/'\"():,]+)")
+
+
+def without_paths(text: str, limit: int = 240) -> str:
+    """``text``'s first line, each file path cut to its file name, at most
+    ``limit`` characters: peer libraries' messages quote their source files,
+    and kexport's output holds no local paths."""
+    line = next((part for part in str(text).splitlines() if part.strip()), "")
+    line = _DIRECTORIES.sub("", line)
+    return line if len(line) <= limit else line[:limit - 3] + "..."
+
+
+def _say_not_used(verbose: bool | None, capture: Callable[..., Any], why: Exception) -> None:
+    """Tell the user why a strategy's graph was not kept (the export goes on)."""
+    if verbose is None or verbose:
+        what = _STRATEGIES.get(getattr(capture, "__name__", ""), "the converter's graph")
+        print(f"kexport: not using {what}: {without_paths(str(why))}")
 
 
 _COLLECT_ABOVE = 64 << 20
@@ -885,7 +911,8 @@ def _in_process_else_rehost(model: Any, filepath: str | os.PathLike[str],
             _export(model, filepath, verbose, input_signature, dict(kwargs), backend, captures)
             return
         except gives_up:
-            pass
+            if verbose is None or verbose:
+                print(f"kexport: re-hosting on tensorflow ({REHOST_ROUTE.partition(': ')[2]})")
     export_rehost(model, filepath, verbose=verbose, input_signature=input_signature,
                   **kwargs)
 
