@@ -127,3 +127,12 @@ def test_messages_quoted_from_peer_libraries_lose_their_local_paths():
     kept = "see https://github.com/onnx/onnx/issues/1 and ./relative/file.py"
     assert without_paths(kept) == kept
     assert without_paths("x" * 500).endswith("...") and len(without_paths("x" * 500)) == 240
+
+
+def test_external_data_into_a_missing_folder_is_a_clear_write_error(tmp_path):
+    from kexport.errors import WriteError
+
+    with pytest.raises(WriteError, match="Expected the folder that will hold the artifact "
+                                         "to exist"):
+        onnx_format.write_model(_tiny_graph(), tmp_path / "missing" / "g.onnx", 16, "test")
+    assert list(tmp_path.iterdir()) == []

@@ -426,6 +426,26 @@ def _swap_in(tmp: Path, target: Path, old: Path) -> None:
         raise
 
 
+def _writable_target(filepath: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """``(target, parent folder)``; a ``WriteError`` unless the folder exists and is writable."""
+    target = Path(os.fspath(filepath))
+    parent = target.parent if str(target.parent) else Path(".")
+    if not target.name or target.name in (".", ".."):
+        raise WriteError(f"Expected `filepath` to name a file or folder. Received: "
+                         f"filepath='{os.fspath(filepath)}'")
+    if not parent.is_dir():
+        raise WriteError(
+            f"Expected the folder that will hold the artifact to exist. "
+            f"Received: filepath='{os.fspath(filepath)}' whose parent folder does not exist."
+        )
+    if not os.access(parent, os.W_OK):
+        raise WriteError(
+            f"Expected a writable folder for the artifact. Received: "
+            f"filepath='{os.fspath(filepath)}' in a folder that is not writable."
+        )
+    return target, parent
+
+
 @contextlib.contextmanager
 def atomic_target(filepath: str | os.PathLike[str], *, is_dir: bool,
                   overwrite: bool | None = None) -> Iterator[Path]:
@@ -449,21 +469,7 @@ def atomic_target(filepath: str | os.PathLike[str], *, is_dir: bool,
     if overwrite is None:
         policy = _OVERWRITE.get()
         overwrite = True if policy is None else policy
-    target = Path(os.fspath(filepath))
-    parent = target.parent if str(target.parent) else Path(".")
-    if not target.name or target.name in (".", ".."):
-        raise WriteError(f"Expected `filepath` to name a file or folder. Received: "
-                         f"filepath='{os.fspath(filepath)}'")
-    if not parent.is_dir():
-        raise WriteError(
-            f"Expected the folder that will hold the artifact to exist. "
-            f"Received: filepath='{os.fspath(filepath)}' whose parent folder does not exist."
-        )
-    if not os.access(parent, os.W_OK):
-        raise WriteError(
-            f"Expected a writable folder for the artifact. Received: "
-            f"filepath='{os.fspath(filepath)}' in a folder that is not writable."
-        )
+    target, parent = _writable_target(filepath)
     check_target(target, overwrite=overwrite)
     token = uuid.uuid4().hex[:12]
     with _ACTIVE_LOCK:
@@ -515,10 +521,10 @@ def staging_dir(filepath: str | os.PathLike[str]) -> Iterator[Path]:
     :func:`atomic_target` (same filesystem, so a rename).
 
     Raises:
-        WriteError: when the folder cannot be created.
+        WriteError: when the target's folder does not exist or is not
+            writable, or the staging folder cannot be created.
     """
-    target = Path(os.fspath(filepath))
-    parent = target.parent if str(target.parent) else Path(".")
+    target, parent = _writable_target(filepath)
     token = uuid.uuid4().hex[:12]
     with _ACTIVE_LOCK:
         _ACTIVE.add(token)
