@@ -877,7 +877,7 @@ def export_jax(model: Any, filepath: str | os.PathLike[str], *,
 
     _refuse_lookup_layers(model, "jax: jax2onnx")
     _in_process_else_rehost(model, filepath, verbose, input_signature, kwargs, "jax",
-                            (capture_jax2onnx,), NotTraceable)
+                            (capture_jax2onnx,))
 
 
 def export_torch(model: Any, filepath: str | os.PathLike[str], *,
@@ -895,22 +895,23 @@ def export_torch(model: Any, filepath: str | os.PathLike[str], *,
     """
     _refuse_lookup_layers(model, "torch: torch.export -> torch.onnx")
     _in_process_else_rehost(model, filepath, verbose, input_signature, kwargs, "torch",
-                            _TORCH_STRATEGIES, _Specialised)
+                            _TORCH_STRATEGIES)
 
 
 def _in_process_else_rehost(model: Any, filepath: str | os.PathLike[str],
                             verbose: bool | None, input_signature: Any,
                             kwargs: dict[str, Any], backend: str,
-                            captures: Sequence[Callable[[Any, list[Any], int], RawGraph]],
-                            gives_up: type[Exception]) -> None:
-    """``captures`` in process unless the model is recurrent or they raise ``gives_up``;
-    then re-host on TensorFlow (nothing is written before either succeeds)."""
+                            captures: Sequence[Callable[[Any, list[Any], int], RawGraph]]
+                            ) -> None:
+    """``captures`` in process unless the model is recurrent or the last of them
+    raises :class:`NotTraceable`; then re-host on TensorFlow (nothing is
+    written before either succeeds)."""
     signature = normalize_for_model(model, input_signature)
     if _has_dynamic_recurrence(model, signature) is None:
         try:
             _export(model, filepath, verbose, input_signature, dict(kwargs), backend, captures)
             return
-        except gives_up:
+        except NotTraceable:
             if verbose is None or verbose:
                 print(f"kexport: re-hosting on tensorflow ({REHOST_ROUTE.partition(': ')[2]})")
     export_rehost(model, filepath, verbose=verbose, input_signature=input_signature,
