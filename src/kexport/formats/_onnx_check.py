@@ -2,7 +2,7 @@
 
 Fast converters (the traced ``torch.onnx`` exporter, ``jax2onnx``) can silently
 fix a dynamic dimension or produce a graph ONNX Runtime cannot run. Their
-output is used only after :func:`check_against_live` ran the finished graph
+output is used only after :class:`Acceptance` ran the finished graph
 (optimised, named: the bytes that will be written) at batch 1 and 3
 (every other dynamic axis at two further sizes, none equal to the sample the
 converter saw) and compared it with the live model; anything else raises
@@ -17,7 +17,7 @@ from typing import Any
 
 from kexport.signature import Spec
 
-__all__ = ["CHECK_BATCHES", "Acceptance", "NotTraceable", "check_against_live", "samples"]
+__all__ = ["CHECK_BATCHES", "Acceptance", "NotTraceable", "samples"]
 
 CHECK_BATCHES = (1, 3)
 _ATOL, _RTOL = 1e-4, 1e-3
@@ -91,21 +91,12 @@ def _compare(data: bytes | str, names: Sequence[str], cases: list[list[Any]],
             raise NotTraceable(f"differs from the live model at batch {batch}")
 
 
-def check_against_live(data: bytes | str, names: Sequence[str], specs: Sequence[Spec],
-                       live: Callable[[list[Any]], list[Any]]) -> None:
-    """Run the graph ``data`` (serialized, or a file's path) and compare with
-    ``live(flat inputs)``.
-
-    Raises:
-        NotTraceable: ONNX Runtime cannot load or run it, or an output differs.
-    """
-    cases = _cases(specs)
-    wants = _live_once(cases, specs, live)
-    _compare(data, names, cases, lambda: wants)
-
-
 class Acceptance:
-    """:func:`check_against_live` bound to one model, used as ``RawGraph.accept``.
+    """The check of a fast converter's graph against one model: ``RawGraph.accept``.
+
+    Calling it runs the graph (serialized, or a file's path) in ONNX Runtime
+    and compares it with the live model; it raises :class:`NotTraceable` when
+    ONNX Runtime cannot load or run it or an output differs.
 
     The live model's outputs on the check inputs start computing at once, in
     a background thread, so they are ready by the time the finished graph

@@ -4,7 +4,7 @@
 once loaded, where re-hosting onto TensorFlow takes seconds), but it has gaps:
 some graphs it writes do not run in ONNX Runtime (MaxPool on this stack) and
 some primitives it refuses (reverse scans: Bidirectional RNNs). Its graph is
-used only after :func:`kexport.formats._onnx_check.check_against_live`
+used only after :class:`kexport.formats._onnx_check.Acceptance`
 accepted the finished graph; otherwise :class:`NotTraceable` sends the export
 to the re-host route.
 

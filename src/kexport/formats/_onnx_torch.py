@@ -186,58 +186,42 @@ def quiet_torchscript_log() -> contextlib.AbstractContextManager[None]:
 
 
 _registry_lock = threading.Lock()
-_registry_users = 0
 _registry_cache: dict[int, Any] = {}
-_original_from_torchlib: Any = None
 
 
-@contextlib.contextmanager
-def cached_torchlib_registry() -> Iterator[None]:
+def cached_torchlib_registry() -> contextlib.AbstractContextManager[None]:
     """Build ``torch.onnx``'s ATen -> ONNX registry once per opset while inside.
 
-    Reference-counted and thread-safe; outside the context ``torch.onnx``
-    behaves as shipped. A no-op when the private hook is not where torch
-    2.x keeps it.
+    Reference-counted and thread-safe (:func:`kexport._patch.scoped_patch`);
+    outside the context ``torch.onnx`` behaves as shipped. A no-op when the
+    private hook is not where torch 2.x keeps it.
     """
-    global _registry_users, _original_from_torchlib
     try:
         from torch.onnx._internal.exporter import _registration
     except ImportError:
-        yield
-        return
+        return contextlib.nullcontext()
     cls = _registration.ONNXRegistry
     if not hasattr(cls, "from_torchlib") or not hasattr(cls(), "functions"):
-        yield
-        return
-    with _registry_lock:
-        if _registry_users == 0:
-            original = cls.__dict__["from_torchlib"]
-            _original_from_torchlib = original
+        return contextlib.nullcontext()
 
-            def from_torchlib(klass: Any, opset_version: Any = None, **kw: Any) -> Any:
-                build = original.__get__(None, klass)
-                if kw or klass is not cls:
-                    return build(opset_version, **kw) if opset_version is not None \
-                        else build(**kw)
-                key = opset_version
+    def make(original: Any) -> Any:
+        def from_torchlib(klass: Any, opset_version: Any = None, **kw: Any) -> Any:
+            build = original.__get__(None, klass)
+            if kw or klass is not cls:
+                return build(opset_version, **kw) if opset_version is not None \
+                    else build(**kw)
+            key = opset_version
+            with _registry_lock:
+                base = _registry_cache.get(key)
+            if base is None:
+                base = build(opset_version) if opset_version is not None else build()
                 with _registry_lock:
-                    base = _registry_cache.get(key)
-                if base is None:
-                    base = build(opset_version) if opset_version is not None else build()
-                    with _registry_lock:
-                        _registry_cache[key] = base
-                copy = cls()
-                copy.__dict__.update(base.__dict__)
-                copy.functions = {k: list(v) for k, v in base.functions.items()}
-                return copy
+                    _registry_cache[key] = base
+            copy = cls()
+            copy.__dict__.update(base.__dict__)
+            copy.functions = {k: list(v) for k, v in base.functions.items()}
+            return copy
 
-            cls.from_torchlib = classmethod(from_torchlib)
-        _registry_users += 1
-    try:
-        yield
-    finally:
-        with _registry_lock:
-            _registry_users -= 1
-            if _registry_users == 0 and _original_from_torchlib is not None:
-                cls.from_torchlib = _original_from_torchlib
-                _original_from_torchlib = None
+        return classmethod(from_torchlib)
+
+    return scoped_patch(cls, "from_torchlib", make)
