@@ -115,9 +115,10 @@ CATALOGUE = [
     ("export: target holds other data", "export_model",
      lambda p: (Path(p).write_text("mine"), kexport.export_model(mlp(), p)),
      kexport.TargetExistsError, r"which is a file that is not a kexport artifact.*overwrite=True"),
-    ("export: parent folder missing", "export_model",
-     lambda p: kexport.export_model(mlp(), p + "/no/such/dir/out", verbose=False),
-     kexport.WriteError, r"Expected the folder that will hold the artifact to exist"),
+    ("export: a parent of filepath is a file", "export_model",
+     lambda p: (Path(p).write_text("mine"), kexport.export_model(mlp(), p + "/a/model")),
+     kexport.WriteError, r"Expected every path component above the artifact to be a folder\. "
+     r"Received: filepath='.*/out/a/model' where '.*/out' is a file, not a folder"),
     ("archive: empty endpoint name", "ExportArchive.add_endpoint",
      lambda p: archive_with(None).add_endpoint("", mlp().call, [spec(None, 3)]),
      kexport.SignatureError, r"Expected the endpoint `name` to be a non-empty str\. Received: ''"),

@@ -93,3 +93,123 @@ def test_processes_different_paths_and_same_path(tmp_path, fresh_process):
         assert which_scale(fresh_process, str(tmp_path / f"own{s}"), scales) == s
     assert which_scale(fresh_process, str(tmp_path / "shared"), scales) in scales
     assert leftovers(tmp_path) == []
+
+
+# -- exports into one folder that does not exist yet ------------------------------------
+@pytest.mark.backends("tensorflow", "jax")
+def test_threads_into_one_new_folder(tmp_path, fresh_process):
+    """Several exports create the same missing folders at once; all succeed."""
+    scales = [1.0, 2.0]
+    models = [scaled_model(s) for s in scales]
+    folder = tmp_path / "new" / "sub"
+    barrier = threading.Barrier(len(scales) * 2)
+
+    def job(i: int, same: bool) -> None:
+        barrier.wait(60)
+        path = folder / ("shared" if same else f"own{i}")
+        kexport.export_model(models[i], str(path), verbose=False)
+
+    with ThreadPoolExecutor(len(scales) * 2) as pool:
+        futures = [pool.submit(job, i, same) for i in range(len(scales)) for same in (False, True)]
+        for f in futures:
+            f.result(timeout=600)
+    for i, s in enumerate(scales):
+        assert which_scale(fresh_process, str(folder / f"own{i}"), scales) == s
+    assert which_scale(fresh_process, str(folder / "shared"), scales) in scales
+    assert leftovers(folder) == []
+
+
+@pytest.mark.backends("tensorflow")
+def test_processes_into_one_new_folder(tmp_path, fresh_process):
+    scales = [1.0, 2.0]
+    folder = tmp_path / "new" / "sub"
+    src = str(Path(kexport.__file__).resolve().parents[1])
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(len(scales), mp_context=ctx) as pool:
+        futures = [pool.submit(_process_job, src, BACKEND, str(folder), s) for s in scales]
+        assert [f.result(timeout=600) for f in futures] == ["ok"] * len(scales)
+    for s in scales:
+        assert which_scale(fresh_process, str(folder / f"own{s}"), scales) == s
+    assert which_scale(fresh_process, str(folder / "shared"), scales) in scales
+    assert leftovers(folder) == []
+
+
+@pytest.mark.backends("tensorflow")  # atomic_target only: backend-independent
+@pytest.mark.parametrize("is_dir", [True, False], ids=["folder", "file"])
+def test_failed_write_spares_a_new_folder_another_write_uses(tmp_path, is_dir):
+    """Write A creates the folder, write B starts in it, A fails: A's clean-up must
+    not remove the folder B is writing into (only empty folders are removed)."""
+    from kexport import _atomic
+
+    folder = tmp_path / "new" / "sub"
+    a_in, b_in, a_done = threading.Event(), threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def write_a() -> None:
+        try:
+            with _atomic.atomic_target(folder / "a", is_dir=True):
+                a_in.set()
+                assert b_in.wait(30)
+                raise RuntimeError("A fails")
+        except kexport.WriteError:
+            pass
+        finally:
+            a_done.set()
+
+    def write_b() -> None:
+        try:
+            assert a_in.wait(30)
+            with _atomic.atomic_target(folder / ("b" if is_dir else "b.onnx"),
+                                       is_dir=is_dir) as tmp:
+                b_in.set()
+                assert a_done.wait(30)  # the writer runs on after A cleaned up
+                if is_dir:
+                    (tmp / "kexport.json").write_text('{"producer": "kexport"}')
+                else:
+                    tmp.write_bytes(b"b")
+        except BaseException as e:  # reported below
+            errors.append(e)
+            b_in.set()
+
+    threads = [threading.Thread(target=write_a), threading.Thread(target=write_b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    assert sorted(p.name for p in folder.iterdir()) == ["b" if is_dir else "b.onnx"]
+
+
+@pytest.mark.backends("tensorflow")
+def test_folder_removed_before_the_first_entry_is_made_again(tmp_path, monkeypatch):
+    """The window between making the folders and the write's first entry in them: a
+    concurrent failed write removes them there; the write makes them again."""
+    from kexport import _atomic
+
+    real = _atomic._writable_target
+    calls: list[list[Path]] = []
+
+    def racing(filepath):
+        target, parent, created = real(filepath)
+        calls.append(created)
+        if len(calls) == 1:  # as if another write had made them and now removed them
+            for folder in sorted(created, key=lambda p: len(p.parts), reverse=True):
+                os.rmdir(folder)
+            created = []
+        return target, parent, created
+
+    monkeypatch.setattr(_atomic, "_writable_target", racing)
+    for name, is_dir in (("m", True), ("m.onnx", False)):
+        calls.clear()
+        target = tmp_path / f"new-{is_dir}" / "sub" / name
+        with _atomic.atomic_target(target, is_dir=is_dir) as tmp:
+            if is_dir:
+                (tmp / "kexport.json").write_text('{"producer": "kexport"}')
+            else:
+                tmp.write_bytes(b"graph")
+        assert target.exists() and len(calls) == 2
+        assert leftovers(target.parent) == []
+    calls.clear()
+    with pytest.raises(RuntimeError), _atomic.staging_dir(tmp_path / "staged" / "m.onnx"):
+        raise RuntimeError("fails after the retry: the folders it made are removed")
+    assert len(calls) == 2 and not (tmp_path / "staged").exists()

@@ -15,6 +15,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -210,6 +211,47 @@ def test_writer_exception_is_typed_and_target_kept(tmp_path):
     assert leftovers(tmp_path) == []
 
 
+@pytest.mark.backends("tensorflow")
+def test_failed_write_removes_only_the_folders_it_created(tmp_path):
+    """Missing parents are created; on failure exactly those are removed again, and
+    only while empty: folders that were there, or that someone filled, are kept."""
+    keep = tmp_path / "keep"
+    keep.mkdir()
+    for name, is_dir in (("model", True), ("model.onnx", False)):
+        with pytest.raises(kexport.WriteError, match=r"failed: RuntimeError: boom"), \
+                _atomic.atomic_target(keep / "a" / "b" / name, is_dir=is_dir) as tmp:
+            assert (keep / "a" / "b").is_dir()
+            if is_dir:
+                (tmp / "partial").write_text("x")
+            raise RuntimeError("boom")
+        assert list(keep.iterdir()) == []
+    with pytest.raises(RuntimeError), _atomic.staging_dir(keep / "s" / "t" / "m.onnx") as stage:
+        with _atomic.atomic_target(keep / "s" / "t" / "m.onnx", is_dir=False) as tmp:
+            tmp.write_bytes(b"graph")  # placed...
+        raise RuntimeError("...but the export fails afterwards")
+    assert [p.name for p in (keep / "s" / "t").iterdir()] == ["m.onnx"]  # not empty: kept
+    assert not stage.exists()
+    with pytest.raises(kexport.WriteError), \
+            _atomic.atomic_target(keep / "c" / "d" / "model", is_dir=True):
+        (keep / "c" / "theirs.txt").write_text("someone else's")
+        raise RuntimeError("boom")
+    assert sorted(p.name for p in (keep / "c").iterdir()) == ["theirs.txt"]
+    assert leftovers(keep) == [] and leftovers(keep / "c") == []
+
+
+@pytest.mark.backends("tensorflow")
+def test_sigkill_in_a_new_folder_then_next_export_cleans_up(tmp_path):
+    """A killed write cannot remove what it made: the folder stays with the dead
+    writer's temporary (a ``-hold`` marker for a file), which the next write removes."""
+    for name, is_dir in (("model", True), ("model.onnx", False)):
+        target = tmp_path / f"new-{name}" / "sub" / name
+        assert run_child(target, "B", is_dir=is_dir, fault="created") == -signal.SIGKILL
+        assert leftovers(target.parent)
+        assert run_child(target, "C", is_dir=is_dir) == 0
+        assert artifact_version(target, is_dir) == "C"
+        assert leftovers(target.parent) == []
+
+
 # -- real filesystems that fail: a tiny tmpfs and a read-only mount (root only) --------
 def _mount(path: Path, options: str) -> bool:
     if os.geteuid() != 0:
@@ -257,6 +299,12 @@ def test_read_only_folder_is_refused_before_writing(tmp_path):
     try:
         with pytest.raises(kexport.WriteError, match="in a folder that is not writable"), \
                 _atomic.atomic_target(ro / "model", is_dir=True):
+            pytest.fail("the writer must not run")
+        missing = ro / "new" / "model"  # the missing folders cannot be made there either
+        message = (rf"in a folder that is not writable \('{re.escape(str(ro))}', "
+                   r"where its missing folders would be created\)")
+        with pytest.raises(kexport.WriteError, match=message), \
+                _atomic.atomic_target(missing, is_dir=True):
             pytest.fail("the writer must not run")
         assert list(ro.iterdir()) == []
     finally:

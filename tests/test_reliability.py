@@ -8,6 +8,7 @@ with the reason the registry gives.
 from __future__ import annotations
 
 import json
+import os
 import re
 import zipfile
 from pathlib import Path
@@ -106,6 +107,134 @@ def test_archive_write_out_refuses_other_data(tmp_path):
         archive.write_out(str(path), verbose=False, overwrite="yes")
     archive.write_out(str(path), verbose=False, overwrite=True)
     assert _atomic.is_kexport_artifact(path)
+
+
+# -- 2b. missing parent folders are created, and removed again on failure ---------------
+SRC = str(Path(kexport.__file__).resolve().parents[1])
+X = np.linspace(-1, 1, 6, dtype="float32").reshape(2, 3)
+
+
+def reload_and_run(fresh_process, fmt: str, path: Path) -> np.ndarray:
+    """Run ``path`` on ``X`` in a fresh process with the format's own runtime."""
+    if fmt == "tf_saved_model":
+        return np.asarray(fresh_process("saved_model_call", str(path), "serve", [X]))
+    if fmt == "onnx":
+        return fresh_process("fresh_onnx:inspect_and_run", str(path), [{"x": X}])["results"][0][0]
+    if fmt == "litert":
+        (res,) = fresh_process("fresh_formats:litert_run", [(str(path), "serve", [{"x": X}])])
+        return res["outputs"][0]["y"]
+    if fmt == "openvino":
+        (res,) = fresh_process("fresh_formats:openvino_run", [(str(path), [{"x": X}])])
+        return res["outputs"][0]["y"]
+    if fmt == "torch":
+        (res,) = fresh_process("fresh_formats:torch_run", [(str(path), [[X]])])
+        return res["outputs"][0][0]
+    raise AssertionError(f"no fresh-process reload for {fmt}; add one here")
+
+
+# (case id, format, export options): every format, ONNX also with external weights
+# (written through staging_dir).
+PARENT_CASES = [(fmt, fmt, {}) for fmt in FORMATS] + [
+    ("onnx-external-data", "onnx", {"external_data_threshold": 0})]
+
+
+@pytest.mark.parametrize(("case", "fmt", "options"), PARENT_CASES,
+                         ids=[c[0] for c in PARENT_CASES])
+def test_missing_parent_folders_created_and_removed_on_failure(tmp_path, fresh_process,
+                                                              monkeypatch, case, fmt, options):
+    """As keras.Model.export: missing parents are made (every level). A failed export
+    removes the folders it made, not the ones that were there; the next one succeeds."""
+    route_or_skip(fmt, native_only=True)
+    model = small_model(2.0)
+    keep = tmp_path / "keep"
+    keep.mkdir()
+    path = target_for(keep / "a" / "b", fmt, "model")
+
+    real_swap = _atomic._swap_in
+
+    def failing_swap(tmp, target, old):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(_atomic, "_swap_in", failing_swap)  # fails after the writer ran
+    with pytest.raises(kexport.WriteError, match="No space left on device"):
+        kexport.export_model(model, str(path), format=fmt, verbose=False, **options)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep"]
+    assert list(keep.iterdir()) == [], "the failed export left folders it created"
+
+    monkeypatch.setattr(_atomic, "_swap_in", real_swap)
+    kexport.export_model(model, str(path), format=fmt, verbose=False, **options)
+    assert _atomic.is_kexport_artifact(path)
+    assert sorted(p.name for p in path.parent.iterdir() if ".kexport-" in p.name) == []
+    if options.get("external_data_threshold") == 0:
+        assert (path.parent / f"{path.name}.data").is_file()
+    np.testing.assert_allclose(reload_and_run(fresh_process, fmt, path),
+                               keras.ops.convert_to_numpy(model(X)), atol=1e-5)
+
+
+@pytest.mark.backends("tensorflow", "jax")  # the torch archive re-hosts (slow)
+def test_archive_write_out_creates_missing_folders(tmp_path, fresh_process):
+    archive = kexport.ExportArchive()
+    model = small_model(3.0)
+    archive.track(model)
+    archive.add_endpoint("serve", model.call, [keras.InputSpec(shape=(None, 3))])
+    path = tmp_path / "new" / "deeper" / "archive"
+    archive.write_out(str(path), verbose=False)
+    assert _atomic.is_kexport_artifact(path)
+    np.testing.assert_allclose(reload_and_run(fresh_process, "tf_saved_model", path),
+                               keras.ops.convert_to_numpy(model(X)), atol=1e-5)
+
+
+@pytest.mark.backends("tensorflow")  # the check runs before any backend-specific work
+def test_parent_that_is_a_file_is_a_typed_error(tmp_path):
+    notes = tmp_path / "notes"
+    notes.write_text("keep me")
+    archive = kexport.ExportArchive()
+    model = small_model()
+    archive.track(model)
+    archive.add_endpoint("serve", model.call, [keras.InputSpec(shape=(None, 3))])
+    for path in (notes / "model", notes / "a" / "b" / "model.onnx"):
+        message = (rf"Expected every path component above the artifact to be a folder\. "
+                   rf"Received: filepath='{re.escape(str(path))}' where "
+                   rf"'{re.escape(str(notes))}' is a file, not a folder\. Nothing was written\.")
+        fmt = "onnx" if path.suffix == ".onnx" else "tf_saved_model"
+        with pytest.raises(kexport.WriteError, match=message):
+            kexport.export_model(model, str(path), format=fmt, verbose=False)
+        with pytest.raises(kexport.WriteError, match=message):
+            archive.write_out(str(path), verbose=False, format=fmt)
+    assert notes.read_text() == "keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes"]
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+@pytest.mark.backends("tensorflow")
+def test_readme_first_example_runs_as_written(tmp_path):
+    """The README's first example, verbatim, in a fresh empty folder (``out/`` missing)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    example = re.search(r"```python\n(.*?)```", README.read_text(), re.S).group(1)
+    assert 'kexport.export_model(model, "out/model")' in example
+    setup = textwrap.dedent("""
+        import keras, numpy as np
+        i = keras.Input((3,), name="x")
+        model = keras.Model(i, keras.layers.Dense(2, name="y")(i))
+        input_data = np.linspace(-1, 1, 6, dtype="float32").reshape(2, 3)
+        np.save("expected.npy", keras.ops.convert_to_numpy(model(input_data)))
+    """)
+    check = '\nnp.save("predictions.npy", np.asarray(predictions))\n'
+    work = tmp_path / "empty"
+    work.mkdir()
+    env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3",
+               PYTHONPATH=os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-c", setup + example + check], cwd=work, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (work / "out" / "model" / "saved_model.pb").is_file()
+    np.testing.assert_allclose(np.load(work / "predictions.npy"), np.load(work / "expected.npy"),
+                               atol=1e-6)
 
 
 @pytest.mark.backends("tensorflow")

@@ -16,6 +16,12 @@ format inherits by writing through :func:`atomic_target`:
 - **No data loss by accident.** An existing target that is not a kexport
   artifact (see :func:`is_kexport_artifact`) is refused with
   :class:`~kexport.errors.TargetExistsError` unless ``overwrite=True``.
+- **Missing folders are made, and unmade on failure.** Missing parent folders
+  of the target are created (all levels, as ``keras.Model.export`` does);
+  if the write then fails, the folders this write created are removed again
+  when still empty. A write's first entry in the folder (its temporary, or a
+  ``-hold`` marker for a file) is made right after the folders, so a
+  concurrent failed write never removes a folder another write is using.
 - **Typed errors.** Any failure inside the ``with`` block becomes a
   :class:`~kexport.errors.WriteError` (``KexportError`` subclasses pass
   through) and leaves the target as it was.
@@ -48,6 +54,7 @@ from kexport.errors import KexportError, TargetExistsError, WriteError
 __all__ = [
     "FAULT_POINTS",
     "atomic_target",
+    "check_parent",
     "check_target",
     "is_kexport_artifact",
     "overwrite_allowed",
@@ -61,6 +68,7 @@ __all__ = [
 
 _TMP = ".kexport-tmp-"
 _OLD = ".kexport-old-"
+_HOLD = "-hold"
 _FAULT_ENV = "_KEXPORT_FAULT"
 #: Where the ``_KEXPORT_FAULT`` test hook can kill the process, in order:
 #: ``created`` (empty temporary made), ``written`` (new artifact complete in
@@ -426,24 +434,150 @@ def _swap_in(tmp: Path, target: Path, old: Path) -> None:
         raise
 
 
-def _writable_target(filepath: str | os.PathLike[str]) -> tuple[Path, Path]:
-    """``(target, parent folder)``; a ``WriteError`` unless the folder exists and is writable."""
+def _not_a_folder(filepath: str | os.PathLike[str], folder: Path) -> WriteError:
+    kind = "a broken symbolic link" if folder.is_symlink() and not folder.exists() else "a file"
+    return WriteError(
+        f"Expected every path component above the artifact to be a folder. Received: "
+        f"filepath='{os.fspath(filepath)}' where '{os.fspath(folder)}' is {kind}, "
+        "not a folder. Nothing was written."
+    )
+
+
+def _missing_parents(filepath: str | os.PathLike[str]) -> tuple[Path, Path, list[Path]]:
+    """``(target, parent folder, missing folders, outermost first)``; creates nothing.
+
+    Raises:
+        WriteError: when ``filepath`` names no file or folder, a path
+            component above it is a file, or the folder that holds (or will
+            hold) the artifact is not writable.
+    """
     target = Path(os.fspath(filepath))
     parent = target.parent if str(target.parent) else Path(".")
     if not target.name or target.name in (".", ".."):
         raise WriteError(f"Expected `filepath` to name a file or folder. Received: "
                          f"filepath='{os.fspath(filepath)}'")
-    if not parent.is_dir():
-        raise WriteError(
-            f"Expected the folder that will hold the artifact to exist. "
-            f"Received: filepath='{os.fspath(filepath)}' whose parent folder does not exist."
-        )
-    if not os.access(parent, os.W_OK):
+    missing: list[Path] = []
+    folder = parent
+    while True:
+        try:
+            if folder.is_dir():
+                break
+        except OSError as e:  # e.g. a folder above that cannot be searched
+            raise WriteError(
+                f"Expected a writable folder for the artifact. Received: "
+                f"filepath='{os.fspath(filepath)}' whose folder '{os.fspath(folder)}' "
+                f"cannot be read: {e}"
+            ) from e
+        if os.path.lexists(folder):
+            raise _not_a_folder(filepath, folder)
+        missing.append(folder)
+        if folder.parent == folder:
+            break
+        folder = folder.parent
+    if not os.access(folder, os.W_OK):
+        where = (f" ('{os.fspath(folder)}', where its missing folders would be created)"
+                 if missing else "")
         raise WriteError(
             f"Expected a writable folder for the artifact. Received: "
-            f"filepath='{os.fspath(filepath)}' in a folder that is not writable."
+            f"filepath='{os.fspath(filepath)}' in a folder that is not writable{where}."
         )
-    return target, parent
+    missing.reverse()
+    return target, parent, missing
+
+
+def check_parent(filepath: str | os.PathLike[str]) -> None:
+    """Refuse, before any work, a ``filepath`` whose folder cannot be made or written.
+
+    Missing folders are fine (:func:`atomic_target` creates them). Creates
+    nothing itself.
+
+    Raises:
+        WriteError: when ``filepath`` names no file or folder, a path
+            component above it is a file, or the folder that holds it (or,
+            when missing, the nearest existing folder above) is not writable.
+    """
+    _missing_parents(filepath)
+
+
+def _remove_created(created: list[Path]) -> None:
+    """Remove folders this write created, innermost first, where still empty.
+
+    ``os.rmdir`` refuses a folder that is not empty, so a folder another
+    write is using (its temporary is inside) is never removed.
+    """
+    for folder in sorted(set(created), key=lambda p: len(p.parts), reverse=True):
+        with contextlib.suppress(OSError):
+            os.rmdir(folder)
+
+
+def _writable_target(filepath: str | os.PathLike[str]) -> tuple[Path, Path, list[Path]]:
+    """``(target, parent folder, folders created)``: the one place that checks the
+    folder of an artifact and creates it (all missing levels) when missing.
+
+    Semantics of ``mkdir(parents=True, exist_ok=True)``, except that only the
+    folders this call made itself are returned: a folder a concurrent write
+    made first is not this write's to remove.
+
+    Raises:
+        WriteError: as :func:`check_parent`, or when a folder cannot be
+            created (those created before are removed again).
+        FileNotFoundError: when a folder above vanished meanwhile (removed
+            by a concurrent write that failed); :func:`_claim` tries again.
+    """
+    target, parent, missing = _missing_parents(filepath)
+    created: list[Path] = []
+    for folder in missing:
+        try:
+            os.mkdir(folder)
+        except FileExistsError:
+            if folder.is_dir():
+                continue  # made by a concurrent write
+            _remove_created(created)
+            raise _not_a_folder(filepath, folder) from None
+        except FileNotFoundError:  # a concurrent failed write removed a folder above:
+            _remove_created(created)  # the caller (_claim) tries again
+            raise
+        except OSError as e:
+            _remove_created(created)
+            raise WriteError(
+                f"Writing '{os.fspath(filepath)}' failed: could not create the folder "
+                f"'{os.fspath(folder)}': {e}. Nothing was written."
+            ) from e
+        created.append(folder)
+    return target, parent, created
+
+
+#: How often a write makes its folders again when a concurrent failed write
+#: removed them between their creation and the write's first entry.
+_CLAIM_TRIES = 5
+
+
+def _claim(filepath: str | os.PathLike[str], create: Callable[[], object]) -> list[Path]:
+    """Make the folders of ``filepath``, then this write's first entry there (``create``).
+
+    The entry keeps the folder non-empty, so a concurrent write that created
+    the folder and then failed cannot remove it; should that write remove it
+    between the two steps (or while the folders are made), the step fails
+    with ``FileNotFoundError`` and the folders are made again.
+
+    Returns:
+        The folders this write created (remove with :func:`_remove_created`
+        if the write fails).
+    """
+    created: list[Path] = []
+    for attempt in range(_CLAIM_TRIES):
+        try:
+            created += _writable_target(filepath)[2]
+            create()
+            return created
+        except FileNotFoundError:
+            if attempt == _CLAIM_TRIES - 1:
+                _remove_created(created)
+                raise
+        except BaseException:
+            _remove_created(created)
+            raise
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 @contextlib.contextmanager
@@ -462,14 +596,15 @@ def atomic_target(filepath: str | os.PathLike[str], *, is_dir: bool,
     Raises:
         TargetExistsError: when ``filepath`` holds other data (see
             :func:`check_target`).
-        WriteError: when the parent folder does not exist or is not
-            writable, the writer fails, or the final move fails. The target
-            is then left as it was.
+        WriteError: when a path component above ``filepath`` is a file, the
+            folder is not writable, the writer fails, or the final move
+            fails. The target is then left as it was, and the missing
+            folders this write created are removed again.
     """
     if overwrite is None:
         policy = _OVERWRITE.get()
         overwrite = True if policy is None else policy
-    target, parent = _writable_target(filepath)
+    target, parent, _ = _missing_parents(filepath)
     check_target(target, overwrite=overwrite)
     token = uuid.uuid4().hex[:12]
     with _ACTIVE_LOCK:
@@ -477,11 +612,14 @@ def atomic_target(filepath: str | os.PathLike[str], *, is_dir: bool,
     stem = f"{os.getpid()}-{token}"
     tmp = parent / f".{target.name}{_TMP}{stem}{'' if is_dir else target.suffix}"
     old = parent / f".{target.name}{_OLD}{stem}"
+    # A file's temporary is made by the writer; until then this marker holds the folder.
+    hold = None if is_dir else parent / f".{target.name}{_TMP}{stem}{_HOLD}"
+    created: list[Path] = []
+    done = False
     try:
         try:
+            created = _claim(filepath, tmp.mkdir if hold is None else hold.touch)
             recover(target)
-            if is_dir:
-                tmp.mkdir()
             _fault("created")
             yield tmp
             if not (tmp.exists() or tmp.is_symlink()):
@@ -490,6 +628,7 @@ def atomic_target(filepath: str | os.PathLike[str], *, is_dir: bool,
             with _locked(parent):
                 check_target(target, overwrite=overwrite)
                 _swap_in(tmp, target, old)
+            done = True
             _fault("swapped")
         except KexportError:
             raise
@@ -504,8 +643,12 @@ def atomic_target(filepath: str | os.PathLike[str], *, is_dir: bool,
             ) from e
     finally:
         _remove(tmp)
+        if hold is not None:
+            _remove(hold)
         if target.exists() or target.is_symlink():
             _remove(old)  # else recover() puts the previous artifact back
+        if not done:
+            _remove_created(created)
         with _ACTIVE_LOCK:
             _ACTIVE.discard(token)
 
@@ -521,22 +664,29 @@ def staging_dir(filepath: str | os.PathLike[str]) -> Iterator[Path]:
     :func:`atomic_target` (same filesystem, so a rename).
 
     Raises:
-        WriteError: when the target's folder does not exist or is not
-            writable, or the staging folder cannot be created.
+        WriteError: when a path component above the target is a file, the
+            target's folder is not writable, or the staging folder cannot be
+            created. Missing folders are created (see :func:`atomic_target`)
+            and removed again if the ``with`` block fails.
     """
-    target, parent = _writable_target(filepath)
+    target, parent, _ = _missing_parents(filepath)
     token = uuid.uuid4().hex[:12]
     with _ACTIVE_LOCK:
         _ACTIVE.add(token)
     stage = parent / f".{target.name}{_TMP}{os.getpid()}-{token}-stage"
+    created: list[Path] = []
+    done = False
     try:
         try:
-            stage.mkdir()
+            created = _claim(filepath, stage.mkdir)
         except OSError as e:
             raise WriteError(f"Writing '{os.fspath(filepath)}' failed: {e}. "
                              "The target was left as it was.") from e
         yield stage
+        done = True
     finally:
         _remove(stage)
+        if not done:
+            _remove_created(created)
         with _ACTIVE_LOCK:
             _ACTIVE.discard(token)
