@@ -12,7 +12,9 @@ Run from the repository root: ``scripts/setup.sh && .venv/bin/python examples/de
    export time, max error from verification, held-out accuracy of the artifact
    next to the Keras model's, and p50 latency at batch 1.
 
-Set ``KERAS_BACKEND`` to run it from the JAX or PyTorch backend.
+Set ``KERAS_BACKEND`` to run it from the JAX or PyTorch backend. Like the CLI it
+prints only its own lines; ``-v`` lets the frameworks print their start-up logs
+and warnings too.
 """
 
 from __future__ import annotations
@@ -23,8 +25,6 @@ import subprocess
 import sys
 import tempfile
 import time
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def train(seed: int = 0) -> tuple[object, object, object, float, float]:
@@ -162,4 +162,10 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # The CLI's quieting (kexport.cli._quiet), applied to this process too: the
+    # model is trained and the artifacts are reloaded here, not in the CLI.
+    from kexport.cli._quiet import quiet_libraries
+
+    with quiet_libraries(verbose="-v" in sys.argv[1:]):
+        code = main()
+    sys.exit(code)
