@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -226,3 +229,50 @@ def test_torch_archive_is_rehosted_into_one_tflite_with_a_signature_per_endpoint
     np.testing.assert_allclose(res[1]["outputs"][0]["z"],
                                keras.ops.convert_to_numpy(head(hx["x"])), atol=1e-5)
     assert kexport.load(path).default_endpoint == "serve"
+
+
+def _clean_load(tmp_path, path, want, *, block_litert):
+    """kexport.load + run in a new interpreter (fresh_runtime.litert_clean_load)."""
+    feeds = tmp_path / f"feeds{int(block_litert)}.npz"
+    out = str(tmp_path / f"out{int(block_litert)}.npz")
+    np.savez(feeds, **{f"{i}/{k}": v for i, (xs, _) in enumerate(want) for k, v in xs.items()})
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import fresh_runtime; "
+            "fresh_runtime.litert_clean_load(*sys.argv[2:])")
+    subprocess.run([sys.executable, "-c", code, os.path.dirname(__file__), path, str(feeds), out,
+                    "1" if block_litert else "0"], check=True, timeout=600)
+    with open(out + ".json") as f:
+        info = json.load(f)
+    got = np.load(out)
+    for i, (_, ref) in enumerate(want):
+        np.testing.assert_allclose(got[f"{i}/y"], ref, atol=1e-5, rtol=1e-4)
+    return info
+
+
+@NATIVE
+def test_load_runs_with_ai_edge_litert_without_deprecation_warning(exported, tmp_path):
+    (_, _, path, want), _ = exported["dict"]
+    info = _clean_load(tmp_path, path, want, block_litert=False)
+    assert info["interpreter"] == "ai_edge_litert" and info["ai_edge_litert_imported"]
+    about_interpreter = [w for w in info["warnings"]
+                         if "Interpreter" in w or "deprecated" in w.lower()]
+    assert about_interpreter == []
+
+
+@NATIVE
+def test_load_falls_back_to_tf_lite_without_ai_edge_litert(exported, tmp_path):
+    (_, _, path, want), _ = exported["dict"]
+    info = _clean_load(tmp_path, path, want, block_litert=True)
+    assert info["interpreter"] == "tensorflow" and not info["ai_edge_litert_imported"]
+    # the fallback really is TensorFlow's interpreter: it warns about itself
+    assert any("tf.lite.Interpreter is deprecated" in w for w in info["warnings"])
+
+
+def test_interpreter_class_is_the_one_choice(monkeypatch):
+    from kexport.runtime import litert as runtime
+
+    name, cls = runtime.interpreter_class()
+    assert (name, cls.__module__) == ("ai_edge_litert", "ai_edge_litert.interpreter")
+    monkeypatch.setitem(sys.modules, "ai_edge_litert", None)
+    monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)
+    name, cls = runtime.interpreter_class()
+    assert name == "tensorflow" and cls.__module__.startswith("tensorflow")

@@ -31,7 +31,8 @@ def _check_common(model: Any, filepath: Any, verbose: Any) -> None:
 
 
 def _check_overwrite(filepath: str | os.PathLike[str], overwrite: Any) -> None:
-    """Refuse bad ``filepath``/``overwrite`` values and, early, targets holding other data."""
+    """Refuse bad ``filepath``/``overwrite`` values and, early, targets holding other data
+    or a folder that cannot hold them (missing folders are created at the write)."""
     if not isinstance(filepath, (str, os.PathLike)) or not os.fspath(filepath):
         raise SignatureError(
             f"Expected `filepath` to be a non-empty str or pathlib.Path. "
@@ -42,6 +43,7 @@ def _check_overwrite(filepath: str | os.PathLike[str], overwrite: Any) -> None:
             f"Expected `overwrite` to be True or False. Received: {describe(overwrite)}"
         )
     _atomic.check_target(filepath, overwrite=overwrite)
+    _atomic.check_parent(filepath)
 
 
 def export_model(model: Any, filepath: str | os.PathLike[str], format: str = "tf_saved_model",
@@ -184,7 +186,9 @@ def export_litert(model: Any, filepath: str | os.PathLike[str], verbose: bool | 
 
     ```python
     kexport.export_litert(model, "model.tflite")
-    runner = tf.lite.Interpreter("model.tflite").get_signature_runner("serve")
+    from ai_edge_litert.interpreter import Interpreter  # pip install ai-edge-litert
+
+    runner = Interpreter("model.tflite").get_signature_runner("serve")
     outputs = runner(x=inputs)  # {"y": ...}
     ```
     """
@@ -203,7 +207,9 @@ def export_openvino(model: Any, filepath: str | os.PathLike[str], verbose: bool 
 
     ```python
     kexport.export_openvino(model, "model.xml")
-    compiled = openvino.Core().compile_model("model.xml", "CPU")
+    # State the precision: on CPUs with bf16 units OpenVINO defaults to bf16.
+    compiled = openvino.Core().compile_model("model.xml", "CPU",
+                                             {"INFERENCE_PRECISION_HINT": "f32"})
     ```
     """
     export_model(model, filepath, format="openvino", verbose=verbose,

@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from kexport._numerics import child_env, short
 from kexport.errors import SignatureError, VerificationError, describe
 from kexport.runtime._base import EndpointInfo, TensorInfo, feeds_for, format_shape
 
@@ -47,6 +48,27 @@ DEFAULT_SIZES: tuple[int, ...] = (1, 3)
 def default_tolerances(precision: str) -> tuple[float, float]:
     """``(atol, rtol)`` for an artifact computing in ``precision``."""
     return TOLERANCES.get(precision, TOLERANCES["float32"])
+
+
+def _looser(a: tuple[float, float], b: tuple[float, float]) -> tuple[float, float]:
+    return (max(a[0], b[0]), max(a[1], b[1]))
+
+
+def _tolerances_for(format: str, metadata: Mapping[str, Any], precision: str,
+                    runtime_precision: str) -> tuple[tuple[float, float], str]:
+    """``((atol, rtol), precision)`` for an artifact of ``precision`` run in ``runtime_precision``.
+
+    The artifact's own precision (or its format's declared tolerance, e.g. by
+    LiteRT quantization mode) applies; a runtime computing in less than
+    float32 widens it to that precision's tolerance, and names it.
+    """
+    tol = declared_tolerances(format, metadata) or default_tolerances(precision)
+    if runtime_precision in TOLERANCES and runtime_precision not in ("float32", "float64"):
+        runtime_tol = default_tolerances(runtime_precision)
+        if runtime_tol[0] > tol[0]:
+            precision = runtime_precision
+        tol = _looser(tol, runtime_tol)
+    return tol, precision
 
 
 def declared_tolerances(format: str, metadata: Mapping[str, Any]) -> tuple[float, float] | None:
@@ -132,6 +154,8 @@ class VerificationReport:
         format: the artifact's format.
         precision: the compute precision the tolerances were chosen for.
         atol: default absolute tolerance of the run.
+        runtime_precision: the precision the artifact's runtime computed in,
+            as the runtime reported it (``"float32"`` unless asked otherwise).
         rtol: default relative tolerance of the run.
         seed: seed of the generated inputs.
         checks: one :class:`OutputCheck` per endpoint, output and case.
@@ -145,6 +169,7 @@ class VerificationReport:
     seed: int
     checks: list[OutputCheck] = field(default_factory=list)
     error: str | None = None
+    runtime_precision: str = "float32"
 
     @property
     def ok(self) -> bool:
@@ -183,7 +208,7 @@ class VerificationReport:
         return {
             "producer": "kexport", "producer_version": __version__,
             "ok": self.ok, "format": self.format, "precision": self.precision,
-            "atol": self.atol, "rtol": self.rtol, "seed": self.seed,
+            "runtime_precision": self.runtime_precision, "atol": self.atol, "rtol": self.rtol, "seed": self.seed,
             "error": self.error, "summary": self.summary(),
             "checks": [_finite(asdict(c)) for c in self.checks],
         }
@@ -194,7 +219,8 @@ class VerificationReport:
         checks = [OutputCheck(**{k: _unfinite(v) for k, v in c.items()})
                   for c in data.get("checks", [])]
         return cls(data["format"], data["precision"], data["atol"], data["rtol"],
-                   data["seed"], checks, data.get("error"))
+                   data["seed"], checks, data.get("error"),
+                   data.get("runtime_precision", "float32"))
 
     def table(self) -> str:
         """The report as a text table, one row per endpoint and output."""
@@ -212,7 +238,8 @@ class VerificationReport:
                  for row in rows]
         lines.insert(1, "  ".join("-" * w for w in widths))
         verdict = "PASSED" if self.ok else "FAILED"
-        title = f"Verification {verdict} ({self.format}, {self.precision}, seed {self.seed})"
+        title = (f"Verification {verdict} ({self.format}, runtime {short(self.runtime_precision)}"
+                 f", tolerances for {self.precision}, seed {self.seed})")
         out = [title, *lines] if self.checks else [title]
         if self.error:
             out.append(f"error: {self.error}")
@@ -347,7 +374,7 @@ class _Worker:
     """A fresh Python process running :mod:`kexport.runtime._worker`."""
 
     def __init__(self, timeout: float) -> None:
-        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3"))
+        env = child_env(os.environ)
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "kexport.runtime._worker"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -427,7 +454,7 @@ def _references(model: Any, endpoints: dict[str, EndpointInfo], default: str
 def verify(model: Any, path: str | os.PathLike[str], inputs: Any | None = None, *,
            atol: float | None = None, rtol: float | None = None, seed: int = 0,
            sizes: Sequence[int] = DEFAULT_SIZES, store: bool = True,
-           timeout: float = 600.0) -> VerificationReport:
+           timeout: float = 600.0, precision: str | None = None) -> VerificationReport:
     """Compare the artifact at ``path`` with the live ``model``.
 
     The artifact is opened with its own runtime in a fresh child process;
@@ -448,6 +475,10 @@ def verify(model: Any, path: str | os.PathLike[str], inputs: Any | None = None, 
         sizes: sizes given to dynamic dims (two or more, 1 included, by default).
         store: also store the report inside the artifact.
         timeout: seconds the child process may take in all.
+        precision: the precision the artifact's runtime computes in (see
+            :func:`kexport.load`): ``None``/``"f32"`` by default on every CPU;
+            ``"bf16"``/``"f16"`` where the runtime offers it, with that
+            precision's tolerance (the report's ``runtime_precision``).
 
     Returns:
         The :class:`VerificationReport` (check ``.ok``); integer and boolean
@@ -465,11 +496,12 @@ def verify(model: Any, path: str | os.PathLike[str], inputs: Any | None = None, 
         ArtifactError: ``path`` is missing or is no artifact at all (an
             artifact that its runtime cannot open or run gives a failed
             report with ``.error`` instead).
-        SignatureError: bad tolerances, sizes or inputs (expected vs received).
+        SignatureError: bad tolerances, sizes, precision or inputs (expected
+            vs received).
     """
     import numpy as np
 
-    from kexport.runtime import detect
+    from kexport.runtime import check_precision, detect
 
     for name, value in (("atol", atol), ("rtol", rtol)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
@@ -490,9 +522,11 @@ def verify(model: Any, path: str | os.PathLike[str], inputs: Any | None = None, 
             f"names to callables. Received: {describe(model)}"
         )
     format = detect(path)
+    runtime_precision = check_precision(format, precision)
     worker = _Worker(timeout)
     try:
-        opened = worker.ask({"cmd": "open", "path": os.fspath(path)})
+        opened = worker.ask({"cmd": "open", "path": os.fspath(path),
+                             "precision": runtime_precision})
         if not opened.get("ok"):
             # A recognised artifact that its runtime cannot open (corrupt
             # weights, missing files) fails verification; it is no bad input.
@@ -501,15 +535,17 @@ def verify(model: Any, path: str | os.PathLike[str], inputs: Any | None = None, 
                 format, "float32", d_atol if atol is None else float(atol),
                 d_rtol if rtol is None else float(rtol), seed,
                 error=f"the artifact could not be opened in a fresh process: "
-                      f"{opened.get('error')}")
+                      f"{opened.get('error')}", runtime_precision=runtime_precision)
         endpoints = {n: EndpointInfo.from_json(n, e) for n, e in opened["endpoints"].items()}
         default = opened["default"]
         metadata = opened.get("metadata") or {}
-        precision = _precision(metadata, endpoints)
-        d_atol, d_rtol = declared_tolerances(format, metadata) or default_tolerances(precision)
+        used = str(opened.get("precision") or runtime_precision)
+        (d_atol, d_rtol), precision = _tolerances_for(
+            format, metadata, _precision(metadata, endpoints), used)
         atol = d_atol if atol is None else float(atol)
         rtol = d_rtol if rtol is None else float(rtol)
-        report = VerificationReport(format, precision, atol, rtol, seed)
+        report = VerificationReport(format, precision, atol, rtol, seed,
+                                    runtime_precision=used)
         refs = _references(model, endpoints, default)
         cases: dict[str, tuple[str, str, dict[str, Any]]] = {}
         for name in refs:

@@ -54,6 +54,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kexport._numerics import child_env
 from kexport.capture._base import Capture, TracedEndpoint, output_names
 from kexport.errors import (
     CaptureError,
@@ -593,7 +594,7 @@ def _child_env(host: str, home: Path) -> dict[str, str]:
     for key in ("PATH", "LANG", "LC_ALL", "SYSTEMROOT", "TMPDIR", "CUDA_VISIBLE_DEVICES"):
         if key in os.environ:
             env[key] = os.environ[key]
-    return env
+    return child_env(env)
 
 
 class _Worker:

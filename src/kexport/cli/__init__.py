@@ -1,8 +1,11 @@
 """The ``kexport`` command line (also ``python -m kexport``).
 
 Verbs: ``export``, ``inspect``, ``verify``, ``bench``, ``formats``. Every verb
-takes ``--json`` for scripts. Exit codes: 0 success, 1 verification failed,
-2 bad input or usage (a typed kexport error, a missing file, bad arguments).
+takes ``--json`` for scripts (one JSON document, the only thing on stdout) and
+``-v`` to let the frameworks print their own log lines and warnings, hidden
+otherwise (:mod:`kexport.cli._quiet`). Exit codes: 0 success, 1 verification
+failed, 2 bad input or usage (a typed kexport error, a missing file, bad
+arguments).
 
 This module only builds the parser: the verbs live in :mod:`kexport.cli._commands`
 and import Keras and the runtimes when they run, so ``kexport --help`` stays fast.
@@ -47,16 +50,30 @@ def _tolerance(text: str) -> float:
 
 
 def _common(p: argparse.ArgumentParser, backend: bool = False) -> None:
-    p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON document on stdout and nothing else there")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="let the frameworks print their own log lines and warnings "
+                        "(hidden by default)")
     if backend:
         p.add_argument("--backend", choices=_BACKENDS,
                        help="Keras backend to load the model on (default: $KERAS_BACKEND)")
+
+
+_PRECISIONS = ("f32", "bf16", "f16")
+
+
+def _precision(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--precision", choices=_PRECISIONS, default=None,
+                   help="precision the artifact's runtime computes in (default f32 on every "
+                        "CPU; bf16/f16 for OpenVINO)")
 
 
 def _tolerances(p: argparse.ArgumentParser) -> None:
     p.add_argument("--atol", type=_tolerance, help="absolute tolerance (default: by precision)")
     p.add_argument("--rtol", type=_tolerance, help="relative tolerance (default: by precision)")
     p.add_argument("--seed", type=int, default=0, help="seed of the generated inputs")
+    _precision(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dim-size", type=_positive, default=8,
                    help="size given to dynamic dims other than the batch (default 8)")
     p.add_argument("--unsafe", action="store_true", help="Keras safe mode OFF for --model")
+    _precision(p)
     _common(p, backend=True)
 
     p = sub.add_parser("formats", help="the backend x format route table")
@@ -132,13 +150,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.verb is None:
         parser.print_help()
         return EXIT_USAGE
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     if getattr(args, "backend", None):
         os.environ["KERAS_BACKEND"] = args.backend
     from kexport.cli import _commands
+    from kexport.cli._quiet import json_stdout, quiet_libraries
 
-    try:
-        return _commands.run(args)
-    except KeyboardInterrupt:
-        print("kexport: interrupted", file=sys.stderr)
-        return 130
+    with quiet_libraries(verbose=args.verbose), json_stdout(active=args.json):
+        try:
+            return _commands.run(args)
+        except KeyboardInterrupt:
+            print("kexport: interrupted", file=sys.stderr)
+            return 130
+        except Exception:
+            if not args.verbose:
+                print("kexport: unexpected error; the libraries' own messages are hidden, "
+                      "rerun with -v to see them", file=sys.stderr)
+            raise

@@ -12,6 +12,7 @@ from typing import Any
 
 from kexport.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from kexport.cli._progress import Progress
+from kexport.cli._quiet import result_stream
 from kexport.errors import KexportError, SignatureError, VerificationError
 
 __all__ = ["run"]
@@ -35,14 +36,15 @@ def run(args: argparse.Namespace) -> int:
 def _fail(args: argparse.Namespace, error: BaseException, code: int) -> int:
     if args.json:
         print(json.dumps({"ok": False, "error": {"type": type(error).__name__,
-                                                  "message": str(error)}}, indent=2))
+                                                  "message": str(error)}}, indent=2),
+              file=result_stream())
     else:
         print(f"kexport {args.verb}: error: {type(error).__name__}: {error}", file=sys.stderr)
     return code
 
 
 def _emit(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
-    print(json.dumps(data, indent=2, default=str) if args.json else text)
+    print(json.dumps(data, indent=2, default=str) if args.json else text, file=result_stream())
 
 
 def _human_size(n: int) -> str:
@@ -140,6 +142,7 @@ def export(args: argparse.Namespace, progress: Progress) -> int:
         start = time.perf_counter()
         with progress.step("Verifying in a fresh process"):
             report = kexport.verify(model, args.output, atol=args.atol, rtol=args.rtol,
+                                    precision=args.precision,
                                     seed=args.seed)
         data["verify_seconds"] = round(time.perf_counter() - start, 3)
         data["verification"] = report.to_json()
@@ -161,6 +164,7 @@ def verify(args: argparse.Namespace, progress: Progress) -> int:
         model = load_model(args.model, args.unsafe)
     with progress.step("Verifying in a fresh process"):
         report = kexport.verify(model, args.artifact, atol=args.atol, rtol=args.rtol,
+                                precision=args.precision,
                                 seed=args.seed, store=not args.no_store)
     _emit(args, report.to_json(), report.table())
     return EXIT_OK if report.ok else EXIT_FAILED
@@ -178,7 +182,8 @@ def inspect(args: argparse.Namespace, progress: Progress) -> int:
     if args.json:
         _emit(args, info, "")
         return EXIT_OK
-    lines = [f"{args.artifact}: {artifact.format}, {_human_size(artifact.size)}",
+    lines = [f"{args.artifact}: {artifact.format}, {_human_size(artifact.size)} "
+             f"(opened in {artifact.precision})",
              "endpoints:"]
     for name, endpoint in artifact.endpoints.items():
         alias = " (default)" if name == artifact.default_endpoint else ""
@@ -264,7 +269,7 @@ def bench(args: argparse.Namespace, progress: Progress) -> int:
     if args.seconds <= 0:
         raise SignatureError(f"Expected --seconds > 0. Received: {args.seconds}")
     with progress.step("Opening artifact"):
-        artifact = kexport.load(args.artifact)
+        artifact = kexport.load(args.artifact, precision=args.precision)
     endpoint = artifact._endpoint(args.endpoint or artifact.default_endpoint)
     model = reference = None
     if args.model:
@@ -284,6 +289,7 @@ def bench(args: argparse.Namespace, progress: Progress) -> int:
                 row["keras"] = _stats(_time(lambda f=feeds: reference(f), args.seconds), batch)
         rows.append(row)
     data = {"format": artifact.format, "endpoint": endpoint.name,
+            "precision": artifact.precision,
             "keras_backend": _backend() if model is not None else None, "results": rows}
     head = ["batch", "runner", "p50 ms", "p90 ms", "p99 ms", "items/s", "runs"]
     table = [head]
@@ -296,7 +302,8 @@ def bench(args: argparse.Namespace, progress: Progress) -> int:
             table.append([str(row["batch"]), label, f"{s['p50_ms']:.3f}", f"{s['p90_ms']:.3f}",
                           f"{s['p99_ms']:.3f}", f"{s['throughput_per_s']:.0f}", str(s["runs"])])
     widths = [max(len(r[i]) for r in table) for i in range(len(head))]
-    text = [f"Benchmark of endpoint '{endpoint.name}' ({artifact.format})"]
+    text = [f"Benchmark of endpoint '{endpoint.name}' ({artifact.format}, runtime "
+            f"{artifact.precision})"]
     text += ["  ".join(v.rjust(w) for v, w in zip(r, widths, strict=True)) for r in table]
     _emit(args, data, "\n".join(text))
     return EXIT_OK

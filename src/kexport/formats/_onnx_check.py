@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any
 
+from kexport._numerics import onnxruntime_options
 from kexport.signature import Spec
 
 __all__ = ["CHECK_BATCHES", "Acceptance", "NotTraceable", "samples"]
@@ -72,12 +73,10 @@ def _compare(data: bytes | str, names: Sequence[str], cases: list[list[Any]],
     import numpy as np
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     # a graph ONNX Runtime cannot run is an answer here, not an error to print:
     # the next strategy runs (ORT would log it in red on stderr)
-    options.log_severity_level = 4
+    options = onnxruntime_options(threads=1, log_level=4)
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
         session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
         gots = [session.run(None, dict(zip(names, flat, strict=True))) for flat in cases]

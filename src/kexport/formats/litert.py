@@ -59,7 +59,6 @@ __all__ = [
     "export_rehost",
     "export_stateless",
     "read_metadata",
-    "run_flat",
     "tolerance",
     "write_archive",
 ]
@@ -497,28 +496,6 @@ def export_stateless(model: Any, filepath: str | os.PathLike[str], **kwargs: Any
     """
     kwargs.setdefault("is_static", True)
     export(model, filepath, **kwargs)
-
-
-def run_flat(path: str | os.PathLike[str], endpoint: str, flat: list[Any]) -> list[Any]:
-    """Run signature ``endpoint`` of the ``.tflite`` file on flat NumPy inputs.
-
-    Inputs are matched to the signature by the names in the kexport metadata
-    (never by position); returns the outputs in the metadata's order.
-    """
-    import tensorflow as tf
-
-    meta = read_metadata(path) or {}
-    info = meta.get("endpoints", {}).get(endpoint)
-    interpreter = tf.lite.Interpreter(model_path=os.fspath(path))
-    runner = interpreter.get_signature_runner(endpoint)
-    if info is None:
-        sig = interpreter.get_signature_list()[endpoint]
-        names, outs = list(sig["inputs"]), list(sig["outputs"])
-    else:
-        names = [i["name"] for i in info["inputs"]]
-        outs = [o["name"] for o in info["outputs"]]
-    result = runner(**dict(zip(names, flat, strict=True)))
-    return [result[n] for n in outs]
 
 
 def export_rehost(model: Any, filepath: str | os.PathLike[str], *, verbose: bool | None = None,

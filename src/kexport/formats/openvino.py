@@ -3,7 +3,9 @@
 What we write:
 
 - for one model with a path ending in ``.xml``: ``name.xml`` and ``name.bin``
-  side by side; ``openvino.Core().compile_model("name.xml", "CPU")`` runs it;
+  side by side; ``openvino.Core().compile_model("name.xml", "CPU",
+  {"INFERENCE_PRECISION_HINT": "f32"})`` runs it (without the hint, CPUs
+  with bf16 units run it in bf16);
 - for an ``ExportArchive`` with several endpoints (or a path without the
   ``.xml`` suffix): a folder with ``<endpoint>.xml`` / ``<endpoint>.bin`` per
   endpoint plus ``kexport.json``;
@@ -59,7 +61,6 @@ __all__ = [
     "export_rehost",
     "is_openvino_artifact",
     "read_metadata",
-    "run_flat",
     "write_archive",
 ]
 
@@ -361,22 +362,3 @@ def is_openvino_artifact(path: Any) -> bool:
     except Exception:  # a broken file is "no"
         return False
     return bool(meta) and meta.get("producer") == "kexport" and meta.get("format") == "openvino"
-
-
-def run_flat(path: str | os.PathLike[str], endpoint: str, flat: list[Any]) -> list[Any]:
-    """Run ``endpoint`` of the IR at ``path`` on flat NumPy inputs, by input name."""
-    import openvino as ov
-
-    p = Path(os.fspath(path))
-    xml = p / f"{endpoint}.xml" if p.is_dir() else p
-    meta = read_metadata(xml) or {}
-    check_weights(xml, meta)
-    info = meta.get("endpoints", {}).get(endpoint, {})
-    compiled = ov.Core().compile_model(os.fspath(xml), "CPU")
-    names = [i["name"] for i in info.get("inputs", [])] or \
-        [port.get_any_name() for port in compiled.inputs]
-    result = compiled(dict(zip(names, flat, strict=True)))
-    outs = [o["name"] for o in info.get("outputs", [])]
-    if outs:
-        return [result[compiled.output(n)] for n in outs]
-    return [result[port] for port in compiled.outputs]

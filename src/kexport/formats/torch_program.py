@@ -51,7 +51,6 @@ __all__ = [
     "export_rehost",
     "is_torch_program_artifact",
     "read_metadata",
-    "run_flat",
     "write_archive",
 ]
 
@@ -316,20 +315,3 @@ def is_torch_program_artifact(path: Any) -> bool:
     except Exception:  # a broken file is "no"
         return False
     return bool(meta) and meta.get("producer") == "kexport" and meta.get("format") == "torch"
-
-
-def run_flat(path: str | os.PathLike[str], endpoint: str, flat: list[Any]) -> list[Any]:
-    """Run ``endpoint`` of the ``.pt2`` artifact at ``path`` on flat NumPy inputs.
-
-    Used to check artifacts (re-host verification); returns flat NumPy outputs.
-    """
-    import numpy as np
-    import torch
-
-    p = Path(os.fspath(path))
-    file = p / f"{endpoint}{SUFFIX}" if p.is_dir() else p
-    module = torch.export.load(os.fspath(file)).module()
-    with torch.no_grad():
-        out = module(*[torch.from_numpy(np.ascontiguousarray(x)) for x in flat])
-    leaves = list(out) if isinstance(out, (list, tuple)) else [out]
-    return [t.detach().cpu().numpy() for t in leaves]

@@ -2,7 +2,9 @@
 
 Each format has one loader module here (``saved_model.py``, ``onnx.py``, ...)
 exposing ``detect(path) -> bool`` (cheap: file names and magic bytes, no
-heavy imports) and ``open(path) -> Artifact``. The modules are registered in
+heavy imports), ``PRECISIONS`` (the compute precisions its runtime can be
+pinned to, ``float32`` first) and ``open(path, given, precision) -> Artifact``,
+which pins its runtime to ``precision`` in one place. The modules are registered in
 :mod:`kexport.registry` (``RUNTIMES``), so adding a format's runtime is one
 module plus one registry row; :func:`load` never branches on format names.
 """
@@ -17,7 +19,8 @@ from types import ModuleType
 from kexport.errors import ArtifactError, describe
 from kexport.runtime._base import Artifact, EndpointInfo, TensorInfo
 
-__all__ = ["Artifact", "EndpointInfo", "TensorInfo", "detect", "load", "runtime_module"]
+__all__ = ["Artifact", "EndpointInfo", "TensorInfo", "check_precision", "detect", "load",
+           "runtime_module"]
 
 
 def runtime_module(format: str) -> ModuleType:
@@ -58,13 +61,18 @@ def detect(path: str | os.PathLike[str]) -> str:
     )
 
 
-def load(path: str | os.PathLike[str], format: str | None = None) -> Artifact:
+def load(path: str | os.PathLike[str], format: str | None = None, *,
+         precision: str | None = None) -> Artifact:
     """Open the artifact at ``path`` with its own runtime.
 
     Args:
         path: a SavedModel folder, an ``.onnx`` file, an ONNX archive folder,
             or any other artifact a registered runtime recognises.
         format: skip detection and open as this format.
+        precision: the precision the runtime computes in: ``"f32"`` (the
+            default, whatever the CPU), ``"bf16"`` or ``"f16"`` where the
+            format's runtime offers it (OpenVINO). The precision
+            actually used is ``artifact.precision``.
 
     Returns:
         An :class:`Artifact`: ``.format``, ``.endpoints``, ``.metadata``;
@@ -80,7 +88,33 @@ def load(path: str | os.PathLike[str], format: str | None = None) -> Artifact:
     Raises:
         ArtifactError: when ``path`` is missing or not an artifact.
         UnsupportedRouteError: when ``format`` is unknown.
+        SignatureError: when ``precision`` is unknown or the format's runtime
+            cannot compute in it.
     """
     if format is None:
         format = detect(path)
-    return runtime_module(format).open(Path(os.fspath(path)), os.fspath(path))
+    wanted = check_precision(format, precision)
+    return runtime_module(format).open(Path(os.fspath(path)), os.fspath(path), precision=wanted)
+
+
+def check_precision(format: str, precision: str | None) -> str:
+    """The canonical name of ``precision`` if the ``format`` runtime can compute in it.
+
+    Raises:
+        SignatureError: an unknown precision, or one the runtime lacks (the
+            message names the runtimes that have it).
+    """
+    from kexport import _numerics, registry
+
+    wanted = _numerics.normalize(precision)
+    offered = runtime_module(format).PRECISIONS
+    if wanted not in offered:
+        elsewhere = []
+        for other in registry.runtime_formats():
+            try:
+                if wanted in runtime_module(other).PRECISIONS:
+                    elsewhere.append(other)
+            except ImportError:
+                continue
+        _numerics.check_supported(wanted, offered, format, elsewhere)
+    return wanted

@@ -119,6 +119,9 @@ class Artifact(abc.ABC):
         default_endpoint: the endpoint ``__call__`` runs.
         metadata: what the artifact says about itself (producer, versions,
             backend, ...); empty for artifacts kexport did not write.
+        precision: the precision the runtime computes in, as the runtime
+            reports it after compiling (``"float32"`` unless asked otherwise
+            with ``kexport.load(path, precision=...)``).
     """
 
     path: str
@@ -126,6 +129,7 @@ class Artifact(abc.ABC):
     endpoints: dict[str, EndpointInfo] = field(default_factory=dict)
     default_endpoint: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)
+    precision: str = "float32"
 
     # -- what each format implements -----------------------------------------
     @abc.abstractmethod
@@ -193,6 +197,7 @@ class Artifact(abc.ABC):
         """A JSON-able summary: format, endpoints, files, metadata, report."""
         return {
             "format": self.format,
+            "precision": self.precision,
             "default_endpoint": self.default_endpoint,
             "endpoints": {n: e.to_json() for n, e in self.endpoints.items()},
             "files": self.files,
@@ -203,7 +208,7 @@ class Artifact(abc.ABC):
         }
 
     def __repr__(self) -> str:
-        return (f"<kexport.Artifact format={self.format!r} "
+        return (f"<kexport.Artifact format={self.format!r} precision={self.precision!r} "
                 f"endpoints={list(self.endpoints)} path={os.fspath(self.path)!r}>")
 
     # -- helpers --------------------------------------------------------------

@@ -5,7 +5,8 @@ the model's code, only the artifact's own runtime through :func:`kexport.load`.
 It speaks JSON lines on stdin/stdout, each reply prefixed with
 :data:`MARKER` so that anything a runtime prints is ignored:
 
-- ``{"cmd": "open", "path": P}`` -> format, endpoints, default endpoint;
+- ``{"cmd": "open", "path": P, "precision": X}`` -> format, endpoints,
+  default endpoint, the precision the runtime computes in;
 - ``{"cmd": "run", "inputs": NPZ, "outputs": NPZ, "calls": [[key, endpoint], ...]}``
   runs each endpoint on the arrays ``key/<input name>`` of ``inputs`` and
   writes ``key/<output name>`` to ``outputs``;
@@ -33,9 +34,10 @@ def _handle(request: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
     from kexport.runtime import load
 
     if request["cmd"] == "open":
-        art = load(request["path"])
+        art = load(request["path"], precision=request.get("precision"))
         state["artifact"] = art
         return {"format": art.format, "default": art.default_endpoint,
+                "precision": art.precision,
                 "endpoints": {n: e.to_json() for n, e in art.endpoints.items()},
                 "metadata": art.metadata}
     if request["cmd"] == "run":

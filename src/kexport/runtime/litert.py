@@ -1,9 +1,15 @@
-"""Runtime for LiteRT artifacts (``.tflite``), backed by the TFLite interpreter.
+"""Runtime for LiteRT artifacts (``.tflite``), backed by the LiteRT interpreter.
 
 Every endpoint is a named signature run through its signature runner, so
 inputs are always matched by name (never by the interpreter's own order);
 the runner resizes a dynamic batch on the fly. The kexport manifest stored as
 flatbuffer metadata gives the input/output order and the quantization mode.
+
+The interpreter is LiteRT's own package ``ai-edge-litert``
+(``ai_edge_litert.interpreter.Interpreter``); TensorFlow's
+``tf.lite.Interpreter``, deprecated and warning on every load, is only the
+fallback when that package is not installed. :func:`interpreter_class` is the
+one place that picks between them.
 """
 
 from __future__ import annotations
@@ -12,11 +18,17 @@ import os
 from pathlib import Path
 from typing import Any
 
+from kexport.errors import ArtifactError
 from kexport.runtime._base import Artifact, EndpointInfo, TensorInfo, manifest_default_endpoint
 
-__all__ = ["LiteRTArtifact", "detect", "open"]
+__all__ = ["INTERPRETERS", "PRECISIONS", "LiteRTArtifact", "detect", "interpreter_class", "open"]
 
 FORMAT = "litert"
+# The interpreter's CPU kernels compute a float graph in float32 (a quantized
+# file in the dtypes it was written in); there is no setting to ask for less.
+PRECISIONS: tuple[str, ...] = ("float32",)
+#: where the interpreter class comes from, first choice first.
+INTERPRETERS: tuple[str, ...] = ("ai_edge_litert", "tensorflow")
 
 
 def detect(path: Path) -> bool:
@@ -37,16 +49,48 @@ def _info(name: str, detail: dict[str, Any]) -> TensorInfo:
     return TensorInfo(name, shape, np.dtype(detail["dtype"]).name)
 
 
+def interpreter_class() -> tuple[str, type[Any]]:
+    """The class that runs ``.tflite`` files here, and the package it comes from.
+
+    ``("ai_edge_litert", ai_edge_litert.interpreter.Interpreter)`` when
+    ``ai-edge-litert`` is installed, else ``("tensorflow", tf.lite.Interpreter)``.
+    Both take ``model_path=`` and run one thread unless told otherwise.
+
+    Raises:
+        ArtifactError: when neither package can be imported.
+    """
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        pass
+    else:
+        return "ai_edge_litert", Interpreter
+    try:
+        import tensorflow as tf
+    except ImportError as e:
+        raise ArtifactError(
+            "Expected the LiteRT interpreter (ai-edge-litert) or TensorFlow to run a .tflite "
+            "file. Received: neither is installed. pip install 'kexport[litert]'"
+        ) from e
+    return "tensorflow", tf.lite.Interpreter
+
+
 class LiteRTArtifact(Artifact):
-    """A ``.tflite`` file run with ``tf.lite.Interpreter`` signature runners."""
+    """A ``.tflite`` file run with LiteRT signature runners.
+
+    Attributes:
+        interpreter: the package whose interpreter runs the file, one of
+            :data:`INTERPRETERS` (``"ai_edge_litert"`` unless it is missing).
+    """
+
+    interpreter: str = ""
 
     def __init__(self, path: str, file: Path) -> None:
-        import tensorflow as tf
-
         from kexport.formats.litert import read_metadata
 
         super().__init__(path=path, format=FORMAT)
-        self._interpreter = tf.lite.Interpreter(model_path=os.fspath(file))
+        self.interpreter, interpreter = interpreter_class()
+        self._interpreter = interpreter(model_path=os.fspath(file))
         self.metadata = read_metadata(file) or {}
         listed = self.metadata.get("endpoints", {})
         self._runners: dict[str, Any] = {}
@@ -72,19 +116,20 @@ class LiteRTArtifact(Artifact):
         return {n: dict.fromkeys(ops, 1) for n in self.endpoints} if ops else None
 
 
-def open(path: Path, given: str) -> LiteRTArtifact:
-    """Open a ``.tflite`` file.
+def open(path: Path, given: str, precision: str = "float32") -> LiteRTArtifact:
+    """Open a ``.tflite`` file with the interpreter :func:`interpreter_class` picks
+    (``precision``: float32 only).
 
     Raises:
-        ArtifactError: when TensorFlow is missing or the interpreter refuses the file.
+        ArtifactError: when TensorFlow (which reads the kexport metadata) is
+            missing or the interpreter refuses the file.
     """
-    from kexport.errors import ArtifactError
-
     try:
         import tensorflow  # noqa: F401
     except ImportError as e:
         raise ArtifactError(
-            "Opening a LiteRT artifact needs TensorFlow: pip install 'kexport[tensorflow]'"
+            "Opening a LiteRT artifact needs TensorFlow (it reads the file's metadata): "
+            "pip install 'kexport[litert]'"
         ) from e
     try:
         return LiteRTArtifact(given, path)

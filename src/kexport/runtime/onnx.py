@@ -22,11 +22,13 @@ import os
 from pathlib import Path
 from typing import Any
 
+from kexport._numerics import onnxruntime_options
 from kexport.runtime._base import Artifact, EndpointInfo, TensorInfo
 
-__all__ = ["REPORT_KEY", "OnnxArtifact", "detect", "open", "store_report"]
+__all__ = ["PRECISIONS", "REPORT_KEY", "OnnxArtifact", "detect", "open", "store_report"]
 
 FORMAT = "onnx"
+PRECISIONS: tuple[str, ...] = ("float32",)
 REPORT_KEY = "kexport.verification"
 DEFAULT_ENDPOINT = "serve"
 _ENDPOINT_KEYS = ("kexport.endpoint", "endpoint")
@@ -119,6 +121,7 @@ class OnnxArtifact(Artifact):
         import onnxruntime as ort
 
         super().__init__(path=path, format=FORMAT)
+        self.precision = "float32"
         self._root = root
         self._graph_files = files
         self._models: dict[str, Any] = {}
@@ -130,10 +133,7 @@ class OnnxArtifact(Artifact):
         for name, file in files.items():
             model = onnx.load_model(os.fspath(file), load_external_data=False)
             self._models[name] = model
-            options = ort.SessionOptions()
-            options.log_severity_level = 3
-            if threads:
-                options.intra_op_num_threads = threads
+            options = onnxruntime_options(threads=threads)
             if share:
                 for tensor in model.graph.initializer:
                     key = _external_key(tensor)
@@ -235,13 +235,16 @@ def _graph_files(path: Path) -> tuple[dict[str, Path], str, dict[str, Any]]:
     return {n: found[n] for n in names}, str(default), meta
 
 
-def open(path: Path, given: str, threads: int | None = None) -> OnnxArtifact:
+def open(path: Path, given: str, threads: int | None = None,
+         precision: str = "float32") -> OnnxArtifact:
     """Open an ONNX file or archive folder with ONNX Runtime.
 
     Args:
         path: the file or folder.
         given: the path as the caller wrote it (for messages and ``.path``).
         threads: ONNX Runtime intra-op threads (``None``: its default).
+        precision: only ``"float32"``: ONNX Runtime's CPU provider computes a
+            float graph in its own dtypes (a float16 graph is written so).
 
     Raises:
         ArtifactError: when ONNX Runtime cannot open a graph.

@@ -2,19 +2,37 @@
 
 Each ``.xml`` is one endpoint (its file stem), compiled for the CPU; inputs
 are fed by name, outputs come back by name in the manifest's order.
+
+Precision: OpenVINO's CPU plugin runs ``f32`` IR in ``bf16`` by default on
+CPUs with bf16 units (AVX512_BF16, AMX), so the same file gives other numbers
+on another machine. Every compile here states ``INFERENCE_PRECISION_HINT``
+(:func:`kexport._numerics.openvino_config`), ``f32`` unless asked otherwise,
+and the precision the compiled model reports is
+:attr:`OpenVINOArtifact.precision`.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
+from kexport._numerics import openvino_config, openvino_precision
 from kexport.runtime._base import Artifact, EndpointInfo, TensorInfo, manifest_default_endpoint
 
-__all__ = ["OpenVINOArtifact", "detect", "open"]
+__all__ = ["PRECISIONS", "REPORT_FILE", "REPORT_KEY", "OpenVINOArtifact", "detect", "open",
+           "store_report"]
+
+# Where the verification report lives: an rt_info entry of a single-file IR,
+# a JSON file in an IR folder.
+REPORT_KEY = "kexport_verification"
+REPORT_FILE = "kexport_verification.json"
+_REPORT_RE = re.compile(rf'<{REPORT_KEY} value="([^"]*)"\s*/>')
 
 FORMAT = "openvino"
+PRECISIONS: tuple[str, ...] = ("float32", "bfloat16", "float16")
 
 
 def _is_ir(path: Path) -> bool:
@@ -44,7 +62,8 @@ def _info(port: Any, name: str) -> TensorInfo:
 class OpenVINOArtifact(Artifact):
     """IR file(s) compiled with ``openvino.Core().compile_model(..., "CPU")``."""
 
-    def __init__(self, path: str, files: dict[str, Path], metadata: dict[str, Any]) -> None:
+    def __init__(self, path: str, files: dict[str, Path], metadata: dict[str, Any],
+                 precision: str = "float32") -> None:
         import openvino as ov
 
         super().__init__(path=path, format=FORMAT)
@@ -52,8 +71,10 @@ class OpenVINOArtifact(Artifact):
         self.metadata = metadata
         listed = metadata.get("endpoints", {})
         self._compiled: dict[str, Any] = {}
+        used: set[str] = set()
         for name, file in files.items():
-            compiled = core.compile_model(os.fspath(file), "CPU")
+            compiled = core.compile_model(os.fspath(file), "CPU", openvino_config(precision))
+            used.add(openvino_precision(compiled))
             self._compiled[name] = compiled
             known = listed.get(name, {})
             ins = [i["name"] for i in known.get("inputs", [])] or \
@@ -64,6 +85,14 @@ class OpenVINOArtifact(Artifact):
                 name, tuple(_info(compiled.input(n), n) for n in ins),
                 tuple(_info(compiled.output(n), n) for n in outs))
         self.default_endpoint = manifest_default_endpoint(metadata, self.endpoints)
+        # The lowest precision any endpoint was compiled to (all agree in practice).
+        self.precision = next((p for p in ("bfloat16", "float16") if p in used),
+                              used.pop() if len(used) == 1 else precision)
+
+    @property
+    def verification(self) -> dict[str, Any] | None:
+        """The report :func:`kexport.verify` stored in the IR, if any."""
+        return _read_report(Path(self.path))
 
     def _run(self, endpoint: EndpointInfo, feeds: dict[str, Any]) -> dict[str, Any]:
         compiled = self._compiled[endpoint.name]
@@ -71,8 +100,8 @@ class OpenVINOArtifact(Artifact):
         return {n: result[compiled.output(n)] for n in endpoint.output_names}
 
 
-def open(path: Path, given: str) -> OpenVINOArtifact:
-    """Open an IR file or IR folder.
+def open(path: Path, given: str, precision: str = "float32") -> OpenVINOArtifact:
+    """Open an IR file or IR folder, compiled for the CPU in ``precision``.
 
     Raises:
         ArtifactError: when OpenVINO is missing or cannot compile the IR.
@@ -93,6 +122,47 @@ def open(path: Path, given: str) -> OpenVINOArtifact:
     if path.is_file():
         check_weights(path, meta)
     try:
-        return OpenVINOArtifact(given, files, meta)
+        return OpenVINOArtifact(given, files, meta, precision)
     except RuntimeError as e:
         raise ArtifactError(f"Could not open '{given}' as OpenVINO IR: {e}") from e
+
+
+def _read_report(path: Path) -> dict[str, Any] | None:
+    import html
+
+    try:
+        if path.is_dir():
+            file = path / REPORT_FILE
+            return json.loads(file.read_text()) if file.is_file() else None
+        found = _REPORT_RE.search(path.read_text(errors="replace"))
+        return json.loads(html.unescape(found.group(1))) if found else None
+    except (OSError, ValueError):
+        return None
+
+
+def store_report(path: Path, report: dict[str, Any]) -> None:
+    """Store ``report`` in the IR: ``rt_info`` of a single ``.xml`` (beside the
+    kexport manifest), ``kexport_verification.json`` in an IR folder.
+
+    The file is rewritten beside itself and renamed into place; the weights
+    (``.bin``) are untouched, so the recorded weights checksum still holds.
+    """
+    import html
+
+    from kexport._atomic import atomic_target
+
+    text = json.dumps(report, sort_keys=True)
+    if path.is_dir():
+        with atomic_target(path / REPORT_FILE, is_dir=False) as tmp:
+            tmp.write_text(text)
+        return
+    xml = path.read_text()
+    element = f'<{REPORT_KEY} value="{html.escape(text, quote=True)}" />'
+    new, count = _REPORT_RE.subn(lambda _: element, xml, count=1)
+    if not count:
+        new, count = re.subn(r'(<kexport_manifest value="[^"]*"\s*/>)',
+                             lambda m: m.group(1) + element, xml, count=1)
+    if not count:
+        return  # not an IR kexport wrote: nothing to store beside
+    with atomic_target(path, is_dir=False) as tmp:
+        tmp.write_text(new)

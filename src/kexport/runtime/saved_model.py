@@ -17,10 +17,13 @@ from typing import Any
 
 from kexport.runtime._base import Artifact, EndpointInfo, TensorInfo
 
-__all__ = ["METADATA_FILE", "REPORT_FILE", "SavedModelArtifact", "detect", "open",
+__all__ = ["METADATA_FILE", "PRECISIONS", "REPORT_FILE", "SavedModelArtifact", "detect", "open",
            "store_report"]
 
 FORMAT = "tf_saved_model"
+# TensorFlow's CPU kernels (oneDNN in strict fp32 math mode, its default) compute
+# float32; kexport's child processes state that mode (kexport._numerics.child_env).
+PRECISIONS: tuple[str, ...] = ("float32",)
 SERVING_DEFAULT = "serving_default"
 METADATA_FILE = "assets.extra/kexport.json"
 REPORT_FILE = "assets.extra/kexport_verification.json"
@@ -148,8 +151,8 @@ def _count(nodes: list[Any], library: dict[str, Any], tally: dict[str, int],
         tally[node.op] = tally.get(node.op, 0) + 1
 
 
-def open(path: Path, given: str) -> SavedModelArtifact:
-    """Load the SavedModel at ``path`` with TensorFlow.
+def open(path: Path, given: str, precision: str = "float32") -> SavedModelArtifact:
+    """Load the SavedModel at ``path`` with TensorFlow (``precision``: float32 only).
 
     Raises:
         ArtifactError: when TensorFlow cannot load it.

@@ -2,7 +2,8 @@
 
 Each ``.pt2`` is one endpoint; ``torch.export.load(file).module()`` is called
 with the flat inputs in the manifest's order, and outputs are named by the
-manifest.
+manifest. Calls run in float32 with matmuls at "highest" precision, whatever
+``torch.set_float32_matmul_precision`` says (:func:`kexport._numerics.torch_compute`).
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from kexport._numerics import torch_compute
 from kexport.runtime._base import Artifact, EndpointInfo, TensorInfo, manifest_default_endpoint
 
-__all__ = ["TorchProgramArtifact", "detect", "open"]
+__all__ = ["PRECISIONS", "TorchProgramArtifact", "detect", "open"]
 
 FORMAT = "torch"
+PRECISIONS: tuple[str, ...] = ("float32",)
 
 
 def _is_program(path: Path) -> bool:
@@ -43,10 +46,12 @@ def _infos(items: list[dict[str, Any]]) -> tuple[TensorInfo, ...]:
 class TorchProgramArtifact(Artifact):
     """``.pt2`` program(s) run with ``torch.export.load(...).module()``."""
 
-    def __init__(self, path: str, files: dict[str, Path], metadata: dict[str, Any]) -> None:
+    def __init__(self, path: str, files: dict[str, Path], metadata: dict[str, Any],
+                 precision: str = "float32") -> None:
         import torch
 
         super().__init__(path=path, format=FORMAT)
+        self.precision = precision
         self.metadata = metadata
         listed = metadata.get("endpoints", {})
         self._modules: dict[str, Any] = {}
@@ -78,15 +83,15 @@ class TorchProgramArtifact(Artifact):
         import torch
 
         args = [torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in endpoint.input_names]
-        with torch.no_grad():
+        with torch_compute():
             out = self._modules[endpoint.name](*args)
         leaves = list(out) if isinstance(out, (list, tuple)) else [out]
         names = endpoint.output_names or [f"output_{i}" for i in range(len(leaves))]
         return {n: t.detach().cpu().numpy() for n, t in zip(names, leaves, strict=True)}
 
 
-def open(path: Path, given: str) -> TorchProgramArtifact:
-    """Open a ``.pt2`` file or program folder.
+def open(path: Path, given: str, precision: str = "float32") -> TorchProgramArtifact:
+    """Open a ``.pt2`` file or program folder (``precision``: float32 only).
 
     Raises:
         ArtifactError: when PyTorch is missing or cannot load a program.
@@ -106,6 +111,6 @@ def open(path: Path, given: str) -> TorchProgramArtifact:
     if path.is_file() and meta.get("endpoints"):
         files = {next(iter(meta["endpoints"])): path}
     try:
-        return TorchProgramArtifact(given, files, meta)
+        return TorchProgramArtifact(given, files, meta, precision)
     except (RuntimeError, ValueError, KeyError) as e:
         raise ArtifactError(f"Could not open '{given}' as a torch.export program: {e}") from e
