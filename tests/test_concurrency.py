@@ -82,17 +82,21 @@ def _process_job(src: str, backend: str, out_dir: str, scale: float) -> str:
 
 
 @pytest.mark.backends("tensorflow")
-def test_processes_different_paths_and_same_path(tmp_path, fresh_process):
+@pytest.mark.parametrize("where", ["existing", "new/sub"], ids=["existing-folder", "new-folder"])
+def test_processes_different_paths_and_same_path(tmp_path, fresh_process, where):
+    """Processes export to their own path and to one shared path; in a folder
+    that exists, or in one that none of them has created yet."""
     scales = [1.0, 2.0]
+    folder = tmp_path if where == "existing" else tmp_path / where
     src = str(Path(kexport.__file__).resolve().parents[1])
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(len(scales), mp_context=ctx) as pool:
-        futures = [pool.submit(_process_job, src, BACKEND, str(tmp_path), s) for s in scales]
+        futures = [pool.submit(_process_job, src, BACKEND, str(folder), s) for s in scales]
         assert [f.result(timeout=600) for f in futures] == ["ok"] * len(scales)
     for s in scales:
-        assert which_scale(fresh_process, str(tmp_path / f"own{s}"), scales) == s
-    assert which_scale(fresh_process, str(tmp_path / "shared"), scales) in scales
-    assert leftovers(tmp_path) == []
+        assert which_scale(fresh_process, str(folder / f"own{s}"), scales) == s
+    assert which_scale(fresh_process, str(folder / "shared"), scales) in scales
+    assert leftovers(folder) == []
 
 
 # -- exports into one folder that does not exist yet ------------------------------------
@@ -115,21 +119,6 @@ def test_threads_into_one_new_folder(tmp_path, fresh_process):
             f.result(timeout=600)
     for i, s in enumerate(scales):
         assert which_scale(fresh_process, str(folder / f"own{i}"), scales) == s
-    assert which_scale(fresh_process, str(folder / "shared"), scales) in scales
-    assert leftovers(folder) == []
-
-
-@pytest.mark.backends("tensorflow")
-def test_processes_into_one_new_folder(tmp_path, fresh_process):
-    scales = [1.0, 2.0]
-    folder = tmp_path / "new" / "sub"
-    src = str(Path(kexport.__file__).resolve().parents[1])
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(len(scales), mp_context=ctx) as pool:
-        futures = [pool.submit(_process_job, src, BACKEND, str(folder), s) for s in scales]
-        assert [f.result(timeout=600) for f in futures] == ["ok"] * len(scales)
-    for s in scales:
-        assert which_scale(fresh_process, str(folder / f"own{s}"), scales) == s
     assert which_scale(fresh_process, str(folder / "shared"), scales) in scales
     assert leftovers(folder) == []
 

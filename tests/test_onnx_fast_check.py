@@ -129,10 +129,22 @@ def test_messages_quoted_from_peer_libraries_lose_their_local_paths():
     assert without_paths("x" * 500).endswith("...") and len(without_paths("x" * 500)) == 240
 
 
-def test_external_data_into_a_missing_folder_is_a_clear_write_error(tmp_path):
+def test_external_data_into_a_missing_folder_creates_it(tmp_path):
+    """Staged graph + data files go into folders that did not exist (as Keras
+    creates them); a parent that is a file is a clear WriteError, nothing written."""
+    import onnxruntime as ort
+
     from kexport.errors import WriteError
 
-    with pytest.raises(WriteError, match="Expected the folder that will hold the artifact "
-                                         "to exist"):
-        onnx_format.write_model(_tiny_graph(), tmp_path / "missing" / "g.onnx", 16, "test")
-    assert list(tmp_path.iterdir()) == []
+    target = tmp_path / "missing" / "deeper" / "g.onnx"
+    assert onnx_format.write_model(_tiny_graph(), target, 16, "test") is True
+    assert sorted(p.name for p in target.parent.iterdir()) == ["g.onnx", "g.onnx.data"]
+    session = ort.InferenceSession(str(target), providers=["CPUExecutionProvider"])
+    x = np.arange(512, dtype="float32")
+    np.testing.assert_array_equal(session.run(None, {"x": x})[0], x + 1)
+
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(WriteError, match="Expected every path component above the artifact "
+                                         "to be a folder"):
+        onnx_format.write_model(_tiny_graph(), tmp_path / "file" / "g.onnx", 16, "test")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "missing"]
