@@ -202,3 +202,24 @@ def test_folder_removed_before_the_first_entry_is_made_again(tmp_path, monkeypat
     with pytest.raises(RuntimeError), _atomic.staging_dir(tmp_path / "staged" / "m.onnx"):
         raise RuntimeError("fails after the retry: the folders it made are removed")
     assert len(calls) == 2 and not (tmp_path / "staged").exists()
+
+
+@pytest.mark.backends("tensorflow")  # _atomic only: backend-independent
+def test_folder_made_by_another_write_during_the_check_is_no_file(tmp_path, monkeypatch):
+    """Another write creates the missing folder between the check's "is it a
+    folder?" and "does something exist there?": that is a folder, not a file."""
+    from kexport import _atomic
+
+    folder = tmp_path / "new"
+    real = os.path.lexists
+
+    def lexists_after_a_concurrent_mkdir(path):
+        if Path(path) == folder and not real(folder):
+            os.mkdir(folder)  # the other write wins the race here
+        return real(path)
+
+    monkeypatch.setattr(_atomic.os.path, "lexists", lexists_after_a_concurrent_mkdir)
+    _atomic.check_parent(folder / "model")
+    with _atomic.atomic_target(folder / "file.txt", is_dir=False) as tmp:
+        Path(tmp).write_text("ok")
+    assert (folder / "file.txt").read_text() == "ok"

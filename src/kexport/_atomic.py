@@ -469,6 +469,8 @@ def _missing_parents(filepath: str | os.PathLike[str]) -> tuple[Path, Path, list
                 f"cannot be read: {e}"
             ) from e
         if os.path.lexists(folder):
+            if folder.is_dir():  # a concurrent write made it since the check above
+                break
             raise _not_a_folder(filepath, folder)
         missing.append(folder)
         if folder.parent == folder:
