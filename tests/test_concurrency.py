@@ -48,14 +48,18 @@ def which_scale(fresh_process, path: str, scales: list[float]) -> float:
 
 
 @pytest.mark.backends("tensorflow", "jax")
-def test_threads_different_paths_and_same_path(tmp_path, fresh_process):
+@pytest.mark.parametrize("where", ["existing", "new/sub"], ids=["existing-folder", "new-folder"])
+def test_threads_different_paths_and_same_path(tmp_path, fresh_process, where):
+    """Threads export to their own path and to one shared path; in a folder that
+    exists, or in one that they all create at once."""
     scales = [1.0, 2.0, 3.0]
+    folder = tmp_path if where == "existing" else tmp_path / where
     models = [scaled_model(s) for s in scales]  # built here: Keras layer creation is not
     barrier = threading.Barrier(len(scales) * 2)  # meant to race; exports are
 
     def job(i: int, same: bool) -> None:
         barrier.wait(60)
-        path = tmp_path / ("shared" if same else f"own{i}")
+        path = folder / ("shared" if same else f"own{i}")
         kexport.export_model(models[i], str(path), verbose=False)
 
     with ThreadPoolExecutor(len(scales) * 2) as pool:
@@ -63,9 +67,9 @@ def test_threads_different_paths_and_same_path(tmp_path, fresh_process):
         for f in futures:
             f.result(timeout=600)  # every export succeeds
     for i, s in enumerate(scales):
-        assert which_scale(fresh_process, str(tmp_path / f"own{i}"), scales) == s
-    assert which_scale(fresh_process, str(tmp_path / "shared"), scales) in scales
-    assert leftovers(tmp_path) == []
+        assert which_scale(fresh_process, str(folder / f"own{i}"), scales) == s
+    assert which_scale(fresh_process, str(folder / "shared"), scales) in scales
+    assert leftovers(folder) == []
 
 
 def _process_job(src: str, backend: str, out_dir: str, scale: float) -> str:
@@ -100,29 +104,6 @@ def test_processes_different_paths_and_same_path(tmp_path, fresh_process, where)
 
 
 # -- exports into one folder that does not exist yet ------------------------------------
-@pytest.mark.backends("tensorflow", "jax")
-def test_threads_into_one_new_folder(tmp_path, fresh_process):
-    """Several exports create the same missing folders at once; all succeed."""
-    scales = [1.0, 2.0]
-    models = [scaled_model(s) for s in scales]
-    folder = tmp_path / "new" / "sub"
-    barrier = threading.Barrier(len(scales) * 2)
-
-    def job(i: int, same: bool) -> None:
-        barrier.wait(60)
-        path = folder / ("shared" if same else f"own{i}")
-        kexport.export_model(models[i], str(path), verbose=False)
-
-    with ThreadPoolExecutor(len(scales) * 2) as pool:
-        futures = [pool.submit(job, i, same) for i in range(len(scales)) for same in (False, True)]
-        for f in futures:
-            f.result(timeout=600)
-    for i, s in enumerate(scales):
-        assert which_scale(fresh_process, str(folder / f"own{i}"), scales) == s
-    assert which_scale(fresh_process, str(folder / "shared"), scales) in scales
-    assert leftovers(folder) == []
-
-
 @pytest.mark.backends("tensorflow")  # atomic_target only: backend-independent
 @pytest.mark.parametrize("is_dir", [True, False], ids=["folder", "file"])
 def test_failed_write_spares_a_new_folder_another_write_uses(tmp_path, is_dir):
