@@ -39,8 +39,9 @@ STEPS = ("capture", "finish", "checker", "ort check", "re-host")
 
 
 def _instrument(spent):
-    from kexport.formats import _onnx_check, _onnx_jax
     from kexport.formats import onnx as kx
+    from kexport.formats.onnx import _accept as _onnx_check
+    from kexport.formats.onnx import _jax as _onnx_jax
 
     def timed(step, fn):
         @functools.wraps(fn)

@@ -17,8 +17,8 @@ import pytest
 
 import kexport
 import onnx_models
-from kexport.formats import _onnx_check
 from kexport.formats import onnx as onnx_format
+from kexport.formats.onnx import _accept as _onnx_check
 
 pytestmark = pytest.mark.backends("jax", "torch")
 

@@ -124,7 +124,7 @@ def test_tf2onnx_numpy2_large_model_workaround():
     import tensorflow as tf
     import tf2onnx
 
-    from kexport.formats import _tf2onnx_compat
+    from kexport.formats.onnx import _tf2onnx_compat
 
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(300)])
 

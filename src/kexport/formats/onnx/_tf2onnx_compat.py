@@ -98,7 +98,7 @@ def _inline_external(model: onnx.ModelProto, storage: Any) -> None:
     """Put tensors tf2onnx kept aside (large-model mode) back into ``model``."""
     import onnx
 
-    from kexport.formats._onnx_io import iter_initializers
+    from kexport.formats.onnx._io import iter_initializers
 
     data = storage.name_to_tensor_data
     for tensor in iter_initializers(model.graph):

@@ -22,7 +22,7 @@ import contextlib
 from typing import Any
 
 from kexport._patch import scoped_patch
-from kexport.formats._onnx_check import Acceptance, NotTraceable, samples
+from kexport.formats.onnx._accept import Acceptance, NotTraceable, samples
 from kexport.signature import Spec, flat_names, flatten, pack_as
 
 __all__ = ["capture_jax2onnx", "linear_output_binding"]

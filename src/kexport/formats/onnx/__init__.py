@@ -49,8 +49,8 @@ from kexport.errors import (
     UnsupportedRouteError,
     WriteError,
 )
-from kexport.formats._onnx_check import NotTraceable
-from kexport.formats._onnx_torch import cached_torchlib_registry, capture_traced, endpoint_module
+from kexport.formats.onnx._accept import NotTraceable
+from kexport.formats.onnx._torch import cached_torchlib_registry, capture_traced, endpoint_module
 from kexport.signature import Spec, flat_names, flatten, normalize_for_model, pack_as
 
 if TYPE_CHECKING:
@@ -283,7 +283,7 @@ def _weight_bytes(variables: Sequence[Any]) -> int:
 def tf_endpoint_to_onnx(endpoint: TracedEndpoint, opset: int, route: str,
                         model: Any | None = None, weight_bytes: int = 0) -> RawGraph:
     """Convert one traced TensorFlow endpoint with ``tf2onnx`` (step 2)."""
-    from kexport.formats import _tf2onnx_compat
+    from kexport.formats.onnx import _tf2onnx_compat
 
     function = _flat_tf_function(endpoint)
     try:
@@ -368,7 +368,7 @@ def _convert_lifted(model: Any, endpoint: TracedEndpoint, lifted: list[Any], ops
     import tensorflow as tf
     from onnx import numpy_helper
 
-    from kexport.formats import _tf2onnx_compat
+    from kexport.formats.onnx import _tf2onnx_compat
 
     specs = [tf.TensorSpec(s.shape, tf.as_dtype(s.dtype), name=n)
              for s, n in zip(flatten(endpoint.signature), endpoint.input_names, strict=False)]
@@ -693,7 +693,7 @@ def write_model(proto: onnx.ModelProto, filepath: str | os.PathLike[str], thresh
     Raises:
         NotTraceable: from ``accept``; nothing is written.
     """
-    from kexport.formats import _onnx_io
+    from kexport.formats.onnx import _io as _onnx_io
 
     path = Path(os.fspath(filepath))
     data_name = f"{path.name}.data"
@@ -804,7 +804,7 @@ def _release_converter_copy(proto: onnx.ModelProto) -> None:
     copy of the weights at the export's peak (PyTorch: 3.0x -> 2.2x the
     weights, 256 MiB MLP). Collected only for large models, where it matters.
     """
-    from kexport.formats import _onnx_io
+    from kexport.formats.onnx import _io as _onnx_io
 
     if _onnx_io.initializer_bytes([proto]) >= _COLLECT_ABOVE:
         gc.collect()
@@ -873,7 +873,7 @@ def export_jax(model: Any, filepath: str | os.PathLike[str], *,
     straight to the re-host route: tf2onnx writes one ONNX ``LSTM``/``GRU``
     op where ``jax2onnx`` writes a ``Loop`` (2-2.5x slower in ONNX Runtime).
     """
-    from kexport.formats._onnx_jax import capture_jax2onnx
+    from kexport.formats.onnx._jax import capture_jax2onnx
 
     _refuse_lookup_layers(model, "jax: jax2onnx")
     _in_process_else_rehost(model, filepath, verbose, input_signature, kwargs, "jax",
@@ -957,7 +957,7 @@ def write_archive(archive: ExportArchive, filepath: str | os.PathLike[str],
         CaptureError, WriteError: when converting or writing fails.
     """
     from kexport._version import __version__
-    from kexport.formats import _onnx_io
+    from kexport.formats.onnx import _io as _onnx_io
 
     if options is not None:
         raise SignatureError(

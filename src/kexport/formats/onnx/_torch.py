@@ -37,7 +37,7 @@ from typing import Any
 
 from kexport._patch import scoped_patch
 from kexport.capture._base import _to_plain
-from kexport.formats._onnx_check import Acceptance, NotTraceable, samples
+from kexport.formats.onnx._accept import Acceptance, NotTraceable, samples
 from kexport.signature import Spec, flat_names, flatten, pack_as
 
 __all__ = ["NotTraceable", "cached_torchlib_registry", "capture_traced", "endpoint_module",
@@ -143,7 +143,7 @@ def _benign_trace_site() -> bool:
     """Whether the TracerWarning being raised comes from Keras's own ops."""
     for frame in reversed(traceback.extract_stack()):
         path = frame.filename.replace(os.sep, "/")
-        if "/torch/" in path or path.endswith(("/warnings.py", "/_onnx_torch.py")):
+        if "/torch/" in path or path.endswith(("/warnings.py", "/onnx/_torch.py")):
             continue
         return "/keras/src/" in path and frame.name not in _CONTROL_FLOW
     return False
