@@ -39,9 +39,7 @@ STEPS = ("capture", "finish", "checker", "ort check", "re-host")
 
 
 def _instrument(spent):
-    from kexport.formats import onnx as kx
-    from kexport.formats.onnx import _accept as _onnx_check
-    from kexport.formats.onnx import _jax as _onnx_jax
+    from kexport.formats.onnx import _accept, _export, _graph, _write
 
     def timed(step, fn):
         @functools.wraps(fn)
@@ -53,13 +51,12 @@ def _instrument(spent):
                 spent[step] = spent.get(step, 0.0) + time.perf_counter() - t
         return wrapper
 
-    kx.capture_tensorflow = timed("capture", kx.capture_tensorflow)
-    kx._TORCH_STRATEGIES = tuple(timed("capture", f) for f in kx._TORCH_STRATEGIES)
-    _onnx_jax.capture_jax2onnx = timed("capture", _onnx_jax.capture_jax2onnx)
-    kx.finish = timed("finish", kx.finish)
-    kx._check = timed("checker", kx._check)
-    _onnx_check._compare = timed("ort check", _onnx_check._compare)
-    kx.export_rehost = timed("re-host", kx.export_rehost)
+    # every strategy of every backend is called through Strategy.__call__
+    _graph.Strategy.__call__ = timed("capture", _graph.Strategy.__call__)
+    _export.finish = timed("finish", _export.finish)
+    _write._check = timed("checker", _write._check)
+    _accept._compare = timed("ort check", _accept._compare)
+    _export.export_rehost = timed("re-host", _export.export_rehost)
 
 
 def main():

@@ -17,8 +17,8 @@ import pytest
 
 import kexport
 import onnx_models
-from kexport.formats import onnx as onnx_format
 from kexport.formats.onnx import _accept as _onnx_check
+from kexport.formats.onnx import _write
 
 pytestmark = pytest.mark.backends("jax", "torch")
 
@@ -89,7 +89,7 @@ def _tiny_graph():
 
 def test_refused_external_data_graph_leaves_the_earlier_artifact_as_it_was(tmp_path):
     target = tmp_path / "g.onnx"
-    onnx_format.write_model(_tiny_graph(), target, 16, "test")
+    _write.write_model(_tiny_graph(), target, 16, "test")
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     assert sorted(before) == ["g.onnx", "g.onnx.data"]
 
@@ -97,7 +97,7 @@ def test_refused_external_data_graph_leaves_the_earlier_artifact_as_it_was(tmp_p
         raise _onnx_check.NotTraceable("differs from the live model at batch 3")
 
     with pytest.raises(_onnx_check.NotTraceable, match="at batch 3"):
-        onnx_format.write_model(_tiny_graph(), target, 16, "test", refuse)
+        _write.write_model(_tiny_graph(), target, 16, "test", refuse)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
 
@@ -105,9 +105,9 @@ def test_weights_too_large_for_one_protobuf_go_to_external_data_whatever_the_thr
         tmp_path, monkeypatch):
     import onnxruntime as ort
 
-    monkeypatch.setattr(onnx_format, "INLINE_LIMIT", 1000)  # stands for protobuf's 2 GiB
+    monkeypatch.setattr(_write, "INLINE_LIMIT", 1000)  # stands for protobuf's 2 GiB
     target = tmp_path / "g.onnx"
-    assert onnx_format.write_model(_tiny_graph(), target, 2**40, "test") is True
+    assert _write.write_model(_tiny_graph(), target, 2**40, "test") is True
     assert (tmp_path / "g.onnx.data").stat().st_size == 2048
     x = np.arange(512, dtype="float32")
     got = ort.InferenceSession(str(target)).run(None, {"x": x})[0]
@@ -115,7 +115,7 @@ def test_weights_too_large_for_one_protobuf_go_to_external_data_whatever_the_thr
 
 
 def test_messages_quoted_from_peer_libraries_lose_their_local_paths():
-    from kexport.formats.onnx import without_paths
+    from kexport.formats.onnx._export import without_paths
 
     torch_error = ("SymbolicValueError: Failed to export a node '%117', scope: Functional:: "
                    "# /home/me/.venv/lib/python3.11/site-packages/keras/src/ops/nn.py:3154:0\n"
@@ -137,7 +137,7 @@ def test_external_data_into_a_missing_folder_creates_it(tmp_path):
     from kexport.errors import WriteError
 
     target = tmp_path / "missing" / "deeper" / "g.onnx"
-    assert onnx_format.write_model(_tiny_graph(), target, 16, "test") is True
+    assert _write.write_model(_tiny_graph(), target, 16, "test") is True
     assert sorted(p.name for p in target.parent.iterdir()) == ["g.onnx", "g.onnx.data"]
     session = ort.InferenceSession(str(target), providers=["CPUExecutionProvider"])
     x = np.arange(512, dtype="float32")
@@ -146,5 +146,5 @@ def test_external_data_into_a_missing_folder_creates_it(tmp_path):
     (tmp_path / "file").write_text("not a folder")
     with pytest.raises(WriteError, match="Expected every path component above the artifact "
                                          "to be a folder"):
-        onnx_format.write_model(_tiny_graph(), tmp_path / "file" / "g.onnx", 16, "test")
+        _write.write_model(_tiny_graph(), tmp_path / "file" / "g.onnx", 16, "test")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "missing"]

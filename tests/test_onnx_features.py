@@ -124,7 +124,7 @@ def test_tf2onnx_numpy2_large_model_workaround():
     import tensorflow as tf
     import tf2onnx
 
-    from kexport.formats.onnx import _tf2onnx_compat
+    from kexport.formats.onnx._tensorflow import convert_function
 
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(300)])
 
@@ -136,7 +136,7 @@ def test_tf2onnx_numpy2_large_model_workaround():
         with pytest.raises(AttributeError, match="product"):
             tf2onnx.convert.from_function(fn, input_signature=fn.input_signature,
                                           opset=18, large_model=True)
-    proto = _tf2onnx_compat.convert_function(fn, 18, large_model=True)
+    proto = convert_function(fn, 18, large_model=True)
     sizes = sorted(len(t.raw_data) for t in proto.graph.initializer)
     assert sizes[-1] == 4 * 300 * 4  # kernel back inline, ready for kexport's writer
     assert not hasattr(np, "product") or np.__version__ < "2"  # NumPy itself untouched

@@ -56,13 +56,13 @@ def test_recurrent_model_goes_to_rehost_for_the_lstm_op(tmp_path, fresh_process)
 
 def test_jax2onnx_refusals_are_not_traceable():
     from kexport.formats.onnx._accept import NotTraceable
-    from kexport.formats.onnx._jax import capture_jax2onnx
+    from kexport.formats.onnx._jax import Jax2Onnx
 
     model = onnx_models.bilstm()
     with pytest.raises(NotTraceable, match="jax2onnx: NotImplementedError: Reverse scan"):
-        capture_jax2onnx(model, normalize_for_model(model, None), 18)
+        Jax2Onnx().capture(model, normalize_for_model(model, None), 18)
     model = onnx_models.cnn()
-    raw = capture_jax2onnx(model, normalize_for_model(model, None), 18)
+    raw = Jax2Onnx().capture(model, normalize_for_model(model, None), 18)
     with pytest.raises(NotTraceable, match=r"ONNX Runtime: .*MaxPool"):
         raw.accept(ir.to_proto(raw.model).SerializeToString())
 
@@ -78,7 +78,7 @@ def test_linear_output_binding_gives_jax2onnx_the_same_graph_and_restores_it():
     import jax
     import jax2onnx
 
-    from kexport.formats.onnx._jax import linear_output_binding
+    from kexport.formats.onnx.compat import linear_output_binding
 
     model = onnx_models.transformer()
     inputs = [jax.ShapeDtypeStruct(("batch", "d1", 16), np.float32)]
@@ -102,7 +102,7 @@ def test_linear_output_binding_gives_jax2onnx_the_same_graph_and_restores_it():
 def test_linear_output_binding_leaves_other_values_to_jax2onnx_scan():
     from types import SimpleNamespace
 
-    from kexport.formats.onnx._jax import linear_output_binding
+    from kexport.formats.onnx.compat import linear_output_binding
 
     graph = ir.Graph([], [], nodes=[])
     inside = ir.node("Relu", inputs=[ir.Value(name="x")])

@@ -15,7 +15,7 @@ import pytest
 
 import kexport
 import onnx_models
-from kexport.formats import onnx as kx_onnx
+from kexport.formats.onnx import _tensorflow
 from kexport.signature import flat_names, flatten, normalize_for_model, pack_as
 
 pytestmark = pytest.mark.backends("tensorflow")
@@ -42,9 +42,9 @@ def _cases(model, rng):
                                  "multi_io", "dict_inputs", "subclassed", "preprocessing"])
 def test_every_weight_lifted_still_computes_the_model(key, tmp_path, fresh_process, monkeypatch):
     # lift every variable, however small (recurrent layers keep constants)
-    monkeypatch.setattr(kx_onnx, "_LIFT_MIN_BYTES", 0)
+    monkeypatch.setattr(_tensorflow, "_LIFT_MIN_BYTES", 0)
     model = onnx_models.ZOO[key]()
-    lifted = kx_onnx._liftable_variables(model)
+    lifted = _tensorflow._liftable_variables(model)
     assert lifted or key == "lstm"
     path = tmp_path / f"{key}.onnx"
     kexport.export_onnx(model, path, verbose=False)
@@ -65,7 +65,7 @@ def test_large_weights_are_initializers_named_by_variable_path(tmp_path, fresh_p
     x = keras.layers.BatchNormalization(name="bn")(x)
     x = keras.layers.GlobalAveragePooling2D()(x)
     model = keras.Model(inputs, keras.layers.Dense(256, name="head")(x))
-    assert [v.path for v in kx_onnx._liftable_variables(model)] == ["conv2/kernel", "head/kernel"]
+    assert [v.path for v in _tensorflow._liftable_variables(model)] == ["conv2/kernel", "head/kernel"]
     path = tmp_path / "m.onnx"
     kexport.export_onnx(model, path, verbose=False)
     graph = onnx.load(str(path)).graph

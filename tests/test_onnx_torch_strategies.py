@@ -52,18 +52,19 @@ def test_model_the_tracer_cannot_export_falls_back_to_torch_export(tmp_path, fre
 
 
 def test_traced_strategy_refuses_python_values_taken_in_user_code():
-    from kexport.formats.onnx._torch import NotTraceable, capture_traced
+    from kexport.formats.onnx._accept import NotTraceable
+    from kexport.formats.onnx._torch import TracedTorch
     from kexport.signature import normalize_for_model
 
     model = onnx_models.batch_scaled()
     with pytest.raises(NotTraceable, match="tracer warning: Converting a tensor to a Python"):
-        capture_traced(model, normalize_for_model(model, None), 18)
+        TracedTorch().capture(model, normalize_for_model(model, None), 18)
 
 
 def test_torchlib_registry_is_built_once_and_copied():
     from torch.onnx._internal.exporter import _registration
 
-    from kexport.formats.onnx._torch import cached_torchlib_registry
+    from kexport.formats.onnx.compat import cached_torchlib_registry
 
     original = _registration.ONNXRegistry.__dict__["from_torchlib"]
     with cached_torchlib_registry():
@@ -96,7 +97,7 @@ def test_quiet_torchscript_log_restores_an_enabled_log():
     import torch
     from torch.onnx._internal.torchscript_exporter import utils
 
-    from kexport.formats.onnx._torch import quiet_torchscript_log
+    from kexport.formats.onnx.compat import quiet_torchscript_log
 
     shipped = utils.setup_onnx_logging
     torch._C._jit_set_onnx_log_enabled(True)  # a user who asked torch for its log

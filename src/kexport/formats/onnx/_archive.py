@@ -1,0 +1,107 @@
+"""``ExportArchive.write_out(path, format="onnx")``: one graph per endpoint, shared weights."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from kexport import _summary
+from kexport._atomic import atomic_target
+from kexport._version import __version__
+from kexport.errors import SignatureError
+from kexport.formats.onnx import _io as _onnx_io
+from kexport.formats.onnx._finish import finish
+from kexport.formats.onnx._graph import ARCHIVE_MANIFEST, ARCHIVE_WEIGHTS, _spec_json
+from kexport.formats.onnx._options import _check_opset
+from kexport.formats.onnx._tensorflow import _weight_bytes, tf_endpoint_to_onnx
+from kexport.formats.onnx._write import _check
+from kexport.signature import flatten
+
+if TYPE_CHECKING:
+    from kexport.archive import ExportArchive
+
+__all__ = ["archive_default_endpoint", "write_archive"]
+
+
+def archive_default_endpoint(names: Sequence[str]) -> str:
+    """The endpoint an archive runs by default: ``serving_default`` if present, else the first."""
+    return "serving_default" if "serving_default" in names else names[0]
+
+
+def write_archive(archive: ExportArchive, filepath: str | os.PathLike[str],
+                  options: Any | None = None, verbose: bool = True, *,
+                  opset_version: int | None = None) -> None:
+    """Write ``archive`` as a folder of ONNX graphs sharing one weights file.
+
+    Layout::
+
+        <filepath>/
+          <endpoint>.onnx      one graph per endpoint, inputs/outputs named;
+                               every initializer refers to weights.data
+          weights.data         every weight tensor once, shared by the graphs
+                               (a tensor two endpoints use is stored once)
+          manifest.json        producer, versions, backend, opset,
+                               default_endpoint and, per endpoint in the
+                               order added, its file and input/output specs
+
+    Every floating-point initializer goes to ``weights.data`` whatever its
+    size; other tensors (shapes, axes, indices) go there from 1 KiB up.
+
+    Args:
+        archive: the archive whose endpoints to write.
+        filepath: the folder to write (atomically).
+        options: must be ``None`` (SavedModel's ``SaveOptions`` only).
+        verbose: print a summary.
+        opset_version: the ONNX opset of every graph (``None``: :data:`DEFAULT_OPSET`);
+            passed as ``archive.write_out(path, format="onnx", opset_version=17)``.
+
+    Raises:
+        SignatureError: when ``options`` is given or ``opset_version`` is invalid.
+        CaptureError, WriteError: when converting or writing fails.
+    """
+    if options is not None:
+        raise SignatureError(
+            "Expected `options=None` for format='onnx' (options are "
+            f"tf.saved_model.SaveOptions, SavedModel only). Received: {type(options).__name__}"
+        )
+    opset = _check_opset(opset_version)
+    route = f"{archive.backend}: ExportArchive tf.function -> tf2onnx"
+    protos = []
+    for endpoint in archive.endpoints:
+        raw = tf_endpoint_to_onnx(endpoint, opset, route, endpoint.owner,
+                                  _weight_bytes(archive.trackables()["variables"]))
+        protos.append(finish(raw, opset=opset, backend=archive.backend, endpoint=endpoint.name,
+                             input_specs=flatten(endpoint.signature)))
+    import keras
+
+    manifest = {
+        "producer": "kexport",
+        "producer_version": __version__,
+        "keras_version": keras.__version__,
+        "backend": archive.backend,
+        "format": "onnx",
+        "opset": opset,
+        "weights": ARCHIVE_WEIGHTS,
+        "default_endpoint": archive_default_endpoint(archive.endpoint_names),
+        "endpoints": {
+            e.name: {
+                "file": f"{e.name}.onnx",
+                "inputs": json.loads(_spec_json(flatten(e.signature), e.input_names)),
+                "outputs": [s.to_json() for s in e.output_specs],
+            }
+            for e in archive.endpoints
+        },
+    }
+    with atomic_target(filepath, is_dir=True) as tmp:
+        with open(tmp / ARCHIVE_WEIGHTS, "wb") as f:
+            _onnx_io.externalize(protos, f, ARCHIVE_WEIGHTS, all_floats=True)
+        for endpoint, proto in zip(archive.endpoints, protos, strict=False):
+            graph_path = tmp / f"{endpoint.name}.onnx"
+            graph_path.write_bytes(proto.SerializeToString())
+            _check(os.fspath(graph_path), route)
+        # not sort_keys: the endpoints keep the order they were added in
+        (tmp / ARCHIVE_MANIFEST).write_text(json.dumps(manifest, indent=2))
+    if verbose:
+        _summary.print_summary("onnx", archive.endpoints, filepath)

@@ -1,0 +1,248 @@
+"""One model to one ONNX file: each backend's strategies tried in order, then re-host.
+
+:data:`STRATEGIES` is the one place that orders them. The first strategy
+whose graph is accepted (captured, finished and, for a fast converter,
+reproduced by ONNX Runtime) is written; a refusal
+(:class:`~kexport.formats.onnx._accept.NotTraceable`) is reported in one line
+and the next strategy runs. On PyTorch and JAX a recurrent model, or one every
+strategy refused, is re-hosted on TensorFlow in a child process instead
+(:func:`export_rehost`). Nothing is written before one of them succeeds.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from kexport import _summary
+from kexport.capture.rehost import rehost_export, rehost_source
+from kexport.formats.onnx._accept import NotTraceable
+from kexport.formats.onnx._finish import finish
+from kexport.formats.onnx._graph import DEFAULT_ENDPOINT, Attempt, Strategy
+from kexport.formats.onnx._io import initializer_bytes
+from kexport.formats.onnx._jax import Jax2Onnx
+from kexport.formats.onnx._options import _pop_options, _refuse_lookup_layers
+from kexport.formats.onnx._tensorflow import TensorFlowGraph
+from kexport.formats.onnx._torch import TorchExport, TracedTorch
+from kexport.formats.onnx._write import write_model
+from kexport.signature import Spec, flatten, normalize_for_model
+
+if TYPE_CHECKING:
+    import onnx
+
+__all__ = ["REHOST_ROUTE", "STRATEGIES", "export_jax", "export_rehost", "export_tensorflow",
+           "export_torch", "without_paths"]
+
+#: Each backend's in-process strategies, in the order they are tried.
+STRATEGIES: dict[str, tuple[Strategy, ...]] = {
+    "tensorflow": (TensorFlowGraph(),),
+    # the traced graph when ONNX Runtime confirms it, else torch.export
+    "torch": (TracedTorch(), TorchExport()),
+    "jax": (Jax2Onnx(),),
+}
+REHOST_ROUTE = "re-host on tensorflow (child process): tf.function -> tf2onnx"
+
+
+def _export(model: Any, filepath: str | os.PathLike[str], verbose: bool | None,
+            input_signature: Any, kwargs: dict[str, Any], backend: str,
+            strategies: Sequence[Strategy]) -> None:
+    """Capture, finish and write with the first of ``strategies`` whose graph is
+    accepted; a refusal moves on to the next one (and is raised from the last)."""
+    signature = normalize_for_model(model, input_signature)
+    opts = _pop_options(kwargs, backend)
+    for number, strategy in enumerate(strategies, start=1):
+        attempt = strategy(model, signature, opts["opset"])
+        refused = attempt.refused
+        if attempt.graph is not None:
+            accept = attempt.graph.accept
+            try:
+                summary = _finish_and_write(attempt, signature, opts, backend, filepath)
+                break
+            except NotTraceable as e:
+                refused = e
+            finally:
+                if accept is not None and hasattr(accept, "close"):
+                    accept.close()  # no live reference call outlives its strategy
+        _say_not_used(verbose, strategy, refused)
+        if number == len(strategies):
+            raise refused
+    if verbose is None or verbose:
+        _summary.print_summary("onnx", [summary], filepath)
+
+
+def _finish_and_write(attempt: Attempt, signature: list[Any], opts: dict[str, Any],
+                      backend: str, filepath: str | os.PathLike[str]) -> _SummaryEndpoint:
+    """Steps 3 and 4 for the graph ``attempt`` holds (taken out of it, so that the
+    converter's copy can be freed before writing)."""
+    raw, attempt.graph = attempt.graph, None
+    accept = raw.accept
+    source = rehost_source()
+    graph_backend = backend
+    if source is not None:  # writing in a re-host child: record where the model lives
+        raw.route = f"re-host on {backend} (child process): {raw.route.partition(': ')[2]}"
+        graph_backend = source
+    proto = finish(raw, opset=opts["opset"], backend=graph_backend,
+                   endpoint=DEFAULT_ENDPOINT, input_specs=flatten(signature))
+    del raw
+    _release_converter_copy(proto)
+    summary = _SummaryEndpoint.of(proto, signature)
+    write_model(proto, filepath, opts["threshold"], proto_route(proto), accept)
+    return summary
+
+
+_DIRECTORIES = re.compile(  # an absolute path's folders (not URLs, not relative paths)
+    r"(?<![\w.:/\\])(?:[A-Za-z]:)?(?:[\\/][^\s\\/'\"():,]+)+[\\/](?=[^\s\\/'\"():,]+)")
+
+
+def without_paths(text: str, limit: int = 240) -> str:
+    """``text``'s first line, each file path cut to its file name, at most
+    ``limit`` characters: peer libraries' messages quote their source files,
+    and kexport's output holds no local paths."""
+    line = next((part for part in str(text).splitlines() if part.strip()), "")
+    line = _DIRECTORIES.sub("", line)
+    return line if len(line) <= limit else line[:limit - 3] + "..."
+
+
+def _say_not_used(verbose: bool | None, strategy: Strategy, why: Exception) -> None:
+    """Tell the user why a strategy's graph was not kept (the export goes on)."""
+    if verbose is None or verbose:
+        print(f"kexport: not using {strategy.description}: {without_paths(str(why))}")
+
+
+_COLLECT_ABOVE = 64 << 20
+
+
+def _release_converter_copy(proto: onnx.ModelProto) -> None:
+    """Free the converter's copy of the weights now, not when the collector runs.
+
+    ``onnx_ir`` graphs are reference cycles (nodes, values and their graph),
+    so the converter's graph and the weights it holds would outlive
+    :func:`finish` until Python's cycle collector happened to run: one more
+    copy of the weights at the export's peak (PyTorch: 3.0x -> 2.2x the
+    weights, 256 MiB MLP). Collected only for large models, where it matters.
+    """
+    if initializer_bytes([proto]) >= _COLLECT_ABOVE:
+        gc.collect()
+
+
+def proto_route(proto: onnx.ModelProto) -> str:
+    """The route recorded in a finished graph's metadata."""
+    return next((p.value for p in proto.metadata_props if p.key == "kexport.route"), "?")
+
+
+@dataclass
+class _SummaryEndpoint:
+    name: str
+    signature: list[Any]
+    input_names: list[str]
+    output_specs: list[Spec]
+
+    @classmethod
+    def of(cls, proto: onnx.ModelProto, signature: list[Any]) -> _SummaryEndpoint:
+        meta = {p.key: p.value for p in proto.metadata_props}
+        outs = [Spec(tuple(o["shape"]), o["dtype"], o["name"])
+                for o in json.loads(meta["kexport.outputs"])]
+        return cls(meta["kexport.endpoint"], signature, [i.name for i in proto.graph.input], outs)
+
+
+def export_tensorflow(model: Any, filepath: str | os.PathLike[str], *,
+                      verbose: bool | None = None, input_signature: Any | None = None,
+                      **kwargs: Any) -> None:
+    """TensorFlow backend -> ONNX (``tf.function`` + ``tf2onnx``, in process)."""
+    _refuse_lookup_layers(model, "tensorflow: tf.function -> tf2onnx")
+    _export(model, filepath, verbose, input_signature, kwargs, "tensorflow",
+            STRATEGIES["tensorflow"])
+
+
+def export_rehost(model: Any, filepath: str | os.PathLike[str], *,
+                  verbose: bool | None = None, input_signature: Any | None = None,
+                  **kwargs: Any) -> None:
+    """Any backend -> ONNX by re-hosting the model on TensorFlow in a child process.
+
+    Uses :func:`kexport.capture.rehost.rehost_export`: the graph is written by
+    the TensorFlow route in the re-host worker and compared with the live
+    model before it is placed at ``filepath``.
+    """
+    import keras
+
+    _refuse_lookup_layers(model, REHOST_ROUTE)
+    opts = _pop_options(dict(kwargs), keras.backend.backend())  # refuse bad options here
+    rehost_export(model, filepath, "onnx", "tensorflow", input_signature=input_signature,
+                  verbose=verbose, opset_version=opts["opset"],
+                  external_data_threshold=opts["threshold"])
+
+
+def export_jax(model: Any, filepath: str | os.PathLike[str], *,
+               verbose: bool | None = None, input_signature: Any | None = None,
+               **kwargs: Any) -> None:
+    """JAX backend -> ONNX.
+
+    ``jax2onnx`` in process when ONNX Runtime reproduces the live model at
+    other sizes of every dynamic axis (:class:`~kexport.formats.onnx._jax.Jax2Onnx`),
+    else re-hosted on TensorFlow (:func:`export_rehost`). Models with a
+    recurrent layer go straight to the re-host route: tf2onnx writes one ONNX
+    ``LSTM``/``GRU`` op where ``jax2onnx`` writes a ``Loop`` (2-2.5x slower in
+    ONNX Runtime).
+    """
+    _refuse_lookup_layers(model, "jax: jax2onnx")
+    _in_process_else_rehost(model, filepath, verbose, input_signature, kwargs, "jax",
+                            STRATEGIES["jax"])
+
+
+def export_torch(model: Any, filepath: str | os.PathLike[str], *,
+                 verbose: bool | None = None, input_signature: Any | None = None,
+                 **kwargs: Any) -> None:
+    """PyTorch backend -> ONNX.
+
+    Strategies in order, in process: the traced ``torch.onnx`` exporter when
+    ONNX Runtime reproduces the live model at other sizes of every dynamic
+    axis (:class:`~kexport.formats.onnx._torch.TracedTorch`, fast), else
+    ``torch.export`` + ``torch.onnx``. A model with a recurrent layer
+    (both unroll Keras's Python RNN loop into a fixed number of steps), or one
+    whose dynamic axis was fixed anyway, is re-hosted on TensorFlow instead
+    (:func:`export_rehost`) so that the time axis stays symbolic.
+    """
+    _refuse_lookup_layers(model, "torch: torch.export -> torch.onnx")
+    _in_process_else_rehost(model, filepath, verbose, input_signature, kwargs, "torch",
+                            STRATEGIES["torch"])
+
+
+def _in_process_else_rehost(model: Any, filepath: str | os.PathLike[str],
+                            verbose: bool | None, input_signature: Any,
+                            kwargs: dict[str, Any], backend: str,
+                            strategies: Sequence[Strategy]) -> None:
+    """``strategies`` in process unless the model is recurrent or the last of
+    them refuses; then re-host on TensorFlow (nothing is written before either
+    succeeds)."""
+    signature = normalize_for_model(model, input_signature)
+    if _has_dynamic_recurrence(model, signature) is None:
+        try:
+            _export(model, filepath, verbose, input_signature, dict(kwargs), backend,
+                    strategies)
+            return
+        except NotTraceable:
+            if verbose is None or verbose:
+                print(f"kexport: re-hosting on tensorflow ({REHOST_ROUTE.partition(': ')[2]})")
+    export_rehost(model, filepath, verbose=verbose, input_signature=input_signature,
+                  **kwargs)
+
+
+def _has_dynamic_recurrence(model: Any, signature: list[Any]) -> str | None:
+    """The name of a recurrent layer of ``model``, if it has one.
+
+    Keras on PyTorch runs RNNs as a Python loop: ``torch.export`` unrolls it,
+    fixing a dynamic time axis, and even a fixed one gives a huge graph (an
+    LSTM over 32 steps took 80 s to export). Such models are re-hosted.
+    """
+    import keras
+
+    del signature
+    for layer in model._flatten_layers(include_self=False):
+        if isinstance(layer, keras.layers.RNN):
+            return layer.name
+    return None

@@ -1,0 +1,262 @@
+"""Every workaround of a peer library's behaviour that the ONNX writer needs, in one place.
+
+Each is scoped to kexport's own call (outside it the library behaves as
+shipped), has the reason it exists here and a test (named in docs/onnx.md),
+and does nothing when the library changed so that the private hook is gone.
+
+tf2onnx 1.17 (entered through :func:`tf2onnx_patches` and the handlers in
+:data:`TF2ONNX_HANDLERS`, during one conversion):
+
+- **NumPy 2** removed ``np.product``; tf2onnx's large-model path
+  (``large_model=True``, needed for graphs over 2 GiB) still calls it in
+  ``tf2onnx.graph``. During the call that module sees a NumPy proxy that adds
+  the alias back (NumPy itself is not touched).
+- **Export time**: tf2onnx's Einsum optimizer ranks every letter permutation
+  of each equation with a cost model written in NumPy (about 2 s per Einsum,
+  10 s for one attention layer). During the call it decomposes each equation
+  as written instead; the graph still loses its Einsum nodes.
+- **Erfc**: TensorFlow's exact GELU (``keras.activations.gelu``) uses
+  ``Erfc``, which has no ONNX operator and no tf2onnx handler, so tf2onnx
+  writes an invalid graph (Keras's own exporter does). A handler rewrites it
+  as ``1 - Erf(x)``.
+- **Captured constants**: tensors a ``tf.function`` captures by value (e.g.
+  the adapted mean/variance of ``keras.layers.Normalization``) are left as
+  extra graph *inputs* by tf2onnx. :func:`captured_inputs_to_initializers`
+  turns them into initializers with their captured values.
+
+jax2onnx 0.17:
+
+- :func:`linear_output_binding`: jax2onnx checks after every equation that
+  its outputs are connected to the graph by scanning every input, initializer
+  and node output (quadratic in the model's size: 40% of a 3-block
+  Transformer's conversion). Within the context a value produced by a node of
+  the graph being built is recognised in O(1); every other case still runs
+  jax2onnx's own scan, so the answers are the same.
+
+torch.onnx (torch 2.x):
+
+- :func:`quiet_torchscript_log`: the TorchScript exporter turns its C++ log
+  on for good on every export, so a failed traced strategy dumps the whole
+  Torch IR graph; kept off inside kexport.
+- :func:`cached_torchlib_registry`: the dynamo exporter rebuilds its
+  ATen -> ONNX registry on every call (``ONNXRegistry.from_torchlib`` reads the
+  source of ~500 onnxscript functions, ~1.8 s each export). Within the
+  context the registry is built once per opset and each call gets a copy (so
+  a caller's custom ops never leak into later exports).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import types
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from kexport._patch import scoped_patch
+
+if TYPE_CHECKING:
+    import onnx
+
+__all__ = ["TF2ONNX_HANDLERS", "cached_torchlib_registry", "captured_inputs_to_initializers",
+           "linear_output_binding", "quiet_torchscript_log", "tf2onnx_patches"]
+
+
+# -- tf2onnx ------------------------------------------------------------------------
+
+class _NumpyWithProduct(types.ModuleType):
+    """``numpy`` as seen by tf2onnx: every attribute, plus ``product``."""
+
+    def __init__(self) -> None:
+        super().__init__("numpy")
+
+    def __getattr__(self, name: str) -> Any:
+        import numpy as np
+
+        if name == "product":
+            return np.prod
+        return getattr(np, name)
+
+
+@contextlib.contextmanager
+def _numpy2_patch() -> Iterator[None]:
+    """Let ``tf2onnx.graph`` call ``np.product`` under NumPy 2, for one call."""
+    import numpy as np
+    import tf2onnx.graph
+
+    if hasattr(np, "product"):  # NumPy 1: nothing to do
+        yield
+        return
+    original = tf2onnx.graph.np
+    tf2onnx.graph.np = _NumpyWithProduct()
+    try:
+        yield
+    finally:
+        tf2onnx.graph.np = original
+
+
+@contextlib.contextmanager
+def _einsum_as_written() -> Iterator[None]:
+    from tf2onnx.optimizer import einsum_optimizer
+
+    original = einsum_optimizer.optimize_einsum
+
+    def as_written(equation: str, dtype: Any, optimize: bool = True, **kwargs: Any) -> Any:
+        return original(equation, dtype, optimize=False, **kwargs)
+
+    einsum_optimizer.optimize_einsum = as_written
+    try:
+        yield
+    finally:
+        einsum_optimizer.optimize_einsum = original
+
+
+@contextlib.contextmanager
+def tf2onnx_patches() -> Iterator[None]:
+    """The NumPy 2 alias and the as-written Einsum decomposition, for one conversion."""
+    with _numpy2_patch(), _einsum_as_written():
+        yield
+
+
+def _erfc_handler(ctx: Any, node: Any, name: str, args: Any) -> None:
+    """tf2onnx handler: ``Erfc(x)`` becomes ``Sub(1, Erf(x))``."""
+    import numpy as np
+    from tf2onnx import utils
+
+    np_dtype = utils.map_onnx_to_numpy_type(ctx.get_dtype(node.input[0]))
+    erf = ctx.make_node("Erf", [node.input[0]], op_name_scope=node.name)
+    one = ctx.make_const(utils.make_name(f"{node.name}_one"), np.array(1, dtype=np_dtype))
+    ctx.replace_inputs(node, [one.output[0], erf.output[0]])
+    node.type = "Sub"
+
+
+#: ``custom_op_handlers`` for ``tf2onnx.convert``: TensorFlow ops tf2onnx has no handler for.
+TF2ONNX_HANDLERS = {"Erfc": (_erfc_handler, [])}
+
+
+def captured_inputs_to_initializers(model: onnx.ModelProto, function: Any) -> None:
+    """Replace graph inputs that are by-value captures of ``function`` with initializers."""
+    from onnx import numpy_helper
+
+    wanted = {spec.name for spec in function.input_signature}
+    extra = [v for v in model.graph.input if v.name not in wanted]
+    if not extra:
+        return
+    concrete = function.get_concrete_function()
+    values = {}
+    for external, internal in concrete.graph.captures:
+        if getattr(external, "dtype", None) is not None and external.dtype.name != "resource":
+            values[internal.name] = external
+    for value in extra:
+        if value.name not in values:
+            continue
+        tensor = numpy_helper.from_array(values[value.name].numpy(), value.name)
+        model.graph.initializer.append(tensor)
+        model.graph.input.remove(value)
+
+
+# -- jax2onnx -----------------------------------------------------------------------
+
+def linear_output_binding() -> contextlib.AbstractContextManager[None]:
+    """Make jax2onnx's per-equation "is this output connected" check O(1) while inside.
+
+    Reference-counted and thread-safe (:func:`kexport._patch.scoped_patch`);
+    outside the context jax2onnx behaves as shipped. A no-op when the private
+    function is not where jax2onnx 0.17 keeps it.
+    """
+    try:
+        from jax2onnx.converter import output_binding
+    except ImportError:
+        return contextlib.nullcontext()
+
+    def make(shipped: Any) -> Any:
+        def connected(ctx: Any, value: Any) -> bool:
+            producer = getattr(value, "producer", None)
+            node = producer() if callable(producer) else None
+            graph = getattr(getattr(ctx, "builder", None), "nodes", None)
+            if node is not None and graph is not None and getattr(node, "graph", None) is graph:
+                return True  # jax2onnx's scan would find ``node`` among the graph's nodes
+            return shipped(ctx, value)
+
+        return connected
+
+    return scoped_patch(output_binding, "_value_is_graph_connected", make)
+
+
+# -- torch.onnx ---------------------------------------------------------------------
+
+def quiet_torchscript_log() -> contextlib.AbstractContextManager[None]:
+    """Keep ``torch.onnx``'s TorchScript exporter log off while inside.
+
+    Peer-library workaround (torch 2.13): ``setup_onnx_logging`` tests
+    ``_C._jit_is_onnx_log_enabled`` without calling it, so every export turns
+    the C++ log on and leaves it on for the rest of the process; a traced
+    strategy that fails then prints the whole Torch IR graph ("Torch IR graph
+    at exception: ...", thousands of lines) although kexport moves on to the
+    next strategy. Inside, the log is on only for ``verbose=True`` (kexport
+    never asks) and its previous state is restored on exit.
+    """
+    import torch
+
+    try:
+        from torch.onnx._internal.torchscript_exporter import utils
+    except ImportError:
+        return contextlib.nullcontext()
+    if not hasattr(torch._C, "_jit_set_onnx_log_enabled"):
+        return contextlib.nullcontext()
+
+    def make(shipped: Any) -> Any:
+        @contextlib.contextmanager
+        def setup_onnx_logging(verbose: bool) -> Iterator[None]:
+            before = bool(torch._C._jit_is_onnx_log_enabled())
+            torch._C._jit_set_onnx_log_enabled(bool(verbose))
+            try:
+                yield
+            finally:
+                torch._C._jit_set_onnx_log_enabled(before)
+
+        return setup_onnx_logging
+
+    return scoped_patch(utils, "setup_onnx_logging", make)
+
+
+_registry_lock = threading.Lock()
+_registry_cache: dict[int, Any] = {}
+
+
+def cached_torchlib_registry() -> contextlib.AbstractContextManager[None]:
+    """Build ``torch.onnx``'s ATen -> ONNX registry once per opset while inside.
+
+    Reference-counted and thread-safe (:func:`kexport._patch.scoped_patch`);
+    outside the context ``torch.onnx`` behaves as shipped. A no-op when the
+    private hook is not where torch 2.x keeps it.
+    """
+    try:
+        from torch.onnx._internal.exporter import _registration
+    except ImportError:
+        return contextlib.nullcontext()
+    cls = _registration.ONNXRegistry
+    if not hasattr(cls, "from_torchlib") or not hasattr(cls(), "functions"):
+        return contextlib.nullcontext()
+
+    def make(original: Any) -> Any:
+        def from_torchlib(klass: Any, opset_version: Any = None, **kw: Any) -> Any:
+            build = original.__get__(None, klass)
+            if kw or klass is not cls:
+                return build(opset_version, **kw) if opset_version is not None \
+                    else build(**kw)
+            key = opset_version
+            with _registry_lock:
+                base = _registry_cache.get(key)
+            if base is None:
+                base = build(opset_version) if opset_version is not None else build()
+                with _registry_lock:
+                    _registry_cache[key] = base
+            copy = cls()
+            copy.__dict__.update(base.__dict__)
+            copy.functions = {k: list(v) for k, v in base.functions.items()}
+            return copy
+
+        return classmethod(from_torchlib)
+
+    return scoped_patch(cls, "from_torchlib", make)
