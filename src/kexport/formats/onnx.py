@@ -12,7 +12,7 @@ Pipeline (each failure names its step, the route and what to do next):
      translated by ``torch.onnx``; models whose recurrent time axis is dynamic
      (``torch.export`` would unroll and fix it) are re-hosted instead;
    - JAX (and the PyTorch fallback): the model is re-hosted on TensorFlow in
-     a child process by :mod:`kexport.capture.rehost` (config + variable
+     a child process by :mod:`kexport.routes.rehost` (config + variable
      values; a persistent worker per target backend), where the TensorFlow
      route writes the graph, which is checked against the live model before
      it is placed;
@@ -736,7 +736,7 @@ def _export(model: Any, filepath: str | os.PathLike[str], verbose: bool | None,
     """Capture, finish and write with the first strategy in ``captures`` whose
     graph is accepted; :class:`NotTraceable` moves on to the next one (and
     propagates from the last)."""
-    from kexport.capture.rehost import rehost_source
+    from kexport.capture.source import rehost_source
 
     signature = normalize_for_model(model, input_signature)
     opts = _pop_options(kwargs, backend)
@@ -847,13 +847,13 @@ def export_rehost(model: Any, filepath: str | os.PathLike[str], *,
                   **kwargs: Any) -> None:
     """Any backend -> ONNX by re-hosting the model on TensorFlow in a child process.
 
-    Uses :func:`kexport.capture.rehost.rehost_export`: the graph is written by
+    Uses :func:`kexport.routes.rehost.rehost_export`: the graph is written by
     the TensorFlow route in the re-host worker and compared with the live
     model before it is placed at ``filepath``.
     """
     import keras
 
-    from kexport.capture.rehost import rehost_export
+    from kexport.routes.rehost import rehost_export
 
     _refuse_lookup_layers(model, REHOST_ROUTE)
     opts = _pop_options(dict(kwargs), keras.backend.backend())  # refuse bad options here
