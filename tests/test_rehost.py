@@ -20,7 +20,7 @@ import rehost_layers
 from kexport import registry
 from kexport.capture import endpoint
 from kexport.errors import SignatureError, UnsupportedRouteError, VerificationError
-from kexport.routes import rehost
+from kexport.routing import rehost
 
 BACKEND = keras.backend.backend()
 L = keras.layers

@@ -12,7 +12,7 @@ Pipeline (each failure names its step, the route and what to do next):
      translated by ``torch.onnx``; models whose recurrent time axis is dynamic
      (``torch.export`` would unroll and fix it) are re-hosted instead;
    - JAX (and the PyTorch fallback): the model is re-hosted on TensorFlow in
-     a child process by :mod:`kexport.routes.rehost` (config + variable
+     a child process by :mod:`kexport.routing.rehost` (config + variable
      values; a persistent worker per target backend), where the TensorFlow
      route writes the graph, which is checked against the live model before
      it is placed;
@@ -847,13 +847,13 @@ def export_rehost(model: Any, filepath: str | os.PathLike[str], *,
                   **kwargs: Any) -> None:
     """Any backend -> ONNX by re-hosting the model on TensorFlow in a child process.
 
-    Uses :func:`kexport.routes.rehost.rehost_export`: the graph is written by
+    Uses :func:`kexport.routing.rehost.rehost_export`: the graph is written by
     the TensorFlow route in the re-host worker and compared with the live
     model before it is placed at ``filepath``.
     """
     import keras
 
-    from kexport.routes.rehost import rehost_export
+    from kexport.routing.rehost import rehost_export
 
     _refuse_lookup_layers(model, REHOST_ROUTE)
     opts = _pop_options(dict(kwargs), keras.backend.backend())  # refuse bad options here

@@ -3,7 +3,7 @@
 On PyTorch (no ``torch_xla``), endpoints are recorded as data
 (:class:`~kexport.capture.endpoint.EndpointRecipe`) and checked against the
 live model when they are added; ``write_out`` re-hosts the archive
-(:func:`kexport.routes.rehost.write_archive_rehosted`).
+(:func:`kexport.routing.rehost.write_archive_rehosted`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 from kexport.capture._base import Capture, TracedEndpoint, _check_positional, output_names
 from kexport.capture.endpoint import describe_endpoint, is_layer
 from kexport.errors import CaptureError, SignatureError, UnsupportedRouteError, describe
-from kexport.routes.rehost.parent import (
+from kexport.routing.rehost.parent import (
     _all_variables,
     _flat_numpy,
     _sample,

@@ -17,7 +17,7 @@ TensorFlow backend writes, ...) works in four steps:
    route. The child then opens the artifact with :func:`kexport.load` (the
    format's own runtime) and runs it on sample inputs. The child is one
    persistent worker per target backend (``python -m
-   kexport.routes.rehost.child`` through :class:`subprocess.Popen`, never
+   kexport.routing.rehost.child`` through :class:`subprocess.Popen`, never
    ``multiprocessing``), started on first use, restarted if it died, reused
    by later re-hosts of the same parent process (the backend import is paid
    once) and stopped at exit.
@@ -28,7 +28,7 @@ TensorFlow backend writes, ...) works in four steps:
    atomically (an earlier artifact there is kept on any failure).
 
 The public entry points are :func:`rehost_export` (one model, any format),
-:class:`~kexport.routes.rehost.capture.RehostCapture` (an ``ExportArchive`` capture that records endpoints as
+:class:`~kexport.routing.rehost.capture.RehostCapture` (an ``ExportArchive`` capture that records endpoints as
 data and re-hosts at ``write_out``) and :func:`write_archive_rehosted` (any
 capture's archive, for the formats the registry re-hosts, e.g. ``.pt2`` from
 TensorFlow/JAX archives; the TensorFlow and JAX captures record every
@@ -306,7 +306,7 @@ def _child_env(host: str, home: Path) -> dict[str, str]:
 
 
 class _Worker:
-    """One ``python -m kexport.routes.rehost.child`` process on one backend.
+    """One ``python -m kexport.routing.rehost.child`` process on one backend.
 
     Started with :class:`subprocess.Popen` (never ``multiprocessing``), fed one
     job folder per stdin line, answering one JSON line per job on stdout; its
@@ -322,7 +322,7 @@ class _Worker:
         os.chmod(self.home, 0o700)
         self.log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the worker
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "kexport.routes.rehost.child"],
+            [sys.executable, "-m", "kexport.routing.rehost.child"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
             env=_child_env(host, self.home), cwd=self.home)
         self.replies: queue.Queue[bytes] = queue.Queue()
@@ -580,7 +580,7 @@ def rehost_export(model: Any, filepath: str | os.PathLike[str],
 
     ```python
     # on KERAS_BACKEND=torch
-    from kexport.routes.rehost import rehost_export
+    from kexport.routing.rehost import rehost_export
     rehost_export(model, "out_dir", format="tf_saved_model")
     ```
     """

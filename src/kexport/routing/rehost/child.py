@@ -1,7 +1,7 @@
 """The child side of re-hosting: a persistent worker per target backend.
 
-Started by :mod:`kexport.routes.rehost.parent` as
-``python -m kexport.routes.rehost.child`` with ``KERAS_BACKEND`` set to the
+Started by :mod:`kexport.routing.rehost.parent` as
+``python -m kexport.routing.rehost.child`` with ``KERAS_BACKEND`` set to the
 target backend (never through ``multiprocessing``, so user scripts without a
 ``__main__`` guard are safe), and reused for every re-host onto that backend
 by the same parent process.
