@@ -96,19 +96,19 @@ def test_registry_says_which_archives_are_rehosted_and_onto_what():
 
 
 def test_endpoints_as_data_partials_and_untracked_models():
-    from kexport.capture import rehost
+    from kexport.capture.endpoint import recipe_or_reason
     from kexport.signature import Spec
 
     model, other = _encoder(), rehost_layers.stateful_classifier()
     sig = [Spec((None, 6), "float32")]
-    r = rehost.recipe_or_reason("ep", functools.partial(model.call, training=False), [model], sig)
+    r = recipe_or_reason("ep", functools.partial(model.call, training=False), [model], sig)
     assert (r.model, r.method, r.kwargs) == (0, "call", {"training": False})
-    r = rehost.recipe_or_reason("ep", functools.partial(lambda x: model(x, training=True),
+    r = recipe_or_reason("ep", functools.partial(lambda x: model(x, training=True),
                                                         mask=None), [model], sig)
     assert (r.method, r.kwargs) == ("__call__", {"training": True, "mask": None})
-    assert "positional arguments" in rehost.recipe_or_reason(
+    assert "positional arguments" in recipe_or_reason(
         "ep", functools.partial(model, 1.0), [model], sig)
-    assert rehost.recipe_or_reason("ep", other.call, [model], sig) == (
+    assert recipe_or_reason("ep", other.call, [model], sig) == (
         f"it calls Functional '{other.name}', which is not tracked (archive.track() it first)")
 
 

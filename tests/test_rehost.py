@@ -18,8 +18,9 @@ import pytest
 import kexport
 import rehost_layers
 from kexport import registry
-from kexport.capture import rehost
+from kexport.capture import endpoint
 from kexport.errors import SignatureError, UnsupportedRouteError, VerificationError
+from kexport.routing import rehost
 
 BACKEND = keras.backend.backend()
 L = keras.layers
@@ -81,7 +82,7 @@ def _recipe(fn, model):
     from kexport.signature import Spec
 
     sig = [Spec((None, 4), "float32")]
-    return rehost.describe_endpoint("ep", fn, [model], sig, "torch", "tensorflow")
+    return endpoint.describe_endpoint("ep", fn, [model], sig, "torch", "tensorflow")
 
 
 def test_describe_endpoint_methods_and_training_lambdas(small):

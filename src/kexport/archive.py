@@ -261,7 +261,7 @@ class ExportArchive:
             )
         host = registry.archive_host(self.backend, format)
         if host is not None:  # written by re-hosting the archive onto another backend
-            from kexport.capture.rehost import write_archive_rehosted
+            from kexport.routing.rehost import write_archive_rehosted
 
             if format_options and not _accepts(write_archive_rehosted, list(format_options)):
                 raise UnsupportedRouteError(

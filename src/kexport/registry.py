@@ -131,7 +131,7 @@ class Route:
             if problem:
                 return problem
         if model is not None and self.kind == "rehost":
-            from kexport.capture.rehost import rehost_problem
+            from kexport.routing.rehost import rehost_problem
 
             return rehost_problem(model)
         return ""
@@ -200,7 +200,7 @@ _CAPTURES: dict[str, tuple[str, tuple[str, ...], str]] = {
     "jax": ("kexport.capture.jax:JaxCapture", ("tensorflow", "jax"), "jax"),
     # No native capture (Keras needs torch_xla): endpoints are recorded as data
     # and the archive is rebuilt and written on the TensorFlow backend.
-    "torch": ("kexport.capture.rehost:RehostCapture", ("tensorflow",), "tensorflow"),
+    "torch": ("kexport.routing.rehost.capture:RehostCapture", ("tensorflow",), "tensorflow"),
 }
 
 _ROUTES: list[Route] = [
@@ -233,10 +233,10 @@ _ROUTES: list[Route] = [
     Route("jax", "tf_saved_model", "rehost",
           "re-host on tensorflow (child process) -> tf.function -> tf.saved_model "
           "(models with TensorFlow lookup layers)",
-          "kexport.capture.rehost:saved_model_via_tensorflow", ("tensorflow",), "tensorflow"),
+          "kexport.routing.rehost:saved_model_via_tensorflow", ("tensorflow",), "tensorflow"),
     Route("torch", "tf_saved_model", "rehost",
           "re-host on tensorflow (child process) -> tf.function -> tf.saved_model",
-          "kexport.capture.rehost:saved_model_via_tensorflow", ("tensorflow",), "tensorflow"),
+          "kexport.routing.rehost:saved_model_via_tensorflow", ("tensorflow",), "tensorflow"),
     Route("tensorflow", "onnx", "native", "tf.function -> tf2onnx",
           "kexport.formats.onnx:export_tensorflow",
           ("tensorflow", "tf2onnx", "onnx", "onnxscript"), "onnx"),
@@ -379,7 +379,7 @@ def archive_host(backend: str, format: str) -> str | None:
 
     ``None`` when the archive is written in-process by the format's
     ``archive_writer``; otherwise ``ExportArchive.write_out`` re-hosts it onto
-    the returned backend (:func:`kexport.capture.rehost.write_archive_rehosted`).
+    the returned backend (:func:`kexport.routing.rehost.write_archive_rehosted`).
 
     Raises:
         UnsupportedRouteError: for unknown formats.
@@ -428,4 +428,6 @@ def capture_for(backend: str) -> Capture:
             f"pip install 'kexport[{extra}]'"
         )
     module, _, cls = target.partition(":")
-    return getattr(importlib.import_module(module), cls)()
+    host = capture_host(backend)
+    factory = getattr(importlib.import_module(module), cls)
+    return factory(host) if host is not None else factory()

@@ -17,6 +17,8 @@ from typing import Any
 from kexport.errors import SignatureError, describe
 
 __all__ = [
+    "specs_from_json",
+    "specs_to_json",
     "Spec",
     "flatten",
     "flat_names",
@@ -414,3 +416,28 @@ def flat_names(signature: list[Any], prefix: str = "input") -> list[str]:
         seen.add(name)
         names.append(name)
     return names
+
+
+def specs_to_json(structure: Any) -> Any:
+    """A JSON-able form of a :class:`Spec` structure (tuples, lists and dicts kept apart)."""
+    if isinstance(structure, Spec):
+        return {"__spec__": structure.to_json()}
+    if isinstance(structure, Mapping):
+        return {"__dict__": [[k, specs_to_json(v)] for k, v in structure.items()]}
+    if isinstance(structure, tuple):
+        return {"__tuple__": [specs_to_json(v) for v in structure]}
+    if isinstance(structure, list):
+        return [specs_to_json(v) for v in structure]
+    raise SignatureError(f"Expected a Spec structure. Received: {describe(structure)}")
+
+
+def specs_from_json(data: Any) -> Any:
+    """Inverse of :func:`specs_to_json`."""
+    if isinstance(data, list):
+        return [specs_from_json(v) for v in data]
+    if "__spec__" in data:
+        s = data["__spec__"]
+        return Spec(tuple(s["shape"]), s["dtype"], s["name"])
+    if "__tuple__" in data:
+        return tuple(specs_from_json(v) for v in data["__tuple__"])
+    return {k: specs_from_json(v) for k, v in data["__dict__"]}

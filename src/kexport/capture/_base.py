@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from kexport.capture.endpoint import recipe_or_reason
 from kexport.errors import CaptureError, SignatureError
 from kexport.signature import Spec, flat_names, flatten_with_paths, map_structure, sanitize_name
 
@@ -200,7 +201,7 @@ class Capture:
         """Each endpoint as data: ``name -> (EndpointRecipe or why not, live function)``.
 
         Formats this capture cannot write in-process are written by re-hosting
-        the archive (:func:`kexport.capture.rehost.write_archive_rehosted`),
+        the archive (:func:`kexport.routing.rehost.write_archive_rehosted`),
         which needs every endpoint described; recipes index the tracked layers.
         """
         return dict(self._described)
@@ -281,8 +282,6 @@ class Capture:
     def _describe(self, name: str, fn: Callable[..., Any], signature: list[Any],
                   options: dict[str, Any]) -> None:
         """Record ``fn`` as data too (best-effort, no tracing; see :meth:`described`)."""
-        from kexport.capture.rehost import recipe_or_reason
-
         recipe: Any = self._options_problem(options)
         if not recipe:
             try:

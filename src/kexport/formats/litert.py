@@ -506,7 +506,7 @@ def export_rehost(model: Any, filepath: str | os.PathLike[str], *, verbose: bool
     a ``representative_dataset`` must then be a list of arrays/lists/dicts.
     Float artifacts are compared with the live model before they are placed.
     """
-    from kexport.capture.rehost import rehost_export
+    from kexport.routing.rehost import rehost_export
 
     data = kwargs.get("representative_dataset")
     given = None

@@ -325,7 +325,7 @@ def export_rehost(model: Any, filepath: str | os.PathLike[str], *, verbose: bool
 
     The child's IR is compared with the live model before it is placed.
     """
-    from kexport.capture.rehost import rehost_export
+    from kexport.routing.rehost import rehost_export
 
     return rehost_export(model, filepath, "openvino", "tensorflow",
                          input_signature=input_signature, verbose=verbose, **kwargs)

@@ -281,7 +281,7 @@ def export_rehost(model: Any, filepath: str | os.PathLike[str], *, verbose: bool
 
     The child's artifact is compared with the live model before it is placed.
     """
-    from kexport.capture.rehost import rehost_export
+    from kexport.routing.rehost import rehost_export
 
     return rehost_export(model, filepath, "torch", "torch", input_signature=input_signature,
                          verbose=verbose, **kwargs)

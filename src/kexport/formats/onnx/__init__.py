@@ -16,7 +16,7 @@ Pipeline (each failure names its step, the route and what to do next):
      (:mod:`._jax`);
    - re-host (PyTorch and JAX models with a recurrent layer, or refused by
      every strategy): the model is re-hosted on TensorFlow in a child
-     process by :mod:`kexport.capture.rehost` (config + variable values; a
+     process by :mod:`kexport.routing.rehost` (config + variable values; a
      persistent worker per target backend), where the TensorFlow route
      writes the graph, which is checked against the live model before it is
      placed;

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from kexport import _summary
-from kexport.capture.rehost import rehost_export, rehost_source
+from kexport.capture.source import rehost_source
 from kexport.formats.onnx._accept import NotTraceable
 from kexport.formats.onnx._finish import finish
 from kexport.formats.onnx._graph import DEFAULT_ENDPOINT, Attempt, Strategy
@@ -30,6 +30,7 @@ from kexport.formats.onnx._options import _pop_options, _refuse_lookup_layers
 from kexport.formats.onnx._tensorflow import TensorFlowGraph
 from kexport.formats.onnx._torch import TorchExport, TracedTorch
 from kexport.formats.onnx._write import write_model
+from kexport.routing.rehost import rehost_export
 from kexport.signature import Spec, flatten, normalize_for_model
 
 if TYPE_CHECKING:
@@ -164,7 +165,7 @@ def export_rehost(model: Any, filepath: str | os.PathLike[str], *,
                   **kwargs: Any) -> None:
     """Any backend -> ONNX by re-hosting the model on TensorFlow in a child process.
 
-    Uses :func:`kexport.capture.rehost.rehost_export`: the graph is written by
+    Uses :func:`kexport.routing.rehost.rehost_export`: the graph is written by
     the TensorFlow route in the re-host worker and compared with the live
     model before it is placed at ``filepath``.
     """

@@ -17,7 +17,7 @@ TensorFlow backend writes, ...) works in four steps:
    route. The child then opens the artifact with :func:`kexport.load` (the
    format's own runtime) and runs it on sample inputs. The child is one
    persistent worker per target backend (``python -m
-   kexport.capture._rehost_child`` through :class:`subprocess.Popen`, never
+   kexport.routing.rehost.child`` through :class:`subprocess.Popen`, never
    ``multiprocessing``), started on first use, restarted if it died, reused
    by later re-hosts of the same parent process (the backend import is paid
    once) and stopped at exit.
@@ -28,20 +28,17 @@ TensorFlow backend writes, ...) works in four steps:
    atomically (an earlier artifact there is kept on any failure).
 
 The public entry points are :func:`rehost_export` (one model, any format),
-:class:`RehostCapture` (an ``ExportArchive`` capture that records endpoints as
+:class:`~kexport.routing.rehost.capture.RehostCapture` (an ``ExportArchive`` capture that records endpoints as
 data and re-hosts at ``write_out``) and :func:`write_archive_rehosted` (any
 capture's archive, for the formats the registry re-hosts, e.g. ``.pt2`` from
 TensorFlow/JAX archives; the TensorFlow and JAX captures record every
-endpoint as data too, best-effort, with :func:`recipe_or_reason`).
+endpoint as data too, best-effort, with :func:`kexport.capture.endpoint.recipe_or_reason`).
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
-import dis
-import functools
-import inspect
 import json
 import os
 import shutil
@@ -50,12 +47,12 @@ import sys
 import tempfile
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kexport._atomic import atomic_target
 from kexport._numerics import child_env
-from kexport.capture._base import Capture, TracedEndpoint, output_names
+from kexport.capture.endpoint import EndpointRecipe, is_layer, not_described_error
 from kexport.errors import (
     CaptureError,
     KexportError,
@@ -65,21 +62,14 @@ from kexport.errors import (
     WriteError,
     describe,
 )
-from kexport.signature import Spec, flat_names, flatten, flatten_with_paths, pack_as
+from kexport.signature import Spec, flatten, flatten_with_paths, normalize_for_model, pack_as
 
 __all__ = [
     "DEFAULT_ATOL",
     "DEFAULT_RTOL",
-    "EndpointRecipe",
-    "RehostCapture",
     "close_workers",
-    "describe_endpoint",
-    "not_described_error",
-    "recipe_or_reason",
     "rehost_export",
     "rehost_problem",
-    "rehost_source",
-    "rehosted_from",
     "saved_model_via_tensorflow",
     "write_archive_rehosted",
 ]
@@ -89,241 +79,6 @@ DEFAULT_RTOL = 1e-3
 CHILD_TIMEOUT_S = 900
 _BATCHES = (2, 5)
 _DYNAMIC_DIM = 4  # size used for dynamic non-batch axes in sample inputs
-
-
-# -- endpoints as data -----------------------------------------------------------------------------
-@dataclass(frozen=True)
-class EndpointRecipe:
-    """An endpoint described as data, so another process can re-create it.
-
-    Attributes:
-        name: the endpoint's name.
-        model: index of the tracked model it calls.
-        method: the method of that model it calls (``"__call__"``, ``"call"``, ...).
-        kwargs: constant keyword arguments, e.g. ``{"training": False}``.
-        signature: one :class:`Spec` structure per positional argument.
-    """
-
-    name: str
-    model: int
-    method: str
-    kwargs: dict[str, Any]
-    signature: list[Any]
-
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-able form (see :func:`_specs_to_json`)."""
-        return {"name": self.name, "model": self.model, "method": self.method,
-                "kwargs": dict(self.kwargs), "signature": _specs_to_json(self.signature)}
-
-
-_NOISE_OPS = {"RESUME", "PUSH_NULL", "PRECALL", "CACHE", "NOP", "COPY_FREE_VARS", "MAKE_CELL",
-              "EXTENDED_ARG"}
-_LOAD_OBJ = {"LOAD_GLOBAL", "LOAD_DEREF", "LOAD_CLOSURE", "LOAD_NAME", "LOAD_FAST"}
-_CONST_TYPES = (bool, int, float, str, type(None))
-
-
-def _is_layer(obj: Any) -> bool:
-    import keras
-
-    return isinstance(obj, keras.layers.Layer)
-
-
-def _resolve_name(fn: Any, name: str) -> Any:
-    """The object a name in ``fn``'s code refers to (closure cell, then globals)."""
-    code = fn.__code__
-    cells = dict(zip(code.co_freevars, fn.__closure__ or (), strict=False))
-    if name in cells:
-        try:
-            return cells[name].cell_contents
-        except ValueError:
-            return None
-    glb = getattr(fn, "__globals__", {})
-    if name in glb:
-        return glb[name]
-    return getattr(glb.get("__builtins__", {}), name, None)
-
-
-def _describe_code(fn: Any) -> tuple[Any, str, dict[str, Any]] | str:
-    """Match ``fn``'s bytecode against ``obj[.method](*params, k=const, ...)``.
-
-    Returns:
-        ``(obj, method, kwargs)`` when ``fn`` only forwards its positional
-        parameters to one method of one object with constant keyword
-        arguments; otherwise a short reason why it does not.
-    """
-    code = fn.__code__
-    params = list(code.co_varnames[:code.co_argcount])
-    star = code.co_varnames[code.co_argcount + code.co_kwonlyargcount] \
-        if code.co_flags & inspect.CO_VARARGS else None
-    ops = [i for i in dis.get_instructions(fn) if i.opname not in _NOISE_OPS]
-    pos = 0
-
-    def take(*names: str) -> Any | None:
-        nonlocal pos
-        if pos < len(ops) and ops[pos].opname in names:
-            pos += 1
-            return ops[pos - 1]
-        return None
-
-    first = take(*_LOAD_OBJ)
-    if first is None:
-        return "it does not start by loading a model"
-    if first.opname == "LOAD_FAST":
-        return f"it calls its own argument '{first.argval}', not a tracked model"
-    obj = _resolve_name(fn, first.argval)
-    method = "__call__"
-    attr = take("LOAD_ATTR", "LOAD_METHOD")
-    if attr is not None:
-        method = str(attr.argval)
-    if star is not None and not params:
-        if take("LOAD_FAST") is None or ops[pos - 1].argval != star:
-            return f"it does not pass *{star} on unchanged"
-        kwargs: dict[str, Any] = {}
-        if pos < len(ops) and ops[pos].opname == "LOAD_CONST":
-            values = []
-            while (c := take("LOAD_CONST")) is not None:
-                values.append(c.argval)
-            build = take("BUILD_MAP")
-            if build is None or len(values) != 2 * build.argval:
-                return "its keyword arguments are not constants"
-            kwargs = dict(zip(values[::2], values[1::2], strict=False))
-        call = take("CALL_FUNCTION_EX")
-        if call is None:
-            return "it does more than one call"
-    else:
-        for p in params:
-            load = take("LOAD_FAST")
-            if load is None or load.argval != p:
-                return ("it does not pass its arguments "
-                        f"({', '.join(params)}) on unchanged and in order")
-        consts = []
-        while (c := take("LOAD_CONST")) is not None:
-            consts.append(c.argval)
-        kw = take("KW_NAMES")
-        names = tuple(code.co_consts[kw.arg]) if kw is not None else ()
-        if len(names) != len(consts):
-            return "it passes extra positional values that are not its arguments"
-        kwargs = dict(zip(names, consts, strict=False))
-        if take("CALL", "CALL_FUNCTION", "CALL_METHOD", "CALL_FUNCTION_KW") is None:
-            return "it does more than one call"
-    if take("RETURN_VALUE") is None or pos != len(ops):
-        return "it does more than return the result of one call"
-    if not all(isinstance(v, _CONST_TYPES) for v in kwargs.values()):
-        return "its keyword arguments are not plain constants"
-    return obj, method, kwargs
-
-
-def _describe(fn: Callable[..., Any]) -> tuple[Any, str, dict[str, Any]] | str:
-    """``(layer, method, constant kwargs)`` that ``fn`` amounts to, or why it is not one."""
-    obj: Any = None
-    method = "__call__"
-    kwargs: dict[str, Any] = {}
-    if isinstance(fn, functools.partial):  # partial(model.call, training=False)
-        if fn.args:
-            return "it is a functools.partial with positional arguments"
-        if not all(isinstance(v, _CONST_TYPES) for v in fn.keywords.values()):
-            return "its keyword arguments are not plain constants"
-        found = _describe(fn.func)
-        if isinstance(found, str):
-            return found
-        obj, method, kwargs = found
-        return obj, method, {**kwargs, **fn.keywords}
-    if _is_layer(fn):
-        obj = fn
-    elif inspect.ismethod(fn) and _is_layer(fn.__self__):
-        obj, method = fn.__self__, fn.__func__.__name__
-    elif inspect.isfunction(fn):
-        found = _describe_code(fn)
-        if isinstance(found, str):
-            return found
-        obj, method, kwargs = found
-        if not _is_layer(obj):
-            return f"it calls {describe(obj)}, which is not a Keras layer or model"
-    else:
-        return f"it is a {type(fn).__name__}, not a model method or a plain function"
-    if not callable(getattr(obj, method, None)):
-        return f"{type(obj).__name__} has no method '{method}'"
-    return obj, method, kwargs
-
-
-def not_described_error(name: str, fn: Any, why: str, lead: str,
-                        host: str) -> UnsupportedRouteError:
-    """The error for endpoint ``name`` that cannot be described as data.
-
-    Args:
-        name: the endpoint.
-        fn: its function, for the message.
-        why: why it cannot be described (from :func:`recipe_or_reason`).
-        lead: what re-hosts it, e.g. "on the torch backend, ExportArchive
-            endpoints are re-hosted onto the tensorflow backend".
-        host: the backend that writes the archive (the next step names it).
-    """
-    return UnsupportedRouteError(
-        f"Endpoint '{name}': {lead}, so they must be described as data. "
-        "Expected a model method (model.call, model.__call__, model.some_method) or a "
-        "lambda/function that passes its arguments to one tracked model's method "
-        "with constant keyword arguments (lambda x: model(x, training=False)). "
-        f"Received: {describe(fn)}, which cannot be described because {why}. "
-        "Next step: use such an endpoint (move extra computation into a method of a custom "
-        "model registered with @keras.saving.register_keras_serializable() in an importable "
-        f"module), or build the archive with KERAS_BACKEND={host}."
-    )
-
-
-def recipe_or_reason(name: str, fn: Callable[..., Any], models: list[Any],
-                     signature: list[Any]) -> EndpointRecipe | str:
-    """Describe endpoint ``fn`` over the tracked ``models``, or say why it cannot be.
-
-    Best-effort and cheap (bytecode inspection, no tracing): captures that
-    write in-process record this for every endpoint, so that formats they
-    cannot write themselves can re-host the archive later. Unlike
-    :func:`describe_endpoint` it never raises and never tracks new models.
-    """
-    found = _describe(fn)
-    if isinstance(found, str):
-        return found
-    obj, method, kwargs = found
-    if not obj.built:
-        return f"it calls {type(obj).__name__} '{obj.name}', which is not built"
-    index = next((i for i, m in enumerate(models) if m is obj), None)
-    if index is None:
-        return (f"it calls {type(obj).__name__} '{obj.name}', which is not tracked "
-                "(archive.track() it first)")
-    return EndpointRecipe(name, index, method, kwargs, signature)
-
-
-def describe_endpoint(name: str, fn: Callable[..., Any], models: list[Any],
-                      signature: list[Any], backend: str, host: str) -> EndpointRecipe:
-    """Describe endpoint ``fn`` as an :class:`EndpointRecipe`.
-
-    ``fn`` may be a Keras layer/model, one of its bound methods
-    (``model.call``, ``model.__call__``, ``model.encode``), a function or
-    lambda that forwards its arguments to one such method with constant
-    keyword arguments (``lambda x: model(x, training=False)``), or a
-    ``functools.partial`` of one of those with constant keyword arguments
-    only (``partial(model.call, training=False)``). Models not in
-    ``models`` yet are appended to it (tracked automatically).
-
-    Raises:
-        UnsupportedRouteError: when ``fn`` is anything else, e.g. a closure
-            with extra computation; the message says how to make it fit.
-    """
-    found = _describe(fn)
-    if isinstance(found, str):
-        raise not_described_error(
-            name, fn, found, f"on the {backend} backend, ExportArchive endpoints are "
-            f"re-hosted onto the {host} backend", host)
-    obj, method, kwargs = found
-    if not obj.built:
-        raise CaptureError(
-            f"Endpoint '{name}': expected a built layer or model. Received: "
-            f"{type(obj).__name__} '{obj.name}' which is not built; call it on data first."
-        )
-    index = next((i for i, m in enumerate(models) if m is obj), None)
-    if index is None:
-        models.append(obj)
-        index = len(models) - 1
-    return EndpointRecipe(name, index, method, kwargs, signature)
 
 
 # -- can a model be re-hosted? ------------------------------------------------------------------
@@ -369,31 +124,6 @@ def _check_rehostable(models: list[Any], host: str) -> None:
             raise UnsupportedRouteError(
                 f"Cannot re-host model '{m.name}' onto the {host} backend: {problem}"
             )
-
-
-# -- JSON forms of signatures ------------------------------------------------------------------
-def _specs_to_json(structure: Any) -> Any:
-    if isinstance(structure, Spec):
-        return {"__spec__": structure.to_json()}
-    if isinstance(structure, Mapping):
-        return {"__dict__": [[k, _specs_to_json(v)] for k, v in structure.items()]}
-    if isinstance(structure, tuple):
-        return {"__tuple__": [_specs_to_json(v) for v in structure]}
-    if isinstance(structure, list):
-        return [_specs_to_json(v) for v in structure]
-    raise SignatureError(f"Expected a Spec structure. Received: {describe(structure)}")
-
-
-def specs_from_json(data: Any) -> Any:
-    """Inverse of the JSON form written for the child process."""
-    if isinstance(data, list):
-        return [specs_from_json(v) for v in data]
-    if "__spec__" in data:
-        s = data["__spec__"]
-        return Spec(tuple(s["shape"]), s["dtype"], s["name"])
-    if "__tuple__" in data:
-        return tuple(specs_from_json(v) for v in data["__tuple__"])
-    return {k: specs_from_json(v) for k, v in data["__dict__"]}
 
 
 # -- sample inputs and live outputs -----------------------------------------------------------
@@ -554,28 +284,6 @@ def _serialize(models: list[Any], host: str, work: Path) -> tuple[list[str], lis
 
 
 # -- the persistent worker per target backend --------------------------------------------------
-_SOURCE: list[str] = []  # set in the worker while a job runs (see rehosted_from)
-
-
-@contextlib.contextmanager
-def rehosted_from(backend: str) -> Any:
-    """Mark the exports inside the block as re-hosted from ``backend`` (child side).
-
-    Writers that record the source backend in their artifact's metadata read it
-    with :func:`rehost_source`.
-    """
-    _SOURCE.append(backend)
-    try:
-        yield
-    finally:
-        _SOURCE.pop()
-
-
-def rehost_source() -> str | None:
-    """The backend the model being exported was re-hosted from, or ``None``."""
-    return _SOURCE[-1] if _SOURCE else None
-
-
 def _parent_path() -> list[str]:
     path = []
     for entry in sys.path:
@@ -598,7 +306,7 @@ def _child_env(host: str, home: Path) -> dict[str, str]:
 
 
 class _Worker:
-    """One ``python -m kexport.capture._rehost_child`` process on one backend.
+    """One ``python -m kexport.routing.rehost.child`` process on one backend.
 
     Started with :class:`subprocess.Popen` (never ``multiprocessing``), fed one
     job folder per stdin line, answering one JSON line per job on stdout; its
@@ -614,7 +322,7 @@ class _Worker:
         os.chmod(self.home, 0o700)
         self.log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the worker
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "kexport.capture._rehost_child"],
+            [sys.executable, "-m", "kexport.routing.rehost.child"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
             env=_child_env(host, self.home), cwd=self.home)
         self.replies: queue.Queue[bytes] = queue.Queue()
@@ -729,8 +437,6 @@ def _run_child(job: dict[str, Any], work: Path, host: str) -> dict[str, Any]:
 
 def _place(src: Path, filepath: str | os.PathLike[str]) -> None:
     """Move the verified artifact (and siblings it wrote) to ``filepath`` atomically."""
-    from kexport._atomic import atomic_target
-
     target = Path(os.fspath(filepath))
     with atomic_target(filepath, is_dir=src.is_dir()) as tmp:
         if src.is_dir():
@@ -874,13 +580,11 @@ def rehost_export(model: Any, filepath: str | os.PathLike[str],
 
     ```python
     # on KERAS_BACKEND=torch
-    from kexport.capture.rehost import rehost_export
+    from kexport.routing.rehost import rehost_export
     rehost_export(model, "out_dir", format="tf_saved_model")
     ```
     """
-    from kexport.signature import normalize_for_model
-
-    if not _is_layer(model):
+    if not is_layer(model):
         raise SignatureError(
             f"Expected `model` to be a Keras model or layer. Received: {describe(model)}")
     if verbose is not None and not isinstance(verbose, bool):
@@ -907,124 +611,6 @@ def saved_model_via_tensorflow(model: Any, filepath: str | os.PathLike[str], *,
     """
     return rehost_export(model, filepath, "tf_saved_model", "tensorflow",
                          input_signature=input_signature, verbose=verbose, **kwargs)
-
-
-# -- ExportArchive on a backend without a native capture -----------------------------------------
-class RehostCapture(Capture):
-    """An ``ExportArchive`` capture that records endpoints as data and re-hosts.
-
-    Used where the backend has no way to produce TensorFlow functions (PyTorch
-    without ``torch_xla``): ``track`` and ``add_endpoint`` record
-    :class:`EndpointRecipe` objects and check them against the live model;
-    ``write_out`` (:func:`write_archive_rehosted`, for every format not in
-    the format's ``native_archives``) rebuilds the tracked models on ``host``
-    in a child process, re-creates the archive there, writes it, and verifies
-    every endpoint against the live functions before placing the artifact.
-    """
-
-    def __init__(self) -> None:
-        import keras
-
-        from kexport import registry
-
-        super().__init__()
-        self.backend = keras.backend.backend()
-        self.host = registry.capture_host(self.backend) or "tensorflow"
-
-    def track(self, resource: Any) -> None:
-        """Track a built Keras layer or model (TensorFlow resources cannot travel)."""
-        if not _is_layer(resource):
-            raise UnsupportedRouteError(
-                f"On the {self.backend} backend, ExportArchive re-hosts tracked Keras "
-                f"layers and models onto the {self.host} backend. Expected a Keras layer "
-                f"or model. Received: {describe(resource)}. TensorFlow resources such "
-                "as lookup tables can only be tracked with KERAS_BACKEND=tensorflow."
-            )
-        if self._is_tracked(resource):
-            return
-        problem = rehost_problem(resource)
-        if problem:
-            raise UnsupportedRouteError(
-                f"Cannot track '{resource.name}' on the {self.backend} backend, whose "
-                f"archives are re-hosted onto {self.host}: {problem}")
-        self._tracked_layers.append(resource)
-
-    def _variables_of(self, layer: Any) -> list[Any]:
-        return list(layer.variables)
-
-    def collection(self, variables: Any) -> list[Any]:
-        """References ``(model index, variable index)`` for ``variables``."""
-        refs = []
-        for v in variables:
-            ref = None
-            for i, m in enumerate(self._tracked_layers):
-                j = next((j for j, w in enumerate(m.variables) if w is v), None)
-                if j is not None:
-                    ref = (i, j)
-                    break
-            if ref is None:
-                raise SignatureError(
-                    f"Expected every variable of the collection to belong to a tracked "
-                    f"layer or model (on the {self.backend} backend they travel with it). "
-                    f"Received: variable '{v.path}' of no tracked layer. Next step: "
-                    "archive.track(the layer that owns it) first."
-                )
-            refs.append(ref)
-        return refs
-
-    def trace(self, name: str, fn: Callable[..., Any], signature: list[Any] | None,
-              **kwargs: Any) -> TracedEndpoint:
-        """Record ``fn`` as an :class:`EndpointRecipe`; check it on the live model."""
-        import keras
-        import numpy as np
-
-        from kexport.capture._base import _check_positional
-
-        if kwargs:
-            raise SignatureError(
-                f"Endpoint '{name}': unexpected keyword arguments for the {self.backend} "
-                f"backend: {sorted(kwargs)}. `is_static` and `jax2tf_kwargs` only apply "
-                "to the JAX backend."
-            )
-        if signature is None:
-            raise SignatureError(
-                f"Endpoint '{name}': the shapes and dtypes of the inputs of `fn` are "
-                "unknown. Expected `input_signature=` (a list with one spec per "
-                "positional argument). Received: input_signature=None"
-            )
-        models = list(self._tracked_layers)
-        recipe = describe_endpoint(name, fn, models, signature, self.backend, self.host)
-        for m in models[len(self._tracked_layers):]:
-            self.track(m)
-        _check_positional(name, fn, signature)
-        owner = self._tracked_layers[recipe.model]
-        flat = [_sample(s, 2, np.random.default_rng(0)) for s in flatten(signature)]
-        outputs: Any = None
-        if all(x is not None for x in flat):
-            args = pack_as(list(signature), [keras.ops.convert_to_tensor(x) for x in flat])
-            try:
-                with _state_kept(self._tracked_layers):
-                    outputs = fn(*args)
-            except Exception as e:
-                raise CaptureError(
-                    f"Step 2/3 (capture, {self.backend} backend): calling endpoint "
-                    f"'{name}' on sample inputs failed: {type(e).__name__}: {e}"
-                ) from e
-        self._described[name] = (recipe, fn)
-        endpoint = TracedEndpoint(name=name, function=fn, signature=signature,
-                                  input_names=flat_names(signature), owner=owner)
-        if outputs is not None:
-            endpoint.output_names = output_names(outputs, owner)
-            endpoint.output_specs = [
-                Spec((None, *tuple(a.shape)[1:]) if a.ndim else (), str(a.dtype), n)
-                for a, n in zip(_flat_numpy(outputs), endpoint.output_names, strict=False)]
-        return endpoint
-
-    def trackables(self) -> dict[str, Any]:
-        """Tracked layers and their Keras variables (nothing here is a TF object)."""
-        return {"variables": _all_variables(self._tracked_layers), "resources": [],
-                "tracked": _all_variables(self._tracked_layers),
-                "tracked_layers": list(self._tracked_layers), "tracked_resources": []}
 
 
 # -- ExportArchive written by re-hosting (any capture) ------------------------------------------

@@ -1,7 +1,7 @@
 """The child side of re-hosting: a persistent worker per target backend.
 
-Started by :mod:`kexport.capture.rehost` as
-``python -m kexport.capture._rehost_child`` with ``KERAS_BACKEND`` set to the
+Started by :mod:`kexport.routing.rehost.parent` as
+``python -m kexport.routing.rehost.child`` with ``KERAS_BACKEND`` set to the
 target backend (never through ``multiprocessing``, so user scripts without a
 ``__main__`` guard are safe), and reused for every re-host onto that backend
 by the same parent process.
@@ -87,7 +87,8 @@ def _endpoint_fn(model: Any, method: str, kwargs: dict[str, Any]) -> Callable[..
 
 def _export(models: list[Any], job: dict[str, Any]) -> None:
     import kexport
-    from kexport.capture.rehost import rehosted_from, specs_from_json
+    from kexport.capture.source import rehosted_from
+    from kexport.signature import specs_from_json
 
     out = job["output"]
     with rehosted_from(job["source_backend"]):
@@ -114,8 +115,7 @@ def _run(work: Path, job: dict[str, Any]) -> dict[str, Any]:
     import numpy as np
 
     import kexport
-    from kexport.capture.rehost import specs_from_json
-    from kexport.signature import flat_names
+    from kexport.signature import flat_names, specs_from_json
 
     artifact = kexport.load(job["output"], format=job["format"])
     outputs: dict[str, Any] = {}
