@@ -17,7 +17,7 @@ import pytest
 
 import kexport
 import rehost_layers
-from kexport import registry
+from kexport import artifact, registry
 from kexport.capture import rehost
 from kexport.errors import SignatureError, UnsupportedRouteError, VerificationError
 
@@ -34,7 +34,7 @@ def test_routes_table_orders_native_first_and_names_rehost_for_torch_saved_model
     table = kexport.routes()
     assert table == registry.routes()
     cells = registry.matrix()
-    assert set(cells) == {(b, f) for b in registry.BACKENDS for f in registry.FORMATS}
+    assert set(cells) == {(b, f) for b in artifact.BACKENDS for f in artifact.FORMATS}
     for found in cells.values():
         kinds = [r.kind for r in found]
         assert kinds == sorted(kinds, key=["native", "rehost"].index)

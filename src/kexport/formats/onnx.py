@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from kexport import _summary
 from kexport._atomic import atomic_target, staging_dir
+from kexport.artifact import DEFAULT_ENDPOINT, ONNX_ARCHIVE_MANIFEST, Manifest
 from kexport.capture._base import _to_plain
 from kexport.errors import (
     CaptureError,
@@ -60,14 +61,10 @@ if TYPE_CHECKING:
     from kexport.capture._base import TracedEndpoint
 
 __all__ = [
-    "is_onnx_artifact",
-    "ARCHIVE_MANIFEST",
     "ARCHIVE_WEIGHTS",
-    "DEFAULT_ENDPOINT",
     "DEFAULT_EXTERNAL_DATA_THRESHOLD",
     "DEFAULT_OPSET",
     "RawGraph",
-    "archive_default_endpoint",
     "export_jax",
     "export_rehost",
     "export_tensorflow",
@@ -83,9 +80,7 @@ DEFAULT_OPSET = 18
 INLINE_LIMIT = 2**31 - (64 << 20)
 DEFAULT_EXTERNAL_DATA_THRESHOLD = INLINE_LIMIT
 """Weights above this many bytes go to external data (protobuf's 2 GiB limit, less headroom)."""
-DEFAULT_ENDPOINT = "serve"
 ARCHIVE_WEIGHTS = "weights.data"
-ARCHIVE_MANIFEST = "manifest.json"
 _MIN_OPSET = 13
 _LARGE_TF_GRAPH = 2**30  # above this, tf2onnx keeps weights outside its GraphDef
 _LOOKUP_LAYERS = ("StringLookup", "IntegerLookup", "TextVectorization", "Hashing")
@@ -115,55 +110,6 @@ class RawGraph:
     output_specs: list[Spec] = field(default_factory=list)
     route: str = ""
     accept: Callable[[bytes | str], None] | None = None
-
-
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    value, shift = 0, 0
-    while pos < len(data) and shift < 64:
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, pos
-        shift += 7
-    raise ValueError("truncated varint")
-
-
-def _onnx_file_by_kexport(path: Path) -> bool:
-    """Whether ``path`` is an ONNX ``ModelProto`` with producer_name ``kexport``.
-
-    Reads only the file's first bytes: protobuf writes ``ir_version`` (field 1)
-    and ``producer_name`` (field 2) first.
-    """
-    if not path.is_file():
-        return False
-    try:
-        with path.open("rb") as f:
-            head = f.read(4096)
-        pos = 0
-        while pos < len(head):
-            key, pos = _varint(head, pos)
-            field, wire = key >> 3, key & 7
-            if field == 2 and wire == 2:
-                length, pos = _varint(head, pos)
-                return head[pos:pos + length] == b"kexport"
-            if field > 2 or wire not in (0, 2):
-                return False
-            if wire == 0:
-                _, pos = _varint(head, pos)
-            else:
-                length, pos = _varint(head, pos)
-                pos += length
-    except (OSError, ValueError):
-        return False
-    return False
-
-
-def is_onnx_artifact(path: Path) -> bool:
-    """Registry recogniser: a kexport ONNX file, or a folder holding kexport graphs."""
-    if path.is_dir():
-        return any(_onnx_file_by_kexport(f) for f in path.glob("*.onnx"))
-    return _onnx_file_by_kexport(path)
 
 
 def _step_error(cls: type[KexportError], step: str, route: str, cause: BaseException,
@@ -920,11 +866,6 @@ def _in_process_else_rehost(model: Any, filepath: str | os.PathLike[str],
 
 # -- ExportArchive ------------------------------------------------------------------
 
-def archive_default_endpoint(names: Sequence[str]) -> str:
-    """The endpoint an archive runs by default: ``serving_default`` if present, else the first."""
-    return "serving_default" if "serving_default" in names else names[0]
-
-
 def write_archive(archive: ExportArchive, filepath: str | os.PathLike[str],
                   options: Any | None = None, verbose: bool = True, *,
                   opset_version: int | None = None) -> None:
@@ -956,7 +897,6 @@ def write_archive(archive: ExportArchive, filepath: str | os.PathLike[str],
         SignatureError: when ``options`` is given or ``opset_version`` is invalid.
         CaptureError, WriteError: when converting or writing fails.
     """
-    from kexport._version import __version__
     from kexport.formats import _onnx_io
 
     if options is not None:
@@ -972,26 +912,8 @@ def write_archive(archive: ExportArchive, filepath: str | os.PathLike[str],
                                   _weight_bytes(archive.trackables()["variables"]))
         protos.append(finish(raw, opset=opset, backend=archive.backend, endpoint=endpoint.name,
                              input_specs=flatten(endpoint.signature)))
-    import keras
-
-    manifest = {
-        "producer": "kexport",
-        "producer_version": __version__,
-        "keras_version": keras.__version__,
-        "backend": archive.backend,
-        "format": "onnx",
-        "opset": opset,
-        "weights": ARCHIVE_WEIGHTS,
-        "default_endpoint": archive_default_endpoint(archive.endpoint_names),
-        "endpoints": {
-            e.name: {
-                "file": f"{e.name}.onnx",
-                "inputs": json.loads(_spec_json(flatten(e.signature), e.input_names)),
-                "outputs": [s.to_json() for s in e.output_specs],
-            }
-            for e in archive.endpoints
-        },
-    }
+    manifest = Manifest.build(archive.endpoints, format="onnx", backend=archive.backend,
+                              file_suffix=".onnx", opset=opset, weights=ARCHIVE_WEIGHTS)
     with atomic_target(filepath, is_dir=True) as tmp:
         with open(tmp / ARCHIVE_WEIGHTS, "wb") as f:
             _onnx_io.externalize(protos, f, ARCHIVE_WEIGHTS, all_floats=True)
@@ -999,8 +921,7 @@ def write_archive(archive: ExportArchive, filepath: str | os.PathLike[str],
             graph_path = tmp / f"{endpoint.name}.onnx"
             graph_path.write_bytes(proto.SerializeToString())
             _check(os.fspath(graph_path), route)
-        # not sort_keys: the endpoints keep the order they were added in
-        (tmp / ARCHIVE_MANIFEST).write_text(json.dumps(manifest, indent=2))
+        (tmp / ONNX_ARCHIVE_MANIFEST).write_text(manifest.dumps())
     if verbose:
         _summary.print_summary("onnx", archive.endpoints, filepath)
 
