@@ -281,6 +281,9 @@ def test_rehost_export_onto_other_backend_matches_live_model(tmp_path, fresh_pro
     printed = capsys.readouterr().out
     assert f"re-hosted from the {BACKEND} backend onto {_OTHER[BACKEND]}" in printed
     assert str(target) in printed and "kexport-rehost-" not in printed
+    manifest = artifact.read_manifest(target / artifact.SAVED_MODEL_MANIFEST)
+    assert (manifest.format, manifest.backend) == ("tf_saved_model", _OTHER[BACKEND])
+    assert (manifest.source_backend, manifest.route) == (BACKEND, "rehost")
     x = np.random.default_rng(3).standard_normal((3, 9, 5)).astype("float32")
     got = fresh_process("saved_model_signature", str(target), "serving_default", {"seq": x})
     np.testing.assert_allclose(got["y"], _np(model(x, training=False)), atol=1e-5)
