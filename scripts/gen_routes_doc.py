@@ -39,14 +39,14 @@ the first whose packages are installed and that can carry the model is used.
 def render() -> str:
     """The Markdown text of docs/routes.md."""
     sys.path.insert(0, str(ROOT / "src"))
-    from kexport import registry
+    from kexport import artifact, registry
 
-    formats = list(registry.FORMATS)
+    formats = list(artifact.FORMATS)
     cells = registry.matrix()
     lines = [_HEADER, "## Matrix", ""]
     lines.append("| backend \\ format | " + " | ".join(f"`{f}`" for f in formats) + " |")
     lines.append("|---|" + "---|" * len(formats))
-    for b in registry.BACKENDS:
+    for b in artifact.BACKENDS:
         row = []
         for f in formats:
             found = cells[(b, f)]
@@ -54,7 +54,7 @@ def render() -> str:
         lines.append(f"| {b} | " + " | ".join(row) + " |")
     lines += ["", "`—`: no route yet. `a → b`: route `a` is tried first, then `b`.", "",
               "## Routes per cell", ""]
-    for b in registry.BACKENDS:
+    for b in artifact.BACKENDS:
         for f in formats:
             found = cells[(b, f)]
             if not found:
@@ -68,7 +68,7 @@ def render() -> str:
             lines.append("")
     lines += ["## ExportArchive per backend", "",
               "| backend | how endpoints are captured | needs |", "|---|---|---|"]
-    for b in registry.BACKENDS:
+    for b in artifact.BACKENDS:
         info = registry.captures().get(b)
         if info is None:
             lines.append(f"| {b} | not available | — |")
@@ -85,14 +85,14 @@ def render() -> str:
               "`lambda x: model(x, training=False)`).", "",
               "| backend \\ format | " + " | ".join(f"`{f}`" for f in formats) + " |",
               "|---|" + "---|" * len(formats)]
-    for b in registry.BACKENDS:
+    for b in artifact.BACKENDS:
         row = []
         for f in formats:
             host = registry.archive_host(b, f)
             row.append("in process" if host is None else f"re-host → {host}")
         lines.append(f"| {b} | " + " | ".join(row) + " |")
     lines += ["", "## Formats", "", "| format | description | runtime needs |", "|---|---|---|"]
-    for name, fmt in registry.FORMATS.items():
+    for name, fmt in artifact.FORMATS.items():
         lines.append(f"| `{name}` | {fmt.description} | "
                      + ", ".join(f"`{p}`" for p in fmt.packages) + " |")
     return "\n".join(lines).rstrip() + "\n"

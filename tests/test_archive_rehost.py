@@ -22,7 +22,7 @@ import pytest
 
 import kexport
 import rehost_layers
-from kexport import registry
+from kexport import artifact, registry
 from kexport.errors import UnsupportedRouteError, VerificationError
 
 BACKEND = keras.backend.backend()
@@ -87,8 +87,8 @@ def test_registry_says_which_archives_are_rehosted_and_onto_what():
     assert registry.archive_host("torch", "openvino") is None
     assert registry.archive_host("torch", "tf_saved_model") == "tensorflow"
     # a host never re-hosts again (no loop through the worker)
-    for fmt in registry.FORMATS:
-        for b in registry.BACKENDS:
+    for fmt in artifact.FORMATS:
+        for b in artifact.BACKENDS:
             host = registry.archive_host(b, fmt)
             assert host != b and (host is None or registry.archive_host(host, fmt) is None)
     with pytest.raises(UnsupportedRouteError, match=r"Expected `format` to be one of"):

@@ -6,7 +6,7 @@ import keras
 import pytest
 
 import kexport
-from kexport import registry
+from kexport import artifact
 from kexport._summary import size_of
 
 pytestmark = pytest.mark.backends("tensorflow")
@@ -30,7 +30,7 @@ def test_single_file_artifact_counts_its_sidecar(tmp_path, fmt, name, sidecar, k
     assert set(files) == {name, sidecar}
     assert files[sidecar] >= 64 * 256 * 4  # the kernel lives in the sidecar
     assert size_of(path, fmt) == sum(files.values())
-    assert [p.name for p in registry.artifact_files(path, fmt)] == [name, sidecar]
+    assert [p.name for p in artifact.artifact_files(path, fmt)] == [name, sidecar]
     printed = capsys.readouterr().out
     from kexport._summary import human_size
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import kexport
-from kexport.runtime._base import manifest_default_endpoint
+from kexport.artifact import manifest_default_endpoint
 
 SPEC = [keras.InputSpec(shape=(None, 4), dtype="float32", name="x")]
 

@@ -18,7 +18,7 @@ import keras
 import pytest
 
 import kexport
-from kexport import _atomic, registry
+from kexport import _atomic, artifact, registry
 
 BACKEND = keras.backend.backend()
 
@@ -49,7 +49,7 @@ def needles(tmp: Path, work: Path, temporaries: list[str]) -> dict[str, bytes]:
     return out
 
 
-@pytest.mark.parametrize("fmt", sorted(registry.FORMATS))
+@pytest.mark.parametrize("fmt", sorted(artifact.FORMATS))
 def test_artifact_holds_no_local_paths(tmp_path, monkeypatch, fmt):
     candidates = [r for r in registry.routes(BACKEND, fmt) if r.available]
     if not candidates:
@@ -89,7 +89,7 @@ def test_artifact_holds_no_local_paths(tmp_path, monkeypatch, fmt):
     for module in list(sys.modules.values()):
         if getattr(module, "atomic_target", None) is real:
             monkeypatch.setattr(module, "atomic_target", recording)
-    target = out_dir / f"model{registry.FORMATS[fmt].suffix}"
+    target = out_dir / f"model{artifact.FORMATS[fmt].suffix}"
     kexport.export_model(small_model(), str(target), format=fmt, verbose=True)
     assert temporaries, "the export did not write through atomic_target"
     files = [target] if target.is_file() else sorted(p for p in target.rglob("*") if p.is_file())
@@ -105,5 +105,5 @@ def test_artifact_holds_no_local_paths(tmp_path, monkeypatch, fmt):
                 leaks.append(f"{f.relative_to(out_dir)}: {what}: {data[max(0, at - 40):at + 80]!r}")
     assert leaks == []
     # The artifact is usable and was really written (not an empty shell).
-    assert _atomic.is_kexport_artifact(target)
+    assert artifact.is_kexport_artifact(target)
     assert sum(f.stat().st_size for f in files) > 100

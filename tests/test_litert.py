@@ -13,6 +13,7 @@ import pytest
 
 import kexport
 from format_models import KINDS, build, cases, inputs, live
+from kexport.artifact import LITERT_QUANTIZATIONS, read_litert_metadata
 from kexport.errors import CaptureError, SignatureError
 from kexport.formats import litert
 
@@ -50,7 +51,7 @@ def test_kind_matches_live_model_in_fresh_process(exported, kind):
 @NATIVE
 def test_lstm_uses_builtin_ops_only(exported):
     (_, _, path, _), _ = exported["lstm"]
-    meta = litert.read_metadata(path)
+    meta = read_litert_metadata(path)
     assert meta["producer"] == "kexport" and meta["quantization"] is None
     assert not [op for op in meta["operators"] if op.startswith("Flex")]
     assert "FULLY_CONNECTED" in meta["operators"]
@@ -75,7 +76,7 @@ def test_quantization_modes_within_dtype_tolerance(tmp_path, fresh_process):
         path = str(tmp_path / f"{mode}.tflite")
         kexport.export_litert(model, path, verbose=False, quantization=mode,
                               representative_dataset=data if mode == "int8" else None)
-        assert litert.read_metadata(path)["quantization"] == mode
+        assert read_litert_metadata(path)["quantization"] == mode
         xs = inputs(spec, 3)
         jobs.append((path, "serve", [xs]))
         refs.append(live(model, "mlp", xs))
@@ -151,7 +152,7 @@ def test_flex_ops_are_refused_unless_allowed(tmp_path):
     assert not (tmp_path / "f.tflite").exists()
     archive.write_out(tmp_path / "f.tflite", format="litert", verbose=False,
                       options={"allow_flex": True})
-    assert any(op.startswith("Flex") for op in litert.read_metadata(tmp_path / "f.tflite")["operators"])
+    assert any(op.startswith("Flex") for op in read_litert_metadata(tmp_path / "f.tflite")["operators"])
 
 
 @pytest.mark.backends("torch")
@@ -191,7 +192,7 @@ def test_rehosted_full_integer_artifact_is_checked_on_its_calibration_data(
     path = tmp_path / "q.tflite"
     kexport.export_litert(model, path, verbose=False, quantization="int8",
                           representative_dataset=data)
-    assert litert.read_metadata(path)["quantization"] == "int8"
+    assert read_litert_metadata(path)["quantization"] == "int8"
     xs = {"x": np.concatenate(data[10:13])}
     (res,) = fresh_process("fresh_formats:litert_run", [(str(path), "serve", [xs])])
     atol, rtol = litert.tolerance("int8")
@@ -199,7 +200,7 @@ def test_rehosted_full_integer_artifact_is_checked_on_its_calibration_data(
                                rtol=rtol)
     assert "int8" in res["dtypes"]
     # the values really are compared: a float-exact tolerance fails, nothing written
-    monkeypatch.setitem(litert.QUANTIZATIONS, "int8", (1e-9, 1e-9))
+    monkeypatch.setitem(LITERT_QUANTIZATIONS, "int8", (1e-9, 1e-9))
     bad = tmp_path / "strict.tflite"
     with pytest.raises(VerificationError, match=r"max abs error"):
         kexport.export_litert(model, bad, verbose=False, quantization="int8",

@@ -192,13 +192,6 @@ def test_archive_every_weight_in_one_shared_file(tmp_path, fresh_process):
     np.testing.assert_allclose(loaded["default_out"]["probs"], live_logits, rtol=1e-5, atol=1e-6)
 
 
-def test_archive_default_endpoint_rule():
-    from kexport.formats.onnx import archive_default_endpoint
-
-    assert archive_default_endpoint(["logits", "serve"]) == "logits"
-    assert archive_default_endpoint(["logits", "serving_default"]) == "serving_default"
-
-
 def _two_endpoint_archive(model, hidden=True):
     spec = [keras.InputSpec(shape=(None, 8), dtype="float32", name="features")]
     archive = kexport.ExportArchive()

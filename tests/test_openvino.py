@@ -8,8 +8,8 @@ import pytest
 
 import kexport
 from format_models import KINDS, build, cases
+from kexport.artifact import is_openvino_artifact, read_openvino_metadata
 from kexport.errors import SignatureError
-from kexport.formats import openvino as ov_format
 
 NATIVE = pytest.mark.backends("tensorflow", "torch")
 
@@ -38,9 +38,9 @@ def test_kind_matches_live_model_in_fresh_process(exported, kind):
     for (_, ref), out in zip(want, got["outputs"]):
         np.testing.assert_allclose(out["probs" if kind == "cnn" else "y"], ref,
                                    atol=1e-5, rtol=1e-4)
-    meta = ov_format.read_metadata(path)
+    meta = read_openvino_metadata(path)
     assert meta["producer"] == "kexport" and "/tmp" not in str(meta)
-    assert ov_format.is_openvino_artifact(path[:-4] + ".bin")
+    assert is_openvino_artifact(path[:-4] + ".bin")
 
 
 @NATIVE

@@ -17,7 +17,7 @@ import pytest
 
 import kexport
 import rehost_layers
-from kexport import registry
+from kexport import artifact, registry
 from kexport.capture import endpoint
 from kexport.errors import SignatureError, UnsupportedRouteError, VerificationError
 from kexport.routing import rehost
@@ -35,7 +35,7 @@ def test_routes_table_orders_native_first_and_names_rehost_for_torch_saved_model
     table = kexport.routes()
     assert table == registry.routes()
     cells = registry.matrix()
-    assert set(cells) == {(b, f) for b in registry.BACKENDS for f in registry.FORMATS}
+    assert set(cells) == {(b, f) for b in artifact.BACKENDS for f in artifact.FORMATS}
     for found in cells.values():
         kinds = [r.kind for r in found]
         assert kinds == sorted(kinds, key=["native", "rehost"].index)
@@ -282,6 +282,9 @@ def test_rehost_export_onto_other_backend_matches_live_model(tmp_path, fresh_pro
     printed = capsys.readouterr().out
     assert f"re-hosted from the {BACKEND} backend onto {_OTHER[BACKEND]}" in printed
     assert str(target) in printed and "kexport-rehost-" not in printed
+    manifest = artifact.read_manifest(target / artifact.SAVED_MODEL_MANIFEST)
+    assert (manifest.format, manifest.backend) == ("tf_saved_model", _OTHER[BACKEND])
+    assert (manifest.source_backend, manifest.route) == (BACKEND, "rehost")
     x = np.random.default_rng(3).standard_normal((3, 9, 5)).astype("float32")
     got = fresh_process("saved_model_signature", str(target), "serving_default", {"seq": x})
     np.testing.assert_allclose(got["y"], _np(model(x, training=False)), atol=1e-5)

@@ -1,6 +1,6 @@
 """No data loss by accident, untrusted files, strict manifests.
 
-Parametrised over ``kexport.registry.FORMATS`` so each format that lands is
+Parametrised over ``kexport.artifact.FORMATS`` so each format that lands is
 covered: formats without an available route on this backend are skipped
 with the reason the registry gives.
 """
@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 
 import kexport
-from kexport import _atomic, registry
+from kexport import _atomic, artifact, registry
 from kexport._keras_file import load_keras_file
 
 BACKEND = keras.backend.backend()
-FORMATS = sorted(registry.FORMATS)
+FORMATS = sorted(artifact.FORMATS)
 
 
 def small_model(scale: float = 1.0) -> keras.Model:
@@ -33,7 +33,7 @@ def small_model(scale: float = 1.0) -> keras.Model:
 
 
 def target_for(tmp_path: Path, fmt: str, name: str = "out") -> Path:
-    return tmp_path / f"{name}{registry.FORMATS[fmt].suffix}"
+    return tmp_path / f"{name}{artifact.FORMATS[fmt].suffix}"
 
 
 def route_or_skip(fmt: str, native_only: bool = False) -> registry.Route:
@@ -74,13 +74,13 @@ def test_overwrite_true_and_artifact_replacement(tmp_path, fmt):
     """overwrite=True replaces other data; a kexport artifact is replaced without it."""
     route_or_skip(fmt, native_only=True)
     path = target_for(tmp_path, fmt)
-    if registry.FORMATS[fmt].suffix:
+    if artifact.FORMATS[fmt].suffix:
         path.write_bytes(b"junk")
     else:
         path.mkdir()
         (path / "junk.txt").write_text("junk")
     kexport.export_model(small_model(1.0), str(path), format=fmt, verbose=False, overwrite=True)
-    assert _atomic.is_kexport_artifact(path)
+    assert artifact.is_kexport_artifact(path)
     model = small_model(3.0)
     kexport.export_model(model, str(path), format=fmt, verbose=False)  # no overwrite needed
     assert not (path / "junk.txt").exists()
@@ -106,7 +106,7 @@ def test_archive_write_out_refuses_other_data(tmp_path):
     with pytest.raises(kexport.SignatureError, match="Expected `overwrite` to be True or False"):
         archive.write_out(str(path), verbose=False, overwrite="yes")
     archive.write_out(str(path), verbose=False, overwrite=True)
-    assert _atomic.is_kexport_artifact(path)
+    assert artifact.is_kexport_artifact(path)
 
 
 # -- 2b. missing parent folders are created, and removed again on failure ---------------
@@ -163,7 +163,7 @@ def test_missing_parent_folders_created_and_removed_on_failure(tmp_path, fresh_p
 
     monkeypatch.setattr(_atomic, "_swap_in", real_swap)
     kexport.export_model(model, str(path), format=fmt, verbose=False, **options)
-    assert _atomic.is_kexport_artifact(path)
+    assert artifact.is_kexport_artifact(path)
     assert sorted(p.name for p in path.parent.iterdir() if ".kexport-" in p.name) == []
     if options.get("external_data_threshold") == 0:
         assert (path.parent / f"{path.name}.data").is_file()
@@ -179,7 +179,7 @@ def test_archive_write_out_creates_missing_folders(tmp_path, fresh_process):
     archive.add_endpoint("serve", model.call, [keras.InputSpec(shape=(None, 3))])
     path = tmp_path / "new" / "deeper" / "archive"
     archive.write_out(str(path), verbose=False)
-    assert _atomic.is_kexport_artifact(path)
+    assert artifact.is_kexport_artifact(path)
     np.testing.assert_allclose(reload_and_run(fresh_process, "tf_saved_model", path),
                                keras.ops.convert_to_numpy(model(X)), atol=1e-5)
 
@@ -255,12 +255,12 @@ def test_is_kexport_artifact_recognisers(tmp_path):
     (forged / "assets.extra").mkdir(parents=True)
     (forged / "assets.extra" / "kexport.json").write_text(
         '{"producer": "kexport", "producer": "evil"}')
-    assert _atomic.is_kexport_artifact(onnx_like)
-    assert _atomic.is_kexport_artifact(data)  # external weights beside a kexport graph
-    assert _atomic.is_kexport_artifact(sm)
-    assert not _atomic.is_kexport_artifact(other_onnx)
-    assert not _atomic.is_kexport_artifact(forged)
-    assert not _atomic.is_kexport_artifact(tmp_path / "missing")
+    assert artifact.is_kexport_artifact(onnx_like)
+    assert artifact.is_kexport_artifact(data)  # external weights beside a kexport graph
+    assert artifact.is_kexport_artifact(sm)
+    assert not artifact.is_kexport_artifact(other_onnx)
+    assert not artifact.is_kexport_artifact(forged)
+    assert not artifact.is_kexport_artifact(tmp_path / "missing")
     with pytest.raises(kexport.TargetExistsError, match="a folder of other files"):
         _atomic.check_target(forged)
 
@@ -269,33 +269,16 @@ def test_is_kexport_artifact_recognisers(tmp_path):
 
     custom = tmp_path / "a.custom"
     custom.write_text("x")
-    assert not _atomic.is_kexport_artifact(custom)
-    _atomic.register_artifact_check(recognise)
+    assert not artifact.is_kexport_artifact(custom)
+    artifact.register_artifact_check(recognise)
     try:
-        assert _atomic.is_kexport_artifact(custom)
+        assert artifact.is_kexport_artifact(custom)
     finally:
-        _atomic._CHECKS.remove(recognise)
+        artifact.recognize._CHECKS.remove(recognise)
 
 
 # -- 4. untrusted files ---------------------------------------------------------------------
-@pytest.mark.backends("tensorflow")
-@pytest.mark.parametrize(("text", "message"), [
-    ('{"producer": "kexport", "producer": "kexport"}', "duplicate key 'producer'"),
-    ('{"producer": "kexport", "x": NaN}', "non-finite number NaN"),
-    ('{"producer": "kexport", "x": Infinity}', "non-finite number Infinity"),
-    ('["producer", "kexport"]', "to hold a JSON object. Received: list"),
-    ('{"producer": "other"}', "producer 'kexport'. Received: producer='other'"),
-    ('{"producer": "kexport", "endpoints": []}', "`endpoints` to be an object"),
-    ('{"producer": "kexport"', "valid strict JSON"),
-    ("\udcff", "valid strict JSON"),
-])
-def test_manifest_parsed_strictly(tmp_path, text, message):
-    path = tmp_path / "kexport.json"
-    path.write_bytes(text.encode("utf-8", "surrogateescape"))
-    with pytest.raises(kexport.ArtifactError, match=re.escape(message)):
-        _atomic.read_manifest(path)
-
-
+# (manifests are parsed strictly: tests/test_artifact.py)
 def _lambda_model() -> keras.Model:
     i = keras.Input((3,), name="x")
     return keras.Model(i, keras.layers.Lambda(lambda t: t * 2.0)(i))

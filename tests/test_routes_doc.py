@@ -22,9 +22,9 @@ def test_committed_routes_doc_equals_generated():
 
 
 def test_routes_doc_shows_every_cell_and_the_torch_saved_model_rehost():
-    from kexport import registry
+    from kexport import artifact
 
     text = _generator().render()
-    for b in registry.BACKENDS:
+    for b in artifact.BACKENDS:
         assert f"| {b} | " in text
     assert "### torch → `tf_saved_model`\n\n1. **rehost**: re-host on tensorflow" in text

@@ -273,6 +273,8 @@ def test_pathlib_path_and_metadata_without_local_paths(tmp_path):
     assert meta["producer"] == "kexport"
     assert meta["backend"] == keras.backend.backend()
     assert meta["endpoints"]["serve"]["outputs"][0]["name"] == "probs"
+    # the same manifest keys as every other format (these two were missing once)
+    assert meta["format"] == "tf_saved_model" and meta["default_endpoint"] == "serve"
     needles = [str(tmp_path).encode(), os.getcwd().encode(), os.path.expanduser("~").encode()]
     for f in path.rglob("*"):
         if f.is_file():

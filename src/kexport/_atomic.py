@@ -14,7 +14,7 @@ format inherits by writing through :func:`atomic_target`:
   :func:`recover` (run at the start of every write) removes those whose
   writer is gone, and never touches those of a live export.
 - **No data loss by accident.** An existing target that is not a kexport
-  artifact (see :func:`is_kexport_artifact`) is refused with
+  artifact (see :func:`kexport.artifact.is_kexport_artifact`) is refused with
   :class:`~kexport.errors.TargetExistsError` unless ``overwrite=True``.
 - **Missing folders are made, and unmade on failure.** Missing parent folders
   of the target are created (all levels, as ``keras.Model.export`` does);
@@ -39,7 +39,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import errno
-import json
 import os
 import shutil
 import signal
@@ -49,6 +48,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from kexport.artifact import is_kexport_artifact
 from kexport.errors import KexportError, TargetExistsError, WriteError
 
 __all__ = [
@@ -56,14 +56,10 @@ __all__ = [
     "atomic_target",
     "check_parent",
     "check_target",
-    "is_kexport_artifact",
     "overwrite_allowed",
     "overwrite_policy",
-    "read_manifest",
     "recover",
     "staging_dir",
-    "register_artifact_check",
-    "strict_json",
 ]
 
 _TMP = ".kexport-tmp-"
@@ -76,11 +72,6 @@ _FAULT_ENV = "_KEXPORT_FAULT"
 #: artifact renamed aside, new one not yet in place), ``swapped`` (new artifact
 #: in place, previous one not yet deleted).
 FAULT_POINTS: tuple[str, ...] = ("created", "written", "aside", "swapped")
-#: Manifest file names that mark a folder as a kexport artifact (SavedModel,
-#: generic, ONNX archive folder).
-MANIFESTS: tuple[str, ...] = (os.path.join("assets.extra", "kexport.json"), "kexport.json",
-                              "manifest.json")
-_MANIFEST_MAX_BYTES = 16 << 20
 
 # None: no public export in progress (internal rewrites such as storing a
 # verification report are not checked); False/True: export_model(overwrite=).
@@ -89,7 +80,6 @@ _OVERWRITE: contextvars.ContextVar[bool | None] = contextvars.ContextVar("kexpor
 _ACTIVE: set[str] = set()  # tokens of writes in progress in this process
 _ACTIVE_LOCK = threading.Lock()
 _SWAP_LOCK = threading.Lock()
-_CHECKS: list[Callable[[Path], bool]] = []
 
 
 def _fault(point: str) -> None:
@@ -104,163 +94,6 @@ def _remove(path: Path) -> None:
     else:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
-
-
-# -- recognising kexport artifacts ---------------------------------------------
-def _reject_constant(value: str) -> None:
-    raise ValueError(f"non-finite number {value} is not allowed")
-
-
-def _no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
-    out: dict[str, object] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"duplicate key {key!r}")
-        out[key] = value
-    return out
-
-
-def strict_json(text: str | bytes, *, what: str) -> dict[str, object]:
-    """Parse a JSON object strictly: no duplicate keys, NaN or Infinity.
-
-    Args:
-        text: the JSON document.
-        what: names the document in error messages.
-
-    Raises:
-        ArtifactError: when ``text`` is not such a JSON object.
-    """
-    from kexport.errors import ArtifactError
-
-    try:
-        if isinstance(text, bytes):
-            text = text.decode("utf-8")
-        value = json.loads(text, object_pairs_hook=_no_duplicates,
-                           parse_constant=_reject_constant)
-    except (ValueError, UnicodeDecodeError, RecursionError) as e:
-        raise ArtifactError(f"Expected {what} to be valid strict JSON. Received "
-                            f"invalid content: {e}") from e
-    if not isinstance(value, dict):
-        raise ArtifactError(f"Expected {what} to hold a JSON object. Received: "
-                            f"{type(value).__name__}")
-    return value
-
-
-def read_manifest(path: str | os.PathLike[str]) -> dict[str, object]:
-    """Read and validate a kexport manifest (``kexport.json``) strictly.
-
-    Args:
-        path: the manifest file.
-
-    Returns:
-        The manifest, a dict whose ``producer`` is ``"kexport"``.
-
-    Raises:
-        ArtifactError: when the file is missing, too large, not strict JSON,
-            or not written by kexport.
-    """
-    from kexport.errors import ArtifactError
-
-    p = Path(os.fspath(path))
-    try:
-        size = p.stat().st_size
-        if size > _MANIFEST_MAX_BYTES:
-            raise ArtifactError(f"Expected a kexport manifest under "
-                                f"{_MANIFEST_MAX_BYTES} bytes. Received {size} bytes.")
-        data = p.read_bytes()
-    except OSError as e:
-        raise ArtifactError(f"Could not read the kexport manifest: {e}") from e
-    manifest = strict_json(data, what="the kexport manifest")
-    if manifest.get("producer") != "kexport":
-        raise ArtifactError("Expected a manifest with producer 'kexport'. Received: "
-                            f"producer={manifest.get('producer')!r}")
-    endpoints = manifest.get("endpoints", {})
-    if not isinstance(endpoints, dict) or not all(isinstance(k, str) for k in endpoints):
-        raise ArtifactError("Expected the manifest's `endpoints` to be an object keyed by "
-                            "endpoint name.")
-    return manifest
-
-
-def _has_manifest(path: Path) -> bool:
-    if not path.is_dir():
-        return False
-    for name in MANIFESTS:
-        candidate = path / name
-        if candidate.is_file():
-            try:
-                read_manifest(candidate)
-            except KexportError:
-                continue
-            return True
-    return False
-
-
-def _sidecar_of_artifact(path: Path) -> bool:
-    """A sidecar file (``Format.sidecars``, e.g. ``name.onnx.data``) of a kexport artifact."""
-    from kexport import registry
-
-    return any(path in registry.artifact_files(main, fmt)[1:]
-               for fmt, info in registry.FORMATS.items() if info.suffix
-               for main in path.parent.glob(f"*{info.suffix}")
-               if main != path and _registry_check(fmt)(main))
-
-
-def register_artifact_check(check: Callable[[Path], bool]) -> None:
-    """Add a recogniser for a kind of kexport artifact.
-
-    Format modules whose artifacts are neither a folder with a kexport
-    manifest nor an ONNX file call this at import time, or name the check in
-    their ``kexport.registry.Format.recognizer``.
-
-    Args:
-        check: returns ``True`` when the path is an artifact kexport wrote;
-            it must not raise and must only read the path.
-    """
-    if check not in _CHECKS:
-        _CHECKS.append(check)
-
-
-def _registry_check(format: str) -> Callable[[Path], bool]:
-    """The recogniser a format names in its registry row (``Format.recognizer``)."""
-    import importlib
-
-    from kexport import registry
-
-    target = registry.FORMATS[format].recognizer
-    if target:
-        module, _, func = target.partition(":")
-        with contextlib.suppress(ImportError, AttributeError):
-            return getattr(importlib.import_module(module), func)
-    return lambda path: False
-
-
-def _registry_checks() -> list[Callable[[Path], bool]]:
-    from kexport import registry
-
-    return [_registry_check(fmt) for fmt in registry.FORMATS]
-
-
-def is_kexport_artifact(path: str | os.PathLike[str]) -> bool:
-    """Whether ``path`` holds an artifact that kexport wrote.
-
-    Recognised: a folder holding a valid kexport manifest
-    (``assets.extra/kexport.json`` in a SavedModel, ``kexport.json`` or
-    ``manifest.json``) or a kexport ONNX graph; an ONNX file whose
-    ``producer_name`` is ``kexport`` and its external weights file
-    (``name.onnx.data``); a ``.tflite`` file with kexport metadata; and
-    whatever a format recognises through :func:`register_artifact_check` or
-    its registry row.
-    """
-    p = Path(os.fspath(path))
-    if not (p.exists() or p.is_symlink()):
-        return False
-    for check in [_has_manifest, *_registry_checks(), _sidecar_of_artifact, *_CHECKS]:
-        try:
-            if check(p):
-                return True
-        except Exception:  # a broken recogniser is a "no"
-            continue
-    return False
 
 
 def check_target(filepath: str | os.PathLike[str], *, overwrite: bool = False) -> None:

@@ -17,7 +17,7 @@ import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from kexport._atomic import strict_json
+from kexport.artifact import strict_json
 from kexport.errors import ArtifactError, KexportError, SignatureError, describe
 
 __all__ = ["load_keras_file"]

@@ -6,6 +6,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from kexport.artifact import artifact_files
 from kexport.signature import flatten
 
 __all__ = ["human_size", "print_summary", "size_of"]
@@ -14,8 +15,6 @@ __all__ = ["human_size", "print_summary", "size_of"]
 def size_of(path: str | os.PathLike[str], format: str | None = None) -> int:
     """Total size in bytes of an artifact: a folder's files, or a file and its
     format's sidecars (ONNX external data, OpenVINO weights)."""
-    from kexport.registry import artifact_files
-
     return sum(f.stat().st_size for f in artifact_files(path, format))
 
 

@@ -55,7 +55,7 @@ def export_model(model: Any, filepath: str | os.PathLike[str], format: str = "tf
     Args:
         model: a built Keras model or layer, on any backend.
         filepath: where to write the artifact (``str`` or ``pathlib.Path``).
-        format: the artifact format; see ``kexport.registry.FORMATS``.
+        format: the artifact format; see ``kexport.artifact.FORMATS``.
         verbose: ``True`` prints a summary, ``False`` nothing, ``None`` the
             format's default.
         input_signature: the inputs' shapes and dtypes; computed from the

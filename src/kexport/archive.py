@@ -13,6 +13,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from kexport.artifact import default_endpoint
 from kexport.capture._base import TracedEndpoint
 from kexport.errors import SignatureError, UnsupportedRouteError, describe
 from kexport.signature import normalize
@@ -94,8 +95,7 @@ class ExportArchive:
     def default_endpoint(self) -> str:
         """What an artifact runs by default: ``serving_default`` if an endpoint
         has that name, else the first endpoint added (``""`` when none)."""
-        names = self.endpoint_names
-        return "serving_default" if "serving_default" in names else (names[0] if names else "")
+        return default_endpoint(self.endpoint_names)
 
     @property
     def endpoints(self) -> list[TracedEndpoint]:

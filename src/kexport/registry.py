@@ -13,63 +13,41 @@ from __future__ import annotations
 import difflib
 import importlib
 import importlib.util
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kexport.artifact import BACKENDS, FORMATS, FormatDescriptor
 from kexport.errors import UnsupportedRouteError
 
 if TYPE_CHECKING:
     from kexport.capture import Capture
 
-__all__ = ["BACKENDS", "FORMATS", "RUNTIMES", "Format", "Route", "archive_host", "archive_writer",
-           "capture_for", "capture_host", "captures", "format_info", "matrix", "resolve", "routes",
+__all__ = ["RUNTIMES", "ArchiveRoute", "Route", "archive_host", "archive_writer", "capture_for",
+           "capture_host", "captures", "format_info", "matrix", "resolve", "routes",
            "runtime_for", "runtime_formats"]
-
-BACKENDS: tuple[str, ...] = ("tensorflow", "jax", "torch")
 
 
 @dataclass(frozen=True)
-class Format:
-    """One artifact format.
+class ArchiveRoute:
+    """How ``ExportArchive.write_out`` writes one format (route facts of a format).
 
     Attributes:
-        name: the ``format=`` value.
-        description: one line for tables and help.
-        suffix: the usual file suffix, ``""`` for folder formats.
-        packages: importable modules the format's runtime needs.
-        extra: the pip extra that installs them.
-        archive_writer: ``"module:function"`` writing an ``ExportArchive``.
-        native_archives: backends whose archives ``archive_writer`` writes
-            in-process even where the backend's capture would re-host
-            (e.g. ``.pt2`` programs on the PyTorch backend).
-        archive_rehost: ``(source backend, host backend)`` pairs: archives
-            built on the source backend are written by re-hosting them onto
-            the host backend (its ``archive_writer`` runs there), although
-            the source backend's capture works in-process for other formats
-            (e.g. ``.pt2`` programs from TensorFlow functions). See
+        writer: ``"module:function"`` writing an ``ExportArchive``.
+        native_archives: backends whose archives ``writer`` writes in-process
+            even where the backend's capture would re-host (e.g. ``.pt2``
+            programs on the PyTorch backend).
+        rehost: ``(source backend, host backend)`` pairs: archives built on
+            the source backend are written by re-hosting them onto the host
+            backend (its ``writer`` runs there), although the source
+            backend's capture works in-process for other formats (e.g.
+            ``.pt2`` programs from TensorFlow functions). See
             :func:`archive_host`.
-        recognizer: ``"module:function"`` telling whether a path holds an
-            artifact of this format that kexport wrote (see
-            ``kexport._atomic.is_kexport_artifact``); ``""`` when the generic
-            checks suffice.
-        sidecars: files that belong to a single-file artifact, as patterns
-            over its file name (``{name}``) and stem (``{stem}``), e.g. ONNX
-            external data ``{name}.data`` or OpenVINO weights ``{stem}.bin``.
     """
 
-    name: str
-    description: str
-    suffix: str
-    packages: tuple[str, ...]
-    extra: str
-    archive_writer: str
+    writer: str
     native_archives: tuple[str, ...] = ()
-    recognizer: str = ""
-    sidecars: tuple[str, ...] = ()
-    archive_rehost: tuple[tuple[str, str], ...] = ()
+    rehost: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -147,53 +125,24 @@ class Route:
                 "via": self.via, "available": self.available, "reason": self.reason}
 
 
-FORMATS: dict[str, Format] = {
-    "tf_saved_model": Format(
-        "tf_saved_model", "TensorFlow SavedModel (TF-Serving, TF runtimes)", "",
-        ("tensorflow",), "tensorflow", "kexport.formats.saved_model:write_archive"),
-    "litert": Format(
-        "litert", "LiteRT / TensorFlow Lite flatbuffer with named signatures", ".tflite",
-        ("tensorflow",), "tensorflow", "kexport.formats.litert:write_archive",
-        recognizer="kexport.formats.litert:is_litert_artifact"),
-    "torch": Format(
-        "torch", "PyTorch ExportedProgram (torch.export .pt2)", ".pt2",
-        ("torch",), "torch", "kexport.formats.torch_program:write_archive", ("torch",),
-        "kexport.formats.torch_program:is_torch_program_artifact",
+# Keyed by format name (the formats themselves: ``kexport.artifact.FORMATS``).
+_ARCHIVE_ROUTES: dict[str, ArchiveRoute] = {
+    "tf_saved_model": ArchiveRoute("kexport.formats.saved_model:write_archive"),
+    "litert": ArchiveRoute("kexport.formats.litert:write_archive"),
+    "torch": ArchiveRoute(
+        "kexport.formats.torch_program:write_archive", ("torch",),
         # torch.export reads PyTorch code only, never TensorFlow functions
-        archive_rehost=(("tensorflow", "torch"), ("jax", "torch"))),
-    "openvino": Format(
-        "openvino", "OpenVINO IR (.xml graph + .bin weights)", ".xml",
-        ("openvino",), "openvino", "kexport.formats.openvino:write_archive",
-        ("torch",), "kexport.formats.openvino:is_openvino_artifact", ("{stem}.bin",),
+        rehost=(("tensorflow", "torch"), ("jax", "torch"))),
+    "openvino": ArchiveRoute(
+        "kexport.formats.openvino:write_archive", ("torch",),
         # OpenVINO cannot read the XlaCallModule (StableHLO) ops of jax2tf functions
-        archive_rehost=(("jax", "tensorflow"),)),
-    "onnx": Format(
-        "onnx", "ONNX graph (ONNX Runtime, Triton)", ".onnx",
-        ("onnx", "onnxruntime"), "onnx", "kexport.formats.onnx:write_archive",
-        recognizer="kexport.formats.onnx:is_onnx_artifact", sidecars=("{name}.data",),
+        rehost=(("jax", "tensorflow"),)),
+    "onnx": ArchiveRoute(
+        "kexport.formats.onnx:write_archive",
         # tf2onnx cannot read the XlaCallModule (StableHLO) ops of jax2tf functions
-        archive_rehost=(("jax", "tensorflow"),)),
+        rehost=(("jax", "tensorflow"),)),
 }
 
-
-def artifact_files(path: str | os.PathLike[str], format: str | None = None) -> list[Path]:
-    """Every file that makes up the artifact at ``path``.
-
-    A folder artifact is every file below it; a single-file artifact is the
-    file plus its format's sidecars (``Format.sidecars``) that exist.
-    """
-    p = Path(path)
-    if p.is_dir():
-        return sorted(f for f in p.rglob("*") if f.is_file())
-    if not p.is_file():
-        return []
-    files = [p]
-    info = FORMATS.get(format or "")
-    for pattern in info.sidecars if info else ():
-        sidecar = p.with_name(pattern.format(name=p.name, stem=p.stem))
-        if sidecar.is_file():
-            files.append(sidecar)
-    return files
 
 _CAPTURES: dict[str, tuple[str, tuple[str, ...], str]] = {
     "tensorflow": ("kexport.capture.tensorflow:TensorFlowCapture", ("tensorflow",), "tensorflow"),
@@ -300,8 +249,8 @@ def routes(backend: str | None = None, format: str | None = None) -> list[Route]
             and (format is None or r.format == format)]
 
 
-def format_info(format: str) -> Format:
-    """The :class:`Format` named ``format``.
+def format_info(format: str) -> FormatDescriptor:
+    """The :class:`~kexport.artifact.FormatDescriptor` named ``format``.
 
     Raises:
         UnsupportedRouteError: for unknown names, with a did-you-mean.
@@ -319,7 +268,8 @@ def format_info(format: str) -> Format:
 
 def archive_writer(format: str) -> Callable[..., Any]:
     """The function that writes an ``ExportArchive`` in ``format``."""
-    target = format_info(format).archive_writer
+    format_info(format)
+    target = _ARCHIVE_ROUTES[format].writer
     module, _, func = target.partition(":")
     return getattr(importlib.import_module(module), func)
 
@@ -363,7 +313,7 @@ def resolve(backend: str, format: str, model: Any | None = None) -> Route:
 
 
 # Backends whose capture cannot write any archive in-process (endpoints are
-# recorded as data): every format not in ``Format.native_archives`` is written
+# recorded as data): every format not in ``ArchiveRoute.native_archives`` is written
 # by re-hosting onto this backend.
 _CAPTURE_HOSTS: dict[str, str] = {"torch": "tensorflow"}
 
@@ -378,17 +328,18 @@ def archive_host(backend: str, format: str) -> str | None:
     """The backend that writes ``format`` archives built on ``backend``.
 
     ``None`` when the archive is written in-process by the format's
-    ``archive_writer``; otherwise ``ExportArchive.write_out`` re-hosts it onto
+    :func:`archive_writer`; otherwise ``ExportArchive.write_out`` re-hosts it onto
     the returned backend (:func:`kexport.routing.rehost.write_archive_rehosted`).
 
     Raises:
         UnsupportedRouteError: for unknown formats.
     """
-    info = format_info(format)
-    rehosted = dict(info.archive_rehost)
+    format_info(format)
+    route = _ARCHIVE_ROUTES[format]
+    rehosted = dict(route.rehost)
     if backend in rehosted:
         return rehosted[backend]
-    if backend in info.native_archives:
+    if backend in route.native_archives:
         return None
     return capture_host(backend)
 

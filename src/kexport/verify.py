@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from kexport._numerics import child_env, short
+from kexport.artifact import FORMATS
 from kexport.errors import SignatureError, VerificationError, describe
 from kexport.runtime._base import EndpointInfo, TensorInfo, feeds_for, format_shape
 
@@ -74,23 +75,15 @@ def _tolerances_for(format: str, metadata: Mapping[str, Any], precision: str,
 def declared_tolerances(format: str, metadata: Mapping[str, Any]) -> tuple[float, float] | None:
     """The tolerances a format declares for one of its artifacts, if it does.
 
-    A format module registered in :mod:`kexport.registry` may define
-    ``artifact_tolerance(metadata) -> (atol, rtol) | None``; e.g. LiteRT
-    answers by the quantization mode its metadata records, so verify and the
-    format share one table. Formats without the hook get :data:`TOLERANCES`
-    by precision.
+    A format's descriptor (:data:`kexport.artifact.FORMATS`) may declare
+    ``tolerance(metadata) -> (atol, rtol) | None``; e.g. LiteRT answers by the
+    quantization mode its metadata records, so verify and the format share one
+    table. Formats without one get :data:`TOLERANCES` by precision.
     """
-    import importlib
-
-    from kexport import registry
-    from kexport.errors import KexportError
-
-    try:
-        module = registry.format_info(format).archive_writer.partition(":")[0]
-        hook = getattr(importlib.import_module(module), "artifact_tolerance", None)
-    except (KexportError, ImportError):
+    descriptor = FORMATS.get(format)
+    if descriptor is None or descriptor.tolerance is None:
         return None
-    return hook(metadata) if hook is not None else None
+    return descriptor.tolerance(metadata)
 
 
 def _precision(metadata: Mapping[str, Any], endpoints: Mapping[str, EndpointInfo]) -> str:

@@ -19,15 +19,13 @@ import sys
 from collections.abc import Sequence
 
 from kexport._version import __version__
+from kexport.artifact import BACKENDS
 
 __all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "build_parser", "main"]
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
-
-_BACKENDS = ("tensorflow", "jax", "torch")
-
 
 def _positive(text: str) -> int:
     try:
@@ -56,7 +54,7 @@ def _common(p: argparse.ArgumentParser, backend: bool = False) -> None:
                    help="let the frameworks print their own log lines and warnings "
                         "(hidden by default)")
     if backend:
-        p.add_argument("--backend", choices=_BACKENDS,
+        p.add_argument("--backend", choices=BACKENDS,
                        help="Keras backend to load the model on (default: $KERAS_BACKEND)")
 
 

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from kexport.artifact import BACKENDS, FORMATS
 from kexport.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from kexport.cli._progress import Progress
 from kexport.cli._quiet import result_stream
@@ -319,12 +320,12 @@ def formats(args: argparse.Namespace, progress: Progress) -> int:
     data = {
         "formats": {n: {"description": f.description, "suffix": f.suffix,
                         "loadable": n in registry.runtime_formats()}
-                    for n, f in registry.FORMATS.items()},
+                    for n, f in FORMATS.items()},
         "routes": [r.to_json() for r in rows],
     }
-    names = list(registry.FORMATS)
+    names = list(FORMATS)
     table = [["backend \\ format", *names]]
-    for backend in registry.BACKENDS:
+    for backend in BACKENDS:
         cells = []
         for fmt in names:
             found = registry.routes(backend, fmt)
@@ -341,7 +342,7 @@ def formats(args: argparse.Namespace, progress: Progress) -> int:
              for r in table]
     lines.insert(1, "  ".join("-" * w for w in widths))
     lines.append("")
-    lines += [f"{n}: {f.description}" for n, f in registry.FORMATS.items()]
+    lines += [f"{n}: {f.description}" for n, f in FORMATS.items()]
     lines.append("native: traced on the model's backend; rehost: rebuilt on another "
                  "backend in a child process; -: no route yet.")
     _emit(args, data, "\n".join(lines))

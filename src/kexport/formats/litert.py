@@ -32,7 +32,6 @@ the variables); nothing of it stays on disk.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -41,6 +40,12 @@ from typing import TYPE_CHECKING, Any
 
 from kexport import _summary
 from kexport._atomic import atomic_target
+from kexport.artifact import (
+    DEFAULT_ENDPOINT,
+    LITERT_METADATA,
+    LITERT_QUANTIZATIONS,
+    Manifest,
+)
 from kexport.errors import CaptureError, KexportError, SignatureError, WriteError, describe
 from kexport.signature import flatten, normalize_for_model, pack_as
 
@@ -49,49 +54,15 @@ if TYPE_CHECKING:
     from kexport.capture._base import TracedEndpoint
 
 __all__ = [
-    "is_litert_artifact",
-    "DEFAULT_ENDPOINT",
-    "METADATA_NAME",
-    "QUANTIZATIONS",
     "LiteRTOptions",
-    "artifact_tolerance",
     "export",
     "export_rehost",
     "export_stateless",
-    "read_metadata",
     "tolerance",
     "write_archive",
 ]
 
-DEFAULT_ENDPOINT = "serve"
-METADATA_NAME = "kexport.json"
-#: quantization mode -> (atol, rtol) for comparing with the float model.
-QUANTIZATIONS: dict[str | None, tuple[float, float]] = {
-    None: (1e-4, 1e-3),
-    "float16": (2e-2, 2e-2),
-    "dynamic_int8": (1e-1, 1e-1),
-    "int8": (2.5e-1, 2.5e-1),
-}
-_TFLITE_MAGIC = b"TFL3"
 _PRECISION = {None: "float32", "float16": "float16", "dynamic_int8": "int8", "int8": "int8"}
-
-
-def is_litert_artifact(path: str | os.PathLike[str]) -> bool:
-    """Registry recogniser: a TFLite flatbuffer (``TFL3``) with kexport's metadata.
-
-    Maps the file instead of reading it, so large models cost no memory.
-    """
-    import mmap
-    from pathlib import Path
-
-    path = Path(path)
-    if not path.is_file() or path.stat().st_size < 8:
-        return False
-    with path.open("rb") as f:
-        if f.read(8)[4:8] != b"TFL3":
-            return False
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
-            return m.find(b'"producer": "kexport"') >= 0 and m.find(b"kexport.json") >= 0
 
 
 def tolerance(quantization: str | None) -> tuple[float, float]:
@@ -104,32 +75,12 @@ def tolerance(quantization: str | None) -> tuple[float, float]:
     Raises:
         SignatureError: for an unknown mode.
     """
-    if quantization not in QUANTIZATIONS:
+    if quantization not in LITERT_QUANTIZATIONS:
         raise SignatureError(
-            f"Expected `quantization` to be one of {list(QUANTIZATIONS)}. "
+            f"Expected `quantization` to be one of {list(LITERT_QUANTIZATIONS)}. "
             f"Received: quantization={quantization!r}"
         )
-    return QUANTIZATIONS[quantization]
-
-
-def artifact_tolerance(metadata: Mapping[str, Any]) -> tuple[float, float] | None:
-    """``(atol, rtol)`` that ``kexport.verify`` uses for a LiteRT artifact.
-
-    The one source of LiteRT tolerances: the table :data:`QUANTIZATIONS`,
-    looked up by the quantization mode the artifact's metadata records.
-
-    Args:
-        metadata: the artifact's ``kexport.json`` metadata.
-
-    Returns:
-        The tolerances, or ``None`` when the metadata names no known mode
-        (verify then falls back to its precision defaults).
-    """
-    mode = metadata.get("quantization")
-    if "quantization" not in metadata or not (mode is None or isinstance(mode, str)) \
-            or mode not in QUANTIZATIONS:
-        return None
-    return QUANTIZATIONS[mode]
+    return LITERT_QUANTIZATIONS[quantization]
 
 
 @dataclass(frozen=True)
@@ -312,7 +263,7 @@ def _op_names(model_obj: Any) -> list[str]:
     return names
 
 
-def _with_metadata(flatbuffer: bytes, meta: dict[str, Any]) -> tuple[bytes, list[str]]:
+def _with_metadata(flatbuffer: bytes, meta: Manifest) -> tuple[bytes, list[str]]:
     """Add ``meta`` as the flatbuffer metadata entry ``kexport.json``; return the ops too."""
     import numpy as np
     from tensorflow.lite.python import schema_py_generated as schema
@@ -320,59 +271,23 @@ def _with_metadata(flatbuffer: bytes, meta: dict[str, Any]) -> tuple[bytes, list
 
     model_obj = flatbuffer_utils.convert_bytearray_to_object(bytearray(flatbuffer))
     ops = _op_names(model_obj)
-    meta = dict(meta, operators=sorted(set(ops)))
+    meta = meta.with_extras(operators=sorted(set(ops)))
     buffer = schema.BufferT()
-    buffer.data = np.frombuffer(json.dumps(meta, sort_keys=True).encode(), dtype=np.uint8)
+    buffer.data = np.frombuffer(meta.dumps(indent=None).encode(), dtype=np.uint8)
     model_obj.buffers.append(buffer)
     entry = schema.MetadataT()
-    entry.name = METADATA_NAME
+    entry.name = LITERT_METADATA
     entry.buffer = len(model_obj.buffers) - 1
     model_obj.metadata = [*(model_obj.metadata or []), entry]
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model_obj)), ops
 
 
-def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The kexport manifest stored in a ``.tflite`` file, or ``None``.
-
-    Reads the flatbuffer with TensorFlow Lite's schema (TensorFlow needed).
-    """
-    from tensorflow.lite.tools import flatbuffer_utils
-
-    with open(os.fspath(path), "rb") as f:
-        model_obj = flatbuffer_utils.convert_bytearray_to_object(bytearray(f.read()))
-    for entry in model_obj.metadata or []:
-        name = entry.name.decode() if isinstance(entry.name, bytes) else entry.name
-        if name == METADATA_NAME:
-            data = bytes(model_obj.buffers[entry.buffer].data)
-            return json.loads(data.decode())
-    return None
-
-
-def _metadata(archive: ExportArchive, options: LiteRTOptions) -> dict[str, Any]:
-    import keras
-
-    from kexport._version import __version__
-
-    return {
-        "producer": "kexport",
-        "producer_version": __version__,
-        "keras_version": keras.__version__,
-        "backend": archive.backend,
-        "format": "litert",
-        "quantization": options.quantization,
+def _metadata(archive: ExportArchive, options: LiteRTOptions) -> Manifest:
+    return Manifest.build(
+        archive.endpoints, format="litert", backend=archive.backend,
+        quantization=options.quantization,
         # the compute precision kexport.verify picks tolerances by
-        "precision": _PRECISION[options.quantization],
-        "allow_flex": options.allow_flex,
-        "default_endpoint": archive.default_endpoint,
-        "endpoints": {
-            e.name: {
-                "inputs": [dict(s.to_json(), name=n)
-                           for s, n in zip(flatten(e.signature), e.input_names, strict=True)],
-                "outputs": [s.to_json() for s in e.output_specs],
-            }
-            for e in archive.endpoints
-        },
-    }
+        precision=_PRECISION[options.quantization], allow_flex=options.allow_flex)
 
 
 def convert(archive: ExportArchive, options: LiteRTOptions) -> bytes:

@@ -31,7 +31,6 @@ capture produced, never by backend name):
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -40,6 +39,14 @@ from typing import TYPE_CHECKING, Any
 
 from kexport import _summary
 from kexport._atomic import atomic_target
+from kexport.artifact import (
+    DEFAULT_ENDPOINT,
+    MANIFEST_NAME,
+    OPENVINO_MANIFEST_KEY,
+    OPENVINO_PRODUCER_KEY,
+    Manifest,
+    file_sha256,
+)
 from kexport.errors import (
     CaptureError,
     KexportError,
@@ -54,20 +61,11 @@ if TYPE_CHECKING:
     from kexport.capture._base import TracedEndpoint
 
 __all__ = [
-    "DEFAULT_ENDPOINT",
-    "MANIFEST",
-    "check_weights",
     "export",
     "export_rehost",
-    "is_openvino_artifact",
-    "read_metadata",
     "write_archive",
 ]
 
-DEFAULT_ENDPOINT = "serve"
-MANIFEST = "kexport.json"
-_RT_PRODUCER = "kexport_producer"
-_RT_MANIFEST = "kexport_manifest"
 _WEIGHTS_PENDING = "kexport-weights-sha256-pending"
 
 
@@ -173,73 +171,18 @@ def _named(model: Any, endpoint: TracedEndpoint) -> Any:
     return model
 
 
-def _manifest(archive: Any, layout: str) -> dict[str, Any]:
-    import keras
+def _manifest(archive: ExportArchive, layout: str) -> Manifest:
     import openvino as ov
 
-    from kexport._version import __version__
-
-    return {"producer": "kexport", "producer_version": __version__,
-            "keras_version": keras.__version__, "openvino_version": ov.__version__,
-            "backend": archive.backend, "format": "openvino", "layout": layout,
-            "default_endpoint": archive.default_endpoint,
-            "endpoints": {
-                e.name: {"inputs": [dict(s.to_json(), name=n) for s, n in
-                                    zip(flatten(e.signature), e.input_names, strict=True)],
-                         "outputs": [s.to_json() for s in e.output_specs],
-                         "file": f"{e.name}.xml"}
-                for e in archive.endpoints}}
+    return Manifest.build(archive.endpoints, format="openvino", backend=archive.backend,
+                          file_suffix=".xml", openvino_version=ov.__version__, layout=layout)
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def check_weights(xml: str | os.PathLike[str], metadata: dict[str, Any] | None = None) -> None:
-    """Refuse a single-file IR whose ``.bin`` is not the one its ``.xml`` was written with.
-
-    The ``.xml``/``.bin`` pair is replaced by two atomic renames; a process
-    killed between them leaves a new ``.bin`` beside the previous ``.xml``.
-    The ``.xml`` records its weights' SHA-256 (``weights_sha256`` in the
-    manifest), so kexport's readers detect that state instead of running
-    wrong weights; the next export replaces both files.
-
-    Args:
-        xml: the ``.xml`` file.
-        metadata: its manifest, when already read.
-
-    Raises:
-        ArtifactError: when the weights file is missing or does not match.
-    """
-    from kexport.errors import ArtifactError
-
-    xml = Path(os.fspath(xml))
-    meta = read_metadata(xml) if metadata is None else metadata
-    want = (meta or {}).get("weights_sha256")
-    if not want or xml.is_dir():
-        return
-    weights = xml.with_suffix(".bin")
-    got = _sha256(weights) if weights.is_file() else "missing"
-    if got != want:
-        raise ArtifactError(
-            f"OpenVINO IR '{xml.name}': expected the weights file '{weights.name}' written "
-            f"with it (sha256 {want[:12]}…). Received: sha256 {got[:12]}… — an export was "
-            "interrupted between writing the .bin and the .xml. Next step: export again "
-            "(it replaces both files)."
-        )
-
-
-def _save(model: Any, xml: Path, manifest: dict[str, Any]) -> None:
+def _save(model: Any, xml: Path, manifest: Manifest) -> None:
     import openvino as ov
 
-    model.set_rt_info("kexport", [_RT_PRODUCER])
-    model.set_rt_info(json.dumps(manifest, sort_keys=True), [_RT_MANIFEST])
+    model.set_rt_info("kexport", [OPENVINO_PRODUCER_KEY])
+    model.set_rt_info(manifest.dumps(indent=None), [OPENVINO_MANIFEST_KEY])
     ov.save_model(model, os.fspath(xml), compress_to_fp16=False)
 
 
@@ -265,7 +208,7 @@ def write_archive(archive: ExportArchive, filepath: str | os.PathLike[str],
         )
     manifest = _manifest(archive, "file" if single else "folder")
     if single:
-        manifest["weights_sha256"] = _WEIGHTS_PENDING
+        manifest = manifest.with_extras(weights_sha256=_WEIGHTS_PENDING)
     models = {e.name: _convert(e, archive) for e in archive.endpoints}
     with tempfile.TemporaryDirectory(prefix="kexport-openvino-") as tmp:
         build = Path(tmp)
@@ -279,17 +222,17 @@ def write_archive(archive: ExportArchive, filepath: str | os.PathLike[str],
             xml = build / f"{name}.xml"
             # the graph records its weights' hash (kexport readers check the pair)
             xml.write_text(xml.read_text().replace(_WEIGHTS_PENDING,
-                                                   _sha256(build / f"{name}.bin")))
+                                                   file_sha256(build / f"{name}.bin")))
             # Two renames cannot be one atomic step: weights first, graph last
             # (the .xml is what runtimes open). A crash between them leaves a
-            # new .bin beside the old .xml, which check_weights() refuses and
+            # new .bin beside the old .xml, which check_openvino_weights() refuses and
             # the next export replaces.
             with atomic_target(target.with_suffix(".bin"), is_dir=False) as t:
                 shutil.copyfile(build / f"{name}.bin", t)
             with atomic_target(target, is_dir=False) as t:
                 shutil.copyfile(xml, t)
         else:
-            (build / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+            (build / MANIFEST_NAME).write_text(manifest.dumps())
             with atomic_target(target, is_dir=True) as t:
                 for f in build.iterdir():
                     shutil.copyfile(f, t / f.name)
@@ -329,36 +272,3 @@ def export_rehost(model: Any, filepath: str | os.PathLike[str], *, verbose: bool
 
     return rehost_export(model, filepath, "openvino", "tensorflow",
                          input_signature=input_signature, verbose=verbose, **kwargs)
-
-
-# -- reading back ---------------------------------------------------------------------------------
-def _xml_files(path: Path) -> list[Path]:
-    return [path] if path.suffix == ".xml" else sorted(path.glob("*.xml"))
-
-
-def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The kexport manifest of an IR (``.xml``) or IR folder, or ``None`` (no OpenVINO import)."""
-    import html
-    import re
-
-    p = Path(os.fspath(path))
-    if p.is_dir():
-        m = p / MANIFEST
-        return json.loads(m.read_text()) if m.is_file() else None
-    if p.suffix != ".xml" or not p.is_file():
-        return None
-    text = p.read_text(errors="replace")
-    found = re.search(rf'<{_RT_MANIFEST} value="([^"]*)"', text)
-    return json.loads(html.unescape(found.group(1))) if found else None
-
-
-def is_openvino_artifact(path: Any) -> bool:
-    """Whether ``path`` is an IR kexport wrote (its ``.xml``, ``.bin`` or folder)."""
-    try:
-        p = Path(os.fspath(path))
-        if p.suffix == ".bin":
-            p = p.with_suffix(".xml")
-        meta = read_metadata(p)
-    except Exception:  # a broken file is "no"
-        return False
-    return bool(meta) and meta.get("producer") == "kexport" and meta.get("format") == "openvino"

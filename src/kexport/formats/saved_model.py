@@ -10,17 +10,18 @@ needed to load it):
   endpoint is also ``serving_default`` unless one already has that name;
 - ``variables`` / ``trainable_variables`` / ``non_trainable_variables`` of the
   tracked layers, and every variable collection, as root attributes;
-- ``assets.extra/kexport.json``: producer, versions, backend, endpoint specs.
+- ``assets.extra/kexport.json``: the kexport manifest (producer, versions,
+  backend, format, default endpoint, endpoint specs).
 """
 
 from __future__ import annotations
 
-import json
 import os
 from typing import TYPE_CHECKING, Any
 
 from kexport import _summary
 from kexport._atomic import atomic_target
+from kexport.artifact import DEFAULT_ENDPOINT, SAVED_MODEL_MANIFEST, SERVING_DEFAULT, Manifest
 from kexport.errors import CaptureError, KexportError, SignatureError, WriteError
 from kexport.signature import flatten, normalize_for_model, pack_as
 
@@ -28,11 +29,7 @@ if TYPE_CHECKING:
     from kexport.archive import ExportArchive
     from kexport.capture._base import TracedEndpoint
 
-__all__ = ["DEFAULT_ENDPOINT", "METADATA_FILE", "export", "write_archive"]
-
-DEFAULT_ENDPOINT = "serve"
-SERVING_DEFAULT = "serving_default"
-METADATA_FILE = os.path.join("assets.extra", "kexport.json")
+__all__ = ["export", "write_archive"]
 
 
 def _signature_function(endpoint: TracedEndpoint) -> Any:
@@ -54,26 +51,9 @@ def _signature_function(endpoint: TracedEndpoint) -> Any:
     return signature
 
 
-def metadata(archive: ExportArchive) -> dict[str, Any]:
+def metadata(archive: ExportArchive) -> Manifest:
     """What the artifact says about itself (no local paths)."""
-    import keras
-
-    from kexport._version import __version__
-
-    return {
-        "producer": "kexport",
-        "producer_version": __version__,
-        "keras_version": keras.__version__,
-        "backend": archive.backend,
-        "endpoints": {
-            e.name: {
-                "inputs": [dict(s.to_json(), name=n)
-                           for s, n in zip(flatten(e.signature), e.input_names)],
-                "outputs": [s.to_json() for s in e.output_specs],
-            }
-            for e in archive.endpoints
-        },
-    }
+    return Manifest.build(archive.endpoints, format="tf_saved_model", backend=archive.backend)
 
 
 def write_archive(archive: ExportArchive, filepath: str | os.PathLike[str],
@@ -119,9 +99,9 @@ def write_archive(archive: ExportArchive, filepath: str | os.PathLike[str],
                     "call archive.track(resource) for it."
                 ) from e
             raise WriteError(f"Step 3/3 (write, tf_saved_model) failed: {e}") from e
-        meta_path = tmp / METADATA_FILE
+        meta_path = tmp / SAVED_MODEL_MANIFEST
         meta_path.parent.mkdir(parents=True, exist_ok=True)
-        meta_path.write_text(json.dumps(metadata(archive), indent=2, sort_keys=True))
+        meta_path.write_text(metadata(archive).dumps())
     if verbose:
         _summary.print_summary("tf_saved_model", archive.endpoints, filepath,
                                default=first if first != SERVING_DEFAULT else None)

@@ -28,7 +28,6 @@ data are rebuilt on PyTorch and verified against the live ones).
 from __future__ import annotations
 
 import inspect
-import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -36,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from kexport import _summary
 from kexport._atomic import atomic_target
+from kexport.artifact import DEFAULT_ENDPOINT, MANIFEST_NAME, TORCH_PROGRAM_SUFFIX, Manifest
 from kexport.errors import CaptureError, KexportError, SignatureError, UnsupportedRouteError
 from kexport.signature import Spec, flatten, flatten_with_paths, normalize_for_model, pack_as
 
@@ -43,20 +43,12 @@ if TYPE_CHECKING:
     from kexport.archive import ExportArchive
 
 __all__ = [
-    "DEFAULT_ENDPOINT",
-    "MANIFEST",
-    "SUFFIX",
     "export",
     "export_program",
     "export_rehost",
-    "is_torch_program_artifact",
-    "read_metadata",
     "write_archive",
 ]
 
-DEFAULT_ENDPOINT = "serve"
-MANIFEST = "kexport.json"
-SUFFIX = ".pt2"
 _SAMPLE_SIZES = (3, 5, 7, 11, 13, 17)  # sample size per dynamic axis position (>= 2)
 
 
@@ -164,24 +156,12 @@ def export_program(fn: Callable[..., Any], signature: list[Any], input_names: li
         ) from e
 
 
-def _endpoint_meta(e: Any) -> dict[str, Any]:
-    return {"inputs": [dict(s.to_json(), name=n)
-                       for s, n in zip(flatten(e.signature), e.input_names, strict=True)],
-            "outputs": [s.to_json() for s in e.output_specs]}
-
-
-def _manifest(archive: ExportArchive, layout: str) -> dict[str, Any]:
-    import keras
+def _manifest(archive: ExportArchive, layout: str) -> Manifest:
     import torch
 
-    from kexport._version import __version__
-
-    return {"producer": "kexport", "producer_version": __version__,
-            "keras_version": keras.__version__, "torch_version": torch.__version__,
-            "backend": archive.backend, "format": "torch", "layout": layout,
-            "default_endpoint": archive.default_endpoint,
-            "endpoints": {e.name: dict(_endpoint_meta(e), file=f"{e.name}{SUFFIX}")
-                          for e in archive.endpoints}}
+    return Manifest.build(archive.endpoints, format="torch", backend=archive.backend,
+                          file_suffix=TORCH_PROGRAM_SUFFIX, torch_version=torch.__version__,
+                          layout=layout)
 
 
 def _strip_source_locations(program: Any) -> None:
@@ -198,7 +178,7 @@ def _strip_source_locations(program: Any) -> None:
                 node.meta.pop("stack_trace", None)
 
 
-def _save(program: Any, path: Path, manifest: dict[str, Any]) -> None:
+def _save(program: Any, path: Path, manifest: Manifest) -> None:
     import torch
 
     _strip_source_locations(program)
@@ -206,7 +186,7 @@ def _save(program: Any, path: Path, manifest: dict[str, Any]) -> None:
     # name; through a file object torch uses a neutral name instead.
     with open(path, "wb") as f:
         torch.export.save(program, f,
-                          extra_files={MANIFEST: json.dumps(manifest, sort_keys=True)})
+                          extra_files={MANIFEST_NAME: manifest.dumps(indent=None)})
 
 
 def write_archive(archive: ExportArchive, filepath: str | os.PathLike[str],
@@ -240,7 +220,7 @@ def write_archive(archive: ExportArchive, filepath: str | os.PathLike[str],
             "step on the PyTorch backend)."
         )
     layers = list(archive.trackables()["tracked_layers"])
-    single = os.fspath(filepath).endswith(SUFFIX) and len(archive.endpoints) == 1
+    single = os.fspath(filepath).endswith(TORCH_PROGRAM_SUFFIX) and len(archive.endpoints) == 1
     manifest = _manifest(archive, "file" if single else "folder")
     programs = {e.name: export_program(e.function, e.signature, e.input_names, layers, e.name)
                 for e in archive.endpoints}
@@ -249,8 +229,8 @@ def write_archive(archive: ExportArchive, filepath: str | os.PathLike[str],
             _save(programs[archive.endpoints[0].name], tmp, manifest)
         else:
             for e in archive.endpoints:
-                _save(programs[e.name], tmp / f"{e.name}{SUFFIX}", manifest)
-            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+                _save(programs[e.name], tmp / f"{e.name}{TORCH_PROGRAM_SUFFIX}", manifest)
+            (tmp / MANIFEST_NAME).write_text(manifest.dumps())
     if verbose:
         _summary.print_summary("torch", archive.endpoints, filepath)
 
@@ -285,33 +265,3 @@ def export_rehost(model: Any, filepath: str | os.PathLike[str], *, verbose: bool
 
     return rehost_export(model, filepath, "torch", "torch", input_signature=input_signature,
                          verbose=verbose, **kwargs)
-
-
-def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The kexport manifest of a ``.pt2`` file or program folder, or ``None``.
-
-    Reads the zip directly (no PyTorch import).
-    """
-    import zipfile
-
-    p = Path(os.fspath(path))
-    if p.is_dir():
-        m = p / MANIFEST
-        return json.loads(m.read_text()) if m.is_file() else None
-    try:
-        with zipfile.ZipFile(p) as z:
-            for member in z.namelist():
-                if member.endswith(f"/extra/{MANIFEST}"):
-                    return json.loads(z.read(member).decode())
-    except (OSError, zipfile.BadZipFile, ValueError):
-        return None
-    return None
-
-
-def is_torch_program_artifact(path: Any) -> bool:
-    """Whether ``path`` is a ``.pt2`` file (or program folder) that kexport wrote."""
-    try:
-        meta = read_metadata(path)
-    except Exception:  # a broken file is "no"
-        return False
-    return bool(meta) and meta.get("producer") == "kexport" and meta.get("format") == "torch"

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kexport.artifact import artifact_files
 from kexport.errors import SignatureError, describe
 
-__all__ = ["Artifact", "EndpointInfo", "TensorInfo", "feeds_for", "format_shape",
-           "manifest_default_endpoint"]
+__all__ = ["Artifact", "EndpointInfo", "TensorInfo", "feeds_for", "format_shape"]
 
 
 def format_shape(shape: Sequence[int | str | None]) -> str:
@@ -149,8 +149,6 @@ class Artifact(abc.ABC):
     @property
     def files(self) -> dict[str, int]:
         """Relative file name -> size in bytes of every file of the artifact."""
-        from kexport.registry import artifact_files
-
         p = Path(self.path)
         root = p if p.is_dir() else p.parent
         return {f.relative_to(root).as_posix(): f.stat().st_size
@@ -290,19 +288,3 @@ def _check_array(endpoint: str, spec: TensorInfo, array: Any) -> Any:
             f"{where}: expected dtype {spec.dtype}. Received: dtype {array.dtype.name}"
         )
     return array.astype(want)
-
-
-def manifest_default_endpoint(manifest: dict[str, Any], endpoints: dict[str, Any]) -> str:
-    """The endpoint an artifact runs by default, from its kexport manifest.
-
-    Manifests record ``default_endpoint`` (``serving_default`` if present,
-    else the first endpoint added, as for SavedModel and ONNX). Older
-    manifests, written with sorted keys, lost the order: there ``serve`` is
-    preferred, then the first listed.
-    """
-    recorded = manifest.get("default_endpoint")
-    if isinstance(recorded, str) and recorded in endpoints:
-        return recorded
-    order = [k for k in manifest.get("endpoints", {}) if k in endpoints]
-    return "serve" if "serve" in endpoints else (
-        order[0] if order else next(iter(endpoints), "serve"))

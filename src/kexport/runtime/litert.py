@@ -18,8 +18,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from kexport.artifact import manifest_default_endpoint, read_litert_metadata
 from kexport.errors import ArtifactError
-from kexport.runtime._base import Artifact, EndpointInfo, TensorInfo, manifest_default_endpoint
+from kexport.runtime._base import Artifact, EndpointInfo, TensorInfo
 
 __all__ = ["INTERPRETERS", "PRECISIONS", "LiteRTArtifact", "detect", "interpreter_class", "open"]
 
@@ -86,12 +87,10 @@ class LiteRTArtifact(Artifact):
     interpreter: str = ""
 
     def __init__(self, path: str, file: Path) -> None:
-        from kexport.formats.litert import read_metadata
-
         super().__init__(path=path, format=FORMAT)
         self.interpreter, interpreter = interpreter_class()
         self._interpreter = interpreter(model_path=os.fspath(file))
-        self.metadata = read_metadata(file) or {}
+        self.metadata = read_litert_metadata(file) or {}
         listed = self.metadata.get("endpoints", {})
         self._runners: dict[str, Any] = {}
         for key, sig in self._interpreter.get_signature_list().items():

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from kexport._numerics import onnxruntime_options
+from kexport.artifact import DEFAULT_ENDPOINT, endpoint_order, manifest_default_endpoint
 from kexport.runtime._base import Artifact, EndpointInfo, TensorInfo
 
 __all__ = ["PRECISIONS", "REPORT_KEY", "OnnxArtifact", "detect", "open", "store_report"]
@@ -30,7 +31,6 @@ __all__ = ["PRECISIONS", "REPORT_KEY", "OnnxArtifact", "detect", "open", "store_
 FORMAT = "onnx"
 PRECISIONS: tuple[str, ...] = ("float32",)
 REPORT_KEY = "kexport.verification"
-DEFAULT_ENDPOINT = "serve"
 _ENDPOINT_KEYS = ("kexport.endpoint", "endpoint")
 
 
@@ -222,17 +222,10 @@ def _graph_files(path: Path) -> tuple[dict[str, Path], str, dict[str, Any]]:
         return {name: path}, name, {}
     manifest = _manifest(path)
     found = {f.stem: f for f in sorted(path.glob("*.onnx"))}
-    listed = manifest.get("endpoints")
-    order = list(listed) if isinstance(listed, (dict, list)) else []
-    order = [str(n if isinstance(n, str) else n.get("name", "")) for n in order]
-    names = [n for n in order if n in found] + [n for n in found if n not in order]
-    # The manifest's explicit default, else the conventional ``serve``, else
-    # the first listed (a JSON object's keys may have been sorted on write).
-    default = manifest.get("default_endpoint") or manifest.get("default") or (
-        DEFAULT_ENDPOINT if DEFAULT_ENDPOINT in found else (names[0] if names else
-                                                            DEFAULT_ENDPOINT))
+    default = manifest_default_endpoint(manifest, found)
+    names = endpoint_order(manifest, found)
     meta = {k: v for k, v in manifest.items() if k not in ("endpoints",)}
-    return {n: found[n] for n in names}, str(default), meta
+    return {n: found[n] for n in names}, default, meta
 
 
 def open(path: Path, given: str, threads: int | None = None,

@@ -20,7 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from kexport._numerics import openvino_config, openvino_precision
-from kexport.runtime._base import Artifact, EndpointInfo, TensorInfo, manifest_default_endpoint
+from kexport.artifact import (
+    check_openvino_weights,
+    manifest_default_endpoint,
+    read_openvino_metadata,
+)
+from kexport.runtime._base import Artifact, EndpointInfo, TensorInfo
 
 __all__ = ["PRECISIONS", "REPORT_FILE", "REPORT_KEY", "OpenVINOArtifact", "detect", "open",
            "store_report"]
@@ -107,7 +112,6 @@ def open(path: Path, given: str, precision: str = "float32") -> OpenVINOArtifact
         ArtifactError: when OpenVINO is missing or cannot compile the IR.
     """
     from kexport.errors import ArtifactError
-    from kexport.formats.openvino import check_weights, read_metadata
 
     try:
         import openvino  # noqa: F401
@@ -116,11 +120,11 @@ def open(path: Path, given: str, precision: str = "float32") -> OpenVINOArtifact
             "Opening an OpenVINO artifact needs openvino: pip install 'kexport[openvino]'"
         ) from e
     files = {path.stem: path} if path.is_file() else {p.stem: p for p in sorted(path.glob("*.xml"))}
-    meta = read_metadata(path) or {}
+    meta = read_openvino_metadata(path) or {}
     if path.is_file() and len(meta.get("endpoints", {})) == 1:
         files = {next(iter(meta["endpoints"])): path}
     if path.is_file():
-        check_weights(path, meta)
+        check_openvino_weights(path, meta)
     try:
         return OpenVINOArtifact(given, files, meta, precision)
     except RuntimeError as e:

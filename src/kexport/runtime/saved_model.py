@@ -15,17 +15,16 @@ import os
 from pathlib import Path
 from typing import Any
 
+from kexport.artifact import SAVED_MODEL_MANIFEST, SERVING_DEFAULT, default_endpoint
 from kexport.runtime._base import Artifact, EndpointInfo, TensorInfo
 
-__all__ = ["METADATA_FILE", "PRECISIONS", "REPORT_FILE", "SavedModelArtifact", "detect", "open",
+__all__ = ["PRECISIONS", "REPORT_FILE", "SavedModelArtifact", "detect", "open",
            "store_report"]
 
 FORMAT = "tf_saved_model"
 # TensorFlow's CPU kernels (oneDNN in strict fp32 math mode, its default) compute
 # float32; kexport's child processes state that mode (kexport._numerics.child_env).
 PRECISIONS: tuple[str, ...] = ("float32",)
-SERVING_DEFAULT = "serving_default"
-METADATA_FILE = "assets.extra/kexport.json"
 REPORT_FILE = "assets.extra/kexport_verification.json"
 
 
@@ -64,7 +63,7 @@ class SavedModelArtifact(Artifact):
         super().__init__(path=path, format=FORMAT)
         self._loaded = loaded
         self._root = root
-        self.metadata = _read_json(root / METADATA_FILE) or {}
+        self.metadata = _read_json(root / SAVED_MODEL_MANIFEST) or {}
         described = self.metadata.get("endpoints", {}) if isinstance(
             self.metadata.get("endpoints"), dict) else {}
         signatures = dict(loaded.signatures)
@@ -87,10 +86,10 @@ class SavedModelArtifact(Artifact):
         alias = _alias_of_default(self._functions)
         if alias is not None:
             del self.endpoints[SERVING_DEFAULT]
-        first = alias or (SERVING_DEFAULT if SERVING_DEFAULT in self.endpoints else None)
+        first = default_endpoint(sorted(self.endpoints), alias)
         order = ([first] if first else []) + sorted(n for n in self.endpoints if n != first)
         self.endpoints = {n: self.endpoints[n] for n in order}
-        self.default_endpoint = order[0] if order else ""
+        self.default_endpoint = first
 
     def _run(self, endpoint: EndpointInfo, feeds: dict[str, Any]) -> dict[str, Any]:
         import tensorflow as tf

@@ -14,7 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from kexport._numerics import torch_compute
-from kexport.runtime._base import Artifact, EndpointInfo, TensorInfo, manifest_default_endpoint
+from kexport.artifact import (
+    DEFAULT_ENDPOINT,
+    TORCH_PROGRAM_SUFFIX,
+    manifest_default_endpoint,
+    read_torch_program_metadata,
+)
+from kexport.runtime._base import Artifact, EndpointInfo, TensorInfo
 
 __all__ = ["PRECISIONS", "TorchProgramArtifact", "detect", "open"]
 
@@ -97,7 +103,6 @@ def open(path: Path, given: str, precision: str = "float32") -> TorchProgramArti
         ArtifactError: when PyTorch is missing or cannot load a program.
     """
     from kexport.errors import ArtifactError
-    from kexport.formats.torch_program import SUFFIX, read_metadata
 
     try:
         import torch  # noqa: F401
@@ -105,9 +110,9 @@ def open(path: Path, given: str, precision: str = "float32") -> TorchProgramArti
         raise ArtifactError(
             "Opening a .pt2 artifact needs PyTorch: pip install 'kexport[torch]'"
         ) from e
-    files = {"serve": path} if path.is_file() else \
-        {p.stem: p for p in sorted(path.glob(f"*{SUFFIX}"))}
-    meta = read_metadata(path) or {}
+    files = {DEFAULT_ENDPOINT: path} if path.is_file() else \
+        {p.stem: p for p in sorted(path.glob(f"*{TORCH_PROGRAM_SUFFIX}"))}
+    meta = read_torch_program_metadata(path) or {}
     if path.is_file() and meta.get("endpoints"):
         files = {next(iter(meta["endpoints"])): path}
     try:

@@ -38,14 +38,15 @@ Modules (this one only re-exports what the rest of kexport uses):
 - ``_tensorflow``, ``_torch``, ``_jax``: the capture strategies of each backend;
 - ``_export``: the strategy order per backend, the try-in-order loop, re-host;
 - ``_finish``: step 3 passes; ``_write``: step 4; ``_io``: external data;
-- ``_archive``: ``ExportArchive`` folders; ``_recognise``: kexport's ONNX files;
+- ``_archive``: ``ExportArchive`` folders (recognising kexport's ONNX files is
+  :mod:`kexport.artifact`'s);
 - ``_accept``: the ONNX Runtime check of a fast converter's graph;
 - ``compat``: every workaround of a peer library (tf2onnx, jax2onnx, torch.onnx).
 """
 
 from __future__ import annotations
 
-from kexport.formats.onnx._archive import archive_default_endpoint, write_archive
+from kexport.formats.onnx._archive import write_archive
 from kexport.formats.onnx._export import (
     export_jax,
     export_rehost,
@@ -53,24 +54,17 @@ from kexport.formats.onnx._export import (
     export_torch,
 )
 from kexport.formats.onnx._graph import (
-    ARCHIVE_MANIFEST,
     ARCHIVE_WEIGHTS,
-    DEFAULT_ENDPOINT,
     DEFAULT_EXTERNAL_DATA_THRESHOLD,
     DEFAULT_OPSET,
     RawGraph,
 )
-from kexport.formats.onnx._recognise import is_onnx_artifact
 
 __all__ = [
-    "is_onnx_artifact",
-    "ARCHIVE_MANIFEST",
     "ARCHIVE_WEIGHTS",
-    "DEFAULT_ENDPOINT",
     "DEFAULT_EXTERNAL_DATA_THRESHOLD",
     "DEFAULT_OPSET",
     "RawGraph",
-    "archive_default_endpoint",
     "export_jax",
     "export_rehost",
     "export_tensorflow",

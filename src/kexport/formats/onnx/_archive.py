@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from kexport import _summary
 from kexport._atomic import atomic_target
-from kexport._version import __version__
+from kexport.artifact import ONNX_ARCHIVE_MANIFEST, Manifest
 from kexport.errors import SignatureError
 from kexport.formats.onnx import _io as _onnx_io
 from kexport.formats.onnx._finish import finish
-from kexport.formats.onnx._graph import ARCHIVE_MANIFEST, ARCHIVE_WEIGHTS, _spec_json
+from kexport.formats.onnx._graph import ARCHIVE_WEIGHTS
 from kexport.formats.onnx._options import _check_opset
 from kexport.formats.onnx._tensorflow import _weight_bytes, tf_endpoint_to_onnx
 from kexport.formats.onnx._write import _check
@@ -22,12 +20,7 @@ from kexport.signature import flatten
 if TYPE_CHECKING:
     from kexport.archive import ExportArchive
 
-__all__ = ["archive_default_endpoint", "write_archive"]
-
-
-def archive_default_endpoint(names: Sequence[str]) -> str:
-    """The endpoint an archive runs by default: ``serving_default`` if present, else the first."""
-    return "serving_default" if "serving_default" in names else names[0]
+__all__ = ["write_archive"]
 
 
 def write_archive(archive: ExportArchive, filepath: str | os.PathLike[str],
@@ -74,26 +67,8 @@ def write_archive(archive: ExportArchive, filepath: str | os.PathLike[str],
                                   _weight_bytes(archive.trackables()["variables"]))
         protos.append(finish(raw, opset=opset, backend=archive.backend, endpoint=endpoint.name,
                              input_specs=flatten(endpoint.signature)))
-    import keras
-
-    manifest = {
-        "producer": "kexport",
-        "producer_version": __version__,
-        "keras_version": keras.__version__,
-        "backend": archive.backend,
-        "format": "onnx",
-        "opset": opset,
-        "weights": ARCHIVE_WEIGHTS,
-        "default_endpoint": archive_default_endpoint(archive.endpoint_names),
-        "endpoints": {
-            e.name: {
-                "file": f"{e.name}.onnx",
-                "inputs": json.loads(_spec_json(flatten(e.signature), e.input_names)),
-                "outputs": [s.to_json() for s in e.output_specs],
-            }
-            for e in archive.endpoints
-        },
-    }
+    manifest = Manifest.build(archive.endpoints, format="onnx", backend=archive.backend,
+                              file_suffix=".onnx", opset=opset, weights=ARCHIVE_WEIGHTS)
     with atomic_target(filepath, is_dir=True) as tmp:
         with open(tmp / ARCHIVE_WEIGHTS, "wb") as f:
             _onnx_io.externalize(protos, f, ARCHIVE_WEIGHTS, all_floats=True)
@@ -101,7 +76,6 @@ def write_archive(archive: ExportArchive, filepath: str | os.PathLike[str],
             graph_path = tmp / f"{endpoint.name}.onnx"
             graph_path.write_bytes(proto.SerializeToString())
             _check(os.fspath(graph_path), route)
-        # not sort_keys: the endpoints keep the order they were added in
-        (tmp / ARCHIVE_MANIFEST).write_text(json.dumps(manifest, indent=2))
+        (tmp / ONNX_ARCHIVE_MANIFEST).write_text(manifest.dumps())
     if verbose:
         _summary.print_summary("onnx", archive.endpoints, filepath)

@@ -20,10 +20,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from kexport import _summary
+from kexport.artifact import DEFAULT_ENDPOINT
 from kexport.capture.source import rehost_source
 from kexport.formats.onnx._accept import NotTraceable
 from kexport.formats.onnx._finish import finish
-from kexport.formats.onnx._graph import DEFAULT_ENDPOINT, Attempt, Strategy
+from kexport.formats.onnx._graph import Attempt, Strategy
 from kexport.formats.onnx._io import initializer_bytes
 from kexport.formats.onnx._jax import Jax2Onnx
 from kexport.formats.onnx._options import _pop_options, _refuse_lookup_layers

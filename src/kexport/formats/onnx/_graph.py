@@ -16,7 +16,7 @@ from kexport.errors import KexportError
 from kexport.formats.onnx._accept import NotTraceable
 from kexport.signature import Spec
 
-__all__ = ["ARCHIVE_MANIFEST", "ARCHIVE_WEIGHTS", "DEFAULT_ENDPOINT",
+__all__ = ["ARCHIVE_WEIGHTS",
            "DEFAULT_EXTERNAL_DATA_THRESHOLD", "DEFAULT_OPSET", "INLINE_LIMIT", "Attempt",
            "RawGraph", "Strategy"]
 
@@ -28,9 +28,7 @@ DEFAULT_OPSET = 18
 INLINE_LIMIT = 2**31 - (64 << 20)
 DEFAULT_EXTERNAL_DATA_THRESHOLD = INLINE_LIMIT
 """Weights above this many bytes go to external data (protobuf's 2 GiB limit, less headroom)."""
-DEFAULT_ENDPOINT = "serve"
 ARCHIVE_WEIGHTS = "weights.data"
-ARCHIVE_MANIFEST = "manifest.json"
 
 
 @dataclass

@@ -17,11 +17,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from kexport.artifact import DEFAULT_ENDPOINT
 from kexport.capture.tensorflow import TensorFlowCapture
 from kexport.errors import CaptureError
 from kexport.formats.onnx import compat
 from kexport.formats.onnx._graph import (
-    DEFAULT_ENDPOINT,
     RawGraph,
     Strategy,
     _guess_layer,

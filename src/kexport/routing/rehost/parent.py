@@ -47,11 +47,13 @@ import sys
 import tempfile
 import threading
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from kexport._atomic import atomic_target
 from kexport._numerics import child_env
+from kexport.artifact import DEFAULT_ENDPOINT, SAVED_MODEL_MANIFEST, read_manifest
 from kexport.capture.endpoint import EndpointRecipe, is_layer, not_described_error
 from kexport.errors import (
     CaptureError,
@@ -453,12 +455,11 @@ def _place(src: Path, filepath: str | os.PathLike[str]) -> None:
 
 
 def _note_source(artifact: Path, backend: str) -> None:
-    meta = artifact / "assets.extra" / "kexport.json"
-    if meta.is_file():
-        data = json.loads(meta.read_text())
-        data["source_backend"] = backend
-        data["route"] = "rehost"
-        meta.write_text(json.dumps(data, indent=2, sort_keys=True))
+    """Record in a re-hosted SavedModel's manifest the backend it came from."""
+    path = artifact / SAVED_MODEL_MANIFEST
+    if path.is_file():
+        manifest = replace(read_manifest(path), source_backend=backend, route="rehost")
+        path.write_text(manifest.dumps())
 
 
 def _rehost(models: list[Any], recipes: list[tuple[EndpointRecipe, Callable[..., Any]]],
@@ -591,7 +592,7 @@ def rehost_export(model: Any, filepath: str | os.PathLike[str],
         raise SignatureError(
             f"Expected `verbose` to be True, False or None. Received: {describe(verbose)}")
     signature = normalize_for_model(model, input_signature)
-    recipe = EndpointRecipe("serve", 0, "__call__", {"training": False}, signature)
+    recipe = EndpointRecipe(DEFAULT_ENDPOINT, 0, "__call__", {"training": False}, signature)
 
     def live(*args: Any) -> Any:
         return model(*args, training=False)

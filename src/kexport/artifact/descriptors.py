@@ -1,0 +1,133 @@
+"""Format descriptors: what an artifact of each format is, on disk.
+
+One :class:`FormatDescriptor` per format says what its files look like
+(suffix, sidecar files), which packages its runtime needs, how to recognise
+an artifact kexport wrote, and which tolerance a comparison with the live
+model uses when the format declares one. How an artifact is *made* (the
+routes and writers) lives in :mod:`kexport.registry`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kexport.artifact.metadata import (
+    TORCH_PROGRAM_SUFFIX,
+    is_litert_artifact,
+    is_onnx_artifact,
+    is_openvino_artifact,
+    is_torch_program_artifact,
+)
+
+__all__ = ["BACKENDS", "FORMATS", "LITERT_QUANTIZATIONS", "FormatDescriptor", "artifact_files",
+           "litert_tolerance"]
+
+#: The Keras backends kexport exports from.
+BACKENDS: tuple[str, ...] = ("tensorflow", "jax", "torch")
+
+#: LiteRT quantization mode -> (atol, rtol) for comparing with the float model:
+#: the one table of LiteRT tolerances (the writer validates modes against it,
+#: ``kexport.verify`` reads it through :func:`litert_tolerance`).
+LITERT_QUANTIZATIONS: dict[str | None, tuple[float, float]] = {
+    None: (1e-4, 1e-3),
+    "float16": (2e-2, 2e-2),
+    "dynamic_int8": (1e-1, 1e-1),
+    "int8": (2.5e-1, 2.5e-1),
+}
+
+
+def litert_tolerance(metadata: Mapping[str, Any]) -> tuple[float, float] | None:
+    """``(atol, rtol)`` that ``kexport.verify`` uses for a LiteRT artifact.
+
+    Looked up in :data:`LITERT_QUANTIZATIONS` by the quantization mode the
+    artifact's metadata records.
+
+    Args:
+        metadata: the artifact's ``kexport.json`` metadata.
+
+    Returns:
+        The tolerances, or ``None`` when the metadata names no known mode
+        (verify then falls back to its precision defaults).
+    """
+    mode = metadata.get("quantization")
+    if "quantization" not in metadata or not (mode is None or isinstance(mode, str)) \
+            or mode not in LITERT_QUANTIZATIONS:
+        return None
+    return LITERT_QUANTIZATIONS[mode]
+
+
+@dataclass(frozen=True)
+class FormatDescriptor:
+    """One artifact format, as files on disk.
+
+    Attributes:
+        name: the ``format=`` value.
+        description: one line for tables and help.
+        suffix: the usual file suffix, ``""`` for folder formats.
+        packages: importable modules the format's runtime needs.
+        extra: the pip extra that installs them.
+        sidecars: files that belong to a single-file artifact, as patterns
+            over its file name (``{name}``) and stem (``{stem}``), e.g. ONNX
+            external data ``{name}.data`` or OpenVINO weights ``{stem}.bin``.
+        recognizer: tells whether a path holds an artifact of this format
+            that kexport wrote (see :func:`kexport.artifact.is_kexport_artifact`);
+            ``None`` when the generic manifest check suffices. Reads only and
+            never raises.
+        tolerance: ``(metadata) -> (atol, rtol) | None``, the tolerance the
+            format declares for one of its artifacts (``None``: verify's
+            precision defaults apply).
+    """
+
+    name: str
+    description: str
+    suffix: str
+    packages: tuple[str, ...]
+    extra: str
+    sidecars: tuple[str, ...] = ()
+    recognizer: Callable[[Path], bool] | None = None
+    tolerance: Callable[[Mapping[str, Any]], tuple[float, float] | None] | None = None
+
+
+FORMATS: dict[str, FormatDescriptor] = {
+    "tf_saved_model": FormatDescriptor(
+        "tf_saved_model", "TensorFlow SavedModel (TF-Serving, TF runtimes)", "",
+        ("tensorflow",), "tensorflow"),
+    "litert": FormatDescriptor(
+        "litert", "LiteRT / TensorFlow Lite flatbuffer with named signatures", ".tflite",
+        ("tensorflow",), "tensorflow", recognizer=is_litert_artifact,
+        tolerance=litert_tolerance),
+    "torch": FormatDescriptor(
+        "torch", "PyTorch ExportedProgram (torch.export .pt2)", TORCH_PROGRAM_SUFFIX,
+        ("torch",), "torch", recognizer=is_torch_program_artifact),
+    "openvino": FormatDescriptor(
+        "openvino", "OpenVINO IR (.xml graph + .bin weights)", ".xml",
+        ("openvino",), "openvino", sidecars=("{stem}.bin",), recognizer=is_openvino_artifact),
+    "onnx": FormatDescriptor(
+        "onnx", "ONNX graph (ONNX Runtime, Triton)", ".onnx",
+        ("onnx", "onnxruntime"), "onnx", sidecars=("{name}.data",),
+        recognizer=is_onnx_artifact),
+}
+
+
+def artifact_files(path: str | os.PathLike[str], format: str | None = None) -> list[Path]:
+    """Every file that makes up the artifact at ``path``.
+
+    A folder artifact is every file below it; a single-file artifact is the
+    file plus its format's sidecars (``FormatDescriptor.sidecars``) that exist.
+    """
+    p = Path(path)
+    if p.is_dir():
+        return sorted(f for f in p.rglob("*") if f.is_file())
+    if not p.is_file():
+        return []
+    files = [p]
+    info = FORMATS.get(format or "")
+    for pattern in info.sidecars if info else ():
+        sidecar = p.with_name(pattern.format(name=p.name, stem=p.stem))
+        if sidecar.is_file():
+            files.append(sidecar)
+    return files
