@@ -21,7 +21,8 @@ import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from kexport.check.compare import compare, flat_numpy, tolerance_for
+from kexport.check.compare import compare, tolerance_for
+from kexport.check.live import live_reference
 from kexport.check.report import OutputCheck, VerificationReport
 from kexport.check.samples import CASE_SIZES, sample_inputs
 from kexport.check.tolerance import TOLERANCES, default_tolerances, tolerances_for
@@ -99,36 +100,6 @@ def _cases(endpoint: EndpointInfo, sizes: Sequence[int], seed: int) -> dict[str,
 
 # -- the live model ---------------------------------------------------------
 
-def _reference(model: Any, endpoint: EndpointInfo) -> Callable[[dict[str, Any]], list[Any]]:
-    """A function: named NumPy inputs -> flat NumPy outputs of the live model."""
-    import keras
-
-    from kexport.signature import flat_names, flatten, infer_model_signature, pack_as
-
-    if isinstance(model, keras.layers.Layer):
-        try:
-            structure: list[Any] | None = infer_model_signature(model)
-        except SignatureError:
-            structure = None
-        names = endpoint.input_names
-        if structure is not None and len(flatten(structure)) == len(names):
-            own = flat_names(structure)
-            order = own if sorted(own) == sorted(names) else names
-
-            def call(feeds: dict[str, Any]) -> list[Any]:
-                args = pack_as(structure, [feeds[n] for n in order])
-                return flat_numpy(model(*args, training=False))
-        else:
-            def call(feeds: dict[str, Any]) -> list[Any]:
-                return flat_numpy(model(*[feeds[n] for n in names], training=False))
-        return call
-
-    def call_plain(feeds: dict[str, Any]) -> list[Any]:
-        return flat_numpy(model(*[feeds[n] for n in endpoint.input_names]))
-
-    return call_plain
-
-
 # -- verify -----------------------------------------------------------------
 
 def _references(model: Any, endpoints: dict[str, EndpointInfo], default: str
@@ -136,7 +107,7 @@ def _references(model: Any, endpoints: dict[str, EndpointInfo], default: str
     import keras
 
     if isinstance(model, keras.layers.Layer):
-        return {default: _reference(model, endpoints[default])}
+        return {default: live_reference(model, endpoints[default].input_names)}
     if isinstance(model, Mapping):
         out = {}
         for name, fn in model.items():
@@ -150,7 +121,7 @@ def _references(model: Any, endpoints: dict[str, EndpointInfo], default: str
                     f"Expected a callable reference for endpoint '{name}'. "
                     f"Received: {describe(fn)}"
                 )
-            out[name] = _reference(fn, endpoints[name])
+            out[name] = live_reference(fn, endpoints[name].input_names)
         return out
     raise SignatureError(
         "Expected `model` to be a Keras model/layer, or a dict mapping endpoint "

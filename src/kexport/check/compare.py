@@ -12,9 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kexport.signature import flatten
-
-__all__ = ["compare", "flat_numpy", "tolerance_for"]
+__all__ = ["compare", "tolerance_for"]
 
 
 def tolerance_for(expected: Any, atol: float, rtol: float) -> tuple[float, float]:
@@ -68,12 +66,3 @@ def compare(expected: Any, received: Any, atol: float, rtol: float
     max_rel = float(np.max(diff[big] / mag[big])) if np.any(big) else 0.0
     ok = bool(np.all(diff <= atol + rtol * mag))
     return float(np.max(diff)), max_rel, ok
-
-
-def flat_numpy(outputs: Any) -> list[Any]:
-    """A live model's outputs (any nesting, any backend's tensors) as a flat list of
-    NumPy arrays, in kexport's canonical flat order (:func:`kexport.signature.flatten`)."""
-    import keras
-    import numpy as np
-
-    return [np.asarray(keras.ops.convert_to_numpy(o)) for o in flatten(outputs)]

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from kexport._numerics import short
+from kexport._version import __version__
 
 __all__ = ["OutputCheck", "VerificationReport"]
 
@@ -118,8 +119,6 @@ class VerificationReport:
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able dict (what is stored in the artifact)."""
-        from kexport._version import __version__
-
         return {
             "producer": "kexport", "producer_version": __version__,
             "ok": self.ok, "format": self.format, "precision": self.precision,
