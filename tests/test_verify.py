@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import kexport
-from kexport.verify import OutputCheck, VerificationReport
+from kexport.check.report import OutputCheck, VerificationReport
 from models import mlp, sequence_model
 
 
