@@ -101,7 +101,7 @@ def test_openvino_default_is_f32_on_a_cpu_whose_default_is_bf16(openvino_mlp, bf
 
 
 def verify_tolerance(precision):
-    from kexport.verify import TOLERANCES
+    from kexport.check.tolerance import TOLERANCES
 
     return TOLERANCES[precision]
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import kexport
-from kexport.verify import OutputCheck, VerificationReport
+from kexport.check.report import OutputCheck, VerificationReport
 from models import mlp, sequence_model
 
 
@@ -41,8 +41,8 @@ def test_export_verify_passes_and_report_is_stored(tmp_path):
     report = VerificationReport.from_json(stored)
     assert [(c.endpoint, c.output, c.case) for c in report.checks] == [
         ("serve", "y", "dyn=1"), ("serve", "y", "dyn=3")]
-    # each dynamic dim ran at 1 and at 3
-    assert [c.input_shapes["seq"] for c in report.checks] == [[1, 1, 5], [3, 3, 5]]
+    # the batch ran at 1 and at 3, the time axis at a size of its own (size + 2)
+    assert [c.input_shapes["seq"] for c in report.checks] == [[1, 3, 5], [3, 5, 5]]
     assert all(c.max_abs <= 1e-4 for c in report.checks)
     assert str(tmp_path) not in json.dumps(stored)
     # no temporary files left inside the artifact

@@ -202,7 +202,7 @@ def inspect(args: argparse.Namespace, progress: Progress) -> int:
             lines.append(f"  {key}: {value if not isinstance(value, (dict, list)) else json.dumps(value)}")
     stored = info["verification"]
     if stored:
-        from kexport.verify import VerificationReport
+        from kexport.check.report import VerificationReport
 
         lines.append("stored verification:")
         try:
@@ -249,18 +249,14 @@ def _stats(times: list[float], batch: int) -> dict[str, float]:
 
 def bench_inputs(endpoint: Any, batch: int, dim_size: int, seed: int = 0) -> dict[str, Any]:
     """Random inputs: the leading dynamic dim is ``batch``, others ``dim_size``."""
-    import numpy as np
+    from kexport.check.samples import sample_inputs
+    from kexport.runtime import TensorInfo
 
-    from kexport.runtime import EndpointInfo, TensorInfo
-    from kexport.verify import sample_inputs
-
-    fixed = []
-    for t in endpoint.inputs:
-        shape = tuple((batch if i == 0 else dim_size) if d is None else d
-                      for i, d in enumerate(t.shape))
-        fixed.append(TensorInfo(t.name, shape, t.dtype))
-    static = EndpointInfo(endpoint.name, tuple(fixed), endpoint.outputs)
-    return sample_inputs(static, 1, np.random.default_rng(seed))
+    fixed = [TensorInfo(t.name, tuple((batch if i == 0 else dim_size) if d is None else d
+                                      for i, d in enumerate(t.shape)), t.dtype)
+             for t in endpoint.inputs]
+    arrays = sample_inputs(fixed, 1, seed, endpoint=endpoint.name)
+    return dict(zip(endpoint.input_names, arrays, strict=True))
 
 
 def bench(args: argparse.Namespace, progress: Progress) -> int:
@@ -274,11 +270,11 @@ def bench(args: argparse.Namespace, progress: Progress) -> int:
     endpoint = artifact._endpoint(args.endpoint or artifact.default_endpoint)
     model = reference = None
     if args.model:
-        from kexport.verify import _reference
+        from kexport.check.live import live_reference
 
         with progress.step("Loading model"):
             model = load_model(args.model, args.unsafe)
-        reference = _reference(model, endpoint)
+        reference = live_reference(model, endpoint.input_names)
     rows = []
     for batch in args.batch:
         feeds = bench_inputs(endpoint, batch, args.dim_size)

@@ -3,10 +3,12 @@
 Fast converters (the traced ``torch.onnx`` exporter, ``jax2onnx``) can silently
 fix a dynamic dimension or produce a graph ONNX Runtime cannot run. Their
 output is used only after :class:`Acceptance` ran the finished graph
-(optimised, named: the bytes that will be written) at batch 1 and 3
-(every other dynamic axis at two further sizes, none equal to the sample the
-converter saw) and compared it with the live model; anything else raises
-:class:`NotTraceable` and the caller moves on to its next strategy.
+(optimised, named: the bytes that will be written) at the check's case
+sizes (:data:`kexport.check.samples.CASE_SIZES`, batch 1 and 3; every other
+dynamic axis at a size of its own, none equal to the sample the converter
+saw) and compared it with the live model with the comparison and float32
+tolerances every kexport check uses (:mod:`kexport.check`); anything else
+raises :class:`NotTraceable` and the caller moves on to its next strategy.
 """
 
 from __future__ import annotations
@@ -16,61 +18,39 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any
 
 from kexport._numerics import onnxruntime_options
+from kexport.check.compare import compare, tolerance_for
+from kexport.check.samples import CASE_SIZES, sample_inputs
+from kexport.check.tolerance import FLOAT32
+from kexport.errors import SignatureError
 from kexport.signature import Spec
 
-__all__ = ["CHECK_BATCHES", "Acceptance", "NotTraceable", "samples"]
-
-CHECK_BATCHES = (1, 3)
-_ATOL, _RTOL = 1e-4, 1e-3
+__all__ = ["Acceptance", "NotTraceable", "samples"]
 
 
 class NotTraceable(Exception):
     """The fast graph cannot be trusted for this model; use the next strategy."""
 
 
-def _size(axis: int, batch: int) -> int:
-    # distinct per axis so that unrelated dynamic axes are not unified
-    return batch if axis == 0 else axis + 1 + batch
-
-
 def samples(specs: Sequence[Spec], batch: int, seed: int, sized_as: int | None = None
             ) -> list[Any]:
-    """Random inputs for ``specs``, ints in {0, 1}.
-
-    Axis 0 (when dynamic) has size ``batch``; other dynamic axes are sized as
-    for batch ``sized_as`` (default ``batch``).
-    """
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    ref = batch if sized_as is None else sized_as
-    out = []
-    for spec in specs:
-        shape = [(batch if a == 0 else _size(a, ref)) if d is None else d
-                 for a, d in enumerate(spec.shape)]
-        dtype = np.dtype(spec.dtype) if spec.dtype != "string" else np.dtype("O")
-        if dtype.kind == "f":
-            out.append(rng.standard_normal(shape).astype(dtype))
-        elif dtype.kind in "iu":
-            out.append(rng.integers(0, 2, shape).astype(dtype))
-        elif dtype.kind == "b":
-            out.append(rng.random(shape) > 0.5)
-        else:
-            raise NotTraceable(f"no sample inputs for dtype {spec.dtype}")
-    return out
+    """:func:`kexport.check.samples.sample_inputs`, a string input being
+    :class:`NotTraceable` (a fast converter cannot take it; the next strategy runs)."""
+    try:
+        return sample_inputs(specs, batch, seed, sized_as=sized_as)
+    except SignatureError as e:
+        raise NotTraceable(str(e)) from e
 
 
 def _cases(specs: Sequence[Spec]) -> list[list[Any]]:
     # Every batch shares its other dynamic sizes (none the converter saw), so the
     # live model runs once on all of them concatenated (JAX compiles per shape);
     # a model that mixes samples across the batch then fails the check: safe.
-    return [samples(specs, batch, seed, sized_as=CHECK_BATCHES[0])
-            for seed, batch in enumerate(CHECK_BATCHES, start=1)]
+    return [samples(specs, batch, seed, sized_as=CASE_SIZES[0])
+            for seed, batch in enumerate(CASE_SIZES, start=1)]
 
 
 def _compare(data: bytes | str, names: Sequence[str], cases: list[list[Any]],
              wants: Callable[[], list[list[Any]]]) -> None:
-    import numpy as np
     import onnxruntime as ort
 
     # a graph ONNX Runtime cannot run is an answer here, not an error to print:
@@ -83,9 +63,9 @@ def _compare(data: bytes | str, names: Sequence[str], cases: list[list[Any]],
         del session
     except Exception as e:
         raise NotTraceable(f"ONNX Runtime: {type(e).__name__}: {str(e)[:300]}") from e
-    for batch, got, want in zip(CHECK_BATCHES, gots, wants(), strict=True):
-        if len(got) != len(want) or any(
-                g.shape != w.shape or not np.allclose(g, w, atol=_ATOL, rtol=_RTOL)
+    for batch, got, want in zip(CASE_SIZES, gots, wants(), strict=True):
+        if len(got) != len(want) or not all(
+                compare(w, g, *tolerance_for(w, *FLOAT32))[2]
                 for g, w in zip(got, want, strict=False)):
             raise NotTraceable(f"differs from the live model at batch {batch}")
 

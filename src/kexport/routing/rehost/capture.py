@@ -13,11 +13,11 @@ from typing import Any
 
 from kexport.capture._base import Capture, TracedEndpoint, _check_positional, output_names
 from kexport.capture.endpoint import describe_endpoint, is_layer
+from kexport.check.live import flat_numpy
 from kexport.errors import CaptureError, SignatureError, UnsupportedRouteError, describe
 from kexport.routing.rehost.parent import (
     _all_variables,
-    _flat_numpy,
-    _sample,
+    _samples,
     _state_kept,
     rehost_problem,
 )
@@ -110,9 +110,9 @@ class RehostCapture(Capture):
             self.track(m)
         _check_positional(name, fn, signature)
         owner = self._tracked_layers[recipe.model]
-        flat = [_sample(s, 2, np.random.default_rng(0)) for s in flatten(signature)]
+        flat = _samples(flatten(signature), 2, np.random.default_rng(0))
         outputs: Any = None
-        if all(x is not None for x in flat):
+        if flat is not None:
             args = pack_as(list(signature), [keras.ops.convert_to_tensor(x) for x in flat])
             try:
                 with _state_kept(self._tracked_layers):
@@ -129,7 +129,7 @@ class RehostCapture(Capture):
             endpoint.output_names = output_names(outputs, owner)
             endpoint.output_specs = [
                 Spec((None, *tuple(a.shape)[1:]) if a.ndim else (), str(a.dtype), n)
-                for a, n in zip(_flat_numpy(outputs), endpoint.output_names, strict=False)]
+                for a, n in zip(flat_numpy(outputs), endpoint.output_names, strict=False)]
         return endpoint
 
     def trackables(self) -> dict[str, Any]:

@@ -22,7 +22,9 @@ TensorFlow backend writes, ...) works in four steps:
    by later re-hosts of the same parent process (the backend import is paid
    once) and stopped at exit.
 3. *verify* (parent): the child's outputs are compared with the live model's
-   (the user's own endpoint functions) at two batch sizes; a difference is a
+   (the user's own endpoint functions) at the check's case sizes (batch 1
+   and 3, :mod:`kexport.check`: the inputs, float32 tolerances and
+   comparison every kexport check uses); a difference is a
    :class:`~kexport.errors.VerificationError` with a per-output report.
 4. *place* (parent): only then is the artifact moved to ``filepath``
    atomically (an earlier artifact there is kept on any failure).
@@ -39,10 +41,10 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -52,9 +54,13 @@ from pathlib import Path
 from typing import Any
 
 from kexport._atomic import atomic_target
-from kexport._numerics import child_env
 from kexport.artifact import DEFAULT_ENDPOINT, SAVED_MODEL_MANIFEST, read_manifest
 from kexport.capture.endpoint import EndpointRecipe, is_layer, not_described_error
+from kexport.check.compare import compare, tolerance_for
+from kexport.check.live import flat_numpy
+from kexport.check.samples import CASE_SIZES, sample_inputs
+from kexport.check.tolerance import FLOAT32
+from kexport.check.worker import Worker
 from kexport.errors import (
     CaptureError,
     KexportError,
@@ -64,7 +70,12 @@ from kexport.errors import (
     WriteError,
     describe,
 )
-from kexport.signature import Spec, flatten, flatten_with_paths, normalize_for_model, pack_as
+from kexport.signature import (
+    Spec,
+    flatten,
+    normalize_for_model,
+    pack_as,
+)
 
 __all__ = [
     "DEFAULT_ATOL",
@@ -76,11 +87,8 @@ __all__ = [
     "write_archive_rehosted",
 ]
 
-DEFAULT_ATOL = 1e-4
-DEFAULT_RTOL = 1e-3
+DEFAULT_ATOL, DEFAULT_RTOL = FLOAT32  # the check's float32 row (kexport.check.tolerance)
 CHILD_TIMEOUT_S = 900
-_BATCHES = (2, 5)
-_DYNAMIC_DIM = 4  # size used for dynamic non-batch axes in sample inputs
 
 
 # -- can a model be re-hosted? ------------------------------------------------------------------
@@ -129,28 +137,13 @@ def _check_rehostable(models: list[Any], host: str) -> None:
 
 
 # -- sample inputs and live outputs -----------------------------------------------------------
-def _sample(spec: Spec, batch: int, rng: Any) -> Any | None:
-    import numpy as np
-
-    shape = [batch if (i == 0 and d is None) else (_DYNAMIC_DIM if d is None else d)
-             for i, d in enumerate(spec.shape)]
-    dtype = np.dtype(spec.dtype) if spec.dtype != "string" else None
-    if dtype is None:
+def _samples(specs: list[Spec], size: int, rng: Any) -> list[Any] | None:
+    """Check inputs for ``specs`` (:mod:`kexport.check.samples`), or ``None`` for
+    string inputs, which cannot be made up: such an endpoint is not compared."""
+    try:
+        return sample_inputs(specs, size, rng)
+    except SignatureError:
         return None
-    if dtype.kind == "f":
-        return rng.standard_normal(shape).astype(dtype)
-    if dtype.kind in "iu":
-        return rng.integers(0, 2, shape).astype(dtype)
-    if dtype.kind == "b":
-        return rng.random(shape) > 0.5
-    return None
-
-
-def _flat_numpy(outputs: Any) -> list[Any]:
-    import keras
-    import numpy as np
-
-    return [np.asarray(keras.ops.convert_to_numpy(t)) for _, t in flatten_with_paths(outputs)]
 
 
 def _all_variables(models: list[Any]) -> list[Any]:
@@ -202,23 +195,24 @@ def _live_cases(recipes: list[tuple[EndpointRecipe, Callable[..., Any]]],
     cases: dict[str, Any] = {}
     for recipe, fn in recipes:
         entries = []
-        batches = list(enumerate(_BATCHES if given is None else given))
-        for b, batch in batches:
-            flat_specs = flatten(recipe.signature)
-            flat = ([_sample(s, batch, rng) for s in flat_specs] if given is None
-                    else [np.asarray(x) for x in batch])
-            if any(x is None for x in flat):
+        flat_specs = flatten(recipe.signature)
+        for b, case in enumerate(CASE_SIZES if given is None else given):
+            flat = (_samples(flat_specs, case, rng) if given is None
+                    else [np.asarray(x) for x in case])
+            if flat is None:
                 entries = []
                 break
+            batch = case if given is None else (
+                int(np.shape(flat[0])[0]) if flat and np.ndim(flat[0]) else b + 1)
             args = pack_as(list(recipe.signature),
                            [keras.ops.convert_to_tensor(x) for x in flat])
             with _state_kept(models):
-                first = _flat_numpy(fn(*args))
-                second = _flat_numpy(fn(*args))
+                first = flat_numpy(fn(*args))
+                second = flat_numpy(fn(*args))
             key = f"{recipe.name}__b{b}"
             for i, x in enumerate(flat):
                 arrays[f"in__{key}__{i}"] = x
-            entries.append({"key": key, "inputs": len(flat), "live": first,
+            entries.append({"key": key, "batch": batch, "inputs": len(flat), "live": first,
                             "deterministic": _same(first, second)})
         cases[recipe.name] = entries
     return arrays, cases
@@ -226,25 +220,27 @@ def _live_cases(recipes: list[tuple[EndpointRecipe, Callable[..., Any]]],
 
 def _compare(cases: dict[str, Any], outputs: Mapping[str, Any], atol: float,
              rtol: float) -> list[dict[str, Any]]:
+    """One row per endpoint and case; the numbers are :func:`kexport.check.compare.compare`'s.
+
+    An endpoint that is not deterministic (``deterministic=False``) only has
+    its output shapes compared.
+    """
     import numpy as np
 
     report = []
     for name, entries in cases.items():
         for entry in entries:
             live = entry["live"]
-            got = [outputs[f"out__{entry['key']}__{i}"]
-                   for i in range(sum(k.startswith(f"out__{entry['key']}__") for k in outputs))]
-            row: dict[str, Any] = {"endpoint": name, "batch": _BATCHES[int(entry["key"][-1])],
+            prefix = f"out__{entry['key']}__"
+            got = [np.asarray(outputs[f"{prefix}{i}"])
+                   for i in range(sum(k.startswith(prefix) for k in outputs))]
+            row: dict[str, Any] = {"endpoint": name, "batch": entry["batch"],
                                    "compared": "values" if entry["deterministic"] else "shapes",
                                    "outputs": []}
             ok = len(got) == len(live)
             for i, (x, y) in enumerate(zip(live, got, strict=False)):
-                y = np.asarray(y)
-                same_shape = x.shape == y.shape
-                err = float(np.max(np.abs(x.astype("float64") - y.astype("float64")))) \
-                    if same_shape and x.size and x.dtype.kind in "fiub" else 0.0
-                good = same_shape and (not entry["deterministic"]
-                                       or np.allclose(y, x, atol=atol, rtol=rtol))
+                err, _, close = compare(x, y, *tolerance_for(x, atol, rtol))
+                good = x.shape == y.shape and (close or not entry["deterministic"])
                 ok = ok and good
                 row["outputs"].append({"index": i, "live_shape": list(x.shape),
                                        "artifact_shape": list(y.shape),
@@ -296,7 +292,8 @@ def _parent_path() -> list[str]:
 
 
 def _child_env(host: str, home: Path) -> dict[str, str]:
-    """A clean environment: the target backend, the parent's import path, nothing else."""
+    """A clean environment: the target backend, the parent's import path, nothing else
+    (:class:`~kexport.check.worker.Worker` states the float32 math on top)."""
     env = {"KERAS_BACKEND": host, "PYTHONPATH": os.pathsep.join(_parent_path()),
            "KERAS_HOME": str(home / ".keras"), "HOME": str(home),
            "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONHASHSEED": "0",
@@ -304,89 +301,43 @@ def _child_env(host: str, home: Path) -> dict[str, str]:
     for key in ("PATH", "LANG", "LC_ALL", "SYSTEMROOT", "TMPDIR", "CUDA_VISIBLE_DEVICES"):
         if key in os.environ:
             env[key] = os.environ[key]
-    return child_env(env)
+    return env
 
 
-class _Worker:
-    """One ``python -m kexport.routing.rehost.child`` process on one backend.
+def _start_worker(host: str) -> Worker:
+    """One persistent ``python -m kexport.routing.rehost.child`` on ``host``.
 
-    Started with :class:`subprocess.Popen` (never ``multiprocessing``), fed one
-    job folder per stdin line, answering one JSON line per job on stdout; its
-    stderr goes to an anonymous temporary file whose tail explains a crash.
+    Fed one job folder per request, it answers one JSON line per job; it runs
+    in a private home folder, removed when the worker is closed.
     """
-
-    def __init__(self, host: str) -> None:
-        import queue
-        import threading
-
-        self.host = host
-        self.home = Path(tempfile.mkdtemp(prefix="kexport-rehost-worker-"))
-        os.chmod(self.home, 0o700)
-        self.log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the worker
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "kexport.routing.rehost.child"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
-            env=_child_env(host, self.home), cwd=self.home)
-        self.replies: queue.Queue[bytes] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True,
-                         name=f"kexport-rehost-{host}").start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.replies.put(line)
-        self.replies.put(b"")  # end of file: the worker exited
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def log_tail(self) -> str:
-        self.log.seek(0)
-        return self.log.read().decode("utf-8", "replace").strip()[-1500:]
-
-    def call(self, work: Path, timeout: float) -> None:
-        """Run the job in ``work``; raise :class:`CaptureError` if the worker fails."""
-        import queue
-
-        assert self.proc.stdin is not None
-        request = {"work": str(work), "sys_path": _parent_path()}
-        try:
-            self.proc.stdin.write((json.dumps(request) + "\n").encode())
-            self.proc.stdin.flush()
-            line = self.replies.get(timeout=timeout)
-        except queue.Empty as e:
-            self.close()
-            raise CaptureError(
-                f"Step 2/3 (re-host onto {self.host}): the child process did not finish "
-                f"in {timeout:g} s; it was stopped (the next re-host starts a new one)."
-            ) from e
-        except OSError:
-            line = b""
-        if not line:
-            code = self.proc.wait()
-            tail = self.log_tail()
-            self.close()
-            raise CaptureError(
-                f"Step 2/3 (re-host onto {self.host}): the child process exited with "
-                f"code {code} without a result. Its last output:\n{tail}"
-            )
-
-    def close(self) -> None:
-        if self.alive():
-            assert self.proc.stdin is not None
-            with contextlib.suppress(OSError):
-                self.proc.stdin.close()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        with contextlib.suppress(OSError):
-            self.log.close()
-        shutil.rmtree(self.home, ignore_errors=True)
+    home = Path(tempfile.mkdtemp(prefix="kexport-rehost-worker-"))
+    os.chmod(home, 0o700)
+    return Worker("kexport.routing.rehost.child", env=_child_env(host, home), cwd=home,
+                  name=f"kexport-rehost-{host}",
+                  on_close=functools.partial(shutil.rmtree, home, ignore_errors=True))
 
 
-_WORKERS: dict[str, _Worker] = {}
+def _call(worker: Worker, host: str, work: Path, timeout: float) -> None:
+    """Run the job in ``work``; raise :class:`CaptureError` if the worker fails."""
+    try:
+        reply = worker.ask({"work": str(work), "sys_path": _parent_path()}, timeout)
+    except TimeoutError as e:
+        worker.close(wait=10)
+        raise CaptureError(
+            f"Step 2/3 (re-host onto {host}): the child process did not finish "
+            f"in {timeout:g} s; it was stopped (the next re-host starts a new one)."
+        ) from e
+    if reply is None:
+        code = worker.exit_code()
+        tail = worker.log_tail(1500)
+        worker.close(wait=10)
+        raise CaptureError(
+            f"Step 2/3 (re-host onto {host}): the child process exited with "
+            f"code {code} without a result. Its last output:\n{tail}"
+        )
+
+
+_WORKERS: dict[str, Worker] = {}
 _WORKERS_LOCK = threading.Lock()
 
 
@@ -394,7 +345,7 @@ def close_workers() -> None:
     """Stop every re-host worker process of this process (also run at exit)."""
     with _WORKERS_LOCK:
         while _WORKERS:
-            _WORKERS.popitem()[1].close()
+            _WORKERS.popitem()[1].close(wait=10)
 
 
 atexit.register(close_workers)
@@ -412,9 +363,9 @@ def _run_child(job: dict[str, Any], work: Path, host: str) -> dict[str, Any]:
         worker = _WORKERS.get(host)
         if worker is None or not worker.alive():
             if worker is not None:
-                worker.close()
-            worker = _WORKERS[host] = _Worker(host)
-        worker.call(work, CHILD_TIMEOUT_S)
+                worker.close(wait=10)
+            worker = _WORKERS[host] = _start_worker(host)
+        _call(worker, host, work, CHILD_TIMEOUT_S)
     result_file = work / "result.json"
     if not result_file.exists():
         raise CaptureError(

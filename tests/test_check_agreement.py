@@ -1,0 +1,109 @@
+"""One model, one verdict: the public ``kexport.verify`` and the exports' own checks agree.
+
+The export's checks (the ONNX Runtime acceptance of a fast converter's graph,
+the re-host check before an artifact is placed) and ``kexport.verify`` draw
+inputs, tolerances and the comparison from :mod:`kexport.check`; here they
+judge the same model and artifact and must give the same answer.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+import kexport
+from kexport.check.live import live_reference
+from kexport.check.report import VerificationReport
+from kexport.check.tolerance import TOLERANCES
+from kexport.formats.onnx._accept import Acceptance, NotTraceable
+
+
+def _lookup_model() -> keras.Model:
+    """Ids into an Embedding of vocabulary 2 (a generator drawing wider ids breaks it)."""
+    ids = keras.Input((4,), dtype="int32", name="ids")
+    x = keras.Input((6,), name="x")
+    e = keras.layers.Flatten()(keras.layers.Embedding(2, 3)(ids))
+    h = keras.layers.Concatenate()([e, x])
+    return keras.Model([ids, x], keras.layers.Dense(2, name="y")(h))
+
+
+def _shifted(model: keras.Model, delta: float) -> keras.Model:
+    other = keras.models.clone_model(model)
+    other.set_weights([w + delta for w in model.get_weights()])
+    return other
+
+
+def _accepted(model: keras.Model, path) -> bool:
+    """The ONNX acceptance's verdict on the graph at ``path`` for ``model``."""
+    artifact = kexport.load(path)
+    endpoint = artifact.endpoints[artifact.default_endpoint]
+    names = endpoint.input_names
+    reference = live_reference(model, names)
+    check = Acceptance(names, endpoint.inputs,
+                       lambda flat: reference(dict(zip(names, flat, strict=True))))
+    try:
+        check(str(path))
+    except NotTraceable:
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def lookup_onnx(tmp_path_factory):
+    model = _lookup_model()
+    path = tmp_path_factory.mktemp("agree") / "lookup.onnx"
+    kexport.export_onnx(model, path, verbose=False)
+    return model, path
+
+
+@pytest.mark.parametrize(("delta", "verdict"), [(0.0, True), (1e-7, True), (0.5, False)])
+def test_onnx_acceptance_and_verify_agree(lookup_onnx, delta, verdict):
+    model, path = lookup_onnx
+    live = model if delta == 0.0 else _shifted(model, delta)
+    report = kexport.verify(live, path, store=False)
+    assert report.ok is verdict, report.table()
+    assert _accepted(live, path) is verdict
+    # both ran the same cases: batch 1 and 3
+    assert sorted({c.input_shapes["ids"][0] for c in report.checks}) == [1, 3]
+
+
+def _rehost_verdict(want: np.ndarray, got: np.ndarray) -> bool:
+    from kexport.routing.rehost import parent as rehost
+
+    cases = {"serve": [{"key": "serve__b0", "batch": 1, "inputs": 1, "live": [want],
+                        "deterministic": True}]}
+    (row,) = rehost._compare(cases, {"out__serve__b0__0": got}, *TOLERANCES["float32"])
+    return row["ok"]
+
+
+def _verify_verdict(want: np.ndarray, got: np.ndarray) -> bool:
+    from kexport.runtime import EndpointInfo, TensorInfo
+    from kexport.verify import _check_case
+
+    info = EndpointInfo("serve", (TensorInfo("x", (None,), "float32"),),
+                        (TensorInfo("y", tuple(want.shape), str(want.dtype)),))
+    report = VerificationReport("onnx", "float32", *TOLERANCES["float32"], 0)
+    _check_case(report, info, "dyn=1", {"x": np.zeros(1, "float32")}, [want],
+                {"k/y": got}, "k", None)
+    return report.ok
+
+
+_F = np.array([[1.0, -2.0, 50.0]], "float32")
+PAIRS = {
+    "equal": (_F, _F.copy(), True),
+    "within float32 tolerance": (_F, _F + np.float32(1e-5), True),
+    "outside": (_F, _F + np.float32(0.1), False),
+    "NaN at the same place": (np.array([np.nan, 1.0]), np.array([np.nan, 1.0]), True),
+    "NaN elsewhere": (np.array([np.nan, 1.0]), np.array([1.0, np.nan]), False),
+    "shape": (_F, _F.reshape(3, 1), False),
+    "ids off by one": (np.array([1000], "int64"), np.array([1001], "int64"), False),
+    "mask flipped": (np.array([True, False]), np.array([True, True]), False),
+}
+
+
+@pytest.mark.parametrize("case", list(PAIRS))
+def test_rehost_check_and_verify_decide_alike(case):
+    want, got, verdict = PAIRS[case]
+    assert _verify_verdict(want, got) is verdict
+    assert _rehost_verdict(want, got) is verdict
