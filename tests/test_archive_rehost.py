@@ -1,4 +1,4 @@
-"""ExportArchive formats written by re-hosting the archive (registry.archive_host).
+"""ExportArchive formats written by re-hosting the archive (routing.archive_host).
 
 On the TensorFlow and JAX backends endpoints are ``tf.function`` objects, which
 ``torch.export`` cannot read, and JAX's hold ``XlaCallModule`` ops that OpenVINO
@@ -22,7 +22,7 @@ import pytest
 
 import kexport
 import rehost_layers
-from kexport import artifact, registry
+from kexport import artifact, routing
 from kexport.errors import UnsupportedRouteError, VerificationError
 
 BACKEND = keras.backend.backend()
@@ -74,25 +74,25 @@ def _no_local_paths(blob: bytes):
         assert local.encode() not in blob, local
 
 
-# -- the registry -----------------------------------------------------------------------------
-def test_registry_says_which_archives_are_rehosted_and_onto_what():
-    assert registry.archive_host("tensorflow", "torch") == "torch"
-    assert registry.archive_host("jax", "torch") == "torch"
-    assert registry.archive_host("jax", "openvino") == "tensorflow"
-    assert registry.archive_host("jax", "onnx") == "tensorflow"
+# -- the route tables----------------------------------------------------------------------------
+def test_route_tables_say_which_archives_are_rehosted_and_onto_what():
+    assert routing.archive_host("tensorflow", "torch") == "torch"
+    assert routing.archive_host("jax", "torch") == "torch"
+    assert routing.archive_host("jax", "openvino") == "tensorflow"
+    assert routing.archive_host("jax", "onnx") == "tensorflow"
     for fmt in ("tf_saved_model", "onnx", "litert", "openvino"):
-        assert registry.archive_host("tensorflow", fmt) is None
+        assert routing.archive_host("tensorflow", fmt) is None
     # the PyTorch capture: written natively where it can, on tensorflow otherwise
-    assert registry.archive_host("torch", "torch") is None
-    assert registry.archive_host("torch", "openvino") is None
-    assert registry.archive_host("torch", "tf_saved_model") == "tensorflow"
+    assert routing.archive_host("torch", "torch") is None
+    assert routing.archive_host("torch", "openvino") is None
+    assert routing.archive_host("torch", "tf_saved_model") == "tensorflow"
     # a host never re-hosts again (no loop through the worker)
     for fmt in artifact.FORMATS:
         for b in artifact.BACKENDS:
-            host = registry.archive_host(b, fmt)
-            assert host != b and (host is None or registry.archive_host(host, fmt) is None)
+            host = routing.archive_host(b, fmt)
+            assert host != b and (host is None or routing.archive_host(host, fmt) is None)
     with pytest.raises(UnsupportedRouteError, match=r"Expected `format` to be one of"):
-        registry.archive_host("jax", "pt2")
+        routing.archive_host("jax", "pt2")
 
 
 def test_endpoints_as_data_partials_and_untracked_models():

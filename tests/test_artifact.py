@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import pytest
 
 import kexport
-from kexport import artifact, registry
+from kexport import artifact, routing
 from kexport.artifact import (
     DEFAULT_ENDPOINT,
     FORMATS,
@@ -151,9 +151,9 @@ def test_descriptors_hold_the_artifact_facts():
     assert FORMATS["tf_saved_model"].recognizer is None
     assert FORMATS["onnx"].recognizer is artifact.is_onnx_artifact
     assert artifact.BACKENDS == ("tensorflow", "jax", "torch")
-    assert registry.format_info("onnx") is FORMATS["onnx"]
+    assert routing.format_info("onnx") is FORMATS["onnx"]
     with pytest.raises(kexport.UnsupportedRouteError, match="Did you mean 'onnx'"):
-        registry.format_info("onx")
+        routing.format_info("onx")
 
 
 def test_litert_tolerance_by_quantization_mode():

@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import kexport
-from kexport import registry
+from kexport import routing
 from kexport.signature import Spec, normalize, normalize_for_model
 
 pytestmark = pytest.mark.backends("tensorflow")
@@ -180,11 +180,11 @@ CATALOGUE = [
     ("verify: not an artifact", "verify",
      lambda p: (Path(p).mkdir(), kexport.verify(mlp(), p)), kexport.ArtifactError,
      r"Expected a kexport artifact"),
-    ("routes: unknown format", "registry.resolve",
-     lambda p: registry.resolve("tensorflow", "tflite"), kexport.UnsupportedRouteError,
+    ("routes: unknown format", "routing.resolve",
+     lambda p: routing.resolve("tensorflow", "tflite"), kexport.UnsupportedRouteError,
      r"Received: format='tflite'"),
-    ("routes: unknown backend", "registry.resolve",
-     lambda p: registry.resolve("mxnet", "onnx"), kexport.UnsupportedRouteError,
+    ("routes: unknown backend", "routing.resolve",
+     lambda p: routing.resolve("mxnet", "onnx"), kexport.UnsupportedRouteError,
      r"from the mxnet backend is not available"),
 ]
 

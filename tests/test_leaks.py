@@ -18,7 +18,7 @@ import keras
 import pytest
 
 import kexport
-from kexport import _atomic, artifact, registry
+from kexport import _atomic, artifact, routing
 
 BACKEND = keras.backend.backend()
 
@@ -51,7 +51,7 @@ def needles(tmp: Path, work: Path, temporaries: list[str]) -> dict[str, bytes]:
 
 @pytest.mark.parametrize("fmt", sorted(artifact.FORMATS))
 def test_artifact_holds_no_local_paths(tmp_path, monkeypatch, fmt):
-    candidates = [r for r in registry.routes(BACKEND, fmt) if r.available]
+    candidates = [r for r in routing.routes(BACKEND, fmt) if r.available]
     if not candidates:
         pytest.skip(f"no available route from {BACKEND} to {fmt}")
     if candidates[0].kind != "native":

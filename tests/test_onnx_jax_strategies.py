@@ -127,5 +127,5 @@ def test_verbose_export_says_why_the_fast_graph_was_not_used(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "kexport: not using the jax2onnx graph: ONNX Runtime:" in out
     assert "MaxPool" in out
-    assert "kexport: re-hosting on tensorflow (tf.function -> tf2onnx)" in out
+    assert "kexport: trying the next route: re-host on tensorflow (child process) -> tf2onnx" in out
     assert sys.prefix not in out and "site-packages" not in out

@@ -17,7 +17,7 @@ import pytest
 
 import kexport
 import rehost_layers
-from kexport import artifact, registry
+from kexport import artifact, routing
 from kexport.capture import endpoint
 from kexport.errors import SignatureError, UnsupportedRouteError, VerificationError
 from kexport.routing import rehost
@@ -30,29 +30,32 @@ def _np(x):
     return np.asarray(keras.ops.convert_to_numpy(x))
 
 
-# -- the registry ---------------------------------------------------------------------------------
+# -- the route tables--------------------------------------------------------------------------------
 def test_routes_table_orders_native_first_and_names_rehost_for_torch_saved_model():
     table = kexport.routes()
-    assert table == registry.routes()
-    cells = registry.matrix()
+    assert table == routing.routes()
+    cells = routing.matrix()
     assert set(cells) == {(b, f) for b in artifact.BACKENDS for f in artifact.FORMATS}
     for found in cells.values():
         kinds = [r.kind for r in found]
         assert kinds == sorted(kinds, key=["native", "rehost"].index)
-    (torch_sm,) = registry.routes("torch", "tf_saved_model")
-    assert torch_sm.kind == "rehost" and "tensorflow" in torch_sm.via
-    assert torch_sm.load() is rehost.saved_model_via_tensorflow
+    (torch_sm,) = routing.routes("torch", "tf_saved_model")
+    assert torch_sm.kind == "rehost" and torch_sm.host == "tensorflow"
+    assert "tensorflow" in torch_sm.via and callable(torch_sm.export)
     assert torch_sm.to_json()["available"] is True
 
 
 def test_route_reason_names_missing_package_and_pip_install(monkeypatch):
-    fake = registry.Route("torch", "tf_saved_model", "native", "torch_xla -> tf.saved_model",
-                          "kexport.formats.saved_model:export", ("kexport_no_such_pkg",), "xla")
-    monkeypatch.setattr(registry, "_ROUTES", [fake])
+    def export(*args, **kwargs):
+        raise AssertionError("a route with a missing package must not run")
+
+    fake = routing.Route("torch", "tf_saved_model", "native", "torch_xla -> tf.saved_model",
+                         export, ("kexport_no_such_pkg",), "xla")
+    monkeypatch.setattr(routing.table, "_ROUTES", [fake])
     assert fake.problem() == "missing kexport_no_such_pkg: pip install 'kexport[xla]'"
     with pytest.raises(UnsupportedRouteError,
                        match=r"native \(torch_xla -> tf.saved_model\): missing kexport_no_such_pkg"):
-        registry.resolve("torch", "tf_saved_model")
+        routing.resolve("torch", "tf_saved_model")
 
 
 def test_resolve_skips_rehost_route_for_model_with_unimportable_class(monkeypatch):
@@ -63,11 +66,11 @@ def test_resolve_skips_rehost_route_for_model_with_unimportable_class(monkeypatc
     model = keras.Sequential([keras.Input((2,)), Local()])
     with pytest.raises(UnsupportedRouteError,
                        match=r"rehost \(re-host on tensorflow.*class Local .* inside a function"):
-        registry.resolve("torch", "tf_saved_model", model)
+        routing.resolve("torch", "tf_saved_model", model)
 
 
 def test_torch_archive_capture_is_registered():
-    how, packages, _ = registry.captures()["torch"]
+    how, packages, _ = routing.captures()["torch"]
     assert how.startswith("rehost") and packages == ("tensorflow",)
 
 

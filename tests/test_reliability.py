@@ -2,7 +2,7 @@
 
 Parametrised over ``kexport.artifact.FORMATS`` so each format that lands is
 covered: formats without an available route on this backend are skipped
-with the reason the registry gives.
+with the reason the route table gives.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import kexport
-from kexport import _atomic, artifact, registry
+from kexport import _atomic, artifact, routing, runtime
 from kexport._keras_file import load_keras_file
 
 BACKEND = keras.backend.backend()
@@ -36,8 +36,8 @@ def target_for(tmp_path: Path, fmt: str, name: str = "out") -> Path:
     return tmp_path / f"{name}{artifact.FORMATS[fmt].suffix}"
 
 
-def route_or_skip(fmt: str, native_only: bool = False) -> registry.Route:
-    candidates = registry.routes(BACKEND, fmt)
+def route_or_skip(fmt: str, native_only: bool = False) -> routing.Route:
+    candidates = routing.routes(BACKEND, fmt)
     if not candidates:
         pytest.skip(f"no route from {BACKEND} to {fmt} is registered")
     for route in candidates:
@@ -85,7 +85,7 @@ def test_overwrite_true_and_artifact_replacement(tmp_path, fmt):
     kexport.export_model(model, str(path), format=fmt, verbose=False)  # no overwrite needed
     assert not (path / "junk.txt").exists()
     assert sorted(p.name for p in tmp_path.iterdir() if ".kexport-" in p.name) == []
-    if fmt not in registry.RUNTIMES:
+    if fmt not in runtime.RUNTIMES:
         pytest.skip(f"{fmt}: replaced and recognised; no runtime in kexport.load yet to verify")
     x = np.ones((2, 3), "float32")
     report = kexport.verify(model, str(path), [x], store=False)  # runs in a fresh process

@@ -1,4 +1,4 @@
-"""docs/routes.md is generated from the registry and must not drift from it."""
+"""docs/routes.md is generated from the route tables and must not drift from it."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import kexport
-from kexport import registry
+from kexport import routing
 from models import (
     NoisyLayer,
     Subclassed,
@@ -326,6 +326,6 @@ def test_jax_model_with_lookup_layer_is_rehosted_on_tensorflow(tmp_path, fresh_p
     x = np.array([[7, 12, 99], [36, 36, 1]], dtype="int64")
     got = fresh_process("saved_model_signature", path, "serving_default", {"ids": x})
     assert_close(got["y"], np_out(model(x)))
-    route = registry.resolve("jax", "tf_saved_model", model)
+    route = routing.resolve("jax", "tf_saved_model", model)
     assert route.kind == "rehost"
-    assert "'ids_lookup' (IntegerLookup)" in registry.routes("jax", "tf_saved_model")[0].problem(model)
+    assert "'ids_lookup' (IntegerLookup)" in routing.routes("jax", "tf_saved_model")[0].problem(model)

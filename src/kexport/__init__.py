@@ -32,7 +32,7 @@ from kexport.errors import (
     VerificationError,
     WriteError,
 )
-from kexport.registry import routes
+from kexport.routing import routes
 from kexport.runtime import Artifact, load
 from kexport.verify import VerificationReport, verify
 

@@ -47,13 +47,15 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from kexport.artifact import is_kexport_artifact
-from kexport.errors import KexportError, TargetExistsError, WriteError
+from kexport.errors import KexportError, SignatureError, TargetExistsError, WriteError, describe
 
 __all__ = [
     "FAULT_POINTS",
     "atomic_target",
+    "check_destination",
     "check_parent",
     "check_target",
     "overwrite_allowed",
@@ -525,3 +527,19 @@ def staging_dir(filepath: str | os.PathLike[str]) -> Iterator[Path]:
             _remove_created(created)
         with _ACTIVE_LOCK:
             _ACTIVE.discard(token)
+
+
+def check_destination(filepath: str | os.PathLike[str], overwrite: Any) -> None:
+    """Refuse bad ``filepath``/``overwrite`` values and, early, targets holding other data
+    or a folder that cannot hold them (missing folders are created at the write)."""
+    if not isinstance(filepath, (str, os.PathLike)) or not os.fspath(filepath):
+        raise SignatureError(
+            f"Expected `filepath` to be a non-empty str or pathlib.Path. "
+            f"Received: {describe(filepath)}"
+        )
+    if not isinstance(overwrite, bool):
+        raise SignatureError(
+            f"Expected `overwrite` to be True or False. Received: {describe(overwrite)}"
+        )
+    check_target(filepath, overwrite=overwrite)
+    check_parent(filepath)

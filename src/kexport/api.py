@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from kexport import _atomic
+from kexport import _atomic, routing
 from kexport.errors import SignatureError, describe
+from kexport.verify import raise_if_failed
+from kexport.verify import verify as check
 
 __all__ = ["export_litert", "export_model", "export_onnx", "export_openvino", "export_saved_model",
            "export_torch"]
@@ -28,22 +30,6 @@ def _check_common(model: Any, filepath: Any, verbose: Any) -> None:
         raise SignatureError(
             f"Expected `verbose` to be True, False or None. Received: {describe(verbose)}"
         )
-
-
-def _check_overwrite(filepath: str | os.PathLike[str], overwrite: Any) -> None:
-    """Refuse bad ``filepath``/``overwrite`` values and, early, targets holding other data
-    or a folder that cannot hold them (missing folders are created at the write)."""
-    if not isinstance(filepath, (str, os.PathLike)) or not os.fspath(filepath):
-        raise SignatureError(
-            f"Expected `filepath` to be a non-empty str or pathlib.Path. "
-            f"Received: {describe(filepath)}"
-        )
-    if not isinstance(overwrite, bool):
-        raise SignatureError(
-            f"Expected `overwrite` to be True or False. Received: {describe(overwrite)}"
-        )
-    _atomic.check_target(filepath, overwrite=overwrite)
-    _atomic.check_parent(filepath)
 
 
 def export_model(model: Any, filepath: str | os.PathLike[str], format: str = "tf_saved_model",
@@ -91,22 +77,18 @@ def export_model(model: Any, filepath: str | os.PathLike[str], format: str = "tf
     """
     import keras
 
-    from kexport import registry
-
     _check_common(model, filepath, verbose)
-    route = registry.resolve(keras.backend.backend(), format, model)
-    _check_overwrite(filepath, overwrite)
+    candidates = routing.usable(keras.backend.backend(), format, model)
+    _atomic.check_destination(filepath, overwrite)
     with _atomic.overwrite_policy(overwrite):
-        route.load()(model, filepath, verbose=verbose, input_signature=input_signature, **kwargs)
+        routing.export(candidates, model, filepath, verbose=verbose,
+                       input_signature=input_signature, **kwargs)
     if verify is not False:
         _verify_export(model, filepath, verify)
 
 
 def _verify_export(model: Any, filepath: str | os.PathLike[str], verify: Any) -> None:
     """Run :func:`kexport.verify` after an export; raise if it fails."""
-    from kexport.verify import raise_if_failed
-    from kexport.verify import verify as check
-
     if verify is True:
         options: dict[str, Any] = {}
     elif isinstance(verify, dict):

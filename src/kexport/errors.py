@@ -13,6 +13,7 @@ __all__ = [
     "ArtifactError",
     "CaptureError",
     "KexportError",
+    "RouteRefused",
     "SignatureError",
     "TargetExistsError",
     "UnsupportedRouteError",
@@ -31,6 +32,14 @@ class SignatureError(KexportError, ValueError):
 
 class CaptureError(KexportError, RuntimeError):
     """Tracing the model's computation on its backend failed."""
+
+
+class RouteRefused(CaptureError):
+    """A route found, while exporting, that it cannot carry this model.
+
+    Nothing was written. When the cell has a further route (e.g. a re-host),
+    :mod:`kexport.routing` tries it; otherwise the caller gets this error.
+    """
 
 
 class WriteError(KexportError, OSError):

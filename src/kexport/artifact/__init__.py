@@ -20,7 +20,9 @@ from kexport.artifact.descriptors import (
     LITERT_QUANTIZATIONS,
     FormatDescriptor,
     artifact_files,
+    format_info,
     litert_tolerance,
+    missing_packages,
 )
 from kexport.artifact.manifest import (
     DEFAULT_ENDPOINT,
@@ -72,6 +74,8 @@ __all__ = [
     "FormatDescriptor",
     "Manifest",
     "artifact_files",
+    "format_info",
+    "missing_packages",
     "check_openvino_weights",
     "default_endpoint",
     "endpoint_order",

@@ -4,11 +4,13 @@ One :class:`FormatDescriptor` per format says what its files look like
 (suffix, sidecar files), which packages its runtime needs, how to recognise
 an artifact kexport wrote, and which tolerance a comparison with the live
 model uses when the format declares one. How an artifact is *made* (the
-routes and writers) lives in :mod:`kexport.registry`.
+routes and writers) lives in :mod:`kexport.routing`.
 """
 
 from __future__ import annotations
 
+import difflib
+import importlib.util
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -22,9 +24,10 @@ from kexport.artifact.metadata import (
     is_openvino_artifact,
     is_torch_program_artifact,
 )
+from kexport.errors import UnsupportedRouteError
 
 __all__ = ["BACKENDS", "FORMATS", "LITERT_QUANTIZATIONS", "FormatDescriptor", "artifact_files",
-           "litert_tolerance"]
+           "format_info", "litert_tolerance", "missing_packages"]
 
 #: The Keras backends kexport exports from.
 BACKENDS: tuple[str, ...] = ("tensorflow", "jax", "torch")
@@ -131,3 +134,25 @@ def artifact_files(path: str | os.PathLike[str], format: str | None = None) -> l
         if sidecar.is_file():
             files.append(sidecar)
     return files
+
+
+def format_info(format: str) -> FormatDescriptor:
+    """The :class:`FormatDescriptor` named ``format``.
+
+    Raises:
+        UnsupportedRouteError: for unknown names, with a did-you-mean.
+    """
+    if not isinstance(format, str) or format not in FORMATS:
+        names = sorted(FORMATS)
+        hint = difflib.get_close_matches(str(format), names, n=1)
+        more = f" Did you mean '{hint[0]}'?" if hint else ""
+        raise UnsupportedRouteError(
+            f"Expected `format` to be one of {names}. Received: "
+            f"format={format!r}.{more}"
+        )
+    return FORMATS[format]
+
+
+def missing_packages(packages: tuple[str, ...]) -> tuple[str, ...]:
+    """Those of ``packages`` that cannot be imported here (nothing is imported)."""
+    return tuple(p for p in packages if importlib.util.find_spec(p) is None)

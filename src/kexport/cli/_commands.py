@@ -118,10 +118,10 @@ def _backend() -> str:
 def export(args: argparse.Namespace, progress: Progress) -> int:
     """``kexport export MODEL.keras --format F -o OUT``."""
     import kexport
-    from kexport import registry
+    from kexport import routing
     from kexport._summary import size_of
 
-    registry.format_info(args.format)
+    routing.format_info(args.format)
     signature = parse_signature(args.input_signature)
     kwargs: dict[str, Any] = {}
     if args.opset is not None:
@@ -310,12 +310,13 @@ def bench(args: argparse.Namespace, progress: Progress) -> int:
 
 def formats(args: argparse.Namespace, progress: Progress) -> int:
     """``kexport formats``: the backend x format route table."""
-    from kexport import registry
+    from kexport import routing
+    from kexport.runtime import runtime_formats
 
-    rows = registry.routes()
+    rows = routing.routes()
     data = {
         "formats": {n: {"description": f.description, "suffix": f.suffix,
-                        "loadable": n in registry.runtime_formats()}
+                        "loadable": n in runtime_formats()}
                     for n, f in FORMATS.items()},
         "routes": [r.to_json() for r in rows],
     }
@@ -324,7 +325,7 @@ def formats(args: argparse.Namespace, progress: Progress) -> int:
     for backend in BACKENDS:
         cells = []
         for fmt in names:
-            found = registry.routes(backend, fmt)
+            found = routing.routes(backend, fmt)
             usable = [r for r in found if r.available]
             if usable:
                 cells.append(usable[0].kind)

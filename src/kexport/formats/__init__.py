@@ -1,1 +1,2 @@
-"""Format writers: one module per artifact format (see kexport.registry)."""
+"""Format writers: one module per artifact format (the protocol: :mod:`kexport.formats._writer`;
+the routes that use them: :mod:`kexport.routing`)."""

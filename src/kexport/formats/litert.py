@@ -41,23 +41,21 @@ from typing import TYPE_CHECKING, Any
 from kexport import _summary
 from kexport._atomic import atomic_target
 from kexport.artifact import (
-    DEFAULT_ENDPOINT,
     LITERT_METADATA,
     LITERT_QUANTIZATIONS,
     Manifest,
 )
 from kexport.errors import CaptureError, KexportError, SignatureError, WriteError, describe
-from kexport.signature import flatten, normalize_for_model, pack_as
+from kexport.signature import flat_names, flatten, normalize_for_model, pack_as
 
 if TYPE_CHECKING:
-    from kexport.archive import ExportArchive
     from kexport.capture._base import TracedEndpoint
+    from kexport.formats._writer import EndpointArchive
 
 __all__ = [
     "LiteRTOptions",
-    "export",
-    "export_rehost",
-    "export_stateless",
+    "rehost_options",
+    "single_model_options",
     "tolerance",
     "write_archive",
 ]
@@ -282,7 +280,7 @@ def _with_metadata(flatbuffer: bytes, meta: Manifest) -> tuple[bytes, list[str]]
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model_obj)), ops
 
 
-def _metadata(archive: ExportArchive, options: LiteRTOptions) -> Manifest:
+def _metadata(archive: EndpointArchive, options: LiteRTOptions) -> Manifest:
     return Manifest.build(
         archive.endpoints, format="litert", backend=archive.backend,
         quantization=options.quantization,
@@ -290,7 +288,7 @@ def _metadata(archive: ExportArchive, options: LiteRTOptions) -> Manifest:
         precision=_PRECISION[options.quantization], allow_flex=options.allow_flex)
 
 
-def convert(archive: ExportArchive, options: LiteRTOptions) -> bytes:
+def convert(archive: EndpointArchive, options: LiteRTOptions) -> bytes:
     """Convert every endpoint of ``archive`` into one ``.tflite`` flatbuffer (bytes).
 
     Raises:
@@ -347,7 +345,7 @@ def _first_error_line(text: str) -> str:
     return text.strip().splitlines()[0][:300] if text.strip() else "(no message)"
 
 
-def write_archive(archive: ExportArchive, filepath: str | os.PathLike[str],
+def write_archive(archive: EndpointArchive, filepath: str | os.PathLike[str],
                   options: Any | None = None, verbose: bool = True) -> None:
     """Write ``archive`` as one ``.tflite`` file with one signature per endpoint.
 
@@ -369,74 +367,37 @@ def write_archive(archive: ExportArchive, filepath: str | os.PathLike[str],
         _summary.print_summary("litert", archive.endpoints, filepath)
 
 
-def export(model: Any, filepath: str | os.PathLike[str], *, verbose: bool | None = None,
-           input_signature: Any | None = None, quantization: str | None = None,
-           representative_dataset: Any | None = None, allow_flex: bool = False,
-           **kwargs: Any) -> None:
-    """Export ``model`` as a ``.tflite`` file with the signature ``serve``.
+def single_model_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split ``export_model``'s options: converter options go to the writer
+    (as one :class:`LiteRTOptions`), the rest to the capture (JAX: ``is_static``,
+    ``jax2tf_kwargs``).
 
-    The endpoint calls ``model(..., training=False)``; its inputs and outputs
-    carry the Keras names.
-
-    Args:
-        model: a built Keras model or layer.
-        filepath: the ``.tflite`` file to write.
-        verbose: print a summary (default ``True``).
-        input_signature: as for :func:`kexport.export_model`.
-        quantization: see :class:`LiteRTOptions`.
-        representative_dataset: see :class:`LiteRTOptions`.
-        allow_flex: see :class:`LiteRTOptions`.
-        **kwargs: backend capture options (JAX: ``is_static``, ``jax2tf_kwargs``).
+    Converter options: ``quantization``, ``representative_dataset`` and
+    ``allow_flex`` (see :class:`LiteRTOptions`).
     """
-    from kexport.archive import ExportArchive
-
-    options = LiteRTOptions(quantization, representative_dataset, allow_flex)
-    signature = normalize_for_model(model, input_signature)
-    archive = ExportArchive()
-    archive.track(model)
-    archive.add_endpoint(
-        DEFAULT_ENDPOINT, lambda *args: model(*args, training=False), signature, **kwargs
-    )
-    archive.write_out(filepath, options=options, verbose=True if verbose is None else verbose,
-                      format="litert")
+    converter = LiteRTOptions(options.pop("quantization", None),
+                              options.pop("representative_dataset", None),
+                              options.pop("allow_flex", False))
+    return options, {"options": converter}
 
 
-def export_stateless(model: Any, filepath: str | os.PathLike[str], **kwargs: Any) -> None:
-    """:func:`export` for captures that can write state back (the JAX route).
-
-    A LiteRT artifact holds no mutable state that TFLite can update (the
-    converter rejects ``uint32`` seed-generator assignments), and inference
-    with ``training=False`` changes none, so the endpoint is traced with
-    ``is_static=True`` unless the caller says otherwise.
-    """
-    kwargs.setdefault("is_static", True)
-    export(model, filepath, **kwargs)
-
-
-def export_rehost(model: Any, filepath: str | os.PathLike[str], *, verbose: bool | None = None,
-                  input_signature: Any | None = None, **kwargs: Any) -> Any:
-    """Re-host ``model`` onto the TensorFlow backend in a child process and convert there.
-
-    Converter options (``quantization``, ``allow_flex``) travel to the child;
-    a ``representative_dataset`` must then be a list of arrays/lists/dicts.
-    Float artifacts are compared with the live model before they are placed.
-    """
-    from kexport.routing.rehost import rehost_export
-
-    data = kwargs.get("representative_dataset")
+def rehost_options(model: Any, input_signature: Any, options: dict[str, Any]
+                   ) -> dict[str, Any]:
+    """What a re-host to LiteRT carries: converter options (``quantization``,
+    ``allow_flex``) travel to the child; a ``representative_dataset`` must then
+    be a list of arrays/lists/dicts. Float artifacts are compared with the
+    live model before they are placed; a full-integer artifact on batches of
+    its calibration data, with its quantization mode's tolerance."""
+    data = options.get("representative_dataset")
     given = None
     if data is not None:
-        from kexport.signature import flat_names
-
         names = flat_names(normalize_for_model(model, input_signature))
-        kwargs["representative_dataset"] = _plain_samples(data, names)
+        options["representative_dataset"] = _plain_samples(data, names)
         # A full-integer artifact is only accurate on inputs like its calibration
         # data: it is compared with the live model on those samples, batched.
-        given = _calibration_batches(kwargs["representative_dataset"], names)
-    atol, rtol = tolerance(kwargs.get("quantization"))
-    return rehost_export(model, filepath, "litert", "tensorflow",
-                         input_signature=input_signature, verbose=verbose,
-                         atol=atol, rtol=rtol, sample_inputs=given, **kwargs)
+        given = _calibration_batches(options["representative_dataset"], names)
+    atol, rtol = tolerance(options.get("quantization"))
+    return {**options, "atol": atol, "rtol": rtol, "sample_inputs": given}
 
 
 def _calibration_batches(samples: list[dict[str, Any]], names: list[str]

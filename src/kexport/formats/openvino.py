@@ -24,7 +24,7 @@ capture produced, never by backend name):
    nor its TFLite frontend (after a LiteRT conversion) reads it, so the JAX
    route re-hosts the model onto TensorFlow (:func:`export_rehost`), and
    ``ExportArchive.write_out(format="openvino")`` re-hosts JAX archives
-   (``registry.archive_host``) before this writer runs;
+   (``kexport.routing.archive_host``) before this writer runs;
 2. a Python callable on PyTorch tensors (PyTorch backend): ``torch.export``
    (:mod:`kexport.formats.torch_program`), then ``openvino.convert_model``.
 """
@@ -40,7 +40,6 @@ from typing import TYPE_CHECKING, Any
 from kexport import _summary
 from kexport._atomic import atomic_target
 from kexport.artifact import (
-    DEFAULT_ENDPOINT,
     MANIFEST_NAME,
     OPENVINO_MANIFEST_KEY,
     OPENVINO_PRODUCER_KEY,
@@ -54,17 +53,13 @@ from kexport.errors import (
     UnsupportedRouteError,
     WriteError,
 )
-from kexport.signature import flatten, normalize_for_model
+from kexport.signature import flatten
 
 if TYPE_CHECKING:
-    from kexport.archive import ExportArchive
     from kexport.capture._base import TracedEndpoint
+    from kexport.formats._writer import EndpointArchive
 
-__all__ = [
-    "export",
-    "export_rehost",
-    "write_archive",
-]
+__all__ = ["write_archive"]
 
 _WEIGHTS_PENDING = "kexport-weights-sha256-pending"
 
@@ -78,7 +73,7 @@ def _uses_xla_call_module(concrete: Any) -> bool:
     return any(n.op == "XlaCallModule" for n in nodes)
 
 
-def _from_tensorflow(endpoint: TracedEndpoint, archive: ExportArchive) -> Any:
+def _from_tensorflow(endpoint: TracedEndpoint, archive: EndpointArchive) -> Any:
     """Strategy 1: a TensorFlow function, read by OpenVINO's TensorFlow frontend."""
     import openvino as ov
 
@@ -96,7 +91,7 @@ def _from_tensorflow(endpoint: TracedEndpoint, archive: ExportArchive) -> Any:
     return ov.convert_model(concrete)
 
 
-def _from_torch(endpoint: TracedEndpoint, archive: ExportArchive) -> Any:
+def _from_torch(endpoint: TracedEndpoint, archive: EndpointArchive) -> Any:
     """Strategy 3: ``torch.export`` the Python callable, then convert the program."""
     import openvino as ov
 
@@ -108,7 +103,7 @@ def _from_torch(endpoint: TracedEndpoint, archive: ExportArchive) -> Any:
     return ov.convert_model(program)
 
 
-def _convert(endpoint: TracedEndpoint, archive: ExportArchive) -> Any:
+def _convert(endpoint: TracedEndpoint, archive: EndpointArchive) -> Any:
     is_tf = hasattr(endpoint.function, "get_concrete_function")
     strategy = _from_tensorflow if is_tf else _from_torch
     try:
@@ -171,7 +166,7 @@ def _named(model: Any, endpoint: TracedEndpoint) -> Any:
     return model
 
 
-def _manifest(archive: ExportArchive, layout: str) -> Manifest:
+def _manifest(archive: EndpointArchive, layout: str) -> Manifest:
     import openvino as ov
 
     return Manifest.build(archive.endpoints, format="openvino", backend=archive.backend,
@@ -186,7 +181,7 @@ def _save(model: Any, xml: Path, manifest: Manifest) -> None:
     ov.save_model(model, os.fspath(xml), compress_to_fp16=False)
 
 
-def write_archive(archive: ExportArchive, filepath: str | os.PathLike[str],
+def write_archive(archive: EndpointArchive, filepath: str | os.PathLike[str],
                   options: Any | None = None, verbose: bool = True) -> None:
     """Write ``archive`` as OpenVINO IR: one ``.xml``/``.bin`` pair, or a folder of them.
 
@@ -238,37 +233,3 @@ def write_archive(archive: ExportArchive, filepath: str | os.PathLike[str],
                     shutil.copyfile(f, t / f.name)
     if verbose:
         _summary.print_summary("openvino", archive.endpoints, filepath)
-
-
-def export(model: Any, filepath: str | os.PathLike[str], *, verbose: bool | None = None,
-           input_signature: Any | None = None, **kwargs: Any) -> None:
-    """Export ``model`` as OpenVINO IR with the endpoint ``serve``.
-
-    Args:
-        model: a built Keras model or layer.
-        filepath: ``name.xml`` (``name.bin`` is written beside it) or a folder.
-        verbose: print a summary (default ``True``).
-        input_signature: as for :func:`kexport.export_model`.
-        **kwargs: backend capture options (JAX: ``is_static``, ``jax2tf_kwargs``).
-    """
-    from kexport.archive import ExportArchive
-
-    signature = normalize_for_model(model, input_signature)
-    archive = ExportArchive()
-    archive.track(model)
-    archive.add_endpoint(
-        DEFAULT_ENDPOINT, lambda *args: model(*args, training=False), signature, **kwargs
-    )
-    archive.write_out(filepath, verbose=True if verbose is None else verbose, format="openvino")
-
-
-def export_rehost(model: Any, filepath: str | os.PathLike[str], *, verbose: bool | None = None,
-                  input_signature: Any | None = None, **kwargs: Any) -> Any:
-    """Re-host ``model`` onto the TensorFlow backend in a child process and convert there.
-
-    The child's IR is compared with the live model before it is placed.
-    """
-    from kexport.routing.rehost import rehost_export
-
-    return rehost_export(model, filepath, "openvino", "tensorflow",
-                         input_signature=input_signature, verbose=verbose, **kwargs)

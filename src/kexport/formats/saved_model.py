@@ -21,15 +21,15 @@ from typing import TYPE_CHECKING, Any
 
 from kexport import _summary
 from kexport._atomic import atomic_target
-from kexport.artifact import DEFAULT_ENDPOINT, SAVED_MODEL_MANIFEST, SERVING_DEFAULT, Manifest
+from kexport.artifact import SAVED_MODEL_MANIFEST, SERVING_DEFAULT, Manifest
 from kexport.errors import CaptureError, KexportError, SignatureError, WriteError
-from kexport.signature import flatten, normalize_for_model, pack_as
+from kexport.signature import flatten, pack_as
 
 if TYPE_CHECKING:
-    from kexport.archive import ExportArchive
     from kexport.capture._base import TracedEndpoint
+    from kexport.formats._writer import EndpointArchive
 
-__all__ = ["export", "write_archive"]
+__all__ = ["write_archive"]
 
 
 def _signature_function(endpoint: TracedEndpoint) -> Any:
@@ -51,12 +51,12 @@ def _signature_function(endpoint: TracedEndpoint) -> Any:
     return signature
 
 
-def metadata(archive: ExportArchive) -> Manifest:
+def metadata(archive: EndpointArchive) -> Manifest:
     """What the artifact says about itself (no local paths)."""
     return Manifest.build(archive.endpoints, format="tf_saved_model", backend=archive.backend)
 
 
-def write_archive(archive: ExportArchive, filepath: str | os.PathLike[str],
+def write_archive(archive: EndpointArchive, filepath: str | os.PathLike[str],
                   options: Any | None = None, verbose: bool = True) -> None:
     """Write ``archive`` as a SavedModel at ``filepath`` (atomically)."""
     import tensorflow as tf
@@ -105,20 +105,3 @@ def write_archive(archive: ExportArchive, filepath: str | os.PathLike[str],
     if verbose:
         _summary.print_summary("tf_saved_model", archive.endpoints, filepath,
                                default=first if first != SERVING_DEFAULT else None)
-
-
-def export(model: Any, filepath: str | os.PathLike[str], *, verbose: bool | None = None,
-           input_signature: Any | None = None, **kwargs: Any) -> None:
-    """Export ``model`` for inference as a SavedModel (the native route).
-
-    The single endpoint ``serve`` calls ``model(..., training=False)``.
-    """
-    from kexport.archive import ExportArchive
-
-    signature = normalize_for_model(model, input_signature)
-    archive = ExportArchive()
-    archive.track(model)
-    archive.add_endpoint(
-        DEFAULT_ENDPOINT, lambda *args: model(*args, training=False), signature, **kwargs
-    )
-    archive.write_out(filepath, verbose=True if verbose is None else verbose)

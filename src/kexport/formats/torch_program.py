@@ -37,15 +37,14 @@ from kexport import _summary
 from kexport._atomic import atomic_target
 from kexport.artifact import DEFAULT_ENDPOINT, MANIFEST_NAME, TORCH_PROGRAM_SUFFIX, Manifest
 from kexport.errors import CaptureError, KexportError, SignatureError, UnsupportedRouteError
-from kexport.signature import Spec, flatten, flatten_with_paths, normalize_for_model, pack_as
+from kexport.signature import Spec, flatten, flatten_with_paths, pack_as
 
 if TYPE_CHECKING:
-    from kexport.archive import ExportArchive
+    from kexport.formats._writer import EndpointArchive
 
 __all__ = [
-    "export",
     "export_program",
-    "export_rehost",
+    "single_model_options",
     "write_archive",
 ]
 
@@ -156,7 +155,7 @@ def export_program(fn: Callable[..., Any], signature: list[Any], input_names: li
         ) from e
 
 
-def _manifest(archive: ExportArchive, layout: str) -> Manifest:
+def _manifest(archive: EndpointArchive, layout: str) -> Manifest:
     import torch
 
     return Manifest.build(archive.endpoints, format="torch", backend=archive.backend,
@@ -189,7 +188,7 @@ def _save(program: Any, path: Path, manifest: Manifest) -> None:
                           extra_files={MANIFEST_NAME: manifest.dumps(indent=None)})
 
 
-def write_archive(archive: ExportArchive, filepath: str | os.PathLike[str],
+def write_archive(archive: EndpointArchive, filepath: str | os.PathLike[str],
                   options: Any | None = None, verbose: bool = True) -> None:
     """Write ``archive`` as ``.pt2`` program(s): one file, or a folder per endpoint.
 
@@ -201,7 +200,7 @@ def write_archive(archive: ExportArchive, filepath: str | os.PathLike[str],
 
     Archives built on TensorFlow/JAX reach this function on the PyTorch
     backend: ``ExportArchive.write_out(path, format="torch")`` re-hosts them
-    there (``registry.archive_host``), then verifies them against the live
+    there (``kexport.routing.archive_host``), then verifies them against the live
     endpoints.
 
     Raises:
@@ -235,33 +234,16 @@ def write_archive(archive: ExportArchive, filepath: str | os.PathLike[str],
         _summary.print_summary("torch", archive.endpoints, filepath)
 
 
-def export(model: Any, filepath: str | os.PathLike[str], *, verbose: bool | None = None,
-           input_signature: Any | None = None, **kwargs: Any) -> None:
-    """Export ``model`` (PyTorch backend) as a ``torch.export`` program (``.pt2``).
+def single_model_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A single-model ``.pt2`` export takes no options (dynamic dims come from the
+    signature).
 
-    The program calls ``model(..., training=False)``.
+    Raises:
+        SignatureError: for any option given.
     """
-    from kexport.archive import ExportArchive
-
-    if kwargs:
+    if options:
         raise SignatureError(
-            f"Unexpected keyword arguments for format='torch': {sorted(kwargs)}. "
+            f"Unexpected keyword arguments for format='torch': {sorted(options)}. "
             "Expected none (dynamic dims come from `input_signature`)."
         )
-    signature = normalize_for_model(model, input_signature)
-    archive = ExportArchive()
-    archive.track(model)
-    archive.add_endpoint(DEFAULT_ENDPOINT, lambda *args: model(*args, training=False), signature)
-    archive.write_out(filepath, verbose=True if verbose is None else verbose, format="torch")
-
-
-def export_rehost(model: Any, filepath: str | os.PathLike[str], *, verbose: bool | None = None,
-                  input_signature: Any | None = None, **kwargs: Any) -> Any:
-    """Re-host ``model`` onto the PyTorch backend in a child process and export there.
-
-    The child's artifact is compared with the live model before it is placed.
-    """
-    from kexport.routing.rehost import rehost_export
-
-    return rehost_export(model, filepath, "torch", "torch", input_signature=input_signature,
-                         verbose=verbose, **kwargs)
+    return {}, {}

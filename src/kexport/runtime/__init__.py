@@ -5,29 +5,52 @@ exposing ``detect(path) -> bool`` (cheap: file names and magic bytes, no
 heavy imports), ``PRECISIONS`` (the compute precisions its runtime can be
 pinned to, ``float32`` first) and ``open(path, given, precision) -> Artifact``,
 which pins its runtime to ``precision`` in one place. The modules are registered in
-:mod:`kexport.registry` (``RUNTIMES``), so adding a format's runtime is one
-module plus one registry row; :func:`load` never branches on format names.
+the table :data:`RUNTIMES` below (detection order), so adding a format's
+runtime is one module plus one row there; :func:`load` never branches on
+format names.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 from pathlib import Path
 from types import ModuleType
 
-from kexport.errors import ArtifactError, describe
+from kexport import _numerics
+from kexport.errors import ArtifactError, UnsupportedRouteError, describe
+from kexport.runtime import litert, onnx, openvino, saved_model, torch_program
 from kexport.runtime._base import Artifact, EndpointInfo, TensorInfo
 
-__all__ = ["Artifact", "EndpointInfo", "TensorInfo", "check_precision", "detect", "load",
-           "runtime_module"]
+__all__ = ["RUNTIMES", "Artifact", "EndpointInfo", "TensorInfo", "check_precision", "detect",
+           "load", "runtime_formats", "runtime_module"]
+
+#: format -> its loader module; :func:`detect` asks them in this order.
+RUNTIMES: dict[str, ModuleType] = {
+    "tf_saved_model": saved_model,
+    "onnx": onnx,
+    "litert": litert,
+    "openvino": openvino,
+    "torch": torch_program,
+}
+
+
+def runtime_formats() -> list[str]:
+    """Formats that :func:`load` can open, in detection order."""
+    return list(RUNTIMES)
 
 
 def runtime_module(format: str) -> ModuleType:
-    """The loader module of ``format`` (imported on demand)."""
-    from kexport import registry
+    """The loader module of ``format``.
 
-    return importlib.import_module(registry.runtime_for(format))
+    Raises:
+        UnsupportedRouteError: when no runtime is registered for ``format``.
+    """
+    if format not in RUNTIMES:
+        raise UnsupportedRouteError(
+            f"Expected a format with a runtime, one of {list(RUNTIMES)}. "
+            f"Received: format={format!r}"
+        )
+    return RUNTIMES[format]
 
 
 def detect(path: str | os.PathLike[str]) -> str:
@@ -36,8 +59,6 @@ def detect(path: str | os.PathLike[str]) -> str:
     Raises:
         ArtifactError: when ``path`` does not exist or is no known artifact.
     """
-    from kexport import registry
-
     if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
         raise ArtifactError(
             f"Expected `path` to be a non-empty str or pathlib.Path. Received: {describe(path)}"
@@ -47,14 +68,10 @@ def detect(path: str | os.PathLike[str]) -> str:
         raise ArtifactError(
             f"Expected an artifact at '{os.fspath(path)}'. Received a path that does not exist."
         )
-    for format in registry.runtime_formats():
-        try:
-            module = runtime_module(format)
-        except ImportError:
-            continue
+    for format, module in RUNTIMES.items():
         if module.detect(p):
             return format
-    kinds = ", ".join(registry.runtime_formats())
+    kinds = ", ".join(RUNTIMES)
     raise ArtifactError(
         f"Expected a kexport artifact (one of: {kinds}). Received: '{os.fspath(path)}', "
         "which none of the runtimes recognises."
@@ -104,17 +121,9 @@ def check_precision(format: str, precision: str | None) -> str:
         SignatureError: an unknown precision, or one the runtime lacks (the
             message names the runtimes that have it).
     """
-    from kexport import _numerics, registry
-
     wanted = _numerics.normalize(precision)
     offered = runtime_module(format).PRECISIONS
     if wanted not in offered:
-        elsewhere = []
-        for other in registry.runtime_formats():
-            try:
-                if wanted in runtime_module(other).PRECISIONS:
-                    elsewhere.append(other)
-            except ImportError:
-                continue
+        elsewhere = [other for other, module in RUNTIMES.items() if wanted in module.PRECISIONS]
         _numerics.check_supported(wanted, offered, format, elsewhere)
     return wanted

@@ -15,11 +15,12 @@ Pipeline (each failure names its step, the route and what to do next):
    - JAX: ``jax2onnx`` when ONNX Runtime reproduces the live model
      (:mod:`._jax`);
    - re-host (PyTorch and JAX models with a recurrent layer, or refused by
-     every strategy): the model is re-hosted on TensorFlow in a child
-     process by :mod:`kexport.routing.rehost` (config + variable values; a
+     every strategy): the route table (:mod:`kexport.routing.table`) runs the
+     cell's next route, which re-hosts the model on TensorFlow in a child
+     process (:mod:`kexport.routing.rehost`; config + variable values; a
      persistent worker per target backend), where the TensorFlow route
      writes the graph, which is checked against the live model before it is
-     placed;
+     placed (:func:`rehost_options` checks the options it carries);
 3. **finish** — inputs/outputs renamed to the Keras names, graph optimised
    (constant folding, dead-node and duplicate removal), opset checked,
    metadata set, local paths and debug metadata stripped;
@@ -36,7 +37,8 @@ Modules (this one only re-exports what the rest of kexport uses):
 - ``_graph``: constants, :class:`RawGraph`, the ``Strategy`` base and its ``Attempt``;
 - ``_options``: step 1 checks (options, lookup layers);
 - ``_tensorflow``, ``_torch``, ``_jax``: the capture strategies of each backend;
-- ``_export``: the strategy order per backend, the try-in-order loop, re-host;
+- ``_export``: the strategy order per backend, the try-in-order loop, what a
+  re-host carries;
 - ``_finish``: step 3 passes; ``_write``: step 4; ``_io``: external data;
 - ``_archive``: ``ExportArchive`` folders (recognising kexport's ONNX files is
   :mod:`kexport.artifact`'s);
@@ -49,9 +51,10 @@ from __future__ import annotations
 from kexport.formats.onnx._archive import write_archive
 from kexport.formats.onnx._export import (
     export_jax,
-    export_rehost,
     export_tensorflow,
     export_torch,
+    in_process_problem,
+    rehost_options,
 )
 from kexport.formats.onnx._graph import (
     ARCHIVE_WEIGHTS,
@@ -66,7 +69,8 @@ __all__ = [
     "DEFAULT_OPSET",
     "RawGraph",
     "export_jax",
-    "export_rehost",
+    "in_process_problem",
+    "rehost_options",
     "export_tensorflow",
     "export_torch",
     "write_archive",

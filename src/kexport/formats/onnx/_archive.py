@@ -18,12 +18,12 @@ from kexport.formats.onnx._write import _check
 from kexport.signature import flatten
 
 if TYPE_CHECKING:
-    from kexport.archive import ExportArchive
+    from kexport.formats._writer import EndpointArchive
 
 __all__ = ["write_archive"]
 
 
-def write_archive(archive: ExportArchive, filepath: str | os.PathLike[str],
+def write_archive(archive: EndpointArchive, filepath: str | os.PathLike[str],
                   options: Any | None = None, verbose: bool = True, *,
                   opset_version: int | None = None) -> None:
     """Write ``archive`` as a folder of ONNX graphs sharing one weights file.

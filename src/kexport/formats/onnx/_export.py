@@ -1,12 +1,14 @@
-"""One model to one ONNX file: each backend's strategies tried in order, then re-host.
+"""One model to one ONNX file: each backend's in-process strategies, tried in order.
 
 :data:`STRATEGIES` is the one place that orders them. The first strategy
 whose graph is accepted (captured, finished and, for a fast converter,
 reproduced by ONNX Runtime) is written; a refusal
 (:class:`~kexport.formats.onnx._accept.NotTraceable`) is reported in one line
-and the next strategy runs. On PyTorch and JAX a recurrent model, or one every
-strategy refused, is re-hosted on TensorFlow in a child process instead
-(:func:`export_rehost`). Nothing is written before one of them succeeds.
+and the next strategy runs; when the last one refuses,
+:class:`~kexport.errors.RouteRefused` lets the route table run the cell's next
+route (on PyTorch and JAX: a re-host on TensorFlow in a child process, whose
+options :func:`rehost_options` checks). Recurrent models go straight there
+(:func:`in_process_problem`). Nothing is written before one of them succeeds.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from kexport import _summary
 from kexport.artifact import DEFAULT_ENDPOINT
 from kexport.capture.source import rehost_source
+from kexport.errors import RouteRefused
 from kexport.formats.onnx._accept import NotTraceable
 from kexport.formats.onnx._finish import finish
 from kexport.formats.onnx._graph import Attempt, Strategy
@@ -31,14 +34,13 @@ from kexport.formats.onnx._options import _pop_options, _refuse_lookup_layers
 from kexport.formats.onnx._tensorflow import TensorFlowGraph
 from kexport.formats.onnx._torch import TorchExport, TracedTorch
 from kexport.formats.onnx._write import write_model
-from kexport.routing.rehost import rehost_export
 from kexport.signature import Spec, flatten, normalize_for_model
 
 if TYPE_CHECKING:
     import onnx
 
-__all__ = ["REHOST_ROUTE", "STRATEGIES", "export_jax", "export_rehost", "export_tensorflow",
-           "export_torch", "without_paths"]
+__all__ = ["REHOST_ROUTE", "STRATEGIES", "export_jax", "export_tensorflow", "export_torch",
+           "in_process_problem", "rehost_options", "without_paths"]
 
 #: Each backend's in-process strategies, in the order they are tried.
 STRATEGIES: dict[str, tuple[Strategy, ...]] = {
@@ -72,7 +74,9 @@ def _export(model: Any, filepath: str | os.PathLike[str], verbose: bool | None,
                     accept.close()  # no live reference call outlives its strategy
         _say_not_used(verbose, strategy, refused)
         if number == len(strategies):
-            raise refused
+            raise RouteRefused(f"Every in-process ONNX strategy of the {backend} backend "
+                               f"refused the model; the last: {without_paths(str(refused))}"
+                               ) from refused
     if verbose is None or verbose:
         _summary.print_summary("onnx", [summary], filepath)
 
@@ -161,22 +165,17 @@ def export_tensorflow(model: Any, filepath: str | os.PathLike[str], *,
             STRATEGIES["tensorflow"])
 
 
-def export_rehost(model: Any, filepath: str | os.PathLike[str], *,
-                  verbose: bool | None = None, input_signature: Any | None = None,
-                  **kwargs: Any) -> None:
-    """Any backend -> ONNX by re-hosting the model on TensorFlow in a child process.
-
-    Uses :func:`kexport.routing.rehost.rehost_export`: the graph is written by
-    the TensorFlow route in the re-host worker and compared with the live
-    model before it is placed at ``filepath``.
-    """
+def rehost_options(model: Any, input_signature: Any, options: dict[str, Any]
+                   ) -> dict[str, Any]:
+    """What a re-host to ONNX carries to the TensorFlow child: the checked
+    ``opset_version`` and ``external_data_threshold`` (bad options and lookup
+    layers are refused here, before the child starts)."""
     import keras
 
+    del input_signature
     _refuse_lookup_layers(model, REHOST_ROUTE)
-    opts = _pop_options(dict(kwargs), keras.backend.backend())  # refuse bad options here
-    rehost_export(model, filepath, "onnx", "tensorflow", input_signature=input_signature,
-                  verbose=verbose, opset_version=opts["opset"],
-                  external_data_threshold=opts["threshold"])
+    opts = _pop_options(options, keras.backend.backend())
+    return {"opset_version": opts["opset"], "external_data_threshold": opts["threshold"]}
 
 
 def export_jax(model: Any, filepath: str | os.PathLike[str], *,
@@ -186,14 +185,14 @@ def export_jax(model: Any, filepath: str | os.PathLike[str], *,
 
     ``jax2onnx`` in process when ONNX Runtime reproduces the live model at
     other sizes of every dynamic axis (:class:`~kexport.formats.onnx._jax.Jax2Onnx`),
-    else re-hosted on TensorFlow (:func:`export_rehost`). Models with a
-    recurrent layer go straight to the re-host route: tf2onnx writes one ONNX
+    else the route table's next route (a re-host on TensorFlow; see
+    :func:`rehost_options`) runs. Models with a recurrent layer go straight to
+    the re-host route (:func:`in_process_problem`): tf2onnx writes one ONNX
     ``LSTM``/``GRU`` op where ``jax2onnx`` writes a ``Loop`` (2-2.5x slower in
     ONNX Runtime).
     """
     _refuse_lookup_layers(model, "jax: jax2onnx")
-    _in_process_else_rehost(model, filepath, verbose, input_signature, kwargs, "jax",
-                            STRATEGIES["jax"])
+    _export(model, filepath, verbose, input_signature, kwargs, "jax", STRATEGIES["jax"])
 
 
 def export_torch(model: Any, filepath: str | os.PathLike[str], *,
@@ -207,44 +206,27 @@ def export_torch(model: Any, filepath: str | os.PathLike[str], *,
     ``torch.export`` + ``torch.onnx``. A model with a recurrent layer
     (both unroll Keras's Python RNN loop into a fixed number of steps), or one
     whose dynamic axis was fixed anyway, is re-hosted on TensorFlow instead
-    (:func:`export_rehost`) so that the time axis stays symbolic.
+    (:func:`in_process_problem`; the route table's next route) so that the
+    time axis stays symbolic.
     """
     _refuse_lookup_layers(model, "torch: torch.export -> torch.onnx")
-    _in_process_else_rehost(model, filepath, verbose, input_signature, kwargs, "torch",
-                            STRATEGIES["torch"])
+    _export(model, filepath, verbose, input_signature, kwargs, "torch", STRATEGIES["torch"])
 
 
-def _in_process_else_rehost(model: Any, filepath: str | os.PathLike[str],
-                            verbose: bool | None, input_signature: Any,
-                            kwargs: dict[str, Any], backend: str,
-                            strategies: Sequence[Strategy]) -> None:
-    """``strategies`` in process unless the model is recurrent or the last of
-    them refuses; then re-host on TensorFlow (nothing is written before either
-    succeeds)."""
-    signature = normalize_for_model(model, input_signature)
-    if _has_dynamic_recurrence(model, signature) is None:
-        try:
-            _export(model, filepath, verbose, input_signature, dict(kwargs), backend,
-                    strategies)
-            return
-        except NotTraceable:
-            if verbose is None or verbose:
-                print(f"kexport: re-hosting on tensorflow ({REHOST_ROUTE.partition(': ')[2]})")
-    export_rehost(model, filepath, verbose=verbose, input_signature=input_signature,
-                  **kwargs)
-
-
-def _has_dynamic_recurrence(model: Any, signature: list[Any]) -> str | None:
-    """The name of a recurrent layer of ``model``, if it has one.
+def in_process_problem(model: Any) -> str:
+    """Why the in-process JAX/PyTorch ONNX strategies should not carry ``model``;
+    ``""`` when they may try (the route table then re-hosts it instead).
 
     Keras on PyTorch runs RNNs as a Python loop: ``torch.export`` unrolls it,
     fixing a dynamic time axis, and even a fixed one gives a huge graph (an
-    LSTM over 32 steps took 80 s to export). Such models are re-hosted.
+    LSTM over 32 steps took 80 s to export); ``jax2onnx`` writes a ``Loop``
+    where tf2onnx writes one ``LSTM``/``GRU`` op (2-2.5x slower in ONNX
+    Runtime). Such models are re-hosted on TensorFlow.
     """
     import keras
 
-    del signature
     for layer in model._flatten_layers(include_self=False):
         if isinstance(layer, keras.layers.RNN):
-            return layer.name
-    return None
+            return (f"recurrent layer '{layer.name}' ({type(layer).__name__}): re-hosted "
+                    "on tensorflow, where the time axis stays symbolic")
+    return ""

@@ -12,9 +12,8 @@ from kexport.routing.rehost.parent import (
     close_workers,
     rehost_export,
     rehost_problem,
-    saved_model_via_tensorflow,
     write_archive_rehosted,
 )
 
 __all__ = ["DEFAULT_ATOL", "DEFAULT_RTOL", "close_workers", "rehost_export", "rehost_problem",
-           "saved_model_via_tensorflow", "write_archive_rehosted"]
+           "write_archive_rehosted"]

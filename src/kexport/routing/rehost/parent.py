@@ -32,7 +32,7 @@ TensorFlow backend writes, ...) works in four steps:
 The public entry points are :func:`rehost_export` (one model, any format),
 :class:`~kexport.routing.rehost.capture.RehostCapture` (an ``ExportArchive`` capture that records endpoints as
 data and re-hosts at ``write_out``) and :func:`write_archive_rehosted` (any
-capture's archive, for the formats the registry re-hosts, e.g. ``.pt2`` from
+capture's archive, for the formats the route tables re-host, e.g. ``.pt2`` from
 TensorFlow/JAX archives; the TensorFlow and JAX captures record every
 endpoint as data too, best-effort, with :func:`kexport.capture.endpoint.recipe_or_reason`).
 """
@@ -83,7 +83,6 @@ __all__ = [
     "close_workers",
     "rehost_export",
     "rehost_problem",
-    "saved_model_via_tensorflow",
     "write_archive_rehosted",
 ]
 
@@ -553,18 +552,6 @@ def rehost_export(model: Any, filepath: str | os.PathLike[str],
                    True if verbose is None else verbose, extra, atol, rtol, sample_inputs)
 
 
-def saved_model_via_tensorflow(model: Any, filepath: str | os.PathLike[str], *,
-                               verbose: bool | None = None, input_signature: Any | None = None,
-                               **kwargs: Any) -> list[dict[str, Any]]:
-    """The registry's re-host route to ``tf_saved_model`` (PyTorch backend, and JAX
-    models whose lookup layers ``jax2tf`` cannot trace).
-
-    Same as ``rehost_export(model, filepath, "tf_saved_model", "tensorflow", ...)``.
-    """
-    return rehost_export(model, filepath, "tf_saved_model", "tensorflow",
-                         input_signature=input_signature, verbose=verbose, **kwargs)
-
-
 # -- ExportArchive written by re-hosting (any capture) ------------------------------------------
 def _collection_refs(name: str, variables: list[Any], models: list[Any],
                      backend: str) -> list[list[int]]:
@@ -590,8 +577,8 @@ def write_archive_rehosted(archive: Any, filepath: str | os.PathLike[str], *,
                            rtol: float = DEFAULT_RTOL) -> list[dict[str, Any]]:
     """Write ``archive`` in ``format`` by re-hosting it onto the ``host`` backend.
 
-    Used by ``ExportArchive.write_out`` wherever the registry says so
-    (:func:`kexport.registry.archive_host`): every endpoint must have been
+    Used by ``ExportArchive.write_out`` wherever the route tables say so
+    (:func:`kexport.routing.archives.archive_host`): every endpoint must have been
     described as data when it was added (:class:`EndpointRecipe`); the tracked
     models are rebuilt on ``host`` in the worker process, the archive is
     re-created and written there with ``host``'s own writer, every endpoint

@@ -1,0 +1,293 @@
+"""``ExportArchive``: several serving endpoints in one artifact.
+
+The archive records endpoints (as traced ``tf.function`` objects produced by
+the backend's capture, see :mod:`kexport.capture`) and the resources they use,
+then hands them to a format writer in :meth:`ExportArchive.write_out`.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+from collections.abc import Callable
+from typing import Any
+
+from kexport import _atomic
+from kexport.artifact import default_endpoint, format_info
+from kexport.capture._base import TracedEndpoint
+from kexport.errors import SignatureError, UnsupportedRouteError, describe
+from kexport.routing.archives import archive_host, archive_route, capture_for
+from kexport.routing.rehost import write_archive_rehosted
+from kexport.signature import normalize
+
+__all__ = ["ExportArchive"]
+
+_RESERVED = {"variables", "trainable_variables", "non_trainable_variables", "signatures"}
+
+
+def _format_options(writer: Callable[..., Any]) -> list[str]:
+    """The options a format's archive writer takes: its keyword-only parameters."""
+    return [p.name for p in inspect.signature(writer).parameters.values()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY]
+
+
+def _accepts(writer: Callable[..., Any], names: list[str]) -> bool:
+    params = inspect.signature(writer).parameters
+    return all(n in params for n in names) or any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def _check_name(name: Any, what: str) -> str:
+    if not isinstance(name, str) or not name:
+        raise SignatureError(f"Expected {what} to be a non-empty str. Received: "
+                             f"{describe(name)}")
+    if not name.isidentifier():
+        raise SignatureError(
+            f"Expected {what} to be a Python identifier (letters, digits, _; "
+            f"no path separators), so it can be an attribute and a file name. "
+            f"Received: {name!r}"
+        )
+    return name
+
+
+class ExportArchive:
+    """Build an inference artifact with one or more serving endpoints.
+
+    Example:
+
+    ```python
+    archive = kexport.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        name="serve",
+        fn=model.call,
+        input_signature=[keras.InputSpec(shape=(None, 3), dtype="float32")],
+    )
+    archive.write_out("path/to/location")
+
+    reloaded = tf.saved_model.load("path/to/location")
+    outputs = reloaded.serve(inputs)
+    ```
+
+    Every endpoint becomes a serving signature (visible to TF-Serving); the
+    first one is also ``serving_default`` unless an endpoint has that name.
+    Variables used by endpoints are tracked automatically; call
+    :meth:`track` to expose ``variables``, ``trainable_variables`` and
+    ``non_trainable_variables`` on the reloaded object, or to add TensorFlow
+    resources such as lookup tables.
+    """
+
+    def __init__(self) -> None:
+        import keras
+
+        self.backend: str = keras.backend.backend()
+        self._capture = capture_for(self.backend)
+        self._endpoints: dict[str, TracedEndpoint] = {}
+        self._collections: dict[str, list[Any]] = {}
+        self._collection_vars: dict[str, list[Any]] = {}  # the Keras variables themselves
+
+    @property
+    def endpoint_names(self) -> list[str]:
+        """Names of the endpoints added so far, in order."""
+        return list(self._endpoints)
+
+    @property
+    def default_endpoint(self) -> str:
+        """What an artifact runs by default: ``serving_default`` if an endpoint
+        has that name, else the first endpoint added (``""`` when none)."""
+        return default_endpoint(self.endpoint_names)
+
+    @property
+    def endpoints(self) -> list[TracedEndpoint]:
+        """The traced endpoints, in the order they were added."""
+        return list(self._endpoints.values())
+
+    def track(self, resource: Any) -> Any:
+        """Track the variables of a layer/model, or a TensorFlow resource.
+
+        Args:
+            resource: a built Keras layer or model, or a TensorFlow trackable
+                (e.g. ``tf.lookup.StaticHashTable``).
+
+        Returns:
+            ``resource``, for chaining.
+        """
+        self._capture.track(resource)
+        return resource
+
+    def add_endpoint(self, name: str, fn: Callable[..., Any],
+                     input_signature: Any | None = None, **kwargs: Any) -> Any:
+        """Register a serving endpoint.
+
+        Args:
+            name: the endpoint's name; an attribute of the reloaded object and
+                a serving signature key.
+            fn: a model method (``model.call``), any callable using tracked
+                layers (``lambda x: model(x, training=True)``), or a
+                ``tf.function`` that was called at least once.
+            input_signature: one entry per positional argument of ``fn``;
+                each a spec or a list/tuple/dict of specs (``keras.InputSpec``,
+                ``tf.TensorSpec``, ``keras.KerasTensor`` or tensors).
+            **kwargs: on the JAX backend, ``is_static`` (bool, default
+                ``False``: non-trainable state such as RNG seeds is updated)
+                and ``jax2tf_kwargs`` (dict for ``jax2tf.convert``;
+                ``polymorphic_shapes`` and ``native_serialization`` are
+                computed when absent).
+
+        The endpoint is also recorded as data when it can be (a model
+        method, or a lambda/function passing its arguments to one tracked
+        model's method with constant keyword arguments), for formats that
+        :meth:`write_out` writes by re-hosting the archive; other endpoints
+        still work for every format written in process.
+
+        Returns:
+            The ``tf.function`` wrapping ``fn`` that the archive will save.
+
+        Raises:
+            SignatureError: duplicate name, or unknown input shapes.
+            CaptureError: when tracing ``fn`` fails.
+        """
+        _check_name(name, "the endpoint `name`")
+        if name in self._endpoints:
+            raise SignatureError(
+                f"Endpoint name '{name}' is already taken. Expected a new name. "
+                f"Existing endpoints: {list(self._endpoints)}"
+            )
+        if name in self._collections or name in _RESERVED:
+            raise SignatureError(
+                f"Expected an endpoint name not used by a variable collection or "
+                f"reserved ({sorted(_RESERVED)}). Received: {name!r}"
+            )
+        if not callable(fn):
+            raise SignatureError(f"Expected `fn` to be callable. Received: {describe(fn)}")
+        signature = None if input_signature is None else normalize(input_signature)
+        endpoint = self._capture.trace(name, fn, signature, **kwargs)
+        self._endpoints[name] = endpoint
+        return endpoint.function
+
+    def track_and_add_endpoint(self, name: str, resource: Any, input_signature: Any,
+                               **kwargs: Any) -> Any:
+        """Track ``resource`` and add an endpoint that calls it.
+
+        The returned ``tf.function`` may be called inside a later
+        ``tf.function`` endpoint, e.g. to combine TensorFlow preprocessing
+        with the model.
+        """
+        self.track(resource)
+        return self.add_endpoint(name, resource.__call__, input_signature, **kwargs)
+
+    def add_variable_collection(self, name: str, variables: Any) -> None:
+        """Expose ``variables`` as attribute ``name`` of the reloaded object.
+
+        Args:
+            name: attribute name on the reloaded object.
+            variables: a list, tuple or set of ``keras.Variable`` objects.
+        """
+        import keras
+
+        _check_name(name, "the collection `name`")
+        if name in self._endpoints or name in self._collections or name in _RESERVED:
+            raise SignatureError(
+                f"Expected a collection name not already used by an endpoint or "
+                f"collection and not reserved. Received: {name!r}"
+            )
+        if not isinstance(variables, (list, tuple, set)) or not all(
+                isinstance(v, keras.Variable) for v in variables):
+            raise SignatureError(
+                "Expected `variables` to be a list/tuple/set of keras.Variable. "
+                f"Received: {describe(variables)}"
+            )
+        self._collections[name] = self._capture.collection(list(variables))
+        self._collection_vars[name] = list(variables)
+
+    def write_out(self, filepath: str | os.PathLike[str], options: Any | None = None,
+                  verbose: bool = True, format: str = "tf_saved_model",
+                  overwrite: bool = False, **format_options: Any) -> None:
+        """Write the artifact to ``filepath`` atomically.
+
+        Args:
+            filepath: where to write (a folder for SavedModel).
+            options: a ``tf.saved_model.SaveOptions`` (SavedModel only).
+            verbose: print a summary of endpoints and files written.
+            format: the artifact format.
+            overwrite: replace ``filepath`` even when it holds data that is
+                not a kexport artifact (a kexport artifact is always replaced).
+            **format_options: options of the format's archive writer (its
+                keyword-only parameters), e.g. ``opset_version=17`` for
+                ``format="onnx"``.
+
+        Where the route tables say so (:func:`kexport.routing.archives.archive_host`,
+        e.g. ``format="torch"`` on TensorFlow/JAX, ``"openvino"`` on JAX,
+        most formats on PyTorch), the archive is re-hosted: the tracked
+        models are rebuilt on the host backend in a child process, the
+        endpoints re-created from their description as data, the artifact
+        written there and compared with the live endpoints at two batch
+        sizes before it is placed.
+
+        Raises:
+            SignatureError: when no endpoint was added, or an option is not
+                one the format's writer takes.
+            UnsupportedRouteError: when an option cannot reach the process
+                that writes a re-hosted archive, or an endpoint of a
+                re-hosted archive cannot be described as data (e.g. a
+                closure with extra computation).
+            VerificationError: a re-hosted artifact differs from the live
+                endpoints (nothing is written then).
+            TargetExistsError: ``filepath`` holds other data and
+                ``overwrite`` is false.
+            WriteError: when writing fails; nothing is left half-written.
+        """
+        format_info(format)
+        if not self._endpoints:
+            raise SignatureError(
+                "Expected at least one endpoint before write_out(). Received an "
+                "archive with none: call add_endpoint() first."
+            )
+        if overwrite is False and _atomic.overwrite_allowed():
+            overwrite = True  # called by export_model(..., overwrite=True)
+        _atomic.check_destination(filepath, overwrite)
+        writer = archive_route(format).writer
+        valid = _format_options(writer)
+        unknown = sorted(set(format_options) - set(valid))
+        if unknown:
+            raise SignatureError(
+                f"Unexpected keyword arguments for write_out(format={format!r}): {unknown}. "
+                f"Expected only: {valid or 'none (this format takes no options)'}"
+            )
+        host = archive_host(self.backend, format)
+        if host is not None:  # written by re-hosting the archive onto another backend
+            if format_options and not _accepts(write_archive_rehosted, list(format_options)):
+                raise UnsupportedRouteError(
+                    f"The {self.backend} backend writes format={format!r} archives by "
+                    f"re-hosting, which cannot pass {sorted(format_options)} on yet. "
+                    "Expected no format options on this backend; export on the "
+                    f"{host} backend to use them."
+                )
+            writer = functools.partial(write_archive_rehosted, format=format, host=host)
+        with _atomic.overwrite_policy(overwrite):
+            writer(self, filepath, options=options, verbose=verbose, **format_options)
+
+    # -- for writers ----------------------------------------------------------
+    @property
+    def collections(self) -> dict[str, list[Any]]:
+        """Variable collections, name -> what the capture made of them (``tf.Variable``
+        objects, or references into the tracked models on a re-hosting capture)."""
+        return dict(self._collections)
+
+    def variable_collections(self) -> dict[str, list[Any]]:
+        """Variable collections, name -> the ``keras.Variable`` objects given."""
+        return {k: list(v) for k, v in self._collection_vars.items()}
+
+    def described_endpoints(self) -> dict[str, tuple[Any, Callable[..., Any]]]:
+        """Endpoints as data for re-hosting: name -> (``EndpointRecipe`` or why it could
+        not be described, the live endpoint function)."""
+        return self._capture.described()
+
+    def trackables(self) -> dict[str, Any]:
+        """What the artifact must hold: variables, resources, tracked state."""
+        return self._capture.trackables()
+
+    def save_context(self) -> Any:
+        """The backend's context for serialising traced functions."""
+        return self._capture.save_context()

@@ -1,0 +1,114 @@
+"""One model, one format: the single-model export, written once for every format.
+
+A native route exports a model by building a one-endpoint archive
+(``serve``, calling ``model(..., training=False)``) on the model's own
+backend and handing it to the format's archive writer; a re-host route
+rebuilds the model on another backend (:mod:`kexport.routing.rehost`). Both
+are made here from what a format declares: how it splits the options of
+``export_model`` between the capture and its writer
+(``single_model_options``), and what a re-host must carry or check
+(``rehost_options``). :func:`export` runs the routes of one cell in order.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from kexport.artifact import DEFAULT_ENDPOINT
+from kexport.errors import RouteRefused
+from kexport.routing.archive import ExportArchive
+from kexport.routing.rehost import rehost_export
+from kexport.signature import normalize_for_model
+
+if TYPE_CHECKING:
+    from kexport.routing.table import Route
+
+__all__ = ["OptionSplit", "RehostOptions", "export", "native_export", "rehost_export_for"]
+
+#: ``split(options) -> (capture options, writer options)`` for a single-model export.
+OptionSplit = Callable[[dict[str, Any]], tuple[dict[str, Any], dict[str, Any]]]
+#: ``prepare(model, input_signature, options) -> keyword arguments of rehost_export``.
+RehostOptions = Callable[[Any, Any, dict[str, Any]], dict[str, Any]]
+
+
+def _capture_only(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Every option goes to the capture (JAX: ``is_static``, ``jax2tf_kwargs``)."""
+    return options, {}
+
+
+def native_export(format: str, split: OptionSplit = _capture_only,
+                  capture_defaults: Mapping[str, Any] | None = None) -> Callable[..., None]:
+    """The native single-model export to ``format``.
+
+    Args:
+        format: the artifact format (its archive writer does the writing).
+        split: the format's ``single_model_options``: which options of
+            ``export_model`` go to the capture, which to the writer.
+        capture_defaults: capture options applied unless the caller gives them.
+    """
+    defaults = dict(capture_defaults or {})
+
+    def export_native(model: Any, filepath: str | os.PathLike[str], *,
+                      verbose: bool | None = None, input_signature: Any | None = None,
+                      **options: Any) -> None:
+        capture_options, writer_options = split(dict(options))
+        capture_options = {**defaults, **capture_options}
+        signature = normalize_for_model(model, input_signature)
+        archive = ExportArchive()
+        archive.track(model)
+        archive.add_endpoint(DEFAULT_ENDPOINT, lambda *args: model(*args, training=False),
+                             signature, **capture_options)
+        archive.write_out(filepath, verbose=True if verbose is None else verbose,
+                          format=format, **writer_options)
+
+    export_native.__qualname__ = export_native.__name__ = f"export_{format}_native"
+    return export_native
+
+
+def rehost_export_for(format: str, host: str,
+                      prepare: RehostOptions | None = None) -> Callable[..., Any]:
+    """The re-host export to ``format`` through the ``host`` backend.
+
+    Args:
+        format: the artifact format, written natively on ``host``.
+        host: the backend the model is rebuilt on, in a child process.
+        prepare: the format's ``rehost_options``: checks the options here and
+            returns the keyword arguments of
+            :func:`~kexport.routing.rehost.rehost_export` (options that travel
+            to the child, tolerances, sample inputs); by default every option
+            travels as it is.
+    """
+
+    def export_rehosted(model: Any, filepath: str | os.PathLike[str], *,
+                        verbose: bool | None = None, input_signature: Any | None = None,
+                        **options: Any) -> Any:
+        extra = prepare(model, input_signature, dict(options)) if prepare else options
+        return rehost_export(model, filepath, format, host, input_signature=input_signature,
+                             verbose=verbose, **extra)
+
+    export_rehosted.__qualname__ = export_rehosted.__name__ = f"export_{format}_via_{host}"
+    return export_rehosted
+
+
+def export(routes: Sequence[Route], model: Any, filepath: str | os.PathLike[str], *,
+           verbose: bool | None = None, input_signature: Any | None = None,
+           **options: Any) -> None:
+    """Export ``model`` with the first of ``routes`` that delivers.
+
+    ``routes`` are one cell's routes that can carry the model, in the order the
+    table gives. A route that finds, while exporting, that it cannot carry
+    the model raises :class:`~kexport.errors.RouteRefused` (nothing written);
+    the next one then runs, and a verbose export says so in one line.
+    """
+    for number, route in enumerate(routes, start=1):
+        try:
+            route.export(model, filepath, verbose=verbose, input_signature=input_signature,
+                         **options)
+            return
+        except RouteRefused:
+            if number == len(routes):
+                raise
+            if verbose is None or verbose:
+                print(f"kexport: trying the next route: {routes[number].via}")

@@ -1,0 +1,219 @@
+"""The route table: which backend can write which format, and how.
+
+A *route* is one way from a Keras backend to an artifact format: a capture
+plus a writer, or a re-host onto another backend plus that backend's route.
+This module is the only place that maps backends and formats to code, as
+typed entries holding the functions themselves; the rest of kexport asks it
+(:func:`resolve`, :func:`usable`) instead of
+branching on ``keras.backend.backend()``. Adding a format is one writer module
+under :mod:`kexport.formats`, one loader under :mod:`kexport.runtime`, one
+descriptor in :mod:`kexport.artifact` and its rows here and in
+:mod:`kexport.routing.archives` (see ``docs/architecture.md``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from kexport.artifact import BACKENDS, FORMATS, format_info, missing_packages
+from kexport.capture.jax import native_problem
+from kexport.errors import UnsupportedRouteError
+from kexport.formats import litert, onnx, torch_program
+from kexport.routing.rehost import rehost_problem
+from kexport.routing.single import native_export, rehost_export_for
+
+__all__ = ["Route", "matrix", "resolve", "routes", "usable"]
+
+
+@dataclass(frozen=True)
+class Route:
+    """One way to produce ``format`` from ``backend``.
+
+    Attributes:
+        backend: the Keras backend the model lives on.
+        format: the artifact format produced.
+        kind: ``"native"`` (traced on the model's own backend) or ``"rehost"``.
+        via: the building blocks used, for people.
+        export: the function that performs it: ``export(model, filepath, *,
+            verbose, input_signature, **options)``. It may raise
+            :class:`~kexport.errors.RouteRefused` when the model turns out to
+            be one it cannot carry; the next route of the cell then runs.
+        packages: importable modules this route needs.
+        extra: the pip extra that installs them.
+        check: optional ``check(model) -> str``: why this route cannot carry
+            ``model`` (``""`` when it can), e.g. layers a capture cannot trace.
+        host: for re-host routes, the backend the model is rebuilt on.
+    """
+
+    backend: str
+    format: str
+    kind: str
+    via: str
+    export: Callable[..., Any] = field(compare=False, repr=False)
+    packages: tuple[str, ...]
+    extra: str
+    check: Callable[[Any], str] | None = field(default=None, compare=False, repr=False)
+    host: str | None = None
+
+    @property
+    def missing(self) -> tuple[str, ...]:
+        """Required modules that cannot be imported here."""
+        return missing_packages(self.packages)
+
+    @property
+    def available(self) -> bool:
+        """Whether every package this route needs is installed."""
+        return not self.missing
+
+    @property
+    def reason(self) -> str:
+        """Why the route is unavailable, with the command that fixes it."""
+        if not self.missing:
+            return ""
+        return (f"missing {', '.join(self.missing)}: "
+                f"pip install 'kexport[{self.extra}]'")
+
+    def problem(self, model: Any | None = None) -> str:
+        """Why this route cannot export ``model`` here, ``""`` when it can.
+
+        A missing package (with the ``pip install`` that fixes it), what the
+        route's :attr:`check` says of the model or, for re-host routes, a model
+        feature that cannot travel to the child process (e.g. a custom layer
+        class defined in ``__main__``).
+        """
+        if self.missing:
+            return self.reason
+        if model is not None and self.check is not None:
+            problem = self.check(model)
+            if problem:
+                return problem
+        if model is not None and self.kind == "rehost":
+            return rehost_problem(model)
+        return ""
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-able row (``kexport formats --json``)."""
+        return {"backend": self.backend, "format": self.format, "kind": self.kind,
+                "via": self.via, "available": self.available, "reason": self.reason}
+
+
+_TF = ("tensorflow",)
+_TF2ONNX = ("tensorflow", "tf2onnx", "onnx", "onnxscript")
+_ROUTES: list[Route] = [
+    Route("tensorflow", "litert", "native", "tf.function -> tf.lite.TFLiteConverter",
+          native_export("litert", litert.single_model_options), _TF, "tensorflow"),
+    Route("jax", "litert", "native", "jax2tf (StableHLO) -> tf.lite.TFLiteConverter",
+          # LiteRT holds no state TFLite can update: trace with is_static=True
+          native_export("litert", litert.single_model_options, {"is_static": True}),
+          ("tensorflow", "jax"), "jax", check=native_problem),
+    Route("torch", "litert", "rehost",
+          "re-host on tensorflow (child process) -> tf.lite.TFLiteConverter",
+          rehost_export_for("litert", "tensorflow", litert.rehost_options), _TF, "tensorflow",
+          host="tensorflow"),
+    Route("tensorflow", "openvino", "native", "tf.function -> openvino.convert_model",
+          native_export("openvino"), ("tensorflow", "openvino"), "openvino"),
+    Route("jax", "openvino", "rehost",
+          "re-host on tensorflow (child process) -> tf.function -> openvino.convert_model",
+          rehost_export_for("openvino", "tensorflow"), ("tensorflow", "openvino"), "openvino",
+          host="tensorflow"),
+    Route("torch", "openvino", "native", "torch.export -> openvino.convert_model",
+          native_export("openvino"), ("torch", "openvino"), "openvino"),
+    Route("torch", "torch", "native", "torch.export (Dim dynamic batch)",
+          native_export("torch", torch_program.single_model_options), ("torch",), "torch"),
+    Route("tensorflow", "torch", "rehost", "re-host on torch (child process) -> torch.export",
+          rehost_export_for("torch", "torch"), ("torch",), "torch", host="torch"),
+    Route("jax", "torch", "rehost", "re-host on torch (child process) -> torch.export",
+          rehost_export_for("torch", "torch"), ("torch",), "torch", host="torch"),
+    Route("tensorflow", "tf_saved_model", "native", "tf.function -> tf.saved_model",
+          native_export("tf_saved_model"), _TF, "tensorflow"),
+    Route("jax", "tf_saved_model", "native", "jax2tf -> tf.function -> tf.saved_model",
+          native_export("tf_saved_model"), ("tensorflow", "jax"), "jax", check=native_problem),
+    Route("jax", "tf_saved_model", "rehost",
+          "re-host on tensorflow (child process) -> tf.function -> tf.saved_model "
+          "(models with TensorFlow lookup layers)",
+          rehost_export_for("tf_saved_model", "tensorflow"), _TF, "tensorflow",
+          host="tensorflow"),
+    Route("torch", "tf_saved_model", "rehost",
+          "re-host on tensorflow (child process) -> tf.function -> tf.saved_model",
+          rehost_export_for("tf_saved_model", "tensorflow"), _TF, "tensorflow",
+          host="tensorflow"),
+    Route("tensorflow", "onnx", "native", "tf.function -> tf2onnx",
+          onnx.export_tensorflow, _TF2ONNX, "onnx"),
+    Route("torch", "onnx", "native",
+          "torch.export -> torch.onnx (re-host on tensorflow for a dynamic recurrent time axis)",
+          onnx.export_torch, ("torch", "onnx", "onnxscript"), "onnx",
+          check=onnx.in_process_problem),
+    Route("jax", "onnx", "native",
+          "jax2onnx, kept when ONNX Runtime matches the live model (recurrent models and "
+          "graphs it cannot write or ONNX Runtime cannot run: re-host on tensorflow)",
+          onnx.export_jax,
+          ("jax2onnx", "onnx", "onnxruntime", "onnxscript", "tensorflow", "tf2onnx"), "onnx",
+          check=onnx.in_process_problem),
+    Route("jax", "onnx", "rehost", "re-host on tensorflow (child process) -> tf2onnx",
+          rehost_export_for("onnx", "tensorflow", onnx.rehost_options), _TF2ONNX, "onnx",
+          host="tensorflow"),
+    Route("torch", "onnx", "rehost", "re-host on tensorflow (child process) -> tf2onnx",
+          rehost_export_for("onnx", "tensorflow", onnx.rehost_options), _TF2ONNX, "onnx",
+          host="tensorflow"),
+]
+
+
+def routes(backend: str | None = None, format: str | None = None) -> list[Route]:
+    """The registered routes, optionally filtered, best first within each cell.
+
+    Args:
+        backend: keep only routes from this backend.
+        format: keep only routes to this format.
+    """
+    return [r for r in _ROUTES
+            if (backend is None or r.backend == backend)
+            and (format is None or r.format == format)]
+
+
+def matrix() -> dict[tuple[str, str], list[Route]]:
+    """Every backend x format cell with its routes in the order they are tried."""
+    return {(b, f): routes(b, f) for b in BACKENDS for f in FORMATS}
+
+
+def usable(backend: str, format: str, model: Any | None = None) -> list[Route]:
+    """The routes from ``backend`` to ``format`` that can run here, in the order tried.
+
+    Args:
+        backend: the Keras backend.
+        format: the artifact format.
+        model: when given, routes that cannot carry this model (see
+            :meth:`Route.problem`) are left out.
+
+    Raises:
+        UnsupportedRouteError: when the format is unknown, or no route exists
+            or none can run (the message gives each route's reason).
+    """
+    format_info(format)
+    candidates = routes(backend, format)
+    problems = [r.problem(model) for r in candidates]
+    found = [r for r, p in zip(candidates, problems, strict=True) if not p]
+    if found:
+        return found
+    if candidates:
+        reasons = "; ".join(f"{r.kind} ({r.via}): {p}"
+                            for r, p in zip(candidates, problems, strict=True))
+        raise UnsupportedRouteError(
+            f"Cannot export format '{format}' from the {backend} backend here: {reasons}"
+        )
+    others = sorted({r.backend for r in routes(format=format)})
+    raise UnsupportedRouteError(
+        f"Exporting format '{format}' from the {backend} backend is not "
+        f"available yet. Backends with a route to it: {others}. Next step: "
+        f"load the model with KERAS_BACKEND set to one of them and export there."
+    )
+
+
+def resolve(backend: str, format: str, model: Any | None = None) -> Route:
+    """The first route from ``backend`` to ``format`` that can run here (see :func:`usable`).
+
+    Raises:
+        UnsupportedRouteError: as :func:`usable`.
+    """
+    return usable(backend, format, model)[0]
