@@ -11,8 +11,6 @@ Heavy frameworks are imported only when a function needs them, so
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 from kexport._version import __version__
 from kexport.api import (
     export_litert,
@@ -22,6 +20,7 @@ from kexport.api import (
     export_saved_model,
     export_torch,
 )
+from kexport.archive import ExportArchive
 from kexport.errors import (
     ArtifactError,
     CaptureError,
@@ -35,9 +34,6 @@ from kexport.errors import (
 from kexport.routing import routes
 from kexport.runtime import Artifact, load
 from kexport.verify import VerificationReport, verify
-
-if TYPE_CHECKING:
-    from kexport.archive import ExportArchive
 
 __all__ = [
     "Artifact",
@@ -63,10 +59,3 @@ __all__ = [
     "verify",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    if name == "ExportArchive":
-        from kexport.archive import ExportArchive
-
-        return ExportArchive
-    raise AttributeError(f"module 'kexport' has no attribute {name!r}")

@@ -29,6 +29,7 @@ from kexport.check.samples import CASE_SIZES, sample_inputs
 from kexport.check.tolerance import TOLERANCES, default_tolerances, tolerances_for
 from kexport.check.worker import Worker
 from kexport.errors import SignatureError, VerificationError, describe
+from kexport.runtime import check_precision, detect, runtime_module
 from kexport.runtime._base import EndpointInfo, TensorInfo, feeds_for
 from kexport.runtime._worker import MARKER
 
@@ -175,7 +176,6 @@ def verify(model: Any, path: str | os.PathLike[str], inputs: Any | None = None, 
     """
     import numpy as np
 
-    from kexport.runtime import check_precision, detect
 
     for name, value in (("atol", atol), ("rtol", rtol)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
@@ -301,7 +301,6 @@ def store_report(format: str, path: str | os.PathLike[str], report: Verification
     """
     from pathlib import Path
 
-    from kexport.runtime import runtime_module
 
     module = runtime_module(format)
     writer = getattr(module, "store_report", None)

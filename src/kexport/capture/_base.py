@@ -11,7 +11,16 @@ from typing import Any
 
 from kexport.capture.endpoint import recipe_or_reason
 from kexport.errors import CaptureError, SignatureError
-from kexport.signature import Spec, flat_names, flatten_with_paths, map_structure, sanitize_name
+from kexport.signature import (
+    Spec,
+    _dtype_name,
+    _to_spec,
+    flat_names,
+    flatten_with_paths,
+    map_structure,
+    pack_as,
+    sanitize_name,
+)
 
 __all__ = ["Capture", "TracedEndpoint", "discover_layers", "owner_model", "output_names"]
 
@@ -307,8 +316,6 @@ def _to_plain(structure: Any) -> Any:
 
 
 def _np_dtype(dtype: Any) -> str:
-    from kexport.signature import _dtype_name
-
     return _dtype_name(dtype)
 
 
@@ -316,7 +323,6 @@ def tf_specs(signature: list[Any], names: list[str]) -> list[Any]:
     """``tf.TensorSpec`` structures for ``signature``, named by ``names``."""
     import tensorflow as tf
 
-    from kexport.signature import pack_as
 
     flat = [spec for _, spec in flatten_with_paths(signature)]
     ordered = [tf.TensorSpec(s.shape, tf.as_dtype(s.dtype), name=n) for s, n in zip(flat, names)]
@@ -324,8 +330,6 @@ def tf_specs(signature: list[Any], names: list[str]) -> list[Any]:
 
 
 def _from_tf_spec(spec: Any) -> Spec:
-    from kexport.signature import _to_spec
-
     return _to_spec(spec)
 
 

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from kexport.capture._base import Capture, tf_specs
+from kexport.capture._base import Capture, lookup_layers, tf_specs
 from kexport.errors import CaptureError, SignatureError
 from kexport.signature import Spec, flat_names, map_structure
 
@@ -84,7 +84,6 @@ def tf_only_layers(model: Any) -> list[Any]:
     tables in TensorFlow even on the JAX backend, so ``jax2tf`` cannot trace
     them.
     """
-    from kexport.capture._base import lookup_layers
 
     return lookup_layers(model)
 

@@ -1,6 +1,6 @@
 """Where the model being exported lives when it was re-hosted.
 
-A re-host child (:mod:`kexport.routing.rehost.child`) exports a model rebuilt
+A re-host child (:mod:`kexport.routing.rehost_child`) exports a model rebuilt
 from another backend; writers that record the source backend in their
 artifact's metadata ask :func:`rehost_source` while they write.
 """

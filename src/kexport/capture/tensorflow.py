@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kexport.capture._base import Capture, tf_specs
+from kexport.errors import SignatureError
 from kexport.signature import flat_names
 
 __all__ = ["TensorFlowCapture"]
@@ -32,7 +33,6 @@ class TensorFlowCapture(Capture):
         import tensorflow as tf
 
         if kwargs:
-            from kexport.errors import SignatureError
 
             raise SignatureError(
                 f"Endpoint '{name}': unexpected keyword arguments for the "

@@ -2,7 +2,7 @@
 
 :func:`kexport.verify` runs an artifact in a fresh ``python -m
 kexport.runtime._worker``; re-hosting keeps one ``python -m
-kexport.routing.rehost.child`` per target backend. Both are a
+kexport.routing.rehost_child`` per target backend. Both are a
 :class:`Worker`: started with :class:`subprocess.Popen` (never
 ``multiprocessing``, so user scripts without a ``__main__`` guard are safe),
 in the environment :func:`kexport._numerics.child_env` states (float32 math),

@@ -8,7 +8,8 @@ failed, 2 bad input or usage (a typed kexport error, a missing file, bad
 arguments).
 
 This module only builds the parser: the verbs live in :mod:`kexport.cli._commands`
-and import Keras and the runtimes when they run, so ``kexport --help`` stays fast.
+and import Keras and the runtimes when they run, so ``kexport --help`` stays fast
+(kexport's own modules import no framework at import time).
 """
 
 from __future__ import annotations
@@ -20,12 +21,11 @@ from collections.abc import Sequence
 
 from kexport._version import __version__
 from kexport.artifact import BACKENDS
+from kexport.cli import _commands
+from kexport.cli._codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from kexport.cli._quiet import json_stdout, quiet_libraries
 
 __all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "build_parser", "main"]
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
 
 def _positive(text: str) -> int:
     try:
@@ -150,8 +150,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     if getattr(args, "backend", None):
         os.environ["KERAS_BACKEND"] = args.backend
-    from kexport.cli import _commands
-    from kexport.cli._quiet import json_stdout, quiet_libraries
 
     with quiet_libraries(verbose=args.verbose), json_stdout(active=args.json):
         try:

@@ -10,11 +10,20 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import kexport
+from kexport import routing
+from kexport._keras_file import load_keras_file
+from kexport._summary import human_size, size_of
 from kexport.artifact import BACKENDS, FORMATS
-from kexport.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from kexport.check.live import live_reference
+from kexport.check.report import VerificationReport
+from kexport.check.samples import sample_inputs
+from kexport.cli._codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from kexport.cli._progress import Progress
 from kexport.cli._quiet import result_stream
-from kexport.errors import KexportError, SignatureError, VerificationError
+from kexport.errors import ArtifactError, KexportError, SignatureError, VerificationError
+from kexport.runtime import TensorInfo, runtime_formats
+from kexport.signature import Spec
 
 __all__ = ["run"]
 
@@ -49,8 +58,6 @@ def _emit(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
 
 
 def _human_size(n: int) -> str:
-    from kexport._summary import human_size
-
     return human_size(n)
 
 
@@ -58,19 +65,10 @@ def _human_size(n: int) -> str:
 
 def load_model(path: str, unsafe: bool) -> Any:
     """Load a ``.keras`` file with Keras safe mode unless ``unsafe``."""
-    from kexport.errors import ArtifactError
 
     if not os.path.isfile(path):
         raise ArtifactError(f"Expected a .keras model file. Received: '{path}', which "
                             f"{'is a folder' if os.path.isdir(path) else 'does not exist'}.")
-    try:
-        from kexport._keras_file import load_keras_file
-    except ImportError:  # pragma: no cover - until the reliability module lands
-        import keras
-
-        if not path.endswith(".keras"):
-            raise ArtifactError(f"Expected a .keras file. Received: '{path}'") from None
-        return keras.saving.load_model(path, safe_mode=not unsafe)
     return load_keras_file(path, safe_mode=not unsafe)
 
 
@@ -82,7 +80,6 @@ def parse_signature(text: str | None) -> Any:
     """
     if text is None:
         return None
-    from kexport.signature import Spec
 
     try:
         data = json.loads(text)
@@ -117,9 +114,6 @@ def _backend() -> str:
 
 def export(args: argparse.Namespace, progress: Progress) -> int:
     """``kexport export MODEL.keras --format F -o OUT``."""
-    import kexport
-    from kexport import routing
-    from kexport._summary import size_of
 
     routing.format_info(args.format)
     signature = parse_signature(args.input_signature)
@@ -159,7 +153,6 @@ def export(args: argparse.Namespace, progress: Progress) -> int:
 
 def verify(args: argparse.Namespace, progress: Progress) -> int:
     """``kexport verify MODEL.keras ARTIFACT``."""
-    import kexport
 
     with progress.step("Loading model"):
         model = load_model(args.model, args.unsafe)
@@ -175,7 +168,6 @@ def verify(args: argparse.Namespace, progress: Progress) -> int:
 
 def inspect(args: argparse.Namespace, progress: Progress) -> int:
     """``kexport inspect ARTIFACT``."""
-    import kexport
 
     with progress.step("Opening artifact"):
         artifact = kexport.load(args.artifact)
@@ -202,7 +194,6 @@ def inspect(args: argparse.Namespace, progress: Progress) -> int:
             lines.append(f"  {key}: {value if not isinstance(value, (dict, list)) else json.dumps(value)}")
     stored = info["verification"]
     if stored:
-        from kexport.check.report import VerificationReport
 
         lines.append("stored verification:")
         try:
@@ -249,8 +240,6 @@ def _stats(times: list[float], batch: int) -> dict[str, float]:
 
 def bench_inputs(endpoint: Any, batch: int, dim_size: int, seed: int = 0) -> dict[str, Any]:
     """Random inputs: the leading dynamic dim is ``batch``, others ``dim_size``."""
-    from kexport.check.samples import sample_inputs
-    from kexport.runtime import TensorInfo
 
     fixed = [TensorInfo(t.name, tuple((batch if i == 0 else dim_size) if d is None else d
                                       for i, d in enumerate(t.shape)), t.dtype)
@@ -261,7 +250,6 @@ def bench_inputs(endpoint: Any, batch: int, dim_size: int, seed: int = 0) -> dic
 
 def bench(args: argparse.Namespace, progress: Progress) -> int:
     """``kexport bench ARTIFACT [--batch N ...] [--model MODEL.keras]``."""
-    import kexport
 
     if args.seconds <= 0:
         raise SignatureError(f"Expected --seconds > 0. Received: {args.seconds}")
@@ -270,7 +258,6 @@ def bench(args: argparse.Namespace, progress: Progress) -> int:
     endpoint = artifact._endpoint(args.endpoint or artifact.default_endpoint)
     model = reference = None
     if args.model:
-        from kexport.check.live import live_reference
 
         with progress.step("Loading model"):
             model = load_model(args.model, args.unsafe)
@@ -310,8 +297,6 @@ def bench(args: argparse.Namespace, progress: Progress) -> int:
 
 def formats(args: argparse.Namespace, progress: Progress) -> int:
     """``kexport formats``: the backend x format route table."""
-    from kexport import routing
-    from kexport.runtime import runtime_formats
 
     rows = routing.routes()
     data = {

@@ -53,6 +53,8 @@ from kexport.errors import (
     UnsupportedRouteError,
     WriteError,
 )
+from kexport.formats import litert
+from kexport.formats.torch_program import export_program
 from kexport.signature import flatten
 
 if TYPE_CHECKING:
@@ -77,7 +79,6 @@ def _from_tensorflow(endpoint: TracedEndpoint, archive: EndpointArchive) -> Any:
     """Strategy 1: a TensorFlow function, read by OpenVINO's TensorFlow frontend."""
     import openvino as ov
 
-    from kexport.formats import litert
 
     concrete = litert._signature_function(endpoint, endpoint.function).get_concrete_function()
     if _uses_xla_call_module(concrete):
@@ -95,7 +96,6 @@ def _from_torch(endpoint: TracedEndpoint, archive: EndpointArchive) -> Any:
     """Strategy 3: ``torch.export`` the Python callable, then convert the program."""
     import openvino as ov
 
-    from kexport.formats.torch_program import export_program
 
     layers = list(archive.trackables()["tracked_layers"])
     program = export_program(endpoint.function, endpoint.signature, endpoint.input_names,

@@ -37,7 +37,7 @@ from kexport import _summary
 from kexport._atomic import atomic_target
 from kexport.artifact import DEFAULT_ENDPOINT, MANIFEST_NAME, TORCH_PROGRAM_SUFFIX, Manifest
 from kexport.errors import CaptureError, KexportError, SignatureError, UnsupportedRouteError
-from kexport.signature import Spec, flatten, flatten_with_paths, pack_as
+from kexport.signature import Spec, flatten, flatten_with_paths, map_structure, pack_as
 
 if TYPE_CHECKING:
     from kexport.formats._writer import EndpointArchive
@@ -100,7 +100,6 @@ def _flat_module(fn: Callable[..., Any], signature: list[Any], params: list[str]
     """A ``torch.nn.Module`` whose ``forward`` takes the flat, named inputs."""
     import torch
 
-    from kexport.signature import map_structure
 
     structure = map_structure(lambda s: s, signature)
 

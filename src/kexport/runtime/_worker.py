@@ -20,6 +20,8 @@ import sys
 import traceback
 from typing import Any
 
+from kexport.runtime import load
+
 MARKER = "@@kexport-worker@@ "
 
 
@@ -31,7 +33,6 @@ def _reply(payload: dict[str, Any]) -> None:
 def _handle(request: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
     import numpy as np
 
-    from kexport.runtime import load
 
     if request["cmd"] == "open":
         art = load(request["path"], precision=request.get("precision"))

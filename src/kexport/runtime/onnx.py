@@ -22,8 +22,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+from kexport._atomic import atomic_target
 from kexport._numerics import onnxruntime_options
 from kexport.artifact import DEFAULT_ENDPOINT, endpoint_order, manifest_default_endpoint
+from kexport.errors import ArtifactError, KexportError
 from kexport.runtime._base import Artifact, EndpointInfo, TensorInfo
 
 __all__ = ["PRECISIONS", "REPORT_KEY", "OnnxArtifact", "detect", "open", "store_report"]
@@ -169,7 +171,6 @@ class OnnxArtifact(Artifact):
             dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type))
             count = int(np.prod(tensor.dims)) if tensor.dims else 1
             if length >= 0 and length != count * dtype.itemsize:
-                from kexport.errors import ArtifactError
 
                 raise ArtifactError(
                     f"Weight '{tensor.name}' of '{file.name}': expected {count * dtype.itemsize} "
@@ -242,7 +243,6 @@ def open(path: Path, given: str, threads: int | None = None,
     Raises:
         ArtifactError: when ONNX Runtime cannot open a graph.
     """
-    from kexport.errors import ArtifactError, KexportError
 
     try:
         import onnx  # noqa: F401
@@ -274,7 +274,6 @@ def store_report(path: Path, report: dict[str, Any]) -> None:
     """
     import onnx
 
-    from kexport._atomic import atomic_target
 
     files, _, _ = _graph_files(path)
     text = json.dumps(report, sort_keys=True)

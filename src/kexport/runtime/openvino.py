@@ -19,12 +19,14 @@ import re
 from pathlib import Path
 from typing import Any
 
+from kexport._atomic import atomic_target
 from kexport._numerics import openvino_config, openvino_precision
 from kexport.artifact import (
     check_openvino_weights,
     manifest_default_endpoint,
     read_openvino_metadata,
 )
+from kexport.errors import ArtifactError
 from kexport.runtime._base import Artifact, EndpointInfo, TensorInfo
 
 __all__ = ["PRECISIONS", "REPORT_FILE", "REPORT_KEY", "OpenVINOArtifact", "detect", "open",
@@ -111,7 +113,6 @@ def open(path: Path, given: str, precision: str = "float32") -> OpenVINOArtifact
     Raises:
         ArtifactError: when OpenVINO is missing or cannot compile the IR.
     """
-    from kexport.errors import ArtifactError
 
     try:
         import openvino  # noqa: F401
@@ -153,7 +154,6 @@ def store_report(path: Path, report: dict[str, Any]) -> None:
     """
     import html
 
-    from kexport._atomic import atomic_target
 
     text = json.dumps(report, sort_keys=True)
     if path.is_dir():

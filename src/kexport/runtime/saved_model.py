@@ -15,8 +15,11 @@ import os
 from pathlib import Path
 from typing import Any
 
+from kexport._atomic import atomic_target
 from kexport.artifact import SAVED_MODEL_MANIFEST, SERVING_DEFAULT, default_endpoint
+from kexport.errors import ArtifactError
 from kexport.runtime._base import Artifact, EndpointInfo, TensorInfo
+from kexport.signature import _dtype_name
 
 __all__ = ["PRECISIONS", "REPORT_FILE", "SavedModelArtifact", "detect", "open",
            "store_report"]
@@ -42,8 +45,6 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 
 def _spec(name: str, spec: Any) -> TensorInfo:
-    from kexport.signature import _dtype_name
-
     shape = spec.shape
     dims = tuple(shape.as_list()) if shape.rank is not None else ()
     return TensorInfo(name, dims, _dtype_name(spec.dtype))
@@ -156,7 +157,6 @@ def open(path: Path, given: str, precision: str = "float32") -> SavedModelArtifa
     Raises:
         ArtifactError: when TensorFlow cannot load it.
     """
-    from kexport.errors import ArtifactError
 
     try:
         import tensorflow as tf
@@ -181,7 +181,6 @@ def store_report(path: Path, report: dict[str, Any]) -> None:
     artifact is complete at every moment and an earlier report is replaced
     whole or not at all.
     """
-    from kexport._atomic import atomic_target
 
     target = path / REPORT_FILE
     target.parent.mkdir(exist_ok=True)

@@ -20,6 +20,7 @@ from kexport.artifact import (
     manifest_default_endpoint,
     read_torch_program_metadata,
 )
+from kexport.errors import ArtifactError
 from kexport.runtime._base import Artifact, EndpointInfo, TensorInfo
 
 __all__ = ["PRECISIONS", "TorchProgramArtifact", "detect", "open"]
@@ -102,7 +103,6 @@ def open(path: Path, given: str, precision: str = "float32") -> TorchProgramArti
     Raises:
         ArtifactError: when PyTorch is missing or cannot load a program.
     """
-    from kexport.errors import ArtifactError
 
     try:
         import torch  # noqa: F401

@@ -17,7 +17,7 @@ TensorFlow backend writes, ...) works in four steps:
    route. The child then opens the artifact with :func:`kexport.load` (the
    format's own runtime) and runs it on sample inputs. The child is one
    persistent worker per target backend (``python -m
-   kexport.routing.rehost.child`` through :class:`subprocess.Popen`, never
+   kexport.routing.rehost_child`` through :class:`subprocess.Popen`, never
    ``multiprocessing``), started on first use, restarted if it died, reused
    by later re-hosts of the same parent process (the backend import is paid
    once) and stopped at exit.
@@ -304,14 +304,14 @@ def _child_env(host: str, home: Path) -> dict[str, str]:
 
 
 def _start_worker(host: str) -> Worker:
-    """One persistent ``python -m kexport.routing.rehost.child`` on ``host``.
+    """One persistent ``python -m kexport.routing.rehost_child`` on ``host``.
 
     Fed one job folder per request, it answers one JSON line per job; it runs
     in a private home folder, removed when the worker is closed.
     """
     home = Path(tempfile.mkdtemp(prefix="kexport-rehost-worker-"))
     os.chmod(home, 0o700)
-    return Worker("kexport.routing.rehost.child", env=_child_env(host, home), cwd=home,
+    return Worker("kexport.routing.rehost_child", env=_child_env(host, home), cwd=home,
                   name=f"kexport-rehost-{host}",
                   on_close=functools.partial(shutil.rmtree, home, ignore_errors=True))
 

@@ -1,7 +1,7 @@
 """The child side of re-hosting: a persistent worker per target backend.
 
 Started by :mod:`kexport.routing.rehost.parent` as
-``python -m kexport.routing.rehost.child`` with ``KERAS_BACKEND`` set to the
+``python -m kexport.routing.rehost_child`` with ``KERAS_BACKEND`` set to the
 target backend (never through ``multiprocessing``, so user scripts without a
 ``__main__`` guard are safe), and reused for every re-host onto that backend
 by the same parent process.
@@ -30,6 +30,13 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from kexport.capture.source import rehosted_from
+from kexport.routing.archive import ExportArchive
+from kexport.routing.single import export
+from kexport.routing.table import usable
+from kexport.runtime import load
+from kexport.signature import flat_names, specs_from_json
 
 __all__ = ["main", "run_job", "serve"]
 
@@ -86,20 +93,18 @@ def _endpoint_fn(model: Any, method: str, kwargs: dict[str, Any]) -> Callable[..
 
 
 def _export(models: list[Any], job: dict[str, Any]) -> None:
-    import kexport
-    from kexport.capture.source import rehosted_from
-    from kexport.signature import specs_from_json
+    import keras
 
     out = job["output"]
     with rehosted_from(job["source_backend"]):
         if job["mode"] == "model":
             (endpoint,) = job["endpoints"]
-            kexport.export_model(models[0], out, format=job["format"],
-                                 verbose=job["verbose"],
-                                 input_signature=specs_from_json(endpoint["signature"]),
-                                 **job["kwargs"])
+            # the host backend's own routes, as export_model would pick them
+            found = usable(keras.backend.backend(), job["format"], models[0])
+            export(found, models[0], out, verbose=job["verbose"],
+                   input_signature=specs_from_json(endpoint["signature"]), **job["kwargs"])
             return
-        archive = kexport.ExportArchive()
+        archive = ExportArchive()
         for m in models:
             archive.track(m)
         for ep in job["endpoints"]:
@@ -111,13 +116,10 @@ def _export(models: list[Any], job: dict[str, Any]) -> None:
 
 
 def _run(work: Path, job: dict[str, Any]) -> dict[str, Any]:
-    """Run the artifact on the sample inputs with its own runtime (:func:`kexport.load`)."""
+    """Run the artifact on the sample inputs with its own runtime (:func:`kexport.runtime.load`)."""
     import numpy as np
 
-    import kexport
-    from kexport.signature import flat_names, specs_from_json
-
-    artifact = kexport.load(job["output"], format=job["format"])
+    artifact = load(job["output"], format=job["format"])
     outputs: dict[str, Any] = {}
     with np.load(work / "inputs.npz") as data:
         for ep in job["endpoints"]:
