@@ -249,7 +249,7 @@ def test_rehosted_archive_is_verified_before_it_is_placed(tmp_path):
     archive.add_endpoint("serve", skewed.call, [keras.InputSpec(shape=(None, 3), name="a")])
     target = tmp_path / "p.pt2"
     with pytest.raises(VerificationError, match=r"(?s)re-hosted from the .* onto torch does not "
-                       r"compute what the live model computes.*endpoint 'serve' batch 2"):
+                       r"compute what the live model computes.*endpoint 'serve' batch 1: "):
         archive.write_out(target, format="torch", verbose=False)
     assert not list(tmp_path.iterdir())
 

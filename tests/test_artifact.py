@@ -28,6 +28,8 @@ from kexport.artifact import (
 )
 from kexport.signature import Spec
 
+pytestmark = pytest.mark.fast
+
 
 def _endpoint(name, inputs=("x",)):
     return SimpleNamespace(name=name, signature=[Spec((None, 4), "float32", n) for n in inputs],

@@ -20,6 +20,8 @@ from kexport.errors import SignatureError
 from kexport.runtime import TensorInfo
 from kexport.signature import Spec
 
+pytestmark = pytest.mark.fast
+
 # -- the sample generator -------------------------------------------------------------------------
 
 

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.fast
+
 SRC = Path(__file__).resolve().parents[1] / "src" / "kexport"
 ROOT = SRC.parents[1]
 

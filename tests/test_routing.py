@@ -1,0 +1,101 @@
+"""Fast tier: the route tables and the loop over one cell's routes (no export).
+
+Everything here runs in seconds on any backend: routes are looked up, checked
+against models and run with stand-in export functions.
+"""
+
+from __future__ import annotations
+
+import keras
+import pytest
+
+import kexport
+from kexport import artifact, routing
+from kexport.errors import CaptureError, RouteRefused, UnsupportedRouteError
+from kexport.routing import table
+
+pytestmark = pytest.mark.fast
+
+
+def _route(name, calls, *, fails=None, kind="native", packages=("keras",), check=None):
+    def export(model, filepath, *, verbose=None, input_signature=None, **options):
+        calls.append((name, options))
+        if fails is not None:
+            raise fails
+
+    return routing.Route("tensorflow", "onnx", kind, f"route {name}", export, packages,
+                         "extra", check=check)
+
+
+def test_every_cell_is_a_known_backend_and_format_and_natives_come_first():
+    cells = routing.matrix()
+    assert set(cells) == {(b, f) for b in artifact.BACKENDS for f in artifact.FORMATS}
+    for (backend, fmt), found in cells.items():
+        assert all(r.backend == backend and r.format == fmt for r in found)
+        kinds = [r.kind for r in found]
+        assert kinds == sorted(kinds, key=["native", "rehost"].index)
+        for r in found:
+            assert callable(r.export)
+            assert (r.host is not None) == (r.kind == "rehost")
+            assert r.host != backend
+    assert kexport.routes() == routing.routes()
+
+
+def test_a_refused_route_hands_over_to_the_next_and_says_so(capsys):
+    calls = []
+    first = _route("a", calls, fails=RouteRefused("cannot carry it"))
+    second = _route("b", calls, kind="rehost")
+    routing.export([first, second], object(), "out", verbose=None, opset_version=17)
+    assert calls == [("a", {"opset_version": 17}), ("b", {"opset_version": 17})]
+    assert "kexport: trying the next route: route b" in capsys.readouterr().out
+    calls.clear()
+    routing.export([first, second], object(), "out", verbose=False)
+    assert capsys.readouterr().out == ""
+
+
+def test_the_last_refusal_and_any_other_error_propagate():
+    calls = []
+    refused = _route("a", calls, fails=RouteRefused("no"))
+    with pytest.raises(RouteRefused, match="no"):
+        routing.export([refused], object(), "out", verbose=False)
+    assert issubclass(RouteRefused, CaptureError)
+    broken = _route("b", calls, fails=ValueError("a real bug"))
+    never = _route("c", calls)
+    calls.clear()
+    with pytest.raises(ValueError, match="a real bug"):
+        routing.export([broken, never], object(), "out", verbose=False)
+    assert [c for c, _ in calls] == ["b"]
+
+
+def test_usable_skips_routes_that_cannot_carry_the_model(monkeypatch):
+    calls = []
+    picky = _route("a", calls, check=lambda model: "it has a lookup layer" if model else "")
+    missing = _route("b", calls, packages=("kexport_no_such_pkg",))
+    fine = _route("c", calls)
+    monkeypatch.setattr(table, "_ROUTES", [picky, missing, fine])
+    assert routing.usable("tensorflow", "onnx", None) == [picky, fine]
+    assert routing.usable("tensorflow", "onnx", "model") == [fine]
+    assert routing.resolve("tensorflow", "onnx", "model") is fine
+    monkeypatch.setattr(table, "_ROUTES", [picky, missing])
+    with pytest.raises(UnsupportedRouteError,
+                       match=r"native \(route a\): it has a lookup layer; native \(route b\): "
+                             r"missing kexport_no_such_pkg: pip install 'kexport\[extra\]'"):
+        routing.usable("tensorflow", "onnx", "model")
+
+
+def test_unknown_format_and_backend_are_typed_errors():
+    with pytest.raises(UnsupportedRouteError, match=r"format='onx'\. Did you mean 'onnx'\?"):
+        routing.resolve("tensorflow", "onx")
+    with pytest.raises(UnsupportedRouteError, match="from the mxnet backend is not available"):
+        routing.resolve("mxnet", "onnx")
+    with pytest.raises(UnsupportedRouteError, match="ExportArchive is not available on the mxnet"):
+        routing.capture_for("mxnet")
+
+
+def test_archive_hosts_never_point_at_themselves_and_need_no_second_hop():
+    for b in artifact.BACKENDS:
+        for fmt in artifact.FORMATS:
+            host = routing.archive_host(b, fmt)
+            assert host != b and (host is None or routing.archive_host(host, fmt) is None)
+    assert routing.capture_host("torch") == "tensorflow"
+    assert routing.capture_host(keras.backend.backend()) in (None, "tensorflow")
