@@ -65,25 +65,25 @@ def spec(*shape, dtype="float32"):
 # (id, function, call, expected type, message pattern)
 CATALOGUE = [
     ("export: model is not a Keras model", "export_model",
-     lambda p: kexport.export_model("model.keras", p), kexport.SignatureError,
+     lambda p: kexport.export_model("model.keras", p), kexport.SignatureTypeError,
      r"Expected `model` to be a Keras model or layer\. Received: 'model.keras' \(of type str\)"),
     ("export: filepath of the wrong type", "export_model",
-     lambda p: kexport.export_model(mlp(), 42), kexport.SignatureError,
+     lambda p: kexport.export_model(mlp(), 42), kexport.SignatureTypeError,
      r"Expected `filepath` to be a non-empty str or pathlib\.Path\. Received: 42 \(of type int\)"),
     ("export: empty filepath", "export_model",
      lambda p: kexport.export_model(mlp(), ""), kexport.SignatureError,
      r"Expected `filepath` to be a non-empty str"),
     ("export: verbose not a bool", "export_model",
-     lambda p: kexport.export_model(mlp(), p, verbose="yes"), kexport.SignatureError,
+     lambda p: kexport.export_model(mlp(), p, verbose="yes"), kexport.SignatureTypeError,
      r"Expected `verbose` to be True, False or None\. Received: 'yes'"),
     ("export: overwrite not a bool", "export_model",
-     lambda p: kexport.export_model(mlp(), p, overwrite=1), kexport.SignatureError,
+     lambda p: kexport.export_model(mlp(), p, overwrite=1), kexport.SignatureTypeError,
      r"Expected `overwrite` to be True or False\. Received: 1 \(of type int\)"),
     ("export: unknown format, did-you-mean", "export_model",
-     lambda p: kexport.export_model(mlp(), p, format="onxx"), kexport.UnsupportedRouteError,
+     lambda p: kexport.export_model(mlp(), p, format="onxx"), kexport.UnknownFormatError,
      r"Expected `format` to be one of \[.*\]\. Received: format='onxx'\. Did you mean 'onnx'\?"),
     ("export: format not a str", "export_model",
-     lambda p: kexport.export_model(mlp(), p, format=None), kexport.UnsupportedRouteError,
+     lambda p: kexport.export_model(mlp(), p, format=None), kexport.UnknownFormatError,
      r"Expected `format` to be one of .* Received: format=None"),
     ("export: unbuilt subclassed model", "export_model",
      lambda p: kexport.export_model(Unbuilt(), p), kexport.SignatureError,
@@ -92,7 +92,7 @@ CATALOGUE = [
      lambda p: kexport.export_model(mlp(), p, input_signature=[spec(None, 3), spec(None, 4)]),
      kexport.SignatureError, r"Expected `input_signature` to match the inputs of model"),
     ("export: signature leaf not a spec", "export_model",
-     lambda p: kexport.export_model(mlp(), p, input_signature=["x"]), kexport.SignatureError,
+     lambda p: kexport.export_model(mlp(), p, input_signature=["x"]), kexport.SignatureTypeError,
      r"Expected each leaf of `input_signature` to be a keras\.InputSpec.*Received: 'x'"),
     ("export: unknown dtype", "export_model",
      lambda p: kexport.export_model(mlp(), p, input_signature=[Tensorish((2, 3), "float99")]),
@@ -107,7 +107,7 @@ CATALOGUE = [
      lambda p: kexport.export_model(mlp(), p, input_signature=[]), kexport.SignatureError,
      r"Expected a non-empty `input_signature`"),
     ("export: unknown keyword argument", "export_model",
-     lambda p: kexport.export_model(mlp(), p, frobnicate=True), kexport.SignatureError,
+     lambda p: kexport.export_model(mlp(), p, frobnicate=True), kexport.SignatureTypeError,
      r"unexpected keyword arguments .*\['frobnicate'\]"),
     ("export: invalid ONNX opset", "export_onnx",
      lambda p: kexport.export_onnx(mlp(), p + ".onnx", opset_version=3), kexport.SignatureError,
@@ -133,24 +133,24 @@ CATALOGUE = [
      kexport.SignatureError, r"Endpoint name 'serve' is already taken"),
     ("archive: endpoint name not a str", "ExportArchive.add_endpoint",
      lambda p: archive_with(None).add_endpoint(7, mlp().call, [spec(None, 3)]),
-     kexport.SignatureError, r"non-empty str\. Received: 7 \(of type int\)"),
+     kexport.SignatureTypeError, r"non-empty str\. Received: 7 \(of type int\)"),
     ("archive: fn not callable", "ExportArchive.add_endpoint",
      lambda p: archive_with(None).add_endpoint("serve", 3, [spec(None, 3)]),
-     kexport.SignatureError, r"Expected `fn` to be callable\. Received: 3"),
+     kexport.SignatureTypeError, r"Expected `fn` to be callable\. Received: 3"),
     ("archive: unknown input shapes", "ExportArchive.add_endpoint",
      lambda p: archive_with(None).add_endpoint("serve", mlp().call), kexport.SignatureError,
      r"the shapes and dtypes of the inputs of `fn` are unknown"),
     ("archive: signature arity does not match fn", "ExportArchive.add_endpoint",
      lambda p: archive_with(None).add_endpoint("serve", lambda a, b: a, [spec(None, 3)]),
-     kexport.SignatureError, r"one entry per positional argument of `fn` \(a, b\)"),
+     kexport.SignatureTypeError, r"one entry per positional argument of `fn` \(a, b\)"),
     ("archive: reserved endpoint name", "ExportArchive.add_endpoint",
      lambda p: archive_with(None).add_endpoint("variables", mlp().call, [spec(None, 3)]),
      kexport.SignatureError, r"reserved"),
     ("archive: track something untrackable", "ExportArchive.track",
-     lambda p: archive_with(None).track(object()), kexport.CaptureError,
+     lambda p: archive_with(None).track(object()), kexport.CaptureValueError,
      r"Expected a Keras layer/model or a TensorFlow trackable resource"),
     ("archive: track an unbuilt layer", "ExportArchive.track",
-     lambda p: archive_with(None).track(keras.layers.Dense(2)), kexport.CaptureError,
+     lambda p: archive_with(None).track(keras.layers.Dense(2)), kexport.CaptureValueError,
      r"Expected a built layer or model"),
     ("archive: collection of non-variables", "ExportArchive.add_variable_collection",
      lambda p: archive_with().add_variable_collection("extra", [1, 2]), kexport.SignatureError,
@@ -162,11 +162,11 @@ CATALOGUE = [
      lambda p: archive_with(None).write_out(p), kexport.SignatureError,
      r"Expected at least one endpoint before write_out\(\)"),
     ("archive: write_out unknown format", "ExportArchive.write_out",
-     lambda p: archive_with().write_out(p, format="saved_model"), kexport.UnsupportedRouteError,
+     lambda p: archive_with().write_out(p, format="saved_model"), kexport.UnknownFormatError,
      r"Did you mean 'tf_saved_model'\?"),
     ("archive: write_out bad options", "ExportArchive.write_out",
      lambda p: archive_with().write_out(p, options={"a": 1}, verbose=False),
-     kexport.SignatureError, r"Expected `options` to be a tf\.saved_model\.SaveOptions"),
+     kexport.SignatureTypeError, r"Expected `options` to be a tf\.saved_model\.SaveOptions"),
     ("load: path that does not exist", "load",
      lambda p: kexport.load(p + "/missing"), kexport.ArtifactError, r"does not exist"),
     ("load: not an artifact (text file)", "load",
@@ -176,12 +176,12 @@ CATALOGUE = [
      lambda p: kexport.load(3), kexport.ArtifactError,
      r"Expected `path` to be a non-empty str or pathlib\.Path\. Received: 3"),
     ("load: unknown format", "load",
-     lambda p: kexport.load(p, format="onxx"), kexport.KexportError, r"onxx"),
+     lambda p: kexport.load(p, format="onxx"), kexport.UnknownFormatError, r"onxx"),
     ("verify: not an artifact", "verify",
      lambda p: (Path(p).mkdir(), kexport.verify(mlp(), p)), kexport.ArtifactError,
      r"Expected a kexport artifact"),
     ("routes: unknown format", "routing.resolve",
-     lambda p: routing.resolve("tensorflow", "tflite"), kexport.UnsupportedRouteError,
+     lambda p: routing.resolve("tensorflow", "tflite"), kexport.UnknownFormatError,
      r"Received: format='tflite'"),
     ("routes: unknown backend", "routing.resolve",
      lambda p: routing.resolve("mxnet", "onnx"), kexport.UnsupportedRouteError,
@@ -189,12 +189,81 @@ CATALOGUE = [
 ]
 
 
+# The built-in type of each row: what Keras 3.15's exporter raises for the same misuse
+# (keras/src/export, keras/src/models/model.py: TypeError for a signature leaf that is not a
+# spec or tensor and for a model that is not a keras.Model, ValueError for unknown formats,
+# duplicate names, unknown shapes, no endpoint, untrackable or unbuilt resources...), or,
+# where Keras does not check, Python's own (TypeError: wrong argument type, unexpected
+# keyword argument, wrong number of arguments). docs/reliability.md shows it per row.
+BUILTIN = {
+    "export: model is not a Keras model": TypeError,
+    "export: filepath of the wrong type": TypeError,
+    "export: verbose not a bool": TypeError,
+    "export: overwrite not a bool": TypeError,
+    "export: signature leaf not a spec": TypeError,
+    "export: unknown keyword argument": TypeError,
+    "export: target holds other data": FileExistsError,
+    "export: a parent of filepath is a file": OSError,
+    "archive: endpoint name not a str": TypeError,
+    "archive: fn not callable": TypeError,
+    "archive: signature arity does not match fn": TypeError,
+    "archive: write_out bad options": TypeError,
+    "routes: unknown backend": NotImplementedError,
+}
+
+
+def builtin_of(case: str) -> type[BaseException]:
+    return BUILTIN.get(case, ValueError)
+
+
 @pytest.mark.parametrize(("case", "function", "call", "error", "message"), CATALOGUE,
                          ids=[row[0] for row in CATALOGUE])
 def test_catalogue(tmp_path, case, function, call, error, message):
+    """Each row: its kexport class AND the built-in type Keras raises, same message."""
     with pytest.raises(error, match=message) as info:
         call(str(tmp_path / "out"))
     assert isinstance(info.value, kexport.KexportError)
+    builtin = builtin_of(case)
+    (tmp_path / "again").mkdir()
+    with pytest.raises(builtin, match=message) as again:
+        call(str(tmp_path / "again" / "out"))
+    assert isinstance(again.value, error)
+    assert isinstance(info.value, builtin), (case, type(info.value).__mro__)
+
+
+def test_keras_style_handlers_still_catch():
+    """Code written for keras.export: `except TypeError` / `except ValueError` keep working."""
+    archive = archive_with(None)
+    model = mlp()
+    try:
+        archive.add_endpoint("serve", model.call, input_signature=(123,))
+    except TypeError as e:  # what Keras raises for a leaf that is not a spec or tensor
+        assert isinstance(e, kexport.SignatureTypeError) and isinstance(e, ValueError)
+        assert "Expected each leaf of `input_signature` to be a keras.InputSpec" in str(e)
+        assert "Received: 123 (of type int)" in str(e)
+    else:
+        raise AssertionError("a non-spec leaf must be refused")
+    for call, pattern in [
+        (lambda: archive.track(object()), "Expected a Keras layer/model"),
+        (lambda: archive.add_endpoint("serve", model.call), "are unknown"),
+        (lambda: archive.write_out("x"), "Expected at least one endpoint"),
+        (lambda: kexport.export_model(model, "x", format="onxx"), "Did you mean 'onnx'"),
+    ]:
+        with pytest.raises(ValueError, match=pattern) as info:
+            call()
+        assert isinstance(info.value, kexport.KexportError)
+    archive.add_endpoint("serve", model.call, [spec(None, 3)])
+    with pytest.raises(ValueError, match="already taken"):
+        archive.add_endpoint("serve", model.call, [spec(None, 3)])
+
+
+def test_docs_table_names_each_builtin():
+    """docs/reliability.md: the built-in column of each row is the one tested here."""
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in DOCS.read_text().splitlines()
+            if line.startswith("| ") and " | `" in line}
+    wrong = [case for case, *_ in CATALOGUE
+             if f"| `{builtin_of(case).__name__}` |" not in rows.get(case, "")]
+    assert wrong == []
 
 
 def test_bad_keras_files_catalogue(tmp_path):

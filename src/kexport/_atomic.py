@@ -50,7 +50,14 @@ from pathlib import Path
 from typing import Any
 
 from kexport.artifact import is_kexport_artifact
-from kexport.errors import KexportError, SignatureError, TargetExistsError, WriteError, describe
+from kexport.errors import (
+    KexportError,
+    SignatureError,
+    SignatureTypeError,
+    TargetExistsError,
+    WriteError,
+    describe,
+)
 
 __all__ = [
     "FAULT_POINTS",
@@ -533,12 +540,13 @@ def check_destination(filepath: str | os.PathLike[str], overwrite: Any) -> None:
     """Refuse bad ``filepath``/``overwrite`` values and, early, targets holding other data
     or a folder that cannot hold them (missing folders are created at the write)."""
     if not isinstance(filepath, (str, os.PathLike)) or not os.fspath(filepath):
-        raise SignatureError(
+        raise (SignatureError if isinstance(filepath, (str, os.PathLike))
+               else SignatureTypeError)(
             f"Expected `filepath` to be a non-empty str or pathlib.Path. "
             f"Received: {describe(filepath)}"
         )
     if not isinstance(overwrite, bool):
-        raise SignatureError(
+        raise SignatureTypeError(
             f"Expected `overwrite` to be True or False. Received: {describe(overwrite)}"
         )
     check_target(filepath, overwrite=overwrite)

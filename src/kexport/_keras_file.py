@@ -18,7 +18,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from kexport.artifact import strict_json
-from kexport.errors import ArtifactError, KexportError, SignatureError, describe
+from kexport.errors import ArtifactError, KexportError, SignatureError, SignatureTypeError, describe
 
 __all__ = ["load_keras_file"]
 
@@ -86,10 +86,11 @@ def load_keras_file(filepath: str | os.PathLike[str], *, safe_mode: bool = True)
             corrupted, or refused by safe mode.
     """
     if not isinstance(filepath, (str, os.PathLike)) or not os.fspath(filepath):
-        raise SignatureError("Expected `filepath` to be a non-empty str or pathlib.Path. "
+        raise (SignatureError if isinstance(filepath, (str, os.PathLike))
+               else SignatureTypeError)("Expected `filepath` to be a non-empty str or pathlib.Path. "
                              f"Received: {describe(filepath)}")
     if not isinstance(safe_mode, bool):
-        raise SignatureError(f"Expected `safe_mode` to be True or False. Received: "
+        raise SignatureTypeError(f"Expected `safe_mode` to be True or False. Received: "
                              f"{describe(safe_mode)}")
     path = Path(os.fspath(filepath))
     if not path.is_file():

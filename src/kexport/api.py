@@ -6,7 +6,7 @@ import os
 from typing import Any
 
 from kexport import _atomic, routing
-from kexport.errors import SignatureError, describe
+from kexport.errors import SignatureError, SignatureTypeError, describe
 from kexport.verify import raise_if_failed
 from kexport.verify import verify as check
 
@@ -18,16 +18,17 @@ def _check_common(model: Any, filepath: Any, verbose: Any) -> None:
     import keras
 
     if not isinstance(model, keras.layers.Layer):
-        raise SignatureError(
+        raise SignatureTypeError(
             f"Expected `model` to be a Keras model or layer. Received: {describe(model)}"
         )
     if not isinstance(filepath, (str, os.PathLike)) or not os.fspath(filepath):
-        raise SignatureError(
+        wrong_type = not isinstance(filepath, (str, os.PathLike))
+        raise (SignatureTypeError if wrong_type else SignatureError)(
             f"Expected `filepath` to be a non-empty str or pathlib.Path. "
             f"Received: {describe(filepath)}"
         )
     if verbose is not None and not isinstance(verbose, bool):
-        raise SignatureError(
+        raise SignatureTypeError(
             f"Expected `verbose` to be True, False or None. Received: {describe(verbose)}"
         )
 
@@ -94,7 +95,7 @@ def _verify_export(model: Any, filepath: str | os.PathLike[str], verify: Any) ->
     elif isinstance(verify, dict):
         options = dict(verify)
     else:
-        raise SignatureError(
+        raise SignatureTypeError(
             "Expected `verify` to be True, False or a dict of kexport.verify options. "
             f"Received: {describe(verify)}"
         )

@@ -5,6 +5,16 @@ names the pipeline stage that failed, so callers can catch exactly what they
 can handle (``except SignatureError``) and scripts can map errors to exit
 codes. Messages follow one pattern: what was expected, what was received, and
 what to do next when a fix is known.
+
+Each class is also the built-in type that Keras raises for the same misuse,
+so ``except ValueError`` / ``except TypeError`` code written for
+``model.export`` and ``keras.export.ExportArchive`` keeps working: a wrong
+*type* of argument (an ``input_signature`` leaf that is not a spec, a name
+that is not a str, ``fn`` that is not callable, an unexpected keyword
+argument) is a :class:`SignatureTypeError` (a ``TypeError`` and a
+``ValueError``); a resource ``track()`` cannot take is a
+:class:`CaptureValueError`; a format name kexport does not know is an
+:class:`UnknownFormatError` (a ``ValueError``).
 """
 
 from __future__ import annotations
@@ -12,10 +22,13 @@ from __future__ import annotations
 __all__ = [
     "ArtifactError",
     "CaptureError",
+    "CaptureValueError",
     "KexportError",
     "RouteRefused",
     "SignatureError",
+    "SignatureTypeError",
     "TargetExistsError",
+    "UnknownFormatError",
     "UnsupportedRouteError",
     "VerificationError",
     "WriteError",
@@ -30,8 +43,24 @@ class SignatureError(KexportError, ValueError):
     """The input signature is missing, malformed or does not fit the model."""
 
 
+class SignatureTypeError(SignatureError, TypeError):
+    """An argument of the wrong type: a signature leaf that is not a spec or a
+    tensor, a name that is not a str, ``fn`` that is not callable, a flag that is
+    not a bool, an unexpected keyword argument, the wrong number of inputs.
+
+    A ``TypeError``, as Keras raises (and Python, for arguments), and still a
+    :class:`SignatureError` (hence a ``ValueError``) as before.
+    """
+
+
 class CaptureError(KexportError, RuntimeError):
     """Tracing the model's computation on its backend failed."""
+
+
+class CaptureValueError(CaptureError, ValueError):
+    """``track()`` was given something it cannot track: not a Keras layer/model
+    or TensorFlow resource, or a layer that is not built (a ``ValueError``, as
+    in Keras)."""
 
 
 class RouteRefused(CaptureError):
@@ -55,6 +84,11 @@ class TargetExistsError(WriteError, FileExistsError):
 
 class UnsupportedRouteError(KexportError, NotImplementedError):
     """No route can produce the requested format from this backend here."""
+
+
+class UnknownFormatError(UnsupportedRouteError, ValueError):
+    """``format`` is not a format kexport knows (a ``ValueError``, as Keras's
+    ``Unrecognized format``)."""
 
 
 class ArtifactError(KexportError, ValueError):

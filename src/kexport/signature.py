@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from kexport.errors import SignatureError, describe
+from kexport.errors import SignatureError, SignatureTypeError, describe
 
 __all__ = [
     "specs_from_json",
@@ -144,7 +144,7 @@ def _to_spec(value: Any) -> Spec:
         if shape:
             shape = (None,) + shape[1:]
         return Spec(shape, _dtype_name(value.dtype))
-    raise SignatureError(
+    raise SignatureTypeError(
         "Expected each leaf of `input_signature` to be a keras.InputSpec, "
         "tf.TensorSpec, keras.KerasTensor or a tensor. Received: "
         f"{describe(value)}"
@@ -235,7 +235,7 @@ def normalize(input_signature: Any) -> list[Any]:
         )
     for _, leaf in flatten_with_paths(list(input_signature)):
         if leaf is None:
-            raise SignatureError(
+            raise SignatureTypeError(
                 "Expected every leaf of `input_signature` to be a spec. "
                 f"Received None inside: {describe(input_signature)}"
             )

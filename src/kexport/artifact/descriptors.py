@@ -24,7 +24,7 @@ from kexport.artifact.metadata import (
     is_openvino_artifact,
     is_torch_program_artifact,
 )
-from kexport.errors import UnsupportedRouteError
+from kexport.errors import UnknownFormatError
 
 __all__ = ["BACKENDS", "FORMATS", "LITERT_QUANTIZATIONS", "FormatDescriptor", "artifact_files",
            "format_info", "litert_tolerance", "missing_packages"]
@@ -140,13 +140,14 @@ def format_info(format: str) -> FormatDescriptor:
     """The :class:`FormatDescriptor` named ``format``.
 
     Raises:
-        UnsupportedRouteError: for unknown names, with a did-you-mean.
+        UnknownFormatError: for unknown names, with a did-you-mean (an
+            ``UnsupportedRouteError`` and a ``ValueError``).
     """
     if not isinstance(format, str) or format not in FORMATS:
         names = sorted(FORMATS)
         hint = difflib.get_close_matches(str(format), names, n=1)
         more = f" Did you mean '{hint[0]}'?" if hint else ""
-        raise UnsupportedRouteError(
+        raise UnknownFormatError(
             f"Expected `format` to be one of {names}. Received: "
             f"format={format!r}.{more}"
         )

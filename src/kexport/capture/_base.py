@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kexport.capture.endpoint import recipe_or_reason
-from kexport.errors import CaptureError, SignatureError
+from kexport.errors import CaptureError, CaptureValueError, SignatureError, SignatureTypeError
 from kexport.signature import (
     Spec,
     _dtype_name,
@@ -177,7 +177,7 @@ class Capture:
             if all(resource is not r for r in self._tracked_resources):
                 self._tracked_resources.append(resource)
             return
-        raise CaptureError(
+        raise CaptureValueError(
             "Expected a Keras layer/model or a TensorFlow trackable resource "
             f"(e.g. tf.lookup.StaticHashTable). Received: {type(resource).__name__}"
         )
@@ -187,7 +187,7 @@ class Capture:
         if any(layer is t for t in self._tracked_layers):
             return True
         if not layer.built:
-            raise CaptureError(
+            raise CaptureValueError(
                 f"Expected a built layer or model. Received: {type(layer).__name__} "
                 f"'{layer.name}' which is not built; call it on data (or build it) "
                 "before tracking it."
@@ -205,6 +205,29 @@ class Capture:
     def collection(self, variables: Any) -> list[Any]:
         """The ``tf.Variable`` objects behind Keras ``variables``."""
         raise NotImplementedError
+
+    def _exposed(self, variable: Any) -> Any:
+        """What ``ExportArchive.variables`` lists for a Keras variable of a tracked
+        layer: the variable itself, where the artifact's state is that variable."""
+        return variable
+
+    def tracked_variables(self) -> dict[str, list[Any]]:
+        """``variables``, ``trainable_variables`` and ``non_trainable_variables`` of
+        the tracked layers and models, in tracking order, each variable once.
+
+        A layer's split is its own (a frozen layer's variables are non-trainable);
+        each variable is shown as :meth:`_exposed` makes it.
+        """
+        out: dict[str, list[Any]] = {"variables": [], "trainable_variables": [],
+                                     "non_trainable_variables": []}
+        seen: dict[str, set[int]] = {k: set() for k in out}
+        for layer in self._tracked_layers:
+            for key in out:
+                for v in getattr(layer, key):
+                    if id(v) not in seen[key]:
+                        seen[key].add(id(v))
+                        out[key].append(self._exposed(v))
+        return out
 
     def described(self) -> dict[str, tuple[Any, Callable[..., Any]]]:
         """Each endpoint as data: ``name -> (EndpointRecipe or why not, live function)``.
@@ -225,9 +248,13 @@ class Capture:
 
     def trackables(self) -> dict[str, Any]:
         """What the written artifact must hold for its functions to run."""
-        tracked_vars = []
-        for layer in self._tracked_layers:
-            tracked_vars.extend(self._variables_of(layer))
+        tracked_vars: list[Any] = []
+        ids: set[int] = set()
+        for layer in self._tracked_layers:  # a layer inside a tracked model: once
+            for v in self._variables_of(layer):
+                if id(v) not in ids:
+                    ids.add(id(v))
+                    tracked_vars.append(v)
         return {
             "variables": list(self._variables.values()),
             "resources": list(self._resources),
@@ -248,7 +275,7 @@ class Capture:
         if isinstance(fn, tf.types.experimental.PolymorphicFunction) or hasattr(
                 fn, "get_concrete_function"):
             if kwargs:
-                raise SignatureError(
+                raise SignatureTypeError(
                     f"Endpoint '{name}' is a tf.function; extra arguments "
                     f"{sorted(kwargs)} cannot be applied to it."
                 )
@@ -393,7 +420,7 @@ def _check_positional(name: str, fn: Callable[..., Any], signature: list[Any]) -
                   and p.name not in ("training", "mask")]
     required = [p for p in positional if p.default is p.empty]
     if not (len(required) <= len(signature) <= len(positional)):
-        raise SignatureError(
+        raise SignatureTypeError(
             f"Endpoint '{name}': expected `input_signature` to hold one entry per "
             f"positional argument of `fn` ({', '.join(p.name for p in positional)}). "
             f"Received {len(signature)} entries."

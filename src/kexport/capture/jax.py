@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from kexport.capture._base import Capture, lookup_layers, tf_specs
-from kexport.errors import CaptureError, SignatureError
+from kexport.errors import CaptureError, SignatureError, SignatureTypeError
 from kexport.signature import Spec, flat_names, map_structure
 
 __all__ = ["JaxCapture", "polymorphic_shapes_for"]
@@ -129,6 +129,10 @@ class JaxCapture(Capture):
     def _variables_of(self, layer: Any) -> list[Any]:
         return [self._tf_var(v) for v in layer.variables]
 
+    def _exposed(self, variable: Any) -> Any:
+        """The ``tf.Variable`` copy the artifact holds (JAX arrays cannot be saved)."""
+        return self._tf_var(variable)
+
     def _options_problem(self, options: dict[str, Any]) -> str:
         """``is_static`` only concerns this capture's state write-back, so it does not
         stop re-hosting; ``jax2tf_kwargs`` shape the jax2tf conversion, which a
@@ -150,12 +154,12 @@ class JaxCapture(Capture):
         from jax.experimental import jax2tf
 
         if kwargs:
-            raise SignatureError(
+            raise SignatureTypeError(
                 f"Endpoint '{name}': unexpected keyword arguments {sorted(kwargs)}. "
                 "Expected only `is_static` and `jax2tf_kwargs` on the JAX backend."
             )
         if not isinstance(is_static, bool):
-            raise SignatureError(
+            raise SignatureTypeError(
                 f"Expected `is_static` to be a bool. Received: is_static={is_static!r}"
             )
         for layer in self._tracked_layers:
@@ -190,11 +194,11 @@ class JaxCapture(Capture):
                 updated.append(old if new is None else new)
             return outputs, updated
 
-        options = dict(jax2tf_kwargs or {})
-        if not isinstance(options, dict):
-            raise SignatureError(
+        if jax2tf_kwargs is not None and not isinstance(jax2tf_kwargs, dict):
+            raise SignatureTypeError(
                 f"Expected `jax2tf_kwargs` to be a dict. Received: {jax2tf_kwargs!r}"
             )
+        options = dict(jax2tf_kwargs or {})
         user_shapes = options.pop("polymorphic_shapes", None)
         poly = [None, None] + list(user_shapes or polymorphic_shapes_for(signature))
         options.setdefault("native_serialization", True)
@@ -210,7 +214,7 @@ class JaxCapture(Capture):
         try:
             converted = jax2tf.convert(stateless, polymorphic_shapes=poly, **options)
         except TypeError as e:
-            raise SignatureError(f"Endpoint '{name}': invalid jax2tf_kwargs: {e}") from e
+            raise SignatureTypeError(f"Endpoint '{name}': invalid jax2tf_kwargs: {e}") from e
         specs = tf_specs(signature, flat_names(signature))
 
         @tf.function(input_signature=specs, autograph=False)

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kexport.capture._base import Capture, tf_specs
-from kexport.errors import SignatureError
+from kexport.errors import SignatureTypeError
 from kexport.signature import flat_names
 
 __all__ = ["TensorFlowCapture"]
@@ -34,7 +34,7 @@ class TensorFlowCapture(Capture):
 
         if kwargs:
 
-            raise SignatureError(
+            raise SignatureTypeError(
                 f"Endpoint '{name}': unexpected keyword arguments for the "
                 f"TensorFlow backend: {sorted(kwargs)}. `is_static` and "
                 "`jax2tf_kwargs` only apply to the JAX backend."

@@ -45,7 +45,14 @@ from kexport.artifact import (
     LITERT_QUANTIZATIONS,
     Manifest,
 )
-from kexport.errors import CaptureError, KexportError, SignatureError, WriteError, describe
+from kexport.errors import (
+    CaptureError,
+    KexportError,
+    SignatureError,
+    SignatureTypeError,
+    WriteError,
+    describe,
+)
 from kexport.signature import flat_names, flatten, normalize_for_model, pack_as
 
 if TYPE_CHECKING:
@@ -103,7 +110,7 @@ class LiteRTOptions:
     def __post_init__(self) -> None:
         tolerance(self.quantization)
         if not isinstance(self.allow_flex, bool):
-            raise SignatureError(
+            raise SignatureTypeError(
                 f"Expected `allow_flex` to be True or False. Received: {describe(self.allow_flex)}"
             )
         if self.quantization == "int8" and self.representative_dataset is None:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from kexport import _summary
 from kexport._atomic import atomic_target
 from kexport.artifact import SAVED_MODEL_MANIFEST, SERVING_DEFAULT, Manifest
-from kexport.errors import CaptureError, KexportError, SignatureError, WriteError
+from kexport.errors import CaptureError, KexportError, SignatureTypeError, WriteError
 from kexport.signature import flatten, pack_as
 
 if TYPE_CHECKING:
@@ -51,6 +51,54 @@ def _signature_function(endpoint: TracedEndpoint) -> Any:
     return signature
 
 
+class _TracedWhileSaving:
+    """The concrete functions of an endpoint that ``tf.saved_model.save`` keeps.
+
+    TensorFlow's function cache keys traces by the save context, so saving
+    traces every endpoint ``tf.function`` once more; only that trace is the
+    reloaded endpoint. An alias naming the traces made before saving too would
+    not match the reloaded function, and ``LoadOptions(experimental_load_function_aliases=True)``
+    would give a list instead of a callable. TensorFlow accepts an iterable of
+    concrete functions as an alias and reads it after tracing, so this one
+    yields the traces made while saving (all of them if there were none).
+    """
+
+    def __init__(self, function: Any) -> None:
+        self._function = function
+        self._before = {c.name for c in function._list_all_concrete_functions()}
+
+    def __iter__(self) -> Any:
+        traces = list(self._function._list_all_concrete_functions())
+        new = [c for c in traces if c.name not in self._before]
+        return iter(new or traces)
+
+
+def _saved_aliases(options: Any, endpoints: list[TracedEndpoint]) -> Any:
+    """``options`` with aliases of endpoint functions naming the traces that are saved.
+
+    An alias may name an endpoint's ``tf.function`` (what ``add_endpoint``
+    returns) or one of its concrete functions; other aliases are kept as given.
+    """
+    import copy
+
+    aliases = getattr(options, "function_aliases", None)
+    if not aliases:
+        return options
+    by_trace: dict[Any, Any] = {}
+    for endpoint in endpoints:
+        for concrete in endpoint.function._list_all_concrete_functions():
+            by_trace[concrete.name] = endpoint.function
+    rewritten = {}
+    for alias, value in aliases.items():
+        function = next((e.function for e in endpoints if e.function is value), None)
+        if function is None:
+            function = by_trace.get(getattr(value, "name", None))
+        rewritten[alias] = value if function is None else _TracedWhileSaving(function)
+    options = copy.copy(options)
+    options.function_aliases = rewritten
+    return options
+
+
 def metadata(archive: EndpointArchive) -> Manifest:
     """What the artifact says about itself (no local paths)."""
     return Manifest.build(archive.endpoints, format="tf_saved_model", backend=archive.backend)
@@ -62,7 +110,7 @@ def write_archive(archive: EndpointArchive, filepath: str | os.PathLike[str],
     import tensorflow as tf
 
     if options is not None and not isinstance(options, tf.saved_model.SaveOptions):
-        raise SignatureError(
+        raise SignatureTypeError(
             "Expected `options` to be a tf.saved_model.SaveOptions. Received: "
             f"{type(options).__name__}"
         )
@@ -80,10 +128,13 @@ def write_archive(archive: EndpointArchive, filepath: str | os.PathLike[str],
     signatures = {}
     for endpoint in archive.endpoints:
         setattr(root, endpoint.name, endpoint.function)
-        signatures[endpoint.name] = _signature_function(endpoint).get_concrete_function()
+        # A tf.function, not a concrete one: TensorFlow traces it inside its save
+        # context, where the endpoint is traced anew (see _saved_aliases).
+        signatures[endpoint.name] = _signature_function(endpoint)
     first = archive.endpoints[0].name
     if SERVING_DEFAULT not in signatures:
         signatures[SERVING_DEFAULT] = signatures[first]
+    options = _saved_aliases(options, archive.endpoints)
     with atomic_target(filepath, is_dir=True) as tmp:
         try:
             with archive.save_context():

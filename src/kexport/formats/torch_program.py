@@ -36,7 +36,13 @@ from typing import TYPE_CHECKING, Any
 from kexport import _summary
 from kexport._atomic import atomic_target
 from kexport.artifact import DEFAULT_ENDPOINT, MANIFEST_NAME, TORCH_PROGRAM_SUFFIX, Manifest
-from kexport.errors import CaptureError, KexportError, SignatureError, UnsupportedRouteError
+from kexport.errors import (
+    CaptureError,
+    KexportError,
+    SignatureError,
+    SignatureTypeError,
+    UnsupportedRouteError,
+)
 from kexport.signature import Spec, flatten, flatten_with_paths, map_structure, pack_as
 
 if TYPE_CHECKING:
@@ -241,7 +247,7 @@ def single_model_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[
         SignatureError: for any option given.
     """
     if options:
-        raise SignatureError(
+        raise SignatureTypeError(
             f"Unexpected keyword arguments for format='torch': {sorted(options)}. "
             "Expected none (dynamic dims come from `input_signature`)."
         )

@@ -16,7 +16,7 @@ from typing import Any
 from kexport import _atomic
 from kexport.artifact import default_endpoint, format_info
 from kexport.capture._base import TracedEndpoint
-from kexport.errors import SignatureError, UnsupportedRouteError, describe
+from kexport.errors import SignatureError, SignatureTypeError, UnsupportedRouteError, describe
 from kexport.routing.archives import archive_host, archive_route, capture_for
 from kexport.routing.rehost import write_archive_rehosted
 from kexport.signature import normalize
@@ -40,8 +40,8 @@ def _accepts(writer: Callable[..., Any], names: list[str]) -> bool:
 
 def _check_name(name: Any, what: str) -> str:
     if not isinstance(name, str) or not name:
-        raise SignatureError(f"Expected {what} to be a non-empty str. Received: "
-                             f"{describe(name)}")
+        error = SignatureError if isinstance(name, str) else SignatureTypeError
+        raise error(f"Expected {what} to be a non-empty str. Received: {describe(name)}")
     if not name.isidentifier():
         raise SignatureError(
             f"Expected {what} to be a Python identifier (letters, digits, _; "
@@ -103,6 +103,26 @@ class ExportArchive:
         """The traced endpoints, in the order they were added."""
         return list(self._endpoints.values())
 
+    @property
+    def variables(self) -> list[Any]:
+        """Variables of the tracked layers and models (after :meth:`track`).
+
+        The Keras variables themselves, except on JAX: the ``tf.Variable`` copies
+        the artifact holds. The reloaded SavedModel has the same attribute.
+        """
+        return self._capture.tracked_variables()["variables"]
+
+    @property
+    def trainable_variables(self) -> list[Any]:
+        """The trainable ones among :attr:`variables`."""
+        return self._capture.tracked_variables()["trainable_variables"]
+
+    @property
+    def non_trainable_variables(self) -> list[Any]:
+        """The non-trainable ones among :attr:`variables` (e.g. batch-norm statistics,
+        seed generator state; every variable of a frozen layer)."""
+        return self._capture.tracked_variables()["non_trainable_variables"]
+
     def track(self, resource: Any) -> Any:
         """Track the variables of a layer/model, or a TensorFlow resource.
 
@@ -112,6 +132,10 @@ class ExportArchive:
 
         Returns:
             ``resource``, for chaining.
+
+        Raises:
+            CaptureValueError: ``resource`` is neither, or is a layer that is not
+                built (a ``ValueError``, as in Keras).
         """
         self._capture.track(resource)
         return resource
@@ -145,7 +169,11 @@ class ExportArchive:
             The ``tf.function`` wrapping ``fn`` that the archive will save.
 
         Raises:
-            SignatureError: duplicate name, or unknown input shapes.
+            SignatureError: duplicate name, or unknown input shapes (a
+                ``ValueError``, as in Keras).
+            SignatureTypeError: ``name`` not a str, ``fn`` not callable, an
+                ``input_signature`` leaf that is not a spec or tensor, or one
+                that does not fit ``fn``'s arguments (a ``TypeError`` too).
             CaptureError: when tracing ``fn`` fails.
         """
         _check_name(name, "the endpoint `name`")
@@ -160,7 +188,7 @@ class ExportArchive:
                 f"reserved ({sorted(_RESERVED)}). Received: {name!r}"
             )
         if not callable(fn):
-            raise SignatureError(f"Expected `fn` to be callable. Received: {describe(fn)}")
+            raise SignatureTypeError(f"Expected `fn` to be callable. Received: {describe(fn)}")
         signature = None if input_signature is None else normalize(input_signature)
         endpoint = self._capture.trace(name, fn, signature, **kwargs)
         self._endpoints[name] = endpoint
@@ -226,8 +254,11 @@ class ExportArchive:
         sizes before it is placed.
 
         Raises:
-            SignatureError: when no endpoint was added, or an option is not
-                one the format's writer takes.
+            SignatureError: when no endpoint was added (a ``ValueError``).
+            SignatureTypeError: an option is not one the format's writer takes,
+                or ``options`` is not a ``tf.saved_model.SaveOptions``.
+            UnknownFormatError: ``format`` is not a kexport format (a
+                ``ValueError``).
             UnsupportedRouteError: when an option cannot reach the process
                 that writes a re-hosted archive, or an endpoint of a
                 re-hosted archive cannot be described as data (e.g. a
@@ -251,7 +282,7 @@ class ExportArchive:
         valid = _format_options(writer)
         unknown = sorted(set(format_options) - set(valid))
         if unknown:
-            raise SignatureError(
+            raise SignatureTypeError(
                 f"Unexpected keyword arguments for write_out(format={format!r}): {unknown}. "
                 f"Expected only: {valid or 'none (this format takes no options)'}"
             )

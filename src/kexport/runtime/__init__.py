@@ -17,7 +17,7 @@ from pathlib import Path
 from types import ModuleType
 
 from kexport import _numerics
-from kexport.errors import ArtifactError, UnsupportedRouteError, describe
+from kexport.errors import ArtifactError, UnknownFormatError, describe
 from kexport.runtime import litert, onnx, openvino, saved_model, torch_program
 from kexport.runtime._base import Artifact, EndpointInfo, TensorInfo
 
@@ -43,10 +43,10 @@ def runtime_module(format: str) -> ModuleType:
     """The loader module of ``format``.
 
     Raises:
-        UnsupportedRouteError: when no runtime is registered for ``format``.
+        UnknownFormatError: when no runtime is registered for ``format``.
     """
     if format not in RUNTIMES:
-        raise UnsupportedRouteError(
+        raise UnknownFormatError(
             f"Expected a format with a runtime, one of {list(RUNTIMES)}. "
             f"Received: format={format!r}"
         )
@@ -104,7 +104,7 @@ def load(path: str | os.PathLike[str], format: str | None = None, *,
 
     Raises:
         ArtifactError: when ``path`` is missing or not an artifact.
-        UnsupportedRouteError: when ``format`` is unknown.
+        UnknownFormatError: when ``format`` is unknown.
         SignatureError: when ``precision`` is unknown or the format's runtime
             cannot compute in it.
     """

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kexport.errors import SignatureError, UnsupportedRouteError
+from kexport.errors import SignatureError, SignatureTypeError, UnsupportedRouteError
 from kexport.formats.onnx._graph import DEFAULT_EXTERNAL_DATA_THRESHOLD, DEFAULT_OPSET
 
 __all__ = ["_check_opset", "_check_threshold", "_pop_options", "_refuse_lookup_layers"]
@@ -49,7 +49,7 @@ def _pop_options(kwargs: dict[str, Any], backend: str) -> dict[str, Any]:
     kwargs.pop("is_static", None)
     kwargs.pop("jax2tf_kwargs", None)
     if kwargs:
-        raise SignatureError(
+        raise SignatureTypeError(
             f"Unexpected keyword arguments for ONNX export on the {backend} backend: "
             f"{sorted(kwargs)}. Expected only `opset_version` and `external_data_threshold`."
         )

@@ -14,7 +14,14 @@ from typing import Any
 from kexport.capture._base import Capture, TracedEndpoint, _check_positional, output_names
 from kexport.capture.endpoint import describe_endpoint, is_layer
 from kexport.check.live import flat_numpy
-from kexport.errors import CaptureError, SignatureError, UnsupportedRouteError, describe
+from kexport.errors import (
+    CaptureError,
+    CaptureValueError,
+    SignatureError,
+    SignatureTypeError,
+    UnsupportedRouteError,
+    describe,
+)
 from kexport.routing.rehost.parent import (
     _all_variables,
     _samples,
@@ -24,6 +31,15 @@ from kexport.routing.rehost.parent import (
 from kexport.signature import Spec, flat_names, flatten, pack_as
 
 __all__ = ["RehostCapture"]
+
+
+def _is_tf_trackable(obj: Any) -> bool:
+    """A TensorFlow resource (lookup table, ``tf.Module``...), without importing TensorFlow
+    for objects that cannot be one."""
+    import sys
+
+    tf = sys.modules.get("tensorflow")
+    return tf is not None and isinstance(obj, tf.__internal__.tracking.Trackable)
 
 
 class RehostCapture(Capture):
@@ -48,6 +64,11 @@ class RehostCapture(Capture):
     def track(self, resource: Any) -> None:
         """Track a built Keras layer or model (TensorFlow resources cannot travel)."""
         if not is_layer(resource):
+            if not _is_tf_trackable(resource):
+                raise CaptureValueError(
+                    f"Expected a Keras layer or model (on the {self.backend} backend, "
+                    f"ExportArchive re-hosts them onto {self.host}). Received: "
+                    f"{describe(resource)}")
             raise UnsupportedRouteError(
                 f"On the {self.backend} backend, ExportArchive re-hosts tracked Keras "
                 f"layers and models onto the {self.host} backend. Expected a Keras layer "
@@ -93,7 +114,7 @@ class RehostCapture(Capture):
         import numpy as np
 
         if kwargs:
-            raise SignatureError(
+            raise SignatureTypeError(
                 f"Endpoint '{name}': unexpected keyword arguments for the {self.backend} "
                 f"backend: {sorted(kwargs)}. `is_static` and `jax2tf_kwargs` only apply "
                 "to the JAX backend."

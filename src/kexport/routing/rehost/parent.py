@@ -65,6 +65,7 @@ from kexport.errors import (
     CaptureError,
     KexportError,
     SignatureError,
+    SignatureTypeError,
     UnsupportedRouteError,
     VerificationError,
     WriteError,
@@ -422,7 +423,8 @@ def _rehost(models: list[Any], recipes: list[tuple[EndpointRecipe, Callable[...,
 
     backend = keras.backend.backend()
     if not isinstance(filepath, (str, os.PathLike)) or not os.fspath(filepath):
-        raise SignatureError(
+        raise (SignatureError if isinstance(filepath, (str, os.PathLike))
+               else SignatureTypeError)(
             f"Expected `filepath` to be a non-empty str or pathlib.Path. "
             f"Received: {describe(filepath)}")
     _check_rehostable(models, host)
@@ -536,10 +538,10 @@ def rehost_export(model: Any, filepath: str | os.PathLike[str],
     ```
     """
     if not is_layer(model):
-        raise SignatureError(
+        raise SignatureTypeError(
             f"Expected `model` to be a Keras model or layer. Received: {describe(model)}")
     if verbose is not None and not isinstance(verbose, bool):
-        raise SignatureError(
+        raise SignatureTypeError(
             f"Expected `verbose` to be True, False or None. Received: {describe(verbose)}")
     signature = normalize_for_model(model, input_signature)
     recipe = EndpointRecipe(DEFAULT_ENDPOINT, 0, "__call__", {"training": False}, signature)
