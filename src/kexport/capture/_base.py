@@ -200,6 +200,10 @@ class Capture:
 
     def _variables_of(self, layer: Any) -> list[Any]:
         """The ``tf.Variable`` objects that hold ``layer``'s state."""
+        return [self._held(v) for v in layer.variables]
+
+    def _held(self, variable: Any) -> Any:
+        """What the artifact holds for a Keras variable (a ``tf.Variable`` here)."""
         raise NotImplementedError
 
     def collection(self, variables: Any) -> list[Any]:
@@ -211,13 +215,16 @@ class Capture:
         layer: the variable itself, where the artifact's state is that variable."""
         return variable
 
-    def tracked_variables(self) -> dict[str, list[Any]]:
+    def tracked_variables(self, held: bool = False) -> dict[str, list[Any]]:
         """``variables``, ``trainable_variables`` and ``non_trainable_variables`` of
         the tracked layers and models, in tracking order, each variable once.
 
-        A layer's split is its own (a frozen layer's variables are non-trainable);
-        each variable is shown as :meth:`_exposed` makes it.
+        A layer's split is its own (a frozen layer's variables are non-trainable,
+        whatever the flag of the ``tf.Variable`` behind them says); each variable
+        is shown as :meth:`_exposed` makes it, or as the artifact holds it
+        (:meth:`_held`) when ``held``.
         """
+        show = self._held if held else self._exposed
         out: dict[str, list[Any]] = {"variables": [], "trainable_variables": [],
                                      "non_trainable_variables": []}
         seen: dict[str, set[int]] = {k: set() for k in out}
@@ -226,7 +233,7 @@ class Capture:
                 for v in getattr(layer, key):
                     if id(v) not in seen[key]:
                         seen[key].add(id(v))
-                        out[key].append(self._exposed(v))
+                        out[key].append(show(v))
         return out
 
     def described(self) -> dict[str, tuple[Any, Callable[..., Any]]]:
@@ -255,10 +262,13 @@ class Capture:
                 if id(v) not in ids:
                     ids.add(id(v))
                     tracked_vars.append(v)
+        split = self.tracked_variables(held=True)
         return {
             "variables": list(self._variables.values()),
             "resources": list(self._resources),
             "tracked": tracked_vars,
+            "tracked_trainable": split["trainable_variables"],
+            "tracked_non_trainable": split["non_trainable_variables"],
             "tracked_layers": list(self._tracked_layers),
             "tracked_resources": list(self._tracked_resources),
         }

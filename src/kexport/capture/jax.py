@@ -126,8 +126,8 @@ class JaxCapture(Capture):
             self._keras_vars[key] = v
         return self._by_keras_id[key]
 
-    def _variables_of(self, layer: Any) -> list[Any]:
-        return [self._tf_var(v) for v in layer.variables]
+    def _held(self, variable: Any) -> Any:
+        return self._tf_var(variable)
 
     def _exposed(self, variable: Any) -> Any:
         """The ``tf.Variable`` copy the artifact holds (JAX arrays cannot be saved)."""

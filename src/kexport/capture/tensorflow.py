@@ -22,8 +22,8 @@ class TensorFlowCapture(Capture):
 
     backend = "tensorflow"
 
-    def _variables_of(self, layer: Any) -> list[Any]:
-        return [v.value for v in layer.variables]
+    def _held(self, variable: Any) -> Any:
+        return variable.value
 
     def collection(self, variables: Any) -> list[Any]:
         return [getattr(v, "value", v) for v in variables]

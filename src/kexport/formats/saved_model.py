@@ -119,10 +119,11 @@ def write_archive(archive: EndpointArchive, filepath: str | os.PathLike[str],
     root._kexport_all_variables = list(state["variables"])
     root._kexport_resources = list(state["resources"])
     if state["tracked_layers"]:
-        tracked = state["tracked"]
-        root.variables = list(tracked)
-        root.trainable_variables = [v for v in tracked if v.trainable]
-        root.non_trainable_variables = [v for v in tracked if not v.trainable]
+        # As the tracked layers split them (a frozen layer's variables are
+        # non-trainable although their tf.Variable was made trainable).
+        root.variables = list(state["tracked"])
+        root.trainable_variables = list(state["tracked_trainable"])
+        root.non_trainable_variables = list(state["tracked_non_trainable"])
     for name, variables in archive.collections.items():
         setattr(root, name, list(variables))
     signatures = {}

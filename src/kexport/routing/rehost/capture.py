@@ -84,8 +84,8 @@ class RehostCapture(Capture):
                 f"archives are re-hosted onto {self.host}: {problem}")
         self._tracked_layers.append(resource)
 
-    def _variables_of(self, layer: Any) -> list[Any]:
-        return list(layer.variables)
+    def _held(self, variable: Any) -> Any:
+        return variable  # the Keras variable travels with its model
 
     def collection(self, variables: Any) -> list[Any]:
         """References ``(model index, variable index)`` for ``variables``."""
@@ -155,6 +155,9 @@ class RehostCapture(Capture):
 
     def trackables(self) -> dict[str, Any]:
         """Tracked layers and their Keras variables (nothing here is a TF object)."""
+        split = self.tracked_variables(held=True)
         return {"variables": _all_variables(self._tracked_layers), "resources": [],
                 "tracked": _all_variables(self._tracked_layers),
+                "tracked_trainable": split["trainable_variables"],
+                "tracked_non_trainable": split["non_trainable_variables"],
                 "tracked_layers": list(self._tracked_layers), "tracked_resources": []}
