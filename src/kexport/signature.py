@@ -320,14 +320,14 @@ def _specs_from_shapes(shapes: Any, arg: str, dtype: str) -> Any:
 
     Keras records the shapes of a call's tensors in the structure the user
     passed (a tuple stays a tuple, a list a list, a dict a dict), so the
-    endpoint takes that structure back. Leaves are named after the argument
-    and their path (dict keys by themselves).
+    endpoint takes that structure back. A leaf is named by its dict key, else
+    by the argument and its position (``input_0``, ``input_1`` in a tuple).
     """
     def build(s: Any, path: tuple) -> Any:
         if _is_shape(s):
             s = tuple(s)
             keys = [str(p) for p in path if isinstance(p, str)]
-            name = keys[-1] if keys else arg
+            name = keys[-1] if keys else "_".join([arg, *map(str, path)])
             return Spec((None,) + s[1:] if s else s, dtype, name)
         if isinstance(s, Mapping):
             return {k: build(v, path + (k,)) for k, v in s.items()}
