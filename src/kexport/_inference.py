@@ -15,10 +15,11 @@ arguments to ``call`` unchecked).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["infer", "stateless_infer"]
+__all__ = ["infer", "inference_fn", "stateless_infer"]
 
 
 def infer(layer: Any, *args: Any, **kwargs: Any) -> Any:
@@ -28,6 +29,16 @@ def infer(layer: Any, *args: Any, **kwargs: Any) -> Any:
     when ``call`` takes it, and every inner layer runs in inference mode.
     """
     return layer(*args, training=False, **kwargs)
+
+
+def inference_fn(layer: Any) -> Callable[..., Any]:
+    """``layer`` as a function of its inputs in inference mode (the default endpoint).
+
+    ``functools.partial(layer.__call__, training=False)``: :func:`infer` as a
+    value that captures can also record as data (model, ``__call__``,
+    ``{"training": False}``) for a re-host.
+    """
+    return functools.partial(layer.__call__, training=False)
 
 
 def stateless_infer(layer: Any, trainable_values: Sequence[Any],

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from kexport._inference import infer
+from kexport._inference import infer, inference_fn
 from kexport.artifact import DEFAULT_ENDPOINT
 from kexport.capture.tensorflow import TensorFlowCapture
 from kexport.errors import CaptureError
@@ -98,7 +98,7 @@ class TensorFlowGraph(Strategy):
         capture.track(model)
         try:
             endpoint = capture.trace(DEFAULT_ENDPOINT,
-                                     lambda *args: infer(model, *args), signature)
+                                     inference_fn(model), signature)
         except CaptureError as e:
             raise _step_error(CaptureError, "Step 2/4 (capture: tf.function trace)", route, e,
                               _guess_layer(model, e),
