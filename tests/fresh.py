@@ -70,3 +70,11 @@ def saved_model_function_aliases(path):
     with open(f"{path}/saved_model.pb", "rb") as f:
         sm.ParseFromString(f.read())
     return dict(sm.meta_graphs[0].meta_info_def.function_aliases)
+
+
+def saved_model_call_kwargs(path, attr, kwargs):
+    """Load a SavedModel and call ``loaded.<attr>(**kwargs)`` (inputs by parameter name)."""
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(path)
+    return _np(getattr(loaded, attr)(**{k: tf.constant(v) for k, v in kwargs.items()}))

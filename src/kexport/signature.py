@@ -302,23 +302,44 @@ def infer_model_signature(model: Any) -> list[Any]:
             "Expected a Functional/Sequential model with Inputs, a model called "
             "at least once, or an explicit `input_signature=`."
         )
-    dtype = getattr(model, "input_dtype", None) or "float32"
-    specs = []
-    for key, shape in shapes.items():
-        arg = key.removesuffix("_shape")
-
-        def to_spec(s: Any, arg: str = arg) -> Spec:
-            s = tuple(s)
-            return Spec((None,) + tuple(s[1:]) if s else s, _dtype_name(dtype), arg)
-
-        if isinstance(shape, Mapping):
-            specs.append({k: to_spec(v) for k, v in shape.items()})
-        elif isinstance(shape, (list, tuple)) and shape and isinstance(shape[0], (list, tuple)):
-            specs.append([to_spec(v) for v in shape])
-        else:
-            specs.append(to_spec(shape))
+    dtype = _dtype_name(getattr(model, "input_dtype", None) or "float32")
+    specs = [_specs_from_shapes(shape, key.removesuffix("_shape"), dtype)
+             for key, shape in shapes.items()]
     _check_call_arity(model, len(specs))
     return specs
+
+
+def _is_shape(value: Any) -> bool:
+    """Whether ``value`` is one tensor's shape (ints and ``None``), not a structure."""
+    return isinstance(value, (list, tuple)) and not hasattr(value, "_fields") and all(
+        d is None or (isinstance(d, int) and not isinstance(d, bool)) for d in value)
+
+
+def _specs_from_shapes(shapes: Any, arg: str, dtype: str) -> Any:
+    """The specs of one argument, nested exactly as the first call nested its tensors.
+
+    Keras records the shapes of a call's tensors in the structure the user
+    passed (a tuple stays a tuple, a list a list, a dict a dict), so the
+    endpoint takes that structure back. A leaf is named by its dict key, else
+    by the argument and its position (``input_0``, ``input_1`` in a tuple).
+    """
+    def build(s: Any, path: tuple) -> Any:
+        if _is_shape(s):
+            s = tuple(s)
+            keys = [str(p) for p in path if isinstance(p, str)]
+            name = keys[-1] if keys else "_".join([arg, *map(str, path)])
+            return Spec((None,) + s[1:] if s else s, dtype, name)
+        if isinstance(s, Mapping):
+            return {k: build(v, path + (k,)) for k, v in s.items()}
+        if isinstance(s, (list, tuple)):
+            items = [build(v, path + (i,)) for i, v in enumerate(s)]
+            return type(s)(*items) if hasattr(s, "_fields") else (
+                tuple(items) if isinstance(s, tuple) else items)
+        raise SignatureError(
+            f"Cannot infer the input signature: the recorded shape of argument "
+            f"'{arg}' is {describe(s)}. Pass an explicit `input_signature=`.")
+
+    return build(shapes, ())
 
 
 def _check_call_arity(model: Any, given: int) -> None:

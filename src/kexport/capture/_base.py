@@ -377,7 +377,7 @@ def _traced_tf_function(name: str, fn: Any, signature: list[Any] | None) -> tupl
         names = flat_names(signature)
         specs = tf_specs(signature, names)
         concrete = fn.get_concrete_function(*specs)
-        return _as_function(concrete, specs), signature
+        return _as_function(concrete, specs, fn), signature
     concretes = fn._list_all_concrete_functions()
     if not concretes:
         raise SignatureError(
@@ -396,7 +396,7 @@ def _traced_tf_function(name: str, fn: Any, signature: list[Any] | None) -> tupl
         except Exception:
             pass
     signature = [map_structure(_from_tf_spec, a) for a in args]
-    return _as_function(concrete, list(args)), signature
+    return _as_function(concrete, list(args), fn), signature
 
 
 def _relax_batch(spec: Any) -> Any:
@@ -408,14 +408,59 @@ def _relax_batch(spec: Any) -> Any:
     return tf.TensorSpec([None] + shape[1:], spec.dtype, name=spec.name)
 
 
-def _as_function(concrete: Any, specs: list[Any]) -> Any:
+def _as_function(concrete: Any, specs: list[Any], fn: Any = None) -> Any:
     import tensorflow as tf
 
-    @tf.function(input_signature=specs, autograph=False)
     def endpoint(*args: Any) -> Any:
         return concrete(*args)
 
-    return endpoint
+    return tf.function(named_like(fn, len(specs), endpoint), input_signature=specs,
+                       autograph=False)
+
+
+def parameter_names(fn: Callable[..., Any], count: int) -> list[str] | None:
+    """The names of the first ``count`` positional parameters of ``fn``.
+
+    ``None`` when ``fn`` takes ``*args`` there or its signature cannot be read:
+    the traced function then names its arguments ``args_0``, ``args_1``, ...
+    as TensorFlow does for ``*args``.
+    """
+    fn = getattr(fn, "python_function", fn)  # a tf.function: its Python function
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    positional = []
+    for p in params:
+        if p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            break
+        positional.append(p.name)
+    if len(positional) < count:
+        return None
+    return positional[:count]
+
+
+def named_like(fn: Callable[..., Any], count: int,
+               body: Callable[..., Any]) -> Callable[..., Any]:
+    """``body`` (which takes ``count`` positional tensors) named as ``fn`` names them.
+
+    A ``tf.function`` over a Python function takes its arguments by position
+    or by the function's parameter names, and so does the reloaded SavedModel
+    function (``serve(query=..., value=...)``). Captures that trace a wrapper
+    rather than ``fn`` itself (JAX: the ``jax2tf`` call) wrap it with this, so
+    the artifact's function takes ``fn``'s names on every backend.
+    """
+    names = parameter_names(fn, count)
+    if names is None:
+        return body
+
+    @functools.wraps(body)
+    def named(*args: Any) -> Any:
+        return body(*args)
+
+    named.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in names])
+    return named
 
 
 def _check_positional(name: str, fn: Callable[..., Any], signature: list[Any]) -> None:

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from kexport.capture._base import Capture, lookup_layers, tf_specs
+from kexport.capture._base import Capture, lookup_layers, named_like, tf_specs
 from kexport.errors import CaptureError, SignatureError, SignatureTypeError
 from kexport.signature import Spec, flat_names, map_structure
 
@@ -217,7 +217,6 @@ class JaxCapture(Capture):
             raise SignatureTypeError(f"Endpoint '{name}': invalid jax2tf_kwargs: {e}") from e
         specs = tf_specs(signature, flat_names(signature))
 
-        @tf.function(input_signature=specs, autograph=False)
         def endpoint(*args: Any) -> Any:
             with _no_source_paths():
                 values = converted([v.read_value() for v in tf_trainable],
@@ -230,5 +229,7 @@ class JaxCapture(Capture):
             return outputs
 
         endpoint.__name__ = name
-        return endpoint
+        # The reloaded function takes fn's parameter names, as on TensorFlow.
+        return tf.function(named_like(fn, len(signature), endpoint), input_signature=specs,
+                           autograph=False)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from kexport._inference import infer
 from kexport.errors import SignatureError
 from kexport.signature import flat_names, flatten, infer_model_signature, pack_as
 
@@ -42,10 +43,10 @@ def live_reference(model: Any, input_names: Sequence[str]
 
             def call(feeds: dict[str, Any]) -> list[Any]:
                 args = pack_as(structure, [feeds[n] for n in order])
-                return flat_numpy(model(*args, training=False))
+                return flat_numpy(infer(model, *args))
         else:
             def call(feeds: dict[str, Any]) -> list[Any]:
-                return flat_numpy(model(*[feeds[n] for n in names], training=False))
+                return flat_numpy(infer(model, *[feeds[n] for n in names]))
         return call
 
     def call_plain(feeds: dict[str, Any]) -> list[Any]:

@@ -16,6 +16,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from kexport._inference import inference_fn
 from kexport.artifact import DEFAULT_ENDPOINT
 from kexport.errors import RouteRefused
 from kexport.routing.archive import ExportArchive
@@ -58,7 +59,7 @@ def native_export(format: str, split: OptionSplit = _capture_only,
         signature = normalize_for_model(model, input_signature)
         archive = ExportArchive()
         archive.track(model)
-        archive.add_endpoint(DEFAULT_ENDPOINT, lambda *args: model(*args, training=False),
+        archive.add_endpoint(DEFAULT_ENDPOINT, inference_fn(model),
                              signature, **capture_options)
         archive.write_out(filepath, verbose=True if verbose is None else verbose,
                           format=format, **writer_options)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from kexport._inference import infer, stateless_infer
 from kexport.capture._base import output_names
 from kexport.formats.onnx._accept import Acceptance, NotTraceable, samples
 from kexport.formats.onnx._graph import RawGraph, Strategy
@@ -45,7 +46,7 @@ class Jax2Onnx(Strategy):
         structure = signature
 
         def fn(*flat: Any) -> tuple[Any, ...]:
-            return tuple(flatten(model(*pack_as(list(structure), list(flat)), training=False)))
+            return tuple(flatten(infer(model, *pack_as(list(structure), list(flat)))))
 
         stateless = _live_function(model, structure)
 
@@ -76,7 +77,7 @@ _REFERENCE_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
 
 
 def _live_function(model: Any, structure: list[Any]) -> Any:
-    """``model.stateless_call(..., training=False)`` compiled with :mod:`jax`, flat outputs.
+    """The model in inference mode on given variable values, compiled with :mod:`jax`, flat outputs.
 
     One compilation per checked shape (not one per op, as eager calls would
     be on a cold process), with the variables as arguments: closed over, XLA
@@ -85,8 +86,8 @@ def _live_function(model: Any, structure: list[Any]) -> Any:
     import jax
 
     def stateless(trainable: Any, non_trainable: Any, *flat: Any) -> tuple[Any, ...]:
-        out, _ = model.stateless_call(trainable, non_trainable,
-                                      *pack_as(list(structure), list(flat)), training=False)
+        out, _ = stateless_infer(model, trainable, non_trainable,
+                                 *pack_as(list(structure), list(flat)))
         return tuple(flatten(out))
 
     def run(*args: Any) -> tuple[Any, ...]:

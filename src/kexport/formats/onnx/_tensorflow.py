@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from kexport._inference import infer, inference_fn
 from kexport.artifact import DEFAULT_ENDPOINT
 from kexport.capture.tensorflow import TensorFlowCapture
 from kexport.errors import CaptureError
@@ -97,7 +98,7 @@ class TensorFlowGraph(Strategy):
         capture.track(model)
         try:
             endpoint = capture.trace(DEFAULT_ENDPOINT,
-                                     lambda *args: model(*args, training=False), signature)
+                                     inference_fn(model), signature)
         except CaptureError as e:
             raise _step_error(CaptureError, "Step 2/4 (capture: tf.function trace)", route, e,
                               _guess_layer(model, e),
@@ -164,7 +165,7 @@ def _convert_lifted(model: Any, endpoint: TracedEndpoint, lifted: list[Any], ops
     @tf.function(input_signature=specs + weights, autograph=False)
     def flat(*args: Any) -> list[Any]:
         with keras.StatelessScope(state_mapping=list(zip(lifted, args[count:], strict=True))):
-            out = model(*pack_as(list(structure), list(args[:count])), training=False)
+            out = infer(model, *pack_as(list(structure), list(args[:count])))
         return list(tf.nest.flatten(out))
 
     proto = convert_function(flat, opset)

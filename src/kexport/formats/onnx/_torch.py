@@ -25,6 +25,7 @@ import traceback
 import warnings
 from typing import Any
 
+from kexport._inference import infer
 from kexport.capture._base import _to_plain, output_names
 from kexport.errors import CaptureError, UnsupportedRouteError
 from kexport.formats.onnx._accept import Acceptance, NotTraceable, samples
@@ -49,7 +50,7 @@ def endpoint_module(model: Any, signature: list[Any]) -> Any:
 
         def forward(self, *flat_inputs: Any) -> Any:
             args = pack_as(list(signature), list(flat_inputs))
-            return tuple(flatten(self.model(*args, training=False)))
+            return tuple(flatten(infer(self.model, *args)))
 
     return _Endpoint().eval()
 
@@ -75,14 +76,12 @@ class TracedTorch(Strategy):
 
         def live(flat: list[Any]) -> list[Any]:
             with torch.no_grad():
-                out = model(*pack_as(list(structure), [torch.as_tensor(a) for a in flat]),
-                            training=False)
+                out = infer(model, *pack_as(list(structure), [torch.as_tensor(a) for a in flat]))
             return [np.asarray(t.detach().cpu().numpy()) for t in flatten(_to_plain(out))]
 
         sample = samples(specs, _TRACE_SAMPLE_BATCH, 0)
         with torch.no_grad():
-            first = model(*pack_as(list(structure), [torch.as_tensor(a) for a in sample]),
-                          training=False)
+            first = infer(model, *pack_as(list(structure), [torch.as_tensor(a) for a in sample]))
         outs = output_names(_to_plain(first), model)
         flat_first = flatten(_to_plain(first))
         out_specs = [Spec((None, *tuple(t.shape)[1:]) if t.ndim else (),
@@ -196,7 +195,7 @@ class TorchExport(Strategy):
             dynamic.append(axes or None)
         structure = signature
         with torch.no_grad():
-            live = model(*pack_as(list(structure), tensors), training=False)
+            live = infer(model, *pack_as(list(structure), tensors))
         outs = output_names(_to_plain(live), model)
         out_specs = [Spec((None, *tuple(t.shape)[1:]) if t.ndim else (),
                           str(t.dtype).removeprefix("torch."), n)

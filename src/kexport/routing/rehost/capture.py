@@ -26,7 +26,6 @@ from kexport.routing.rehost.parent import (
     _all_variables,
     _samples,
     _state_kept,
-    rehost_problem,
 )
 from kexport.signature import Spec, flat_names, flatten, pack_as
 
@@ -77,11 +76,9 @@ class RehostCapture(Capture):
             )
         if self._is_tracked(resource):
             return
-        problem = rehost_problem(resource)
-        if problem:
-            raise UnsupportedRouteError(
-                f"Cannot track '{resource.name}' on the {self.backend} backend, whose "
-                f"archives are re-hosted onto {self.host}: {problem}")
+        # Whether the model can be rebuilt in another process is checked when a
+        # format is written by re-hosting (the re-host refuses it then, with the
+        # reason); formats written in process (.pt2, OpenVINO) need no rebuild.
         self._tracked_layers.append(resource)
 
     def _held(self, variable: Any) -> Any:

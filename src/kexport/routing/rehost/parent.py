@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from kexport._atomic import atomic_target
+from kexport._inference import infer
 from kexport.artifact import DEFAULT_ENDPOINT, SAVED_MODEL_MANIFEST, read_manifest
 from kexport.capture.endpoint import EndpointRecipe, is_layer, not_described_error
 from kexport.check.compare import compare, tolerance_for
@@ -547,7 +548,7 @@ def rehost_export(model: Any, filepath: str | os.PathLike[str],
     recipe = EndpointRecipe(DEFAULT_ENDPOINT, 0, "__call__", {"training": False}, signature)
 
     def live(*args: Any) -> Any:
-        return model(*args, training=False)
+        return infer(model, *args)
 
     extra = {"mode": "model", "kwargs": _json_kwargs(dict(kwargs))}
     return _rehost([model], [(recipe, live)], filepath, format, target_backend,
