@@ -5,14 +5,17 @@ backend (PyTorch -> SavedModel without ``torch_xla``, JAX -> a format only the
 TensorFlow backend writes, ...) works in four steps:
 
 1. *describe* (parent): every tracked model becomes data: its Keras config
-   (``keras.saving.serialize_keras_object``) and the values of **all** its
+   (``keras.saving.serialize_keras_object``) where every class is importable
+   and configurable, the model by value (:mod:`kexport.routing.rehost.recipe`,
+   for classes defined in a function or ``__main__`` and layers without a
+   usable ``get_config``), and the paths and values of **all** its
    variables, seed-generator states and BatchNorm statistics included (a
    ``.keras`` file drops seed states). Endpoints become :class:`EndpointRecipe`
    objects: which tracked model, which method, which constant keyword
    arguments (``training=False``), which input signature.
 2. *rebuild and export* (child, ``KERAS_BACKEND=<target>``, clean
    environment, private temporary folder per job): the models are rebuilt
-   from their configs, their variables assigned, the endpoints re-created
+   from their configs (else by value), their variables assigned by path, the endpoints re-created
    from the recipes and the artifact written with the target backend's native
    route. The child then opens the artifact with :func:`kexport.load` (the
    format's own runtime) and runs it on sample inputs. The child is one
@@ -523,7 +526,8 @@ def rehost_export(model: Any, filepath: str | os.PathLike[str],
 
     Args:
         model: a built Keras model or layer on the current backend. Custom
-            classes must be importable by module name (not ``__main__``).
+            classes need not be importable nor configurable (they travel by
+            value, :mod:`kexport.routing.rehost.recipe`).
         filepath: where the artifact goes (``str`` or ``pathlib.Path``).
         format: any format the target backend writes natively
             (``"tf_saved_model"``, ``"onnx"``, ...).
@@ -544,7 +548,7 @@ def rehost_export(model: Any, filepath: str | os.PathLike[str],
 
     Raises:
         UnsupportedRouteError: the model cannot be rebuilt in another process
-            (e.g. a custom class defined in ``__main__``).
+            (a layer attribute that cannot be pickled, e.g. a lock).
         VerificationError: the artifact differs from the live model; nothing
             is written to ``filepath`` then.
         CaptureError, WriteError, SignatureError: when the export fails in the

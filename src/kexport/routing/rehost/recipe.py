@@ -307,7 +307,13 @@ def describe_model(model: Any) -> bytes:
     """
     buffer = io.BytesIO()
     try:
-        _pickler_class()(buffer).dump(model)
+        pickler = _pickler_class()
+    except ModuleNotFoundError as e:
+        raise UnsupportedRouteError(
+            f"model '{model.name}' would travel to the child process by value, which needs "
+            f"{e.name}: pip install cloudpickle") from e
+    try:
+        pickler(buffer).dump(model)
     except _Unpicklable as e:
         raise UnsupportedRouteError(f"{e}. Next step: keep only values that can be pickled "
                                     "on layers (or build such objects inside call()).") from e
@@ -325,6 +331,8 @@ def rebuild_model(blob: bytes) -> Any:
     by kexport's own child process, from a private (0700) temporary folder:
     it is never read from a file a user or a third party handed over.
     """
+    # kexport's own pickle (see above): the only unpickling in kexport, allowed by
+    # name in tests/test_reliability.py::test_no_unpickling_anywhere_in_kexport.
     return pickle.loads(blob)
 
 
