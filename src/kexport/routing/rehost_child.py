@@ -33,6 +33,7 @@ from typing import Any
 
 from kexport.capture.source import rehosted_from
 from kexport.routing.archive import ExportArchive
+from kexport.routing.rehost.recipe import assign_values, rebuild_model
 from kexport.routing.single import export
 from kexport.routing.table import usable
 from kexport.runtime import load
@@ -41,34 +42,46 @@ from kexport.signature import flat_names, specs_from_json
 __all__ = ["main", "run_job", "serve"]
 
 
-def _rebuild(work: Path, job: dict[str, Any]) -> list[Any]:
+def _rebuild_one(work: Path, name: str, imports: list[str]) -> Any:
+    """One model, from its config (``<name>.json``) or else by value (``<name>.pkl``)."""
     import keras
+
+    failures = []
+    config_file, value_file = work / f"{name}.json", work / f"{name}.pkl"
+    if config_file.exists():
+        try:
+            for module in imports:
+                importlib.import_module(module)
+            config = json.loads(config_file.read_text())
+            # The config was produced by kexport from a live in-process model, not
+            # read from an untrusted file, so Lambda layers may be rebuilt.
+            return keras.saving.deserialize_keras_object(config, safe_mode=False)
+        except Exception as e:
+            failures.append(f"from its config: {type(e).__name__}: {e}")
+    if value_file.exists():
+        try:
+            # kexport's own pickle, written by the parent into this job's
+            # private (0700) folder: see kexport.routing.rehost.recipe.
+            return rebuild_model(value_file.read_bytes())
+        except Exception as e:
+            failures.append(f"by value: {type(e).__name__}: {e}")
+    raise ValueError("; ".join(failures) or f"no description of {name} was written")
+
+
+def _rebuild(work: Path, job: dict[str, Any]) -> tuple[list[Any], list[list[Any]]]:
+    """The models, and each model's variables in the source model's order."""
     import numpy as np
 
-    for module in job["imports"]:
-        importlib.import_module(module)
-    models = []
+    models, ordered = [], []
     for name in job["models"]:
-        config = json.loads((work / f"{name}.json").read_text())
-        # The config was produced by kexport from a live in-process model, not
-        # read from an untrusted file, so Lambda layers may be rebuilt.
-        model = keras.saving.deserialize_keras_object(config, safe_mode=False)
+        model = _rebuild_one(work, name, job["imports"])
         with np.load(work / f"{name}.npz") as data:
             values = [data[f"v{j}"] for j in range(len(data.files))]
-        variables = model.variables
-        if len(variables) != len(values):
-            raise ValueError(
-                f"model '{model.name}' has {len(variables)} variables once rebuilt on "
-                f"{keras.backend.backend()}, {len(values)} on the source backend")
-        for v, value in zip(variables, values, strict=False):
-            if tuple(v.shape) != tuple(value.shape):
-                raise ValueError(
-                    f"variable '{v.path}' has shape {tuple(v.shape)} once rebuilt, "
-                    f"{tuple(value.shape)} on the source backend")
-            v.assign(value)
+        paths = json.loads((work / f"{name}.paths.json").read_text())
+        ordered.append(assign_values(model, paths, values))
         _finalize_state(model)
         models.append(model)
-    return models
+    return models, ordered
 
 
 def _finalize_state(model: Any) -> None:
@@ -92,7 +105,7 @@ def _endpoint_fn(model: Any, method: str, kwargs: dict[str, Any]) -> Callable[..
     return functools.partial(bound, **kwargs) if kwargs else bound
 
 
-def _export(models: list[Any], job: dict[str, Any]) -> None:
+def _export(models: list[Any], ordered: list[list[Any]], job: dict[str, Any]) -> None:
     import keras
 
     out = job["output"]
@@ -111,7 +124,7 @@ def _export(models: list[Any], job: dict[str, Any]) -> None:
             fn = _endpoint_fn(models[ep["model"]], ep["method"], ep["kwargs"])
             archive.add_endpoint(ep["name"], fn, specs_from_json(ep["signature"]))
         for name, refs in job["collections"].items():
-            archive.add_variable_collection(name, [models[i].variables[j] for i, j in refs])
+            archive.add_variable_collection(name, [ordered[i][j] for i, j in refs])
         archive.write_out(out, verbose=job["verbose"], format=job["format"])
 
 
@@ -149,9 +162,9 @@ def run_job(work: Path) -> dict[str, Any]:
     keras.backend.clear_session()
     try:
         with contextlib.redirect_stdout(buffer):
-            models = _rebuild(work, job)
+            models, ordered = _rebuild(work, job)
             stage = "export"
-            _export(models, job)
+            _export(models, ordered, job)
             stage = "run"
             outputs = _run(work, job)
         np.savez(work / "outputs.npz", **outputs)
@@ -160,7 +173,7 @@ def run_job(work: Path) -> dict[str, Any]:
         result = {"ok": False, "stage": stage, "type": type(e).__name__, "message": str(e),
                   "traceback": traceback.format_exc()[-4000:]}
     finally:
-        models = outputs = None  # drop this job's objects before the next one
+        models = ordered = outputs = None  # drop this job's objects before the next one
         keras.backend.clear_session()
         gc.collect()
     (work / "result.json").write_text(json.dumps(result))

@@ -80,8 +80,8 @@ class Route:
 
         A missing package (with the ``pip install`` that fixes it), what the
         route's :attr:`check` says of the model or, for re-host routes, a model
-        feature that cannot travel to the child process (e.g. a custom layer
-        class defined in ``__main__``).
+        feature that cannot travel to the child process (a layer attribute
+        that cannot be pickled, e.g. a lock).
         """
         if self.missing:
             return self.reason

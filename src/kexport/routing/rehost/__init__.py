@@ -1,7 +1,9 @@
 """Re-hosting: rebuild a model on another Keras backend in a child process.
 
 See :mod:`kexport.routing.rehost.parent` for the four steps (describe, rebuild
-and export in the child, verify, place), :mod:`kexport.routing.rehost_child`
+and export in the child, verify, place), :mod:`kexport.routing.rehost.recipe`
+for models that travel by value (classes defined in a function, no
+``get_config``), :mod:`kexport.routing.rehost_child`
 for the worker process and :mod:`kexport.routing.rehost.capture` for the
 ``ExportArchive`` capture of backends whose archives are always re-hosted.
 """

@@ -5,14 +5,17 @@ backend (PyTorch -> SavedModel without ``torch_xla``, JAX -> a format only the
 TensorFlow backend writes, ...) works in four steps:
 
 1. *describe* (parent): every tracked model becomes data: its Keras config
-   (``keras.saving.serialize_keras_object``) and the values of **all** its
+   (``keras.saving.serialize_keras_object``) where every class is importable
+   and configurable, the model by value (:mod:`kexport.routing.rehost.recipe`,
+   for classes defined in a function or ``__main__`` and layers without a
+   usable ``get_config``), and the paths and values of **all** its
    variables, seed-generator states and BatchNorm statistics included (a
    ``.keras`` file drops seed states). Endpoints become :class:`EndpointRecipe`
    objects: which tracked model, which method, which constant keyword
    arguments (``training=False``), which input signature.
 2. *rebuild and export* (child, ``KERAS_BACKEND=<target>``, clean
    environment, private temporary folder per job): the models are rebuilt
-   from their configs, their variables assigned, the endpoints re-created
+   from their configs (else by value), their variables assigned by path, the endpoints re-created
    from the recipes and the artifact written with the target backend's native
    route. The child then opens the artifact with :func:`kexport.load` (the
    format's own runtime) and runs it on sample inputs. The child is one
@@ -72,6 +75,7 @@ from kexport.errors import (
     WriteError,
     describe,
 )
+from kexport.routing.rehost.recipe import describe_model, variable_paths
 from kexport.signature import (
     Spec,
     flatten,
@@ -93,39 +97,47 @@ CHILD_TIMEOUT_S = 900
 
 
 # -- can a model be re-hosted? ------------------------------------------------------------------
+def _unimportable(model: Any) -> list[str]:
+    """The custom classes of ``model`` that a new process cannot import by name."""
+    out = []
+    for layer in model._flatten_layers(include_self=True):
+        cls = type(layer)
+        if cls.__module__.split(".")[0] == "keras":
+            continue
+        if cls.__module__ == "__main__" or "<locals>" in cls.__qualname__:
+            out.append(f"{cls.__module__}.{cls.__qualname__}")
+    return out
+
+
+def _config_json(model: Any) -> tuple[str | None, str]:
+    """``model``'s Keras config as JSON, or ``None`` and why it cannot be the way there."""
+    import keras
+
+    local = _unimportable(model)
+    if local:
+        return None, f"class {local[0]} cannot be imported by name in another process"
+    try:
+        return json.dumps(keras.saving.serialize_keras_object(model)), ""
+    except Exception as e:
+        return None, f"{type(e).__name__}: {e}"
+
+
 def rehost_problem(model: Any) -> str:
     """Why ``model`` cannot be rebuilt in a child process, or ``""`` when it can.
 
-    Every class of the model's layers must be importable by module name in a
-    new process: classes defined in ``__main__`` or inside a function are not.
+    A model travels by its Keras config when every class is importable and
+    configurable, otherwise by value (:mod:`kexport.routing.rehost.recipe`:
+    classes pickled by value, layers by their state), so only a layer
+    attribute that cannot be pickled (a lock, an open file, ...) stops it;
+    the message names the layer and the attribute.
     """
-    import keras
-
-    problems = []
-    seen: set[type] = set()
-    for layer in model._flatten_layers(include_self=True):
-        cls = type(layer)
-        if cls in seen or cls.__module__.split(".")[0] == "keras":
-            continue
-        seen.add(cls)
-        where = ""
-        if cls.__module__ == "__main__":
-            where = "in __main__ (the script or notebook being run)"
-        elif "<locals>" in cls.__qualname__:
-            where = f"inside a function ({cls.__module__}.{cls.__qualname__})"
-        if where:
-            registered = keras.saving.get_registered_name(cls)
-            problems.append(
-                f"class {cls.__name__} (layer '{layer.name}') is defined {where}, so the "
-                f"child process that rebuilds the model cannot import it"
-                + ("" if registered != cls.__name__ else " and it is not registered")
-            )
-    if not problems:
+    try:
+        describe_model(model)
         return ""
-    return ("; ".join(problems) + ". Next step: move the class into a module importable "
-            "from sys.path (e.g. my_layers.py), decorate it with "
-            "@keras.saving.register_keras_serializable(), implement get_config(), and "
-            "import it from there.")
+    except UnsupportedRouteError as e:
+        if _config_json(model)[0] is not None:
+            return ""
+        return str(e)
 
 
 def _check_rehostable(models: list[Any], host: str) -> None:
@@ -255,30 +267,47 @@ def _compare(cases: dict[str, Any], outputs: Mapping[str, Any], atol: float,
 
 # -- serialising models -------------------------------------------------------------------------
 def _serialize(models: list[Any], host: str, work: Path) -> tuple[list[str], list[str]]:
-    """Write each model's config (JSON) and variables (npz); return file names and imports."""
+    """Write each model's ways to the child and its variables; return file names and imports.
+
+    Per model: its Keras config (``model<i>.json``) where every class is
+    importable and configurable, the model by value (``model<i>.pkl``,
+    :func:`~kexport.routing.rehost.recipe.describe_model`) where it can be
+    pickled, and the values (``model<i>.npz``) and paths
+    (``model<i>.paths.json``) of all its variables. The child tries the config
+    first, then the pickle, and assigns the values by path.
+    """
     import keras
     import numpy as np
 
     files, modules = [], []
     for i, m in enumerate(models):
+        text, why_not_config = _config_json(m)
         try:
-            config = keras.saving.serialize_keras_object(m)
-            text = json.dumps(config)
-        except Exception as e:
+            blob: bytes | None = describe_model(m)
+            why_not_value = ""
+        except UnsupportedRouteError as e:
+            blob, why_not_value = None, str(e)
+        if text is None and blob is None:
             raise UnsupportedRouteError(
-                f"Step 1/3 (re-host onto {host}: serialise the model) failed for "
-                f"'{m.name}': {type(e).__name__}: {e}. Next step: give custom layers a "
-                "get_config() that returns every argument of their __init__."
-            ) from e
-        (work / f"model{i}.json").write_text(text)
+                f"Step 1/3 (re-host onto {host}: describe the model) failed for "
+                f"'{m.name}': its config cannot travel ({why_not_config}) and neither can "
+                f"the model by value: {why_not_value}")
+        if text is not None:
+            (work / f"model{i}.json").write_text(text)
+        if blob is not None:
+            # Read back only by kexport's own child process, from this private
+            # (0700) temporary folder.
+            (work / f"model{i}.pkl").write_bytes(blob)
         values = {f"v{j}": np.asarray(keras.ops.convert_to_numpy(v.value))
                   for j, v in enumerate(m.variables)}
         np.savez(work / f"model{i}.npz", **values)
+        (work / f"model{i}.paths.json").write_text(json.dumps(variable_paths(m)))
         files.append(f"model{i}")
-        for layer in m._flatten_layers(include_self=True):
-            mod = type(layer).__module__
-            if mod.split(".")[0] != "keras" and mod not in modules:
-                modules.append(mod)
+        if text is not None:
+            for layer in m._flatten_layers(include_self=True):
+                mod = type(layer).__module__
+                if mod.split(".")[0] != "keras" and mod not in modules:
+                    modules.append(mod)
     return files, modules
 
 
@@ -379,10 +408,7 @@ def _run_child(job: dict[str, Any], work: Path, host: str) -> dict[str, Any]:
     if stage == "rebuild":
         raise UnsupportedRouteError(
             f"Step 1/3 (re-host: rebuild the model on the {host} backend) failed: "
-            f"{kind}: {message}. Next step: custom layers and models must live in an "
-            "importable module, be registered with "
-            "@keras.saving.register_keras_serializable() and implement get_config()."
-        )
+            f"{kind}: {message}")
     cls = _ERRORS.get(kind, CaptureError)
     prefix = {"export": f"Step 2/3 (re-host: export on the {host} backend)",
               "run": f"Step 3/3 (re-host: run the artifact written on the {host} backend)"}[stage]
@@ -503,7 +529,8 @@ def rehost_export(model: Any, filepath: str | os.PathLike[str],
 
     Args:
         model: a built Keras model or layer on the current backend. Custom
-            classes must be importable by module name (not ``__main__``).
+            classes need not be importable nor configurable (they travel by
+            value, :mod:`kexport.routing.rehost.recipe`).
         filepath: where the artifact goes (``str`` or ``pathlib.Path``).
         format: any format the target backend writes natively
             (``"tf_saved_model"``, ``"onnx"``, ...).
@@ -524,7 +551,7 @@ def rehost_export(model: Any, filepath: str | os.PathLike[str],
 
     Raises:
         UnsupportedRouteError: the model cannot be rebuilt in another process
-            (e.g. a custom class defined in ``__main__``).
+            (a layer attribute that cannot be pickled, e.g. a lock).
         VerificationError: the artifact differs from the live model; nothing
             is written to ``filepath`` then.
         CaptureError, WriteError, SignatureError: when the export fails in the

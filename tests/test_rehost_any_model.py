@@ -1,0 +1,261 @@
+"""Re-hosting any model: classes defined in a function, no get_config, lists of layers.
+
+A model re-hosted onto another backend (PyTorch -> SavedModel / LiteRT,
+TensorFlow or JAX -> .pt2) is rebuilt in a child process. Models are written
+here the way users write them: classes defined inside the test function, no
+``get_config``, a constructor taking a list of layers, ``call`` without a
+``training`` argument. Each artifact is reloaded in a fresh process and
+compared with the live model at two batch sizes.
+"""
+
+from __future__ import annotations
+
+import pickle
+import threading
+
+import keras
+import numpy as np
+import pytest
+
+import kexport
+from kexport import routing
+from kexport.errors import UnsupportedRouteError
+from kexport.routing import rehost
+from kexport.routing.rehost import recipe
+
+BACKEND = keras.backend.backend()
+L = keras.layers
+BATCHES = (1, 4)
+
+
+def _np(x):
+    return np.asarray(keras.ops.convert_to_numpy(x))
+
+
+def _inputs(features=5):
+    rng = np.random.default_rng(11)
+    return {n: rng.standard_normal((n, features)).astype("float32") for n in BATCHES}
+
+
+def _stack_model():
+    """A subclassed model built from a list of layers, one a nested custom layer."""
+
+    class Scale(L.Layer):  # nested custom layer: weight made in build, constant in __init__
+        def __init__(self, factor):
+            super().__init__()
+            self.factor = factor
+
+        def build(self, shape):
+            self.w = self.add_weight(shape=(shape[-1],), initializer="random_normal")
+
+        def call(self, x):
+            return x * self.w * self.factor
+
+    class Block(L.Layer):
+        def __init__(self, units, activation):
+            super().__init__()
+            self.dense = L.Dense(units)
+            self.scale = Scale(1.5)
+            self.activation = activation  # a function, carried by value
+
+        def call(self, x):
+            return self.activation(self.scale(self.dense(x)))
+
+    class Stack(keras.Model):  # no get_config; the constructor takes a list of layers
+        def __init__(self, blocks):
+            super().__init__()
+            self.blocks = blocks
+            self.head = L.Dense(3)
+
+        def call(self, inputs):
+            x = inputs
+            for block in self.blocks:
+                x = block(x)
+            return self.head(x)
+
+    model = Stack([Block(8, lambda t: keras.ops.tanh(t)), L.Dense(6, activation="relu"),
+                   Block(4, keras.activations.sigmoid)])
+    model(_inputs()[1])
+    return model
+
+
+def test_model_defined_in_a_function_is_no_longer_refused_by_route_resolution():
+    model = _stack_model()
+    with pytest.raises(NotImplementedError):  # what the config route alone could not do
+        keras.saving.serialize_keras_object(model)
+    assert rehost.rehost_problem(model) == ""
+    found = routing.resolve("torch", "tf_saved_model", model)
+    assert found.kind == "rehost" and found.host == "tensorflow"
+
+
+def test_what_cannot_travel_is_refused_naming_the_layer_and_attribute():
+    class Guarded(keras.Model):  # no config (a list argument), and a lock in its state
+        def __init__(self, parts):
+            super().__init__(name="guarded")
+            self.parts = parts
+            self.lock = threading.Lock()
+
+        def call(self, x):
+            with self.lock:
+                return self.parts[0](x)
+
+    model = Guarded([L.Dense(2)])
+    model(_inputs()[1])
+    problem = rehost.rehost_problem(model)
+    assert "attribute 'lock' of layer 'guarded'" in problem and "cannot be pickled" in problem
+    with pytest.raises(UnsupportedRouteError, match=r"rehost \(re-host on tensorflow.*'lock'"):
+        routing.resolve("torch", "tf_saved_model", model)
+
+
+@pytest.mark.backends("torch")
+@pytest.mark.parametrize("fmt", ["tf_saved_model", "litert"])
+def test_torch_model_without_config_reaches_saved_model_and_litert(fmt, tmp_path, fresh_process):
+    model = _stack_model()
+    xs = _inputs()
+    path = tmp_path / ("sm" if fmt == "tf_saved_model" else "m.tflite")
+    spec = [keras.InputSpec(shape=(None, 5), dtype="float32", name="feat")]
+    kexport.export_model(model, path, format=fmt, verbose=False, input_signature=spec)
+    if fmt == "tf_saved_model":
+        outs = [fresh_process("saved_model_call", str(path), "serve", [xs[n]]) for n in BATCHES]
+    else:
+        (res,) = fresh_process("fresh_formats:litert_run", [
+            (str(path), "serve", [{"feat": xs[n]} for n in BATCHES])])
+        assert res["signatures"]["serve"]["inputs"] == ["feat"]
+        outs = [next(iter(out.values())) for out in res["outputs"]]
+    for n, got in zip(BATCHES, outs, strict=True):
+        want = _np(model(xs[n]))
+        assert np.shape(got) == (n, 3)
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.backends("tensorflow", "jax")
+def test_model_without_config_reaches_torch_program(tmp_path, fresh_process):
+    model = _stack_model()
+    xs = _inputs()
+    path = tmp_path / "m.pt2"
+    kexport.export_model(model, path, format="torch", verbose=False)
+    (res,) = fresh_process("fresh_formats:torch_run", [(str(path), [[xs[n]] for n in BATCHES])])
+    for n, (got,) in zip(BATCHES, res["outputs"], strict=True):
+        np.testing.assert_allclose(got, _np(model(xs[n])), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.backends("torch")
+def test_torch_archive_of_local_classes_with_seed_state_and_collection(tmp_path, fresh_process):
+    class Noisy(L.Layer):  # RNG state made in __init__, weight in build, no training arg
+        def __init__(self, rate):
+            super().__init__(name="noisy")
+            self.rate = rate
+            self.seed = keras.random.SeedGenerator(5)
+
+        def build(self, shape):
+            self.gain = self.add_weight(shape=(shape[-1],), initializer="ones", name="gain")
+
+        def call(self, x):
+            return x * self.gain * self.rate
+
+    class Net(keras.Model):
+        def __init__(self, parts):
+            super().__init__(name="net")
+            self.parts = parts
+
+        def call(self, x):
+            for p in self.parts:
+                x = p(x)
+            return x
+
+    model = Net([L.Dense(4, name="d0"), Noisy(0.5), L.BatchNormalization(name="bn"),
+                 L.Dense(2, name="d1")])
+    x = _inputs()[4]
+    model(x)
+    model.get_layer("noisy").gain.assign(np.arange(1, 5, dtype="float32"))
+    bn = model.get_layer("bn")
+    bn.moving_mean.assign(np.full((4,), 0.3, "float32"))
+    bn.moving_variance.assign(np.full((4,), 2.0, "float32"))
+    keras.random.normal((2,), seed=model.get_layer("noisy").seed)  # move the seed state
+    archive = kexport.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serve", model, [keras.InputSpec(shape=(None, 5), dtype="float32")])
+    archive.add_variable_collection("gain", [model.get_layer("noisy").gain])
+    path = tmp_path / "sm"
+    archive.write_out(path, verbose=False)
+    for n, xn in _inputs().items():
+        got = fresh_process("saved_model_call", str(path), "serve", [xn])
+        np.testing.assert_allclose(got, _np(model(xn)), atol=1e-5, rtol=1e-5)
+        assert got.shape == (n, 2)
+    (gain,) = fresh_process("saved_model_collection", str(path), "gain")
+    np.testing.assert_array_equal(gain, np.arange(1, 5, dtype="float32"))
+
+
+# -- the by-value description itself (any backend, no child process) ----------------------------
+def test_description_rebuilds_the_same_model_in_process():
+    model = _stack_model()
+    blob = recipe.describe_model(model)
+    rebuilt = recipe.rebuild_model(blob)
+    assert type(rebuilt).__qualname__ == type(model).__qualname__
+    values = [_np(v.value) for v in model.variables]
+    recipe.assign_values(rebuilt, recipe.variable_paths(model), values)
+    for x in _inputs().values():
+        np.testing.assert_allclose(_np(rebuilt(x)), _np(model(x)), atol=1e-6)
+    assert b"get_config" not in pickle.dumps(recipe.variable_paths(model))
+
+
+def test_functional_model_holding_a_custom_layer_without_config_rebuilds_by_value():
+    class Residual(L.Layer):  # a list argument: no automatic config
+        def __init__(self, inner):
+            super().__init__(name="residual")
+            self.inner = inner
+
+        def call(self, x):
+            y = x
+            for layer in self.inner:
+                y = layer(y)
+            return x + y
+
+    i = keras.Input((5,), name="feat")
+    model = keras.Model(i, L.Dense(2, name="out")(Residual([L.Dense(5), L.Dense(5)])(i)))
+    with pytest.raises(NotImplementedError):
+        keras.saving.serialize_keras_object(model)
+    rebuilt = recipe.rebuild_model(recipe.describe_model(model))
+    assert [type(x).__name__ for x in rebuilt.layers] == ["InputLayer", "Residual", "Dense"]
+    recipe.assign_values(rebuilt, recipe.variable_paths(model),
+                         [_np(v.value) for v in model.variables])
+    for x in _inputs().values():
+        np.testing.assert_allclose(_np(rebuilt(x)), _np(model(x)), atol=1e-6)
+
+
+def test_variables_are_matched_by_path_when_the_rebuilt_order_differs():
+    class Pair(L.Layer):
+        def __init__(self):
+            super().__init__(name="pair")
+            self.a = L.Dense(3, name="a")
+            self.b = L.Dense(3, name="b")
+
+        def call(self, x):
+            return self.a(x) - self.b(x)
+
+    class Swapped(L.Layer):  # the same layers, tracked in the other order
+        def __init__(self):
+            super().__init__(name="pair")
+            self.b = L.Dense(3, name="b")
+            self.a = L.Dense(3, name="a")
+
+        def call(self, x):
+            return self.a(x) - self.b(x)
+
+    x = _inputs()[4]
+    source, target = Pair(), Swapped()
+    source(x), target(x)
+    paths = recipe.variable_paths(source)
+    assert paths != recipe.variable_paths(target)  # the order differs ...
+    assert sorted(paths) == sorted(recipe.variable_paths(target))  # ... the paths do not
+    ordered = recipe.assign_values(target, paths, [_np(v.value) for v in source.variables])
+    assert [v.path for v in ordered] == paths
+    np.testing.assert_allclose(_np(target(x)), _np(source(x)), atol=1e-6)
+
+
+def test_variables_that_cannot_be_matched_are_refused_naming_them():
+    a, b = L.Dense(3, name="a"), L.Dense(4, name="a")
+    a(_inputs()[1]), b(_inputs()[1])
+    with pytest.raises(ValueError, match=r"source variables without a rebuilt one: 'a/kernel' "
+                                         r"\(5, 3\), 'a/bias' \(3,\)"):
+        recipe.assign_values(b, recipe.variable_paths(a), [_np(v.value) for v in a.variables])
