@@ -30,8 +30,6 @@ FORMATS = {
     "jax": ["tf_saved_model", "onnx", "litert"],
     "torch": ["onnx", "torch", "openvino", "tf_saved_model", "litert"],
 }
-ITEM_9 = ("issue #14 item 9: on the PyTorch backend a model whose class is defined inside "
-          "a function cannot be re-hosted yet (no get_config, class not importable)")
 
 
 def user_model(kind):
@@ -119,8 +117,6 @@ def _cells():
 
 @pytest.mark.parametrize(("format", "kind"), _cells())
 def test_user_model_reaches_format(format, kind, tmp_path, fresh_process):
-    if BACKEND == "torch" and all(r.kind == "rehost" for r in kexport.routes("torch", format)):
-        pytest.skip(ITEM_9)
     model, example, names, signature = user_model(kind)
     path = _export(model, tmp_path, kind, format, signature)
     calls = [example(n, seed=n) for n in BATCHES]
@@ -157,8 +153,6 @@ def test_user_model_reaches_format(format, kind, tmp_path, fresh_process):
 
 
 def test_explicit_tuple_signature_round_trips_as_a_tuple(tmp_path, fresh_process):
-    if BACKEND == "torch":
-        pytest.skip(ITEM_9)
     model, example, _, _ = user_model("tuple")
     spec = ((keras.InputSpec(shape=(None, 4)), keras.InputSpec(shape=(None, 3))),)
     path = _export(model, tmp_path, "explicit", "tf_saved_model", list(spec))
