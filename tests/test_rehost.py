@@ -19,7 +19,12 @@ import kexport
 import rehost_layers
 from kexport import artifact, routing
 from kexport.capture import endpoint
-from kexport.errors import SignatureError, UnsupportedRouteError, VerificationError
+from kexport.errors import (
+    CaptureValueError,
+    SignatureError,
+    UnsupportedRouteError,
+    VerificationError,
+)
 from kexport.routing import rehost
 from kexport.routing.rehost import recipe
 
@@ -239,9 +244,15 @@ def test_torch_archive_holds_no_local_paths(torch_archive):
 
 @pytest.mark.backends("torch")
 def test_torch_archive_rejects_tf_resources_and_jax_kwargs(small):
+    import tensorflow as tf
+
     archive = kexport.ExportArchive()
-    with pytest.raises(UnsupportedRouteError, match=r"Expected a Keras layer or model\. Received: "):
+    with pytest.raises(CaptureValueError, match=r"Expected a Keras layer or model \(on the torch "
+                       r"backend, ExportArchive re-hosts them onto tensorflow\)\. Received: "):
         archive.track(object())
+    with pytest.raises(UnsupportedRouteError, match=r"TensorFlow resources such as lookup tables "
+                       r"can only be tracked with KERAS_BACKEND=tensorflow"):
+        archive.track(tf.Variable(1.0))
     with pytest.raises(SignatureError, match=r"unexpected keyword arguments .* \['is_static'\]"):
         archive.add_endpoint("serve", small.call, [keras.InputSpec(shape=(None, 4))],
                              is_static=True)
