@@ -6,7 +6,7 @@ Run from the repository root: ``scripts/setup.sh && .venv/bin/python examples/de
 2. saves it as ``.keras``;
 3. runs ``kexport export MODEL.keras --format F`` (which verifies the artifact in
    a fresh process) for every format with a route from this backend and a
-   runtime in ``kexport.load`` — discovered from the registry, so new formats
+   runtime in ``kexport.load`` — discovered from the route tables, so new formats
    appear here by themselves;
 4. reloads each artifact with ``kexport.load`` and prints: format, size,
    export time, max error from verification, held-out accuracy of the artifact
@@ -70,14 +70,15 @@ def p50_ms(fn: object, runs: int = 200) -> float:
 
 def candidate_formats(backend: str) -> list[tuple[str, str]]:
     """(format, why skipped or "") for every registered format."""
-    from kexport import registry
+    from kexport import routing
+    from kexport.runtime import runtime_formats
 
     out = []
-    for name in registry.FORMATS:
-        usable = [r for r in registry.routes(backend, name) if r.available]
+    for name in routing.FORMATS:
+        usable = [r for r in routing.routes(backend, name) if r.available]
         if not usable:
             out.append((name, "no route from this backend here"))
-        elif name not in registry.runtime_formats():
+        elif name not in runtime_formats():
             out.append((name, "no kexport.load runtime yet"))
         else:
             out.append((name, ""))
@@ -108,7 +109,7 @@ def main() -> int:
     import numpy as np
 
     import kexport
-    from kexport import registry
+    from kexport import routing
     from kexport._summary import human_size
 
     backend = keras.backend.backend()
@@ -132,7 +133,7 @@ def main() -> int:
             if skip:
                 notes.append(f"{format}: skipped ({skip})")
                 continue
-            out = os.path.join(tmp, "digits_" + format + registry.FORMATS[format].suffix)
+            out = os.path.join(tmp, "digits_" + format + routing.FORMATS[format].suffix)
             print(f"exporting {format} through the CLI (with verification)...", flush=True)
             code, data = export_with_cli(keras_path, format, out)
             if code != 0 or not data.get("ok"):
