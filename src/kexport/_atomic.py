@@ -17,7 +17,7 @@ format inherits by writing through :func:`atomic_target`:
   artifact (see :func:`kexport.artifact.is_kexport_artifact`) is refused with
   :class:`~kexport.errors.TargetExistsError` unless ``overwrite=True``.
 - **Missing folders are made, and unmade on failure.** Missing parent folders
-  of the target are created (all levels, as ``keras.Model.export`` does);
+  of the target are created (all levels, as Keras's own exporter does);
   if the write then fails, the folders this write created are removed again
   when still empty. A write's first entry in the folder (its temporary, or a
   ``-hold`` marker for a file) is made right after the folders, so a

@@ -19,7 +19,7 @@ import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["infer", "inference_fn", "stateless_infer"]
+__all__ = ["infer", "inference_fn", "stateless_infer", "stateless_run"]
 
 
 def infer(layer: Any, *args: Any, **kwargs: Any) -> Any:
@@ -41,26 +41,37 @@ def inference_fn(layer: Any) -> Callable[..., Any]:
     return functools.partial(layer.__call__, training=False)
 
 
+def stateless_run(fn: Callable[..., Any], trainable: Sequence[Any], frozen: Sequence[Any],
+                  trainable_values: Sequence[Any], frozen_values: Sequence[Any],
+                  *args: Any) -> tuple[Any, list[Any]]:
+    """``fn(*args)`` with the Keras variables ``trainable`` and ``frozen`` read as the
+    given values: ``(outputs, frozen values after the call)``.
+
+    Nothing is assigned; the non-trainable values the call would have updated
+    (seed counters, batch-norm statistics in training) come back instead.
+    """
+    import keras
+
+    mapping = list(zip(trainable, trainable_values, strict=True)) + list(
+        zip(frozen, frozen_values, strict=True))
+    with keras.StatelessScope(state_mapping=mapping) as scope:
+        outputs = fn(*args)
+    updated = []
+    for v, old in zip(frozen, frozen_values, strict=True):
+        new = scope.get_current_value(v)
+        updated.append(old if new is None else new)
+    return outputs, updated
+
+
 def stateless_infer(layer: Any, trainable_values: Sequence[Any],
                     non_trainable_values: Sequence[Any], *args: Any) -> tuple[Any, list[Any]]:
     """:func:`infer` on given variable values: ``(outputs, non-trainable values after)``.
 
     What ``layer.stateless_call(trainable, non_trainable, *args, training=False)``
     means, for every ``call``: the values replace ``layer.trainable_variables``
-    and ``layer.non_trainable_variables`` (in that order) for this call only,
-    nothing is assigned, and the non-trainable values it would have updated
-    (seed counters) come back.
+    and ``layer.non_trainable_variables`` (in that order) for this call only
+    (see :func:`stateless_run`).
     """
-    import keras
-
-    trainable = list(layer.trainable_variables)
-    frozen = list(layer.non_trainable_variables)
-    mapping = list(zip(trainable, trainable_values, strict=True)) + list(
-        zip(frozen, non_trainable_values, strict=True))
-    with keras.StatelessScope(state_mapping=mapping) as scope:
-        outputs = infer(layer, *args)
-    updated = []
-    for v, old in zip(frozen, non_trainable_values, strict=True):
-        new = scope.get_current_value(v)
-        updated.append(old if new is None else new)
-    return outputs, updated
+    return stateless_run(functools.partial(infer, layer), list(layer.trainable_variables),
+                         list(layer.non_trainable_variables), trainable_values,
+                         non_trainable_values, *args)

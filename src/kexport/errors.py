@@ -7,8 +7,8 @@ codes. Messages follow one pattern: what was expected, what was received, and
 what to do next when a fix is known.
 
 Each class is also the built-in type that Keras raises for the same misuse,
-so ``except ValueError`` / ``except TypeError`` code written for
-``model.export`` and ``keras.export.ExportArchive`` keeps working: a wrong
+so ``except ValueError`` / ``except TypeError`` code written for Keras's own
+export API keeps working (docs/coming_from_keras.md): a wrong
 *type* of argument (an ``input_signature`` leaf that is not a spec, a name
 that is not a str, ``fn`` that is not callable, an unexpected keyword
 argument) is a :class:`SignatureTypeError` (a ``TypeError`` and a

@@ -255,18 +255,11 @@ class Capture:
 
     def trackables(self) -> dict[str, Any]:
         """What the written artifact must hold for its functions to run."""
-        tracked_vars: list[Any] = []
-        ids: set[int] = set()
-        for layer in self._tracked_layers:  # a layer inside a tracked model: once
-            for v in self._variables_of(layer):
-                if id(v) not in ids:
-                    ids.add(id(v))
-                    tracked_vars.append(v)
-        split = self.tracked_variables(held=True)
+        split = self.tracked_variables(held=True)  # a layer inside a tracked model: once
         return {
             "variables": list(self._variables.values()),
             "resources": list(self._resources),
-            "tracked": tracked_vars,
+            "tracked": split["variables"],
             "tracked_trainable": split["trainable_variables"],
             "tracked_non_trainable": split["non_trainable_variables"],
             "tracked_layers": list(self._tracked_layers),

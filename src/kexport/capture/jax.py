@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from kexport._inference import stateless_run
 from kexport.capture._base import Capture, lookup_layers, named_like, tf_specs
 from kexport.errors import CaptureError, SignatureError, SignatureTypeError
 from kexport.signature import Spec, flat_names, map_structure
@@ -149,7 +150,6 @@ class JaxCapture(Capture):
     def _trace(self, name: str, fn: Callable[..., Any], signature: list[Any],
                is_static: bool = False, jax2tf_kwargs: dict[str, Any] | None = None,
                **kwargs: Any) -> Any:
-        import keras
         import tensorflow as tf
         from jax.experimental import jax2tf
 
@@ -183,16 +183,9 @@ class JaxCapture(Capture):
         tf_frozen = [self._tf_var(v) for v in frozen]
 
         def stateless(trainable_values: list[Any], frozen_values: list[Any], *args: Any) -> Any:
-            mapping = list(zip(trainable, trainable_values)) + list(zip(frozen, frozen_values))
-            with keras.StatelessScope(state_mapping=mapping) as scope:
-                outputs = fn(*args)
-            if is_static:
-                return outputs
-            updated = []
-            for v, old in zip(frozen, frozen_values):
-                new = scope.get_current_value(v)
-                updated.append(old if new is None else new)
-            return outputs, updated
+            outputs, updated = stateless_run(fn, trainable, frozen, trainable_values,
+                                             frozen_values, *args)
+            return outputs if is_static else (outputs, updated)
 
         if jax2tf_kwargs is not None and not isinstance(jax2tf_kwargs, dict):
             raise SignatureTypeError(
