@@ -10,4 +10,6 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e ".[all,dev]"
+.venv/bin/python -m pip install -q -e ".[all,dev,zoo]"
+# keras_hub without its declared dependencies (see the `zoo` extra in pyproject.toml)
+.venv/bin/python -m pip install -q --no-deps "keras-hub==0.32.0"
