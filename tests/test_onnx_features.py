@@ -243,3 +243,36 @@ def test_rehosted_archive_refuses_format_options_it_cannot_pass_on(small):
                        r"\['opset_version'\] on yet"):
         _two_endpoint_archive(model, hidden=False).write_out(root / "rh", format="onnx",
                                                              opset_version=17)
+
+
+@pytest.mark.backends("tensorflow")
+def test_grouped_convolution_on_tensorflow(tmp_path, fresh_process):
+    """Keras runs grouped convolutions inside a nested XLA-compiled tf.function, which
+    TensorFlow never inlines: tf2onnx used to leave a StatefulPartitionedCall node
+    (ConvNeXt). The workaround in compat.py makes it a grouped ONNX Conv."""
+
+    class Block(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.depthwise = keras.layers.Conv2D(8, 3, padding="same", groups=8)
+            self.grouped = keras.layers.Conv2D(8, 1, groups=2)
+
+        def call(self, x):
+            return self.grouped(keras.ops.relu(self.depthwise(x)))
+
+    keras.utils.set_random_seed(5)
+    model = Block()
+    x = np.random.default_rng(1).normal(size=(3, 6, 6, 8)).astype("float32")
+    ref = keras.ops.convert_to_numpy(model(x))
+    path = tmp_path / "grouped.onnx"
+    kexport.export_onnx(model, path, verbose=False,
+                        input_signature=[keras.InputSpec(shape=(None, 6, 6, 8))])
+    got = fresh_process("fresh_onnx:run_many", {"g": (str(path), [{"input_0": x[:1]},
+                                                                   {"input_0": x}])})["g"]
+    assert "StatefulPartitionedCall" not in got["ops"] and "Conv" in got["ops"]
+    np.testing.assert_allclose(got["results"][0][0], ref[:1], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got["results"][1][0], ref, rtol=1e-4, atol=1e-5)
+    # Keras itself is unchanged outside the export: it still compiles the grouped conv
+    import tensorflow as tf
+    from keras.src.backend.tensorflow import nn
+    assert nn.tf is tf

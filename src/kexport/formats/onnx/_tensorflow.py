@@ -49,11 +49,14 @@ def _flat_tf_function(endpoint: TracedEndpoint) -> Any:
     specs = [tf.TensorSpec(s.shape, tf.as_dtype(s.dtype), name=n)
              for s, n in zip(flatten(endpoint.signature), endpoint.input_names, strict=False)]
     structure = endpoint.signature
+    # The endpoint's Python function, traced anew inside ``flat`` while tf2onnx
+    # converts (within compat.tf2onnx_patches), not the graph traced at capture.
+    function = getattr(endpoint.function, "python_function", endpoint.function)
 
     @tf.function(input_signature=specs, autograph=False)
     def flat(*flat_inputs: Any) -> list[Any]:
         args = pack_as(list(structure), list(flat_inputs))
-        return list(tf.nest.flatten(endpoint.function(*args)))
+        return list(tf.nest.flatten(function(*args)))
 
     return flat
 

@@ -19,6 +19,16 @@ tf2onnx 1.17 (entered through :func:`tf2onnx_patches` and the handlers in
   ``Erfc``, which has no ONNX operator and no tf2onnx handler, so tf2onnx
   writes an invalid graph (Keras's own exporter does). A handler rewrites it
   as ``1 - Erf(x)``.
+- **XLA-compiled convolutions**: Keras's TensorFlow backend runs grouped
+  convolutions (ConvNeXt's depthwise blocks, any ``Conv2D(groups>1)``) inside
+  a nested ``tf.function(jit_compile=True)``. TensorFlow's function inliner
+  never inlines a function marked for XLA, so tf2onnx leaves a
+  ``StatefulPartitionedCall`` node that no ONNX runtime knows (the checker
+  rejects the graph). While kexport traces for tf2onnx, that module of the
+  Keras backend sees a ``tf`` whose ``function`` drops ``jit_compile``, so the
+  convolution is an ordinary nested function that is inlined and converted
+  (tf2onnx writes a grouped ``Conv``). Elsewhere (and in other threads'
+  eager calls, which do not trace a ``tf.function``) Keras is unchanged.
 - **Captured constants**: tensors a ``tf.function`` captures by value (e.g.
   the adapted mean/variance of ``keras.layers.Normalization``) are left as
   extra graph *inputs* by tf2onnx. :func:`captured_inputs_to_initializers`
@@ -111,10 +121,40 @@ def _einsum_as_written() -> Iterator[None]:
         einsum_optimizer.optimize_einsum = original
 
 
+class _TensorFlowWithoutXla(types.ModuleType):
+    """``tensorflow`` as seen by Keras's TensorFlow ``nn`` module while kexport
+    traces for tf2onnx: every attribute, but ``function`` ignores ``jit_compile``."""
+
+    def __init__(self, tf: Any) -> None:
+        super().__init__("tensorflow")
+        self._tf = tf
+
+    def __getattr__(self, name: str) -> Any:
+        if name != "function":
+            return getattr(self._tf, name)
+        function = self._tf.function
+
+        def without_xla(*args: Any, **kwargs: Any) -> Any:
+            kwargs.pop("jit_compile", None)
+            return function(*args, **kwargs)
+
+        return without_xla
+
+
+def _keras_convolutions_inlinable() -> contextlib.AbstractContextManager[None]:
+    """Keras's grouped convolutions traced as ordinary (inlinable) nested functions."""
+    try:
+        from keras.src.backend.tensorflow import nn
+    except ImportError:  # Keras moved it: its own behaviour applies
+        return contextlib.nullcontext()
+    return scoped_patch(nn, "tf", _TensorFlowWithoutXla)
+
+
 @contextlib.contextmanager
 def tf2onnx_patches() -> Iterator[None]:
-    """The NumPy 2 alias and the as-written Einsum decomposition, for one conversion."""
-    with _numpy2_patch(), _einsum_as_written():
+    """The NumPy 2 alias, the as-written Einsum decomposition and inlinable Keras
+    convolutions, for one conversion (which traces the function)."""
+    with _numpy2_patch(), _einsum_as_written(), _keras_convolutions_inlinable():
         yield
 
 
