@@ -111,3 +111,23 @@ def test_quiet_torchscript_log_restores_an_enabled_log():
         assert utils.setup_onnx_logging is shipped
     finally:
         torch._C._jit_set_onnx_log_enabled(False)
+
+
+def test_output_named_like_an_inner_value(tmp_path, fresh_process):
+    # torch.onnx names a graph output as asked even when a node's value already has that
+    # name ("layer_norm" is also the value of the first aten.layer_norm): the graph was
+    # unreadable (SerdeError in the finishing step, GPT-2); kexport names outputs itself
+    tokens = keras.Input((None, 8), name="x")
+    h = keras.layers.LayerNormalization()(tokens)
+    h = keras.layers.MultiHeadAttention(num_heads=2, key_dim=4)(h, h)
+    out = keras.layers.LayerNormalization(name="layer_norm")(h)
+    model = keras.Model(tokens, out)
+    path = tmp_path / "named.onnx"
+    kexport.export_onnx(model, path, verbose=False)
+    rng = np.random.default_rng(0)
+    xs = [rng.normal(size=(b, t, 8)).astype("float32") for b, t in ((1, 5), (3, 7))]
+    got = fresh_process("fresh_onnx:run_many", {"m": (str(path), [{"x": x} for x in xs])})["m"]
+    assert [n for n, _ in got["outputs"]] == ["layer_norm"]
+    for x, out in zip(xs, got["results"], strict=True):
+        ref = keras.ops.convert_to_numpy(model(x, training=False))
+        np.testing.assert_allclose(out[0], ref, rtol=1e-4, atol=2e-5)

@@ -203,9 +203,14 @@ class TorchExport(Strategy):
         wrapper = endpoint_module(model, signature)
         try:
             with cached_torchlib_registry():
+                # no output_names: torch.onnx gives a graph output the name
+                # asked for even when a node's value already has it (a Keras
+                # output layer named "layer_norm" after aten.layer_norm), writing
+                # a graph no ONNX tool reads; the finishing step names outputs
+                # and moves clashing inner values aside (_finish._rename_io)
                 program = torch.onnx.export(
                     wrapper, tuple(tensors), dynamo=True, dynamic_shapes=(tuple(dynamic),),
-                    input_names=names, output_names=outs, opset_version=max(opset, 18),
+                    input_names=names, opset_version=max(opset, 18),
                     optimize=False, verbose=False, report=False)
         except Exception as e:
             raise _step_error(CaptureError, "Step 2/4 (capture: torch.export + torch.onnx)",
