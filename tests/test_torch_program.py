@@ -99,3 +99,50 @@ def test_kexport_load_runs_program_by_name(exported):
     assert artifact.format == "torch" and artifact.endpoints["serve"].input_names == ["a", "b"]
     xs, ref = want[0]
     np.testing.assert_allclose(artifact(xs)["y"], ref, atol=1e-5)
+
+
+@pytest.mark.backends("torch")
+def test_keras_ops_on_symbolic_sizes(tmp_path, fresh_process):
+    # keras.ops.arange(length) with the length read from a dynamic axis (relative
+    # positions, as keras_hub's T5 attention computes them): under torch.export the
+    # length is a torch.SymInt, which Keras's dtype rules did not know ("Invalid dtype:
+    # SymInt"); see kexport/capture/torch_export.py
+    class RelativeBias(keras.layers.Layer):
+        def build(self, input_shape):
+            self.scale = self.add_weight(shape=(), initializer="ones")
+
+        def call(self, x):
+            length = keras.ops.shape(x)[1]
+            positions = keras.ops.arange(length)[:, None] - keras.ops.arange(length)[None, :]
+            bias = keras.ops.cast(keras.ops.abs(positions), "float32") * self.scale
+            return keras.ops.matmul(keras.ops.softmax(-bias), x)
+
+    class Model(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.bias = RelativeBias()
+            self.dense = keras.layers.Dense(4)
+
+        def call(self, x):
+            return self.dense(self.bias(x))
+
+    model = Model()
+    rng = np.random.default_rng(0)
+    xs = [rng.normal(size=(b, t, 3)).astype("float32") for b, t in ((1, 5), (3, 9))]
+    model(xs[0])
+    signature = [keras.InputSpec(shape=(None, None, 3))]
+    pt2, onnx_path = tmp_path / "rel.pt2", tmp_path / "rel.onnx"
+    kexport.export_torch(model, pt2, input_signature=signature, verbose=False)
+    kexport.export_onnx(model, onnx_path, input_signature=signature, verbose=False)
+    (res,) = fresh_process("fresh_formats:torch_run", [(str(pt2), [[x] for x in xs])])
+    got = fresh_process("fresh_onnx:run_many",
+                        {"m": (str(onnx_path), [{"input_0": x} for x in xs])})["m"]
+    for x, (y,), (z,) in zip(xs, res["outputs"], got["results"], strict=True):
+        ref = keras.ops.convert_to_numpy(model(x))
+        np.testing.assert_allclose(y, ref, atol=1e-5, rtol=1e-4)
+        np.testing.assert_allclose(z, ref, atol=1e-5, rtol=1e-4)
+    # Keras's own dtype rules are unchanged outside the export
+    import torch
+    from keras.src.backend.common import dtypes
+
+    assert torch.SymInt not in dtypes.PYTHON_DTYPES_MAP

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from kexport import _summary
 from kexport._atomic import atomic_target
 from kexport.artifact import DEFAULT_ENDPOINT, MANIFEST_NAME, TORCH_PROGRAM_SUFFIX, Manifest
+from kexport.capture.torch_export import symbolic_sizes
 from kexport.errors import (
     CaptureError,
     KexportError,
@@ -146,7 +147,7 @@ def export_program(fn: Callable[..., Any], signature: list[Any], input_names: li
     module = _flat_module(fn, signature, params, layers)
     samples = tuple(_sample(s) for s in flatten(signature))
     try:
-        with torch.no_grad():
+        with torch.no_grad(), symbolic_sizes():
             return torch.export.export(module, samples,
                                        dynamic_shapes=_dynamic_shapes(signature, params),
                                        strict=False)

@@ -27,6 +27,7 @@ from typing import Any
 
 from kexport._inference import infer
 from kexport.capture._base import _to_plain, output_names
+from kexport.capture.torch_export import symbolic_sizes
 from kexport.errors import CaptureError, UnsupportedRouteError
 from kexport.formats.onnx._accept import Acceptance, NotTraceable, samples
 from kexport.formats.onnx._graph import RawGraph, Strategy, _guess_layer, _step_error
@@ -202,7 +203,7 @@ class TorchExport(Strategy):
                      for t, n in zip(flatten(_to_plain(live)), outs, strict=False)]
         wrapper = endpoint_module(model, signature)
         try:
-            with cached_torchlib_registry():
+            with cached_torchlib_registry(), symbolic_sizes():
                 # no output_names: torch.onnx gives a graph output the name
                 # asked for even when a node's value already has it (a Keras
                 # output layer named "layer_norm" after aten.layer_norm), writing
