@@ -371,6 +371,12 @@ def test_tf_function_with_its_own_signature(tmp_path, fresh_process):
     archive = kexport.ExportArchive()
     archive.track(model)
     archive.add_endpoint("serve", serve, input_signature=SPEC10)  # fits (None, None)
+
+    @tf.function(input_signature=[tf.TensorSpec(shape=(None, 10), dtype=tf.float32)])
+    def doubled(x):
+        return model(x) * 2.0
+
+    archive.add_endpoint("doubled", doubled)  # never called: its own signature is used
     offset = tf.Variable(np.ones(3, "float32"))
     archive.add_variable_collection("offset", [offset])
     assert archive.offset == [offset]
@@ -382,9 +388,10 @@ def test_tf_function_with_its_own_signature(tmp_path, fresh_process):
     archive.write_out(path, verbose=False)
     xs = [rng(1).random((3, 10), dtype="float32"), rng(2).random((6, 10), dtype="float32")]
     got = fresh_process("fresh_archive_parity:call_endpoints", path,
-                        [("serve", [x]) for x in xs])
-    for x, out in zip(xs, got["outputs"]):
-        assert_close(out, np_out(model(x)))
+                        [(name, [x]) for x in xs for name in ("serve", "doubled")])
+    for i, x in enumerate(xs):
+        assert_close(got["outputs"][2 * i], np_out(model(x)))
+        assert_close(got["outputs"][2 * i + 1], 2.0 * np_out(model(x)))
 
 
 # -- JAX: user polymorphic_shapes with shared and free dims (#14 item 5) ----------

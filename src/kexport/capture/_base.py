@@ -384,9 +384,7 @@ def _traced_tf_function(name: str, fn: Any, signature: list[Any] | None) -> tupl
             _check_fits(name, signature, own)
             concrete = fn.get_concrete_function()
         return _as_function(concrete, specs, fn), signature
-    concretes = fn._list_all_concrete_functions()
-    if not concretes and own is not None:  # declared, never called: its own signature
-        concretes = [fn.get_concrete_function()]
+    concretes = fn._list_all_concrete_functions()  # a declared signature is listed too
     if not concretes:
         raise SignatureError(
             f"Endpoint '{name}' is a tf.function that was never called, so its "
