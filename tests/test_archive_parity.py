@@ -204,3 +204,287 @@ def test_jax_option_types():
     with pytest.raises(TypeError, match=r"Expected `jax2tf_kwargs` to be a dict") as info:
         archive.add_endpoint("serve", model.call, SPEC10, jax2tf_kwargs=5)
     assert isinstance(info.value, kexport.SignatureTypeError)
+
+
+# -- JAX: endpoints written with jax2tf (#14 item 6) ---------------------------
+
+def tagger() -> keras.Model:
+    """(batch, time, 8) -> (batch, time, 3): Dense -> BatchNormalization -> Dense, subclassed,
+    built on a sample; 6 trainable variables (the head's bias last), 2 non-trainable."""
+
+    class Tagger(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.dense = L.Dense(4, activation="relu")
+            self.bn = L.BatchNormalization()
+            self.head = L.Dense(3)
+
+        def call(self, x):
+            return self.head(self.bn(self.dense(x)))
+
+    model = Tagger()
+    model(np.zeros((2, 5, 8), "float32"))
+    _set_statistics(model)
+    return model
+
+
+def _seq(seed, batch, time):
+    return rng(seed).random((batch, time, 8), dtype="float32")
+
+
+@pytest.mark.backends("jax")
+def test_jax2tf_tf_function_endpoints_as_in_keras_guide(tmp_path, fresh_process):
+    """``jax2tf.convert(model_call, polymorphic_shapes=...)`` inside a ``tf.function`` with
+    its own input_signature, added with and without an ``input_signature``; a second
+    converted function over two inputs whose time dims are free."""
+    import tensorflow as tf
+    from jax.experimental import jax2tf
+
+    model = tagger()
+
+    def model_call(x):
+        return model(x)
+
+    def pair_call(x, y):  # x's frames shifted by y's mean frame: t and s are independent
+        return model(x) + keras.ops.mean(model(y), axis=1, keepdims=True)
+
+    converted = jax2tf.convert(model_call, polymorphic_shapes=["(b, t, 8)"])
+    converted_pair = jax2tf.convert(pair_call, polymorphic_shapes=["(b, t, 8)", "(b, s, 8)"])
+
+    @tf.function(input_signature=[tf.TensorSpec(shape=(None, None, 8), dtype=tf.float32)],
+                 autograph=False)
+    def infer_fn(x):
+        return converted(x)
+
+    @tf.function(autograph=False)
+    def pair_fn(x, y):
+        return converted_pair(x, y)
+
+    archive = kexport.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serve", infer_fn)  # the tf.function's own signature
+    archive.add_endpoint("call", infer_fn,
+                         input_signature=[keras.InputSpec(shape=(None, None, 8))])
+    spec = tf.TensorSpec(shape=(None, None, 8), dtype=tf.float32)
+    archive.add_endpoint("pair", pair_fn, input_signature=[spec, spec])
+    path = str(tmp_path / "a")
+    archive.write_out(path, verbose=False)
+
+    sizes = [(2, 3, 5), (5, 7, 2)]  # batch, t, s: two batch sizes, a second size of t and s
+    calls = []
+    for i, (b, t, s) in enumerate(sizes):
+        x, y = _seq(i, b, t), _seq(10 + i, b, s)
+        calls += [("serve", [x]), ("call", [x]), ("pair", [x, y])]
+    got = fresh_process("fresh_archive_parity:call_endpoints", path, calls)
+    for (name, args), out in zip(calls, got["outputs"]):
+        want = model_call(*args) if name != "pair" else pair_call(*args)
+        assert_close(out, np_out(want))
+    assert len(archive.variables) == 8 and len(archive.non_trainable_variables) == 2
+    assert all(isinstance(v, tf.Variable) for v in archive.variables)
+
+
+@pytest.mark.backends("jax")
+def test_jax2tf_stateless_endpoints_over_variable_collections(tmp_path, fresh_process):
+    """A stateless function of the variables, converted with jax2tf, called in endpoints on
+    the ``tf.Variable`` objects of ``add_variable_collection`` (``archive.<name>``) and on a
+    ``tf.Variable`` of the user's: the SavedModel holds them as variables, so assigning one
+    after reloading moves the outputs."""
+    import tensorflow as tf
+    from jax.experimental import jax2tf
+
+    model = tagger()
+    archive = kexport.ExportArchive()
+    archive.add_variable_collection("trainable", model.trainable_variables)
+    archive.add_variable_collection("non_trainable", model.non_trainable_variables)
+    trainable, non_trainable = archive.trainable, archive.non_trainable
+    assert all(isinstance(v, tf.Variable) for v in trainable + non_trainable)
+    scale = tf.Variable(2.0)
+    archive.add_variable_collection("scale", [scale])
+
+    def stateless_fn(trainable_values, non_trainable_values, x):
+        y, _ = model.stateless_call(trainable_values, non_trainable_values, x)
+        return y
+
+    def pooled_fn(trainable_values, non_trainable_values, x):
+        return keras.ops.mean(stateless_fn(trainable_values, non_trainable_values, x), axis=1)
+
+    serve_tf = jax2tf.convert(stateless_fn, polymorphic_shapes=[None, None, "(b, t, 8)"])
+    pooled_tf = jax2tf.convert(pooled_fn, polymorphic_shapes=[None, None, "(b, t, 8)"])
+
+    @tf.function(autograph=False)
+    def serve(x):
+        return serve_tf(trainable, non_trainable, x)
+
+    spec = [tf.TensorSpec(shape=(None, None, 8), dtype=tf.float32)]
+    archive.add_endpoint("serve", serve, input_signature=spec)
+    # Plain functions (no tf.function) of the converted ones are TensorFlow code too.
+    archive.add_endpoint("pooled", lambda x: pooled_tf(trainable, non_trainable, x),
+                         input_signature=spec)
+    archive.add_endpoint("scaled", lambda x: serve_tf(trainable, non_trainable, x) * scale,
+                         input_signature=spec)
+    path = str(tmp_path / "a")
+    archive.write_out(path, verbose=False)
+
+    calls = []
+    for i, (b, t) in enumerate([(2, 3), (5, 6)]):
+        x = _seq(i, b, t)
+        calls += [("serve", [x]), ("pooled", [x]), ("scaled", [x])]
+    got = fresh_process("fresh_archive_parity:call_endpoints", path, calls,
+                        ("trainable", 5, 1.0))  # the head's bias + 1
+    for (name, (x,)), out, bumped in zip(calls, got["outputs"], got["bumped"]):
+        want = np_out(model(x))
+        want = {"serve": want, "pooled": want.mean(axis=1), "scaled": 2.0 * want}[name]
+        assert_close(out, want)
+        assert_close(bumped, want + (2.0 if name == "scaled" else 1.0))
+
+
+@pytest.mark.backends("jax")
+def test_jax2tf_endpoint_errors_are_typed():
+    import tensorflow as tf
+    from jax.experimental import jax2tf
+
+    model = tagger()
+    converted = jax2tf.convert(lambda x: model(x), polymorphic_shapes=["(b, t, 8)"])
+    archive = kexport.ExportArchive()
+    spec = [tf.TensorSpec(shape=(None, None, 8), dtype=tf.float32)]
+    with pytest.raises(TypeError, match=r"converted with jax2tf.convert already.*"
+                       r"Received: jax2tf_kwargs=") as info:
+        archive.add_endpoint("serve", lambda x: converted(x), spec,
+                             jax2tf_kwargs={"polymorphic_shapes": ["(b, t, 8)"]})
+    assert isinstance(info.value, kexport.SignatureTypeError)
+    with pytest.raises(ValueError, match=r"list/tuple/set of keras.Variable or tf.Variable"):
+        archive.add_variable_collection("weights", [np.zeros(3)])
+
+
+# -- tf.function endpoints with their own input_signature (any backend with TF functions)
+
+@pytest.mark.backends("tensorflow")
+def test_tf_function_with_its_own_signature(tmp_path, fresh_process):
+    import tensorflow as tf
+
+    model = bn_model()
+
+    @tf.function(input_signature=[tf.TensorSpec(shape=(None, None), dtype=tf.float32)])
+    def serve(x):
+        return model(x)
+
+    archive = kexport.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serve", serve, input_signature=SPEC10)  # fits (None, None)
+
+    @tf.function(input_signature=[tf.TensorSpec(shape=(None, 10), dtype=tf.float32)])
+    def doubled(x):
+        return model(x) * 2.0
+
+    archive.add_endpoint("doubled", doubled)  # never called: its own signature is used
+    offset = tf.Variable(np.ones(3, "float32"))
+    archive.add_variable_collection("offset", [offset])
+    assert archive.offset == [offset]
+    with pytest.raises(TypeError, match=r"own input_signature.*Expected inputs that fit "
+                       r"\[\(None, None\) float32\]. Received: \[\(None, 10\) int32\]") as info:
+        archive.add_endpoint("ints", serve, [keras.InputSpec(shape=(None, 10), dtype="int32")])
+    assert isinstance(info.value, kexport.SignatureTypeError)
+    path = str(tmp_path / "a")
+    archive.write_out(path, verbose=False)
+    xs = [rng(1).random((3, 10), dtype="float32"), rng(2).random((6, 10), dtype="float32")]
+    got = fresh_process("fresh_archive_parity:call_endpoints", path,
+                        [(name, [x]) for x in xs for name in ("serve", "doubled")])
+    for i, x in enumerate(xs):
+        assert_close(got["outputs"][2 * i], np_out(model(x)))
+        assert_close(got["outputs"][2 * i + 1], 2.0 * np_out(model(x)))
+
+
+# -- JAX: user polymorphic_shapes with shared and free dims (#14 item 5) ----------
+
+@pytest.mark.backends("jax")
+def test_user_polymorphic_shapes_shared_and_free_dims(tmp_path, fresh_process):
+    """The user's strings are kept: ``(b, n, n)`` where the model forces two axes equal,
+    ``(b, tq, 8)`` / ``(b, tv, 8)`` where they are free; one string for every argument;
+    ``None`` and ``_`` left to kexport; a constant fixes the signature's dimension."""
+    ops = keras.ops
+
+    class Gram(keras.Model):  # x @ x: the last two axes must be equal
+        def __init__(self):
+            super().__init__()
+            self.scale = self.add_weight(shape=(), initializer="ones")
+
+        def call(self, x):
+            return ops.matmul(x, x) * self.scale
+
+    class Attend(keras.Model):  # query and value lengths are independent
+        def __init__(self):
+            super().__init__()
+            self.q = L.Dense(8)
+            self.k = L.Dense(8)
+
+        def call(self, inputs):
+            query, value = inputs["query"], inputs["value"]
+            scores = ops.matmul(self.q(query), ops.transpose(self.k(value), (0, 2, 1)))
+            return ops.matmul(ops.softmax(scores), value)
+
+    gram, attend = Gram(), Attend()
+    gram(np.zeros((2, 3, 3), "float32"))
+    attend({"query": np.zeros((2, 3, 8), "float32"), "value": np.zeros((2, 4, 8), "float32")})
+
+    def gram_plus(x, offsets):  # offsets: (b, 5), its mean added to every entry
+        return gram(x) + ops.mean(offsets, axis=1)[:, None, None]
+
+    any3 = keras.InputSpec(shape=(None, None, None))
+    seq = keras.InputSpec(shape=(None, None, 8))
+    archive = kexport.ExportArchive()
+    archive.track(gram)
+    archive.track(attend)
+    archive.add_endpoint("gram", gram.call, [any3],
+                         jax2tf_kwargs={"polymorphic_shapes": ["(b, n, n)"]})
+    archive.add_endpoint("attend", attend.call, [{"query": seq, "value": seq}],
+                         jax2tf_kwargs={"polymorphic_shapes": [{"query": "(b, tq, 8)",
+                                                                "value": "(b, tv, 8)"}]})
+    archive.add_endpoint("self_attend", lambda q, v: attend({"query": q, "value": v}),
+                         [seq, seq], jax2tf_kwargs={"polymorphic_shapes": "(b, t, 8)"})
+    fn = archive.add_endpoint(
+        "gram_plus", gram_plus, [any3, keras.InputSpec(shape=(None, None))],
+        jax2tf_kwargs={"polymorphic_shapes": ["(b, n, n)", "(_, 5)"]})
+    assert fn.input_signature[1].shape.as_list() == [None, 5]
+    archive.add_endpoint("gram_plus_none", gram_plus, [any3, keras.InputSpec(shape=(None, 5))],
+                         jax2tf_kwargs={"polymorphic_shapes": ["(b, n, n)", None]})
+    path = str(tmp_path / "a")
+    archive.write_out(path, verbose=False)
+
+    calls, wants = [], []
+    for i, (b, n, tq, tv) in enumerate([(2, 3, 3, 5), (5, 6, 7, 2)]):
+        x = rng(i).random((b, n, n), dtype="float32")
+        q, v = _seq(10 + i, b, tq), _seq(20 + i, b, tv)
+        offsets = rng(30 + i).random((b, 5), dtype="float32")
+        calls += [("gram", [x]), ("attend", [{"query": q, "value": v}]),
+                  ("self_attend", [q, q]), ("gram_plus", [x, offsets]),
+                  ("gram_plus_none", [x, offsets])]
+        wants += [gram(x), attend({"query": q, "value": v}), attend({"query": q, "value": q}),
+                  gram_plus(x, offsets), gram_plus(x, offsets)]
+    got = fresh_process("fresh_archive_parity:call_endpoints", path, calls)
+    for out, want in zip(got["outputs"], wants):
+        assert_close(out, np_out(want))
+
+
+@pytest.mark.backends("jax")
+def test_user_polymorphic_shapes_that_do_not_fit_are_typed_errors():
+    model = tagger()
+    archive = kexport.ExportArchive()
+    archive.track(model)
+    seq = [keras.InputSpec(shape=(None, None, 8))]
+    with pytest.raises(ValueError, match=r"one entry per positional argument of `fn` \(1, "
+                       r"as the input_signature\)\. Received 2") as info:
+        archive.add_endpoint("serve", model.call, seq,
+                             jax2tf_kwargs={"polymorphic_shapes": ["(b, t, 8)", "(b, t)"]})
+    assert isinstance(info.value, kexport.SignatureError)
+    with pytest.raises(ValueError, match=r"argument 0: expected a polymorphic shape with 3 "
+                       r"dimension\(s\)") as info:
+        archive.add_endpoint("serve", model.call, seq,
+                             jax2tf_kwargs={"polymorphic_shapes": ["(b, t)"]})
+    assert isinstance(info.value, kexport.SignatureError)
+    with pytest.raises(ValueError, match=r"gives axis 2 size 4, the input_signature 8") as info:
+        archive.add_endpoint("serve", model.call, seq,
+                             jax2tf_kwargs={"polymorphic_shapes": ["(b, t, 4)"]})
+    assert isinstance(info.value, kexport.SignatureError)
+    with pytest.raises(TypeError, match=r"polymorphic_shapes'\] to be a string or a list") as info:
+        archive.add_endpoint("serve", model.call, seq, jax2tf_kwargs={"polymorphic_shapes": 3})
+    assert isinstance(info.value, kexport.SignatureTypeError)

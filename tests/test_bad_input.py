@@ -62,6 +62,14 @@ def spec(*shape, dtype="float32"):
     return keras.InputSpec(shape=shape, dtype=dtype)
 
 
+def declared_tf_function():
+    """A ``tf.function`` with its own input_signature: (None, 3) float32."""
+    import tensorflow as tf
+
+    return tf.function(lambda x: x * 2.0,
+                       input_signature=[tf.TensorSpec((None, 3), tf.float32)])
+
+
 # (id, function, call, expected type, message pattern)
 CATALOGUE = [
     ("export: model is not a Keras model", "export_model",
@@ -143,6 +151,11 @@ CATALOGUE = [
     ("archive: signature arity does not match fn", "ExportArchive.add_endpoint",
      lambda p: archive_with(None).add_endpoint("serve", lambda a, b: a, [spec(None, 3)]),
      kexport.SignatureTypeError, r"one entry per positional argument of `fn` \(a, b\)"),
+    ("archive: signature does not fit the tf.function's own", "ExportArchive.add_endpoint",
+     lambda p: archive_with(None).add_endpoint("serve", declared_tf_function(), [spec(None, 4)]),
+     kexport.SignatureTypeError,
+     r"own input_signature.*Expected inputs that fit \[\(None, 3\) float32\]\. "
+     r"Received: \[\(None, 4\) float32\]"),
     ("archive: reserved endpoint name", "ExportArchive.add_endpoint",
      lambda p: archive_with(None).add_endpoint("variables", mlp().call, [spec(None, 3)]),
      kexport.SignatureError, r"reserved"),
@@ -154,7 +167,7 @@ CATALOGUE = [
      r"Expected a built layer or model"),
     ("archive: collection of non-variables", "ExportArchive.add_variable_collection",
      lambda p: archive_with().add_variable_collection("extra", [1, 2]), kexport.SignatureError,
-     r"Expected `variables` to be a list/tuple/set of keras\.Variable"),
+     r"Expected `variables` to be a list/tuple/set of keras\.Variable or tf\.Variable"),
     ("archive: collection name escaping (a/b)", "ExportArchive.add_variable_collection",
      lambda p: archive_with().add_variable_collection("a/b", []), kexport.SignatureError,
      r"Python identifier"),
@@ -207,6 +220,7 @@ BUILTIN = {
     "archive: endpoint name not a str": TypeError,
     "archive: fn not callable": TypeError,
     "archive: signature arity does not match fn": TypeError,
+    "archive: signature does not fit the tf.function's own": TypeError,
     "archive: write_out bad options": TypeError,
     "routes: unknown backend": NotImplementedError,
 }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +23,14 @@ from kexport.signature import (
     sanitize_name,
 )
 
-__all__ = ["Capture", "TracedEndpoint", "discover_layers", "owner_model", "output_names"]
+__all__ = ["Capture", "TracedEndpoint", "discover_layers", "is_tf_variable", "owner_model",
+           "output_names"]
+
+
+def is_tf_variable(value: Any) -> bool:
+    """Whether ``value`` is a ``tf.Variable`` (without importing TensorFlow for it)."""
+    tf = sys.modules.get("tensorflow")
+    return tf is not None and isinstance(value, tf.Variable)
 
 
 def _is_keras_layer(obj: Any) -> bool:
@@ -366,12 +374,17 @@ def _from_tf_spec(spec: Any) -> Spec:
 def _traced_tf_function(name: str, fn: Any, signature: list[Any] | None) -> tuple[Any, list[Any]]:
     """Use an existing ``tf.function``: with its own signature or a traced one."""
 
+    own = getattr(fn, "input_signature", None)
     if signature is not None:
         names = flat_names(signature)
         specs = tf_specs(signature, names)
-        concrete = fn.get_concrete_function(*specs)
+        if own is None:
+            concrete = fn.get_concrete_function(*specs)
+        else:  # the tf.function fixes its signature: the given one must fit inside it
+            _check_fits(name, signature, own)
+            concrete = fn.get_concrete_function()
         return _as_function(concrete, specs, fn), signature
-    concretes = fn._list_all_concrete_functions()
+    concretes = fn._list_all_concrete_functions()  # a declared signature is listed too
     if not concretes:
         raise SignatureError(
             f"Endpoint '{name}' is a tf.function that was never called, so its "
@@ -390,6 +403,33 @@ def _traced_tf_function(name: str, fn: Any, signature: list[Any] | None) -> tupl
             pass
     signature = [map_structure(_from_tf_spec, a) for a in args]
     return _as_function(concrete, list(args), fn), signature
+
+
+def _check_fits(name: str, signature: list[Any], own: Any) -> None:
+    """Refuse an ``input_signature`` that a ``tf.function``'s own one does not accept.
+
+    Every given input must have the dtype and rank of the function's, and each
+    dimension the function fixes must be fixed to the same size (a dimension
+    the function leaves dynamic may be anything).
+    """
+    import tensorflow as tf
+
+    given = [spec for _, spec in flatten_with_paths(signature)]
+    declared = [_from_tf_spec(s) for s in tf.nest.flatten(list(own))]
+
+    def fits(g: Spec, d: Spec) -> bool:
+        return g.dtype == d.dtype and len(g.shape) == len(d.shape) and all(
+            dd is None or gd == dd for gd, dd in zip(g.shape, d.shape))
+
+    if len(given) != len(declared) or not all(map(fits, given, declared)):
+        show = ", ".join(f"{s.shape} {s.dtype}" for s in declared)
+        got = ", ".join(f"{s.shape} {s.dtype}" for s in given)
+        raise SignatureTypeError(
+            f"Endpoint '{name}': `fn` is a tf.function with its own input_signature, "
+            f"which does not accept the `input_signature` given. Expected inputs that fit "
+            f"[{show}]. Received: [{got}]. Next step: pass no `input_signature` (the "
+            "function's own is used) or one that fits it."
+        )
 
 
 def _relax_batch(spec: Any) -> Any:

@@ -15,7 +15,15 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from kexport._inference import stateless_run
-from kexport.capture._base import Capture, lookup_layers, named_like, tf_specs
+from kexport.capture._base import (
+    Capture,
+    TracedEndpoint,
+    is_tf_variable,
+    lookup_layers,
+    named_like,
+    tf_specs,
+)
+from kexport.capture._jax_shapes import fit_polymorphic_shapes
 from kexport.errors import CaptureError, SignatureError, SignatureTypeError
 from kexport.signature import Spec, flat_names, map_structure
 
@@ -99,6 +107,35 @@ def native_problem(model: Any) -> str:
             "export such models with KERAS_BACKEND=tensorflow")
 
 
+def written_with_jax2tf(fn: Any, depth: int = 0) -> bool:
+    """Whether ``fn`` is, or calls, a function returned by ``jax2tf.convert``.
+
+    Such a function takes and returns TensorFlow tensors: an endpoint written
+    with it (``lambda x: converted(params, x)``, as JAX users write for
+    TensorFlow serving) is TensorFlow code already. Looks through
+    ``functools.partial``, bound methods, ``__wrapped__``, closure cells and the
+    globals ``fn``'s code names, a few levels deep.
+    """
+    from jax.experimental import jax2tf
+
+    if fn is None or depth > 3:
+        return False
+    if getattr(fn, "__module__", None) == jax2tf.convert.__module__ and getattr(
+            fn, "__qualname__", "").startswith(jax2tf.convert.__qualname__ + ".<locals>"):
+        return True
+    inner = [getattr(fn, "func", None), getattr(fn, "__wrapped__", None),
+             getattr(fn, "python_function", None), getattr(fn, "__func__", None)]
+    code = getattr(fn, "__code__", None)
+    if code is not None:
+        for cell in getattr(fn, "__closure__", None) or ():
+            with contextlib.suppress(ValueError):
+                inner.append(cell.cell_contents)
+        glb = getattr(fn, "__globals__", {})
+        inner += [glb.get(n) for n in code.co_names]
+    return any(callable(f) and f is not fn and written_with_jax2tf(f, depth + 1)
+               for f in inner)
+
+
 class JaxCapture(Capture):
     """Converts Keras functions on the JAX backend with ``jax2tf``."""
 
@@ -144,8 +181,23 @@ class JaxCapture(Capture):
         return super()._options_problem({k: v for k, v in options.items()
                                          if k not in ("is_static", "jax2tf_kwargs")})
 
+    def trace(self, name: str, fn: Callable[..., Any], signature: list[Any] | None,
+              **kwargs: Any) -> TracedEndpoint:
+        """As :meth:`Capture.trace`; the user's ``polymorphic_shapes`` are fitted to the
+        signature first (:func:`kexport.capture._jax_shapes.fit_polymorphic_shapes`)."""
+        options = kwargs.get("jax2tf_kwargs")
+        if (signature is not None and isinstance(options, dict)
+                and options.get("polymorphic_shapes") is not None
+                and not hasattr(fn, "get_concrete_function")):
+            poly, signature = fit_polymorphic_shapes(
+                name, options["polymorphic_shapes"], signature,
+                polymorphic_shapes_for(signature))
+            kwargs["jax2tf_kwargs"] = {**options, "polymorphic_shapes": poly}
+        return super().trace(name, fn, signature, **kwargs)
+
     def collection(self, variables: Any) -> list[Any]:
-        return [self._tf_var(v) for v in variables]
+        """``tf.Variable`` copies of Keras variables; a ``tf.Variable`` given stays itself."""
+        return [v if is_tf_variable(v) else self._tf_var(v) for v in variables]
 
     def _trace(self, name: str, fn: Callable[..., Any], signature: list[Any],
                is_static: bool = False, jax2tf_kwargs: dict[str, Any] | None = None,
@@ -162,6 +214,17 @@ class JaxCapture(Capture):
             raise SignatureTypeError(
                 f"Expected `is_static` to be a bool. Received: is_static={is_static!r}"
             )
+        if written_with_jax2tf(fn):
+            # Already TensorFlow (the user converted it with jax2tf): traced as it is.
+            if jax2tf_kwargs is not None:
+                raise SignatureTypeError(
+                    f"Endpoint '{name}': `fn` calls a function converted with "
+                    "jax2tf.convert already, so `jax2tf_kwargs` cannot apply to it. "
+                    "Expected them in your own jax2tf.convert(...) call. Received: "
+                    f"jax2tf_kwargs={jax2tf_kwargs!r}"
+                )
+            return tf.function(fn, input_signature=tf_specs(signature, flat_names(signature)),
+                               autograph=False)
         for layer in self._tracked_layers:
             problem = native_problem(layer)
             if problem:

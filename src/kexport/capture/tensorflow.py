@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from kexport.capture._base import Capture, tf_specs
+from kexport.capture._base import Capture, is_tf_variable, tf_specs
 from kexport.errors import SignatureTypeError
 from kexport.signature import flat_names
 
@@ -26,7 +26,7 @@ class TensorFlowCapture(Capture):
         return variable.value
 
     def collection(self, variables: Any) -> list[Any]:
-        return [getattr(v, "value", v) for v in variables]
+        return [v if is_tf_variable(v) else v.value for v in variables]
 
     def _trace(self, name: str, fn: Callable[..., Any], signature: list[Any],
                **kwargs: Any) -> Any:

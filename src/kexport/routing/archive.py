@@ -15,7 +15,7 @@ from typing import Any
 
 from kexport import _atomic
 from kexport.artifact import default_endpoint, format_info
-from kexport.capture._base import TracedEndpoint
+from kexport.capture._base import TracedEndpoint, is_tf_variable
 from kexport.errors import SignatureError, SignatureTypeError, UnsupportedRouteError, describe
 from kexport.routing.archives import archive_host, archive_route, capture_for
 from kexport.routing.rehost import write_archive_rehosted
@@ -123,6 +123,14 @@ class ExportArchive:
         seed generator state; every variable of a frozen layer)."""
         return self._capture.tracked_variables()["non_trainable_variables"]
 
+    def __getattr__(self, name: str) -> Any:
+        """A variable collection by name (:meth:`add_variable_collection`), as the
+        artifact holds it (``tf.Variable`` objects on TensorFlow and JAX)."""
+        given = self.__dict__.get("_collection_vars", {})
+        if name not in given:
+            raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
+        return [v if is_tf_variable(v) else self._capture._exposed(v) for v in given[name]]
+
     def track(self, resource: Any) -> Any:
         """Track the variables of a layer/model, or a TensorFlow resource.
 
@@ -209,8 +217,13 @@ class ExportArchive:
         """Expose ``variables`` as attribute ``name`` of the reloaded object.
 
         Args:
-            name: attribute name on the reloaded object.
-            variables: a list, tuple or set of ``keras.Variable`` objects.
+            name: attribute name on the reloaded object (and on this archive:
+                ``archive.<name>`` lists the variables the artifact holds for
+                them, e.g. to use them in a ``tf.function`` endpoint).
+            variables: a list, tuple or set of ``keras.Variable`` or
+                ``tf.Variable`` objects. On JAX, Keras variables are held as
+                ``tf.Variable`` copies owned by the archive (the same copies as
+                :attr:`variables` shows).
         """
         import keras
 
@@ -221,10 +234,10 @@ class ExportArchive:
                 f"collection and not reserved. Received: {name!r}"
             )
         if not isinstance(variables, (list, tuple, set)) or not all(
-                isinstance(v, keras.Variable) for v in variables):
+                isinstance(v, keras.Variable) or is_tf_variable(v) for v in variables):
             raise SignatureError(
-                "Expected `variables` to be a list/tuple/set of keras.Variable. "
-                f"Received: {describe(variables)}"
+                "Expected `variables` to be a list/tuple/set of keras.Variable or "
+                f"tf.Variable. Received: {describe(variables)}"
             )
         self._collections[name] = self._capture.collection(list(variables))
         self._collection_vars[name] = list(variables)

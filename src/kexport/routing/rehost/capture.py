@@ -98,7 +98,7 @@ class RehostCapture(Capture):
                 raise SignatureError(
                     f"Expected every variable of the collection to belong to a tracked "
                     f"layer or model (on the {self.backend} backend they travel with it). "
-                    f"Received: variable '{v.path}' of no tracked layer. Next step: "
+                    f"Received: variable '{getattr(v, 'path', getattr(v, 'name', v))}' of no tracked layer. Next step: "
                     "archive.track(the layer that owns it) first."
                 )
             refs.append(ref)
