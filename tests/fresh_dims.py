@@ -23,7 +23,10 @@ def torch_ranges(path):
                 axes.append(None)
                 continue
             r = program.range_constraints[expr]
-            upper = int(r.upper) if r.upper.is_finite else None
+            try:
+                upper = int(r.upper)
+            except Exception:  # int_oo: no max
+                upper = None
             axes.append((int(r.lower), upper if upper is not None and upper < 2**31 else None))
         out[spec.arg.name] = axes
     return out

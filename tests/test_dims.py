@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 import kexport
-from conftest import BACKEND
 from kexport._dims import plan_signature
 from kexport.signature import Spec, normalize
 
@@ -131,3 +130,98 @@ def test_independent_lengths_torch_program(tmp_path, fresh_process):
     assert got["inputs"] == names
     for feed, (y,) in zip(feeds, got["outputs"], strict=True):
         np.testing.assert_allclose(y, _live(model, feed), atol=1e-5, rtol=1e-4)
+
+
+# -- bounded lengths: a position embedding of max_sequence_length rows --------------------------
+def _bert():
+    import keras_hub
+
+    return keras_hub.models.BertBackbone(
+        vocabulary_size=50, num_layers=1, num_heads=2, hidden_dim=16, intermediate_dim=32,
+        max_sequence_length=16)
+
+
+def _bert_feed(batch, length, seed=0):
+    rng = np.random.default_rng(seed)
+    mask = np.ones((batch, length), "int32")
+    mask[:, length - 1:] = 0
+    return {"padding_mask": mask,
+            "segment_ids": rng.integers(0, 2, (batch, length)).astype("int32"),
+            "token_ids": rng.integers(0, 50, (batch, length)).astype("int32")}
+
+
+def _bert_live(model, feed):
+    out = model({k: keras.ops.convert_to_tensor(v) for k, v in feed.items()})
+    return {k: np.asarray(keras.ops.convert_to_numpy(v)) for k, v in out.items()}
+
+
+_BERT_CALLS = [(2, 5), (1, 12)]  # two lengths within the bound of 16
+
+
+@pytest.mark.backends("torch")
+def test_bounded_length_torch_program(tmp_path, fresh_process):
+    model = _bert()
+    path = str(tmp_path / "bert.pt2")
+    kexport.export_torch(model, path, verbose=False)
+    ranges = fresh_process("fresh_dims:torch_ranges", path)
+    assert sorted(ranges) == ["padding_mask", "segment_ids", "token_ids"]
+    for axes in ranges.values():  # one length, bounded by the position embedding
+        assert axes[1][1] == 16 and axes[0][1] is None, ranges
+    feeds = [_bert_feed(*c, seed=i) for i, c in enumerate(_BERT_CALLS)]
+    names = sorted(feeds[0])
+    (got,) = fresh_process("fresh_formats:torch_run", [(path, [[f[n] for n in names]
+                                                               for f in feeds])])
+    for feed, outs in zip(feeds, got["outputs"], strict=True):
+        want = _bert_live(model, feed)
+        for y, key in zip(outs, sorted(want), strict=True):
+            np.testing.assert_allclose(y, want[key], atol=1e-5, rtol=1e-4)
+    manifest = json.loads(got["manifest"])
+    entry = {t["name"]: t for t in manifest["endpoints"]["serve"]["inputs"]}
+    assert entry["token_ids"]["bounds"] == [None, 16]
+    assert entry["token_ids"]["symbols"] == entry["padding_mask"]["symbols"] == ["batch", "d1"]
+
+
+@pytest.mark.backends("jax")
+def test_bounded_length_jax_saved_model(tmp_path, fresh_process):
+    model = _bert()
+    path = tmp_path / "bert"
+    kexport.export_saved_model(model, str(path), verbose=False)
+    manifest = json.loads((path / "assets.extra" / "kexport.json").read_text())
+    entry = {t["name"]: t for t in manifest["endpoints"]["serve"]["inputs"]}
+    assert entry["token_ids"]["bounds"] == [None, 16]
+    assert entry["segment_ids"]["symbols"] == entry["token_ids"]["symbols"] == ["batch", "d1"]
+    feeds = [_bert_feed(*c, seed=i) for i, c in enumerate(_BERT_CALLS)]
+    got = fresh_process("fresh_dims:saved_model_calls", str(path), feeds)
+    for feed, out in zip(feeds, got, strict=True):
+        want = _bert_live(model, feed)
+        assert sorted(out) == sorted(want)
+        for key in want:
+            np.testing.assert_allclose(out[key], want[key], atol=1e-5, rtol=1e-4)
+
+
+# -- #14 item 5: JAX export_saved_model with several dynamic dims --------------------------------
+@pytest.mark.backends("jax", "tensorflow", "torch")
+def test_dims_forced_equal_across_inputs_saved_model(tmp_path, fresh_process):
+    class Scores(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.scale = keras.layers.Dense(1)
+
+        def call(self, inputs):
+            x, y = inputs  # x: (batch, n), y: (batch, k, n): n must agree
+            return self.scale(keras.ops.expand_dims(keras.ops.einsum("bn,bkn->bk", x, y), -1))
+
+    model = Scores()
+    sig = [(keras.InputSpec(shape=(None, None), name="x"),
+            keras.InputSpec(shape=(None, 3, None), name="y"))]
+    model((np.ones((2, 4), "float32"), np.ones((2, 3, 4), "float32")))
+    path = str(tmp_path / "scores")
+    kexport.export_saved_model(model, path, input_signature=sig, verbose=False)
+    rng = np.random.default_rng(0)
+    feeds = [{"x": rng.standard_normal((b, n)).astype("float32"),
+              "y": rng.standard_normal((b, 3, n)).astype("float32")} for b, n in ((3, 7), (1, 2))]
+    got = fresh_process("fresh_dims:saved_model_calls", path, feeds)
+    for feed, out in zip(feeds, got, strict=True):
+        (y,) = out.values()
+        want = keras.ops.convert_to_numpy(model((feed["x"], feed["y"])))
+        np.testing.assert_allclose(y, want, atol=1e-5, rtol=1e-4)

@@ -176,9 +176,11 @@ def program_bounds(program: Any, specs: list[Spec]) -> dict[str, int]:
             expr = getattr(getattr(dim, "node", None), "expr", None)
             found = program.range_constraints.get(expr) if expr is not None else None
             upper = getattr(found, "upper", None)
+            if upper is None or getattr(upper, "is_finite", True) is False:
+                continue  # no max (int_oo)
             try:
                 bound = int(upper)
-            except (TypeError, ValueError, OverflowError):
+            except Exception:  # a symbolic upper we cannot read as a number
                 continue
             if bound < 2**31 - 2:  # torch's "no max" is int_oo or a huge int
                 out[spec.symbol(axis)] = bound
