@@ -82,6 +82,22 @@ def test_plan_falls_back_to_axis_positions_and_says_so():
     assert len(said) == 1 and "a[1], b[1]" in said[0] and "(d1)" in said[0]
 
 
+def test_symbols_given_by_the_user_are_kept_and_sized_by_the_check():
+    from kexport.check.samples import sample_inputs
+
+    calls = []
+    sig = [[Spec((None, None), "float32", "a", ("batch", "src")),
+            Spec((None, None, 2), "float32", "b", ("batch", "src", None), (None, 4, None)),
+            Spec((None, None), "float32", "c", ("batch", "tgt"))]]
+    assert plan_signature(calls.append, sig) is sig and calls == []  # not probed
+    for size in (1, 3):
+        a, b, c = sample_inputs(sig[0], size, 0)
+        assert a.shape[1] == b.shape[1] <= 4 and c.shape[1] != a.shape[1]
+        assert a.shape[0] == b.shape[0] == c.shape[0] == size
+    with pytest.raises(kexport.SignatureError, match="Expected `symbols` to hold one identifier"):
+        Spec((None, 3), "float32", "x", ("batch", "three"))
+
+
 def _onnx_check(model, path, fresh_process):
     feeds = [_feed(*c, seed=i) for i, c in enumerate(_CALLS)]
     got = fresh_process("fresh_onnx:inspect_and_run", path, feeds)

@@ -239,15 +239,20 @@ def symbol_sizes(specs: Iterable[Any], size: int) -> dict[str, int]:
 
     An unplanned axis ``k`` (symbol ``d<k>``) keeps ``size + k + 1``; every other
     symbol takes the smallest free size from ``size + 2`` on, in order of first
-    appearance. ``specs`` are :class:`Spec` or anything with ``shape`` (and
-    optionally ``symbols``).
+    appearance. A symbol that any of its axes bounds takes at most that bound.
+    ``specs`` are :class:`Spec` or anything with ``shape`` (and optionally
+    ``symbols`` and ``bounds``).
     """
     order: list[str] = []
+    bound: dict[str, int] = {}
     for spec in specs:
+        bounds = getattr(spec, "bounds", None)
         for a, d in enumerate(spec.shape):
             name = symbol_at(spec, a) if d is None and a > 0 else None
             if name is not None and name not in order:
                 order.append(name)
+            if name is not None and bounds is not None and bounds[a] is not None:
+                bound[name] = min(bound.get(name, bounds[a]), bounds[a])
     out: dict[str, int] = {}
     for name in order:
         if _DEFAULT.fullmatch(name):
@@ -260,7 +265,7 @@ def symbol_sizes(specs: Iterable[Any], size: int) -> dict[str, int]:
                 value += 1
             out[name] = value
             taken.add(value)
-    return out
+    return {name: min(value, bound.get(name, value)) for name, value in out.items()}
 
 
 _DEFAULT = re.compile(r"d[1-9][0-9]*")

@@ -91,8 +91,8 @@ def sample_inputs(specs: Sequence[TensorSpec], size: int, seed: int | np.random.
             raise SignatureError(
                 f"{where} takes strings, which cannot be generated at random. "
                 "Expected `inputs=` with sample text.")
-        shape = tuple((size if axis == 0 else _within(sizes[symbol_at(spec, axis)], spec, axis))
-                      if d is None else d for axis, d in enumerate(spec.shape))
+        shape = tuple((size if axis == 0 else sizes[symbol_at(spec, axis)]) if d is None else d
+                      for axis, d in enumerate(spec.shape))
         kind = np.dtype(spec.dtype).kind
         if kind == "f":
             out.append(rng.standard_normal(shape).astype(spec.dtype))
@@ -106,9 +106,3 @@ def sample_inputs(specs: Sequence[TensorSpec], size: int, seed: int | np.random.
                 "Expected `inputs=` with sample values.")
     return out
 
-
-def _within(size: int, spec: TensorSpec, axis: int) -> int:
-    """``size``, or the axis's bound when it is smaller."""
-    bounds = getattr(spec, "bounds", None)
-    bound = None if bounds is None else bounds[axis]
-    return size if bound is None else min(size, bound)
