@@ -20,6 +20,7 @@ __all__ = [
     "specs_from_json",
     "specs_to_json",
     "Spec",
+    "default_symbol",
     "flatten",
     "flat_names",
     "infer_model_signature",
@@ -30,6 +31,13 @@ __all__ = [
 ]
 
 _NAME_OK = re.compile(r"[^A-Za-z0-9_.\-]")
+_SYMBOL_OK = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def default_symbol(axis: int) -> str:
+    """The symbol of dynamic axis ``axis`` when no plan names it: ``batch`` for
+    axis 0, ``d<axis>`` otherwise (the same axis of every input shares it)."""
+    return "batch" if axis == 0 else f"d{axis}"
 
 
 @dataclass(frozen=True)
@@ -40,11 +48,19 @@ class Spec:
         shape: one entry per axis; ``None`` marks a dynamic dimension.
         dtype: a NumPy-style dtype name such as ``"float32"``.
         name: the input's name, or ``None`` to derive one from its position.
+        symbols: the symbol naming each dynamic axis (``None`` at static
+            axes), or ``None`` when no plan named them (then
+            :func:`default_symbol`). Axes that share a symbol always have
+            the same size; see :mod:`kexport._dims`.
+        bounds: the largest size each dynamic axis takes (``None`` where
+            unbounded), or ``None`` for no bound at all.
     """
 
     shape: tuple[int | None, ...]
     dtype: str = "float32"
     name: str | None = None
+    symbols: tuple[str | None, ...] | None = None
+    bounds: tuple[int | None, ...] | None = None
 
     def __post_init__(self) -> None:
         for dim in self.shape:
@@ -53,15 +69,60 @@ class Spec:
                     "Expected every dimension of a shape to be a non-negative "
                     f"int or None. Received: shape={self.shape!r}"
                 )
+        if self.symbols is not None:
+            object.__setattr__(self, "symbols", tuple(self.symbols))
+            if len(self.symbols) != len(self.shape) or any(
+                    (s is None) != (d is not None) or (s is not None and not (
+                        isinstance(s, str) and _SYMBOL_OK.fullmatch(s)))
+                    for s, d in zip(self.symbols, self.shape)):
+                raise SignatureError(
+                    "Expected `symbols` to hold one identifier per dynamic axis and None "
+                    f"per static axis of shape={self.shape!r}. Received: "
+                    f"symbols={self.symbols!r}")
+        if self.bounds is not None:
+            object.__setattr__(self, "bounds", tuple(self.bounds))
+            if len(self.bounds) != len(self.shape) or any(
+                    b is not None and (d is not None or isinstance(b, bool)
+                                       or not isinstance(b, int) or b < 1)
+                    for b, d in zip(self.bounds, self.shape)):
+                raise SignatureError(
+                    "Expected `bounds` to hold a positive int or None per dynamic axis and "
+                    f"None per static axis of shape={self.shape!r}. Received: "
+                    f"bounds={self.bounds!r}")
 
     @property
     def dynamic_axes(self) -> tuple[int, ...]:
         """Positions of the dynamic (``None``) dimensions."""
         return tuple(i for i, d in enumerate(self.shape) if d is None)
 
+    def symbol(self, axis: int) -> str:
+        """The symbol of dynamic axis ``axis`` (planned, else :func:`default_symbol`)."""
+        if self.symbols is not None and self.symbols[axis] is not None:
+            return self.symbols[axis]  # type: ignore[return-value]
+        return default_symbol(axis)
+
+    def bound(self, axis: int) -> int | None:
+        """The largest size of dynamic axis ``axis``, or ``None``."""
+        return None if self.bounds is None else self.bounds[axis]
+
     def to_json(self) -> dict[str, Any]:
-        """A JSON-able description (used in manifests and reports)."""
-        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+        """A JSON-able description (used in manifests and reports); ``symbols`` and
+        ``bounds`` appear only when known."""
+        out: dict[str, Any] = {"name": self.name, "shape": list(self.shape),
+                               "dtype": self.dtype}
+        if self.symbols is not None:
+            out["symbols"] = list(self.symbols)
+        if self.bounds is not None and any(b is not None for b in self.bounds):
+            out["bounds"] = list(self.bounds)
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Spec:
+        """Inverse of :meth:`to_json` (a manifest without symbols or bounds reads too)."""
+        symbols, bounds = data.get("symbols"), data.get("bounds")
+        return cls(tuple(data["shape"]), data["dtype"], data.get("name"),
+                   None if symbols is None else tuple(symbols),
+                   None if bounds is None else tuple(bounds))
 
 
 def sanitize_name(name: str) -> str:
@@ -401,7 +462,7 @@ def _name_from_model(sig: list[Any], expected: Any) -> list[Any]:
     named = []
     for (path, tensor), (_, spec) in zip(exp, got):
         name = spec.name or _name_of_input(path, tensor)
-        named.append(Spec(spec.shape, spec.dtype, name))
+        named.append(Spec(spec.shape, spec.dtype, name, spec.symbols, spec.bounds))
     return [pack_as(sig[0], named)]
 
 
@@ -457,8 +518,7 @@ def specs_from_json(data: Any) -> Any:
     if isinstance(data, list):
         return [specs_from_json(v) for v in data]
     if "__spec__" in data:
-        s = data["__spec__"]
-        return Spec(tuple(s["shape"]), s["dtype"], s["name"])
+        return Spec.from_json(data["__spec__"])
     if "__tuple__" in data:
         return tuple(specs_from_json(v) for v in data["__tuple__"])
     return {k: specs_from_json(v) for k, v in data["__dict__"]}

@@ -165,6 +165,8 @@ class Capture:
         self._variables: dict[int, Any] = {}  # id(tf var) -> tf var
         # endpoint name -> (EndpointRecipe, or why it is none; the live function)
         self._described: dict[str, tuple[Any, Callable[..., Any]]] = {}
+        # endpoint name -> its signature as a capture refined it (bounds it found)
+        self._refined: dict[str, list[Any]] = {}
 
     # -- tracking -------------------------------------------------------------
     def track(self, resource: Any) -> None:
@@ -301,6 +303,7 @@ class Capture:
                 )
             _check_positional(name, fn, signature)
             function = self._trace(name, fn, signature, **kwargs)
+            signature = self._refined.pop(name, signature)
         try:
             concrete = function.get_concrete_function()
         except Exception as e:

@@ -10,10 +10,12 @@ model call after call.
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from kexport._dims import largest_size, with_bounds
 from kexport._inference import stateless_run
 from kexport.capture._base import (
     Capture,
@@ -25,30 +27,81 @@ from kexport.capture._base import (
 )
 from kexport.capture._jax_shapes import fit_polymorphic_shapes
 from kexport.errors import CaptureError, SignatureError, SignatureTypeError
-from kexport.signature import Spec, flat_names, map_structure
+from kexport.signature import Spec, flat_names, flatten, map_structure
 
-__all__ = ["JaxCapture", "polymorphic_shapes_for"]
+__all__ = ["JaxCapture", "polymorphic_constraints_for", "polymorphic_shapes_for"]
 
 
 def polymorphic_shapes_for(signature: list[Any]) -> list[Any]:
     """``jax2tf`` polymorphic shape strings for each positional argument.
 
-    A dynamic axis 0 is ``batch`` in every input (so inputs that are combined
-    along the batch agree); any other dynamic axis ``k`` is ``d{k}``, shared
-    across inputs at the same position. Pass ``jax2tf_kwargs={"polymorphic_shapes":
-    ...}`` for models whose inputs have independent dynamic dims.
+    Each dynamic axis is named by its symbol in the signature's dimension plan
+    (:mod:`kexport._dims`): ``batch`` on axis 0 of every input (so inputs that
+    are combined along the batch agree), one symbol per group of axes the
+    model forces equal (``d<k>``, shared across inputs at the same position,
+    where nothing was planned). Pass ``jax2tf_kwargs={"polymorphic_shapes":
+    ...}`` to name them yourself.
     """
 
     def one(spec: Spec) -> str:
         dims = []
         for axis, d in enumerate(spec.shape):
-            if d is None:
-                dims.append("batch" if axis == 0 else f"d{axis}")
-            else:
-                dims.append(str(d))
+            dims.append(spec.symbol(axis) if d is None else str(d))
         return "(" + ", ".join(dims) + (",)" if len(dims) == 1 else ")")
 
     return [map_structure(one, arg) for arg in signature]
+
+
+def polymorphic_constraints_for(signature: list[Any]) -> list[str]:
+    """``"<symbol> <= <max>"`` for every bounded symbol of ``signature``."""
+    out: list[str] = []
+    for spec in flatten(signature):
+        for axis in spec.dynamic_axes:
+            bound = spec.bound(axis)
+            text = f"{spec.symbol(axis)} <= {bound}"
+            if bound is not None and text not in out:
+                out.append(text)
+    return out
+
+
+_NUMBER = re.compile(r"'?(-?\d+)'?")
+
+
+def _find_bounds(fn: Callable[..., Any], stateless: Callable[..., Any], signature: list[Any],
+                 state: tuple[list[Any], list[Any]]) -> list[Any]:
+    """``signature`` with the bounds the model implies, found where JAX's shape
+    polymorphism cannot decide a comparison (``d1 <= 64`` for a position
+    embedding of 64 rows): the symbol the message names gets the largest size
+    the live model runs at (the message's number checked first,
+    :func:`kexport._dims.largest_size`). One abstract trace per bound; nothing
+    compiles."""
+    import jax
+    import numpy as np
+
+    symbols = {spec.symbol(a) for spec in flatten(signature) for a in spec.dynamic_axes}
+    for _ in range(len(symbols)):
+        scope = jax.export.SymbolicScope(polymorphic_constraints_for(signature))
+        args = [map_structure(lambda spec, scope=scope: jax.ShapeDtypeStruct(
+            jax.export.symbolic_shape(polymorphic_shapes_for([spec])[0], scope=scope),
+            np.dtype(spec.dtype)), arg) for arg in signature]
+        try:
+            jax.eval_shape(stateless, *state, *args)
+            return signature
+        except Exception as e:
+            text = str(e)
+            if "inconclusive" not in text.lower():
+                return signature  # not a bound: jax2tf reports it as it is
+            named = [s for s in sorted(symbols, key=text.find)
+                     if s != "batch" and re.search(rf"\b{re.escape(s)}\b", text)
+                     and text.find(s) >= 0]
+            if not named:
+                return signature
+            numbers = [int(n) for n in _NUMBER.findall(text.split(named[0], 1)[1])][:1]
+            bound = largest_size(fn, signature, named[0], hint=numbers[0] if numbers else None)
+            if bound is None:
+                return signature
+            signature = with_bounds(signature, {named[0]: bound})
+    return signature
 
 
 _PATHS_LOCK = threading.Lock()
@@ -256,6 +309,15 @@ class JaxCapture(Capture):
             )
         options = dict(jax2tf_kwargs or {})
         user_shapes = options.pop("polymorphic_shapes", None)
+        if not user_shapes:
+            if any(a > 0 for spec in flatten(signature) for a in spec.dynamic_axes):
+                state = ([v.value for v in trainable], [v.value for v in frozen])
+                signature = _find_bounds(fn, stateless, signature, state)
+                self._refined[name] = signature
+            constraints = polymorphic_constraints_for(signature)
+            if constraints:
+                options["polymorphic_constraints"] = (
+                    *options.get("polymorphic_constraints", ()), *constraints)
         poly = [None, None] + list(user_shapes or polymorphic_shapes_for(signature))
         options.setdefault("native_serialization", True)
         if options.get("native_serialization") is False:

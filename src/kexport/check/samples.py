@@ -11,11 +11,13 @@ ONNX acceptance of fast converters):
   says that inputs must be given.
 
 Sizes: a check runs one *case* per size (:data:`CASE_SIZES` unless the
-caller gives others). Axis 0, when dynamic, takes the case's size; every
-other dynamic axis ``k`` takes ``size + k + 1`` (:func:`dynamic_size`),
-distinct per axis and never 1, so a converter that wrongly unified two
-dynamic dimensions, or fixed one to the size it traced with, fails the
-check. Static dimensions keep their size.
+caller gives others). Axis 0, when dynamic, takes the case's size; the other
+dynamic axes follow the dimension plan (:mod:`kexport._dims`): axes that
+share a symbol share a size, distinct symbols get distinct sizes, never 1 and
+within the axis's bound (an unplanned axis ``k`` takes ``size + k + 1``,
+:func:`dynamic_size`), so a converter that wrongly unified two dynamic
+dimensions, or fixed one to the size it traced with, fails the check. Static
+dimensions keep their size.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
+from kexport._dims import symbol_at, symbol_sizes
 from kexport.errors import SignatureError
 
 if TYPE_CHECKING:
@@ -79,6 +82,7 @@ def sample_inputs(specs: Sequence[TensorSpec], size: int, seed: int | np.random.
 
     rng = np.random.default_rng(seed)
     others = size if sized_as is None else sized_as
+    sizes = symbol_sizes(specs, others)
     out = []
     for i, spec in enumerate(specs):
         where = (f"Endpoint '{endpoint}', input" if endpoint else "Input") + \
@@ -87,7 +91,7 @@ def sample_inputs(specs: Sequence[TensorSpec], size: int, seed: int | np.random.
             raise SignatureError(
                 f"{where} takes strings, which cannot be generated at random. "
                 "Expected `inputs=` with sample text.")
-        shape = tuple((size if axis == 0 else dynamic_size(axis, others)) if d is None else d
+        shape = tuple((size if axis == 0 else sizes[symbol_at(spec, axis)]) if d is None else d
                       for axis, d in enumerate(spec.shape))
         kind = np.dtype(spec.dtype).kind
         if kind == "f":
@@ -101,3 +105,4 @@ def sample_inputs(specs: Sequence[TensorSpec], size: int, seed: int | np.random.
                 f"{where} has dtype {spec.dtype}, which cannot be generated at random. "
                 "Expected `inputs=` with sample values.")
     return out
+

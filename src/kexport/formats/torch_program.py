@@ -8,10 +8,14 @@ What we write:
   dict inputs by sorted key), and they carry the Keras input names (the
   program's placeholders are named after them). A model with one output
   returns a tensor, otherwise a tuple in the flat output order;
-- dynamic dimensions as ``torch.export.Dim`` objects: one ``batch`` dim shared
-  by every input's axis 0, and one dim per other dynamic axis position.
-  Sample inputs use sizes of at least 2 (``torch.export`` specialises
-  dimensions whose sample size is 0 or 1);
+- dynamic dimensions as ``torch.export.Dim`` objects, one per symbol of the
+  signature's dimension plan (:mod:`kexport._dims`): ``batch`` shared by
+  every input's axis 0, and the model's own grouping of the other axes
+  (``Dim(max=...)`` where an axis is bounded). When ``torch.export`` finds a
+  bound the model implies (a position embedding's length), its suggested
+  fix is applied and the program's range constraints carry the max, which
+  the manifest records. Sample inputs use sizes of at least 2
+  (``torch.export`` specialises dimensions whose sample size is 0 or 1);
 - for an ``ExportArchive`` with several endpoints (or a path without the
   ``.pt2`` suffix): a folder with one ``<endpoint>.pt2`` per endpoint plus
   ``kexport.json``;
@@ -35,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from kexport import _summary
 from kexport._atomic import atomic_target
+from kexport._dims import with_bounds
 from kexport.artifact import DEFAULT_ENDPOINT, MANIFEST_NAME, TORCH_PROGRAM_SUFFIX, Manifest
 from kexport.capture.torch_export import symbolic_sizes
 from kexport.errors import (
@@ -50,7 +55,10 @@ if TYPE_CHECKING:
     from kexport.formats._writer import EndpointArchive
 
 __all__ = [
+    "dynamic_shapes_for",
     "export_program",
+    "export_refined",
+    "program_bounds",
     "single_model_options",
     "write_archive",
 ]
@@ -70,12 +78,11 @@ def _identifier(name: str, taken: set[str]) -> str:
     return text
 
 
-def _sample(spec: Spec) -> Any:
+def _sample(spec: Spec, sizes: dict[str, int]) -> Any:
     import numpy as np
     import torch
 
-    shape = tuple(_SAMPLE_SIZES[min(i, len(_SAMPLE_SIZES) - 1)] if d is None else d
-                  for i, d in enumerate(spec.shape))
+    shape = tuple(sizes[spec.symbol(i)] if d is None else d for i, d in enumerate(spec.shape))
     if spec.dtype == "string":
         raise SignatureError(
             "Expected numeric inputs for a torch.export program. Received a string input; "
@@ -87,18 +94,97 @@ def _sample(spec: Spec) -> Any:
     return torch.from_numpy(np.ascontiguousarray(value))
 
 
-def _dynamic_shapes(signature: list[Any], params: list[str]) -> dict[str, Any]:
+def sample_sizes(specs: list[Spec], sizes: tuple[int, ...] = _SAMPLE_SIZES) -> dict[str, int]:
+    """A trace size per symbol: distinct (so ``torch.export`` unifies nothing the
+    plan keeps apart), at least 2, within the symbol's bound."""
+    out: dict[str, int] = {}
+    for spec in specs:
+        for axis in spec.dynamic_axes:
+            name = spec.symbol(axis)
+            if name not in out:
+                size = sizes[min(len(out), len(sizes) - 1)]
+                bound = spec.bound(axis)
+                out[name] = size if bound is None else max(2, min(size, bound))
+    return out
+
+
+def dynamic_shapes_for(specs: list[Spec], **dim_options: Any) -> list[dict[int, Any] | None]:
+    """One ``{axis: torch.export.Dim}`` per flat input (``None`` without dynamic
+    axes): one ``Dim`` per symbol of the plan, bounded where the plan bounds it."""
     import torch
 
-    dims: dict[int, Any] = {}
-    out: dict[str, Any] = {}
-    for name, spec in zip(params, flatten(signature), strict=True):
+    dims: dict[str, Any] = {}
+    out: list[dict[int, Any] | None] = []
+    for spec in specs:
         axes = {}
         for axis in spec.dynamic_axes:
-            if axis not in dims:
-                dims[axis] = torch.export.Dim("batch" if axis == 0 else f"d{axis}")
-            axes[axis] = dims[axis]
-        out[name] = axes or None
+            name = spec.symbol(axis)
+            if name not in dims:
+                options = dict(dim_options)
+                if spec.bound(axis) is not None:
+                    options["max"] = spec.bound(axis)
+                dims[name] = torch.export.Dim(name, **options)
+            axes[axis] = dims[name]
+        out.append(axes or None)
+    return out
+
+
+def _dynamic_shapes(signature: list[Any], params: list[str]) -> dict[str, Any]:
+    return dict(zip(params, dynamic_shapes_for(flatten(signature)), strict=True))
+
+
+def export_refined(export: Callable[[Any], Any], dynamic_shapes: Any, tries: int = 3) -> Any:
+    """``export(dynamic_shapes)``; when ``torch.export`` reports constraints the
+    model implies (``d1 <= 16``, ``d2 == d1``), retry with its suggested fixes
+    applied (``refine_dynamic_shapes_from_suggested_fixes``)."""
+    from torch.export.dynamic_shapes import refine_dynamic_shapes_from_suggested_fixes
+
+    for attempt in range(tries + 1):
+        try:
+            return export(dynamic_shapes)
+        except Exception as e:
+            if attempt == tries:
+                raise
+            refined = None
+            cause: BaseException | None = e
+            while cause is not None and refined is None:
+                if "Suggested fixes" in str(cause):
+                    try:
+                        refined = refine_dynamic_shapes_from_suggested_fixes(
+                            str(cause), dynamic_shapes)
+                    except Exception:  # not a message torch can read back: give up
+                        refined = None
+                cause = cause.__cause__ or cause.__context__
+            if refined is None or refined == dynamic_shapes:
+                raise
+            dynamic_shapes = refined
+    raise AssertionError("unreachable")
+
+
+def program_bounds(program: Any, specs: list[Spec]) -> dict[str, int]:
+    """The max that ``program``'s range constraints put on each symbol of ``specs``."""
+    inputs = [n for n in program.graph.nodes if n.op == "placeholder"]
+    user = [s.arg.name for s in program.graph_signature.input_specs
+            if s.kind.name == "USER_INPUT"]
+    by_name = {n.name: n for n in inputs}
+    out: dict[str, int] = {}
+    for spec, name in zip(specs, user, strict=False):
+        val = by_name[name].meta.get("val") if name in by_name else None
+        if val is None:
+            continue
+        for axis in spec.dynamic_axes:
+            dim = val.shape[axis]
+            expr = getattr(getattr(dim, "node", None), "expr", None)
+            found = program.range_constraints.get(expr) if expr is not None else None
+            upper = getattr(found, "upper", None)
+            if upper is None or getattr(upper, "is_finite", True) is False:
+                continue  # no max (int_oo)
+            try:
+                bound = int(upper)
+            except Exception:  # a symbolic upper we cannot read as a number
+                continue
+            if bound < 2**31 - 2:  # torch's "no max" is int_oo or a huge int
+                out[spec.symbol(axis)] = bound
     return out
 
 
@@ -145,12 +231,17 @@ def export_program(fn: Callable[..., Any], signature: list[Any], input_names: li
     taken: set[str] = set()
     params = [_identifier(n, taken) for n in input_names]
     module = _flat_module(fn, signature, params, layers)
-    samples = tuple(_sample(s) for s in flatten(signature))
-    try:
+    specs = flatten(signature)
+    sizes = sample_sizes(specs)
+    samples = tuple(_sample(s, sizes) for s in specs)
+
+    def export(dynamic_shapes: dict[str, Any]) -> Any:
         with torch.no_grad(), symbolic_sizes():
-            return torch.export.export(module, samples,
-                                       dynamic_shapes=_dynamic_shapes(signature, params),
+            return torch.export.export(module, samples, dynamic_shapes=dynamic_shapes,
                                        strict=False)
+
+    try:
+        return export_refined(export, _dynamic_shapes(signature, params))
     except KexportError:
         raise
     except Exception as e:  # every capture failure becomes a typed error
@@ -226,9 +317,12 @@ def write_archive(archive: EndpointArchive, filepath: str | os.PathLike[str],
         )
     layers = list(archive.trackables()["tracked_layers"])
     single = os.fspath(filepath).endswith(TORCH_PROGRAM_SUFFIX) and len(archive.endpoints) == 1
-    manifest = _manifest(archive, "file" if single else "folder")
     programs = {e.name: export_program(e.function, e.signature, e.input_names, layers, e.name)
                 for e in archive.endpoints}
+    for e in archive.endpoints:  # the bounds torch.export found go into the manifest
+        e.signature = with_bounds(e.signature, program_bounds(programs[e.name],
+                                                              flatten(e.signature)))
+    manifest = _manifest(archive, "file" if single else "folder")
     with atomic_target(filepath, is_dir=not single) as tmp:
         if single:
             _save(programs[archive.endpoints[0].name], tmp, manifest)

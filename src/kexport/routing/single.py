@@ -16,6 +16,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from kexport._dims import plan_signature
 from kexport._inference import inference_fn
 from kexport.artifact import DEFAULT_ENDPOINT
 from kexport.errors import RouteRefused
@@ -56,7 +57,9 @@ def native_export(format: str, split: OptionSplit = _capture_only,
                       **options: Any) -> None:
         capture_options, writer_options = split(dict(options))
         capture_options = {**defaults, **capture_options}
-        signature = normalize_for_model(model, input_signature)
+        say = print if verbose is None or verbose else None
+        signature = plan_signature(inference_fn(model), normalize_for_model(
+            model, input_signature), say=say)
         archive = ExportArchive()
         archive.track(model)
         archive.add_endpoint(DEFAULT_ENDPOINT, inference_fn(model),

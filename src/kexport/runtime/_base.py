@@ -37,11 +37,16 @@ class TensorInfo:
         name: the tensor's name in the artifact (the Keras input/output name).
         shape: one entry per axis; ``None`` for a dynamic dimension.
         dtype: a NumPy dtype name (``"float32"``), or ``"string"``.
+        symbols: the symbol of each dynamic axis when the artifact records
+            them (``None`` at static axes), else ``None``.
+        bounds: the largest size of each dynamic axis when recorded, else ``None``.
     """
 
     name: str
     shape: tuple[int | None, ...]
     dtype: str
+    symbols: tuple[str | None, ...] | None = None
+    bounds: tuple[int | None, ...] | None = None
 
     @property
     def dynamic_axes(self) -> tuple[int, ...]:
@@ -50,7 +55,21 @@ class TensorInfo:
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able description."""
-        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+        out: dict[str, Any] = {"name": self.name, "shape": list(self.shape),
+                               "dtype": self.dtype}
+        if self.symbols is not None:
+            out["symbols"] = list(self.symbols)
+        if self.bounds is not None:
+            out["bounds"] = list(self.bounds)
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> TensorInfo:
+        """Inverse of :meth:`to_json`; a manifest entry (symbols and bounds optional)."""
+        symbols, bounds = data.get("symbols"), data.get("bounds")
+        return cls(data["name"], tuple(data["shape"]), data["dtype"],
+                   None if symbols is None else tuple(symbols),
+                   None if bounds is None else tuple(bounds))
 
     def __str__(self) -> str:
         return f"{self.name}: {self.dtype}{format_shape(self.shape)}"
@@ -89,7 +108,7 @@ class EndpointInfo:
     def from_json(cls, name: str, data: dict[str, Any]) -> EndpointInfo:
         """Inverse of :meth:`to_json`."""
         def infos(items: list[dict[str, Any]]) -> tuple[TensorInfo, ...]:
-            return tuple(TensorInfo(t["name"], tuple(t["shape"]), t["dtype"]) for t in items)
+            return tuple(TensorInfo.from_json(t) for t in items)
 
         return cls(name, infos(data["inputs"]), infos(data["outputs"]))
 

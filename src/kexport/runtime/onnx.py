@@ -100,8 +100,12 @@ def _np_dtype(onnx_type: str) -> str:
 
 
 def _info(arg: Any) -> TensorInfo:
-    dims = tuple(d if isinstance(d, int) else None for d in (arg.shape or ()))
-    return TensorInfo(arg.name, dims, _np_dtype(arg.type))
+    shape = tuple(arg.shape or ())
+    dims = tuple(d if isinstance(d, int) else None for d in shape)
+    # named dims (dim_param) are the graph's own symbols: equal names, equal sizes
+    symbols = tuple(d if isinstance(d, str) and d else None for d in shape)
+    return TensorInfo(arg.name, dims, _np_dtype(arg.type),
+                      symbols if any(isinstance(d, str) for d in shape) else None)
 
 
 def _external_key(tensor: Any) -> tuple[str, int, int] | None:

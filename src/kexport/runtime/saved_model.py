@@ -44,10 +44,17 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def _spec(name: str, spec: Any) -> TensorInfo:
+def _spec(name: str, spec: Any, recorded: list[dict[str, Any]] | None = None) -> TensorInfo:
+    """The tensor as the signature has it, with the symbols and bounds the
+    manifest records for it (``recorded``: the manifest's entries)."""
     shape = spec.shape
     dims = tuple(shape.as_list()) if shape.rank is not None else ()
-    return TensorInfo(name, dims, _dtype_name(spec.dtype))
+    info = TensorInfo(name, dims, _dtype_name(spec.dtype))
+    entry = next((t for t in recorded or () if t.get("name") == name), None)
+    if entry is None or list(entry.get("shape", ())) != list(dims):
+        return info
+    known = TensorInfo.from_json(dict(entry, dtype=info.dtype))
+    return TensorInfo(name, dims, info.dtype, known.symbols, known.bounds)
 
 
 def _ordered(names: list[str], wanted: list[str] | None) -> list[str]:
@@ -77,7 +84,7 @@ class SavedModelArtifact(Artifact):
             out_names = _ordered(list(outputs), [t.get("name") for t in meta.get("outputs", [])])
             self.endpoints[key] = EndpointInfo(
                 key,
-                tuple(_spec(n, kwargs[n]) for n in in_names),
+                tuple(_spec(n, kwargs[n], meta.get("inputs")) for n in in_names),
                 tuple(_spec(n, outputs[n]) for n in out_names),
             )
             self._functions[key] = fn

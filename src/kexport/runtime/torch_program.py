@@ -47,7 +47,7 @@ def detect(path: Path) -> bool:
 
 
 def _infos(items: list[dict[str, Any]]) -> tuple[TensorInfo, ...]:
-    return tuple(TensorInfo(i["name"], tuple(i["shape"]), i["dtype"]) for i in items)
+    return tuple(TensorInfo.from_json(i) for i in items)
 
 
 class TorchProgramArtifact(Artifact):

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from kexport import _summary
+from kexport._dims import plan_signature
+from kexport._inference import inference_fn
 from kexport.artifact import DEFAULT_ENDPOINT
 from kexport.capture.source import rehost_source
 from kexport.errors import RouteRefused
@@ -57,7 +59,9 @@ def _export(model: Any, filepath: str | os.PathLike[str], verbose: bool | None,
             strategies: Sequence[Strategy]) -> None:
     """Capture, finish and write with the first of ``strategies`` whose graph is
     accepted; a refusal moves on to the next one (and is raised from the last)."""
-    signature = normalize_for_model(model, input_signature)
+    say = print if verbose is None or verbose else None
+    signature = plan_signature(inference_fn(model), normalize_for_model(model, input_signature),
+                               say=say)
     opts = _pop_options(kwargs, backend)
     for number, strategy in enumerate(strategies, start=1):
         attempt = strategy(model, signature, opts["opset"])

@@ -148,11 +148,13 @@ def finish(raw: RawGraph, *, opset: int, backend: str, endpoint: str,
 
 
 def _name_dynamic_dims(proto: onnx.ModelProto, input_specs: Sequence[Spec]) -> None:
-    """Call dynamic input axes ``batch`` (axis 0) and ``d<axis>``, graph-wide.
+    """Name dynamic input axes by the signature's symbols, graph-wide.
 
-    Converters invent names (``unk__6``, ``s0``); the same axis position of
-    every input gets one readable name, and the invented name is replaced in
-    outputs and value infos too, so output dims that follow an input dim say so.
+    Converters invent names (``unk__6``, ``s0``); every input axis gets its
+    symbol from the dimension plan (:mod:`kexport._dims`: ``batch`` on axis 0,
+    one symbol per group of axes the model forces equal), and the invented
+    name is replaced in outputs and value infos too, so output dims that
+    follow an input dim say so.
     """
     rename: dict[str, str] = {}
     for spec, value in zip(input_specs, proto.graph.input, strict=False):
@@ -160,11 +162,11 @@ def _name_dynamic_dims(proto: onnx.ModelProto, input_specs: Sequence[Spec]) -> N
         for axis in spec.dynamic_axes:
             if axis >= len(dims):
                 continue
-            new = "batch" if axis == 0 else f"d{axis}"
+            new = spec.symbol(axis)
             old = dims[axis].dim_param if dims[axis].HasField("dim_param") else None
             if old and old not in rename:
                 rename[old] = new
-            dims[axis].dim_param = rename.get(old, new) if old else new
+            dims[axis].dim_param = new  # the plan's symbol, even where a converter unified
     for value in [*proto.graph.output, *proto.graph.value_info]:
         if not value.type.HasField("tensor_type"):
             continue

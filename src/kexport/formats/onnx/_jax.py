@@ -60,8 +60,7 @@ class Jax2Onnx(Strategy):
         out_specs = [Spec((None, *tuple(o.shape)[1:]) if len(o.shape) else (), str(o.dtype), n)
                      for o, n in zip(first, outs, strict=False)]
         inputs = [jax.ShapeDtypeStruct(
-            tuple(("batch" if a == 0 else f"d{a}") if d is None else d
-                  for a, d in enumerate(s.shape)), np.dtype(s.dtype)) for s in specs]
+            tuple(s.symbol(a) if d is None else d for a, d in enumerate(s.shape)), np.dtype(s.dtype)) for s in specs]
         try:  # an onnx_ir model: no proto round trip before kexport's own passes
             with linear_output_binding():
                 graph = jax2onnx.to_onnx(fn, inputs=inputs, input_names=names,

@@ -11,7 +11,7 @@
   Any doubt refuses the model (:class:`NotTraceable`; the check (b) runs on
   the finished graph, through ``RawGraph.accept``) and the next strategy runs.
 * :class:`TorchExport` — ``torch.export`` with a ``torch.export.Dim`` per
-  dynamic axis, translated by ``torch.onnx``; it refuses a model whose
+  symbol of the dimension plan (:mod:`kexport._dims`), translated by ``torch.onnx``; it refuses a model whose
   dynamic axis it fixed anyway (the export then re-hosts).
 
 The ``torch.onnx`` workarounds both use are in :mod:`kexport.formats.onnx.compat`.
@@ -32,6 +32,7 @@ from kexport.errors import CaptureError, UnsupportedRouteError
 from kexport.formats.onnx._accept import Acceptance, NotTraceable, samples
 from kexport.formats.onnx._graph import RawGraph, Strategy, _guess_layer, _step_error
 from kexport.formats.onnx.compat import cached_torchlib_registry, quiet_torchscript_log
+from kexport.formats.torch_program import dynamic_shapes_for, export_refined, sample_sizes
 from kexport.signature import Spec, flat_names, flatten, pack_as
 
 __all__ = ["TorchExport", "TracedTorch", "endpoint_module"]
@@ -90,7 +91,7 @@ class TracedTorch(Strategy):
                      for t, n in zip(flat_first, outs, strict=False)]
         dynamic_axes: dict[str, dict[int, str]] = {}
         for spec, name in zip(specs, names, strict=False):
-            axes = {a: ("batch" if a == 0 else f"d{a}") for a in spec.dynamic_axes}
+            axes = {a: spec.symbol(a) for a in spec.dynamic_axes}
             if axes:
                 dynamic_axes[name] = axes
         if any(0 in axes for axes in dynamic_axes.values()):
@@ -143,10 +144,9 @@ def _benign_trace_site() -> bool:
     return False
 
 
-def _sample_size(axis: int) -> int:
-    # >= 2 (torch.export fixes size-1 dims), distinct per axis so that
-    # unrelated dynamic axes are not unified by equal sample sizes.
-    return 2 if axis == 0 else axis + 2
+# >= 2 (torch.export fixes size-1 dims), distinct per symbol so that
+# unrelated dynamic axes are not unified by equal sample sizes.
+_SAMPLE_SIZES = (2, 3, 4, 5, 6, 7, 8)
 
 
 class _Specialised(NotTraceable):
@@ -174,26 +174,16 @@ class TorchExport(Strategy):
                     "tensor, which PyTorch cannot hold. Next step: export on the "
                     "TensorFlow backend."
                 )
-        dims: dict[int, Any] = {}
-        tensors, dynamic = [], []
+        sizes = sample_sizes(flat_specs, _SAMPLE_SIZES)
+        tensors = []
         for spec in flat_specs:
-            shape = []
-            axes = {}
-            for axis, d in enumerate(spec.shape):
-                if d is None:
-                    if axis not in dims:
-                        dims[axis] = torch.export.Dim("batch" if axis == 0 else f"d{axis}",
-                                                      min=1, max=2**20)
-                    axes[axis] = dims[axis]
-                    shape.append(_sample_size(axis))
-                else:
-                    shape.append(d)
+            shape = [sizes[spec.symbol(a)] if d is None else d for a, d in enumerate(spec.shape)]
             if np.dtype(spec.dtype).kind in "iub":
                 sample = torch.zeros(shape, dtype=getattr(torch, spec.dtype))
             else:
                 sample = torch.rand(shape, dtype=getattr(torch, spec.dtype))
             tensors.append(sample)
-            dynamic.append(axes or None)
+        dynamic = dynamic_shapes_for(flat_specs, min=1, max=2**20)
         structure = signature
         with torch.no_grad():
             live = infer(model, *pack_as(list(structure), tensors))
@@ -202,17 +192,21 @@ class TorchExport(Strategy):
                           str(t.dtype).removeprefix("torch."), n)
                      for t, n in zip(flatten(_to_plain(live)), outs, strict=False)]
         wrapper = endpoint_module(model, signature)
-        try:
+
+        def export(dynamic_shapes: Any) -> Any:
             with cached_torchlib_registry(), symbolic_sizes():
                 # no output_names: torch.onnx gives a graph output the name
                 # asked for even when a node's value already has it (a Keras
                 # output layer named "layer_norm" after aten.layer_norm), writing
                 # a graph no ONNX tool reads; the finishing step names outputs
                 # and moves clashing inner values aside (_finish._rename_io)
-                program = torch.onnx.export(
-                    wrapper, tuple(tensors), dynamo=True, dynamic_shapes=(tuple(dynamic),),
+                return torch.onnx.export(
+                    wrapper, tuple(tensors), dynamo=True, dynamic_shapes=dynamic_shapes,
                     input_names=names, opset_version=max(opset, 18),
                     optimize=False, verbose=False, report=False)
+
+        try:
+            program = export_refined(export, (tuple(dynamic),))
         except Exception as e:
             raise _step_error(CaptureError, "Step 2/4 (capture: torch.export + torch.onnx)",
                               route, e, _guess_layer(model, e),

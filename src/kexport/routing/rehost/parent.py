@@ -57,7 +57,8 @@ from pathlib import Path
 from typing import Any
 
 from kexport._atomic import atomic_target
-from kexport._inference import infer
+from kexport._dims import plan_signature
+from kexport._inference import infer, inference_fn
 from kexport.artifact import DEFAULT_ENDPOINT, SAVED_MODEL_MANIFEST, read_manifest
 from kexport.capture.endpoint import EndpointRecipe, is_layer, not_described_error
 from kexport.check.compare import compare, tolerance_for
@@ -571,7 +572,8 @@ def rehost_export(model: Any, filepath: str | os.PathLike[str],
     if verbose is not None and not isinstance(verbose, bool):
         raise SignatureTypeError(
             f"Expected `verbose` to be True, False or None. Received: {describe(verbose)}")
-    signature = normalize_for_model(model, input_signature)
+    signature = plan_signature(inference_fn(model), normalize_for_model(model, input_signature),
+                               say=print if verbose is None or verbose else None)
     recipe = EndpointRecipe(DEFAULT_ENDPOINT, 0, "__call__", {"training": False}, signature)
 
     def live(*args: Any) -> Any:
