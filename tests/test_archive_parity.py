@@ -488,3 +488,28 @@ def test_user_polymorphic_shapes_that_do_not_fit_are_typed_errors():
     with pytest.raises(TypeError, match=r"polymorphic_shapes'\] to be a string or a list") as info:
         archive.add_endpoint("serve", model.call, seq, jax2tf_kwargs={"polymorphic_shapes": 3})
     assert isinstance(info.value, kexport.SignatureTypeError)
+
+
+@pytest.mark.backends("jax")
+def test_user_polymorphic_shapes_drive_the_check(tmp_path, fresh_process):
+    """``verify=True`` with the user's ``"(b, n, n)"``: the check gives both axes named
+    ``n`` one size (was: every dynamic axis its own size, which the model refuses)."""
+    ops = keras.ops
+
+    class Gram(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.scale = self.add_weight(shape=(), initializer="ones")
+
+        def call(self, x):
+            return ops.matmul(x, x) * self.scale
+
+    gram = Gram()
+    gram(np.zeros((2, 3, 3), "float32"))
+    path = str(tmp_path / "gram")
+    kexport.export_model(gram, path, verbose=False, verify=True,
+                         input_signature=[keras.InputSpec(shape=(None, None, None))],
+                         jax2tf_kwargs={"polymorphic_shapes": ["(b, n, n)"]})
+    x = rng(3).random((4, 6, 6), dtype="float32")
+    got = fresh_process("fresh_archive_parity:call_endpoints", path, [("serve", [x])])
+    assert_close(got["outputs"][0], np_out(gram(x)))

@@ -90,7 +90,12 @@ def _fit_leaf(name: str, where: str, entry: Any, spec: Spec, default: str) -> tu
                     f"Endpoint '{name}', {where}: the polymorphic shape {entry!r} gives "
                     f"axis {axis} size {dim}, the input_signature {size}. Expected the "
                     "same size, or None in the input_signature.")
-    return _shape_str(dims), dataclasses.replace(spec, shape=tuple(shape))
+    # the user's symbols name the spec's dynamic axes too, so the check's inputs give
+    # axes that share a symbol one size (an expression such as "2*n" keeps kexport's)
+    symbols = tuple(None if size is not None else
+                    (dim if dim.isidentifier() else spec.symbol(axis))
+                    for axis, (dim, size) in enumerate(zip(dims, shape)))
+    return _shape_str(dims), dataclasses.replace(spec, shape=tuple(shape), symbols=symbols)
 
 
 def _fit(name: str, where: str, entry: Any, spec: Any, default: Any) -> tuple[Any, Any]:
