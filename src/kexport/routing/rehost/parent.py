@@ -62,7 +62,7 @@ from kexport.artifact import DEFAULT_ENDPOINT, SAVED_MODEL_MANIFEST, read_manife
 from kexport.capture.endpoint import EndpointRecipe, is_layer, not_described_error
 from kexport.check.compare import compare, tolerance_for
 from kexport.check.live import flat_numpy
-from kexport.check.samples import CASE_SIZES, sample_inputs
+from kexport.check.samples import CASE_SIZES, active_policy, sample_inputs
 from kexport.check.tolerance import FLOAT32
 from kexport.check.worker import Worker
 from kexport.errors import (
@@ -470,6 +470,13 @@ def _rehost(models: list[Any], recipes: list[tuple[EndpointRecipe, Callable[...,
                "endpoints": [r.to_json() for r, _ in recipes],
                "cases": {n: [{"key": e["key"], "inputs": e["inputs"]} for e in es]
                          for n, es in cases.items()}}
+        policy = active_policy()
+        if policy:  # the child's own checks draw the same kind of inputs
+            job["samples"] = policy.to_json()
+            if policy.data is not None:
+                job["sample_data"] = list(policy.data)
+                np.savez(work / "sample_data.npz",
+                         **{f"arr_{i}": v for i, v in enumerate(policy.data.values())})
         job.update(job_extra)
         result = _run_child(job, work, host)
         with np.load(work / "outputs.npz") as data:
