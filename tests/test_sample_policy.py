@@ -205,3 +205,32 @@ def test_user_sample_data_drives_export_and_verify(tmp_path):
     assert not failed.ok and failed.failures
     with pytest.raises(SampleDataError, match=r"rank 2.*Received rank 1"):
         kexport.verify(other, out, data=np.zeros(4, "float32"), store=False)
+
+
+@pytest.mark.backends("tensorflow")
+def test_cli_data_drives_export_and_verify_and_bad_data_writes_nothing(tmp_path):
+    import keras
+
+    from test_cli import kexport as cli
+
+    inputs = keras.Input((None, 5), name="seq")
+    model = keras.Model(inputs, keras.layers.Dense(2, name="y")(inputs))
+    model.save(tmp_path / "m.keras")
+    np.savez(tmp_path / "data.npz", seq=np.ones((4, 9, 5), "float32"))
+    out = tmp_path / "sm"
+    proc = cli("export", tmp_path / "m.keras", "-f", "tf_saved_model", "-o", out, "--data",
+               tmp_path / "data.npz", "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)["verification"]
+    assert report["ok"]
+    assert [c["input_shapes"]["seq"] for c in report["checks"]] == [[1, 9, 5], [3, 9, 5]]
+    proc = cli("verify", tmp_path / "m.keras", out, "--data", tmp_path / "data.npz", "--json")
+    assert proc.returncode == 0 and json.loads(proc.stdout)["ok"]
+    np.savez(tmp_path / "bad.npz", sequence=np.ones((4, 9, 5), "float32"))
+    bad_out = tmp_path / "bad_sm"
+    proc = cli("export", tmp_path / "m.keras", "-o", bad_out, "--data", tmp_path / "bad.npz",
+               "--json")
+    error = json.loads(proc.stdout)["error"]
+    assert proc.returncode == 2 and error["type"] == "SampleDataError"
+    assert "['seq']" in error["message"] and "Received keys ['sequence']" in error["message"]
+    assert not bad_out.exists()

@@ -144,7 +144,7 @@ def export(args: argparse.Namespace, progress: Progress) -> int:
     kwargs: dict[str, Any] = {}
     if args.opset is not None:
         kwargs["opset_version"] = args.opset
-    data = load_data(args.data)
+    sample_data = load_data(args.data)
     with progress.step("Loading model"):
         model = load_model(args.model, args.unsafe)
     backend = _backend()
@@ -152,7 +152,7 @@ def export(args: argparse.Namespace, progress: Progress) -> int:
     with progress.step(f"Exporting to {args.format} ({backend} backend)"):
         kexport.export_model(model, args.output, format=args.format, verbose=False,
                              input_signature=signature, overwrite=args.overwrite,
-                             sample_data=data, **kwargs)
+                             sample_data=sample_data, **kwargs)
     export_s = time.perf_counter() - start
     data: dict[str, Any] = {"ok": True, "format": args.format, "backend": backend,
                             "output": args.output, "size": size_of(args.output, args.format),
@@ -164,7 +164,7 @@ def export(args: argparse.Namespace, progress: Progress) -> int:
         with progress.step("Verifying in a fresh process"):
             report = kexport.verify(model, args.output, atol=args.atol, rtol=args.rtol,
                                     precision=args.precision,
-                                    seed=args.seed, data=data)
+                                    seed=args.seed, data=sample_data)
         data["verify_seconds"] = round(time.perf_counter() - start, 3)
         data["verification"] = report.to_json()
         data["ok"] = report.ok
@@ -180,12 +180,12 @@ def export(args: argparse.Namespace, progress: Progress) -> int:
 def verify(args: argparse.Namespace, progress: Progress) -> int:
     """``kexport verify MODEL.keras ARTIFACT``."""
 
-    data = load_data(args.data)
+    sample_data = load_data(args.data)
     with progress.step("Loading model"):
         model = load_model(args.model, args.unsafe)
     with progress.step("Verifying in a fresh process"):
         report = kexport.verify(model, args.artifact, atol=args.atol, rtol=args.rtol,
-                                precision=args.precision, data=data,
+                                precision=args.precision, data=sample_data,
                                 seed=args.seed, store=not args.no_store)
     _emit(args, report.to_json(), report.table())
     return EXIT_OK if report.ok else EXIT_FAILED
