@@ -234,3 +234,28 @@ def test_cli_data_drives_export_and_verify_and_bad_data_writes_nothing(tmp_path)
     assert proc.returncode == 2 and error["type"] == "SampleDataError"
     assert "['seq']" in error["message"] and "Received keys ['sequence']" in error["message"]
     assert not bad_out.exists()
+
+
+def test_archive_write_out_sample_data(tmp_path):
+    import keras
+
+    class Scale(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.dense = keras.layers.Dense(2)
+
+        def call(self, x):
+            return self.dense(x)
+
+    model = Scale()
+    model(np.zeros((1, 3), "float32"))
+    archive = kexport.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serve", model.call, [keras.InputSpec(shape=(None, 3), dtype="float32")])
+    out = tmp_path / "archive"
+    with pytest.raises(SampleDataError, match=r"input 'x' with size 3 on axis 1|"
+                                              r"size 3 on axis 1.*Received shape \(4, 5\)"):
+        archive.write_out(out, sample_data=np.zeros((4, 5), "float32"), verbose=False)
+    assert not out.exists()
+    archive.write_out(out, sample_data=np.ones((4, 3), "float32"), verbose=False)
+    assert kexport.verify(model, out, data=np.ones((4, 3), "float32"), store=False).ok

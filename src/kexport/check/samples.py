@@ -81,17 +81,24 @@ class SamplePolicy:
         names: the flat input names in order (inputs whose spec has no name
             are found by position).
         data: user sample data, flat input name -> array (never recorded).
+        endpoint: the endpoint the policy is for (an archive's default), or
+            ``None`` for every endpoint; other endpoints get the rules by
+            dtype and name.
     """
 
     ids: Mapping[str, int] = field(default_factory=dict)
     masks: tuple[str, ...] = ()
     names: tuple[str, ...] = ()
     data: Mapping[str, Any] | None = None
+    endpoint: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """What the manifest records (``"samples"``); the data is not recorded."""
-        return {"ids": {k: int(v) for k, v in sorted(self.ids.items())},
-                "masks": sorted(self.masks), "names": list(self.names)}
+        out: dict[str, Any] = {"ids": {k: int(v) for k, v in sorted(self.ids.items())},
+                               "masks": sorted(self.masks), "names": list(self.names)}
+        if self.endpoint:
+            out["endpoint"] = self.endpoint
+        return out
 
     def key(self, specs: Sequence[TensorSpec], i: int) -> str | None:
         """The name this policy knows input ``i`` of ``specs`` by."""
@@ -126,8 +133,10 @@ class SamplePolicy:
         names = value.get("names", [])
         ok_masks = isinstance(masks, list) and all(isinstance(m, str) for m in masks)
         ok_names = isinstance(names, list) and all(isinstance(m, str) for m in names)
+        endpoint = value.get("endpoint")
         return cls(dict(ids) if ok_ids else {}, tuple(masks) if ok_masks else (),
-                   tuple(names) if ok_names else ())
+                   tuple(names) if ok_names else (),
+                   endpoint=endpoint if isinstance(endpoint, str) else None)
 
     def __bool__(self) -> bool:
         return bool(self.ids or self.masks or self.data is not None)
@@ -234,6 +243,8 @@ def sample_inputs(specs: Sequence[TensorSpec], size: int, seed: int | np.random.
     rng = np.random.default_rng(seed)
     others = size if sized_as is None else sized_as
     policy = active_policy() if policy is None else policy
+    if policy is not None and policy.endpoint and endpoint and endpoint != policy.endpoint:
+        policy = None  # the policy of another endpoint of the archive
     out = []
     for i, spec in enumerate(specs):
         key = policy.key(specs, i) if policy is not None else spec.name

@@ -150,11 +150,13 @@ def _check_rehostable(models: list[Any], host: str) -> None:
 
 
 # -- sample inputs and live outputs -----------------------------------------------------------
-def _samples(specs: list[Spec], size: int, rng: Any) -> list[Any] | None:
-    """Check inputs for ``specs`` (:mod:`kexport.check.samples`), or ``None`` for
-    string inputs, which cannot be made up: such an endpoint is not compared."""
+def _samples(specs: list[Spec], size: int, rng: Any, endpoint: str | None = None
+             ) -> list[Any] | None:
+    """Check inputs for ``specs`` (:mod:`kexport.check.samples`, the sample policy
+    in force), or ``None`` for string inputs, which cannot be made up: such an
+    endpoint is not compared."""
     try:
-        return sample_inputs(specs, size, rng)
+        return sample_inputs(specs, size, rng, endpoint=endpoint)
     except SignatureError:
         return None
 
@@ -210,7 +212,7 @@ def _live_cases(recipes: list[tuple[EndpointRecipe, Callable[..., Any]]],
         entries = []
         flat_specs = flatten(recipe.signature)
         for b, case in enumerate(CASE_SIZES if given is None else given):
-            flat = (_samples(flat_specs, case, rng) if given is None
+            flat = (_samples(flat_specs, case, rng, recipe.name) if given is None
                     else [np.asarray(x) for x in case])
             if flat is None:
                 entries = []
