@@ -67,6 +67,17 @@ def test_ids_cover_the_embedding_range_read_from_the_model():
     np.testing.assert_array_equal(scoped["tokens"], tokens)
     assert sample_inputs(specs, 64, 0)[[s.name for s in specs].index("tokens")].max() <= 1
 
+    # a backbone nested in a task model: walked from its own matching input
+    tok, seg = keras.Input((None,), dtype="int32", name="tok"), keras.Input(
+        (None,), dtype="int32", name="seg")
+    h = keras.layers.Embedding(1000, 4)(tok) + keras.layers.Embedding(2, 4)(seg)
+    backbone = keras.Model({"tok": tok, "seg": seg}, h)
+    outer = {"tok": keras.Input((None,), dtype="int32", name="tok"),
+             "seg": keras.Input((None,), dtype="int32", name="seg")}
+    task = keras.Model(outer, keras.layers.Dense(1)(backbone(outer)))
+    assert dict(policy_for(task, normalize_for_model(task, None)).ids) == {"tok": 1000,
+                                                                           "seg": 2}
+
     class TwoTables(keras.Model):  # subclassed: no graph, the smallest input_dim is safe
         def __init__(self):
             super().__init__()

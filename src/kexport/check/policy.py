@@ -8,9 +8,10 @@ which inputs are masks. Nothing here branches on a model class:
 
 - a Functional model: the graph is walked from each integer input to the
   layers that consume it; the first layer on each path that has an
-  ``input_dim`` (or holds layers that have one, e.g. a nested backbone)
-  bounds the ids (the smallest bound over the paths); an input that reaches
-  none keeps the default policy;
+  ``input_dim`` (or holds layers that have one) bounds the ids (the smallest
+  bound over the paths); a nested Functional model (a backbone inside a task
+  model) is walked from its own matching input; an input that reaches none
+  keeps the default policy;
 - any other model: the smallest ``input_dim`` among all its layers, a safe
   bound for every integer input that is not a mask.
 
@@ -47,26 +48,33 @@ def _smallest_input_dim(layer: Any) -> int | None:
     return min(dims) if dims else None
 
 
-def _consumers(model: Any) -> dict[int, list[tuple[Any, list[Any]]]]:
-    """id(tensor) -> [(operation, its output tensors)] over the Functional graph."""
-    out: dict[int, list[tuple[Any, list[Any]]]] = {}
+def _consumers(model: Any) -> dict[int, list[tuple[Any, int, int, list[Any]]]]:
+    """id(tensor) -> [(operation, the tensor's flat position among the node's
+    inputs, their count, the node's output tensors)] over the Functional graph."""
+    out: dict[int, list[tuple[Any, int, int, list[Any]]]] = {}
     for op in getattr(model, "operations", []):
         for node in getattr(op, "_inbound_nodes", []):
-            for t in flatten(list(getattr(node, "input_tensors", []))):
-                out.setdefault(id(t), []).append((op, list(getattr(node, "output_tensors", []))))
+            inputs = flatten(list(getattr(node, "input_tensors", [])))
+            outputs = list(getattr(node, "output_tensors", []))
+            for j, t in enumerate(inputs):
+                out.setdefault(id(t), []).append((op, j, len(inputs), outputs))
     return out
 
 
-def _graph_bound(tensor: Any, consumers: dict[int, list[tuple[Any, list[Any]]]]) -> int | None:
-    """The smallest ``input_dim`` first met on each path from ``tensor``."""
+def _graph_bound(tensor: Any, model: Any) -> int | None:
+    """The smallest ``input_dim`` first met on each path from ``tensor`` in
+    ``model``'s graph; a nested Functional model is walked from its own input."""
+    consumers = _consumers(model)
     bounds, seen, todo = [], set(), [tensor]
     while todo:
         t = todo.pop()
         if id(t) in seen:
             continue
         seen.add(id(t))
-        for op, outputs in consumers.get(id(t), []):
-            bound = _smallest_input_dim(op)
+        for op, position, count, outputs in consumers.get(id(t), []):
+            nested = _functional_inputs(op, count) if op is not model else None
+            bound = (_graph_bound(nested[position], op) if nested is not None
+                     else _smallest_input_dim(op))
             if bound is not None:
                 bounds.append(bound)
             else:
@@ -96,10 +104,9 @@ def policy_for(model: Any, signature: list[Any], sample_data: Any | None = None
     ids: dict[str, int] = {}
     if ids_inputs:
         functional = _functional_inputs(model, len(specs))
-        consumers = _consumers(model) if functional is not None else {}
         fallback = _smallest_input_dim(model) if functional is None else None
         for i, n in ids_inputs:
-            bound = (_graph_bound(functional[i], consumers) if functional is not None
+            bound = (_graph_bound(functional[i], model) if functional is not None
                      else fallback)
             if bound is not None:
                 ids[n] = bound
