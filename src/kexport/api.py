@@ -6,7 +6,10 @@ import os
 from typing import Any
 
 from kexport import _atomic, routing
+from kexport.check.policy import policy_for
+from kexport.check.samples import using
 from kexport.errors import SignatureError, SignatureTypeError, describe
+from kexport.signature import normalize_for_model
 from kexport.verify import raise_if_failed
 from kexport.verify import verify as check
 
@@ -36,7 +39,7 @@ def _check_common(model: Any, filepath: Any, verbose: Any) -> None:
 def export_model(model: Any, filepath: str | os.PathLike[str], format: str = "tf_saved_model",
                  verbose: bool | None = None, input_signature: Any | None = None,
                  overwrite: bool = False, verify: bool | dict[str, Any] = False,
-                 **kwargs: Any) -> None:
+                 sample_data: Any | None = None, **kwargs: Any) -> None:
     """Export a Keras model (or layer) as a standalone inference artifact.
 
     Args:
@@ -54,6 +57,13 @@ def export_model(model: Any, filepath: str | os.PathLike[str], format: str = "tf
             it with ``model`` (see :func:`kexport.verify`); a dict passes
             options to it (``atol``, ``rtol``, ``seed``, ``sizes``). The
             report is stored in the artifact.
+        sample_data: inputs the model really takes, in its input structure
+            (one array, a tuple/list, or a dict keyed by input name): every
+            check of this export (the re-host check, the ONNX acceptance,
+            ``verify``) runs on batch slices of it instead of generated
+            inputs. Without it, generated inputs follow the model: ids over
+            each ``Embedding``'s ``[0, input_dim)``, masks with a kept prefix
+            (see docs/verification.md).
         **kwargs: format/backend options. JAX: ``is_static``,
             ``jax2tf_kwargs``.
 
@@ -67,6 +77,9 @@ def export_model(model: Any, filepath: str | os.PathLike[str], format: str = "tf
 
     Raises:
         SignatureError: bad arguments or a signature that does not fit.
+        SampleDataError: ``sample_data`` does not fit the model's inputs
+            (names, dtype, rank or a static size; a ``ValueError``), before
+            anything is written.
         TargetExistsError: ``filepath`` holds other data and ``overwrite`` is
             false (checked before any work).
         UnsupportedRouteError: unknown format or no route from this backend.
@@ -80,12 +93,15 @@ def export_model(model: Any, filepath: str | os.PathLike[str], format: str = "tf
 
     _check_common(model, filepath, verbose)
     candidates = routing.usable(keras.backend.backend(), format, model)
+    # what check inputs must respect, read from the model once for every check
+    policy = policy_for(model, normalize_for_model(model, input_signature), sample_data)
     _atomic.check_destination(filepath, overwrite)
-    with _atomic.overwrite_policy(overwrite):
-        routing.export(candidates, model, filepath, verbose=verbose,
-                       input_signature=input_signature, **kwargs)
-    if verify is not False:
-        _verify_export(model, filepath, verify)
+    with using(policy):
+        with _atomic.overwrite_policy(overwrite):
+            routing.export(candidates, model, filepath, verbose=verbose,
+                           input_signature=input_signature, **kwargs)
+        if verify is not False:
+            _verify_export(model, filepath, verify)
 
 
 def _verify_export(model: Any, filepath: str | os.PathLike[str], verify: Any) -> None:

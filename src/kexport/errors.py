@@ -25,6 +25,7 @@ __all__ = [
     "CaptureValueError",
     "KexportError",
     "RouteRefused",
+    "SampleDataError",
     "SignatureError",
     "SignatureTypeError",
     "TargetExistsError",
@@ -51,6 +52,13 @@ class SignatureTypeError(SignatureError, TypeError):
     A ``TypeError``, as Keras raises (and Python, for arguments), and still a
     :class:`SignatureError` (hence a ``ValueError``) as before.
     """
+
+
+class SampleDataError(SignatureError):
+    """User sample data (``sample_data=``, ``data=``, ``--data``) that does not
+    fit the model's inputs: wrong names, count, dtype kind, rank or a size
+    that conflicts with a static dimension (a ``ValueError``). Raised before
+    anything is written."""
 
 
 class CaptureError(KexportError, RuntimeError):

@@ -16,6 +16,7 @@ JSON, and is stored inside the artifact (SavedModel: a JSON file in
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
@@ -24,8 +25,15 @@ from typing import Any
 from kexport.artifact import FORMATS
 from kexport.check.compare import compare, tolerance_for
 from kexport.check.live import live_reference
+from kexport.check.policy import flat_sample_data
 from kexport.check.report import OutputCheck, VerificationReport
-from kexport.check.samples import CASE_SIZES, sample_inputs
+from kexport.check.samples import (
+    CASE_SIZES,
+    SamplePolicy,
+    active_policy,
+    recorded_policy,
+    sample_inputs,
+)
 from kexport.check.tolerance import TOLERANCES, default_tolerances, tolerances_for
 from kexport.check.worker import Worker
 from kexport.errors import SignatureError, VerificationError, describe
@@ -75,7 +83,8 @@ def _precision(metadata: Mapping[str, Any], endpoints: Mapping[str, EndpointInfo
 
 # -- inputs -----------------------------------------------------------------
 
-def _cases(endpoint: EndpointInfo, sizes: Sequence[int], seed: int) -> dict[str, dict[str, Any]]:
+def _cases(endpoint: EndpointInfo, sizes: Sequence[int], seed: int,
+           policy: SamplePolicy | None = None) -> dict[str, dict[str, Any]]:
     """One case per size (``"dyn=<size>"``), or one ``"static"`` case without dynamic dims."""
     import numpy as np
 
@@ -83,7 +92,8 @@ def _cases(endpoint: EndpointInfo, sizes: Sequence[int], seed: int) -> dict[str,
     names = endpoint.input_names
 
     def case(size: int) -> dict[str, Any]:
-        arrays = sample_inputs(endpoint.inputs, size, rng, endpoint=endpoint.name)
+        arrays = sample_inputs(endpoint.inputs, size, rng, endpoint=endpoint.name,
+                               policy=policy)
         return dict(zip(names, arrays, strict=True))
 
     if not any(t.dynamic_axes for t in endpoint.inputs):
@@ -125,7 +135,8 @@ def _references(model: Any, endpoints: dict[str, EndpointInfo], default: str
 def verify(model: Any, path: str | os.PathLike[str], inputs: Any | None = None, *,
            atol: float | None = None, rtol: float | None = None, seed: int = 0,
            sizes: Sequence[int] = CASE_SIZES, store: bool = True,
-           timeout: float = 600.0, precision: str | None = None) -> VerificationReport:
+           timeout: float = 600.0, precision: str | None = None,
+           data: Any | None = None) -> VerificationReport:
     """Compare the artifact at ``path`` with the live ``model``.
 
     The artifact is opened with its own runtime in a fresh child process;
@@ -137,8 +148,9 @@ def verify(model: Any, path: str | os.PathLike[str], inputs: Any | None = None, 
         path: the artifact.
         inputs: inputs for the default endpoint (one array, a list, or a dict
             by input name), or ``{endpoint: inputs}`` when ``model`` is a dict.
-            ``None``: seeded random inputs (floats standard normal, ints
-            0 or 1, booleans fair coins; see :mod:`kexport.check.samples`),
+            ``None``: seeded random inputs (see :mod:`kexport.check.samples`:
+            floats standard normal, ids over the range the artifact's
+            manifest records, masks with a kept prefix, other ints 0 or 1),
             one case per entry of ``sizes``.
         atol: absolute tolerance; ``None`` picks it from the artifact's
             precision (see :data:`kexport.check.tolerance.TOLERANCES`).
@@ -154,6 +166,10 @@ def verify(model: Any, path: str | os.PathLike[str], inputs: Any | None = None, 
             :func:`kexport.load`): ``None``/``"f32"`` by default on every CPU;
             ``"bf16"``/``"f16"`` where the runtime offers it, with that
             precision's tolerance (the report's ``runtime_precision``).
+        data: sample data for the default endpoint, in the model's input
+            structure (one array, a tuple/list, or a dict by input name):
+            one case per entry of ``sizes`` takes that many rows of it
+            (repeated when it has fewer) instead of generated inputs.
 
     Returns:
         The :class:`VerificationReport` (check ``.ok``); integer and boolean
@@ -173,6 +189,7 @@ def verify(model: Any, path: str | os.PathLike[str], inputs: Any | None = None, 
             report with ``.error`` instead).
         SignatureError: bad tolerances, sizes, precision or inputs (expected
             vs received).
+        SampleDataError: ``data`` does not fit the artifact's inputs.
     """
     import numpy as np
 
@@ -222,6 +239,12 @@ def verify(model: Any, path: str | os.PathLike[str], inputs: Any | None = None, 
         report = VerificationReport(format, precision, atol, rtol, seed,
                                     runtime_precision=used)
         refs = _references(model, endpoints, default)
+        # the export's policy when called by it, else the one the artifact recorded
+        policy = active_policy() or recorded_policy(metadata)
+        if data is not None:
+            info = endpoints[default]
+            policy = dataclasses.replace(policy, data=flat_sample_data(
+                data, info.inputs, info.input_names))
         cases: dict[str, tuple[str, str, dict[str, Any]]] = {}
         for name in refs:
             info = endpoints[name]
@@ -230,7 +253,8 @@ def verify(model: Any, path: str | os.PathLike[str], inputs: Any | None = None, 
             if given is not None:
                 per_case = {"given": feeds_for(info, given)}
             else:
-                per_case = _cases(info, sizes, seed)
+                per_case = _cases(info, sizes, seed, policy if name == default else
+                                  dataclasses.replace(policy, data=None))
             for case, feeds in per_case.items():
                 cases[f"{name}.{case}"] = (name, case, feeds)
         with tempfile.TemporaryDirectory(prefix="kexport-verify-") as tmp:

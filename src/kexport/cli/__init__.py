@@ -74,6 +74,13 @@ def _tolerances(p: argparse.ArgumentParser) -> None:
     _precision(p)
 
 
+def _data(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", metavar="FILE.npz",
+                   help="sample inputs the model really takes, keyed by input name (or "
+                        "arr_0, arr_1, ... in input order); every check runs on them "
+                        "instead of generated inputs")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every verb (imports nothing heavy)."""
     parser = argparse.ArgumentParser(
@@ -99,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="load the .keras file with Keras safe mode OFF (runs its Python code)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace OUT even if it holds something other than an artifact")
+    _data(p)
     _tolerances(p)
     _common(p, backend=True)
 
@@ -117,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unsafe", action="store_true", help="Keras safe mode OFF")
     p.add_argument("--no-store", action="store_true",
                    help="do not store the report inside the artifact")
+    _data(p)
     _tolerances(p)
     _common(p, backend=True)
 

@@ -21,7 +21,13 @@ from kexport.check.samples import sample_inputs
 from kexport.cli._codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from kexport.cli._progress import Progress
 from kexport.cli._quiet import result_stream
-from kexport.errors import ArtifactError, KexportError, SignatureError, VerificationError
+from kexport.errors import (
+    ArtifactError,
+    KexportError,
+    SampleDataError,
+    SignatureError,
+    VerificationError,
+)
 from kexport.runtime import TensorInfo, runtime_formats
 from kexport.signature import Spec
 
@@ -104,6 +110,24 @@ def parse_signature(text: str | None) -> Any:
     return spec(data)
 
 
+def load_data(path: str | None) -> dict[str, Any] | None:
+    """The arrays of a ``--data FILE.npz`` (keyed by input name, or ``arr_<i>``)."""
+    import numpy as np
+
+    if path is None:
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if not hasattr(data, "files"):
+                raise SampleDataError(
+                    f"Expected --data to be a .npz file of named arrays. Received a "
+                    f"single array in '{path}'.")
+            return {k: np.array(data[k]) for k in data.files}
+    except (ValueError, EOFError) as e:
+        raise SampleDataError(f"Expected --data to be a .npz file. Received '{path}': "
+                              f"{e}") from e
+
+
 def _backend() -> str:
     import keras
 
@@ -120,13 +144,15 @@ def export(args: argparse.Namespace, progress: Progress) -> int:
     kwargs: dict[str, Any] = {}
     if args.opset is not None:
         kwargs["opset_version"] = args.opset
+    sample_data = load_data(args.data)
     with progress.step("Loading model"):
         model = load_model(args.model, args.unsafe)
     backend = _backend()
     start = time.perf_counter()
     with progress.step(f"Exporting to {args.format} ({backend} backend)"):
         kexport.export_model(model, args.output, format=args.format, verbose=False,
-                             input_signature=signature, overwrite=args.overwrite, **kwargs)
+                             input_signature=signature, overwrite=args.overwrite,
+                             sample_data=sample_data, **kwargs)
     export_s = time.perf_counter() - start
     data: dict[str, Any] = {"ok": True, "format": args.format, "backend": backend,
                             "output": args.output, "size": size_of(args.output, args.format),
@@ -138,7 +164,7 @@ def export(args: argparse.Namespace, progress: Progress) -> int:
         with progress.step("Verifying in a fresh process"):
             report = kexport.verify(model, args.output, atol=args.atol, rtol=args.rtol,
                                     precision=args.precision,
-                                    seed=args.seed)
+                                    seed=args.seed, data=sample_data)
         data["verify_seconds"] = round(time.perf_counter() - start, 3)
         data["verification"] = report.to_json()
         data["ok"] = report.ok
@@ -154,11 +180,12 @@ def export(args: argparse.Namespace, progress: Progress) -> int:
 def verify(args: argparse.Namespace, progress: Progress) -> int:
     """``kexport verify MODEL.keras ARTIFACT``."""
 
+    sample_data = load_data(args.data)
     with progress.step("Loading model"):
         model = load_model(args.model, args.unsafe)
     with progress.step("Verifying in a fresh process"):
         report = kexport.verify(model, args.artifact, atol=args.atol, rtol=args.rtol,
-                                precision=args.precision,
+                                precision=args.precision, data=sample_data,
                                 seed=args.seed, store=not args.no_store)
     _emit(args, report.to_json(), report.table())
     return EXIT_OK if report.ok else EXIT_FAILED

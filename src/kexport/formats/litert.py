@@ -45,6 +45,7 @@ from kexport.artifact import (
     LITERT_QUANTIZATIONS,
     Manifest,
 )
+from kexport.check import samples
 from kexport.errors import (
     CaptureError,
     KexportError,
@@ -292,7 +293,8 @@ def _metadata(archive: EndpointArchive, options: LiteRTOptions) -> Manifest:
         archive.endpoints, format="litert", backend=archive.backend,
         quantization=options.quantization,
         # the compute precision kexport.verify picks tolerances by
-        precision=_PRECISION[options.quantization], allow_flex=options.allow_flex)
+        precision=_PRECISION[options.quantization], allow_flex=options.allow_flex,
+        **samples.recorded())
 
 
 def convert(archive: EndpointArchive, options: LiteRTOptions) -> bytes:

@@ -46,6 +46,7 @@ from kexport.artifact import (
     Manifest,
     file_sha256,
 )
+from kexport.check import samples
 from kexport.errors import (
     CaptureError,
     KexportError,
@@ -170,7 +171,8 @@ def _manifest(archive: EndpointArchive, layout: str) -> Manifest:
     import openvino as ov
 
     return Manifest.build(archive.endpoints, format="openvino", backend=archive.backend,
-                          file_suffix=".xml", openvino_version=ov.__version__, layout=layout)
+                          file_suffix=".xml", openvino_version=ov.__version__, layout=layout,
+                          **samples.recorded())
 
 
 def _save(model: Any, xml: Path, manifest: Manifest) -> None:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from kexport import _summary
 from kexport._atomic import atomic_target
 from kexport.artifact import SAVED_MODEL_MANIFEST, SERVING_DEFAULT, Manifest
+from kexport.check import samples
 from kexport.errors import CaptureError, KexportError, SignatureTypeError, WriteError
 from kexport.signature import flatten, pack_as
 
@@ -101,7 +102,8 @@ def _saved_aliases(options: Any, endpoints: list[TracedEndpoint]) -> Any:
 
 def metadata(archive: EndpointArchive) -> Manifest:
     """What the artifact says about itself (no local paths)."""
-    return Manifest.build(archive.endpoints, format="tf_saved_model", backend=archive.backend)
+    return Manifest.build(archive.endpoints, format="tf_saved_model", backend=archive.backend,
+                          **samples.recorded())
 
 
 def write_archive(archive: EndpointArchive, filepath: str | os.PathLike[str],

@@ -42,6 +42,7 @@ from kexport._atomic import atomic_target
 from kexport._dims import with_bounds
 from kexport.artifact import DEFAULT_ENDPOINT, MANIFEST_NAME, TORCH_PROGRAM_SUFFIX, Manifest
 from kexport.capture.torch_export import symbolic_sizes
+from kexport.check import samples
 from kexport.errors import (
     CaptureError,
     KexportError,
@@ -257,7 +258,7 @@ def _manifest(archive: EndpointArchive, layout: str) -> Manifest:
 
     return Manifest.build(archive.endpoints, format="torch", backend=archive.backend,
                           file_suffix=TORCH_PROGRAM_SUFFIX, torch_version=torch.__version__,
-                          layout=layout)
+                          layout=layout, **samples.recorded())
 
 
 def _strip_source_locations(program: Any) -> None:

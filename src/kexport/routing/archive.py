@@ -7,6 +7,7 @@ then hands them to a format writer in :meth:`ExportArchive.write_out`.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import os
@@ -16,10 +17,12 @@ from typing import Any
 from kexport import _atomic
 from kexport.artifact import default_endpoint, format_info
 from kexport.capture._base import TracedEndpoint, is_tf_variable
+from kexport.check.policy import flat_sample_data
+from kexport.check.samples import SamplePolicy, using
 from kexport.errors import SignatureError, SignatureTypeError, UnsupportedRouteError, describe
 from kexport.routing.archives import archive_host, archive_route, capture_for
 from kexport.routing.rehost import write_archive_rehosted
-from kexport.signature import normalize
+from kexport.signature import flatten, normalize
 
 __all__ = ["ExportArchive"]
 
@@ -244,7 +247,8 @@ class ExportArchive:
 
     def write_out(self, filepath: str | os.PathLike[str], options: Any | None = None,
                   verbose: bool = True, format: str = "tf_saved_model",
-                  overwrite: bool = False, **format_options: Any) -> None:
+                  overwrite: bool = False, sample_data: Any | None = None,
+                  **format_options: Any) -> None:
         """Write the artifact to ``filepath`` atomically.
 
         Args:
@@ -254,6 +258,11 @@ class ExportArchive:
             format: the artifact format.
             overwrite: replace ``filepath`` even when it holds data that is
                 not a kexport artifact (a kexport artifact is always replaced).
+            sample_data: inputs the default endpoint really takes (its input
+                structure: one array, a tuple/list, or a dict by input name):
+                where the archive is checked before it is placed (a
+                re-hosted archive), the default endpoint is checked on batch
+                slices of it instead of generated inputs.
             **format_options: options of the format's archive writer (its
                 keyword-only parameters), e.g. ``opset_version=17`` for
                 ``format="onnx"``.
@@ -278,6 +287,8 @@ class ExportArchive:
                 closure with extra computation).
             VerificationError: a re-hosted artifact differs from the live
                 endpoints (nothing is written then).
+            SampleDataError: ``sample_data`` does not fit the default
+                endpoint's inputs (a ``ValueError``); nothing is written.
             TargetExistsError: ``filepath`` holds other data and
                 ``overwrite`` is false.
             WriteError: when writing fails; nothing is left half-written.
@@ -288,6 +299,12 @@ class ExportArchive:
                 "Expected at least one endpoint before write_out(). Received an "
                 "archive with none: call add_endpoint() first."
             )
+        policy = None
+        if sample_data is not None:
+            default = self._endpoints[self.default_endpoint]
+            policy = SamplePolicy(names=tuple(default.input_names), endpoint=default.name,
+                                  data=flat_sample_data(sample_data, flatten(default.signature),
+                                                        default.input_names))
         if overwrite is False and _atomic.overwrite_allowed():
             overwrite = True  # called by export_model(..., overwrite=True)
         _atomic.check_destination(filepath, overwrite)
@@ -309,7 +326,8 @@ class ExportArchive:
                     f"{host} backend to use them."
                 )
             writer = functools.partial(write_archive_rehosted, format=format, host=host)
-        with _atomic.overwrite_policy(overwrite):
+        with _atomic.overwrite_policy(overwrite), (
+                using(policy) if policy is not None else contextlib.nullcontext()):
             writer(self, filepath, options=options, verbose=verbose, **format_options)
 
     # -- for writers ----------------------------------------------------------

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from kexport.capture.source import rehosted_from
+from kexport.check.samples import SamplePolicy, using
 from kexport.routing.archive import ExportArchive
 from kexport.routing.rehost.recipe import assign_values, rebuild_model
 from kexport.routing.single import export
@@ -151,6 +152,23 @@ def _run(work: Path, job: dict[str, Any]) -> dict[str, Any]:
     return outputs
 
 
+def _policy(work: Path, job: dict[str, Any]) -> SamplePolicy | None:
+    """The parent's sample policy (and user sample data), for the export's own checks."""
+    import dataclasses
+
+    import numpy as np
+
+    if "samples" not in job:
+        return None
+    policy = SamplePolicy.from_json(job["samples"])
+    names = job.get("sample_data")
+    if names is None:
+        return policy
+    with np.load(work / "sample_data.npz", allow_pickle=False) as data:
+        arrays = {n: np.array(data[f"arr_{i}"]) for i, n in enumerate(names)}
+    return dataclasses.replace(policy, data=arrays)
+
+
 def run_job(work: Path) -> dict[str, Any]:
     """Run the job in folder ``work``; write and return its ``result.json`` content."""
     import keras
@@ -164,7 +182,8 @@ def run_job(work: Path) -> dict[str, Any]:
         with contextlib.redirect_stdout(buffer):
             models, ordered = _rebuild(work, job)
             stage = "export"
-            _export(models, ordered, job)
+            with using(_policy(work, job)):
+                _export(models, ordered, job)
             stage = "run"
             outputs = _run(work, job)
         np.savez(work / "outputs.npz", **outputs)

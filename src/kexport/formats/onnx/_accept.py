@@ -31,12 +31,13 @@ class NotTraceable(Exception):
     """The fast graph cannot be trusted for this model; use the next strategy."""
 
 
-def samples(specs: Sequence[Spec], batch: int, seed: int, sized_as: int | None = None
-            ) -> list[Any]:
-    """:func:`kexport.check.samples.sample_inputs`, a string input being
+def samples(specs: Sequence[Spec], batch: int, seed: int, sized_as: int | None = None,
+            data: bool = True) -> list[Any]:
+    """:func:`kexport.check.samples.sample_inputs` (the sample policy in force: id
+    ranges, masks, user data unless ``data=False``), a string input being
     :class:`NotTraceable` (a fast converter cannot take it; the next strategy runs)."""
     try:
-        return sample_inputs(specs, batch, seed, sized_as=sized_as)
+        return sample_inputs(specs, batch, seed, sized_as=sized_as, data=data)
     except SignatureError as e:
         raise NotTraceable(str(e)) from e
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from kexport import _summary
 from kexport._atomic import atomic_target
 from kexport.artifact import ONNX_ARCHIVE_MANIFEST, Manifest
+from kexport.check import samples
 from kexport.errors import SignatureError
 from kexport.formats.onnx import _io as _onnx_io
 from kexport.formats.onnx._finish import finish
@@ -68,7 +69,8 @@ def write_archive(archive: EndpointArchive, filepath: str | os.PathLike[str],
         protos.append(finish(raw, opset=opset, backend=archive.backend, endpoint=endpoint.name,
                              input_specs=flatten(endpoint.signature)))
     manifest = Manifest.build(archive.endpoints, format="onnx", backend=archive.backend,
-                              file_suffix=".onnx", opset=opset, weights=ARCHIVE_WEIGHTS)
+                              file_suffix=".onnx", opset=opset, weights=ARCHIVE_WEIGHTS,
+                              **samples.recorded())
     with atomic_target(filepath, is_dir=True) as tmp:
         with open(tmp / ARCHIVE_WEIGHTS, "wb") as f:
             _onnx_io.externalize(protos, f, ARCHIVE_WEIGHTS, all_floats=True)

@@ -9,10 +9,12 @@ kexport's metadata set.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from kexport._version import __version__
+from kexport.check import samples
 from kexport.errors import CaptureError, KexportError, WriteError
 from kexport.formats.onnx._graph import RawGraph, _spec_json, _step_error
 from kexport.signature import Spec
@@ -140,6 +142,7 @@ def finish(raw: RawGraph, *, opset: int, backend: str, endpoint: str,
         "kexport.route": raw.route,
         "kexport.inputs": _spec_json(input_specs, raw.input_names),
         "kexport.outputs": _spec_json(raw.output_specs, raw.output_names),
+        **{f"kexport.{k}": json.dumps(v) for k, v in samples.recorded().items()},
     }
     for k, v in meta.items():
         entry = proto.metadata_props.add()

@@ -55,7 +55,7 @@ class Jax2Onnx(Strategy):
                             [v.value for v in model.non_trainable_variables], *flat)
             return [np.asarray(keras.ops.convert_to_numpy(o)) for o in out]
 
-        first = jax.eval_shape(fn, *samples(specs, 2, 0))  # shapes only, nothing runs
+        first = jax.eval_shape(fn, *samples(specs, 2, 0, data=False))  # shapes only, nothing runs
         outs = output_names(list(first), model)
         out_specs = [Spec((None, *tuple(o.shape)[1:]) if len(o.shape) else (), str(o.dtype), n)
                      for o, n in zip(first, outs, strict=False)]

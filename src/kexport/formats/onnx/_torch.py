@@ -81,7 +81,7 @@ class TracedTorch(Strategy):
                 out = infer(model, *pack_as(list(structure), [torch.as_tensor(a) for a in flat]))
             return [np.asarray(t.detach().cpu().numpy()) for t in flatten(_to_plain(out))]
 
-        sample = samples(specs, _TRACE_SAMPLE_BATCH, 0)
+        sample = samples(specs, _TRACE_SAMPLE_BATCH, 0, data=False)
         with torch.no_grad():
             first = infer(model, *pack_as(list(structure), [torch.as_tensor(a) for a in sample]))
         outs = output_names(_to_plain(first), model)

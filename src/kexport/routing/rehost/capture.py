@@ -128,7 +128,7 @@ class RehostCapture(Capture):
             self.track(m)
         _check_positional(name, fn, signature)
         owner = self._tracked_layers[recipe.model]
-        flat = _samples(flatten(signature), 2, np.random.default_rng(0))
+        flat = _samples(flatten(signature), 2, np.random.default_rng(0), name)
         outputs: Any = None
         if flat is not None:
             args = pack_as(list(signature), [keras.ops.convert_to_tensor(x) for x in flat])

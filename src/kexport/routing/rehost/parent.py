@@ -63,7 +63,7 @@ from kexport.artifact import DEFAULT_ENDPOINT, SAVED_MODEL_MANIFEST, read_manife
 from kexport.capture.endpoint import EndpointRecipe, is_layer, not_described_error
 from kexport.check.compare import compare, tolerance_for
 from kexport.check.live import flat_numpy
-from kexport.check.samples import CASE_SIZES, sample_inputs
+from kexport.check.samples import CASE_SIZES, active_policy, sample_inputs
 from kexport.check.tolerance import FLOAT32
 from kexport.check.worker import Worker
 from kexport.errors import (
@@ -151,11 +151,13 @@ def _check_rehostable(models: list[Any], host: str) -> None:
 
 
 # -- sample inputs and live outputs -----------------------------------------------------------
-def _samples(specs: list[Spec], size: int, rng: Any) -> list[Any] | None:
-    """Check inputs for ``specs`` (:mod:`kexport.check.samples`), or ``None`` for
-    string inputs, which cannot be made up: such an endpoint is not compared."""
+def _samples(specs: list[Spec], size: int, rng: Any, endpoint: str | None = None
+             ) -> list[Any] | None:
+    """Check inputs for ``specs`` (:mod:`kexport.check.samples`, the sample policy
+    in force), or ``None`` for string inputs, which cannot be made up: such an
+    endpoint is not compared."""
     try:
-        return sample_inputs(specs, size, rng)
+        return sample_inputs(specs, size, rng, endpoint=endpoint)
     except SignatureError:
         return None
 
@@ -211,7 +213,7 @@ def _live_cases(recipes: list[tuple[EndpointRecipe, Callable[..., Any]]],
         entries = []
         flat_specs = flatten(recipe.signature)
         for b, case in enumerate(CASE_SIZES if given is None else given):
-            flat = (_samples(flat_specs, case, rng) if given is None
+            flat = (_samples(flat_specs, case, rng, recipe.name) if given is None
                     else [np.asarray(x) for x in case])
             if flat is None:
                 entries = []
@@ -471,6 +473,13 @@ def _rehost(models: list[Any], recipes: list[tuple[EndpointRecipe, Callable[...,
                "endpoints": [r.to_json() for r, _ in recipes],
                "cases": {n: [{"key": e["key"], "inputs": e["inputs"]} for e in es]
                          for n, es in cases.items()}}
+        policy = active_policy()
+        if policy:  # the child's own checks draw the same kind of inputs
+            job["samples"] = policy.to_json()
+            if policy.data is not None:
+                job["sample_data"] = list(policy.data)
+                np.savez(work / "sample_data.npz",
+                         **{f"arr_{i}": v for i, v in enumerate(policy.data.values())})
         job.update(job_extra)
         result = _run_child(job, work, host)
         with np.load(work / "outputs.npz") as data:
