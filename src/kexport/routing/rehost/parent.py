@@ -68,6 +68,7 @@ from kexport.check.worker import Worker
 from kexport.errors import (
     CaptureError,
     KexportError,
+    RouteRefused,
     SignatureError,
     SignatureTypeError,
     UnsupportedRouteError,
@@ -76,6 +77,7 @@ from kexport.errors import (
     describe,
 )
 from kexport.routing.rehost.recipe import describe_model, variable_paths
+from kexport.routing.rehost.state import layer_state
 from kexport.signature import (
     Spec,
     flatten,
@@ -302,6 +304,9 @@ def _serialize(models: list[Any], host: str, work: Path) -> tuple[list[str], lis
                   for j, v in enumerate(m.variables)}
         np.savez(work / f"model{i}.npz", **values)
         (work / f"model{i}.paths.json").write_text(json.dumps(variable_paths(m)))
+        entries, arrays = layer_state(m)
+        np.savez(work / f"model{i}.state.npz", **arrays)
+        (work / f"model{i}.state.json").write_text(json.dumps(entries))
         files.append(f"model{i}")
         if text is not None:
             for layer in m._flatten_layers(include_self=True):
@@ -382,8 +387,8 @@ atexit.register(close_workers)
 
 
 _ERRORS: dict[str, type[KexportError]] = {
-    c.__name__: c for c in (SignatureError, CaptureError, WriteError, UnsupportedRouteError,
-                            VerificationError)}
+    c.__name__: c for c in (SignatureError, CaptureError, RouteRefused, WriteError,
+                            UnsupportedRouteError, VerificationError)}
 
 
 def _run_child(job: dict[str, Any], work: Path, host: str) -> dict[str, Any]:
@@ -406,7 +411,9 @@ def _run_child(job: dict[str, Any], work: Path, host: str) -> dict[str, Any]:
         return result
     stage, kind, message = result["stage"], result["type"], result["message"]
     if stage == "rebuild":
-        raise UnsupportedRouteError(
+        # state the rebuilt model cannot carry (a variable or a layer's array without a
+        # counterpart): refused, so that a further route of the cell can run
+        raise (RouteRefused if kind == "RouteRefused" else UnsupportedRouteError)(
             f"Step 1/3 (re-host: rebuild the model on the {host} backend) failed: "
             f"{kind}: {message}")
     cls = _ERRORS.get(kind, CaptureError)
