@@ -96,8 +96,7 @@ def _arrays(layer: Any) -> Iterator[tuple[str, Any, Any]]:
 def _where(entry: dict[str, Any]) -> str:
     item = entry["item"]
     attribute = entry["attribute"] + ("" if item is None else f"[{item!r}]")
-    cls = entry["class"].rsplit(".", 1)[-1]
-    return f"attribute '{attribute}' of layer '{entry['layer']}' (class {cls})"
+    return f"attribute '{attribute}' of layer '{entry['layer']}' (class {entry['class']})"
 
 
 def layer_state(model: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -118,7 +117,7 @@ def layer_state(model: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     values: dict[str, Any] = {}
     for key, layer in layer_keys(model):
         for name, item, value in _arrays(layer):
-            entry = {"layer": key, "class": type(layer).__qualname__, "attribute": name,
+            entry = {"layer": key, "class": type(layer).__name__, "attribute": name,
                      "item": item, "tensor": not isinstance(value, np.ndarray)}
             try:
                 array = np.asarray(value if isinstance(value, np.ndarray)
@@ -198,14 +197,14 @@ def restore_layer_state(model: Any, entries: list[dict[str, Any]],
             theirs.append(entry["layer"])
             classes.append(entry["class"])
     pairs = pair_by_path(theirs, [k for k, _ in ours],
-                         lambda i, j: type(ours[j][1]).__qualname__ == classes[i])
+                         lambda i, j: type(ours[j][1]).__name__ == classes[i])
     for n, entry in enumerate(entries):
         i = theirs.index(entry["layer"])
         if i not in pairs:
             raise RouteRefused(
                 f"{_where(entry)} holds an array of shape {tuple(entry['shape'])} on the "
                 f"source backend, and the model rebuilt on {keras.backend.backend()} has no "
-                f"layer of class {entry['class'].rsplit('.', 1)[-1]} at that path: the state cannot be carried.")
+                f"layer of class {entry['class']} at that path: the state cannot be carried.")
         layer = ours[pairs[i]][1]
         value = np.asarray(values[f"s{n}"])
         now = _current(layer, entry)
