@@ -10,12 +10,14 @@ TensorFlow backend writes, ...) works in four steps:
    for classes defined in a function or ``__main__`` and layers without a
    usable ``get_config``), and the paths and values of **all** its
    variables, seed-generator states and BatchNorm statistics included (a
-   ``.keras`` file drops seed states). Endpoints become :class:`EndpointRecipe`
+   ``.keras`` file drops seed states), and every tensor or array a layer holds
+   outside its variables (:mod:`kexport.routing.rehost.state`). Endpoints become :class:`EndpointRecipe`
    objects: which tracked model, which method, which constant keyword
    arguments (``training=False``), which input signature.
 2. *rebuild and export* (child, ``KERAS_BACKEND=<target>``, clean
    environment, private temporary folder per job): the models are rebuilt
-   from their configs (else by value), their variables assigned by path, the endpoints re-created
+   from their configs (else by value), their variables assigned by path and
+   their layers' other tensors set again by layer path, the endpoints re-created
    from the recipes and the artifact written with the target backend's native
    route. The child then opens the artifact with :func:`kexport.load` (the
    format's own runtime) and runs it on sample inputs. The child is one
@@ -275,8 +277,15 @@ def _serialize(models: list[Any], host: str, work: Path) -> tuple[list[str], lis
     importable and configurable, the model by value (``model<i>.pkl``,
     :func:`~kexport.routing.rehost.recipe.describe_model`) where it can be
     pickled, and the values (``model<i>.npz``) and paths
-    (``model<i>.paths.json``) of all its variables. The child tries the config
-    first, then the pickle, and assigns the values by path.
+    (``model<i>.paths.json``) of all its variables, and the tensors its layers
+    hold outside variables (``model<i>.state.npz`` and ``.state.json``,
+    :func:`~kexport.routing.rehost.state.layer_state`). The child tries the
+    config first, then the pickle, assigns the values by path and sets the
+    layer tensors again.
+
+    Raises:
+        RouteRefused: a layer holds a tensor that cannot travel (the message
+            names the layer path and the attribute).
     """
     import keras
     import numpy as np

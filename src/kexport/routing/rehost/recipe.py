@@ -28,11 +28,14 @@ second way, which does not depend on the classes at all:
   then its attributes set again (so Keras tracks its sub-layers and
   variables), variables re-created under the name scopes of their original
   paths. :func:`assign_values` then assigns the source values **by path**
-  (the longest path suffix that is unique on both sides, then the remaining
-  ones in order with equal shapes), never by position alone: a rebuilt model
-  may list its variables in another order.
+  (:func:`pair_by_path`: the longest path suffix that is unique on both
+  sides, then what paths cannot tell apart in order, shapes equal), never by
+  position alone: a rebuilt model may list its variables in another order; a
+  variable without a partner is a :class:`~kexport.errors.RouteRefused`.
 
-What cannot travel is an attribute that cannot be pickled (an open file, a
+Tensors and arrays that layers hold outside variables are carried by
+:mod:`kexport.routing.rehost.state` (a rebuild from a config loses what was
+set after construction). What cannot travel is an attribute that cannot be pickled (an open file, a
 lock, a generator ...): :func:`describe_model` raises
 :class:`~kexport.errors.UnsupportedRouteError` naming the layer and the
 attribute.
