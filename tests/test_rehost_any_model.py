@@ -467,3 +467,22 @@ def test_whisper_backbone_reaches_saved_model_from_torch(tmp_path, fresh_process
         live = model({k: keras.ops.convert_to_tensor(v) for k, v in feed.items()})
         for name, want in live.items():
             np.testing.assert_allclose(got[name], _np(want), atol=1e-4, rtol=1e-4)
+
+
+def test_rehost_refuses_state_it_cannot_carry_before_writing(tmp_path):
+    class Tagged(keras.Model):  # a per-feature tag array of Python objects
+        def __init__(self):
+            super().__init__(name="tagged")
+            self.dense = L.Dense(2, name="dense")
+
+        def call(self, x):
+            return self.dense(x)
+
+    model = Tagged()
+    model(_inputs()[1])
+    model.tags = np.array([{"unit": "m"}, None], dtype=object)
+    target = tmp_path / "sm"
+    with pytest.raises(RouteRefused, match=r"attribute 'tags' of layer 'tagged' \(class Tagged\) "
+                                           r"holds an array of Python objects"):
+        _saved_model_rehosted(model, target)
+    assert not target.exists()
