@@ -27,12 +27,51 @@ _HEADER = """\
 
 A *route* is one way from the Keras backend a model lives on to an artifact
 format. **native** routes trace the model on its own backend; **rehost**
-routes rebuild the model (config and every variable, seed-generator states and
-BatchNorm statistics included) on another backend in a child process, export
+routes rebuild the model (config, every variable and every tensor its layers
+hold: see *What a re-host carries*) on another backend in a child process, export
 there, and compare the artifact with the live model before writing it (see
 `kexport.routing.rehost`). Within a cell, routes are tried in the order shown:
 the first whose packages are installed and that can carry the model is used.
 `kexport.routes()` returns the same table, with availability on this machine.
+"""
+
+
+_REHOST = """\
+## What a re-host carries
+
+A re-hosted model is rebuilt in the child process from its Keras config where
+every class is importable and configurable, else by value (classes shipped with
+`cloudpickle`, each custom layer with the attributes its constructor and
+`build` left on it). Then, from the live model:
+
+- **every variable**, trainable or not (weights, BatchNormalization moving
+  statistics, an adapted `Normalization`'s mean and variance, seed-generator
+  states), assigned **by path**: the longest path suffix unique on both sides,
+  with equal shapes. Only what paths cannot tell apart (ambiguous paths, layers
+  the rebuild named differently) is paired in order, shapes equal. A rebuilt
+  model may list its variables in another order (build order depends on the
+  backend and on sub-layers built lazily), so position alone is never used;
+- **every tensor or array a layer holds outside variables**: an attribute (or
+  an item of a list, tuple or dict attribute) holding a tensor or a NumPy
+  array, e.g. a `Normalization`'s `mean`/`variance` given to the constructor,
+  statistics a custom layer computed from data after construction, a mask.
+  Layers are paired by path (their names from the model down) and class; each
+  value is set after layers recomputed what they derive from their variables
+  (`finalize_state`), as a tensor of the new backend where the source held a
+  tensor, so a rebuild from the config loses nothing set after construction.
+
+Refused with `RouteRefused` (nothing written; a further route of the cell
+runs, else the caller gets it), naming the variables on both sides, or the
+layer path and attribute: a variable without a rebuilt partner of its path and
+shape (or a rebuilt one without a source), a value with no array form (ragged
+or sparse tensors, arrays of Python objects, PyTorch `meta` tensors that hold
+no data), a layer holding such state that the rebuilt model does not have, an
+attribute that holds another shape, a variable or a layer once rebuilt. A
+layer attribute that cannot be pickled (a lock, an open file) stops a rebuild
+by value (`UnsupportedRouteError`, naming layer and attribute). Plain Python
+values (numbers, strings) set on a layer after construction travel only with
+a rebuild by value, not in a config. In every case the artifact is compared
+with the live model before it is written.
 """
 
 
@@ -91,7 +130,7 @@ def render() -> str:
             host = routing.archive_host(b, f)
             row.append("in process" if host is None else f"re-host → {host}")
         lines.append(f"| {b} | " + " | ".join(row) + " |")
-    lines += ["", "## Formats", "", "| format | description | runtime needs |", "|---|---|---|"]
+    lines += ["", _REHOST.rstrip(), "", "## Formats", "", "| format | description | runtime needs |", "|---|---|---|"]
     for name, fmt in artifact.FORMATS.items():
         lines.append(f"| `{name}` | {fmt.description} | "
                      + ", ".join(f"`{p}`" for p in fmt.packages) + " |")

@@ -55,6 +55,23 @@ class ForgetsConfig(keras.layers.Layer):
         return keras.layers.Layer.get_config(self) | {"name": self.name}
 
 
+@keras.saving.register_keras_serializable(package="kexport_tests")
+class Centered(keras.layers.Layer):
+    """Subtracts a per-feature center that ``calibrate(data)`` computes after
+    construction and keeps as a plain tensor attribute, not a variable: its
+    config (and so a rebuild from it) does not have it."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.center = None
+
+    def calibrate(self, data):
+        self.center = ops.mean(ops.convert_to_tensor(data), axis=0)
+
+    def call(self, x):
+        return x if self.center is None else x - self.center
+
+
 def stateful_classifier():
     """A Functional model with a custom layer (weight + RNG), Dense, BatchNorm and
     Dropout, its BatchNorm statistics and seed states moved away from their

@@ -18,10 +18,11 @@ import numpy as np
 import pytest
 
 import kexport
+import rehost_layers
 from kexport import routing
-from kexport.errors import UnsupportedRouteError
+from kexport.errors import RouteRefused, UnsupportedRouteError
 from kexport.routing import rehost
-from kexport.routing.rehost import recipe
+from kexport.routing.rehost import recipe, state
 
 BACKEND = keras.backend.backend()
 L = keras.layers
@@ -256,6 +257,232 @@ def test_variables_are_matched_by_path_when_the_rebuilt_order_differs():
 def test_variables_that_cannot_be_matched_are_refused_naming_them():
     a, b = L.Dense(3, name="a"), L.Dense(4, name="a")
     a(_inputs()[1]), b(_inputs()[1])
-    with pytest.raises(ValueError, match=r"source variables without a rebuilt one: 'a/kernel' "
-                                         r"\(5, 3\), 'a/bias' \(3,\)"):
+    with pytest.raises(RouteRefused, match=r"source variables without a rebuilt one: 'a/kernel' "
+                                           r"\(5, 3\), 'a/bias' \(3,\); rebuilt variables "
+                                           r"without a source one: 'a/kernel' \(5, 4\), "
+                                           r"'a/bias' \(4,\)"):
         recipe.assign_values(b, recipe.variable_paths(a), [_np(v.value) for v in a.variables])
+
+
+def _built_out_of_order():
+    """A model whose sub-layers are built in another order than they were created, and
+    whose own weights are created in another order than they are set as attributes."""
+
+    class Gate(L.Layer):
+        def build(self, shape):
+            first = self.add_weight(shape=(shape[-1],), initializer="random_normal", name="a")
+            second = self.add_weight(shape=(shape[-1],), initializer="random_normal", name="b")
+            self.b, self.a = second, first  # attribute order: b, a; creation order: a, b
+
+        def call(self, x):
+            return x * self.a + self.b
+
+    class Net(keras.Model):
+        def __init__(self):
+            super().__init__(name="net")
+            self.late = L.Dense(4, name="late")  # created first, built (called) last
+            self.gate = Gate(name="gate")
+            self.early = L.Dense(4, name="early")
+
+        def call(self, x):
+            return self.late(self.gate(self.early(x)))
+
+    model = Net()
+    model(_inputs()[1])
+    return model
+
+
+def test_variables_built_out_of_order_are_matched_by_path():
+    model = _built_out_of_order()
+    rebuilt = recipe.rebuild_model(recipe.describe_model(model))
+    paths = recipe.variable_paths(model)
+    assert recipe.variable_paths(rebuilt) != paths  # the rebuild lists them in another order
+    assert sorted(recipe.variable_paths(rebuilt)) == sorted(paths)
+    ordered = recipe.assign_values(rebuilt, paths, [_np(v.value) for v in model.variables])
+    assert [v.path for v in ordered] == paths
+    for x in _inputs().values():
+        np.testing.assert_allclose(_np(rebuilt(x)), _np(model(x)), atol=1e-6)
+
+
+def test_path_pairing_falls_back_to_order_only_for_what_paths_cannot_tell():
+    same = lambda i, j: True  # noqa: E731
+    # unique full paths pair whatever their order; the renamed ones pair in order
+    assert recipe.pair_by_path(["m/x/k", "m/dense_3/k", "m/dense_4/k"],
+                              ["m/dense/k", "m/x/k", "m/dense_1/k"], same) == {
+        0: 1, 1: 0, 2: 2}
+    # a model renamed at the top still pairs by the rest of the path
+    assert recipe.pair_by_path(["a/x/k", "a/y/k"], ["b/y/k", "b/x/k"], same) == {0: 1, 1: 0}
+    # shapes (or classes) that do not fit are never paired, even in order
+    shapes = [(3,), (4,)], [(4,), (2,)]
+    assert recipe.pair_by_path(["p", "q"], ["r", "s"],
+                              lambda i, j: shapes[0][i] == shapes[1][j]) == {1: 0}
+
+
+# -- state besides variables: tensors and arrays held by layers ----------------------------------
+def _calibrated_model():
+    """A Functional model whose config rebuilds neither its calibrated center (set after
+    construction, a plain tensor) nor, without its variables, its statistics."""
+    x = np.random.default_rng(5).normal(3.0, 2.0, (64, 5)).astype("float32")
+    i = keras.Input((5,), name="feat")
+    centered = rehost_layers.Centered(name="centered")
+    given = L.Normalization(mean=[1.0, 2.0, 3.0, 4.0, 5.0], variance=[1.0, 4.0, 9.0, 1.0, 4.0],
+                            name="given")
+    adapted = L.Normalization(name="adapted")
+    bn = L.BatchNormalization(name="bn")
+    model = keras.Model(i, L.Dense(3, name="out")(bn(adapted(given(centered(i))))))
+    centered.calibrate(x)
+    adapted.adapt(_np(given(centered(x))))
+    bn.moving_mean.assign(np.linspace(-1.0, 1.0, 5).astype("float32"))
+    bn.moving_variance.assign(np.linspace(0.5, 2.0, 5).astype("float32"))
+    return model, x
+
+
+def test_layer_state_outside_variables_is_carried_by_path():
+    model, x = _calibrated_model()
+    entries, arrays = state.layer_state(model)
+    held = {(e["layer"].split("/")[-1], e["attribute"]): e for e in entries}
+    assert {"centered", "given", "adapted"} == {k[0] for k in held}
+    assert held[("centered", "center")]["shape"] == [5] and held[("centered", "center")]["tensor"]
+    rebuilt = keras.Model.from_config(model.get_config())
+    recipe.assign_values(rebuilt, recipe.variable_paths(model),
+                         [_np(v.value) for v in model.variables])
+    assert rebuilt.get_layer("centered").center is None  # what the config could not carry
+    assert np.abs(_np(rebuilt(x)) - _np(model(x))).max() > 0.1
+    assert state.restore_layer_state(rebuilt, entries, arrays) == len(entries)
+    center = rebuilt.get_layer("centered").center
+    assert keras.ops.is_tensor(center) and not isinstance(center, np.ndarray)
+    np.testing.assert_allclose(_np(center), x.mean(axis=0), rtol=1e-5)
+    np.testing.assert_allclose(_np(rebuilt(x)), _np(model(x)), atol=1e-5)
+
+
+def test_a_tensor_attribute_travelling_by_value_comes_back_as_a_tensor():
+    class Masked(L.Layer):  # a tensor set after construction, in a list too
+        def call(self, x):
+            return x * self.mask + self.offsets[1]
+
+    layer = Masked(name="masked")
+    layer.mask = keras.ops.convert_to_tensor(np.array([1, 0, 1, 1, 0], "float32"))
+    layer.offsets = [0.0, keras.ops.ones((5,)) * 2.0]
+    x = _inputs()[4]
+    want = _np(layer(x))
+    entries, arrays = state.layer_state(layer)
+    assert [(e["attribute"], e["item"]) for e in entries] == [("mask", None), ("offsets", 1)]
+    rebuilt = recipe.rebuild_model(recipe.describe_model(layer))
+    assert isinstance(rebuilt.mask, np.ndarray)  # the pickle carries the values as NumPy
+    state.restore_layer_state(rebuilt, entries, arrays)
+    assert not isinstance(rebuilt.mask, np.ndarray) and keras.ops.is_tensor(rebuilt.mask)
+    assert keras.ops.is_tensor(rebuilt.offsets[1]) and rebuilt.offsets[0] == 0.0
+    np.testing.assert_allclose(_np(rebuilt(x)), want, atol=1e-6)
+
+
+def test_layer_state_that_cannot_be_carried_is_refused_naming_layer_and_attribute():
+    model, _ = _calibrated_model()
+    entries, arrays = state.layer_state(model)
+    i = keras.Input((5,), name="feat")  # rebuilt without the calibrated layer
+    other = keras.Model(i, L.Dense(3, name="out")(i), name=model.name)
+    with pytest.raises(RouteRefused, match=r"attribute 'center' of layer '[^']*/centered' "
+                                           r"\(class Centered\) holds an array of shape \(5,\)"
+                                           r".*has no layer of class Centered"):
+        state.restore_layer_state(other, entries, arrays)
+    wide = keras.Model.from_config(model.get_config())
+    wide.get_layer("centered").center = keras.ops.zeros((7,))  # built for other inputs
+    with pytest.raises(RouteRefused, match=r"attribute 'center' of layer '[^']*/centered' "
+                                           r"\(class Centered\) has shape \(7,\) once rebuilt"):
+        state.restore_layer_state(wide, entries, arrays)
+
+    class Holder(L.Layer):
+        def call(self, x):
+            return x
+
+    holder = Holder(name="holder")
+    holder.names = np.array(["a", object()], dtype=object)
+    with pytest.raises(RouteRefused, match=r"attribute 'names' of layer 'holder' \(class "
+                                           r"Holder\) holds an array of Python objects"):
+        state.layer_state(holder)
+
+
+# -- the same, end to end: rebuilt in the child, reloaded in a fresh process ---------------------
+_OTHER = {"tensorflow": "jax", "jax": "tensorflow", "torch": "tensorflow"}
+
+
+def _saved_model_rehosted(model, path):
+    """A SavedModel re-hosted from this backend (on PyTorch through export_model's own route)."""
+    if BACKEND == "torch":
+        kexport.export_model(model, path, format="tf_saved_model", verbose=False)
+    else:
+        rehost.rehost_export(model, path, "tf_saved_model", _OTHER[BACKEND], verbose=False)
+
+
+def test_rehosted_artifact_keeps_state_its_config_loses(tmp_path, fresh_process):
+    model, _ = _calibrated_model()  # Functional, importable classes: rebuilt from its config
+    path = tmp_path / "sm"
+    _saved_model_rehosted(model, path)
+    for n, x in _inputs().items():
+        got = fresh_process("saved_model_signature", str(path), "serving_default", {"feat": x})
+        assert got["out"].shape == (n, 3)
+        np.testing.assert_allclose(got["out"], _np(model(x)), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.backends("torch")
+def test_torch_model_built_out_of_order_with_tensor_state_reaches_saved_model(tmp_path,
+                                                                             fresh_process):
+    class Shifted(keras.Model):  # by value: defined here, no get_config
+        def __init__(self, inner):
+            super().__init__(name="shifted")
+            self.inner = inner
+            self.norm = L.Normalization(mean=[0.5] * 4, variance=[4.0] * 4)
+            # built here: built inside the model's symbolic build, its mean and variance
+            # would be PyTorch meta tensors, which have no values (the live model too)
+            self.norm.build((None, 4))
+
+        def call(self, x):
+            return self.norm(self.inner(x)) * self.scale
+
+    model = Shifted(_built_out_of_order())
+    model.scale = keras.ops.convert_to_tensor(np.array([1.0, -2.0, 3.0, 0.5], "float32"))
+    model(_inputs()[1])
+    path = tmp_path / "sm"
+    _saved_model_rehosted(model, path)
+    for n, x in _inputs().items():
+        got = fresh_process("saved_model_call", str(path), "serve", [x])
+        assert got.shape == (n, 4)
+        np.testing.assert_allclose(got, _np(model(x)), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.backends("torch")
+def test_whisper_backbone_reaches_saved_model_from_torch(tmp_path, fresh_process):
+    keras_hub = pytest.importorskip("keras_hub")
+    model = keras_hub.models.WhisperBackbone(  # variables built in another order per backend
+        vocabulary_size=97, num_layers=1, num_heads=2, hidden_dim=16, intermediate_dim=32,
+        num_mels=8, max_encoder_sequence_length=16, max_decoder_sequence_length=8)
+    path = tmp_path / "sm"
+    _saved_model_rehosted(model, path)
+    rng = np.random.default_rng(3)
+    for n in BATCHES:
+        feed = {"encoder_features": rng.standard_normal((n, 16, 8)).astype("float32"),
+                "decoder_token_ids": rng.integers(1, 97, (n, 8)).astype("int32"),
+                "decoder_padding_mask": np.ones((n, 8), "int32")}
+        feed["decoder_padding_mask"][:, 6:] = 0  # real padding, a suffix
+        got = fresh_process("saved_model_signature", str(path), "serving_default", feed)
+        live = model({k: keras.ops.convert_to_tensor(v) for k, v in feed.items()})
+        for name, want in live.items():
+            np.testing.assert_allclose(got[name], _np(want), atol=1e-4, rtol=1e-4)
+
+
+def test_rehost_refuses_state_it_cannot_carry_before_writing(tmp_path):
+    class Tagged(keras.Model):  # a per-feature tag array of Python objects
+        def __init__(self):
+            super().__init__(name="tagged")
+            self.dense = L.Dense(2, name="dense")
+
+        def call(self, x):
+            return self.dense(x)
+
+    model = Tagged()
+    model(_inputs()[1])
+    model.tags = np.array([{"unit": "m"}, None], dtype=object)
+    target = tmp_path / "sm"
+    with pytest.raises(RouteRefused, match=r"attribute 'tags' of layer 'tagged' \(class Tagged\) "
+                                           r"holds an array of Python objects"):
+        _saved_model_rehosted(model, target)
+    assert not target.exists()

@@ -35,6 +35,7 @@ from kexport.capture.source import rehosted_from
 from kexport.check.samples import SamplePolicy, using
 from kexport.routing.archive import ExportArchive
 from kexport.routing.rehost.recipe import assign_values, rebuild_model
+from kexport.routing.rehost.state import restore_layer_state
 from kexport.routing.single import export
 from kexport.routing.table import usable
 from kexport.runtime import load
@@ -81,6 +82,11 @@ def _rebuild(work: Path, job: dict[str, Any]) -> tuple[list[Any], list[list[Any]
         paths = json.loads((work / f"{name}.paths.json").read_text())
         ordered.append(assign_values(model, paths, values))
         _finalize_state(model)
+        # then the tensors and arrays layers hold outside variables, as the source has them
+        with np.load(work / f"{name}.state.npz") as data:
+            arrays = {k: data[k] for k in data.files}
+        restore_layer_state(model, json.loads((work / f"{name}.state.json").read_text()),
+                            arrays)
         models.append(model)
     return models, ordered
 

@@ -10,12 +10,14 @@ TensorFlow backend writes, ...) works in four steps:
    for classes defined in a function or ``__main__`` and layers without a
    usable ``get_config``), and the paths and values of **all** its
    variables, seed-generator states and BatchNorm statistics included (a
-   ``.keras`` file drops seed states). Endpoints become :class:`EndpointRecipe`
+   ``.keras`` file drops seed states), and every tensor or array a layer holds
+   outside its variables (:mod:`kexport.routing.rehost.state`). Endpoints become :class:`EndpointRecipe`
    objects: which tracked model, which method, which constant keyword
    arguments (``training=False``), which input signature.
 2. *rebuild and export* (child, ``KERAS_BACKEND=<target>``, clean
    environment, private temporary folder per job): the models are rebuilt
-   from their configs (else by value), their variables assigned by path, the endpoints re-created
+   from their configs (else by value), their variables assigned by path and
+   their layers' other tensors set again by layer path, the endpoints re-created
    from the recipes and the artifact written with the target backend's native
    route. The child then opens the artifact with :func:`kexport.load` (the
    format's own runtime) and runs it on sample inputs. The child is one
@@ -69,6 +71,7 @@ from kexport.check.worker import Worker
 from kexport.errors import (
     CaptureError,
     KexportError,
+    RouteRefused,
     SignatureError,
     SignatureTypeError,
     UnsupportedRouteError,
@@ -77,6 +80,7 @@ from kexport.errors import (
     describe,
 )
 from kexport.routing.rehost.recipe import describe_model, variable_paths
+from kexport.routing.rehost.state import layer_state
 from kexport.signature import (
     Spec,
     flatten,
@@ -276,8 +280,15 @@ def _serialize(models: list[Any], host: str, work: Path) -> tuple[list[str], lis
     importable and configurable, the model by value (``model<i>.pkl``,
     :func:`~kexport.routing.rehost.recipe.describe_model`) where it can be
     pickled, and the values (``model<i>.npz``) and paths
-    (``model<i>.paths.json``) of all its variables. The child tries the config
-    first, then the pickle, and assigns the values by path.
+    (``model<i>.paths.json``) of all its variables, and the tensors its layers
+    hold outside variables (``model<i>.state.npz`` and ``.state.json``,
+    :func:`~kexport.routing.rehost.state.layer_state`). The child tries the
+    config first, then the pickle, assigns the values by path and sets the
+    layer tensors again.
+
+    Raises:
+        RouteRefused: a layer holds a tensor that cannot travel (the message
+            names the layer path and the attribute).
     """
     import keras
     import numpy as np
@@ -305,6 +316,9 @@ def _serialize(models: list[Any], host: str, work: Path) -> tuple[list[str], lis
                   for j, v in enumerate(m.variables)}
         np.savez(work / f"model{i}.npz", **values)
         (work / f"model{i}.paths.json").write_text(json.dumps(variable_paths(m)))
+        entries, arrays = layer_state(m)
+        np.savez(work / f"model{i}.state.npz", **arrays)
+        (work / f"model{i}.state.json").write_text(json.dumps(entries))
         files.append(f"model{i}")
         if text is not None:
             for layer in m._flatten_layers(include_self=True):
@@ -385,8 +399,8 @@ atexit.register(close_workers)
 
 
 _ERRORS: dict[str, type[KexportError]] = {
-    c.__name__: c for c in (SignatureError, CaptureError, WriteError, UnsupportedRouteError,
-                            VerificationError)}
+    c.__name__: c for c in (SignatureError, CaptureError, RouteRefused, WriteError,
+                            UnsupportedRouteError, VerificationError)}
 
 
 def _run_child(job: dict[str, Any], work: Path, host: str) -> dict[str, Any]:
@@ -409,7 +423,9 @@ def _run_child(job: dict[str, Any], work: Path, host: str) -> dict[str, Any]:
         return result
     stage, kind, message = result["stage"], result["type"], result["message"]
     if stage == "rebuild":
-        raise UnsupportedRouteError(
+        # state the rebuilt model cannot carry (a variable or a layer's array without a
+        # counterpart): refused, so that a further route of the cell can run
+        raise (RouteRefused if kind == "RouteRefused" else UnsupportedRouteError)(
             f"Step 1/3 (re-host: rebuild the model on the {host} backend) failed: "
             f"{kind}: {message}")
     cls = _ERRORS.get(kind, CaptureError)

@@ -28,11 +28,14 @@ second way, which does not depend on the classes at all:
   then its attributes set again (so Keras tracks its sub-layers and
   variables), variables re-created under the name scopes of their original
   paths. :func:`assign_values` then assigns the source values **by path**
-  (the longest path suffix that is unique on both sides, then the remaining
-  ones in order with equal shapes), never by position alone: a rebuilt model
-  may list its variables in another order.
+  (:func:`pair_by_path`: the longest path suffix that is unique on both
+  sides, then what paths cannot tell apart in order, shapes equal), never by
+  position alone: a rebuilt model may list its variables in another order; a
+  variable without a partner is a :class:`~kexport.errors.RouteRefused`.
 
-What cannot travel is an attribute that cannot be pickled (an open file, a
+Tensors and arrays that layers hold outside variables are carried by
+:mod:`kexport.routing.rehost.state` (a rebuild from a config loses what was
+set after construction). What cannot travel is an attribute that cannot be pickled (an open file, a
 lock, a generator ...): :func:`describe_model` raises
 :class:`~kexport.errors.UnsupportedRouteError` naming the layer and the
 attribute.
@@ -45,12 +48,13 @@ import functools
 import io
 import json
 import pickle
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from kexport.errors import UnsupportedRouteError
+from kexport.errors import RouteRefused, UnsupportedRouteError
 
-__all__ = ["assign_values", "describe_model", "rebuild_model", "variable_paths"]
+__all__ = ["assign_values", "describe_model", "match_variables", "pair_by_path", "rebuild_model",
+           "variable_paths"]
 
 # Keras sets these on a model lazily (training, compiling, the TensorFlow
 # tracking machinery, PyTorch's parameter dict): they are the backend's and
@@ -346,45 +350,69 @@ def _suffix(path: str, k: int) -> str:
     return "/".join(path.split("/")[-k:])
 
 
+def pair_by_path(theirs: list[str], ours: list[str],
+                 fits: Callable[[int, int], bool]) -> dict[int, int]:
+    """Pair source items (``theirs``) with rebuilt ones (``ours``) by path.
+
+    The longest path suffix that is unique on both sides pairs first (the
+    full path, then shorter ones, so a model renamed at the top still
+    matches), where ``fits(i, j)`` (equal shapes, equal classes...). Only what
+    is left -- paths that are ambiguous or that the rebuild named differently
+    (auto-generated layer names) -- is paired in order, each source item with
+    the next rebuilt one that fits. Returns ``{source index: rebuilt index}``;
+    an unpaired index is missing on the other side.
+    """
+    pairs: dict[int, int] = {}
+    depth = max([len(p.split("/")) for p in theirs + ours] or [1])
+    for k in range(depth, 0, -1):
+        taken = set(pairs.values())
+        mine: dict[str, list[int]] = {}
+        other: dict[str, list[int]] = {}
+        for i in range(len(theirs)):
+            if i not in pairs:
+                mine.setdefault(_suffix(theirs[i], k), []).append(i)
+        for j in range(len(ours)):
+            if j not in taken:
+                other.setdefault(_suffix(ours[j], k), []).append(j)
+        for key, (i, *more) in mine.items():
+            if not more and len(other.get(key, ())) == 1 and fits(i, other[key][0]):
+                pairs[i] = other[key][0]
+    taken = set(pairs.values())
+    free = [j for j in range(len(ours)) if j not in taken]
+    at = 0
+    for i in range(len(theirs)):
+        if i in pairs:
+            continue
+        j = next((n for n in range(at, len(free)) if fits(i, free[n])), None)
+        if j is not None:
+            pairs[i], at = free[j], j + 1
+    return pairs
+
+
 def match_variables(paths: list[str], shapes: list[tuple[int, ...]],
                     variables: list[Any], model_name: str) -> list[Any]:
     """For each source variable (``paths``, ``shapes``), the rebuilt variable that receives it.
 
-    Matched by the longest path suffix that is unique on both sides (the full
-    path first) with equal shapes; what is left is matched in order, shapes
-    equal. A source variable left without a partner is an error naming it.
+    Paired by path with equal shapes (:func:`pair_by_path`), never by position
+    alone: a rebuilt model may list its variables in another order (build
+    order can depend on the backend or on sub-layers built lazily).
+
+    Raises:
+        RouteRefused: a variable on either side has no partner; the message
+            names every one, with its shape, on both sides.
     """
     own = [str(getattr(v, "path", v.name)) for v in variables]
-    pairs: dict[int, int] = {}
-    depth = max([len(p.split("/")) for p in paths + own] or [1])
-    for k in range(depth, 0, -1):
-        left = [i for i in range(len(paths)) if i not in pairs]
-        free = [j for j in range(len(own)) if j not in pairs.values()]
-        theirs: dict[str, list[int]] = {}
-        ours: dict[str, list[int]] = {}
-        for i in left:
-            theirs.setdefault(_suffix(paths[i], k), []).append(i)
-        for j in free:
-            ours.setdefault(_suffix(own[j], k), []).append(j)
-        for key, (i, *more) in theirs.items():
-            if not more and len(ours.get(key, ())) == 1:
-                j = ours[key][0]
-                if tuple(variables[j].shape) == tuple(shapes[i]):
-                    pairs[i] = j
-    left = [i for i in range(len(paths)) if i not in pairs]
-    free = [j for j in range(len(own)) if j not in pairs.values()]
-    if len(left) == len(free) and all(
-            tuple(variables[j].shape) == tuple(shapes[i]) for i, j in zip(left, free, strict=True)):
-        pairs.update(zip(left, free, strict=True))
-        left = []
-    if left or len(own) != len(paths):
-        missing = ", ".join(f"'{paths[i]}' {tuple(shapes[i])}" for i in left) or "none"
+    pairs = pair_by_path(paths, own, lambda i, j: tuple(variables[j].shape) == tuple(shapes[i]))
+    if len(pairs) != len(paths) or len(own) != len(paths):
+        taken = set(pairs.values())
+        missing = ", ".join(f"'{paths[i]}' {tuple(shapes[i])}" for i in range(len(paths))
+                            if i not in pairs) or "none"
         extra = ", ".join(f"'{own[j]}' {tuple(variables[j].shape)}" for j in range(len(own))
-                          if j not in pairs.values()) or "none"
-        raise ValueError(
+                          if j not in taken) or "none"
+        raise RouteRefused(
             f"model '{model_name}' rebuilt with {len(own)} variables for {len(paths)} on the "
-            f"source backend; source variables without a rebuilt one: {missing}; rebuilt "
-            f"variables without a source one: {extra}")
+            f"source backend (matched by path and shape); source variables without a rebuilt "
+            f"one: {missing}; rebuilt variables without a source one: {extra}")
     return [variables[pairs[i]] for i in range(len(paths))]
 
 
