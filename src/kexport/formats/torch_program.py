@@ -253,6 +253,26 @@ def export_program(fn: Callable[..., Any], signature: list[Any], input_names: li
         ) from e
 
 
+def _program_output_specs(program: Any, specs: list[Spec]) -> list[Spec]:
+    """The output specs as the program has them: an axis whose size is symbolic in
+    the program is dynamic (the endpoint only saw one sample's output sizes)."""
+    import torch
+
+    output = next((n for n in program.graph.nodes if n.op == "output"), None)
+    values = [getattr(a, "meta", {}).get("val") for a in (output.args[0] if output else ())]
+    if len(values) != len(specs):
+        return specs
+    out = []
+    for spec, value in zip(specs, values, strict=True):
+        shape = getattr(value, "shape", None)
+        if shape is None or len(shape) != len(spec.shape):
+            out.append(spec)
+            continue
+        out.append(Spec(tuple(None if isinstance(d, torch.SymInt) else int(d) for d in shape),
+                        spec.dtype, spec.name))
+    return out
+
+
 def _manifest(archive: EndpointArchive, layout: str) -> Manifest:
     import torch
 
@@ -323,6 +343,7 @@ def write_archive(archive: EndpointArchive, filepath: str | os.PathLike[str],
     for e in archive.endpoints:  # the bounds torch.export found go into the manifest
         e.signature = with_bounds(e.signature, program_bounds(programs[e.name],
                                                               flatten(e.signature)))
+        e.output_specs = _program_output_specs(programs[e.name], e.output_specs)
     manifest = _manifest(archive, "file" if single else "folder")
     with atomic_target(filepath, is_dir=not single) as tmp:
         if single:

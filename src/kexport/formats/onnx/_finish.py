@@ -131,6 +131,7 @@ def finish(raw: RawGraph, *, opset: int, backend: str, endpoint: str,
                               raw.route, e, None,
                               f"use opset_version={current} or newer") from e
     _name_dynamic_dims(proto, input_specs)
+    output_specs = _graph_output_specs(proto, raw.output_specs)
     proto.producer_name = "kexport"
     proto.producer_version = __version__
     proto.doc_string = ""
@@ -141,13 +142,33 @@ def finish(raw: RawGraph, *, opset: int, backend: str, endpoint: str,
         "kexport.endpoint": endpoint,
         "kexport.route": raw.route,
         "kexport.inputs": _spec_json(input_specs, raw.input_names),
-        "kexport.outputs": _spec_json(raw.output_specs, raw.output_names),
+        "kexport.outputs": _spec_json(output_specs, raw.output_names),
         **{f"kexport.{k}": json.dumps(v) for k, v in samples.recorded().items()},
     }
     for k, v in meta.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = k, v
     return proto
+
+
+def _graph_output_specs(proto: onnx.ModelProto, specs: Sequence[Spec]) -> list[Spec]:
+    """The output specs as the finished graph has them.
+
+    Converters that run the model on samples (torch.export, jax2onnx) only know
+    the sample's output sizes; the graph knows which output dims are symbolic.
+    An axis the graph names (``dim_param``) or leaves unknown is dynamic; a
+    graph output without shape information keeps the converter's spec.
+    """
+    out = []
+    for spec, value in zip(specs, proto.graph.output, strict=False):
+        tensor = value.type.tensor_type
+        if not tensor.HasField("shape") or len(tensor.shape.dim) != len(spec.shape):
+            out.append(spec)
+            continue
+        shape = tuple(d.dim_value if d.HasField("dim_value") else None
+                      for d in tensor.shape.dim)
+        out.append(Spec(shape, spec.dtype, spec.name))
+    return out + list(specs[len(out):])
 
 
 def _name_dynamic_dims(proto: onnx.ModelProto, input_specs: Sequence[Spec]) -> None:
