@@ -134,7 +134,8 @@ def test_export_verify_tamper_inspect(tmp_path):
     info = json.loads(proc.stdout)
     assert info["format"] == "tf_saved_model" and info["default_endpoint"] == "serve"
     assert info["endpoints"]["serve"]["inputs"] == [
-        {"name": "seq", "shape": [None, None, 5], "dtype": "float32"}]
+        {"name": "seq", "shape": [None, None, 5], "dtype": "float32",
+         "symbols": ["batch", "d1", None]}]
     assert info["verification"]["ok"] is False  # the failed check was stored
     assert info["op_counts"]["serve"]["Conv2D"] >= 1 or info["op_counts"]["serve"]
     assert str(tmp_path) not in json.dumps(info["metadata"])
