@@ -30,6 +30,9 @@ KNOWN = {
     ("t5", "tensorflow"): "#15 shared dimension symbols: every input's dimension 1 is 'd1' in "
                           "the ONNX graph; ONNX Runtime fails once encoder and decoder lengths "
                           "differ",
+    ("t5", "jax"): "#15 shared dimension symbols: jax2onnx fails on T5MultiHeadAttention.call, "
+                   "the re-host onto TensorFlow (tf2onnx) names every input's dimension 1 'd1'; "
+                   "ONNX Runtime fails once encoder and decoder lengths differ",
     ("t5", "torch"): "#15 converter failure: torch.export of T5MultiHeadAttention.call "
                      "('Invalid dtype: SymInt') is a CaptureError, and no re-host is tried",
 }
