@@ -131,3 +131,35 @@ def test_output_named_like_an_inner_value(tmp_path, fresh_process):
     for x, out in zip(xs, got["results"], strict=True):
         ref = keras.ops.convert_to_numpy(model(x, training=False))
         np.testing.assert_allclose(out[0], ref, rtol=1e-4, atol=2e-5)
+
+
+def test_converter_failure_moves_on_to_the_rehost_route(tmp_path, fresh_process, capsys):
+    # torch.export (and the traced exporter) fail on this layer's data-dependent Python
+    # branch; a converter's failure is a refusal, so the re-host onto TensorFlow (where
+    # the branch is not taken) delivers instead of the export ending on the error
+    class Guarded(keras.layers.Layer):
+        def call(self, x):
+            if keras.backend.backend() == "torch" and bool((x.abs().sum() > 1e9).item()):
+                return x * 2.0
+            return keras.ops.tanh(x)
+
+    class Model(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.dense = keras.layers.Dense(4)
+            self.guarded = Guarded()
+
+        def call(self, x):
+            return self.guarded(self.dense(x))
+
+    model = Model()
+    xs = [np.random.default_rng(i).normal(size=(b, 3)).astype("float32")
+          for i, b in enumerate((1, 5))]
+    model(xs[0])
+    path = tmp_path / "guarded.onnx"
+    kexport.export_onnx(model, path, verbose=None)
+    assert "kexport: trying the next route: re-host" in capsys.readouterr().out
+    got = fresh_process("fresh_onnx:run_many", {"m": (str(path), [{"input": x} for x in xs])})
+    assert got["m"]["metadata"]["kexport.route"].startswith("re-host on tensorflow")
+    for x, (y,) in zip(xs, got["m"]["results"], strict=True):
+        np.testing.assert_allclose(y, keras.ops.convert_to_numpy(model(x)), atol=1e-5)

@@ -26,16 +26,7 @@ import zoo
 BACKEND = os.environ.get("KERAS_BACKEND", "tensorflow")
 
 # Cells that fail today because of the bugs of issue #15 being fixed elsewhere.
-KNOWN = {
-    ("t5", "tensorflow"): "#15 shared dimension symbols: every input's dimension 1 is 'd1' in "
-                          "the ONNX graph; ONNX Runtime fails once encoder and decoder lengths "
-                          "differ",
-    ("t5", "jax"): "#15 shared dimension symbols: jax2onnx fails on T5MultiHeadAttention.call, "
-                   "the re-host onto TensorFlow (tf2onnx) names every input's dimension 1 'd1'; "
-                   "ONNX Runtime fails once encoder and decoder lengths differ",
-    ("t5", "torch"): "#15 converter failure: torch.export of T5MultiHeadAttention.call "
-                     "('Invalid dtype: SymInt') is a CaptureError, and no re-host is tried",
-}
+KNOWN: dict[tuple[str, str], str] = {}  # (model, backend) -> reason, for cells failing today
 
 
 @pytest.mark.parametrize("name", ["mobilenet_v3_small", "bert", "t5"])

@@ -26,7 +26,7 @@ from kexport._dims import plan_signature
 from kexport._inference import inference_fn
 from kexport.artifact import DEFAULT_ENDPOINT
 from kexport.capture.source import rehost_source
-from kexport.errors import RouteRefused
+from kexport.errors import CaptureError, RouteRefused
 from kexport.formats.onnx._accept import NotTraceable
 from kexport.formats.onnx._finish import finish
 from kexport.formats.onnx._graph import Attempt, Strategy
@@ -78,6 +78,8 @@ def _export(model: Any, filepath: str | os.PathLike[str], verbose: bool | None,
                     accept.close()  # no live reference call outlives its strategy
         _say_not_used(verbose, strategy, refused)
         if number == len(strategies):
+            if isinstance(refused, CaptureError):  # the converter's own error, whole
+                raise RouteRefused(str(refused)) from refused
             raise RouteRefused(f"Every in-process ONNX strategy of the {backend} backend "
                                f"refused the model; the last: {without_paths(str(refused))}"
                                ) from refused

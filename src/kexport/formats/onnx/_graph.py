@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from kexport.errors import KexportError
+from kexport.errors import CaptureError, KexportError
 from kexport.formats.onnx._accept import NotTraceable
 from kexport.signature import Spec
 
@@ -101,7 +101,9 @@ class Strategy(abc.ABC):
         """:meth:`capture`, with a refusal held in the result instead of raised."""
         try:
             return Attempt(self, graph=self.capture(model, signature, opset))
-        except NotTraceable as e:
+        except (NotTraceable, CaptureError) as e:
+            # a converter that fails on this model is a refusal too: the next
+            # strategy, else the next route (re-host), may deliver
             return Attempt(self, refused=e)
 
 
