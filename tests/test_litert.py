@@ -86,7 +86,8 @@ def test_quantization_modes_meet_their_thresholds(tmp_path, fresh_process):
     for mode, ref, res in zip(("float16", "dynamic_int8", "int8"), refs, results):
         q = quality(ref, res["outputs"][0]["y"])
         assert judge(q, QUANTIZED[mode]) == [], (mode, q.metrics())
-        assert q.noise > 0  # really quantized
+        # (the converter leaves weights under 1024 values float in float16 and dynamic_int8)
+        assert q.noise > 0 or mode != "int8"  # full integer really is quantized
     assert "float16" in results[0]["dtypes"]
     assert "int8" in results[2]["dtypes"]
 

@@ -293,3 +293,38 @@ def test_score_outputs_can_be_named(tmp_path):
     with pytest.raises(SignatureError, match=r"Expected `scores` to be a list of output "
                                              r"names. Received: 'output_0'"):
         kexport.verify(model, path, scores="output_0")
+
+
+@pytest.mark.backends("tensorflow")
+def test_cli_verify_json_holds_metrics_and_thresholds(tmp_path):
+    from test_cli import kexport as run_cli
+
+    x, y = _digits()
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((64,), name="pixels"),
+                              keras.layers.Dense(32, activation="relu"),
+                              keras.layers.Dense(10, name="logits")])
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x[:1200], y[:1200], epochs=5, verbose=0)
+    model.save(tmp_path / "m.keras")
+    path = tmp_path / "m.tflite"
+    kexport.export_litert(model, path, verbose=False, quantization="dynamic_int8")
+    np.savez(tmp_path / "data.npz", pixels=x[1400:1500])
+    proc = run_cli("verify", tmp_path / "m.keras", path, "--data", tmp_path / "data.npz",
+                   "--json", "--no-store")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(proc.stdout)
+    assert data["ok"] is True and data["quantization"] == "dynamic_int8"
+    assert data["inputs"] == "data"
+    assert data["thresholds"] == QUANTIZED["dynamic_int8"].to_json()
+    (row,) = data["summary"]
+    assert row["samples"] == 104 and row["scores"] is True
+    assert row["sqnr_db"] >= QUANTIZED["dynamic_int8"].sqnr_db
+    assert row["top1"] >= QUANTIZED["dynamic_int8"].top1
+    # the text form shows the same numbers
+    text = run_cli("verify", tmp_path / "m.keras", path, "--data", tmp_path / "data.npz",
+                   "--no-store", "--scores", "")
+    assert text.returncode == 0, text.stderr[-3000:]
+    assert "quantized dynamic_int8: judged by SQNR, cosine and top-k on data inputs" in \
+        text.stdout
+    assert f"{row['sqnr_db']:.1f}" in text.stdout
