@@ -158,18 +158,22 @@ def test_descriptors_hold_the_artifact_facts():
         routing.format_info("onx")
 
 
-def test_litert_tolerance_by_quantization_mode():
-    tol = FORMATS["litert"].tolerance
-    assert tol({"quantization": "int8"}) == artifact.LITERT_QUANTIZATIONS["int8"] == (0.25, 0.25)
-    assert tol({"quantization": None}) == (1e-4, 1e-3)
-    assert tol({}) is None and tol({"quantization": "int4"}) is None
-    assert tol({"quantization": ["int8"]}) is None
-    assert FORMATS["onnx"].tolerance is None
+def test_quantized_litert_declares_no_tolerance_of_its_own():
+    # a quantized artifact is judged by its mode's thresholds in the one table
+    # (kexport.check.tolerance.QUANTIZED), never by a format's own atol/rtol
+    from kexport.check.tolerance import QUANTIZED, quantization_mode
     from kexport.verify import declared_tolerances
 
-    assert declared_tolerances("litert", {"quantization": "float16"}) == (2e-2, 2e-2)
-    assert declared_tolerances("onnx", {"quantization": "int8"}) is None
+    assert artifact.LITERT_QUANTIZATIONS == (None, "float16", "dynamic_int8", "int8")
+    assert all(m in QUANTIZED for m in artifact.LITERT_QUANTIZATIONS if m is not None)
+    assert FORMATS["litert"].tolerance is None and FORMATS["onnx"].tolerance is None
+    assert declared_tolerances("litert", {"quantization": "int8"}) is None
     assert declared_tolerances("nope", {}) is None
+    assert quantization_mode({"quantization": "int8"}) == "int8"
+    assert quantization_mode({"kexport.quantization": "float16"}) == "float16"
+    assert quantization_mode({"quantization": None}) is None
+    assert quantization_mode({"quantization": ["int8"]}) is None
+    assert quantization_mode({"quantization": "int4"}) is None
 
 
 def test_artifact_files_single_files_and_folders(tmp_path):

@@ -107,3 +107,36 @@ def test_rehost_check_and_verify_decide_alike(case):
     want, got, verdict = PAIRS[case]
     assert _verify_verdict(want, got) is verdict
     assert _rehost_verdict(want, got) is verdict
+
+
+_RNG = np.random.default_rng(5)
+_LOGITS = (_RNG.normal(size=(40, 10)) * 100).astype("float32")
+QUANTIZED_PAIRS = {  # int8: judged by SQNR, cosine and top-k, not atol/rtol
+    "large outputs, ~40 dB": (_LOGITS, _LOGITS + _RNG.normal(size=_LOGITS.shape).astype("f"),
+                              True),
+    "wrong scale": (_LOGITS, _LOGITS * 0.5, False),
+    "permuted classes": (_LOGITS, np.roll(_LOGITS, 1, axis=1), False),
+    "small outputs, wrong scale": (_LOGITS * 1e-3, _LOGITS * 5e-4, False),
+}
+
+
+@pytest.mark.parametrize("case", list(QUANTIZED_PAIRS))
+def test_rehost_check_and_verify_judge_quantized_alike(case):
+    from kexport.check.tolerance import QUANTIZED
+    from kexport.routing.rehost import parent as rehost
+    from kexport.runtime import EndpointInfo, TensorInfo
+    from kexport.verify import _check_case
+
+    want, got, verdict = QUANTIZED_PAIRS[case]
+    info = EndpointInfo("serve", (TensorInfo("x", (None,), "float32"),),
+                        (TensorInfo("y", (None, 10), "float32"),))
+    report = VerificationReport("litert", "int8", *TOLERANCES["int8"], 0,
+                                quantization="int8", thresholds=QUANTIZED["int8"])
+    _check_case(report, info, "dyn=40", {"x": np.zeros(40, "float32")}, [want],
+                {"k/y": got}, "k", None)
+    assert report.ok is verdict, report.table()
+    cases = {"serve": [{"key": "serve__b0", "batch": 40, "inputs": 1, "live": [want],
+                        "deterministic": True}]}
+    (row,) = rehost._compare(cases, {"out__serve__b0__0": got}, *TOLERANCES["int8"],
+                             quantized="int8")
+    assert row["ok"] is verdict

@@ -130,12 +130,12 @@ def test_report_table_json_round_trip():
 
 
 @pytest.mark.backends("tensorflow")
-def test_int8_litert_verifies_with_the_format_tolerance(tmp_path):
-    """verify takes an int8 LiteRT artifact's tolerance from formats/litert.py
-    (one table), and a full-integer MLP passes on calibrated inputs."""
+def test_int8_litert_is_judged_by_the_int8_thresholds(tmp_path):
+    """verify judges an int8 LiteRT artifact by the int8 row of the one
+    thresholds table (SQNR, cosine, top-k), on the user's data when given."""
     import keras
 
-    from kexport.formats import litert
+    from kexport.check.tolerance import QUANTIZED
 
     keras.utils.set_random_seed(7)
     model = keras.Sequential([keras.Input((8,), name="x"), keras.layers.Dense(16, activation="relu"),
@@ -145,10 +145,12 @@ def test_int8_litert_verifies_with_the_format_tolerance(tmp_path):
     path = tmp_path / "int8.tflite"
     kexport.export_litert(model, path, verbose=False, quantization="int8",
                           representative_dataset=calibration)
-    x = rng.random((5, 8), dtype="float32")  # inside the calibration range
-    report = kexport.verify(model, path, inputs=x)
-    assert (report.atol, report.rtol) == litert.tolerance("int8") == (0.25, 0.25)
-    assert report.precision == "int8"
+    x = rng.random((100, 8), dtype="float32")  # inside the calibration range
+    report = kexport.verify(model, path, data=x)
+    assert report.quantization == "int8" and report.thresholds == QUANTIZED["int8"]
+    assert report.inputs == "data"
     assert report.ok, report
-    err = max(c.max_abs for c in report.checks)
-    assert 0 < err < 0.25  # really quantized, and within the declared tolerance
+    (row,) = report.summary()
+    assert row["cases"] == ["dyn=1", "dyn=3", "data=100"] and row["samples"] == 104
+    assert row["scores"] and row["top1"] >= QUANTIZED["int8"].top1
+    assert QUANTIZED["int8"].sqnr_db <= row["sqnr_db"] < float("inf")  # really quantized

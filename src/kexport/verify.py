@@ -9,6 +9,14 @@ random inputs are generated from the artifact's signature by
 case per size: the batch axis at each size, 1 included, every other dynamic
 axis at a size of its own.
 
+A quantized artifact (its metadata records a mode of
+:data:`kexport.check.tolerance.QUANTIZATION_MODES`) is judged by that mode's
+thresholds on SQNR, cosine similarity and, for score outputs, top-1/top-5
+agreement, pooled over the cases, plus one larger case (every row of the
+sample data, at most :data:`QUANTIZED_ROWS`; else :data:`QUANTIZED_ROWS`
+generated rows) so the statistics rest on enough samples; a float artifact
+keeps the elementwise ``atol``/``rtol`` verdict.
+
 The :class:`VerificationReport` prints as a table, has ``.ok``, converts to
 JSON, and is stored inside the artifact (SavedModel: a JSON file in
 ``assets.extra/``; ONNX: ``metadata_props``), without any local path.
@@ -23,7 +31,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from kexport.artifact import FORMATS
-from kexport.check.compare import compare, tolerance_for
+from kexport.check.compare import compare, is_scores, quality, tolerance_for
 from kexport.check.live import live_reference
 from kexport.check.policy import flat_sample_data
 from kexport.check.report import OutputCheck, VerificationReport
@@ -34,15 +42,26 @@ from kexport.check.samples import (
     recorded_policy,
     sample_inputs,
 )
-from kexport.check.tolerance import TOLERANCES, default_tolerances, tolerances_for
+from kexport.check.tolerance import (
+    TOLERANCES,
+    default_tolerances,
+    quantization_mode,
+    thresholds_for,
+    tolerances_for,
+)
 from kexport.check.worker import Worker
 from kexport.errors import SignatureError, VerificationError, describe
 from kexport.runtime import check_precision, detect, runtime_module
 from kexport.runtime._base import EndpointInfo, TensorInfo, feeds_for
 from kexport.runtime._worker import MARKER
 
-__all__ = ["VerificationReport", "declared_tolerances", "raise_if_failed", "store_report",
-           "verify"]
+__all__ = ["QUANTIZED_ROWS", "VerificationReport", "declared_tolerances", "raise_if_failed",
+           "store_report", "verify"]
+
+#: Rows of the extra case a quantized artifact is checked on: every row of the
+#: sample data up to this many, else this many generated rows.
+QUANTIZED_ROWS = 64
+_MAX_DATA_ROWS = 1024
 
 
 def _tolerances_for(format: str, metadata: Mapping[str, Any], precision: str,
@@ -136,7 +155,8 @@ def verify(model: Any, path: str | os.PathLike[str], inputs: Any | None = None, 
            atol: float | None = None, rtol: float | None = None, seed: int = 0,
            sizes: Sequence[int] = CASE_SIZES, store: bool = True,
            timeout: float = 600.0, precision: str | None = None,
-           data: Any | None = None) -> VerificationReport:
+           data: Any | None = None, scores: Sequence[str] | None = None
+           ) -> VerificationReport:
     """Compare the artifact at ``path`` with the live ``model``.
 
     The artifact is opened with its own runtime in a fresh child process;
@@ -169,7 +189,14 @@ def verify(model: Any, path: str | os.PathLike[str], inputs: Any | None = None, 
         data: sample data for the default endpoint, in the model's input
             structure (one array, a tuple/list, or a dict by input name):
             one case per entry of ``sizes`` takes that many rows of it
-            (repeated when it has fewer) instead of generated inputs.
+            (repeated when it has fewer) instead of generated inputs; a
+            quantized artifact is also checked on every row of it (at most
+            1024). Its metrics are then computed on that data.
+        scores: the names of the outputs that are class scores (logits or
+            probabilities), judged by top-1/top-5 agreement when the artifact
+            is quantized; ``None``: the rule of
+            :func:`kexport.check.compare.is_scores` (rank 2 with at least 2
+            columns, or probability rows); ``[]``: none.
 
     Returns:
         The :class:`VerificationReport` (check ``.ok``); integer and boolean
@@ -191,8 +218,26 @@ def verify(model: Any, path: str | os.PathLike[str], inputs: Any | None = None, 
             vs received).
         SampleDataError: ``data`` does not fit the artifact's inputs.
     """
+    return verify_on(model, path, inputs, atol=atol, rtol=rtol, seed=seed, sizes=sizes,
+                     store=store, timeout=timeout, precision=precision, data=data,
+                     scores=scores, data_source="data")
+
+
+def verify_on(model: Any, path: str | os.PathLike[str], inputs: Any | None = None, *,
+              atol: float | None = None, rtol: float | None = None, seed: int = 0,
+              sizes: Sequence[int] = CASE_SIZES, store: bool = True, timeout: float = 600.0,
+              precision: str | None = None, data: Any | None = None,
+              scores: Sequence[str] | None = None, data_source: str = "data"
+              ) -> VerificationReport:
+    """:func:`verify`, where ``data_source`` names where ``data`` came from in
+    the report (``"data"``: the user's; ``"calibration"``: an export's
+    calibration samples, as ``export_model(..., verify=True)`` passes them)."""
     import numpy as np
 
+    if scores is not None and (isinstance(scores, str) or not isinstance(scores, (list, tuple))
+                               or not all(isinstance(n, str) for n in scores)):
+        raise SignatureError(f"Expected `scores` to be a list of output names. Received: "
+                             f"{describe(scores)}")
 
     for name, value in (("atol", atol), ("rtol", rtol)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
@@ -236,8 +281,10 @@ def verify(model: Any, path: str | os.PathLike[str], inputs: Any | None = None, 
             format, metadata, _precision(metadata, endpoints), used)
         atol = d_atol if atol is None else float(atol)
         rtol = d_rtol if rtol is None else float(rtol)
+        mode = quantization_mode(metadata)
         report = VerificationReport(format, precision, atol, rtol, seed,
-                                    runtime_precision=used)
+                                    runtime_precision=used, quantization=mode,
+                                    thresholds=thresholds_for(mode))
         refs = _references(model, endpoints, default)
         # the export's policy when called by it, else the one the artifact recorded
         policy = active_policy() or recorded_policy(metadata)
@@ -252,9 +299,14 @@ def verify(model: Any, path: str | os.PathLike[str], inputs: Any | None = None, 
                 inputs, Mapping) else (inputs if name == default else None)
             if given is not None:
                 per_case = {"given": feeds_for(info, given)}
+                report.inputs = "given"
             else:
-                per_case = _cases(info, sizes, seed, policy if name == default else
-                                  dataclasses.replace(policy, data=None))
+                own = policy if name == default else dataclasses.replace(policy, data=None)
+                per_case = _cases(info, sizes, seed, own)
+                if report.thresholds is not None:
+                    per_case.update(_quantized_case(info, sizes, seed, own))
+                if name == default and own.data is not None:
+                    report.inputs = data_source
             for case, feeds in per_case.items():
                 cases[f"{name}.{case}"] = (name, case, feeds)
         with tempfile.TemporaryDirectory(prefix="kexport-verify-") as tmp:
@@ -271,7 +323,7 @@ def verify(model: Any, path: str | os.PathLike[str], inputs: Any | None = None, 
         errors = ran.get("errors", {})
         for key, (name, case, feeds) in cases.items():
             _check_case(report, endpoints[name], case, feeds, refs[name](feeds),
-                        received, key, errors.get(key))
+                        received, key, errors.get(key), scores)
     finally:
         worker.close({"cmd": "exit"})
     if store and report.error is None:
@@ -289,9 +341,34 @@ def _ask(worker: Worker, request: dict[str, Any]) -> dict[str, Any]:
                                   f"{worker.exit_code()}): {tail}"}
 
 
+def _quantized_case(info: EndpointInfo, sizes: Sequence[int], seed: int,
+                    policy: SamplePolicy) -> dict[str, dict[str, Any]]:
+    """The larger case a quantized artifact's statistics need: every row of the
+    sample data (at most 1024), else :data:`QUANTIZED_ROWS` generated rows;
+    none when the batch is not dynamic or the rows are no more than the cases'."""
+    import numpy as np
+
+    if not info.inputs or not all(t.shape and t.shape[0] is None for t in info.inputs):
+        return {}
+    rows = QUANTIZED_ROWS
+    if policy.data is not None:
+        lengths = [len(np.asarray(v)) for v in policy.data.values() if np.ndim(v)]
+        rows = min(min(lengths, default=0), _MAX_DATA_ROWS)
+    if rows <= max(sizes):
+        return {}
+    rng = np.random.default_rng(seed + 1)
+    arrays = sample_inputs(info.inputs, rows, rng, endpoint=info.name, policy=policy)
+    label = "data" if policy.data is not None else "dyn"
+    return {f"{label}={rows}": dict(zip(info.input_names, arrays, strict=True))}
+
+
 def _check_case(report: VerificationReport, info: EndpointInfo, case: str,
                 feeds: dict[str, Any], expected: list[Any], received: dict[str, Any],
-                key: str, error: str | None) -> None:
+                key: str, error: str | None, scores: Sequence[str] | None = None) -> None:
+    """One :class:`OutputCheck` per output of one case: allclose for a float
+    artifact, shapes and NaN positions for a quantized one's float outputs
+    (its metrics are judged pooled), exact for integer outputs; the quality
+    metrics of every float output either way."""
     import numpy as np
 
     shapes = {n: list(v.shape) for n, v in feeds.items()}
@@ -312,9 +389,14 @@ def _check_case(report: VerificationReport, info: EndpointInfo, case: str,
                 atol, rtol, False, error or "no output"))
             continue
         max_abs, max_rel, ok = compare(want, got, atol, rtol)
+        is_score = is_scores(want, name, scores)
+        q = quality(want, got, is_score)
+        if report.thresholds is not None and np.asarray(want).dtype.kind == "f":
+            ok = q is not None  # same shape, NaNs alike: the thresholds judge the rest
         report.checks.append(OutputCheck(
             info.name, name, case, shapes, list(want.shape), list(got.shape),
-            max_abs, max_rel, atol, rtol, ok))
+            max_abs, max_rel, atol, rtol, ok, quality=q, scores=is_score and q is not None
+            and q.rows > 0))
 
 
 def store_report(format: str, path: str | os.PathLike[str], report: VerificationReport) -> bool:
@@ -338,10 +420,13 @@ def raise_if_failed(report: VerificationReport, path: str | os.PathLike[str]) ->
     """Raise :class:`VerificationError` carrying ``report`` unless it passed."""
     if report.ok:
         return
-    names = sorted({f"{c.endpoint}/{c.output}" for c in report.failures})
+    names = sorted(set(report.failed_outputs))
+    rule = (f"below the {report.quantization} thresholds (SQNR >= {report.thresholds.sqnr_db:g} "
+            f"dB, cosine >= {report.thresholds.cosine:g}, top-1 >= {report.thresholds.top1:g})"
+            if report.thresholds is not None
+            else f"out of tolerance atol={report.atol:g}, rtol={report.rtol:g}")
     raise VerificationError(
         f"The {report.format} artifact at '{os.fspath(path)}' does not compute what the "
-        f"model computes (outputs {names or 'none'} out of tolerance "
-        f"atol={report.atol:g}, rtol={report.rtol:g}).\n{report.table()}",
+        f"model computes (outputs {names or 'none'} {rule}).\n{report.table()}",
         report,
     )

@@ -21,7 +21,6 @@ from kexport.artifact.descriptors import (
     FormatDescriptor,
     artifact_files,
     format_info,
-    litert_tolerance,
     missing_packages,
 )
 from kexport.artifact.manifest import (
@@ -86,7 +85,6 @@ __all__ = [
     "is_onnx_artifact",
     "is_openvino_artifact",
     "is_torch_program_artifact",
-    "litert_tolerance",
     "manifest_default_endpoint",
     "read_litert_metadata",
     "read_manifest",

@@ -27,40 +27,15 @@ from kexport.artifact.metadata import (
 from kexport.errors import UnknownFormatError
 
 __all__ = ["BACKENDS", "FORMATS", "LITERT_QUANTIZATIONS", "FormatDescriptor", "artifact_files",
-           "format_info", "litert_tolerance", "missing_packages"]
+           "format_info", "missing_packages"]
 
 #: The Keras backends kexport exports from.
 BACKENDS: tuple[str, ...] = ("tensorflow", "jax", "torch")
 
-#: LiteRT quantization mode -> (atol, rtol) for comparing with the float model:
-#: the one table of LiteRT tolerances (the writer validates modes against it,
-#: ``kexport.verify`` reads it through :func:`litert_tolerance`).
-LITERT_QUANTIZATIONS: dict[str | None, tuple[float, float]] = {
-    None: (1e-4, 1e-3),
-    "float16": (2e-2, 2e-2),
-    "dynamic_int8": (1e-1, 1e-1),
-    "int8": (2.5e-1, 2.5e-1),
-}
-
-
-def litert_tolerance(metadata: Mapping[str, Any]) -> tuple[float, float] | None:
-    """``(atol, rtol)`` that ``kexport.verify`` uses for a LiteRT artifact.
-
-    Looked up in :data:`LITERT_QUANTIZATIONS` by the quantization mode the
-    artifact's metadata records.
-
-    Args:
-        metadata: the artifact's ``kexport.json`` metadata.
-
-    Returns:
-        The tolerances, or ``None`` when the metadata names no known mode
-        (verify then falls back to its precision defaults).
-    """
-    mode = metadata.get("quantization")
-    if "quantization" not in metadata or not (mode is None or isinstance(mode, str)) \
-            or mode not in LITERT_QUANTIZATIONS:
-        return None
-    return LITERT_QUANTIZATIONS[mode]
+#: The LiteRT quantization modes (``None``: float32). A quantized artifact is
+#: judged by its mode's thresholds in ``kexport.check.tolerance.QUANTIZED``
+#: (SQNR, cosine, top-k), like every format's.
+LITERT_QUANTIZATIONS: tuple[str | None, ...] = (None, "float16", "dynamic_int8", "int8")
 
 
 @dataclass(frozen=True)
@@ -101,8 +76,7 @@ FORMATS: dict[str, FormatDescriptor] = {
         ("tensorflow",), "tensorflow"),
     "litert": FormatDescriptor(
         "litert", "LiteRT / TensorFlow Lite flatbuffer with named signatures", ".tflite",
-        ("tensorflow",), "tensorflow", recognizer=is_litert_artifact,
-        tolerance=litert_tolerance),
+        ("tensorflow",), "tensorflow", recognizer=is_litert_artifact),
     "torch": FormatDescriptor(
         "torch", "PyTorch ExportedProgram (torch.export .pt2)", TORCH_PROGRAM_SUFFIX,
         ("torch",), "torch", recognizer=is_torch_program_artifact),

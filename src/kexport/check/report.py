@@ -3,17 +3,27 @@
 :class:`VerificationReport` is what :func:`kexport.verify` returns (and
 ``kexport.VerificationReport``): it prints as a table, has ``.ok``, converts
 to and from JSON (what is stored inside an artifact, without local paths).
+
+Every float output also carries its :class:`~kexport.check.compare.Quality`
+(SQNR, cosine per sample, top-1/top-5 for score outputs), pooled over the
+cases in :meth:`VerificationReport.summary`. A float artifact is judged
+elementwise (``atol``/``rtol``) case by case; a quantized one
+(``quantization`` set) by its mode's
+:class:`~kexport.check.tolerance.Thresholds` on the pooled numbers, which
+the report carries, prints and writes to JSON.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from kexport._numerics import short
 from kexport._version import __version__
+from kexport.check.compare import Quality, judge
+from kexport.check.tolerance import Thresholds
 
 __all__ = ["OutputCheck", "VerificationReport"]
 
@@ -39,8 +49,14 @@ class OutputCheck:
             exceeds ``atol`` in magnitude.
         atol: absolute tolerance used.
         rtol: relative tolerance used.
-        ok: whether shapes match and every element is within tolerance.
+        ok: whether shapes match and every element is within tolerance
+            (for a quantized artifact's float output: whether shapes match
+            and NaNs sit alike; its numbers are judged pooled, see
+            :meth:`VerificationReport.summary`).
         error: why the artifact produced no output, if it did not.
+        quality: SQNR, cosine and top-k sums of a float output (``None``
+            for other outputs, or when shapes differ).
+        scores: whether the output was judged as class scores (top-k).
     """
 
     endpoint: str
@@ -55,6 +71,24 @@ class OutputCheck:
     rtol: float
     ok: bool
     error: str | None = None
+    quality: Quality | None = None
+    scores: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-able dict: the fields, ``quality`` as its sums plus the derived metrics."""
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        if self.quality is not None:
+            d["quality"] = self.quality.to_json()
+            d.update(self.quality.metrics())
+        return _finite(d)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> OutputCheck:
+        names = {f.name for f in fields(cls)}
+        d = {k: _unfinite(v) for k, v in data.items() if k in names}
+        if isinstance(d.get("quality"), Mapping):
+            d["quality"] = Quality.from_json(d["quality"])
+        return cls(**d)
 
     @property
     def shape_ok(self) -> bool:
@@ -76,6 +110,13 @@ class VerificationReport:
         seed: seed of the generated inputs.
         checks: one :class:`OutputCheck` per endpoint, output and case.
         error: why the artifact could not be opened or run at all.
+        quantization: the quantization mode the artifact records (``None``:
+            a float artifact, judged by ``atol``/``rtol``).
+        thresholds: the mode's :class:`~kexport.check.tolerance.Thresholds`
+            its float outputs were judged by (``None`` for a float artifact).
+        inputs: where the compared inputs came from: ``"given"`` (``inputs=``),
+            ``"data"`` (the user's sample data), ``"calibration"`` or
+            ``"generated"``.
     """
 
     format: str
@@ -86,16 +127,27 @@ class VerificationReport:
     checks: list[OutputCheck] = field(default_factory=list)
     error: str | None = None
     runtime_precision: str = "float32"
+    quantization: str | None = None
+    thresholds: Thresholds | None = None
+    inputs: str = "generated"
 
     @property
     def ok(self) -> bool:
-        """True when every check passed (and there was at least one)."""
-        return self.error is None and bool(self.checks) and all(c.ok for c in self.checks)
+        """True when every check passed (and there was at least one); for a
+        quantized artifact, every output also meets its mode's thresholds."""
+        return (self.error is None and bool(self.checks)
+                and all(row["ok"] for row in self.summary()))
 
     @property
     def failures(self) -> list[OutputCheck]:
-        """The checks that failed."""
+        """The checks that failed, case by case (a quantized artifact's outputs
+        that miss its thresholds: :attr:`failed_outputs`)."""
         return [c for c in self.checks if not c.ok]
+
+    @property
+    def failed_outputs(self) -> list[str]:
+        """``"endpoint/output"`` of every output that failed, in any case or pooled."""
+        return [f"{r['endpoint']}/{r['output']}" for r in self.summary() if not r["ok"]]
 
     @property
     def max_abs(self) -> float:
@@ -103,18 +155,36 @@ class VerificationReport:
         return max((c.max_abs for c in self.checks), default=0.0)
 
     def summary(self) -> list[dict[str, Any]]:
-        """One row per endpoint and output, worst case over the input cases."""
+        """One row per endpoint and output: the worst case's errors, the
+        quality metrics pooled over the cases (``samples``, ``sqnr_db``,
+        ``cosine_min``, ``cosine_mean``, ``top1``, ``top5``; ``None`` where they
+        do not apply), and ``ok``: every case passed and, for a quantized
+        artifact, the pooled metrics meet :attr:`thresholds` (``failed``
+        says which did not)."""
         rows: dict[tuple[str, str], dict[str, Any]] = {}
+        parts: dict[tuple[str, str], list[Quality]] = {}
         for c in self.checks:
-            row = rows.setdefault((c.endpoint, c.output), {
+            key = (c.endpoint, c.output)
+            row = rows.setdefault(key, {
                 "endpoint": c.endpoint, "output": c.output, "cases": [],
                 "shape_match": True, "max_abs": 0.0, "max_rel": 0.0,
-                "atol": c.atol, "rtol": c.rtol, "ok": True})
+                "atol": c.atol, "rtol": c.rtol, "scores": c.scores, "ok": True,
+                "failed": []})
             row["cases"].append(c.case)
             row["shape_match"] &= c.shape_ok
             row["max_abs"] = max(row["max_abs"], c.max_abs)
             row["max_rel"] = max(row["max_rel"], c.max_rel)
             row["ok"] &= c.ok
+            if c.quality is not None:
+                parts.setdefault(key, []).append(c.quality)
+        for key, row in rows.items():
+            pooled = Quality.pooled(parts.get(key, []))
+            row["samples"] = pooled.samples if pooled is not None else 0
+            row.update(pooled.metrics() if pooled is not None else dict.fromkeys(
+                ("sqnr_db", "cosine_min", "cosine_mean", "top1", "top5")))
+            if self.thresholds is not None and row["ok"] and pooled is not None:
+                row["failed"] = judge(pooled, self.thresholds)
+                row["ok"] = not row["failed"]
         return list(rows.values())
 
     def to_json(self) -> dict[str, Any]:
@@ -123,40 +193,62 @@ class VerificationReport:
             "producer": "kexport", "producer_version": __version__,
             "ok": self.ok, "format": self.format, "precision": self.precision,
             "runtime_precision": self.runtime_precision, "atol": self.atol, "rtol": self.rtol, "seed": self.seed,
-            "error": self.error, "summary": self.summary(),
-            "checks": [_finite(asdict(c)) for c in self.checks],
+            "quantization": self.quantization,
+            "thresholds": self.thresholds.to_json() if self.thresholds is not None else None,
+            "inputs": self.inputs,
+            "error": self.error, "summary": [_finite(r) for r in self.summary()],
+            "checks": [c.to_json() for c in self.checks],
         }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> VerificationReport:
         """Rebuild a report from :meth:`to_json` output."""
-        checks = [OutputCheck(**{k: _unfinite(v) for k, v in c.items()})
-                  for c in data.get("checks", [])]
+        checks = [OutputCheck.from_json(c) for c in data.get("checks", [])]
+        thresholds = data.get("thresholds")
         return cls(data["format"], data["precision"], data["atol"], data["rtol"],
                    data["seed"], checks, data.get("error"),
-                   data.get("runtime_precision", "float32"))
+                   data.get("runtime_precision", "float32"), data.get("quantization"),
+                   Thresholds.from_json(thresholds) if isinstance(thresholds, Mapping) else None,
+                   data.get("inputs", "generated"))
 
     def table(self) -> str:
         """The report as a text table, one row per endpoint and output."""
         head = ("endpoint", "output", "cases", "shape", "max abs err", "max rel err",
-                "tolerance", "result")
+                "SQNR dB", "cos min", "top-1", "top-5",
+                "thresholds" if self.thresholds is not None else "tolerance", "result")
         rows = [head]
+        t = self.thresholds
         for r in self.summary():
+            if t is None or r["sqnr_db"] is None:
+                rule = f"atol={r['atol']:g} rtol={r['rtol']:g}" if r["atol"] or r["rtol"] \
+                    else "exact"
+            else:
+                rule = f"SQNR>={t.sqnr_db:g} cos>={t.cosine:g}" + (
+                    f" top1>={t.top1:g}" if r["top1"] is not None else "") + (
+                    f" top5>={t.top5:g}" if r["top5"] is not None else "")
             rows.append((r["endpoint"], r["output"], " ".join(r["cases"]),
                          "ok" if r["shape_match"] else "MISMATCH",
                          f"{r['max_abs']:.3g}", f"{r['max_rel']:.3g}",
-                         f"atol={r['atol']:g} rtol={r['rtol']:g}",
-                         "pass" if r["ok"] else "FAIL"))
+                         _num(r["sqnr_db"], ".1f"), _num(r["cosine_min"], ".4f"),
+                         _num(r["top1"], ".3f"), _num(r["top5"], ".3f"),
+                         rule, "pass" if r["ok"] else "FAIL"))
         widths = [max(len(str(row[i])) for row in rows) for i in range(len(head))]
         lines = ["  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip()
                  for row in rows]
         lines.insert(1, "  ".join("-" * w for w in widths))
         verdict = "PASSED" if self.ok else "FAILED"
+        judged = (f"quantized {self.quantization}: judged by SQNR, cosine and top-k on "
+                  f"{self.inputs} inputs" if self.thresholds is not None
+                  else f"tolerances for {self.precision}")
         title = (f"Verification {verdict} ({self.format}, runtime {short(self.runtime_precision)}"
-                 f", tolerances for {self.precision}, seed {self.seed})")
+                 f", {judged}, seed {self.seed})")
         out = [title, *lines] if self.checks else [title]
         if self.error:
             out.append(f"error: {self.error}")
+        for r in self.summary():
+            if r["failed"]:
+                out.append(f"{r['endpoint']}/{r['output']} below the {self.quantization} "
+                           f"thresholds: {'; '.join(r['failed'])}")
         for c in self.failures:
             if c.error:
                 out.append(f"error in {c.endpoint}/{c.output} [{c.case}]: {c.error}")
@@ -170,6 +262,11 @@ class VerificationReport:
         return self.table()
 
 
+def _num(value: float | None, spec: str) -> str:
+    """A metric for the table: ``-`` where it does not apply."""
+    return "-" if value is None else format(value, spec)
+
+
 def _finite(d: dict[str, Any]) -> dict[str, Any]:
     """JSON has no inf/nan: store them as strings."""
     return {k: (str(v) if isinstance(v, float) and not math.isfinite(v) else v)
@@ -177,4 +274,4 @@ def _finite(d: dict[str, Any]) -> dict[str, Any]:
 
 
 def _unfinite(v: Any) -> Any:
-    return float(v) if v in ("inf", "nan") else v
+    return float(v) if v in ("inf", "-inf", "nan") else v

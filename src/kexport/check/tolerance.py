@@ -5,11 +5,25 @@ Outputs are compared like ``numpy.allclose`` (see
 |model|``. Every check uses this table: :func:`kexport.verify` by the
 artifact's precision, the re-host check and the ONNX acceptance of fast
 converters with the ``float32`` row.
+
+A *quantized* artifact (one whose metadata records a mode of
+:data:`QUANTIZATION_MODES`) is not judged elementwise: quantization noise
+grows with the output's scale, so one ``(atol, rtol)`` passes a broken
+classifier with small outputs and fails a good one with large outputs.
+Its float outputs are judged by :data:`QUANTIZED` instead: the mode's
+:class:`Thresholds` on the signal-to-quantization-noise ratio, the cosine
+similarity per sample and, for score outputs, top-1 agreement and top-5
+overlap with the float model (see :mod:`kexport.check.compare`).
 """
 
 from __future__ import annotations
 
-__all__ = ["FLOAT32", "TOLERANCES", "default_tolerances", "tolerances_for"]
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+__all__ = ["FLOAT32", "QUANTIZATION_MODES", "QUANTIZED", "TOLERANCES", "Thresholds",
+           "default_tolerances", "quantization_mode", "thresholds_for", "tolerances_for"]
 
 # (atol, rtol) by the artifact's compute precision.
 TOLERANCES: dict[str, tuple[float, float]] = {
@@ -53,3 +67,64 @@ def tolerances_for(precision: str, runtime_precision: str,
             precision = runtime_precision
         tol = _looser(tol, runtime_tol)
     return tol, precision
+
+
+#: The quantization modes, named alike on every format that has them.
+QUANTIZATION_MODES: tuple[str, ...] = ("float16", "bfloat16", "dynamic_int8", "int8")
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """What a quantized artifact's float outputs must reach, pooled over every case.
+
+    Attributes:
+        mode: the quantization mode they are for.
+        sqnr_db: least signal-to-quantization-noise ratio of every output, in dB.
+        cosine: least cosine similarity of any one sample (the worst sample).
+        top1: least fraction of samples whose argmax matches, for score outputs.
+        top5: least mean overlap of the top-5 classes, for score outputs of
+            at least 5 classes.
+    """
+
+    mode: str
+    sqnr_db: float
+    cosine: float
+    top1: float
+    top5: float
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Thresholds:
+        return cls(str(data["mode"]), float(data["sqnr_db"]), float(data["cosine"]),
+                   float(data["top1"]), float(data["top5"]))
+
+
+#: Thresholds by quantization mode, set from measurement (docs/verification.md,
+#: "Quantized artifacts"): a good artifact of each mode clears them with a
+#: margin on the measured models, a broken one (a layer's weights wrong, the
+#: output scaled) falls far below.
+QUANTIZED: dict[str, Thresholds] = {
+    "float16": Thresholds("float16", sqnr_db=40.0, cosine=0.999, top1=0.99, top5=0.99),
+    # not measurable with LiteRT (no bfloat16 mode): between float16 and dynamic_int8
+    "bfloat16": Thresholds("bfloat16", sqnr_db=30.0, cosine=0.995, top1=0.97, top5=0.97),
+    "dynamic_int8": Thresholds("dynamic_int8", sqnr_db=25.0, cosine=0.99, top1=0.95,
+                               top5=0.95),
+    "int8": Thresholds("int8", sqnr_db=20.0, cosine=0.98, top1=0.9, top5=0.9),
+}
+
+
+def quantization_mode(metadata: Mapping[str, Any]) -> str | None:
+    """The quantization mode an artifact's metadata records (``quantization``,
+    or ``kexport.quantization`` in flat metadata), ``None`` for a float artifact."""
+    for key in ("quantization", "kexport.quantization"):
+        mode = metadata.get(key)
+        if isinstance(mode, str) and mode in QUANTIZED:
+            return mode
+    return None
+
+
+def thresholds_for(mode: str | None) -> Thresholds | None:
+    """The :class:`Thresholds` of ``mode``; ``None`` for a float artifact (allclose applies)."""
+    return QUANTIZED.get(mode) if mode is not None else None

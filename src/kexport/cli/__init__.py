@@ -47,6 +47,10 @@ def _tolerance(text: str) -> float:
     return value
 
 
+def _names(text: str) -> list[str]:
+    return [n.strip() for n in text.split(",") if n.strip()]
+
+
 def _common(p: argparse.ArgumentParser, backend: bool = False) -> None:
     p.add_argument("--json", action="store_true",
                    help="print one JSON document on stdout and nothing else there")
@@ -71,6 +75,10 @@ def _tolerances(p: argparse.ArgumentParser) -> None:
     p.add_argument("--atol", type=_tolerance, help="absolute tolerance (default: by precision)")
     p.add_argument("--rtol", type=_tolerance, help="relative tolerance (default: by precision)")
     p.add_argument("--seed", type=int, default=0, help="seed of the generated inputs")
+    p.add_argument("--scores", metavar="NAME[,NAME]", type=_names, default=None,
+                   help="the outputs that are class scores, judged by top-1/top-5 agreement "
+                        "for a quantized artifact ('' for none; default: rank-2 outputs "
+                        "and probability rows)")
     _precision(p)
 
 

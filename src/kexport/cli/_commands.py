@@ -163,7 +163,7 @@ def export(args: argparse.Namespace, progress: Progress) -> int:
         start = time.perf_counter()
         with progress.step("Verifying in a fresh process"):
             report = kexport.verify(model, args.output, atol=args.atol, rtol=args.rtol,
-                                    precision=args.precision,
+                                    precision=args.precision, scores=args.scores,
                                     seed=args.seed, data=sample_data)
         data["verify_seconds"] = round(time.perf_counter() - start, 3)
         data["verification"] = report.to_json()
@@ -186,7 +186,8 @@ def verify(args: argparse.Namespace, progress: Progress) -> int:
     with progress.step("Verifying in a fresh process"):
         report = kexport.verify(model, args.artifact, atol=args.atol, rtol=args.rtol,
                                 precision=args.precision, data=sample_data,
-                                seed=args.seed, store=not args.no_store)
+                                scores=args.scores, seed=args.seed,
+                                store=not args.no_store)
     _emit(args, report.to_json(), report.table())
     return EXIT_OK if report.ok else EXIT_FAILED
 

@@ -21,8 +21,8 @@ What we write:
 Quantization (``quantization=``): ``"dynamic_int8"`` (int8 weights, float
 activations), ``"float16"`` (float16 weights) and ``"int8"`` (full integer,
 calibrated on ``representative_dataset``; inputs and outputs stay float32).
-:func:`tolerance` gives the tolerances a comparison with the float model uses
-for each mode.
+A quantized artifact is judged like every format's, by its mode's thresholds
+on SQNR, cosine and top-k agreement (``kexport.check.tolerance.QUANTIZED``).
 
 The conversion goes through a private temporary SavedModel holding the
 signature functions (the converter's multi-signature path, which also freezes
@@ -64,29 +64,20 @@ __all__ = [
     "LiteRTOptions",
     "rehost_options",
     "single_model_options",
-    "tolerance",
     "write_archive",
 ]
 
 _PRECISION = {None: "float32", "float16": "float16", "dynamic_int8": "int8", "int8": "int8"}
 
 
-def tolerance(quantization: str | None) -> tuple[float, float]:
-    """``(atol, rtol)`` for comparing a LiteRT artifact with the live float model.
-
-    Args:
-        quantization: the mode the artifact was converted with (``None`` for
-            float32).
-
-    Raises:
-        SignatureError: for an unknown mode.
-    """
-    if quantization not in LITERT_QUANTIZATIONS:
+def _check_mode(quantization: Any) -> None:
+    """Raise :class:`SignatureError` unless ``quantization`` is a LiteRT mode."""
+    if not (quantization is None or isinstance(quantization, str)) \
+            or quantization not in LITERT_QUANTIZATIONS:
         raise SignatureError(
             f"Expected `quantization` to be one of {list(LITERT_QUANTIZATIONS)}. "
             f"Received: quantization={quantization!r}"
         )
-    return LITERT_QUANTIZATIONS[quantization]
 
 
 @dataclass(frozen=True)
@@ -109,7 +100,7 @@ class LiteRTOptions:
     allow_flex: bool = False
 
     def __post_init__(self) -> None:
-        tolerance(self.quantization)
+        _check_mode(self.quantization)
         if not isinstance(self.allow_flex, bool):
             raise SignatureTypeError(
                 f"Expected `allow_flex` to be True or False. Received: {describe(self.allow_flex)}"
@@ -395,8 +386,9 @@ def rehost_options(model: Any, input_signature: Any, options: dict[str, Any]
     """What a re-host to LiteRT carries: converter options (``quantization``,
     ``allow_flex``) travel to the child; a ``representative_dataset`` must then
     be a list of arrays/lists/dicts. Float artifacts are compared with the
-    live model before they are placed; a full-integer artifact on batches of
-    its calibration data, with its quantization mode's tolerance."""
+    live model before they are placed; a quantized one is judged by its mode's
+    thresholds (``quantized``), a full-integer one on batches of its
+    calibration data."""
     data = options.get("representative_dataset")
     given = None
     if data is not None:
@@ -405,19 +397,19 @@ def rehost_options(model: Any, input_signature: Any, options: dict[str, Any]
         # A full-integer artifact is only accurate on inputs like its calibration
         # data: it is compared with the live model on those samples, batched.
         given = _calibration_batches(options["representative_dataset"], names)
-    atol, rtol = tolerance(options.get("quantization"))
-    return {**options, "atol": atol, "rtol": rtol, "sample_inputs": given}
+    _check_mode(options.get("quantization"))
+    return {**options, "quantized": options.get("quantization"), "sample_inputs": given}
 
 
 def _calibration_batches(samples: list[dict[str, Any]], names: list[str]
                          ) -> list[list[Any]] | None:
-    """Two batches (of 2 and up to 5 samples) of calibration data, per flat input."""
+    """Two batches (of 2 and up to 64 samples) of calibration data, per flat input."""
     import numpy as np
 
     if len(samples) < 3:
         return None
     batches = []
-    for chunk in (samples[:2], samples[2:7]):
+    for chunk in (samples[:2], samples[2:66]):
         try:
             batches.append([np.concatenate([np.asarray(s[n]) for s in chunk], axis=0)
                             for n in names])

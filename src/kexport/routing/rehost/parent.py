@@ -63,10 +63,10 @@ from kexport._dims import plan_signature
 from kexport._inference import infer, inference_fn
 from kexport.artifact import DEFAULT_ENDPOINT, SAVED_MODEL_MANIFEST, read_manifest
 from kexport.capture.endpoint import EndpointRecipe, is_layer, not_described_error
-from kexport.check.compare import compare, tolerance_for
+from kexport.check.compare import Quality, compare, is_scores, judge, quality, tolerance_for
 from kexport.check.live import flat_numpy
 from kexport.check.samples import CASE_SIZES, active_policy, sample_inputs
-from kexport.check.tolerance import FLOAT32
+from kexport.check.tolerance import FLOAT32, thresholds_for
 from kexport.check.worker import Worker
 from kexport.errors import (
     CaptureError,
@@ -239,14 +239,17 @@ def _live_cases(recipes: list[tuple[EndpointRecipe, Callable[..., Any]]],
 
 
 def _compare(cases: dict[str, Any], outputs: Mapping[str, Any], atol: float,
-             rtol: float) -> list[dict[str, Any]]:
+             rtol: float, quantized: str | None = None) -> list[dict[str, Any]]:
     """One row per endpoint and case; the numbers are :func:`kexport.check.compare.compare`'s.
 
     An endpoint that is not deterministic (``deterministic=False``) only has
-    its output shapes compared.
+    its output shapes compared. A ``quantized`` artifact's float outputs are
+    judged by that mode's thresholds on their quality metrics pooled over the
+    endpoint's cases (:func:`kexport.check.compare.judge`), not elementwise.
     """
     import numpy as np
 
+    thresholds = thresholds_for(quantized)
     report = []
     for name, entries in cases.items():
         for entry in entries:
@@ -260,16 +263,44 @@ def _compare(cases: dict[str, Any], outputs: Mapping[str, Any], atol: float,
             ok = len(got) == len(live)
             for i, (x, y) in enumerate(zip(live, got, strict=False)):
                 err, _, close = compare(x, y, *tolerance_for(x, atol, rtol))
+                out: dict[str, Any] = {"index": i, "live_shape": list(x.shape),
+                                       "artifact_shape": list(y.shape), "max_abs_error": err}
+                if thresholds is not None and x.dtype.kind == "f" and entry["deterministic"]:
+                    q = quality(x, y, is_scores(x))
+                    close = q is not None  # judged pooled below
+                    out["quality"] = q
                 good = x.shape == y.shape and (close or not entry["deterministic"])
                 ok = ok and good
-                row["outputs"].append({"index": i, "live_shape": list(x.shape),
-                                       "artifact_shape": list(y.shape),
-                                       "max_abs_error": err, "ok": bool(good)})
+                out["ok"] = bool(good)
+                row["outputs"].append(out)
             if len(got) != len(live):
                 row["count"] = {"live": len(live), "artifact": len(got)}
             row["ok"] = bool(ok)
             report.append(row)
+    if thresholds is not None:
+        _judge_pooled(report, thresholds)
     return report
+
+
+def _judge_pooled(report: list[dict[str, Any]], thresholds: Any) -> None:
+    """Judge each endpoint's float outputs on their quality pooled over the cases;
+    the rows of an output that misses the thresholds fail, saying why."""
+    pooled: dict[tuple[str, int], list[Quality]] = {}
+    for row in report:
+        for out in row["outputs"]:
+            if isinstance(out.get("quality"), Quality):
+                pooled.setdefault((row["endpoint"], out["index"]), []).append(out["quality"])
+    verdicts = {key: judge(Quality.pooled(parts), thresholds) for key, parts in pooled.items()}
+    for row in report:
+        for out in row["outputs"]:
+            q = out.pop("quality", None)
+            if q is None:
+                continue
+            out.update({k: v for k, v in q.metrics().items() if v is not None})
+            failed = verdicts[(row["endpoint"], out["index"])]
+            if failed:
+                out["ok"] = row["ok"] = False
+                out["failed"] = failed
 
 
 # -- serialising models -------------------------------------------------------------------------
@@ -462,7 +493,8 @@ def _note_source(artifact: Path, backend: str) -> None:
 def _rehost(models: list[Any], recipes: list[tuple[EndpointRecipe, Callable[..., Any]]],
             filepath: str | os.PathLike[str], format: str, host: str, verbose: bool,
             job_extra: dict[str, Any], atol: float, rtol: float,
-            given: list[list[Any]] | None = None) -> list[dict[str, Any]]:
+            given: list[list[Any]] | None = None, quantized: str | None = None
+            ) -> list[dict[str, Any]]:
     """Run the whole re-host pipeline; return the verification report."""
     import keras
     import numpy as np
@@ -500,17 +532,21 @@ def _rehost(models: list[Any], recipes: list[tuple[EndpointRecipe, Callable[...,
         result = _run_child(job, work, host)
         with np.load(work / "outputs.npz") as data:
             outputs = {k: data[k] for k in data.files}
-        report = _compare(cases, outputs, atol, rtol)
+        report = _compare(cases, outputs, atol, rtol, quantized)
         bad = [r for r in report if not r["ok"]]
         if bad:
             lines = [f"  endpoint '{r['endpoint']}' batch {r['batch']}: " + ", ".join(
                 f"output {o['index']} max abs error {o['max_abs_error']:.3g} (shapes live "
                 f"{o['live_shape']} vs artifact {o['artifact_shape']})"
+                + (f", pooled over the batches: {'; '.join(o['failed'])}" if o.get("failed")
+                   else "")
                 for o in r["outputs"] if not o["ok"]) for r in bad]
+            rule = (f"the {quantized} thresholds" if quantized is not None
+                    else f"atol={atol}, rtol={rtol}")
             raise VerificationError(
                 f"The {format} artifact re-hosted from the {backend} backend onto {host} "
-                f"does not compute what the live model computes (atol={atol}, "
-                f"rtol={rtol}); nothing was written to the target path:\n" + "\n".join(lines),
+                f"does not compute what the live model computes ({rule}); nothing was "
+                f"written to the target path:\n" + "\n".join(lines),
                 report=report)
         _note_source(out, backend) if out.is_dir() else None
         _place(out, filepath)
@@ -540,6 +576,7 @@ def rehost_export(model: Any, filepath: str | os.PathLike[str],
                   input_signature: Any | None = None, verbose: bool | None = None,
                   *, atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL,
                   sample_inputs: list[list[Any]] | None = None,
+                  quantized: str | None = None,
                   **kwargs: Any) -> list[dict[str, Any]]:
     """Export ``model`` by rebuilding it on ``target_backend`` in a child process.
 
@@ -568,6 +605,9 @@ def rehost_export(model: Any, filepath: str | os.PathLike[str],
         rtol: relative tolerance of that comparison.
         sample_inputs: inputs to compare on instead of random ones: one flat
             list of arrays (one per model input, in signature order) per batch.
+        quantized: the quantization mode the artifact is written in: its
+            float outputs are then judged by that mode's thresholds
+            (:data:`kexport.check.tolerance.QUANTIZED`) instead of ``atol``/``rtol``.
         **kwargs: passed to the child's ``export_model`` (JSON-able values
             only, e.g. ``opset_version=17``).
 
@@ -606,7 +646,8 @@ def rehost_export(model: Any, filepath: str | os.PathLike[str],
 
     extra = {"mode": "model", "kwargs": _json_kwargs(dict(kwargs))}
     return _rehost([model], [(recipe, live)], filepath, format, target_backend,
-                   True if verbose is None else verbose, extra, atol, rtol, sample_inputs)
+                   True if verbose is None else verbose, extra, atol, rtol, sample_inputs,
+                   quantized)
 
 
 # -- ExportArchive written by re-hosting (any capture) ------------------------------------------
