@@ -71,7 +71,7 @@ def run_child(target: Path, version: str, *, is_dir: bool, fault: str | None = N
     proc = subprocess.run(
         [sys.executable, "-c", CHILD, str(target), version, str(int(is_dir)),
          str(int(fallback)), str(int(midwrite))],
-        env=env, capture_output=True, text=True, timeout=60,
+        env=env, capture_output=True, text=True, timeout=240,
     )
     return proc.returncode
 
