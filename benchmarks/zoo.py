@@ -756,7 +756,9 @@ def _cell_md(r: dict | None) -> str:
 def markdown(rows: list[dict]) -> str:
     """The rows as one Markdown table per backend, kexport next to Keras's exporter."""
     out = []
+    # a later file's row replaces an earlier one for the same cell (a re-run)
     by = {(r["backend"], r["model"], r["format"], r["exporter"]): r for r in rows}
+    rows = list(by.values())
     for b in BACKENDS:
         mine = [r for r in rows if r["backend"] == b]
         if not mine:

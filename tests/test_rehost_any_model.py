@@ -317,6 +317,15 @@ def test_path_pairing_falls_back_to_order_only_for_what_paths_cannot_tell():
     assert recipe.pair_by_path(["p", "q"], ["r", "s"],
                               lambda i, j: shapes[0][i] == shapes[1][j]) == {1: 0}
 
+    # auto-numbered names (seed generators numbered per process: T5 after other models)
+    # pair in order among themselves even when repeated paths of the same shape sit
+    # between them in another order on the rebuilt side
+    theirs = ["t/att/embeddings", "seed_generator_16/state", "t/att/embeddings",
+              "seed_generator_17/state"]
+    ours = ["seed_generator/state", "t/att/embeddings", "seed_generator_3/state",
+            "t/att/embeddings"]
+    assert recipe.pair_by_path(theirs, ours, same) == {0: 1, 1: 0, 2: 3, 3: 2}
+
 
 # -- state besides variables: tensors and arrays held by layers ----------------------------------
 def _calibrated_model():

@@ -48,6 +48,7 @@ import functools
 import io
 import json
 import pickle
+import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -377,16 +378,32 @@ def pair_by_path(theirs: list[str], ours: list[str],
         for key, (i, *more) in mine.items():
             if not more and len(other.get(key, ())) == 1 and fits(i, other[key][0]):
                 pairs[i] = other[key][0]
-    taken = set(pairs.values())
-    free = [j for j in range(len(ours)) if j not in taken]
-    at = 0
-    for i in range(len(theirs)):
-        if i in pairs:
-            continue
-        j = next((n for n in range(at, len(free)) if fits(i, free[n])), None)
-        if j is not None:
-            pairs[i], at = free[j], j + 1
+    # then in order among items whose paths differ only by auto-numbering
+    # ("seed_generator_16" here, "seed_generator_3" once rebuilt), then in order
+    # among all that is left
+    for key in (_unnumbered, lambda path: ""):
+        taken = set(pairs.values())
+        groups: dict[str, list[int]] = {}
+        for j in range(len(ours)):
+            if j not in taken:
+                groups.setdefault(key(ours[j]), []).append(j)
+        at: dict[str, int] = {}
+        for i in range(len(theirs)):
+            if i in pairs:
+                continue
+            free, start = groups.get(key(theirs[i]), []), at.get(key(theirs[i]), 0)
+            n = next((n for n in range(start, len(free)) if fits(i, free[n])), None)
+            if n is not None:
+                pairs[i], at[key(theirs[i])] = free[n], n + 1
     return pairs
+
+
+_NUMBERED = re.compile(r"_[0-9]+(?=/|$)")
+
+
+def _unnumbered(path: str) -> str:
+    """``path`` without the ``_<n>`` suffixes Keras adds to repeated auto names."""
+    return _NUMBERED.sub("", path)
 
 
 def match_variables(paths: list[str], shapes: list[tuple[int, ...]],
