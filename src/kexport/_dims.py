@@ -47,6 +47,7 @@ from kexport.signature import (
     flatten,
     map_structure,
     pack_as,
+    unique_name,
 )
 
 __all__ = ["MAX_PROBES", "largest_size", "plan_signature", "symbol_sizes", "with_bounds"]
@@ -118,11 +119,7 @@ def _names(classes: list[list[Axis]], input_names: list[str]) -> list[str]:
         i, a = members[0]
         base = (default_symbol(a) if len(axes) == 1 and per_axis[a] == 1
                 else f"{_identifier(input_names[i])}_d{a}")
-        name, n = base, 1
-        while name in taken:
-            name, n = f"{base}_{n}", n + 1
-        taken.add(name)
-        names.append(name)
+        names.append(unique_name(base, taken))
     return names
 
 

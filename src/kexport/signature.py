@@ -28,6 +28,7 @@ __all__ = [
     "normalize_for_model",
     "sanitize_name",
     "structure_of",
+    "unique_name",
 ]
 
 _NAME_OK = re.compile(r"[^A-Za-z0-9_.\-]")
@@ -491,13 +492,17 @@ def flat_names(signature: list[Any], prefix: str = "input") -> list[str]:
     for i, (path, spec) in enumerate(flatten_with_paths(signature)):
         keys = [str(p) for p in path[1:] if isinstance(p, str)]
         base = spec.name or ("_".join(keys) if keys else f"{prefix}_{i}")
-        base = sanitize_name(base)
-        name, n = base, 1
-        while name in seen:
-            name, n = f"{base}_{n}", n + 1
-        seen.add(name)
-        names.append(name)
+        names.append(unique_name(sanitize_name(base), seen))
     return names
+
+
+def unique_name(base: str, taken: set[str]) -> str:
+    """``base``, or ``base_1``, ``base_2``... : the first not in ``taken`` (added to it)."""
+    name, n = base, 1
+    while name in taken:
+        name, n = f"{base}_{n}", n + 1
+    taken.add(name)
+    return name
 
 
 def specs_to_json(structure: Any) -> Any:

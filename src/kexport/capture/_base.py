@@ -21,6 +21,7 @@ from kexport.signature import (
     map_structure,
     pack_as,
     sanitize_name,
+    unique_name,
 )
 
 __all__ = ["Capture", "TracedEndpoint", "discover_layers", "is_tf_variable", "owner_model",
@@ -117,12 +118,7 @@ def output_names(structure: Any, owner: Any | None) -> list[str]:
         names = [f"output_{i}" for i in range(len(pairs))]
     out, seen = [], set()
     for base in names:
-        base = sanitize_name(base)
-        name, n = base, 1
-        while name in seen:
-            name, n = f"{base}_{n}", n + 1
-        seen.add(name)
-        out.append(name)
+        out.append(unique_name(sanitize_name(base), seen))
     return out
 
 
