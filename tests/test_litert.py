@@ -122,7 +122,7 @@ def test_bad_quantization_is_a_typed_error(tmp_path):
     with pytest.raises(SignatureError, match=r"Expected `quantization` to be one of .*"
                                              r"Received: quantization='int4'"):
         kexport.export_litert(model, tmp_path / "m.tflite", quantization="int4")
-    with pytest.raises(SignatureError, match="Expected `representative_dataset`"):
+    with pytest.raises(SignatureError, match="Expected `calibration_data`"):
         kexport.export_litert(model, tmp_path / "m.tflite", quantization="int8")
     assert not (tmp_path / "m.tflite").exists()
 
