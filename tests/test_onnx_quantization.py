@@ -229,3 +229,38 @@ def test_tf_data_dataset_calibrates_and_archive_write_out_quantizes(tmp_path, fr
     live = keras.ops.convert_to_numpy(model({"features": features}))
     (out,) = artifact(features).values()
     assert np.mean(np.asarray(out).argmax(-1) == live.argmax(-1)) >= 0.9
+
+
+@pytest.mark.backends("jax", "torch")
+@pytest.mark.parametrize("mode", ["dynamic_int8", "int8"])
+def test_rehost_route_quantizes_in_the_child(tmp_path, fresh_process, mode):
+    """A recurrent model is re-hosted on TensorFlow: the mode and the calibration
+    batches travel to the child, which quantizes; the parent checks the result
+    at the mode's tolerance on calibration batches before placing it."""
+
+    class Tagger(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.rnn = keras.layers.LSTM(32)
+            self.d = keras.layers.Dense(128, activation="relu")
+            self.out = keras.layers.Dense(5)
+
+        def call(self, seq):
+            return self.out(self.d(self.rnn(seq)))
+
+    rng = np.random.default_rng(5)
+    seq = rng.normal(size=(24, 7, 6)).astype("float32")
+    model = Tagger()
+    model(seq[:2])
+    path = str(tmp_path / "rnn.onnx")
+    data = [seq[i:i + 8] for i in range(0, 24, 8)] if mode == "int8" else None
+    kexport.export_onnx(model, path, verbose=False, quantization=mode, calibration_data=data)
+    q = fresh_process("fresh_quant:describe_and_run", path, [seq])
+    record = json.loads(q["metadata"]["kexport.quantization"])
+    assert record["mode"] == mode
+    assert record["calibration_samples"] == (24 if mode == "int8" else None)
+    assert q["metadata"]["kexport.route"].startswith("re-host on tensorflow")
+    assert q["io_dtypes"] == ["float32"] and "int8" in q["initializer_dtypes"]
+    live = keras.ops.convert_to_numpy(model(seq))
+    (out,) = q["outputs"]
+    assert np.mean(out.argmax(-1) == live.argmax(-1)) >= 0.9
