@@ -286,7 +286,7 @@ def test_shared_quantization_option(tmp_path, fresh_process):
     ``bfloat16`` naming the modes it writes."""
     from kexport.errors import QuantizationError
 
-    model, spec = build("mlp")
+    model, _ = build("mlp")
     rng = np.random.default_rng(0)
     batch = rng.random((32, 8), dtype="float32")
     path = tmp_path / "cal.tflite"
