@@ -24,11 +24,14 @@ def _one_batch(item: Any, specs: Sequence[TensorSpec], names: Sequence[str]
                ) -> dict[str, Any]:
     try:
         return flat_sample_data(item, specs, names)
-    except SampleDataError:
-        # a dataset element (x, y) or (x, y, sample_weight): its x
-        if isinstance(item, tuple) and len(item) in (2, 3) and len(names) not in (2, 3):
-            return flat_sample_data(item[0], specs, names)
-        raise
+    except SampleDataError as e:
+        # not a batch of inputs: a dataset element (x, y) or (x, y, sample_weight)?
+        if isinstance(item, tuple) and len(item) in (2, 3):
+            try:
+                return flat_sample_data(item[0], specs, names)
+            except SampleDataError:
+                pass
+        raise e
 
 
 def calibration_batches(data: Any, specs: Sequence[TensorSpec], names: Sequence[str]
