@@ -323,8 +323,8 @@ def test_quantization_modes_are_checked_once_for_every_format():
         check_quantization("openvino", "float16")
     with pytest.raises(QuantizationError, match=r"format='onnx' can write: \['float16'\]"):
         check_quantization("onnx", "int8", [1], supported=("float16",))
-    with pytest.raises(QuantizationError, match="only used with quantization='int8'. "
-                       "Received: quantization=None"):
+    with pytest.raises(QuantizationError, match=r"only used with quantization='int8'\. "
+                       r"Received: quantization=None"):
         check_quantization("onnx", None, calibration_data=[1])
     assert read_record({"kexport.quantization": {"mode": "int8", "precision": "int8"}}
                        )["mode"] == "int8"
@@ -354,5 +354,5 @@ def test_calibration_batches_read_what_users_have():
     assert len(pairs) == 2
     with pytest.raises(QuantizationError, match=r"batch 2 does not: .*rank"):
         calibration_batches([(x, ids), (x[0], ids)], specs, names)
-    with pytest.raises(QuantizationError, match="to fit the model's inputs: .*missing"):
+    with pytest.raises(QuantizationError, match=r"to fit the model's inputs: .*missing"):
         calibration_batches({"x": x}, specs, names)
