@@ -264,3 +264,25 @@ def test_rehost_route_quantizes_in_the_child(tmp_path, fresh_process, mode):
     live = keras.ops.convert_to_numpy(model(seq))
     (out,) = q["outputs"]
     assert np.mean(out.argmax(-1) == live.argmax(-1)) >= 0.9
+
+
+@pytest.mark.backends("tensorflow")
+@pytest.mark.parametrize("mode", MODES)
+def test_large_model_path_with_external_data(tmp_path, fresh_process, monkeypatch, mode):
+    """Graphs too large to serialize inline are quantized from a temporary copy
+    with external data (the limit is lowered here to take that path) and
+    written with their weights in ``<file>.data``."""
+    from kexport.formats.onnx import _quantize
+
+    monkeypatch.setattr(_quantize, "INLINE_LIMIT", 1024)
+    model, x, flat, calibration = _models()["dense"]
+    path = str(tmp_path / "big.onnx")
+    kexport.export_onnx(model, path, verbose=False, quantization=mode,
+                        calibration_data=calibration() if mode == "int8" else None,
+                        external_data_threshold=1024)
+    assert os.path.isfile(path + ".data")
+    assert sorted(os.listdir(tmp_path)) == ["big.onnx", "big.onnx.data"]
+    q = fresh_process("fresh_quant:describe_and_run", path, flat)
+    assert json.loads(q["metadata"]["kexport.quantization"])["mode"] == mode
+    live = keras.ops.convert_to_numpy(model(x))
+    assert np.mean(q["outputs"][0].argmax(-1) == live.argmax(-1)) >= 0.9
