@@ -29,7 +29,7 @@ OPS = {"dynamic_int8": [{"DynamicQuantizeLinear"}, {"MatMulInteger", "ConvIntege
        "float16": [{"Cast"}]}
 
 
-def _models():
+def _models(seed=0):
     """A small CNN on an image and a Dense classifier on a dict input, both
     subclassed, without get_config, whose call takes no ``training``."""
 
@@ -39,7 +39,7 @@ def _models():
             self.c1 = keras.layers.Conv2D(32, 3, activation="relu")
             self.c2 = keras.layers.Conv2D(64, 3, activation="relu")
             self.pool = keras.layers.GlobalAveragePooling2D()
-            self.d1 = keras.layers.Dense(256, activation="relu")
+            self.d1 = keras.layers.Dense(512, activation="relu")
             self.out = keras.layers.Dense(10, activation="softmax")
 
         def call(self, images):
@@ -55,21 +55,33 @@ def _models():
         def call(self, inputs):
             return self.out(self.d2(self.d1(inputs["features"])))
 
-    rng = np.random.default_rng(0)
+    # Trained briefly on separable synthetic classes (10 templates plus noise),
+    # so that classes are decided by margins like a real classifier's; a
+    # random-weight model puts every input near one decision boundary.
+    keras.utils.set_random_seed(seed)  # built before the per-test seed (module fixture)
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, 368)
+    # each class: its own colour (survives the global pooling) and texture
+    templates = 2.0 * rng.random((10, 1, 1, 3)) + rng.random((10, 12, 12, 3))
+    all_images = (templates[labels] + 0.5 * rng.random((368, 12, 12, 3))).astype("float32")
+    centers = 2.0 * rng.normal(size=(10, 64))
+    all_features = (centers[labels] + rng.normal(size=(368, 64))).astype("float32")
     cnn = SmallCNN()
-    images = rng.random((48, 12, 12, 3), dtype="float32")
-    cnn(images[:2])
+    cnn.compile("adam", "sparse_categorical_crossentropy")
+    cnn.fit(all_images[48:], labels[48:], epochs=8, batch_size=32, verbose=0)
     dense = DenseClassifier()
-    features = rng.normal(size=(48, 64)).astype("float32")
-    dense({"features": features[:2]})
+    dense.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    dense.fit({"features": all_features[48:]}, labels[48:], epochs=4, batch_size=32, verbose=0)
+    images, features = all_images[:48], all_features[:48]  # held out: the checks' inputs
+    cal_images, cal_features = all_images[48:96], all_features[48:96]
     return {
         # (model, eval inputs as the model takes them, flat arrays, calibration data)
         # CNN: a generator of (x, y) batches, as a tf.data pipeline yields them
         "cnn": (cnn, images, [images],
-                lambda: ((images[i:i + 8], np.zeros(8)) for i in range(0, 48, 8))),
+                lambda: ((cal_images[i:i + 8], np.zeros(8)) for i in range(0, 48, 8))),
         # Dense: a list of dict batches
         "dense": (dense, {"features": features}, [features],
-                  lambda: [{"features": features[i:i + 16]} for i in range(0, 48, 16)]),
+                  lambda: [{"features": cal_features[i:i + 16]} for i in range(0, 48, 16)]),
     }
 
 
@@ -113,6 +125,7 @@ def test_quantized_artifact_in_a_fresh_process(exported, fresh_process, name, mo
     # it predicts what the live model predicts
     live = keras.ops.convert_to_numpy(model(x))
     (out,) = q["outputs"]
+    assert len(set(live.argmax(-1))) >= 5  # the inputs span the classes
     agree = float(np.mean(out.argmax(-1) == live.argmax(-1)))
     assert agree >= 0.9, agree
     assert np.abs(out - live).max() > 0, "a quantized artifact computes exactly like float?"
