@@ -291,3 +291,72 @@ def test_kexport_artifact_folders_by_manifest(tmp_path):
     (forged / "kexport.json").write_text('{"producer": "kexport", "producer": "evil"}')
     assert not artifact.is_kexport_artifact(forged)
     assert not artifact.is_kexport_artifact(tmp_path / "missing")
+
+
+def test_quantization_table_in_the_docs_matches_the_formats():
+    """docs/quantization.md's table says, per format and mode, what the
+    descriptors declare: "yes" or the typed error."""
+    import pathlib
+
+    from kexport.artifact.quantization import MODES, supported_modes
+
+    text = (pathlib.Path(__file__).parents[1] / "docs" / "quantization.md").read_text()
+    table = text.split("<!-- quantization table")[1].split("<!-- end quantization table")[0]
+    rows = [[c.strip() for c in line.strip("|").split("|")]
+            for line in table.splitlines()[1:] if line.startswith("|")]
+    assert rows[0] == ["format", *MODES]
+    documented = {r[0]: dict(zip(MODES, r[1:], strict=True)) for r in rows[2:]}
+    assert set(documented) == set(artifact.FORMATS)
+    for name, cells in documented.items():
+        for mode in MODES:
+            expected = "yes" if mode in supported_modes(name) else "QuantizationError"
+            assert cells[mode] == expected, (name, mode)
+
+
+def test_quantization_modes_are_checked_once_for_every_format():
+    from kexport.artifact.quantization import check_quantization, read_record
+    from kexport.errors import QuantizationError
+
+    assert check_quantization("onnx", None) is None
+    assert check_quantization("onnx", "int8", calibration_data=[1]) == "int8"
+    assert check_quantization("litert", "float16") == "float16"
+    with pytest.raises(QuantizationError, match=r"Received: 8 \(of type int\)"):
+        check_quantization("onnx", 8)
+    with pytest.raises(QuantizationError, match=r"format='openvino' can write: none .*"
+                       r"Formats that write quantization='float16': \['litert', 'onnx'\]"):
+        check_quantization("openvino", "float16")
+    with pytest.raises(QuantizationError, match=r"format='onnx' can write: \['float16'\]"):
+        check_quantization("onnx", "int8", [1], supported=("float16",))
+    with pytest.raises(QuantizationError, match=r"only used with quantization='int8'\. "
+                       r"Received: quantization=None"):
+        check_quantization("onnx", None, calibration_data=[1])
+    assert read_record({"kexport.quantization": {"mode": "int8", "precision": "int8"}}
+                       )["mode"] == "int8"
+    assert read_record({"quantization": "float16"}) == {"mode": "float16",
+                                                        "precision": "float16"}
+    for bad in ({}, {"quantization": None}, {"quantization": "int4"},
+                {"kexport.quantization": {"mode": 3}}, {"quantization": ["int8"]}):
+        assert read_record(bad) is None
+
+
+def test_calibration_batches_read_what_users_have():
+    import numpy as np
+
+    from kexport.check.calibration import calibration_batches, calibration_rows
+    from kexport.errors import QuantizationError
+    from kexport.signature import Spec
+
+    specs = [Spec((None, 4), "float32"), Spec((None,), "int32")]
+    names = ["x", "ids"]
+    x, ids = np.ones((3, 4), "float64"), np.arange(3)
+    one = calibration_batches({"x": x, "ids": ids}, specs, names)
+    assert len(one) == 1 and one[0]["x"].dtype == np.float32 and calibration_rows(one) == 3
+    many = calibration_batches(((x, ids) for _ in range(4)), specs, names)
+    assert len(many) == 4 and calibration_rows(many) == 12
+    # (x, y) elements of a dataset give their x
+    pairs = calibration_batches([({"x": x, "ids": ids}, np.zeros(3))] * 2, specs, names)
+    assert len(pairs) == 2
+    with pytest.raises(QuantizationError, match=r"batch 2 does not: .*rank"):
+        calibration_batches([(x, ids), (x[0], ids)], specs, names)
+    with pytest.raises(QuantizationError, match=r"to fit the model's inputs: .*missing"):
+        calibration_batches({"x": x}, specs, names)

@@ -16,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import BACKEND
@@ -194,3 +195,42 @@ def test_verbose_still_works(keras_file, tmp_path):
     proc = kexport("inspect", tmp_path / "sm", "--json", "--verbose", backend=BACKEND)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout)["format"] == "tf_saved_model"
+
+
+@tensorflow_only
+def test_export_quantize(tmp_path):
+    """``--quantize MODE`` (and ``--calibration FILE.npz`` for int8): the artifact
+    records its mode, verify uses the mode's precision; what cannot be honoured
+    exits 2 with the typed error, writing nothing."""
+    mlp().save(tmp_path / "m.keras")
+    out = tmp_path / "q.onnx"
+    proc = kexport("export", tmp_path / "m.keras", "-f", "onnx", "-o", out,
+                   "--quantize", "dynamic_int8", "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(proc.stdout)
+    assert data["quantization"] == "dynamic_int8"
+    assert data["verification"]["precision"] == "int8"
+    info = json.loads(kexport("inspect", out, "--json").stdout)
+    assert info["metadata"]["quantization"] == "dynamic_int8"
+
+    calibration = tmp_path / "cal.npz"
+    np.savez(calibration, x=np.random.default_rng(0).random((32, 8), dtype="float32"))
+    out8 = tmp_path / "q8.onnx"
+    proc = kexport("export", tmp_path / "m.keras", "-f", "onnx", "-o", out8,
+                   "--quantize", "int8", "--calibration", calibration, "--no-verify", "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    info = json.loads(kexport("inspect", out8, "--json").stdout)
+    assert info["metadata"]["kexport.quantization"]["calibration_samples"] == 32
+
+    for args, message in [
+            (("-f", "onnx", "--quantize", "int8"), "Expected `calibration_data`"),
+            (("-f", "tf_saved_model", "--quantize", "float16"),
+             "format='tf_saved_model' can write: none")]:
+        target = tmp_path / "refused"
+        proc = kexport("export", tmp_path / "m.keras", "-o", target, *args, "--json")
+        assert proc.returncode == 2, proc.stderr[-3000:]
+        err = json.loads(proc.stdout)["error"]
+        assert err["type"] == "QuantizationError" and message in err["message"], err
+        assert not target.exists()
+    proc = kexport("export", tmp_path / "m.keras", "-o", tmp_path / "x", "--quantize", "int4")
+    assert proc.returncode == 2 and "invalid choice: 'int4'" in proc.stderr

@@ -126,7 +126,7 @@ def test_bad_quantization_is_a_typed_error(tmp_path):
     with pytest.raises(SignatureError, match=r"Expected `quantization` to be one of .*"
                                              r"Received: quantization='int4'"):
         kexport.export_litert(model, tmp_path / "m.tflite", quantization="int4")
-    with pytest.raises(SignatureError, match="Expected `representative_dataset`"):
+    with pytest.raises(SignatureError, match="Expected `calibration_data`"):
         kexport.export_litert(model, tmp_path / "m.tflite", quantization="int8")
     assert not (tmp_path / "m.tflite").exists()
 
@@ -281,3 +281,43 @@ def test_interpreter_class_is_the_one_choice(monkeypatch):
     monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)
     name, cls = runtime.interpreter_class()
     assert name == "tensorflow" and cls.__module__.startswith("tensorflow")
+
+
+@NATIVE
+def test_shared_quantization_option(tmp_path, fresh_process):
+    """LiteRT takes the option every format shares: ``calibration_data`` (one
+    batch as an array counts), ``write_out(quantization=...)``, and refuses
+    ``bfloat16`` naming the modes it writes."""
+    from kexport.errors import QuantizationError
+
+    model, _ = build("mlp")
+    rng = np.random.default_rng(0)
+    batch = rng.random((32, 8), dtype="float32")
+    path = tmp_path / "cal.tflite"
+    kexport.export_litert(model, path, verbose=False, quantization="int8",
+                          calibration_data=batch)
+    meta = read_litert_metadata(path)
+    assert meta["quantization"] == "int8" and meta["precision"] == "int8"
+    (res,) = fresh_process("fresh_formats:litert_run", [(str(path), "serve", [{"x": batch}])])
+    assert "int8" in res["dtypes"]
+    atol, rtol = litert.tolerance("int8")
+    np.testing.assert_allclose(res["outputs"][0]["y"], live(model, "mlp", {"x": batch}),
+                               atol=atol, rtol=rtol)
+
+    with pytest.raises(QuantizationError, match=(
+            r"Expected a quantization mode format='litert' can write: \['float16', "
+            r"'dynamic_int8', 'int8'\]\. Received: quantization='bfloat16'")):
+        kexport.export_model(model, tmp_path / "bf.tflite", format="litert",
+                             quantization="bfloat16")
+    with pytest.raises(SignatureError, match="not both"):
+        kexport.export_litert(model, tmp_path / "both.tflite", quantization="int8",
+                              calibration_data=batch, representative_dataset=batch)
+    assert not (tmp_path / "bf.tflite").exists() and not (tmp_path / "both.tflite").exists()
+
+    archive = kexport.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serve", lambda x: model(x, training=False),
+                         [keras.InputSpec(shape=(None, 8), name="x")])
+    out = tmp_path / "archive.tflite"
+    archive.write_out(out, format="litert", verbose=False, quantization="float16")
+    assert read_litert_metadata(out)["quantization"] == "float16"

@@ -6,6 +6,8 @@ import os
 from typing import Any
 
 from kexport import _atomic, routing
+from kexport.artifact import format_info
+from kexport.artifact.quantization import check_quantization, supported_modes
 from kexport.check.policy import policy_for
 from kexport.check.samples import using
 from kexport.errors import SampleDataError, SignatureError, SignatureTypeError, describe
@@ -66,7 +68,12 @@ def export_model(model: Any, filepath: str | os.PathLike[str], format: str = "tf
             each ``Embedding``'s ``[0, input_dim)``, masks with a kept prefix
             (see docs/verification.md).
         **kwargs: format/backend options. JAX: ``is_static``,
-            ``jax2tf_kwargs``.
+            ``jax2tf_kwargs``. Formats that quantize (ONNX, LiteRT; see
+            docs/quantization.md): ``quantization`` (``"float16"``,
+            ``"dynamic_int8"``, ``"int8"``; ``"bfloat16"`` where the
+            format's runtime runs it) and ``calibration_data`` (typical
+            inputs for ``"int8"``: batches in the model's input structure,
+            NumPy arrays or a ``tf.data.Dataset``).
 
     Example:
 
@@ -78,6 +85,10 @@ def export_model(model: Any, filepath: str | os.PathLike[str], format: str = "tf
 
     Raises:
         SignatureError: bad arguments or a signature that does not fit.
+        QuantizationError: ``quantization`` names an unknown mode or one
+            the format cannot write (the message names those it can),
+            ``"int8"`` without ``calibration_data``, or calibration data that
+            does not fit the inputs (a ``ValueError``); nothing is written.
         SampleDataError: ``sample_data`` does not fit the model's inputs
             (names, dtype, rank or a static size; a ``ValueError``), before
             anything is written.
@@ -93,6 +104,7 @@ def export_model(model: Any, filepath: str | os.PathLike[str], format: str = "tf
     import keras
 
     _check_common(model, filepath, verbose)
+    _check_quantization(format, kwargs)
     candidates = routing.usable(keras.backend.backend(), format, model)
     # what check inputs must respect, read from the model once for every check
     policy = policy_for(model, normalize_for_model(model, input_signature), sample_data)
@@ -138,6 +150,20 @@ def _calibration_data(options: dict[str, Any]) -> Any | None:
     return None
 
 
+def _check_quantization(format: str, kwargs: dict[str, Any]) -> None:
+    """Refuse a quantization ``format`` cannot write before any work; drop the
+    unset options for formats that take none."""
+    format_info(format)
+    mode = kwargs.get("quantization")
+    data = kwargs.get("calibration_data")
+    if data is None:
+        data = kwargs.get("representative_dataset")
+    check_quantization(format, mode, data)
+    if mode is None and not supported_modes(format):
+        kwargs.pop("quantization", None)
+        kwargs.pop("calibration_data", None)
+
+
 def _verify_export(model: Any, filepath: str | os.PathLike[str], verify: Any,
                    calibration: Any | None = None) -> None:
     """Run :func:`kexport.verify` after an export; raise if it fails. Without
@@ -174,6 +200,7 @@ def export_saved_model(model: Any, filepath: str | os.PathLike[str],
 
 def export_onnx(model: Any, filepath: str | os.PathLike[str], verbose: bool | None = None,
                 input_signature: Any | None = None, opset_version: int | None = None,
+                quantization: str | None = None, calibration_data: Any | None = None,
                 **kwargs: Any) -> None:
     """Export ``model`` as an ONNX graph; see :func:`export_model` and docs/onnx.md.
 
@@ -189,6 +216,13 @@ def export_onnx(model: Any, filepath: str | os.PathLike[str], verbose: bool | No
         input_signature: as for :func:`export_model`.
         opset_version: the ONNX opset (default
             ``kexport.formats.onnx.DEFAULT_OPSET``, 18).
+        quantization: ``None``, ``"dynamic_int8"`` (int8 weights, per channel),
+            ``"int8"`` (static QDQ, calibrated on ``calibration_data``) or
+            ``"float16"`` (inputs and outputs stay float32), with
+            ``onnxruntime.quantization``; see docs/quantization.md.
+        calibration_data: typical inputs for ``"int8"``: an iterable of
+            batches in the model's input structure, NumPy arrays or a
+            ``tf.data.Dataset``.
         **kwargs: ``external_data_threshold`` (bytes; weights above it go to
             ``<filepath>.data``, default just under 2 GiB), and the options
             of :func:`export_model`.
@@ -201,14 +235,16 @@ def export_onnx(model: Any, filepath: str | os.PathLike[str], verbose: bool | No
     outputs = session.run(None, {"input_name": x})
     ```
     """
+    if quantization is not None or calibration_data is not None:
+        kwargs.update(quantization=quantization, calibration_data=calibration_data)
     export_model(model, filepath, format="onnx", verbose=verbose,
                  input_signature=input_signature, opset_version=opset_version, **kwargs)
 
 
 def export_litert(model: Any, filepath: str | os.PathLike[str], verbose: bool | None = None,
                   input_signature: Any | None = None, quantization: str | None = None,
-                  representative_dataset: Any | None = None, allow_flex: bool = False,
-                  **kwargs: Any) -> None:
+                  calibration_data: Any | None = None, allow_flex: bool = False,
+                  representative_dataset: Any | None = None, **kwargs: Any) -> None:
     """Export ``model`` as a LiteRT (TensorFlow Lite) ``.tflite`` file; see docs/litert.md.
 
     Works on the TensorFlow and JAX backends natively and on PyTorch by
@@ -223,7 +259,9 @@ def export_litert(model: Any, filepath: str | os.PathLike[str], verbose: bool | 
         verbose: print a summary (``None``: yes).
         input_signature: as for :func:`export_model`.
         quantization: ``None``, ``"dynamic_int8"``, ``"float16"`` or ``"int8"``.
-        representative_dataset: calibration samples for ``"int8"``.
+        calibration_data: calibration batches for ``"int8"`` (see
+            :func:`export_model`).
+        representative_dataset: the former name of ``calibration_data``.
         allow_flex: allow Select-TF (Flex) operators.
         **kwargs: the options of :func:`export_model`.
 
@@ -238,6 +276,8 @@ def export_litert(model: Any, filepath: str | os.PathLike[str], verbose: bool | 
     ```
     """
     options: dict[str, Any] = {"quantization": quantization, "allow_flex": allow_flex}
+    if calibration_data is not None:
+        options["calibration_data"] = calibration_data
     if representative_dataset is not None:
         options["representative_dataset"] = representative_dataset
     export_model(model, filepath, format="litert", verbose=verbose,

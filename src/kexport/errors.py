@@ -24,6 +24,7 @@ __all__ = [
     "CaptureError",
     "CaptureValueError",
     "KexportError",
+    "QuantizationError",
     "RouteRefused",
     "SampleDataError",
     "SignatureError",
@@ -59,6 +60,14 @@ class SampleDataError(SignatureError):
     fit the model's inputs: wrong names, count, dtype kind, rank or a size
     that conflicts with a static dimension (a ``ValueError``). Raised before
     anything is written."""
+
+
+class QuantizationError(SignatureError):
+    """A ``quantization=`` request kexport cannot honour: an unknown mode, a
+    mode the format (or this model) cannot write, ``int8`` without
+    ``calibration_data``, or calibration data that does not fit the inputs (a
+    ``ValueError``). The message names the modes that work; nothing is written
+    and no float artifact is written in place of a quantized one."""
 
 
 class CaptureError(KexportError, RuntimeError):

@@ -58,6 +58,8 @@ class FormatDescriptor:
         tolerance: ``(metadata) -> (atol, rtol) | None``, the tolerance the
             format declares for one of its artifacts (``None``: verify's
             precision defaults apply).
+        quantizations: the ``quantization=`` modes the format writes (names
+            from :data:`kexport.artifact.quantization.MODES`); empty: none.
     """
 
     name: str
@@ -68,6 +70,7 @@ class FormatDescriptor:
     sidecars: tuple[str, ...] = ()
     recognizer: Callable[[Path], bool] | None = None
     tolerance: Callable[[Mapping[str, Any]], tuple[float, float] | None] | None = None
+    quantizations: tuple[str, ...] = ()
 
 
 FORMATS: dict[str, FormatDescriptor] = {
@@ -76,7 +79,8 @@ FORMATS: dict[str, FormatDescriptor] = {
         ("tensorflow",), "tensorflow"),
     "litert": FormatDescriptor(
         "litert", "LiteRT / TensorFlow Lite flatbuffer with named signatures", ".tflite",
-        ("tensorflow",), "tensorflow", recognizer=is_litert_artifact),
+        ("tensorflow",), "tensorflow", recognizer=is_litert_artifact,
+        quantizations=("float16", "dynamic_int8", "int8")),
     "torch": FormatDescriptor(
         "torch", "PyTorch ExportedProgram (torch.export .pt2)", TORCH_PROGRAM_SUFFIX,
         ("torch",), "torch", recognizer=is_torch_program_artifact),
@@ -86,7 +90,7 @@ FORMATS: dict[str, FormatDescriptor] = {
     "onnx": FormatDescriptor(
         "onnx", "ONNX graph (ONNX Runtime, Triton)", ".onnx",
         ("onnx", "onnxruntime"), "onnx", sidecars=("{name}.data",),
-        recognizer=is_onnx_artifact),
+        recognizer=is_onnx_artifact, quantizations=("float16", "dynamic_int8", "int8")),
 }
 
 

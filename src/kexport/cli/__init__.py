@@ -21,6 +21,7 @@ from collections.abc import Sequence
 
 from kexport._version import __version__
 from kexport.artifact import BACKENDS
+from kexport.artifact.quantization import MODES
 from kexport.cli import _commands
 from kexport.cli._codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from kexport.cli._quiet import json_stdout, quiet_libraries
@@ -109,6 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-signature", metavar="JSON",
                    help='e.g. \'[{"shape": [null, 64], "dtype": "float32", "name": "x"}]\'')
     p.add_argument("--opset", type=_positive, help="ONNX opset version")
+    p.add_argument("--quantize", choices=MODES, metavar="MODE",
+                   help=f"quantize the artifact: {', '.join(MODES)} (formats that quantize: "
+                        "see docs/quantization.md); int8 needs --calibration")
+    p.add_argument("--calibration", metavar="FILE.npz",
+                   help="calibration inputs for --quantize int8: one batch of typical "
+                        "inputs keyed by input name (or arr_0, arr_1, ... in input order)")
     p.add_argument("--no-verify", action="store_true", help="skip verification")
     p.add_argument("--unsafe", action="store_true",
                    help="load the .keras file with Keras safe mode OFF (runs its Python code)")

@@ -110,7 +110,7 @@ def parse_signature(text: str | None) -> Any:
     return spec(data)
 
 
-def load_data(path: str | None) -> dict[str, Any] | None:
+def load_data(path: str | None, flag: str = "--data") -> dict[str, Any] | None:
     """The arrays of a ``--data FILE.npz`` (keyed by input name, or ``arr_<i>``)."""
     import numpy as np
 
@@ -120,11 +120,11 @@ def load_data(path: str | None) -> dict[str, Any] | None:
         with np.load(path, allow_pickle=False) as data:
             if not hasattr(data, "files"):
                 raise SampleDataError(
-                    f"Expected --data to be a .npz file of named arrays. Received a "
+                    f"Expected {flag} to be a .npz file of named arrays. Received a "
                     f"single array in '{path}'.")
             return {k: np.array(data[k]) for k in data.files}
     except (ValueError, EOFError) as e:
-        raise SampleDataError(f"Expected --data to be a .npz file. Received '{path}': "
+        raise SampleDataError(f"Expected {flag} to be a .npz file. Received '{path}': "
                               f"{e}") from e
 
 
@@ -144,6 +144,9 @@ def export(args: argparse.Namespace, progress: Progress) -> int:
     kwargs: dict[str, Any] = {}
     if args.opset is not None:
         kwargs["opset_version"] = args.opset
+    if args.quantize is not None or args.calibration is not None:
+        kwargs["quantization"] = args.quantize
+        kwargs["calibration_data"] = load_data(args.calibration, "--calibration")
     sample_data = load_data(args.data)
     with progress.step("Loading model"):
         model = load_model(args.model, args.unsafe)
@@ -156,9 +159,12 @@ def export(args: argparse.Namespace, progress: Progress) -> int:
     export_s = time.perf_counter() - start
     data: dict[str, Any] = {"ok": True, "format": args.format, "backend": backend,
                             "output": args.output, "size": size_of(args.output, args.format),
-                            "export_seconds": round(export_s, 3), "verification": None}
+                            "export_seconds": round(export_s, 3), "verification": None,
+                            "quantization": args.quantize}
     lines = [f"Wrote {args.format} artifact '{args.output}' "
-             f"({_human_size(data['size'])}) in {export_s:.1f}s from the {backend} backend."]
+             f"({_human_size(data['size'])}"
+             + (f", quantized {args.quantize}" if args.quantize else "")
+             + f") in {export_s:.1f}s from the {backend} backend."]
     if not args.no_verify:
         start = time.perf_counter()
         with progress.step("Verifying in a fresh process"):

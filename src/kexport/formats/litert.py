@@ -18,11 +18,14 @@ What we write:
 - the kexport manifest (producer, versions, endpoints, quantization) as the
   flatbuffer metadata entry ``kexport.json``. It holds no local path.
 
-Quantization (``quantization=``): ``"dynamic_int8"`` (int8 weights, float
+Quantization (``quantization=``, the mode names every format shares, see
+:mod:`kexport.artifact.quantization`): ``"dynamic_int8"`` (int8 weights, float
 activations), ``"float16"`` (float16 weights) and ``"int8"`` (full integer,
-calibrated on ``representative_dataset``; inputs and outputs stay float32).
-A quantized artifact is judged like every format's, by its mode's thresholds
-on SQNR, cosine and top-k agreement (``kexport.check.tolerance.QUANTIZED``).
+calibrated on ``calibration_data``, also accepted under its former name
+``representative_dataset``; inputs and outputs stay float32). ``"bfloat16"``
+is refused with a :class:`~kexport.errors.QuantizationError`. A quantized
+artifact is judged like every format's, by its mode's thresholds on SQNR,
+cosine and top-k agreement (``kexport.check.tolerance.QUANTIZED``).
 
 The conversion goes through a private temporary SavedModel holding the
 signature functions (the converter's multi-signature path, which also freezes
@@ -42,9 +45,9 @@ from kexport import _summary
 from kexport._atomic import atomic_target
 from kexport.artifact import (
     LITERT_METADATA,
-    LITERT_QUANTIZATIONS,
     Manifest,
 )
+from kexport.artifact.quantization import check_quantization
 from kexport.check import samples
 from kexport.errors import (
     CaptureError,
@@ -62,6 +65,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "LiteRTOptions",
+    "calibration_option",
     "rehost_options",
     "single_model_options",
     "write_archive",
@@ -70,27 +74,20 @@ __all__ = [
 _PRECISION = {None: "float32", "float16": "float16", "dynamic_int8": "int8", "int8": "int8"}
 
 
-def _check_mode(quantization: Any) -> None:
-    """Raise :class:`SignatureError` unless ``quantization`` is a LiteRT mode."""
-    if not (quantization is None or isinstance(quantization, str)) \
-            or quantization not in LITERT_QUANTIZATIONS:
-        raise SignatureError(
-            f"Expected `quantization` to be one of {list(LITERT_QUANTIZATIONS)}. "
-            f"Received: quantization={quantization!r}"
-        )
-
-
 @dataclass(frozen=True)
 class LiteRTOptions:
     """Converter options for the LiteRT writer (``write_out(options=...)``).
 
     Attributes:
         quantization: ``None`` (float32), ``"dynamic_int8"``, ``"float16"`` or
-            ``"int8"`` (full integer; needs ``representative_dataset``).
-        representative_dataset: calibration samples for ``"int8"``: an
-            iterable, or a callable returning one, of samples; a sample is an
-            array (single-input endpoints), a list in the endpoint's flat input
-            order, or a dict keyed by input name.
+            ``"int8"`` (full integer; needs ``calibration_data``).
+        representative_dataset: calibration batches for ``"int8"``: an
+            iterable (a list, a ``tf.data.Dataset``), or a callable returning
+            one, of batches; a batch is an array (single-input endpoints), a
+            list in the endpoint's flat input order, or a dict keyed by input
+            name. One array or dict is one batch. ``calibration_data=`` in
+            :func:`single_model_options` and :meth:`coerce` (the name every
+            format shares) lands here.
         allow_flex: allow Select-TF (Flex) operators when builtin ones cannot
             express the model.
     """
@@ -100,21 +97,10 @@ class LiteRTOptions:
     allow_flex: bool = False
 
     def __post_init__(self) -> None:
-        _check_mode(self.quantization)
+        check_quantization("litert", self.quantization, self.representative_dataset)
         if not isinstance(self.allow_flex, bool):
             raise SignatureTypeError(
                 f"Expected `allow_flex` to be True or False. Received: {describe(self.allow_flex)}"
-            )
-        if self.quantization == "int8" and self.representative_dataset is None:
-            raise SignatureError(
-                "Expected `representative_dataset` (calibration samples) with "
-                "quantization='int8'. Received: representative_dataset=None. Next step: "
-                "pass a few hundred typical inputs, or use quantization='dynamic_int8'."
-            )
-        if self.quantization != "int8" and self.representative_dataset is not None:
-            raise SignatureError(
-                "`representative_dataset` is only used with quantization='int8'. "
-                f"Received: quantization={self.quantization!r}"
             )
 
     @classmethod
@@ -125,14 +111,16 @@ class LiteRTOptions:
         if isinstance(options, cls):
             return options
         if isinstance(options, Mapping):
-            unknown = sorted(set(options) - {"quantization", "representative_dataset",
-                                             "allow_flex"})
+            options = dict(options)
+            unknown = sorted(set(options) - {"quantization", "calibration_data",
+                                             "representative_dataset", "allow_flex"})
             if unknown:
                 raise SignatureError(
-                    "Expected LiteRT options among quantization, representative_dataset, "
+                    "Expected LiteRT options among quantization, calibration_data, "
                     f"allow_flex. Received unknown: {unknown}"
                 )
-            return cls(**options)
+            data = calibration_option(options)
+            return cls(options.get("quantization"), data, options.get("allow_flex", False))
         raise SignatureError(
             "Expected `options` to be a kexport.formats.litert.LiteRTOptions or a dict "
             f"for format='litert'. Received: {describe(options)}"
@@ -211,6 +199,8 @@ def _calibration(options: LiteRTOptions, endpoints: list[TracedEndpoint]) -> Cal
     def gen() -> Iterator[tuple[str, dict[str, Any]]]:
         data = options.representative_dataset
         samples = data() if callable(data) else data
+        if isinstance(samples, Mapping) or hasattr(samples, "shape"):
+            samples = [samples]  # one batch
         for sample in samples:
             for e in endpoints:
                 if isinstance(sample, Mapping):
@@ -346,7 +336,9 @@ def _first_error_line(text: str) -> str:
 
 
 def write_archive(archive: EndpointArchive, filepath: str | os.PathLike[str],
-                  options: Any | None = None, verbose: bool = True) -> None:
+                  options: Any | None = None, verbose: bool = True, *,
+                  quantization: str | None = None, calibration_data: Any | None = None
+                  ) -> None:
     """Write ``archive`` as one ``.tflite`` file with one signature per endpoint.
 
     Args:
@@ -354,7 +346,19 @@ def write_archive(archive: EndpointArchive, filepath: str | os.PathLike[str],
         filepath: the ``.tflite`` file to write (atomically).
         options: a :class:`LiteRTOptions`, or a dict of its fields.
         verbose: print a summary.
+        quantization: the mode (``write_out(..., quantization=...)``), instead
+            of ``options``.
+        calibration_data: the calibration batches for ``"int8"``.
+
+    Raises:
+        SignatureError: ``quantization`` given with ``options`` too.
     """
+    if quantization is not None or calibration_data is not None:
+        if options is not None:
+            raise SignatureError(
+                "Expected `quantization` either in `options` or as write_out(..., "
+                "quantization=...), not both. Received both.")
+        options = {"quantization": quantization, "calibration_data": calibration_data}
     opts = LiteRTOptions.coerce(options)
     flatbuffer = convert(archive, opts)
     data, _ = _with_metadata(flatbuffer, _metadata(archive, opts))
@@ -372,11 +376,12 @@ def single_model_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[
     (as one :class:`LiteRTOptions`), the rest to the capture (JAX: ``is_static``,
     ``jax2tf_kwargs``).
 
-    Converter options: ``quantization``, ``representative_dataset`` and
-    ``allow_flex`` (see :class:`LiteRTOptions`).
+    Converter options: ``quantization``, ``calibration_data`` (or its former
+    name ``representative_dataset``) and ``allow_flex`` (see
+    :class:`LiteRTOptions`).
     """
-    converter = LiteRTOptions(options.pop("quantization", None),
-                              options.pop("representative_dataset", None),
+    data = calibration_option(options)
+    converter = LiteRTOptions(options.pop("quantization", None), data,
                               options.pop("allow_flex", False))
     return options, {"options": converter}
 
@@ -389,7 +394,8 @@ def rehost_options(model: Any, input_signature: Any, options: dict[str, Any]
     live model before they are placed; a quantized one is judged by its mode's
     thresholds (``quantized``), a full-integer one on batches of its
     calibration data."""
-    data = options.get("representative_dataset")
+    data = calibration_option(options)
+    check_quantization("litert", options.get("quantization"), data)
     given = None
     if data is not None:
         names = flat_names(normalize_for_model(model, input_signature))
@@ -397,8 +403,19 @@ def rehost_options(model: Any, input_signature: Any, options: dict[str, Any]
         # A full-integer artifact is only accurate on inputs like its calibration
         # data: it is compared with the live model on those samples, batched.
         given = _calibration_batches(options["representative_dataset"], names)
-    _check_mode(options.get("quantization"))
     return {**options, "quantized": options.get("quantization"), "sample_inputs": given}
+
+
+def calibration_option(options: dict[str, Any]) -> Any:
+    """Pop ``calibration_data`` (or its former name ``representative_dataset``)
+    from ``options``; both at once is an error."""
+    data = options.pop("calibration_data", None)
+    alias = options.pop("representative_dataset", None)
+    if data is not None and alias is not None:
+        raise SignatureError(
+            "Expected `calibration_data` or its former name `representative_dataset`, "
+            "not both. Received both.")
+    return alias if data is None else data
 
 
 def _calibration_batches(samples: list[dict[str, Any]], names: list[str]
@@ -423,7 +440,10 @@ def _plain_samples(data: Any, names: list[str]) -> list[dict[str, Any]]:
     import numpy as np
 
     out = []
-    for sample in (data() if callable(data) else data):
+    samples = data() if callable(data) else data
+    if isinstance(samples, Mapping) or hasattr(samples, "shape"):
+        samples = [samples]  # one batch
+    for sample in samples:
         if isinstance(sample, Mapping):
             named = dict(sample)
         elif isinstance(sample, (list, tuple)):

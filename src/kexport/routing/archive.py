@@ -16,6 +16,7 @@ from typing import Any
 
 from kexport import _atomic
 from kexport.artifact import default_endpoint, format_info
+from kexport.artifact.quantization import check_quantization
 from kexport.capture._base import TracedEndpoint, is_tf_variable
 from kexport.check.policy import flat_sample_data
 from kexport.check.samples import SamplePolicy, using
@@ -265,7 +266,9 @@ class ExportArchive:
                 slices of it instead of generated inputs.
             **format_options: options of the format's archive writer (its
                 keyword-only parameters), e.g. ``opset_version=17`` for
-                ``format="onnx"``.
+                ``format="onnx"``; ``quantization=`` (and ``calibration_data=``
+                for ``"int8"``) where the format quantizes (ONNX, LiteRT; see
+                docs/quantization.md).
 
         Where the route tables say so (:func:`kexport.routing.archives.archive_host`,
         e.g. ``format="torch"`` on TensorFlow/JAX, ``"openvino"`` on JAX,
@@ -277,6 +280,9 @@ class ExportArchive:
 
         Raises:
             SignatureError: when no endpoint was added (a ``ValueError``).
+            QuantizationError: ``quantization`` is unknown or one the format
+                cannot write, or ``"int8"`` lacks ``calibration_data`` (a
+                ``ValueError``); nothing is written.
             SignatureTypeError: an option is not one the format's writer takes,
                 or ``options`` is not a ``tf.saved_model.SaveOptions``.
             UnknownFormatError: ``format`` is not a kexport format (a
@@ -308,6 +314,9 @@ class ExportArchive:
         if overwrite is False and _atomic.overwrite_allowed():
             overwrite = True  # called by export_model(..., overwrite=True)
         _atomic.check_destination(filepath, overwrite)
+        if "quantization" in format_options or "calibration_data" in format_options:
+            check_quantization(format, format_options.get("quantization"),
+                               format_options.get("calibration_data"))
         writer = archive_route(format).writer
         valid = _format_options(writer)
         unknown = sorted(set(format_options) - set(valid))

@@ -12,7 +12,10 @@ Two layouts are recognised:
   share one copy in memory instead of one copy each.
 
 The verification report is stored in each graph's ``metadata_props`` under
-``kexport.verification``.
+``kexport.verification``. A quantized artifact's record (``kexport.quantization``
+in ``metadata_props``, or the manifest's ``quantization``) is read into
+``metadata``: ``quantization`` (the mode), ``precision`` (``"int8"``,
+``"float16"``: the tolerance row ``kexport.verify`` uses) and the whole record.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from typing import Any
 from kexport._atomic import atomic_target
 from kexport._numerics import onnxruntime_options
 from kexport.artifact import DEFAULT_ENDPOINT, endpoint_order, manifest_default_endpoint
+from kexport.artifact.quantization import METADATA_KEY as QUANTIZATION_KEY
+from kexport.artifact.quantization import read_record
 from kexport.errors import ArtifactError, KexportError
 from kexport.runtime._base import Artifact, EndpointInfo, TensorInfo
 
@@ -159,6 +164,13 @@ class OnnxArtifact(Artifact):
         self.metadata.setdefault("producer_version", first.producer_version)
         self.metadata.setdefault("opset", {(o.domain or "ai.onnx"): o.version
                                            for o in first.opset_import})
+        quantized = read_record(self.metadata)
+        if quantized is not None:
+            # as LiteRT's metadata says it: the mode, and the compute precision
+            # kexport.verify picks its tolerances by; the whole record beside them
+            self.metadata[QUANTIZATION_KEY] = quantized
+            self.metadata["quantization"] = quantized["mode"]
+            self.metadata["precision"] = quantized["precision"]
 
     @property
     def shared_initializers(self) -> int:

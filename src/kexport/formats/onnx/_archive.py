@@ -8,12 +8,15 @@ from typing import TYPE_CHECKING, Any
 from kexport import _summary
 from kexport._atomic import atomic_target
 from kexport.artifact import ONNX_ARCHIVE_MANIFEST, Manifest
+from kexport.artifact.quantization import check_quantization, record
 from kexport.check import samples
-from kexport.errors import SignatureError
+from kexport.check.calibration import calibration_batches, calibration_rows
+from kexport.errors import QuantizationError, SignatureError
 from kexport.formats.onnx import _io as _onnx_io
 from kexport.formats.onnx._finish import finish
 from kexport.formats.onnx._graph import ARCHIVE_WEIGHTS
 from kexport.formats.onnx._options import _check_opset
+from kexport.formats.onnx._quantize import quantize_graph, toolchain
 from kexport.formats.onnx._tensorflow import _weight_bytes, tf_endpoint_to_onnx
 from kexport.formats.onnx._write import _check
 from kexport.signature import flatten
@@ -26,7 +29,8 @@ __all__ = ["write_archive"]
 
 def write_archive(archive: EndpointArchive, filepath: str | os.PathLike[str],
                   options: Any | None = None, verbose: bool = True, *,
-                  opset_version: int | None = None) -> None:
+                  opset_version: int | None = None, quantization: str | None = None,
+                  calibration_data: Any | None = None) -> None:
     """Write ``archive`` as a folder of ONNX graphs sharing one weights file.
 
     Layout::
@@ -38,7 +42,9 @@ def write_archive(archive: EndpointArchive, filepath: str | os.PathLike[str],
                                (a tensor two endpoints use is stored once)
           manifest.json        producer, versions, backend, opset,
                                default_endpoint and, per endpoint in the
-                               order added, its file and input/output specs
+                               order added, its file and input/output specs;
+                               ``quantization`` (mode, calibration size,
+                               toolchain) when quantized
 
     Every floating-point initializer goes to ``weights.data`` whatever its
     size; other tensors (shapes, axes, indices) go there from 1 KiB up.
@@ -50,9 +56,15 @@ def write_archive(archive: EndpointArchive, filepath: str | os.PathLike[str],
         verbose: print a summary.
         opset_version: the ONNX opset of every graph (``None``: :data:`DEFAULT_OPSET`);
             passed as ``archive.write_out(path, format="onnx", opset_version=17)``.
+        quantization: ``None``, ``"dynamic_int8"``, ``"int8"`` or ``"float16"``:
+            every graph is quantized (see :mod:`kexport.formats.onnx._quantize`).
+        calibration_data: the calibration batches for ``"int8"``; they must
+            fit every endpoint's inputs.
 
     Raises:
         SignatureError: when ``options`` is given or ``opset_version`` is invalid.
+        QuantizationError: an unsupported mode, or calibration data that does
+            not fit an endpoint's inputs.
         CaptureError, WriteError: when converting or writing fails.
     """
     if options is not None:
@@ -61,16 +73,32 @@ def write_archive(archive: EndpointArchive, filepath: str | os.PathLike[str],
             f"tf.saved_model.SaveOptions, SavedModel only). Received: {type(options).__name__}"
         )
     opset = _check_opset(opset_version)
+    mode = check_quantization("onnx", quantization, calibration_data)
+    calibration = {}
+    for endpoint in archive.endpoints if calibration_data is not None else ():
+        try:
+            calibration[endpoint.name] = calibration_batches(
+                calibration_data, flatten(endpoint.signature), endpoint.input_names)
+        except QuantizationError as e:
+            raise QuantizationError(f"Endpoint '{endpoint.name}': {e}") from e
     route = f"{archive.backend}: ExportArchive tf.function -> tf2onnx"
     protos = []
     for endpoint in archive.endpoints:
         raw = tf_endpoint_to_onnx(endpoint, opset, route, endpoint.owner,
                                   _weight_bytes(archive.trackables()["variables"]))
-        protos.append(finish(raw, opset=opset, backend=archive.backend, endpoint=endpoint.name,
-                             input_specs=flatten(endpoint.signature)))
+        proto = finish(raw, opset=opset, backend=archive.backend, endpoint=endpoint.name,
+                       input_specs=flatten(endpoint.signature))
+        if mode is not None:
+            proto = quantize_graph(proto, mode, calibration.get(endpoint.name), route)
+        protos.append(proto)
+    extras = {}
+    if mode is not None:
+        extras["quantization"] = record(
+            mode, calibration_rows(next(iter(calibration.values()))) if calibration else None,
+            toolchain())
     manifest = Manifest.build(archive.endpoints, format="onnx", backend=archive.backend,
                               file_suffix=".onnx", opset=opset, weights=ARCHIVE_WEIGHTS,
-                              **samples.recorded())
+                              **extras, **samples.recorded())
     with atomic_target(filepath, is_dir=True) as tmp:
         with open(tmp / ARCHIVE_WEIGHTS, "wb") as f:
             _onnx_io.externalize(protos, f, ARCHIVE_WEIGHTS, all_floats=True)

@@ -26,6 +26,7 @@ from kexport._dims import plan_signature
 from kexport._inference import inference_fn
 from kexport.artifact import DEFAULT_ENDPOINT
 from kexport.capture.source import rehost_source
+from kexport.check.calibration import calibration_batches
 from kexport.errors import CaptureError, RouteRefused
 from kexport.formats.onnx._accept import NotTraceable
 from kexport.formats.onnx._finish import finish
@@ -33,10 +34,11 @@ from kexport.formats.onnx._graph import Attempt, Strategy
 from kexport.formats.onnx._io import initializer_bytes
 from kexport.formats.onnx._jax import Jax2Onnx
 from kexport.formats.onnx._options import _pop_options, _refuse_lookup_layers
+from kexport.formats.onnx._quantize import quantize_graph
 from kexport.formats.onnx._tensorflow import TensorFlowGraph
 from kexport.formats.onnx._torch import TorchExport, TracedTorch
 from kexport.formats.onnx._write import write_model
-from kexport.signature import Spec, flatten, normalize_for_model
+from kexport.signature import Spec, flat_names, flatten, normalize_for_model
 
 if TYPE_CHECKING:
     import onnx
@@ -63,6 +65,9 @@ def _export(model: Any, filepath: str | os.PathLike[str], verbose: bool | None,
     signature = plan_signature(inference_fn(model), normalize_for_model(model, input_signature),
                                say=say)
     opts = _pop_options(kwargs, backend)
+    if opts["calibration_data"] is not None:  # checked against the inputs before any work
+        opts["calibration"] = calibration_batches(opts["calibration_data"], flatten(signature),
+                                                  flat_names(signature))
     for number, strategy in enumerate(strategies, start=1):
         attempt = strategy(model, signature, opts["opset"])
         refused = attempt.refused
@@ -103,6 +108,11 @@ def _finish_and_write(attempt: Attempt, signature: list[Any], opts: dict[str, An
     del raw
     _release_converter_copy(proto)
     summary = _SummaryEndpoint.of(proto, signature)
+    if opts["quantization"] is not None:
+        # the fast strategy's acceptance checks the float graph, then it is quantized
+        proto = quantize_graph(proto, opts["quantization"], opts.get("calibration"),
+                               proto_route(proto), accept)
+        accept = None
     write_model(proto, filepath, opts["threshold"], proto_route(proto), accept)
     return summary
 
@@ -174,14 +184,29 @@ def export_tensorflow(model: Any, filepath: str | os.PathLike[str], *,
 def rehost_options(model: Any, input_signature: Any, options: dict[str, Any]
                    ) -> dict[str, Any]:
     """What a re-host to ONNX carries to the TensorFlow child: the checked
-    ``opset_version`` and ``external_data_threshold`` (bad options and lookup
-    layers are refused here, before the child starts)."""
+    ``opset_version``, ``external_data_threshold`` and ``quantization``, and
+    the calibration batches as plain lists (bad options, calibration data that
+    does not fit and lookup layers are refused here, before the child
+    starts). A quantized artifact is compared with the live model at its
+    precision's tolerances, on calibration batches when there are some."""
     import keras
 
-    del input_signature
     _refuse_lookup_layers(model, REHOST_ROUTE)
     opts = _pop_options(options, keras.backend.backend())
-    return {"opset_version": opts["opset"], "external_data_threshold": opts["threshold"]}
+    carried: dict[str, Any] = {"opset_version": opts["opset"],
+                               "external_data_threshold": opts["threshold"]}
+    mode = opts["quantization"]
+    if mode is None:
+        return carried
+    # judged by the mode's thresholds (kexport.check.tolerance.QUANTIZED)
+    carried.update(quantization=mode, quantized=mode)
+    if opts["calibration_data"] is not None:
+        signature = normalize_for_model(model, input_signature)
+        names = flat_names(signature)
+        batches = calibration_batches(opts["calibration_data"], flatten(signature), names)
+        carried["calibration_data"] = [{n: v.tolist() for n, v in b.items()} for b in batches]
+        carried["sample_inputs"] = [list(b.values()) for b in batches[:2]]
+    return carried
 
 
 def export_jax(model: Any, filepath: str | os.PathLike[str], *,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from kexport.artifact.quantization import check_quantization
 from kexport.errors import SignatureError, SignatureTypeError, UnsupportedRouteError
 from kexport.formats.onnx._graph import DEFAULT_EXTERNAL_DATA_THRESHOLD, DEFAULT_OPSET
 
@@ -41,9 +42,13 @@ def _check_threshold(threshold: Any) -> int:
 
 def _pop_options(kwargs: dict[str, Any], backend: str) -> dict[str, Any]:
     """Split ONNX options from ``kwargs``; refuse what no route understands."""
+    calibration_data = kwargs.pop("calibration_data", None)
     opts = {
         "opset": _check_opset(kwargs.pop("opset_version", None)),
         "threshold": _check_threshold(kwargs.pop("external_data_threshold", None)),
+        "quantization": check_quantization("onnx", kwargs.pop("quantization", None),
+                                           calibration_data),
+        "calibration_data": calibration_data,
     }
     # JAX's SavedModel options have no meaning for an ONNX graph (no jax2tf here).
     kwargs.pop("is_static", None)
@@ -51,7 +56,8 @@ def _pop_options(kwargs: dict[str, Any], backend: str) -> dict[str, Any]:
     if kwargs:
         raise SignatureTypeError(
             f"Unexpected keyword arguments for ONNX export on the {backend} backend: "
-            f"{sorted(kwargs)}. Expected only `opset_version` and `external_data_threshold`."
+            f"{sorted(kwargs)}. Expected only `opset_version`, `external_data_threshold`, "
+            "`quantization` and `calibration_data`."
         )
     return opts
 

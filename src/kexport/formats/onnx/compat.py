@@ -53,6 +53,27 @@ torch.onnx (torch 2.x):
   source of ~500 onnxscript functions, ~1.8 s each export). Within the
   context the registry is built once per opset and each call gets a copy (so
   a caller's custom ops never leak into later exports).
+
+onnxruntime.quantization (1.2x), used by the quantization step
+(:mod:`kexport.formats.onnx._quantize`):
+
+- :func:`pre_process`: ``quant_pre_process`` runs ONNX Runtime's symbolic
+  shape inference first, which raises on some shapes it cannot reason about
+  (symbols it cannot merge); the step is then retried without it (ONNX's
+  own shape inference and the graph optimisation still run).
+- :func:`float16_graph`: ``convert_float_to_float16(keep_io_types=True)``
+  appends the ``Cast`` nodes that keep inputs float32 at the *end* of the
+  node list, after the nodes that read them, so ``onnx.checker`` refuses the
+  graph ("Nodes in a graph must be topologically sorted"). The converted
+  graph is sorted topologically (``onnx_ir``'s ``TopologicalSortPass``).
+- :func:`restore_after_quantization`: the quantizer rewrites the producer
+  (``onnx.quantize``), adds its own metadata entries (``onnx.infer``,
+  ``onnx.quant.pre_process``) and imports every domain the pre-processing
+  session knows (``com.microsoft.nchwc``, ``ai.onnx.training``, ...) whether
+  a node uses it or not; the float16 converter renames the dynamic axes of
+  the outputs it casts (``unk__66`` for ``batch``). The graph gets kexport's
+  producer, metadata and input/output shapes back and keeps only the domains
+  its nodes use.
 """
 
 from __future__ import annotations
@@ -69,7 +90,8 @@ if TYPE_CHECKING:
     import onnx
 
 __all__ = ["TF2ONNX_HANDLERS", "cached_torchlib_registry", "captured_inputs_to_initializers",
-           "linear_output_binding", "quiet_torchscript_log", "tf2onnx_patches"]
+           "float16_graph", "linear_output_binding", "pre_process", "quiet_torchscript_log",
+           "restore_after_quantization", "tf2onnx_patches"]
 
 
 # -- tf2onnx ------------------------------------------------------------------------
@@ -300,3 +322,58 @@ def cached_torchlib_registry() -> contextlib.AbstractContextManager[None]:
         return classmethod(from_torchlib)
 
     return scoped_patch(cls, "from_torchlib", make)
+
+
+# -- onnxruntime.quantization ---------------------------------------------------------
+
+def pre_process(source: str, target: str, large: bool) -> None:
+    """``quant_pre_process`` (the standard step before quantizing), without the
+    symbolic shape inference when that raises (see the module doc)."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    try:
+        quant_pre_process(source, target, save_as_external_data=large,
+                          all_tensors_to_one_file=True)
+    except Exception:
+        quant_pre_process(source, target, skip_symbolic_shape=True,
+                          save_as_external_data=large, all_tensors_to_one_file=True)
+
+
+def float16_graph(model: onnx.ModelProto, large: bool) -> onnx.ModelProto:
+    """``model`` in float16 with float32 inputs and outputs, topologically sorted."""
+    import onnx_ir as ir
+    from onnx_ir.passes.common import TopologicalSortPass
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    converted = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=large)
+    graph = ir.serde.deserialize_model(converted)
+    TopologicalSortPass()(graph)
+    return ir.serde.serialize_model(graph)
+
+
+def restore_after_quantization(quantized: onnx.ModelProto, original: onnx.ModelProto) -> None:
+    """Give ``quantized`` ``original``'s producer and metadata, and only the
+    opset imports its nodes use (see the module doc)."""
+    shapes = {v.name: v.type.tensor_type.shape
+              for v in [*original.graph.input, *original.graph.output]}
+    for value in [*quantized.graph.input, *quantized.graph.output]:
+        if value.name in shapes and value.type.HasField("tensor_type"):
+            value.type.tensor_type.shape.CopyFrom(shapes[value.name])
+    quantized.producer_name = original.producer_name
+    quantized.producer_version = original.producer_version
+    del quantized.metadata_props[:]
+    quantized.metadata_props.extend(original.metadata_props)
+    used = {n.domain or "" for n in _all_nodes(quantized.graph)}
+    kept = [o for o in quantized.opset_import if (o.domain or "") in used | {""}]
+    del quantized.opset_import[:]
+    quantized.opset_import.extend(kept)
+
+
+def _all_nodes(graph: Any) -> Iterator[Any]:
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            if attr.HasField("g"):
+                yield from _all_nodes(attr.g)
+            for g in attr.graphs:
+                yield from _all_nodes(g)

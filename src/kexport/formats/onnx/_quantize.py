@@ -1,0 +1,143 @@
+"""The quantization step of the ONNX writer: after finish (step 3), before the checked write.
+
+Built on ONNX Runtime's own toolchain, on a private temporary copy of the
+finished float graph (with external data when it is large):
+
+- ``"dynamic_int8"``: the standard pre-processing (``quant_pre_process``), then
+  ``quantize_dynamic`` with per-channel int8 weights (``MatMulInteger`` /
+  ``ConvInteger`` fed by ``DynamicQuantizeLinear``);
+- ``"int8"``: pre-processing, then ``quantize_static`` in QDQ format
+  (``QuantizeLinear``/``DequantizeLinear`` pairs), per-channel int8 weights,
+  int8 activations calibrated (min/max) on the user's ``calibration_data``
+  through a ``CalibrationDataReader``;
+- ``"float16"``: ``onnxruntime.transformers.float16.convert_float_to_float16``
+  with ``keep_io_types=True``: float16 weights and compute, float32 graph
+  inputs and outputs.
+
+The quantized graph keeps kexport's metadata and records the mode, the
+number of calibration rows and the toolchain versions
+(``metadata_props["kexport.quantization"]``, see
+:func:`kexport.artifact.quantization.record`). Workarounds of the toolchain
+live in :mod:`kexport.formats.onnx.compat`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from kexport.artifact.quantization import METADATA_KEY, record
+from kexport.check.calibration import calibration_rows
+from kexport.errors import KexportError, WriteError
+from kexport.formats.onnx import compat
+from kexport.formats.onnx._graph import INLINE_LIMIT, _step_error
+from kexport.formats.onnx._io import initializer_bytes
+
+if TYPE_CHECKING:
+    import onnx
+
+__all__ = ["quantize_graph", "toolchain"]
+
+
+def toolchain() -> dict[str, str]:
+    """The versions of the packages that quantize ONNX graphs."""
+    import onnx
+    import onnxruntime
+
+    return {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+
+
+def _reader(batches: Sequence[Mapping[str, Any]], names: Sequence[str]) -> Any:
+    """A ``CalibrationDataReader`` over ``batches`` (flat, in graph-input order)."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class _Batches(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._feeds = iter([dict(zip(names, batch.values(), strict=True))
+                                for batch in batches])
+
+        def get_next(self) -> dict[str, Any] | None:
+            return next(self._feeds, None)
+
+    return _Batches()
+
+
+def _save(proto: onnx.ModelProto, path: str, large: bool) -> None:
+    import onnx
+
+    onnx.save_model(proto, path, save_as_external_data=large, all_tensors_to_one_file=True,
+                    location=f"{os.path.basename(path)}.data", size_threshold=1024)
+
+
+def quantize_graph(proto: onnx.ModelProto, mode: str,
+                   calibration: Sequence[Mapping[str, Any]] | None, route: str,
+                   accept: Callable[[bytes | str], None] | None = None) -> onnx.ModelProto:
+    """``proto`` (a finished float graph) quantized in ``mode``.
+
+    Args:
+        proto: the finished graph; it is not changed.
+        mode: ``"dynamic_int8"``, ``"int8"`` or ``"float16"``.
+        calibration: for ``"int8"``: the batches (``{input name: array}`` in
+            graph-input order, see :func:`kexport.check.calibration.calibration_batches`).
+        route: the route, for messages.
+        accept: a fast strategy's check of the *float* graph (it compares with
+            the live model at float32 tolerances), run on the temporary copy
+            before quantizing.
+
+    Raises:
+        NotTraceable: from ``accept``.
+        WriteError: when the toolchain fails (the message names the step).
+    """
+    import onnx
+
+    large = initializer_bytes([proto]) > INLINE_LIMIT
+    with tempfile.TemporaryDirectory(prefix="kexport-onnx-quantize-") as tmp:
+        source = os.path.join(tmp, "float.onnx")
+        _save(proto, source, large)
+        if accept is not None:
+            accept(source)
+        try:
+            if mode == "float16":
+                out = compat.float16_graph(onnx.load_model(source), large)
+            else:
+                out = _int8(source, tmp, mode, calibration, proto, large)
+        except KexportError:
+            raise
+        except Exception as e:
+            raise _step_error(WriteError, f"Step 3/4 (quantize: {mode}, onnxruntime)", route, e,
+                              None, "try another quantization mode, or export without "
+                              "quantization") from e
+    compat.restore_after_quantization(out, proto)
+    rows = calibration_rows(calibration) if mode == "int8" and calibration else None
+    entry = out.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps(record(mode, rows, toolchain()))
+    return out
+
+
+def _int8(source: str, tmp: str, mode: str, calibration: Sequence[Mapping[str, Any]] | None,
+          proto: onnx.ModelProto, large: bool) -> onnx.ModelProto:
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
+
+    prepared, target = os.path.join(tmp, "prepared.onnx"), os.path.join(tmp, "quantized.onnx")
+    compat.pre_process(source, prepared, large)
+    if mode == "dynamic_int8":
+        quantize_dynamic(prepared, target, per_channel=True, weight_type=QuantType.QInt8,
+                         use_external_data_format=large)
+    else:
+        names = [i.name for i in proto.graph.input]
+        quantize_static(prepared, target, _reader(calibration or [], names),
+                        quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax,
+                        use_external_data_format=large)
+    return onnx.load_model(target)
