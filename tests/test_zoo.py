@@ -18,6 +18,7 @@ import sys
 import pytest
 
 import kexport
+from conftest import FreshProcess
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks"))
 
@@ -29,8 +30,19 @@ BACKEND = os.environ.get("KERAS_BACKEND", "tensorflow")
 KNOWN: dict[tuple[str, str], str] = {}  # (model, backend) -> reason, for cells failing today
 
 
+@pytest.fixture(scope="module")
+def runtime_only_process():
+    """A fresh process of this module's own: the session's shared one may have
+    imported kexport (tests of kexport.load), and here the reload must show that
+    ONNX Runtime alone runs the artifact."""
+    proc = FreshProcess()
+    yield proc
+    proc.close()
+
+
 @pytest.mark.parametrize("name", ["mobilenet_v3_small", "bert", "t5"])
-def test_zoo_onnx_matches_live_model(name, tmp_path, fresh_process, request):
+def test_zoo_onnx_matches_live_model(name, tmp_path, runtime_only_process, request):
+    fresh_process = runtime_only_process
     reason = KNOWN.get((name, BACKEND))
     if reason:
         request.applymarker(pytest.mark.xfail(reason=reason, strict=True))
