@@ -5,9 +5,11 @@ configs and random weights: a CNN (MobileNetV3Small, BatchNormalization
 statistics set from data), an encoder text backbone with real padding (BERT:
 token ids below the vocabulary, a suffix masked in some rows) and an
 encoder-decoder with different encoder and decoder lengths (T5). Each is
-exported to ONNX with ``verify=True`` on the current backend, reloaded in a
-fresh process with ONNX Runtime and compared with the live model at batch 1,
-batch 3 and a second sequence length.
+exported to ONNX on the current backend (the route's own checks run; the
+separate ``verify=True`` pass is left out to keep CI short, since this test
+reloads and compares the artifact itself), reloaded in a fresh process with
+ONNX Runtime and compared with the live model at batch 1, batch 3 and a second
+sequence length.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ def test_zoo_onnx_matches_live_model(name, tmp_path, runtime_only_process, reque
     zm = zoo.build(name)
     zoo.save_cases(zm, tmp_path)
     path = tmp_path / "model.onnx"
-    kexport.export_model(zm.model, path, format="onnx", verbose=False, verify=True)
+    kexport.export_model(zm.model, path, format="onnx", verbose=False)
     out = fresh_process("fresh_zoo:reload_and_compare", str(tmp_path), "onnx", str(path))
     assert out["keras_imported"] is False
     assert "stage" not in out, out.get("error")
