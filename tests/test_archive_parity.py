@@ -22,7 +22,7 @@ L = keras.layers
 SPEC10 = [keras.InputSpec(shape=(None, 10), dtype="float32")]
 
 
-def bn_model() -> keras.Model:
+def bn_model(sample_shape: tuple[int, ...] = (2, 10)) -> keras.Model:
     """Dense -> BatchNormalization -> Dense, subclassed, defined in a function: 8 variables,
     6 trainable, 2 non-trainable (the batch-norm statistics), as in Keras's own test."""
 
@@ -37,7 +37,7 @@ def bn_model() -> keras.Model:
             return self.head(self.bn(self.dense(x)))
 
     model = Net()
-    model(np.zeros((2, 10), "float32"))
+    model(np.zeros(sample_shape, "float32"))
     _set_statistics(model)
     return model
 
@@ -209,23 +209,10 @@ def test_jax_option_types():
 # -- JAX: endpoints written with jax2tf (#14 item 6) ---------------------------
 
 def tagger() -> keras.Model:
-    """(batch, time, 8) -> (batch, time, 3): Dense -> BatchNormalization -> Dense, subclassed,
-    built on a sample; 6 trainable variables (the head's bias last), 2 non-trainable."""
-
-    class Tagger(keras.Model):
-        def __init__(self):
-            super().__init__()
-            self.dense = L.Dense(4, activation="relu")
-            self.bn = L.BatchNormalization()
-            self.head = L.Dense(3)
-
-        def call(self, x):
-            return self.head(self.bn(self.dense(x)))
-
-    model = Tagger()
-    model(np.zeros((2, 5, 8), "float32"))
-    _set_statistics(model)
-    return model
+    """(batch, time, 8) -> (batch, time, 3): the same subclassed Dense -> BatchNormalization
+    -> Dense, built on a sequence sample; 6 trainable variables (the head's bias last),
+    2 non-trainable."""
+    return bn_model((2, 5, 8))
 
 
 def _seq(seed, batch, time):
