@@ -13,3 +13,6 @@ fi
 .venv/bin/python -m pip install -q -e ".[all,dev,zoo]"
 # keras_hub without its declared dependencies (see the `zoo` extra in pyproject.toml)
 .venv/bin/python -m pip install -q --no-deps "keras-hub==0.32.0"
+# TF-Serving's protos only (warm-up records of `kexport export --layout tf-serving`): the
+# package declares `tensorflow`, which would install a second TensorFlow beside tensorflow-cpu.
+.venv/bin/python -m pip install -q --no-deps "tensorflow-serving-api==2.21.0"
