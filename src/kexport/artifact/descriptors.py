@@ -86,7 +86,8 @@ FORMATS: dict[str, FormatDescriptor] = {
         ("torch",), "torch", recognizer=is_torch_program_artifact),
     "openvino": FormatDescriptor(
         "openvino", "OpenVINO IR (.xml graph + .bin weights)", ".xml",
-        ("openvino",), "openvino", sidecars=("{stem}.bin",), recognizer=is_openvino_artifact),
+        ("openvino",), "openvino", sidecars=("{stem}.bin",), recognizer=is_openvino_artifact,
+        quantizations=("float16", "dynamic_int8", "int8")),
     "onnx": FormatDescriptor(
         "onnx", "ONNX graph (ONNX Runtime, Triton)", ".onnx",
         ("onnx", "onnxruntime"), "onnx", sidecars=("{name}.data",),

@@ -13,7 +13,12 @@ What we write:
   named by the Keras output names, dynamic dimensions (``None`` in the
   signature) kept dynamic and every other dimension static;
 - float32 weights (no silent float16 compression) and the kexport manifest in
-  the IR's ``rt_info`` (``kexport_manifest``), without local paths.
+  the IR's ``rt_info`` (``kexport_manifest``), without local paths;
+- with ``quantization=`` (``"float16"``, ``"dynamic_int8"``, ``"int8"``; see
+  :mod:`kexport.formats._openvino_quantize`): the quantized IR, float32
+  inputs and outputs, and the manifest's ``quantization`` record (mode,
+  calibration rows, openvino and nncf versions), which ``kexport.load`` and
+  ``kexport.verify`` read.
 
 How an endpoint reaches OpenVINO (strategies tried in order, by what the
 capture produced, never by backend name):
@@ -46,23 +51,27 @@ from kexport.artifact import (
     Manifest,
     file_sha256,
 )
+from kexport.artifact.quantization import check_quantization, record
 from kexport.check import samples
+from kexport.check.calibration import calibration_batches, calibration_rows
 from kexport.errors import (
     CaptureError,
     KexportError,
+    QuantizationError,
     SignatureError,
     UnsupportedRouteError,
     WriteError,
 )
 from kexport.formats import litert
+from kexport.formats._openvino_quantize import quantize_ir, toolchain
 from kexport.formats.torch_program import export_program
-from kexport.signature import flatten
+from kexport.signature import flat_names, flatten, normalize_for_model
 
 if TYPE_CHECKING:
     from kexport.capture._base import TracedEndpoint
     from kexport.formats._writer import EndpointArchive
 
-__all__ = ["write_archive"]
+__all__ = ["rehost_options", "single_model_options", "write_archive"]
 
 _WEIGHTS_PENDING = "kexport-weights-sha256-pending"
 
@@ -175,16 +184,32 @@ def _manifest(archive: EndpointArchive, layout: str) -> Manifest:
                           **samples.recorded())
 
 
-def _save(model: Any, xml: Path, manifest: Manifest) -> None:
+def _save(model: Any, xml: Path, manifest: Manifest, float16: bool = False) -> None:
     import openvino as ov
 
     model.set_rt_info("kexport", [OPENVINO_PRODUCER_KEY])
     model.set_rt_info(manifest.dumps(indent=None), [OPENVINO_MANIFEST_KEY])
-    ov.save_model(model, os.fspath(xml), compress_to_fp16=False)
+    # float32 weights unless float16 was asked: OpenVINO's default would halve them silently
+    ov.save_model(model, os.fspath(xml), compress_to_fp16=float16)
+
+
+def _calibration(archive: EndpointArchive, data: Any) -> dict[str, list[dict[str, Any]]]:
+    """Each endpoint's calibration batches (``{input name: array}``), checked against
+    its inputs before any work."""
+    batches = {}
+    for endpoint in archive.endpoints if data is not None else ():
+        try:
+            batches[endpoint.name] = calibration_batches(
+                data, flatten(endpoint.signature), endpoint.input_names)
+        except QuantizationError as e:
+            raise QuantizationError(f"Endpoint '{endpoint.name}': {e}") from e
+    return batches
 
 
 def write_archive(archive: EndpointArchive, filepath: str | os.PathLike[str],
-                  options: Any | None = None, verbose: bool = True) -> None:
+                  options: Any | None = None, verbose: bool = True, *,
+                  quantization: str | None = None, calibration_data: Any | None = None
+                  ) -> None:
     """Write ``archive`` as OpenVINO IR: one ``.xml``/``.bin`` pair, or a folder of them.
 
     Args:
@@ -192,10 +217,25 @@ def write_archive(archive: EndpointArchive, filepath: str | os.PathLike[str],
         filepath: ``name.xml`` (one endpoint; ``name.bin`` goes beside it) or a folder.
         options: unused; must be ``None``.
         verbose: print a summary.
+        quantization: ``None``, ``"float16"``, ``"dynamic_int8"`` or ``"int8"``:
+            every endpoint's IR is quantized (see
+            :mod:`kexport.formats._openvino_quantize`) and the manifest records
+            it (``quantization``: mode, calibration rows, toolchain).
+        calibration_data: the calibration batches for ``"int8"``; they must
+            fit every endpoint's inputs.
+
+    Raises:
+        SignatureError: ``options`` given, or an ``.xml`` path for several endpoints.
+        QuantizationError: a mode OpenVINO does not write (``"bfloat16"``),
+            ``"int8"`` without calibration data, or calibration data that does
+            not fit an endpoint's inputs; nothing is written.
+        CaptureError, WriteError: when converting, quantizing or writing fails.
     """
     if options is not None:
         raise SignatureError(
             f"Expected options=None for format='openvino'. Received: {options!r}")
+    mode = check_quantization("openvino", quantization, calibration_data)
+    calibration = _calibration(archive, calibration_data)
     target = Path(os.fspath(filepath))
     single = target.suffix == ".xml" and len(archive.endpoints) == 1
     if target.suffix == ".xml" and not single:
@@ -204,14 +244,20 @@ def write_archive(archive: EndpointArchive, filepath: str | os.PathLike[str],
             f"(one IR per endpoint). Received: filepath='{os.fspath(filepath)}' ending in .xml."
         )
     manifest = _manifest(archive, "file" if single else "folder")
+    if mode is not None:
+        rows = calibration_rows(next(iter(calibration.values()))) if calibration else None
+        manifest = manifest.with_extras(quantization=record(mode, rows, toolchain()))
     if single:
         manifest = manifest.with_extras(weights_sha256=_WEIGHTS_PENDING)
     models = {e.name: _convert(e, archive) for e in archive.endpoints}
+    if mode is not None:
+        models = {name: quantize_ir(model, mode, calibration.get(name), name)
+                  for name, model in models.items()}
     with tempfile.TemporaryDirectory(prefix="kexport-openvino-") as tmp:
         build = Path(tmp)
         try:
             for name, model in models.items():
-                _save(model, build / f"{name}.xml", manifest)
+                _save(model, build / f"{name}.xml", manifest, float16=mode == "float16")
         except Exception as e:
             raise WriteError(f"Step 3/3 (write, openvino): saving the IR failed: {e}") from e
         if single:
@@ -235,3 +281,31 @@ def write_archive(archive: EndpointArchive, filepath: str | os.PathLike[str],
                     shutil.copyfile(f, t / f.name)
     if verbose:
         _summary.print_summary("openvino", archive.endpoints, filepath)
+
+
+def single_model_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split ``export_model``'s options: ``quantization`` and ``calibration_data``
+    go to the writer, the rest to the capture."""
+    writer = {k: options.pop(k) for k in ("quantization", "calibration_data") if k in options}
+    return options, writer
+
+
+def rehost_options(model: Any, input_signature: Any, options: dict[str, Any]
+                   ) -> dict[str, Any]:
+    """What a re-host to OpenVINO carries to the TensorFlow child: ``quantization``
+    and the calibration batches as plain lists (checked here against the inputs,
+    before the child starts). A quantized IR is compared with the live model by its
+    mode's thresholds (``quantized``), on calibration batches when there are some."""
+    mode = check_quantization("openvino", options.get("quantization"),
+                              options.get("calibration_data"))
+    if mode is None:
+        options.pop("quantization", None)
+        return options
+    carried: dict[str, Any] = {**options, "quantized": mode}
+    data = options.get("calibration_data")
+    if data is not None:
+        signature = normalize_for_model(model, input_signature)
+        batches = calibration_batches(data, flatten(signature), flat_names(signature))
+        carried["calibration_data"] = [{n: v.tolist() for n, v in b.items()} for b in batches]
+        carried["sample_inputs"] = [list(b.values()) for b in batches[:2]]
+    return carried

@@ -20,7 +20,7 @@ from typing import Any
 from kexport.artifact import BACKENDS, FORMATS, format_info, missing_packages
 from kexport.capture.jax import native_problem
 from kexport.errors import UnsupportedRouteError
-from kexport.formats import litert, onnx, torch_program
+from kexport.formats import litert, onnx, openvino, torch_program
 from kexport.routing.rehost import rehost_problem
 from kexport.routing.single import native_export, rehost_export_for
 
@@ -113,13 +113,16 @@ _ROUTES: list[Route] = [
           rehost_export_for("litert", "tensorflow", litert.rehost_options), _TF, "tensorflow",
           host="tensorflow"),
     Route("tensorflow", "openvino", "native", "tf.function -> openvino.convert_model",
-          native_export("openvino"), ("tensorflow", "openvino"), "openvino"),
+          native_export("openvino", openvino.single_model_options), ("tensorflow", "openvino"),
+          "openvino"),
     Route("jax", "openvino", "rehost",
           "re-host on tensorflow (child process) -> tf.function -> openvino.convert_model",
-          rehost_export_for("openvino", "tensorflow"), ("tensorflow", "openvino"), "openvino",
+          rehost_export_for("openvino", "tensorflow", openvino.rehost_options),
+          ("tensorflow", "openvino"), "openvino",
           host="tensorflow"),
     Route("torch", "openvino", "native", "torch.export -> openvino.convert_model",
-          native_export("openvino"), ("torch", "openvino"), "openvino"),
+          native_export("openvino", openvino.single_model_options), ("torch", "openvino"),
+          "openvino"),
     Route("torch", "torch", "native", "torch.export (Dim dynamic batch)",
           native_export("torch", torch_program.single_model_options), ("torch",), "torch"),
     Route("tensorflow", "torch", "rehost", "re-host on torch (child process) -> torch.export",

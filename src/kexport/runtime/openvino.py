@@ -8,7 +8,12 @@ CPUs with bf16 units (AVX512_BF16, AMX), so the same file gives other numbers
 on another machine. Every compile here states ``INFERENCE_PRECISION_HINT``
 (:func:`kexport._numerics.openvino_config`), ``f32`` unless asked otherwise,
 and the precision the compiled model reports is
-:attr:`OpenVINOArtifact.precision`.
+:attr:`OpenVINOArtifact.precision`. A quantized IR (its manifest's
+``quantization`` record) compiles with the same hint: its int8/f16 weights
+are the file's, the float parts run in f32. Its record is read into
+``metadata``: ``quantization`` (the mode), ``precision`` (``"int8"``,
+``"float16"``) and the whole record under ``kexport.quantization``, so
+``kexport.verify`` judges it by the mode's thresholds.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from kexport.artifact import (
     manifest_default_endpoint,
     read_openvino_metadata,
 )
+from kexport.artifact.quantization import METADATA_KEY as QUANTIZATION_KEY
+from kexport.artifact.quantization import read_record
 from kexport.errors import ArtifactError
 from kexport.runtime._base import Artifact, EndpointInfo, TensorInfo
 
@@ -75,7 +82,12 @@ class OpenVINOArtifact(Artifact):
 
         super().__init__(path=path, format=FORMAT)
         core = ov.Core()
-        self.metadata = metadata
+        self.metadata = dict(metadata)
+        quantized = read_record(self.metadata)
+        if quantized is not None:  # the mode, and the precision verify picks its rule by
+            self.metadata[QUANTIZATION_KEY] = quantized
+            self.metadata["quantization"] = quantized["mode"]
+            self.metadata["precision"] = quantized["precision"]
         listed = metadata.get("endpoints", {})
         self._compiled: dict[str, Any] = {}
         used: set[str] = set()
