@@ -322,9 +322,10 @@ def test_quantization_modes_are_checked_once_for_every_format():
     assert check_quantization("litert", "float16") == "float16"
     with pytest.raises(QuantizationError, match=r"Received: 8 \(of type int\)"):
         check_quantization("onnx", 8)
-    with pytest.raises(QuantizationError, match=r"format='openvino' can write: none .*"
-                       r"Formats that write quantization='float16': \['litert', 'onnx'\]"):
-        check_quantization("openvino", "float16")
+    with pytest.raises(QuantizationError, match=r"format='tf_saved_model' can write: none .*"
+                       r"Formats that write quantization='float16': \['litert', 'openvino', "
+                       r"'onnx'\]"):
+        check_quantization("tf_saved_model", "float16")
     with pytest.raises(QuantizationError, match=r"format='onnx' can write: \['float16'\]"):
         check_quantization("onnx", "int8", [1], supported=("float16",))
     with pytest.raises(QuantizationError, match=r"only used with quantization='int8'\. "

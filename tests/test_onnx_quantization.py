@@ -201,7 +201,7 @@ def test_a_format_that_does_not_quantize_names_those_that_do(tmp_path):
     with pytest.raises(QuantizationError, match=(
             rf"Expected a quantization mode format='{format}' can write: none \(this format "
             r"does not quantize\)\. Received: quantization='int8'\. .*Formats that write "
-            r"quantization='int8': \['litert', 'onnx'\]")):
+            r"quantization='int8': \['litert', 'openvino', 'onnx'\]")):
         kexport.export_model(_dense(), path, format=format, quantization="int8",
                              calibration_data=[np.zeros((2, 8), "float32")])
     assert not os.listdir(tmp_path)

@@ -68,7 +68,7 @@ def export_model(model: Any, filepath: str | os.PathLike[str], format: str = "tf
             each ``Embedding``'s ``[0, input_dim)``, masks with a kept prefix
             (see docs/verification.md).
         **kwargs: format/backend options. JAX: ``is_static``,
-            ``jax2tf_kwargs``. Formats that quantize (ONNX, LiteRT; see
+            ``jax2tf_kwargs``. Formats that quantize (ONNX, LiteRT, OpenVINO; see
             docs/quantization.md): ``quantization`` (``"float16"``,
             ``"dynamic_int8"``, ``"int8"``; ``"bfloat16"`` where the
             format's runtime runs it) and ``calibration_data`` (typical
@@ -285,8 +285,21 @@ def export_litert(model: Any, filepath: str | os.PathLike[str], verbose: bool | 
 
 
 def export_openvino(model: Any, filepath: str | os.PathLike[str], verbose: bool | None = None,
-                    input_signature: Any | None = None, **kwargs: Any) -> None:
+                    input_signature: Any | None = None, quantization: str | None = None,
+                    calibration_data: Any | None = None, **kwargs: Any) -> None:
     """Export ``model`` as OpenVINO IR (``name.xml`` + ``name.bin``); see docs/openvino.md.
+
+    Args:
+        model: a built Keras model or layer.
+        filepath: ``name.xml`` (``name.bin`` goes beside it).
+        verbose: print a summary (``None``: yes).
+        input_signature: as for :func:`export_model`.
+        quantization: ``None``, ``"float16"`` (``compress_to_fp16``),
+            ``"dynamic_int8"`` (``nncf.compress_weights``, INT8_ASYM) or
+            ``"int8"`` (``nncf.quantize`` on ``calibration_data``); inputs and
+            outputs stay f32. See docs/quantization.md.
+        calibration_data: typical inputs for ``"int8"`` (see :func:`export_model`).
+        **kwargs: the options of :func:`export_model`.
 
     Example:
 
@@ -297,6 +310,8 @@ def export_openvino(model: Any, filepath: str | os.PathLike[str], verbose: bool 
                                              {"INFERENCE_PRECISION_HINT": "f32"})
     ```
     """
+    if quantization is not None or calibration_data is not None:
+        kwargs.update(quantization=quantization, calibration_data=calibration_data)
     export_model(model, filepath, format="openvino", verbose=verbose,
                  input_signature=input_signature, **kwargs)
 

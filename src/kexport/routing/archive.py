@@ -267,7 +267,7 @@ class ExportArchive:
             **format_options: options of the format's archive writer (its
                 keyword-only parameters), e.g. ``opset_version=17`` for
                 ``format="onnx"``; ``quantization=`` (and ``calibration_data=``
-                for ``"int8"``) where the format quantizes (ONNX, LiteRT; see
+                for ``"int8"``) where the format quantizes (ONNX, LiteRT, OpenVINO; see
                 docs/quantization.md).
 
         Where the route tables say so (:func:`kexport.routing.archives.archive_host`,
