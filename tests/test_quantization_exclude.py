@@ -99,7 +99,8 @@ def test_first_and_last_layers_stay_float(exported, fresh_process, mode):
     assert not any(s.startswith("DequantizeLinear") for s in ops[tuple(FIRST)]["inputs"])
     middle = ops[tuple(MIDDLE)]
     if mode == "int8":  # QDQ: int8 weights dequantized into a float MatMul
-        assert middle["op"] == "MatMul" and "DequantizeLinear int8" in middle["inputs"], middle
+        assert middle["op"] in ("MatMul", "Gemm") and "DequantizeLinear int8" in middle["inputs"], \
+            middle
     else:
         assert middle["op"] == "MatMulInteger" and "initializer int8" in middle["inputs"], middle
     recorded = json.loads(graph["metadata"]["kexport.quantization"])

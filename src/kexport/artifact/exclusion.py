@@ -47,8 +47,8 @@ from typing import Any
 from kexport.artifact.descriptors import FORMATS
 from kexport.errors import LayerMappingError, QuantizationError, describe
 
-__all__ = ["NAMINGS", "ExcludedLayer", "check_exclude", "exclude_formats", "excluded_nodes",
-           "resolve_layers"]
+__all__ = ["NAMINGS", "ExcludedLayer", "check_exclude", "check_naming", "exclude_formats",
+           "excluded_nodes", "resolve_layers"]
 
 #: How a graph's node names carry the layers they came from (see the module doc).
 NAMINGS: tuple[str, ...] = ("layer_names", "module_paths")
@@ -263,6 +263,32 @@ def _inside(names: Sequence[str], layer: Sequence[str]) -> bool:
     return tuple(names[:len(layer)]) == tuple(layer)
 
 
+def check_naming(layers: Sequence[ExcludedLayer], naming: str | None, route: str) -> None:
+    """Refuse a route whose graph cannot name ``layers``' nodes, before it
+    converts anything.
+
+    Raises:
+        LayerMappingError: the route keeps no layer names, or names nodes by
+            PyTorch module paths and a layer is no module attribute (a layer
+            of a Functional model).
+    """
+    if not layers:
+        return
+    if naming not in NAMINGS:
+        raise LayerMappingError(
+            f"Route '{route}' keeps no Keras layer names in its graph, so it cannot keep "
+            f"layers {[layer.path for layer in layers]} of quantization_exclude in float. "
+            "Next step: export on the TensorFlow backend (tf2onnx keeps Keras name "
+            "scopes), or drop quantization_exclude.")
+    unnamed = [layer.path for layer in layers if naming == "module_paths" and not layer.modules]
+    if unnamed:
+        raise LayerMappingError(
+            f"Route '{route}' names graph nodes by PyTorch module paths, and layers "
+            f"{unnamed} of quantization_exclude are not module attributes of the model "
+            "(e.g. layers of a Functional model), so their nodes cannot be told apart. "
+            "Next step: export on the TensorFlow backend, or drop quantization_exclude.")
+
+
 def excluded_nodes(model: Any, layers: Sequence[ExcludedLayer],
                    scopes: Mapping[str, Sequence[str]], naming: str | None,
                    route: str, required: bool = True) -> list[str]:
@@ -287,24 +313,12 @@ def excluded_nodes(model: Any, layers: Sequence[ExcludedLayer],
     """
     if not layers:
         return []
-    wanted = [layer.path for layer in layers]
-    if naming not in NAMINGS:
-        raise LayerMappingError(
-            f"Route '{route}' keeps no Keras layer names in its graph, so it cannot keep "
-            f"layers {wanted} of quantization_exclude in float. Next step: export on the "
-            "TensorFlow backend (tf2onnx keeps Keras name scopes), or drop "
-            "quantization_exclude.")
+    check_naming(layers, naming, route)
     roots = list(model) if isinstance(model, (list, tuple)) else [model]
     nodes: list[str] = []
     if naming == "module_paths":  # attribute names: unique under their parent
         for layer in layers:
-            if not layer.modules:
-                raise LayerMappingError(
-                    f"Route '{route}' names graph nodes by PyTorch module paths, and layer "
-                    f"'{layer.path}' of quantization_exclude is not a module attribute of "
-                    "the model (e.g. a layer of a Functional model), so its nodes cannot be "
-                    "told apart. Next step: export on the TensorFlow backend, or drop "
-                    "quantization_exclude.")
+            assert layer.modules is not None  # check_naming
             mine = [n for n, s in scopes.items() if _inside(s, layer.modules)]
             _found(layer, mine, route, required)
             nodes.extend(n for n in mine if n not in nodes)

@@ -25,7 +25,7 @@ from kexport import _summary
 from kexport._dims import plan_signature
 from kexport._inference import inference_fn
 from kexport.artifact import DEFAULT_ENDPOINT
-from kexport.artifact.exclusion import excluded_nodes, resolve_layers
+from kexport.artifact.exclusion import check_naming, resolve_layers
 from kexport.capture.source import rehost_source
 from kexport.check.calibration import calibration_batches
 from kexport.errors import CaptureError, LayerMappingError, RouteRefused
@@ -72,13 +72,11 @@ def _export(model: Any, filepath: str | os.PathLike[str], verbose: bool | None,
     layers = resolve_layers(model, opts["exclude"]) if opts["exclude"] else ()
     for number, strategy in enumerate(strategies, start=1):
         opts["excluded"] = Exclude(model, layers, strategy.naming) if layers else None
-        if layers and strategy.naming is None:  # its graph cannot say which nodes to keep
-            try:
-                excluded_nodes(model, layers, {}, None, strategy.route)
-            except LayerMappingError as e:
-                attempt = Attempt(strategy, refused=e)  # type: ignore[arg-type]
-        else:
+        try:  # a graph that cannot say which nodes to keep is refused before converting
+            check_naming(layers, strategy.naming, strategy.route)
             attempt = strategy(model, signature, opts["opset"])
+        except LayerMappingError as e:
+            attempt = Attempt(strategy, refused=e)  # type: ignore[arg-type]
         refused = attempt.refused
         if attempt.graph is not None:
             accept = attempt.graph.accept

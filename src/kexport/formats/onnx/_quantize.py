@@ -148,12 +148,6 @@ def quantize_graph(proto: onnx.ModelProto, mode: str,
     large = initializer_bytes([proto]) > INLINE_LIMIT
     blocked: list[str] = []
     if exclude is not None and exclude.layers:
-        if any(p.key == "pkg.torch.onnx.name_scopes" for n in compat.all_nodes(proto.graph)
-               for p in n.metadata_props):
-            named = onnx.ModelProto()
-            named.CopyFrom(proto)
-            compat.scoped_node_names(named)
-            proto = named
         blocked = exclude.nodes(proto, route)  # before any work: every layer has nodes
     with tempfile.TemporaryDirectory(prefix="kexport-onnx-quantize-") as tmp:
         source = os.path.join(tmp, "float.onnx")

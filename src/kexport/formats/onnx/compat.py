@@ -347,11 +347,11 @@ def scoped_node_names(model: onnx.ModelProto) -> None:
     ``node_matmul_1`` and keeps the module they came from only in the node's
     ``metadata_props["pkg.torch.onnx.name_scopes"]`` (``['', 'model',
     'model.block', 'model.block.inner', 'matmul_1']``), which
-    ``quant_pre_process`` drops; the traced exporter writes the path in the
-    name (``/model/block/inner/MatMul``). Nodes with that metadata get the
-    traced form (``/model/block/inner/node_matmul_1``), so
-    ``quantization_exclude`` finds their layer, before and after
-    pre-processing.
+    the finishing step clears (it can hold local paths); the traced exporter
+    writes the path in the name (``/model/block/inner/MatMul``). Nodes with
+    that metadata get the traced form (``/model/block/inner/node_matmul_1``),
+    so ``quantization_exclude`` finds their layer, before and after
+    ``quant_pre_process``.
     """
     import ast
 
