@@ -76,7 +76,7 @@ def _export(model: Any, filepath: str | os.PathLike[str], verbose: bool | None,
             check_naming(layers, strategy.naming, strategy.route)
             attempt = strategy(model, signature, opts["opset"])
         except LayerMappingError as e:
-            attempt = Attempt(strategy, refused=e)  # type: ignore[arg-type]
+            attempt = Attempt(strategy, refused=e)
         refused = attempt.refused
         if attempt.graph is not None:
             accept = attempt.graph.accept

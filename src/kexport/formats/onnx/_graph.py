@@ -76,7 +76,7 @@ class Attempt:
 
     strategy: Strategy
     graph: RawGraph | None = None
-    refused: NotTraceable | None = None
+    refused: Exception | None = None  # NotTraceable, or a CaptureError the converter raised
 
 
 class Strategy(abc.ABC):
