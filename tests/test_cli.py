@@ -225,7 +225,9 @@ def test_export_quantize(tmp_path):
     for args, message in [
             (("-f", "onnx", "--quantize", "int8"), "Expected `calibration_data`"),
             (("-f", "tf_saved_model", "--quantize", "float16"),
-             "format='tf_saved_model' can write: none")]:
+             "format='tf_saved_model' can write: none"),
+            (("-f", "onnx", "--quantize", "dynamic_int8", "--quantize-exclude", "nope,other",
+              "--quantize-exclude", "third"), "Received unknown: ['nope', 'other', 'third']")]:
         target = tmp_path / "refused"
         proc = kexport("export", tmp_path / "m.keras", "-o", target, *args, "--json")
         assert proc.returncode == 2, proc.stderr[-3000:]

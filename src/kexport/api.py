@@ -7,6 +7,7 @@ from typing import Any
 
 from kexport import _atomic, routing
 from kexport.artifact import format_info
+from kexport.artifact.exclusion import check_exclude, resolve_layers
 from kexport.artifact.quantization import check_quantization, supported_modes
 from kexport.check.policy import policy_for
 from kexport.check.samples import using
@@ -73,7 +74,9 @@ def export_model(model: Any, filepath: str | os.PathLike[str], format: str = "tf
             ``"dynamic_int8"``, ``"int8"``; ``"bfloat16"`` where the
             format's runtime runs it) and ``calibration_data`` (typical
             inputs for ``"int8"``: batches in the model's input structure,
-            NumPy arrays or a ``tf.data.Dataset``).
+            NumPy arrays or a ``tf.data.Dataset``); ``quantization_exclude``
+            (a list of Keras layer names or paths such as ``"block/dense"``:
+            those layers stay float; ONNX only, see docs/quantization.md).
 
     Example:
 
@@ -89,6 +92,10 @@ def export_model(model: Any, filepath: str | os.PathLike[str], format: str = "tf
             the format cannot write (the message names those it can),
             ``"int8"`` without ``calibration_data``, or calibration data that
             does not fit the inputs (a ``ValueError``); nothing is written.
+            Also ``quantization_exclude`` without a mode, on a format that
+            cannot keep layers in float, or naming no layer of the model (the
+            message lists the valid names); a ``LayerMappingError`` when no
+            route's graph tells which nodes came from those layers.
         SampleDataError: ``sample_data`` does not fit the model's inputs
             (names, dtype, rank or a static size; a ``ValueError``), before
             anything is written.
@@ -105,6 +112,8 @@ def export_model(model: Any, filepath: str | os.PathLike[str], format: str = "tf
 
     _check_common(model, filepath, verbose)
     _check_quantization(format, kwargs)
+    if kwargs.get("quantization_exclude") is not None:  # unknown layers: before any work
+        resolve_layers(model, kwargs["quantization_exclude"])
     candidates = routing.usable(keras.backend.backend(), format, model)
     # what check inputs must respect, read from the model once for every check
     policy = policy_for(model, normalize_for_model(model, input_signature), sample_data)
@@ -159,9 +168,11 @@ def _check_quantization(format: str, kwargs: dict[str, Any]) -> None:
     if data is None:
         data = kwargs.get("representative_dataset")
     check_quantization(format, mode, data)
+    check_exclude(format, mode, kwargs.get("quantization_exclude"))
     if mode is None and not supported_modes(format):
         kwargs.pop("quantization", None)
         kwargs.pop("calibration_data", None)
+        kwargs.pop("quantization_exclude", None)
 
 
 def _verify_export(model: Any, filepath: str | os.PathLike[str], verify: Any,
@@ -201,7 +212,7 @@ def export_saved_model(model: Any, filepath: str | os.PathLike[str],
 def export_onnx(model: Any, filepath: str | os.PathLike[str], verbose: bool | None = None,
                 input_signature: Any | None = None, opset_version: int | None = None,
                 quantization: str | None = None, calibration_data: Any | None = None,
-                **kwargs: Any) -> None:
+                quantization_exclude: list[str] | None = None, **kwargs: Any) -> None:
     """Export ``model`` as an ONNX graph; see :func:`export_model` and docs/onnx.md.
 
     Works on the TensorFlow, JAX and PyTorch backends. The file at
@@ -223,6 +234,9 @@ def export_onnx(model: Any, filepath: str | os.PathLike[str], verbose: bool | No
         calibration_data: typical inputs for ``"int8"``: an iterable of
             batches in the model's input structure, NumPy arrays or a
             ``tf.data.Dataset``.
+        quantization_exclude: Keras layer names (or paths, ``"block/dense"``)
+            whose nodes stay float in the quantized graph; see
+            docs/quantization.md.
         **kwargs: ``external_data_threshold`` (bytes; weights above it go to
             ``<filepath>.data``, default just under 2 GiB), and the options
             of :func:`export_model`.
@@ -237,6 +251,8 @@ def export_onnx(model: Any, filepath: str | os.PathLike[str], verbose: bool | No
     """
     if quantization is not None or calibration_data is not None:
         kwargs.update(quantization=quantization, calibration_data=calibration_data)
+    if quantization_exclude is not None:
+        kwargs.update(quantization=quantization, quantization_exclude=quantization_exclude)
     export_model(model, filepath, format="onnx", verbose=verbose,
                  input_signature=input_signature, opset_version=opset_version, **kwargs)
 
@@ -244,7 +260,8 @@ def export_onnx(model: Any, filepath: str | os.PathLike[str], verbose: bool | No
 def export_litert(model: Any, filepath: str | os.PathLike[str], verbose: bool | None = None,
                   input_signature: Any | None = None, quantization: str | None = None,
                   calibration_data: Any | None = None, allow_flex: bool = False,
-                  representative_dataset: Any | None = None, **kwargs: Any) -> None:
+                  representative_dataset: Any | None = None,
+                  quantization_exclude: list[str] | None = None, **kwargs: Any) -> None:
     """Export ``model`` as a LiteRT (TensorFlow Lite) ``.tflite`` file; see docs/litert.md.
 
     Works on the TensorFlow and JAX backends natively and on PyTorch by
@@ -263,6 +280,9 @@ def export_litert(model: Any, filepath: str | os.PathLike[str], verbose: bool | 
             :func:`export_model`).
         representative_dataset: the former name of ``calibration_data``.
         allow_flex: allow Select-TF (Flex) operators.
+        quantization_exclude: refused with a ``QuantizationError``: the TFLite
+            converter offers no supported way to keep chosen layers in float
+            (see docs/quantization.md).
         **kwargs: the options of :func:`export_model`.
 
     Example:
@@ -280,6 +300,8 @@ def export_litert(model: Any, filepath: str | os.PathLike[str], verbose: bool | 
         options["calibration_data"] = calibration_data
     if representative_dataset is not None:
         options["representative_dataset"] = representative_dataset
+    if quantization_exclude is not None:
+        options["quantization_exclude"] = quantization_exclude
     export_model(model, filepath, format="litert", verbose=verbose,
                  input_signature=input_signature, **options, **kwargs)
 

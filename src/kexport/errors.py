@@ -24,6 +24,7 @@ __all__ = [
     "CaptureError",
     "CaptureValueError",
     "KexportError",
+    "LayerMappingError",
     "QuantizationError",
     "RouteRefused",
     "SampleDataError",
@@ -86,6 +87,16 @@ class RouteRefused(CaptureError):
     Nothing was written. When the cell has a further route (e.g. a re-host),
     :mod:`kexport.routing` tries it; otherwise the caller gets this error.
     """
+
+
+class LayerMappingError(QuantizationError, RouteRefused):
+    """A route's graph cannot tell which of its nodes came from the layers of
+    ``quantization_exclude=``: its converter keeps no Keras layer names (e.g.
+    ``jax2onnx``), or a named layer matched no node. The route refuses (nothing
+    is written): the route table tries the cell's next route (a re-host on
+    TensorFlow keeps Keras name scopes); when none is left the caller gets this
+    error, a :class:`QuantizationError` (a ``ValueError``), never an artifact
+    that quantized the layers it was asked to keep in float."""
 
 
 class WriteError(KexportError, OSError):

@@ -60,6 +60,9 @@ class FormatDescriptor:
             precision defaults apply).
         quantizations: the ``quantization=`` modes the format writes (names
             from :data:`kexport.artifact.quantization.MODES`); empty: none.
+        exclude_modes: the modes in which the format keeps the layers of
+            ``quantization_exclude=`` in float (see
+            :mod:`kexport.artifact.exclusion`); empty: it cannot.
     """
 
     name: str
@@ -71,6 +74,7 @@ class FormatDescriptor:
     recognizer: Callable[[Path], bool] | None = None
     tolerance: Callable[[Mapping[str, Any]], tuple[float, float] | None] | None = None
     quantizations: tuple[str, ...] = ()
+    exclude_modes: tuple[str, ...] = ()
 
 
 FORMATS: dict[str, FormatDescriptor] = {
@@ -91,7 +95,8 @@ FORMATS: dict[str, FormatDescriptor] = {
     "onnx": FormatDescriptor(
         "onnx", "ONNX graph (ONNX Runtime, Triton)", ".onnx",
         ("onnx", "onnxruntime"), "onnx", sidecars=("{name}.data",),
-        recognizer=is_onnx_artifact, quantizations=("float16", "dynamic_int8", "int8")),
+        recognizer=is_onnx_artifact, quantizations=("float16", "dynamic_int8", "int8"),
+        exclude_modes=("float16", "dynamic_int8", "int8")),
 }
 
 

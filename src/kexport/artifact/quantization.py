@@ -22,7 +22,7 @@ reads back for ``kexport.load`` and ``kexport.verify``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from kexport.artifact.descriptors import FORMATS
@@ -112,7 +112,8 @@ def check_quantization(format: str, mode: Any, calibration_data: Any = None, *,
 
 
 def record(mode: str, calibration_samples: int | None,
-           toolchain: Mapping[str, str]) -> dict[str, Any]:
+           toolchain: Mapping[str, str], excluded: Sequence[str] | None = None
+           ) -> dict[str, Any]:
     """What an artifact records about its quantization (JSON-able).
 
     Args:
@@ -120,10 +121,16 @@ def record(mode: str, calibration_samples: int | None,
         calibration_samples: how many input rows calibrated it (``None``
             for modes without calibration).
         toolchain: package -> version of the tools that quantized it.
+        excluded: the paths of the layers kept in float
+            (``quantization_exclude``), recorded as ``excluded_layers`` when
+            there are some.
     """
-    return {"mode": mode, "precision": precision_of(mode),
-            "calibration_samples": calibration_samples,
-            "toolchain": dict(sorted(toolchain.items()))}
+    out = {"mode": mode, "precision": precision_of(mode),
+           "calibration_samples": calibration_samples,
+           "toolchain": dict(sorted(toolchain.items()))}
+    if excluded:
+        out["excluded_layers"] = list(excluded)
+    return out
 
 
 def read_record(metadata: Mapping[str, Any]) -> dict[str, Any] | None:

@@ -113,6 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quantize", choices=MODES, metavar="MODE",
                    help=f"quantize the artifact: {', '.join(MODES)} (formats that quantize: "
                         "see docs/quantization.md); int8 needs --calibration")
+    p.add_argument("--quantize-exclude", action="append", metavar="LAYER[,LAYER...]",
+                   help="keep these Keras layers (names, or paths such as block/dense) in "
+                        "float in the quantized artifact; repeat or separate by commas "
+                        "(ONNX; see docs/quantization.md)")
     p.add_argument("--calibration", metavar="FILE.npz",
                    help="calibration inputs for --quantize int8: one batch of typical "
                         "inputs keyed by input name (or arr_0, arr_1, ... in input order)")

@@ -147,6 +147,10 @@ def export(args: argparse.Namespace, progress: Progress) -> int:
     if args.quantize is not None or args.calibration is not None:
         kwargs["quantization"] = args.quantize
         kwargs["calibration_data"] = load_data(args.calibration, "--calibration")
+    if args.quantize_exclude:
+        kwargs["quantization"] = args.quantize
+        kwargs["quantization_exclude"] = [name.strip() for names in args.quantize_exclude
+                                          for name in names.split(",") if name.strip()]
     sample_data = load_data(args.data)
     with progress.step("Loading model"):
         model = load_model(args.model, args.unsafe)

@@ -16,6 +16,7 @@ from typing import Any
 
 from kexport import _atomic
 from kexport.artifact import default_endpoint, format_info
+from kexport.artifact.exclusion import check_exclude
 from kexport.artifact.quantization import check_quantization
 from kexport.capture._base import TracedEndpoint, is_tf_variable
 from kexport.check.policy import flat_sample_data
@@ -268,7 +269,8 @@ class ExportArchive:
                 keyword-only parameters), e.g. ``opset_version=17`` for
                 ``format="onnx"``; ``quantization=`` (and ``calibration_data=``
                 for ``"int8"``) where the format quantizes (ONNX, LiteRT, OpenVINO; see
-                docs/quantization.md).
+                docs/quantization.md); ``quantization_exclude=`` (layers of the
+                tracked models kept in float) where it can (ONNX).
 
         Where the route tables say so (:func:`kexport.routing.archives.archive_host`,
         e.g. ``format="torch"`` on TensorFlow/JAX, ``"openvino"`` on JAX,
@@ -314,9 +316,12 @@ class ExportArchive:
         if overwrite is False and _atomic.overwrite_allowed():
             overwrite = True  # called by export_model(..., overwrite=True)
         _atomic.check_destination(filepath, overwrite)
-        if "quantization" in format_options or "calibration_data" in format_options:
+        if "quantization" in format_options or "calibration_data" in format_options \
+                or "quantization_exclude" in format_options:
             check_quantization(format, format_options.get("quantization"),
                                format_options.get("calibration_data"))
+            check_exclude(format, format_options.get("quantization"),
+                          format_options.get("quantization_exclude"))
         writer = archive_route(format).writer
         valid = _format_options(writer)
         unknown = sorted(set(format_options) - set(valid))

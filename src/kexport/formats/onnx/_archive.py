@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from kexport import _summary
 from kexport._atomic import atomic_target
 from kexport.artifact import ONNX_ARCHIVE_MANIFEST, Manifest
+from kexport.artifact.exclusion import check_exclude, resolve_layers
 from kexport.artifact.quantization import check_quantization, record
 from kexport.check import samples
 from kexport.check.calibration import calibration_batches, calibration_rows
@@ -16,8 +17,8 @@ from kexport.formats.onnx import _io as _onnx_io
 from kexport.formats.onnx._finish import finish
 from kexport.formats.onnx._graph import ARCHIVE_WEIGHTS
 from kexport.formats.onnx._options import _check_opset
-from kexport.formats.onnx._quantize import quantize_graph, toolchain
-from kexport.formats.onnx._tensorflow import _weight_bytes, tf_endpoint_to_onnx
+from kexport.formats.onnx._quantize import Exclude, quantize_graph, toolchain
+from kexport.formats.onnx._tensorflow import TensorFlowGraph, _weight_bytes, tf_endpoint_to_onnx
 from kexport.formats.onnx._write import _check
 from kexport.signature import flatten
 
@@ -30,7 +31,8 @@ __all__ = ["write_archive"]
 def write_archive(archive: EndpointArchive, filepath: str | os.PathLike[str],
                   options: Any | None = None, verbose: bool = True, *,
                   opset_version: int | None = None, quantization: str | None = None,
-                  calibration_data: Any | None = None) -> None:
+                  calibration_data: Any | None = None,
+                  quantization_exclude: list[str] | None = None) -> None:
     """Write ``archive`` as a folder of ONNX graphs sharing one weights file.
 
     Layout::
@@ -60,6 +62,9 @@ def write_archive(archive: EndpointArchive, filepath: str | os.PathLike[str],
             every graph is quantized (see :mod:`kexport.formats.onnx._quantize`).
         calibration_data: the calibration batches for ``"int8"``; they must
             fit every endpoint's inputs.
+        quantization_exclude: layers of the tracked models (names or paths)
+            kept in float in every graph (recorded as the quantization
+            record's ``excluded_layers``).
 
     Raises:
         SignatureError: when ``options`` is given or ``opset_version`` is invalid.
@@ -74,6 +79,10 @@ def write_archive(archive: EndpointArchive, filepath: str | os.PathLike[str],
         )
     opset = _check_opset(opset_version)
     mode = check_quantization("onnx", quantization, calibration_data)
+    tracked = list(archive.trackables()["tracked_layers"])
+    names = check_exclude("onnx", mode, quantization_exclude)
+    exclude = Exclude(tracked, resolve_layers(tracked, names), TensorFlowGraph.naming,
+                      required=False) if names else None
     calibration = {}
     for endpoint in archive.endpoints if calibration_data is not None else ():
         try:
@@ -86,16 +95,21 @@ def write_archive(archive: EndpointArchive, filepath: str | os.PathLike[str],
     for endpoint in archive.endpoints:
         raw = tf_endpoint_to_onnx(endpoint, opset, route, endpoint.owner,
                                   _weight_bytes(archive.trackables()["variables"]))
-        proto = finish(raw, opset=opset, backend=archive.backend, endpoint=endpoint.name,
-                       input_specs=flatten(endpoint.signature))
+        protos.append(finish(raw, opset=opset, backend=archive.backend, endpoint=endpoint.name,
+                             input_specs=flatten(endpoint.signature)))
+    if exclude is not None:  # each layer in some endpoint's graph, before quantizing
+        _each_layer_found(exclude, protos, route)
+    floats, protos = protos, []
+    for endpoint, proto in zip(archive.endpoints, floats, strict=True):
         if mode is not None:
-            proto = quantize_graph(proto, mode, calibration.get(endpoint.name), route)
+            proto = quantize_graph(proto, mode, calibration.get(endpoint.name), route,
+                                   exclude=exclude)
         protos.append(proto)
     extras = {}
     if mode is not None:
         extras["quantization"] = record(
             mode, calibration_rows(next(iter(calibration.values()))) if calibration else None,
-            toolchain())
+            toolchain(), [layer.path for layer in exclude.layers] if exclude else None)
     manifest = Manifest.build(archive.endpoints, format="onnx", backend=archive.backend,
                               file_suffix=".onnx", opset=opset, weights=ARCHIVE_WEIGHTS,
                               **extras, **samples.recorded())
@@ -109,3 +123,12 @@ def write_archive(archive: EndpointArchive, filepath: str | os.PathLike[str],
         (tmp / ONNX_ARCHIVE_MANIFEST).write_text(manifest.dumps())
     if verbose:
         _summary.print_summary("onnx", archive.endpoints, filepath)
+
+
+def _each_layer_found(exclude: Exclude, protos: list[Any], route: str) -> None:
+    """Raise :class:`~kexport.errors.LayerMappingError` for a layer of
+    ``quantization_exclude`` that no endpoint's graph computes."""
+    for layer in exclude.layers:
+        single = Exclude(exclude.model, (layer,), exclude.naming, required=False)
+        if not any(single.nodes(proto, route) for proto in protos):
+            Exclude(exclude.model, (layer,), exclude.naming).nodes(protos[0], route)

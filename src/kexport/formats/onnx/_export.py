@@ -25,16 +25,17 @@ from kexport import _summary
 from kexport._dims import plan_signature
 from kexport._inference import inference_fn
 from kexport.artifact import DEFAULT_ENDPOINT
+from kexport.artifact.exclusion import check_naming, resolve_layers
 from kexport.capture.source import rehost_source
 from kexport.check.calibration import calibration_batches
-from kexport.errors import CaptureError, RouteRefused
+from kexport.errors import CaptureError, LayerMappingError, RouteRefused
 from kexport.formats.onnx._accept import NotTraceable
 from kexport.formats.onnx._finish import finish
 from kexport.formats.onnx._graph import Attempt, Strategy
 from kexport.formats.onnx._io import initializer_bytes
 from kexport.formats.onnx._jax import Jax2Onnx
 from kexport.formats.onnx._options import _pop_options, _refuse_lookup_layers
-from kexport.formats.onnx._quantize import quantize_graph
+from kexport.formats.onnx._quantize import Exclude, quantize_graph
 from kexport.formats.onnx._tensorflow import TensorFlowGraph
 from kexport.formats.onnx._torch import TorchExport, TracedTorch
 from kexport.formats.onnx._write import write_model
@@ -68,21 +69,29 @@ def _export(model: Any, filepath: str | os.PathLike[str], verbose: bool | None,
     if opts["calibration_data"] is not None:  # checked against the inputs before any work
         opts["calibration"] = calibration_batches(opts["calibration_data"], flatten(signature),
                                                   flat_names(signature))
+    layers = resolve_layers(model, opts["exclude"]) if opts["exclude"] else ()
     for number, strategy in enumerate(strategies, start=1):
-        attempt = strategy(model, signature, opts["opset"])
+        opts["excluded"] = Exclude(model, layers, strategy.naming) if layers else None
+        try:  # a graph that cannot say which nodes to keep is refused before converting
+            check_naming(layers, strategy.naming, strategy.route)
+            attempt = strategy(model, signature, opts["opset"])
+        except LayerMappingError as e:
+            attempt = Attempt(strategy, refused=e)
         refused = attempt.refused
         if attempt.graph is not None:
             accept = attempt.graph.accept
             try:
                 summary = _finish_and_write(attempt, signature, opts, backend, filepath)
                 break
-            except NotTraceable as e:
+            except (NotTraceable, LayerMappingError) as e:
                 refused = e
             finally:
                 if accept is not None and hasattr(accept, "close"):
                     accept.close()  # no live reference call outlives its strategy
         _say_not_used(verbose, strategy, refused)
         if number == len(strategies):
+            if isinstance(refused, LayerMappingError):  # a refusal, and the user's error
+                raise refused
             if isinstance(refused, CaptureError):  # the converter's own error, whole
                 raise RouteRefused(str(refused)) from refused
             raise RouteRefused(f"Every in-process ONNX strategy of the {backend} backend "
@@ -111,7 +120,7 @@ def _finish_and_write(attempt: Attempt, signature: list[Any], opts: dict[str, An
     if opts["quantization"] is not None:
         # the fast strategy's acceptance checks the float graph, then it is quantized
         proto = quantize_graph(proto, opts["quantization"], opts.get("calibration"),
-                               proto_route(proto), accept)
+                               proto_route(proto), accept, opts.get("excluded"))
         accept = None
     write_model(proto, filepath, opts["threshold"], proto_route(proto), accept)
     return summary
@@ -200,6 +209,9 @@ def rehost_options(model: Any, input_signature: Any, options: dict[str, Any]
         return carried
     # judged by the mode's thresholds (kexport.check.tolerance.QUANTIZED)
     carried.update(quantization=mode, quantized=mode)
+    if opts["exclude"]:  # by path: the child resolves them again in the rebuilt model
+        carried["quantization_exclude"] = [
+            layer.path for layer in resolve_layers(model, opts["exclude"])]
     if opts["calibration_data"] is not None:
         signature = normalize_for_model(model, input_signature)
         names = flat_names(signature)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from kexport._version import __version__
 from kexport.check import samples
 from kexport.errors import CaptureError, KexportError, WriteError
+from kexport.formats.onnx import compat
 from kexport.formats.onnx._graph import RawGraph, _spec_json, _step_error
 from kexport.signature import Spec
 
@@ -109,6 +110,8 @@ def finish(raw: RawGraph, *, opset: int, backend: str, endpoint: str,
 
     try:
         # jax2onnx hands over an onnx_ir model; the others a ModelProto
+        if not isinstance(raw.model, ir.Model):
+            compat.scoped_node_names(raw.model)  # before the node metadata is cleared
         model = raw.model if isinstance(raw.model, ir.Model) else \
             ir.serde.deserialize_model(raw.model)
         _rename_io(model, raw.input_names, raw.output_names)

@@ -18,7 +18,7 @@ from kexport.signature import Spec
 
 __all__ = ["ARCHIVE_WEIGHTS",
            "DEFAULT_EXTERNAL_DATA_THRESHOLD", "DEFAULT_OPSET", "INLINE_LIMIT", "Attempt",
-           "RawGraph", "Strategy"]
+           "RawGraph", "Strategy", "TORCH_ENDPOINT_ATTRIBUTE"]
 
 DEFAULT_OPSET = 18
 """Opset used when ``opset_version`` is not given (ONNX Runtime >= 1.14 runs it)."""
@@ -29,6 +29,11 @@ INLINE_LIMIT = 2**31 - (64 << 20)
 DEFAULT_EXTERNAL_DATA_THRESHOLD = INLINE_LIMIT
 """Weights above this many bytes go to external data (protobuf's 2 GiB limit, less headroom)."""
 ARCHIVE_WEIGHTS = "weights.data"
+
+
+#: The attribute holding the model in the ``torch.nn.Module`` both PyTorch
+#: strategies export: the first segment of their nodes' module paths.
+TORCH_ENDPOINT_ATTRIBUTE = "model"
 
 
 @dataclass
@@ -71,7 +76,7 @@ class Attempt:
 
     strategy: Strategy
     graph: RawGraph | None = None
-    refused: NotTraceable | None = None
+    refused: Exception | None = None  # NotTraceable, or a CaptureError the converter raised
 
 
 class Strategy(abc.ABC):
@@ -88,6 +93,10 @@ class Strategy(abc.ABC):
     description: str = "the converter's graph"
     #: The route recorded in the graph's metadata.
     route: str = ""
+    #: How the graph's node names carry the Keras layers they came from
+    #: (:data:`kexport.artifact.exclusion.NAMINGS`; ``None``: they do not),
+    #: for ``quantization_exclude``.
+    naming: str | None = None
 
     @abc.abstractmethod
     def capture(self, model: Any, signature: list[Any], opset: int) -> RawGraph:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from kexport.artifact.exclusion import check_exclude
 from kexport.artifact.quantization import check_quantization
 from kexport.errors import SignatureError, SignatureTypeError, UnsupportedRouteError
 from kexport.formats.onnx._graph import DEFAULT_EXTERNAL_DATA_THRESHOLD, DEFAULT_OPSET
@@ -43,12 +44,13 @@ def _check_threshold(threshold: Any) -> int:
 def _pop_options(kwargs: dict[str, Any], backend: str) -> dict[str, Any]:
     """Split ONNX options from ``kwargs``; refuse what no route understands."""
     calibration_data = kwargs.pop("calibration_data", None)
+    mode = check_quantization("onnx", kwargs.pop("quantization", None), calibration_data)
     opts = {
         "opset": _check_opset(kwargs.pop("opset_version", None)),
         "threshold": _check_threshold(kwargs.pop("external_data_threshold", None)),
-        "quantization": check_quantization("onnx", kwargs.pop("quantization", None),
-                                           calibration_data),
+        "quantization": mode,
         "calibration_data": calibration_data,
+        "exclude": check_exclude("onnx", mode, kwargs.pop("quantization_exclude", None)),
     }
     # JAX's SavedModel options have no meaning for an ONNX graph (no jax2tf here).
     kwargs.pop("is_static", None)
@@ -57,7 +59,7 @@ def _pop_options(kwargs: dict[str, Any], backend: str) -> dict[str, Any]:
         raise SignatureTypeError(
             f"Unexpected keyword arguments for ONNX export on the {backend} backend: "
             f"{sorted(kwargs)}. Expected only `opset_version`, `external_data_threshold`, "
-            "`quantization` and `calibration_data`."
+            "`quantization`, `calibration_data` and `quantization_exclude`."
         )
     return opts
 

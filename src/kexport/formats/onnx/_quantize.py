@@ -14,6 +14,14 @@ finished float graph (with external data when it is large):
   with ``keep_io_types=True``: float16 weights and compute, float32 graph
   inputs and outputs.
 
+``quantization_exclude`` (:class:`Exclude`): the nodes that came from the
+named Keras layers (:func:`kexport.artifact.exclusion.excluded_nodes`, on
+each node's scope, :func:`node_scopes`) stay float: ``nodes_to_exclude`` of
+``quantize_dynamic`` / ``quantize_static`` (found again on the pre-processed
+graph, whose fused nodes keep their scope), ``node_block_list`` of the
+float16 conversion. A layer that matches no node, or a route whose graph
+keeps no layer names, is a :class:`~kexport.errors.LayerMappingError`.
+
 The quantized graph keeps kexport's metadata and records the mode, the
 number of calibration rows and the toolchain versions
 (``metadata_props["kexport.quantization"]``, see
@@ -27,19 +35,60 @@ import json
 import os
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from kexport.artifact.exclusion import ExcludedLayer, excluded_nodes
 from kexport.artifact.quantization import METADATA_KEY, record
 from kexport.check.calibration import calibration_rows
 from kexport.errors import KexportError, WriteError
 from kexport.formats.onnx import compat
-from kexport.formats.onnx._graph import INLINE_LIMIT, _step_error
+from kexport.formats.onnx._graph import INLINE_LIMIT, TORCH_ENDPOINT_ATTRIBUTE, _step_error
 from kexport.formats.onnx._io import initializer_bytes
 
 if TYPE_CHECKING:
     import onnx
 
-__all__ = ["quantize_graph", "toolchain"]
+__all__ = ["Exclude", "node_scopes", "quantize_graph", "toolchain"]
+
+
+@dataclass(frozen=True)
+class Exclude:
+    """``quantization_exclude`` for one graph.
+
+    Attributes:
+        model: the model (or an archive's tracked models) the layers are in.
+        layers: from :func:`kexport.artifact.exclusion.resolve_layers`.
+        naming: how the graph's node names carry layers (the strategy's
+            ``naming``; ``None``: they do not).
+    """
+
+    model: Any
+    layers: tuple[ExcludedLayer, ...]
+    naming: str | None
+    #: every layer must have nodes in each graph (``False`` for an archive's
+    #: graphs, each holding some of the layers)
+    required: bool = True
+
+    def nodes(self, proto: onnx.ModelProto, route: str) -> list[str]:
+        """The nodes of ``proto`` to keep in float."""
+        return excluded_nodes(self.model, self.layers, node_scopes(proto, self.naming),
+                              self.naming, route, self.required)
+
+
+def node_scopes(proto: onnx.ModelProto, naming: str | None) -> dict[str, tuple[str, ...]]:
+    """Each named node's scope: the segments of its name before the operator's
+    own (``net_1/dense_1/MatMul`` -> ``("net_1", "dense_1")``); for PyTorch's
+    module paths, below the endpoint module's attribute holding the model."""
+    scopes = {}
+    for node in compat.all_nodes(proto.graph):
+        if not node.name:
+            continue
+        segments = tuple(s for s in node.name.split("/") if s)[:-1]
+        if naming == "module_paths" and segments[:1] == (TORCH_ENDPOINT_ATTRIBUTE,):
+            segments = segments[1:]
+        scopes[node.name] = segments
+    return scopes
 
 
 def toolchain() -> dict[str, str]:
@@ -74,7 +123,8 @@ def _save(proto: onnx.ModelProto, path: str, large: bool) -> None:
 
 def quantize_graph(proto: onnx.ModelProto, mode: str,
                    calibration: Sequence[Mapping[str, Any]] | None, route: str,
-                   accept: Callable[[bytes | str], None] | None = None) -> onnx.ModelProto:
+                   accept: Callable[[bytes | str], None] | None = None,
+                   exclude: Exclude | None = None) -> onnx.ModelProto:
     """``proto`` (a finished float graph) quantized in ``mode``.
 
     Args:
@@ -86,14 +136,19 @@ def quantize_graph(proto: onnx.ModelProto, mode: str,
         accept: a fast strategy's check of the *float* graph (it compares with
             the live model at float32 tolerances), run on the temporary copy
             before quantizing.
+        exclude: the layers to keep in float (``quantization_exclude``).
 
     Raises:
         NotTraceable: from ``accept``.
+        LayerMappingError: ``exclude``'s layers cannot be found in the graph.
         WriteError: when the toolchain fails (the message names the step).
     """
     import onnx
 
     large = initializer_bytes([proto]) > INLINE_LIMIT
+    blocked: list[str] = []
+    if exclude is not None and exclude.layers:
+        blocked = exclude.nodes(proto, route)  # before any work: every layer has nodes
     with tempfile.TemporaryDirectory(prefix="kexport-onnx-quantize-") as tmp:
         source = os.path.join(tmp, "float.onnx")
         _save(proto, source, large)
@@ -101,9 +156,10 @@ def quantize_graph(proto: onnx.ModelProto, mode: str,
             accept(source)
         try:
             if mode == "float16":
-                out = compat.float16_graph(onnx.load_model(source), large)
+                out = compat.float16_graph(onnx.load_model(source), large, blocked)
             else:
-                out = _int8(source, tmp, mode, calibration, proto, large)
+                out = _int8(source, tmp, mode, calibration, proto, large,
+                            exclude if blocked else None, route)
         except KexportError:
             raise
         except Exception as e:
@@ -113,12 +169,15 @@ def quantize_graph(proto: onnx.ModelProto, mode: str,
     compat.restore_after_quantization(out, proto)
     rows = calibration_rows(calibration) if mode == "int8" and calibration else None
     entry = out.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, json.dumps(record(mode, rows, toolchain()))
+    excluded = [layer.path for layer in exclude.layers] if blocked and exclude else None
+    entry.key, entry.value = METADATA_KEY, json.dumps(record(mode, rows, toolchain(),
+                                                             excluded))
     return out
 
 
 def _int8(source: str, tmp: str, mode: str, calibration: Sequence[Mapping[str, Any]] | None,
-          proto: onnx.ModelProto, large: bool) -> onnx.ModelProto:
+          proto: onnx.ModelProto, large: bool, exclude: Exclude | None = None,
+          route: str = "?") -> onnx.ModelProto:
     import onnx
     from onnxruntime.quantization import (
         CalibrationMethod,
@@ -130,14 +189,19 @@ def _int8(source: str, tmp: str, mode: str, calibration: Sequence[Mapping[str, A
 
     prepared, target = os.path.join(tmp, "prepared.onnx"), os.path.join(tmp, "quantized.onnx")
     compat.pre_process(source, prepared, large)
+    # pre-processing fuses nodes (MatMul + Add -> Gemm ".../MatMulAddFusion"), keeping
+    # their scope: the excluded nodes are found again in the graph that is quantized
+    excluded = (exclude.nodes(onnx.load_model(prepared, load_external_data=False), route)
+                if exclude is not None else None)
     if mode == "dynamic_int8":
         quantize_dynamic(prepared, target, per_channel=True, weight_type=QuantType.QInt8,
-                         use_external_data_format=large)
+                         use_external_data_format=large, nodes_to_exclude=excluded and
+                         compat.excluded_after_gemm_split(excluded))
     else:
         names = [i.name for i in proto.graph.input]
         quantize_static(prepared, target, _reader(calibration or [], names),
                         quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                         calibrate_method=CalibrationMethod.MinMax,
-                        use_external_data_format=large)
+                        use_external_data_format=large, nodes_to_exclude=excluded)
     return onnx.load_model(target)

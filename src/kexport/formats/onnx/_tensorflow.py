@@ -93,6 +93,7 @@ class TensorFlowGraph(Strategy):
 
     description = "the tf2onnx graph"
     route = "tensorflow: tf.function -> tf2onnx"
+    naming = "layer_names"  # tf2onnx keeps the Keras name scopes in node names
 
     def capture(self, model: Any, signature: list[Any], opset: int) -> RawGraph:
         """Trace and convert, with large weights lifted when that conversion succeeds."""

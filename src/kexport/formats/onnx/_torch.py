@@ -30,7 +30,13 @@ from kexport.capture._base import _to_plain, output_names
 from kexport.capture.torch_export import symbolic_sizes
 from kexport.errors import CaptureError, UnsupportedRouteError
 from kexport.formats.onnx._accept import Acceptance, NotTraceable, samples
-from kexport.formats.onnx._graph import RawGraph, Strategy, _guess_layer, _step_error
+from kexport.formats.onnx._graph import (
+    TORCH_ENDPOINT_ATTRIBUTE,
+    RawGraph,
+    Strategy,
+    _guess_layer,
+    _step_error,
+)
 from kexport.formats.onnx.compat import cached_torchlib_registry, quiet_torchscript_log
 from kexport.formats.torch_program import dynamic_shapes_for, export_refined, sample_sizes
 from kexport.signature import Spec, flat_names, flatten, pack_as
@@ -48,11 +54,11 @@ def endpoint_module(model: Any, signature: list[Any]) -> Any:
     class _Endpoint(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.model = model
+            setattr(self, TORCH_ENDPOINT_ATTRIBUTE, model)
 
         def forward(self, *flat_inputs: Any) -> Any:
             args = pack_as(list(signature), list(flat_inputs))
-            return tuple(flatten(infer(self.model, *args)))
+            return tuple(flatten(infer(getattr(self, TORCH_ENDPOINT_ATTRIBUTE), *args)))
 
     return _Endpoint().eval()
 
@@ -62,6 +68,7 @@ class TracedTorch(Strategy):
 
     description = "the traced torch.onnx graph"
     route = "torch: torch.onnx (traced, verified)"
+    naming = "module_paths"
 
     def capture(self, model: Any, signature: list[Any], opset: int) -> RawGraph:
         """Trace the model once; refuses it on a doubtful ``TracerWarning``."""
@@ -158,6 +165,7 @@ class TorchExport(Strategy):
 
     description = "the torch.export graph"
     route = "torch: torch.export -> torch.onnx"
+    naming = "module_paths"  # from the nodes' name-scope metadata (compat.scoped_node_names)
 
     def capture(self, model: Any, signature: list[Any], opset: int) -> RawGraph:
         """Export and translate; refuses a model whose dynamic axis was fixed anyway."""

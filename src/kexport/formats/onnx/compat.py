@@ -89,9 +89,10 @@ from kexport._patch import scoped_patch
 if TYPE_CHECKING:
     import onnx
 
-__all__ = ["TF2ONNX_HANDLERS", "cached_torchlib_registry", "captured_inputs_to_initializers",
-           "float16_graph", "linear_output_binding", "pre_process", "quiet_torchscript_log",
-           "restore_after_quantization", "tf2onnx_patches"]
+__all__ = ["TF2ONNX_HANDLERS", "all_nodes", "cached_torchlib_registry",
+           "captured_inputs_to_initializers", "excluded_after_gemm_split", "float16_graph", "linear_output_binding",
+           "pre_process", "quiet_torchscript_log", "restore_after_quantization",
+           "scoped_node_names", "tf2onnx_patches"]
 
 
 # -- tf2onnx ------------------------------------------------------------------------
@@ -339,13 +340,65 @@ def pre_process(source: str, target: str, large: bool) -> None:
                           save_as_external_data=large, all_tensors_to_one_file=True)
 
 
-def float16_graph(model: onnx.ModelProto, large: bool) -> onnx.ModelProto:
-    """``model`` in float16 with float32 inputs and outputs, topologically sorted."""
+def scoped_node_names(model: onnx.ModelProto) -> None:
+    """Put each node's PyTorch module path in its name, in place.
+
+    Workaround: ``torch.onnx``'s ``torch.export`` exporter names nodes
+    ``node_matmul_1`` and keeps the module they came from only in the node's
+    ``metadata_props["pkg.torch.onnx.name_scopes"]`` (``['', 'model',
+    'model.block', 'model.block.inner', 'matmul_1']``), which
+    the finishing step clears (it can hold local paths); the traced exporter
+    writes the path in the name (``/model/block/inner/MatMul``). Nodes with
+    that metadata get the traced form (``/model/block/inner/node_matmul_1``),
+    so ``quantization_exclude`` finds their layer, before and after
+    ``quant_pre_process``.
+    """
+    import ast
+
+    for node in _all_nodes(model.graph):
+        meta = {p.key: p.value for p in node.metadata_props}
+        text = meta.get("pkg.torch.onnx.name_scopes")
+        if not text or not node.name or node.name.startswith("/"):
+            continue
+        try:
+            scopes = [s for s in ast.literal_eval(text)[:-1] if isinstance(s, str) and s]
+        except (ValueError, SyntaxError):
+            continue
+        if scopes:
+            node.name = "/" + "/".join(scopes[-1].split(".")) + "/" + node.name
+
+
+def all_nodes(graph: Any) -> list[Any]:
+    """Every node of ``graph`` and of its subgraphs."""
+    return list(_all_nodes(graph))
+
+
+def excluded_after_gemm_split(names: list[str]) -> list[str]:
+    """``names`` and the names ``quantize_dynamic`` gives their parts.
+
+    Workaround: ``quantize_dynamic`` first replaces each ``Gemm`` (which
+    ``quant_pre_process`` fuses from ``MatMul`` + ``Add``) by ``<name>_MatMul``
+    and ``<name>_Add`` and only then reads ``nodes_to_exclude``, so an excluded
+    ``Gemm`` must be listed under those names too.
+    """
+    return [*names, *(f"{n}{part}" for n in names for part in ("_MatMul", "_Add"))]
+
+
+def float16_graph(model: onnx.ModelProto, large: bool,
+                  node_block_list: list[str] | None = None) -> onnx.ModelProto:
+    """``model`` in float16 with float32 inputs and outputs, topologically
+    sorted; the nodes of ``node_block_list`` stay float32."""
     import onnx_ir as ir
     from onnx_ir.passes.common import TopologicalSortPass
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    converted = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=large)
+    converted = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=large,
+                                         node_block_list=node_block_list or None)
+    if node_block_list:
+        # Workaround: with node_block_list the converter leaves value_info of
+        # blocked nodes' tensors in float16 where they stay float32 (the checker:
+        # "Inferred elem type differs"); the shapes are inferred again on load.
+        del converted.graph.value_info[:]
     graph = ir.serde.deserialize_model(converted)
     TopologicalSortPass()(graph)
     return ir.serde.serialize_model(graph)
