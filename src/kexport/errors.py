@@ -26,6 +26,7 @@ __all__ = [
     "KexportError",
     "LayerMappingError",
     "QuantizationError",
+    "QuantizedModelError",
     "RouteRefused",
     "SampleDataError",
     "SignatureError",
@@ -112,6 +113,13 @@ class TargetExistsError(WriteError, FileExistsError):
 
 class UnsupportedRouteError(KexportError, NotImplementedError):
     """No route can produce the requested format from this backend here."""
+
+
+class QuantizedModelError(UnsupportedRouteError):
+    """A model quantized by Keras (``Model.quantize``) has layers that no
+    route to the requested format can hold (e.g. float8 layers in a LiteRT
+    file). The message names the layer kinds, the mode, the format and the
+    formats that hold them; raised before anything is written."""
 
 
 class UnknownFormatError(UnsupportedRouteError, ValueError):

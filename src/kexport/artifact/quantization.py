@@ -28,7 +28,7 @@ from typing import Any
 from kexport.artifact.descriptors import FORMATS
 from kexport.errors import QuantizationError, describe
 
-__all__ = ["CALIBRATED", "METADATA_KEY", "MODES", "PRECISION", "check_quantization",
+__all__ = ["CALIBRATED", "KERAS_MODES", "METADATA_KEY", "MODES", "keras_quantized", "PRECISION", "check_quantization",
            "formats_for", "precision_of", "read_record", "record", "supported_modes"]
 
 #: Every mode name, in the order messages and tables list them.
@@ -41,6 +41,33 @@ PRECISION: dict[str | None, str] = {None: "float32", "float16": "float16",
                                     "int8": "int8"}
 #: Where a single-file ONNX artifact records its :func:`record`.
 METADATA_KEY = "kexport.quantization"
+
+
+#: The modes of Keras's own ``Model.quantize(mode)`` (Keras 3.15): what a layer's
+#: ``quantization_mode`` can read. Not kexport's ``quantization=`` names: a model
+#: quantized by Keras is exported as it computes, by the routes that hold it.
+KERAS_MODES: tuple[str, ...] = ("int8", "float8", "int4", "gptq", "awq")
+
+
+def keras_quantized(model: Any) -> dict[str, list[str]]:
+    """The layers Keras itself quantized in ``model``, by mode.
+
+    Returns ``{mode: ["Dense 'd1'", "EinsumDense 'proj'", ...]}`` (empty for a
+    float model), read from each layer's ``quantization_mode``; nothing is
+    imported and the model is not called.
+    """
+    flatten = getattr(model, "_flatten_layers", None)
+    layers = list(flatten(include_self=True)) if callable(flatten) else [model]
+    found: dict[str, list[str]] = {}
+    for layer in layers:
+        try:
+            mode = getattr(layer, "quantization_mode", None)
+        except Exception:  # a policy that cannot answer is not a quantized layer
+            mode = None
+        if isinstance(mode, str) and mode:
+            found.setdefault(mode, []).append(
+                f"{type(layer).__name__} {getattr(layer, 'name', '?')!r}")
+    return found
 
 
 def supported_modes(format: str) -> tuple[str, ...]:

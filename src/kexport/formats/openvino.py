@@ -99,7 +99,37 @@ def _from_tensorflow(endpoint: TracedEndpoint, archive: EndpointArchive) -> Any:
             "archive.write_out(path, format='openvino') and export_model(model, path, "
             "format='openvino') re-host JAX archives and models onto TensorFlow."
         )
-    return ov.convert_model(concrete)
+    return _integer_matmul_accumulates(ov.convert_model(concrete))
+
+
+def _integer_matmul_accumulates(model: Any) -> Any:
+    """Peer workaround: OpenVINO's TensorFlow frontend drops ``BatchMatMulV3``'s
+    ``Tout``: an int8 x int8 -> int32 matmul (how Keras's ``int8``-quantized
+    Dense and EinsumDense multiply) becomes an int8 MatMul that overflows, then a
+    Convert to int32. Each integer MatMul narrower than 32 bits whose every
+    consumer converts it to int32 gets its inputs converted to int32 first,
+    which is what ``Tout=int32`` computes."""
+    import openvino as ov
+    import openvino.opset13 as opset
+
+    changed = False
+    for op in model.get_ordered_ops():
+        if op.get_type_name() != "MatMul":
+            continue
+        out = op.get_output_element_type(0)
+        consumers = op.output(0).get_target_inputs()
+        if not (out.is_integral() and out.bitwidth < 32 and consumers and all(
+                c.get_node().get_type_name() == "Convert"
+                and c.get_node().get_output_element_type(0) == ov.Type.i32
+                for c in consumers)):
+            continue
+        for i in range(2):
+            source = op.input_value(i)
+            op.input(i).replace_source_output(opset.convert(source, ov.Type.i32).output(0))
+        changed = True
+    if changed:
+        model.validate_nodes_and_infer_types()
+    return model
 
 
 def _from_torch(endpoint: TracedEndpoint, archive: EndpointArchive) -> Any:

@@ -18,13 +18,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kexport.artifact import BACKENDS, FORMATS, format_info, missing_packages
+from kexport.artifact.quantization import keras_quantized
 from kexport.capture.jax import native_problem
-from kexport.errors import UnsupportedRouteError
+from kexport.errors import QuantizedModelError, UnsupportedRouteError
 from kexport.formats import litert, onnx, openvino, torch_program
 from kexport.routing.rehost import rehost_problem
 from kexport.routing.single import native_export, rehost_export_for
 
-__all__ = ["Route", "matrix", "resolve", "routes", "usable"]
+__all__ = ["Route", "holding_formats", "matrix", "resolve", "routes", "usable"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,9 @@ class Route:
         check: optional ``check(model) -> str``: why this route cannot carry
             ``model`` (``""`` when it can), e.g. layers a capture cannot trace.
         host: for re-host routes, the backend the model is rebuilt on.
+        refuses: the modes of Keras's own ``Model.quantize`` whose layers this
+            route cannot hold, each with why (its toolchain's limit, measured
+            by ``tests/test_keras_quantized.py``): ``{mode: why}``.
     """
 
     backend: str
@@ -56,6 +60,7 @@ class Route:
     extra: str
     check: Callable[[Any], str] | None = field(default=None, compare=False, repr=False)
     host: str | None = None
+    refuses: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def missing(self) -> tuple[str, ...]:
@@ -85,6 +90,10 @@ class Route:
         """
         if self.missing:
             return self.reason
+        if model is not None:
+            refused = self.quantized_problem(model)
+            if refused:
+                return refused
         if model is not None and self.check is not None:
             problem = self.check(model)
             if problem:
@@ -93,36 +102,81 @@ class Route:
             return rehost_problem(model)
         return ""
 
+    def quantized_problem(self, model: Any) -> str:
+        """Why this route cannot hold the layers Keras quantized in ``model``
+        (``Model.quantize``; see :attr:`refuses`), ``""`` when it can."""
+        found = keras_quantized(model)
+        for mode, why in self.refuses.items():
+            if mode in found:
+                return (f"layers quantized by Keras with mode {mode!r} "
+                        f"({', '.join(found[mode][:4])}{', ...' if len(found[mode]) > 4 else ''}) "
+                        f"cannot be held: {why}")
+        return ""
+
     def to_json(self) -> dict[str, Any]:
         """A JSON-able row (``kexport formats --json``)."""
         return {"backend": self.backend, "format": self.format, "kind": self.kind,
                 "via": self.via, "available": self.available, "reason": self.reason}
 
 
+# Layers Keras quantized (``Model.quantize``) that a route's toolchain cannot hold,
+# measured on Dense, EinsumDense and Embedding (tests/test_keras_quantized.py).
+_TFLITE_INT8 = ("the TFLite converter lowers the int8 x int8 -> int32 matmul to "
+                "tfl.fully_connected, which takes no int8 operands")
+_NO_FLOAT8 = {
+    "litert": "TFLite has no float8 type (the Cast to float8_e4m3fn does not convert)",
+    "tf2onnx": "tf2onnx has no float8_e4m3fn type",
+    "onnx": ("the ONNX graph casts to float8e4m3fn, which the opset-18 checker rejects "
+             "and ONNX Runtime's CPU provider does not compute"),
+    "openvino": "OpenVINO's CPU plugin has no Convert to f8e4m3 (wrong numbers or no kernel)",
+    "jax2tf": "jax2tf's float8 cast rounds unlike JAX's (the artifact disagrees)",
+}
+_TORCH_ONNX = ("torch.onnx writes a graph ONNX's checker rejects (Squeeze, Sub and Cast "
+               "types of the quantized matmul)")
 _TF = ("tensorflow",)
 _TF2ONNX = ("tensorflow", "tf2onnx", "onnx", "onnxscript")
 _ROUTES: list[Route] = [
     Route("tensorflow", "litert", "native", "tf.function -> tf.lite.TFLiteConverter",
-          native_export("litert", litert.single_model_options), _TF, "tensorflow"),
+          native_export("litert", litert.single_model_options), _TF, "tensorflow",
+          refuses={"int8": _TFLITE_INT8, "float8": _NO_FLOAT8["litert"]}),
     Route("jax", "litert", "native", "jax2tf (StableHLO) -> tf.lite.TFLiteConverter",
           # LiteRT holds no state TFLite can update: trace with is_static=True
           native_export("litert", litert.single_model_options, {"is_static": True}),
-          ("tensorflow", "jax"), "jax", check=native_problem),
+          ("tensorflow", "jax"), "jax", check=native_problem,
+          refuses={"int8": _TFLITE_INT8, "float8": _NO_FLOAT8["litert"],
+                   "int4": "the TFLite converter cannot legalize the int4 unpacking's "
+                           "integer tfl.sub of jax2tf's graph"}),
+    Route("jax", "litert", "rehost",
+          "re-host on tensorflow (child process) -> tf.lite.TFLiteConverter "
+          "(models the JAX trace cannot hold)",
+          rehost_export_for("litert", "tensorflow", litert.rehost_options), _TF, "tensorflow",
+          host="tensorflow", refuses={"int8": _TFLITE_INT8, "float8": _NO_FLOAT8["litert"]}),
     Route("torch", "litert", "rehost",
           "re-host on tensorflow (child process) -> tf.lite.TFLiteConverter",
           rehost_export_for("litert", "tensorflow", litert.rehost_options), _TF, "tensorflow",
-          host="tensorflow"),
+          host="tensorflow", refuses={"int8": _TFLITE_INT8, "float8": _NO_FLOAT8["litert"]}),
     Route("tensorflow", "openvino", "native", "tf.function -> openvino.convert_model",
           native_export("openvino", openvino.single_model_options), ("tensorflow", "openvino"),
-          "openvino"),
+          "openvino", refuses={"float8": _NO_FLOAT8["openvino"]}),
     Route("jax", "openvino", "rehost",
           "re-host on tensorflow (child process) -> tf.function -> openvino.convert_model",
           rehost_export_for("openvino", "tensorflow", openvino.rehost_options),
           ("tensorflow", "openvino"), "openvino",
-          host="tensorflow"),
+          host="tensorflow", refuses={"float8": _NO_FLOAT8["openvino"]}),
     Route("torch", "openvino", "native", "torch.export -> openvino.convert_model",
           native_export("openvino", openvino.single_model_options), ("torch", "openvino"),
-          "openvino"),
+          "openvino",
+          refuses={"int8": "OpenVINO's PyTorch frontend cannot convert the int8 matmul "
+                           "(aten._int_mm)",
+                   "int4": "OpenVINO's PyTorch frontend cannot convert the int8 matmul "
+                           "(aten._int_mm)",
+                   "float8": _NO_FLOAT8["openvino"]}),
+    Route("torch", "openvino", "rehost",
+          "re-host on tensorflow (child process) -> tf.function -> openvino.convert_model "
+          "(models torch.export cannot hand to OpenVINO)",
+          rehost_export_for("openvino", "tensorflow", openvino.rehost_options),
+          ("tensorflow", "openvino"), "openvino",
+          host="tensorflow", refuses={"float8": _NO_FLOAT8["openvino"]}),
     Route("torch", "torch", "native", "torch.export (Dim dynamic batch)",
           native_export("torch", torch_program.single_model_options), ("torch",), "torch"),
     Route("tensorflow", "torch", "rehost", "re-host on torch (child process) -> torch.export",
@@ -132,10 +186,11 @@ _ROUTES: list[Route] = [
     Route("tensorflow", "tf_saved_model", "native", "tf.function -> tf.saved_model",
           native_export("tf_saved_model"), _TF, "tensorflow"),
     Route("jax", "tf_saved_model", "native", "jax2tf -> tf.function -> tf.saved_model",
-          native_export("tf_saved_model"), ("tensorflow", "jax"), "jax", check=native_problem),
+          native_export("tf_saved_model"), ("tensorflow", "jax"), "jax", check=native_problem,
+          refuses={"float8": _NO_FLOAT8["jax2tf"]}),
     Route("jax", "tf_saved_model", "rehost",
           "re-host on tensorflow (child process) -> tf.function -> tf.saved_model "
-          "(models with TensorFlow lookup layers)",
+          "(models with TensorFlow lookup layers, Keras float8 layers)",
           rehost_export_for("tf_saved_model", "tensorflow"), _TF, "tensorflow",
           host="tensorflow"),
     Route("torch", "tf_saved_model", "rehost",
@@ -143,23 +198,24 @@ _ROUTES: list[Route] = [
           rehost_export_for("tf_saved_model", "tensorflow"), _TF, "tensorflow",
           host="tensorflow"),
     Route("tensorflow", "onnx", "native", "tf.function -> tf2onnx",
-          onnx.export_tensorflow, _TF2ONNX, "onnx"),
+          onnx.export_tensorflow, _TF2ONNX, "onnx", refuses={"float8": _NO_FLOAT8["tf2onnx"]}),
     Route("torch", "onnx", "native",
           "torch.export -> torch.onnx (re-host on tensorflow for a dynamic recurrent time axis)",
           onnx.export_torch, ("torch", "onnx", "onnxscript"), "onnx",
-          check=onnx.in_process_problem),
+          check=onnx.in_process_problem,
+          refuses={"int8": _TORCH_ONNX, "int4": _TORCH_ONNX, "float8": _NO_FLOAT8["onnx"]}),
     Route("jax", "onnx", "native",
           "jax2onnx, kept when ONNX Runtime matches the live model (recurrent models and "
           "graphs it cannot write or ONNX Runtime cannot run: re-host on tensorflow)",
           onnx.export_jax,
           ("jax2onnx", "onnx", "onnxruntime", "onnxscript", "tensorflow", "tf2onnx"), "onnx",
-          check=onnx.in_process_problem),
+          check=onnx.in_process_problem, refuses={"float8": _NO_FLOAT8["onnx"]}),
     Route("jax", "onnx", "rehost", "re-host on tensorflow (child process) -> tf2onnx",
           rehost_export_for("onnx", "tensorflow", onnx.rehost_options), _TF2ONNX, "onnx",
-          host="tensorflow"),
+          host="tensorflow", refuses={"float8": _NO_FLOAT8["tf2onnx"]}),
     Route("torch", "onnx", "rehost", "re-host on tensorflow (child process) -> tf2onnx",
           rehost_export_for("onnx", "tensorflow", onnx.rehost_options), _TF2ONNX, "onnx",
-          host="tensorflow"),
+          host="tensorflow", refuses={"float8": _NO_FLOAT8["tf2onnx"]}),
 ]
 
 
@@ -199,6 +255,14 @@ def usable(backend: str, format: str, model: Any | None = None) -> list[Route]:
     found = [r for r, p in zip(candidates, problems, strict=True) if not p]
     if found:
         return found
+    if candidates and model is not None and all(r.quantized_problem(model) for r in candidates):
+        raise QuantizedModelError(
+            f"Expected a model whose Keras-quantized layers format={format!r} can hold on "
+            f"the {backend} backend. Received: "
+            + "; ".join(sorted({r.quantized_problem(model) for r in candidates}))
+            + f". Formats that hold this model on the {backend} backend: "
+            f"{holding_formats(backend, model)}. Nothing was written; kexport never "
+            f"writes a dequantized float artifact in place of a quantized model.")
     if candidates:
         reasons = "; ".join(f"{r.kind} ({r.via}): {p}"
                             for r, p in zip(candidates, problems, strict=True))
@@ -211,6 +275,13 @@ def usable(backend: str, format: str, model: Any | None = None) -> list[Route]:
         f"available yet. Backends with a route to it: {others}. Next step: "
         f"load the model with KERAS_BACKEND set to one of them and export there."
     )
+
+
+def holding_formats(backend: str, model: Any) -> list[str]:
+    """The formats with a route from ``backend`` that holds every layer Keras
+    quantized in ``model`` (packages and other model checks aside)."""
+    return [f for f in FORMATS
+            if any(not r.quantized_problem(model) for r in routes(backend, f))]
 
 
 def resolve(backend: str, format: str, model: Any | None = None) -> Route:
