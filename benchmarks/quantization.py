@@ -7,13 +7,14 @@ Three models, each trained briefly here (seeded):
   digits classifier of the targets;
 - ``transformer``: a two-block Transformer encoder (multi-head self-attention,
   feed-forward, layer norms, learned positions) classifying generated
-  sequences of 32 steps x 16 features into 4 classes;
+  sequences of 32 steps x 16 features into 8 classes;
 - ``lstm``: a one-layer LSTM (64 units) classifying generated sequences of 20
-  steps x 8 features into 4 classes.
+  steps x 8 features into 8 classes.
 
-The generated data sets are labelled by a fixed random "teacher" (a function of
-the sequence), so the students learn a real decision rule and their logits are
-confident where the data are clear, as trained models' are.
+The generated sequences (:func:`sequence_data`) hold one smooth random
+pattern per class, shifted in time and buried in noise: the models learn a
+real decision rule and give confident logits where the pattern is clear, as
+trained models do.
 
 For every format that quantizes (``kexport.artifact.quantization.supported_modes``
 says which; a format that starts quantizing appears here on the next run) and
@@ -66,7 +67,7 @@ MODELS = ("cnn", "transformer", "lstm")
 DIGITS_MODEL = "cnn"          # the digits classifier of the targets
 CALIBRATION_ROWS, CALIBRATION_BATCH = 256, 32
 BATCHES = (1, 32)
-EPOCHS = {"cnn": 12, "transformer": 6, "lstm": 6}
+EPOCHS = {"cnn": 12, "transformer": 3, "lstm": 6}
 
 
 # -- targets and verdicts (pure logic) ---------------------------------------------------
@@ -268,22 +269,25 @@ def digits_data() -> dict[str, Any]:
 
 
 def sequence_data(steps: int, features: int, classes: int, seed: int,
-                  n_train: int = 2400, n_test: int = 480) -> dict[str, Any]:
-    """Generated sequences labelled by a fixed random teacher.
+                  n_train: int = 2000, n_test: int = 480, amplitude: float = 0.5
+                  ) -> dict[str, Any]:
+    """Generated sequences: one smooth random pattern per class, shifted in time by
+    0-4 steps, scaled by ``amplitude`` and buried in unit Gaussian noise.
 
-    The teacher: a random projection of each step, a running (cumulative) sum
-    over time, a nonlinearity, and the argmax over ``classes`` of a second
-    projection of its last and middle steps: order-dependent, so the LSTM
-    and the attention layers have something to learn.
+    The label is the pattern's class, so a model trained on it gets a real
+    decision rule with confident logits where the pattern is clear (about 95%
+    held-out accuracy after the few epochs here), as a deployed classifier does.
     """
     import numpy as np
 
     rng = np.random.default_rng(seed)
-    w1 = rng.normal(size=(features, 16)) / np.sqrt(features)
-    w2 = rng.normal(size=(32, classes))
-    x = rng.normal(size=(n_train + n_test, steps, features)).astype("float32")
-    h = np.tanh(np.cumsum(x @ w1, axis=1) / np.sqrt(steps))
-    y = np.argmax(np.concatenate([h[:, -1], h[:, steps // 2]], axis=1) @ w2, axis=1)
+    patterns = rng.normal(size=(classes, steps + 8, features))
+    patterns = (patterns + np.roll(patterns, 1, axis=1) + np.roll(patterns, 2, axis=1)) / 3 ** .5
+    n = n_train + n_test
+    y = rng.integers(0, classes, n)
+    steps_at = rng.integers(0, 5, n)[:, None] + np.arange(steps)[None]
+    x = (amplitude * patterns[y[:, None], steps_at]
+         + rng.normal(size=(n, steps, features))).astype("float32")
     return {"x_train": x[:n_train], "y_train": y[:n_train].astype("int32"),
             "x_test": x[n_train:], "y_test": y[n_train:].astype("int32"), "classes": classes}
 
@@ -317,7 +321,7 @@ def build_cnn() -> Any:
     return keras.Model(inputs, outputs, name="resnet_digits")
 
 
-def build_transformer(steps: int = 32, features: int = 16, classes: int = 4,
+def build_transformer(steps: int = 32, features: int = 16, classes: int = 8,
                       dim: int = 64, heads: int = 4, blocks: int = 2) -> Any:
     import keras
 
@@ -343,7 +347,7 @@ def build_transformer(steps: int = 32, features: int = 16, classes: int = 4,
     return keras.Model(inputs, outputs, name="encoder")
 
 
-def build_lstm(steps: int = 20, features: int = 8, classes: int = 4, units: int = 64) -> Any:
+def build_lstm(steps: int = 20, features: int = 8, classes: int = 8, units: int = 64) -> Any:
     import keras
 
     inputs = keras.Input((steps, features), name="sequence")
@@ -361,10 +365,10 @@ def make(name: str) -> tuple[Any, dict[str, Any]]:
     if name == "cnn":
         data, model = digits_data(), build_cnn()
     elif name == "transformer":
-        data, model = sequence_data(32, 16, 4, seed=1), build_transformer()
+        data, model = sequence_data(32, 16, 8, seed=1), build_transformer()
     else:
-        data, model = sequence_data(20, 8, 4, seed=2), build_lstm()
-    model.compile(keras.optimizers.Adam(2e-3),
+        data, model = sequence_data(20, 8, 8, seed=2), build_lstm()
+    model.compile(keras.optimizers.Adam(1e-3),
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     start = time.perf_counter()
     model.fit(data["x_train"], data["y_train"], epochs=EPOCHS[name], batch_size=32, verbose=0)
