@@ -27,9 +27,10 @@ OpenVINO compiled for the CPU at ``INFERENCE_PRECISION_HINT`` f32 unless the
 artifact's mode asks otherwise) and measures:
 
 - artifact size, and its ratio to the float artifact of the same format;
-- p50 latency at batch 1 and 32, and the float artifact's over it (the
-  speed-up); the artifacts of one model and format are timed in interleaved
-  rounds so a busy neighbour on the shared cores slows them alike;
+- p50 latency at batch 1 and 32, and the speed-up over the float artifact:
+  the artifacts of one model and format are called in turn, one call each,
+  and the speed-up is the median of the paired ratios (float call time / this
+  call time), so a busy neighbour on shared cores slows both sides alike;
 - top-1 agreement and SQNR (dB) of the artifact's logits against the float
   Keras model's on a fixed held-out set (``kexport.check.compare.quality``);
 - export time; the precision the runtime reports it computes in.
@@ -237,7 +238,8 @@ def render_text(result: Mapping[str, Any]) -> str:
 
 
 def derive(rows: list[dict[str, Any]]) -> None:
-    """Fill each quantized row's ratios to the float row of its model and format."""
+    """Fill each quantized row's ratios to the float row of its model and format
+    (the speed-up: the child's paired median when measured, else the ratio of p50s)."""
     floats = {(r["model"], r["format"]): r for r in rows
               if r.get("mode") is None and r.get("status") == "ok"}
     for r in rows:
@@ -248,7 +250,9 @@ def derive(rows: list[dict[str, Any]]) -> None:
             r["size_ratio"] = r["size"] / base["size"]
         for b in BATCHES:
             mine, theirs = r.get(f"p50_b{b}_ms"), base.get(f"p50_b{b}_ms")
-            if mine and theirs:
+            if r.get(f"paired_speedup_b{b}") is not None:
+                r[f"speedup_b{b}"] = r[f"paired_speedup_b{b}"]
+            elif mine and theirs:
                 r[f"speedup_b{b}"] = theirs / mine
 
 
@@ -453,6 +457,7 @@ def measure_in_child(rows: list[dict[str, Any]], x: Any, reps: dict[str, int],
         return
     spec = {"artifacts": [{"key": i, "path": r["path"], "group": r["format"]}
                           for i, r in enumerate(todo)],
+            "base": {r["format"]: i for i, r in enumerate(todo) if r.get("mode") is None},
             "x": os.path.join(folder, "x.npy"), "out": os.path.join(folder, "outputs.npz"),
             "reps": reps}
     np.save(spec["x"], x)
@@ -506,27 +511,31 @@ def child(spec_path: str) -> int:
         except Exception as e:
             found[key] = {"error": f"FAIL: {type(e).__name__}: "
                                    f"{(str(e).splitlines() or [''])[0]}"}
-    # interleaved rounds per group (one model and format): a busy neighbour slows all alike
+    # One call of each artifact of a group (one model and format) in turn, the float
+    # artifact first: a busy neighbour on the shared cores slows neighbouring calls
+    # alike, so the speed-up is the median of the paired ratios (float call / this call).
     for batch in BATCHES:
         feed = np.ascontiguousarray(x[:batch])
         groups: dict[str, list[str]] = {}
         for a in spec["artifacts"]:
             if str(a["key"]) in loaded:
                 groups.setdefault(a["group"], []).append(str(a["key"]))
-        calls = reps[f"b{batch}"]
-        for keys in groups.values():
+        for group, keys in groups.items():
             times: dict[str, list[float]] = {k: [] for k in keys}
             for k in keys:
                 loaded[k](feed)       # warm-up
-            for _ in range(reps["rounds"]):
+            for _ in range(reps[f"b{batch}"]):
                 for k in keys:
                     fn = loaded[k]
-                    for _ in range(calls):
-                        start = time.perf_counter()
-                        fn(feed)
-                        times[k].append(time.perf_counter() - start)
+                    start = time.perf_counter()
+                    fn(feed)
+                    times[k].append(time.perf_counter() - start)
+            base = str(spec["base"][group]) if group in spec["base"] else None
             for k in keys:
                 found[k][f"p50_b{batch}_ms"] = float(np.median(times[k]) * 1000)
+                if base in times and k != base:
+                    found[k][f"paired_speedup_b{batch}"] = float(
+                        np.median(np.asarray(times[base]) / np.asarray(times[k])))
     np.savez(spec["out"], **outputs)
     print(json.dumps(found))
     return 0
@@ -556,7 +565,7 @@ def run(models: list[str], wanted_formats: list[str] | None, quick: bool) -> dic
 
     backend = keras.backend.backend()
     formats = candidate_formats(backend, wanted_formats)
-    reps = ({"rounds": 3, "b1": 15, "b32": 4} if quick else {"rounds": 5, "b1": 40, "b32": 10})
+    reps = {"b1": 60, "b32": 20} if quick else {"b1": 300, "b32": 80}
     result: dict[str, Any] = {
         "backend": backend, "quick": quick, "formats": formats, "modes": list(MODES),
         "supported_modes": {f: list(supported_modes(f)) for f in formats},

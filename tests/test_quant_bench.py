@@ -13,8 +13,8 @@ import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks"))
 
-import quant_matrix  # noqa: E402
-import quantization as qbench  # noqa: E402
+import quant_matrix
+import quantization as qbench
 
 pytestmark = pytest.mark.fast
 
@@ -36,6 +36,15 @@ def test_derive_takes_ratios_against_the_float_row_of_the_same_model_and_format(
     assert rows[3]["size_ratio"] == pytest.approx(0.25)
     assert rows[3]["speedup_b32"] == pytest.approx(0.5)
     assert "size_ratio" not in rows[0]
+
+
+def test_derive_prefers_the_paired_speed_up_measured_call_by_call():
+    rows = [_row("lstm", "onnx", None, size=100, p50_b1_ms=1.0, p50_b32_ms=4.0),
+            _row("lstm", "onnx", "int8", size=50, p50_b1_ms=1.0, p50_b32_ms=2.0,
+                 paired_speedup_b32=1.7)]
+    qbench.derive(rows)
+    assert rows[1]["speedup_b32"] == 1.7
+    assert rows[1]["speedup_b1"] == pytest.approx(1.0)
 
 
 def test_verdicts_pass_miss_and_not_applicable():
