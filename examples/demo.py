@@ -10,7 +10,13 @@ Run from the repository root: ``scripts/setup.sh && .venv/bin/python examples/de
    appear here by themselves;
 4. reloads each artifact with ``kexport.load`` and prints: format, size,
    export time, max error from verification, held-out accuracy of the artifact
-   next to the Keras model's, and p50 latency at batch 1.
+   next to the Keras model's, top-1 agreement and SQNR against the Keras
+   model, and p50 latency at batch 1;
+5. for every format that quantizes (``kexport.artifact.quantization.supported_modes``),
+   one quantized row under its float row: the last mode the format writes in
+   ``MODES`` order (``int8``, calibrated on 256 training images passed as
+   ``--quantize int8 --calibration FILE.npz``), verified by the CLI against
+   the mode's thresholds and measured the same way.
 
 Set ``KERAS_BACKEND`` to run it from the JAX or PyTorch backend. Like the CLI it
 prints only its own lines; ``-v`` lets the frameworks print their start-up logs
@@ -27,8 +33,8 @@ import tempfile
 import time
 
 
-def train(seed: int = 0) -> tuple[object, object, object, float, float]:
-    """A small MLP on digits; returns (model, x_test, y_test, accuracy, seconds)."""
+def train(seed: int = 0) -> tuple[object, object, object, object, float, float]:
+    """A small MLP on digits; returns (model, x_train, x_test, y_test, accuracy, seconds)."""
     import keras
     import numpy as np
     from sklearn.datasets import load_digits
@@ -52,7 +58,7 @@ def train(seed: int = 0) -> tuple[object, object, object, float, float]:
     seconds = time.perf_counter() - start
     probs = keras.ops.convert_to_numpy(model(x_test, training=False))
     accuracy = float(np.mean(probs.argmax(axis=1) == y_test))
-    return model, x_test, y_test, accuracy, seconds
+    return model, x_train, x_test, y_test, accuracy, seconds
 
 
 def p50_ms(fn: object, runs: int = 200) -> float:
@@ -85,15 +91,25 @@ def candidate_formats(backend: str) -> list[tuple[str, str]]:
     return out
 
 
-def export_with_cli(keras_path: str, format: str, out: str) -> tuple[int, dict]:
+def export_with_cli(keras_path: str, format: str, out: str,
+                    extra: list[str] | None = None) -> tuple[int, dict]:
     """``python -m kexport export ... --json`` (verification on); (exit code, JSON)."""
     proc = subprocess.run(
         [sys.executable, "-m", "kexport", "export", keras_path, "--format", format,
-         "-o", out, "--json"], capture_output=True, text=True)
+         "-o", out, "--json", *(extra or [])], capture_output=True, text=True)
     try:
         return proc.returncode, json.loads(proc.stdout)
     except ValueError:
         return proc.returncode, {"ok": False, "error": {"message": proc.stderr[-800:]}}
+
+
+def quantized_mode(format: str) -> str | None:
+    """The mode of the format's quantized row: the last of ``MODES`` it writes
+    (``int8`` where it does), ``None`` for a format that does not quantize."""
+    from kexport.artifact.quantization import MODES, supported_modes
+
+    written = [m for m in MODES if m in supported_modes(format)]
+    return written[-1] if written else None
 
 
 def table(rows: list[list[str]]) -> str:
@@ -111,51 +127,84 @@ def main() -> int:
     import kexport
     from kexport import routing
     from kexport._summary import human_size
+    from kexport.artifact.quantization import CALIBRATED
+    from kexport.check.compare import quality
+    from kexport.check.tolerance import QUANTIZED
 
     backend = keras.backend.backend()
     print(f"kexport demo on the {backend} backend")
-    model, x_test, y_test, keras_acc, fit_s = train()
+    model, x_train, x_test, y_test, keras_acc, fit_s = train()
     print(f"trained a digits MLP in {fit_s:.1f}s; held-out accuracy {keras_acc:.4f} "
           f"({len(y_test)} images)")
     one = x_test[:1]
     keras_p50 = p50_ms(lambda: model(one, training=False), runs=50)
+    keras_probs = keras.ops.convert_to_numpy(model(x_test, training=False))
 
     rows = [["format", "size", "export s", "verified", "max abs err", "accuracy",
-             "keras acc", "p50 ms (b=1)"]]
+             "keras acc", "top-1 agree", "SQNR dB", "p50 ms (b=1)"]]
     rows.append([f"keras ({backend})", "-", "-", "-", "-", f"{keras_acc:.4f}",
-                 f"{keras_acc:.4f}", f"{keras_p50:.3f}"])
+                 f"{keras_acc:.4f}", "-", "-", f"{keras_p50:.3f}"])
     notes = []
     failed = False
+    quantized_s = 0.0
     with tempfile.TemporaryDirectory(prefix="kexport-demo-") as tmp:
         keras_path = os.path.join(tmp, "digits.keras")
         model.save(keras_path)
+        calibration = os.path.join(tmp, "calibration.npz")
+        # one batch keyed by input name (the demo model has one input)
+        np.savez(calibration, **{model.inputs[0].name: x_train[:256]})
         for format, skip in candidate_formats(backend):
             if skip:
                 notes.append(f"{format}: skipped ({skip})")
                 continue
-            out = os.path.join(tmp, "digits_" + format + routing.FORMATS[format].suffix)
-            print(f"exporting {format} through the CLI (with verification)...", flush=True)
-            code, data = export_with_cli(keras_path, format, out)
-            if code != 0 or not data.get("ok"):
-                failed = True
-                message = (data.get("error") or {}).get("message", "verification failed")
-                notes.append(f"{format}: exit code {code}: {str(message).splitlines()[0]}")
-                rows.append([format, "-", "-", "FAILED", "-", "-", f"{keras_acc:.4f}", "-"])
-                continue
-            artifact = kexport.load(out)
-            probs = artifact(x_test)[artifact.endpoints[artifact.default_endpoint].output_names[0]]
-            acc = float(np.mean(np.asarray(probs).argmax(axis=1) == y_test))
-            latency = p50_ms(lambda a=artifact: a(one))
-            report = data["verification"]
-            max_err = max(float(r["max_abs"]) for r in report["summary"])
-            rows.append([format, human_size(data["size"]), f"{data['export_seconds']:.2f}",
-                         "pass", f"{max_err:.2e}", f"{acc:.4f}", f"{keras_acc:.4f}",
-                         f"{latency:.3f}"])
-            if abs(acc - keras_acc) > 0.005:
-                failed = True
-                notes.append(f"{format}: accuracy differs from the Keras model's")
+            mode = quantized_mode(format)
+            for quantization in (None, mode) if mode else (None,):
+                label = format + (f" {quantization}" if quantization else "")
+                out = os.path.join(tmp, "digits_" + format + (f"_{quantization}" if quantization
+                                   else "") + routing.FORMATS[format].suffix)
+                extra = []
+                if quantization:
+                    extra = ["--quantize", quantization]
+                    if quantization in CALIBRATED:
+                        extra += ["--calibration", calibration]
+                print(f"exporting {label} through the CLI (with verification)...", flush=True)
+                start = time.perf_counter()
+                code, data = export_with_cli(keras_path, format, out, extra)
+                if quantization:
+                    quantized_s += time.perf_counter() - start
+                if code != 0 or not data.get("ok"):
+                    failed = True
+                    message = (data.get("error") or {}).get("message", "verification failed")
+                    notes.append(f"{label}: exit code {code}: {str(message).splitlines()[0]}")
+                    rows.append([label, "-", "-", "FAILED", "-", "-", f"{keras_acc:.4f}", "-",
+                                 "-", "-"])
+                    continue
+                artifact = kexport.load(out)
+                name = artifact.endpoints[artifact.default_endpoint].output_names[0]
+                probs = np.asarray(artifact(x_test)[name])
+                acc = float(np.mean(probs.argmax(axis=1) == y_test))
+                q = quality(keras_probs, probs, scores=True)
+                latency = p50_ms(lambda a=artifact: a(one))
+                report = data["verification"]
+                max_err = max(float(r["max_abs"]) for r in report["summary"])
+                rows.append([label, human_size(data["size"]), f"{data['export_seconds']:.2f}",
+                             "pass", f"{max_err:.2e}", f"{acc:.4f}", f"{keras_acc:.4f}",
+                             f"{q.top1:.4f}" if q is not None and q.top1 is not None else "-",
+                             f"{q.sqnr_db:.1f}" if q is not None else "-", f"{latency:.3f}"])
+                if not quantization and abs(acc - keras_acc) > 0.005:
+                    failed = True
+                    notes.append(f"{format}: accuracy differs from the Keras model's")
+                # a quantized artifact: within its mode's top-1 threshold (the one the
+                # CLI's verification applied on the calibration data), here on held-out data
+                allowed = QUANTIZED[quantization].top1 if quantization else None
+                if allowed is not None and (q is None or q.top1 is None or q.top1 < allowed):
+                    failed = True
+                    notes.append(f"{label}: top-1 agreement with the Keras model below "
+                                 f"{allowed:g}")
     print()
     print(table(rows))
+    if quantized_s:
+        notes.append(f"the quantized rows' exports and checks took {quantized_s:.0f}s")
     for note in notes:
         print("note:", note)
     print("demo:", "FAILED" if failed else "OK")
