@@ -26,6 +26,7 @@ from kexport.errors import (
     CaptureError,
     CaptureValueError,
     KexportError,
+    LocalizationError,
     QuantizationError,
     SignatureError,
     SignatureTypeError,
@@ -35,6 +36,7 @@ from kexport.errors import (
     VerificationError,
     WriteError,
 )
+from kexport.localize import localize
 from kexport.routing import routes
 from kexport.runtime import Artifact, load
 from kexport.verify import VerificationReport, verify
@@ -46,6 +48,7 @@ __all__ = [
     "CaptureValueError",
     "ExportArchive",
     "KexportError",
+    "LocalizationError",
     "QuantizationError",
     "SignatureError",
     "SignatureTypeError",
@@ -63,6 +66,7 @@ __all__ = [
     "export_saved_model",
     "export_torch",
     "load",
+    "localize",
     "routes",
     "verify",
 ]

@@ -24,6 +24,7 @@ __all__ = [
     "CaptureError",
     "CaptureValueError",
     "KexportError",
+    "LocalizationError",
     "QuantizationError",
     "RouteRefused",
     "SampleDataError",
@@ -122,6 +123,12 @@ class VerificationError(KexportError, AssertionError):
     def __init__(self, message: str, report: object | None = None) -> None:
         super().__init__(message)
         self.report = report
+
+
+class LocalizationError(KexportError, ValueError):
+    """:func:`kexport.localize` cannot probe this model or artifact: the model
+    calls no Keras sublayer (no intermediate tensors to compare), or the
+    format's runtime cannot run the probe (a ``ValueError``)."""
 
 
 def describe(value: object) -> str:
