@@ -17,10 +17,18 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import kexport.check.probe as probe_module
 from kexport import routing
+from kexport.artifact import (
+    MANIFEST_NAME,
+    SAVED_MODEL_MANIFEST,
+    read_openvino_metadata,
+    read_torch_program_metadata,
+    strict_json,
+)
 from kexport.artifact.quantization import check_quantization
 from kexport.check.localization import LocalizationReport, rows_from
 from kexport.check.policy import policy_for
@@ -46,8 +54,29 @@ __all__ = ["localize"]
 _CALIBRATION_BATCHES = 4
 
 
+def _manifest_file(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The manifest of a folder artifact (a SavedModel's, a generic ``kexport.json``;
+    not an ONNX archive's, whose graphs hold their quantization record)."""
+    folder = Path(os.fspath(path))
+    for name in (SAVED_MODEL_MANIFEST, MANIFEST_NAME) if folder.is_dir() else ():
+        if (folder / name).is_file():
+            return strict_json((folder / name).read_bytes(), what=f"'{folder / name}'")
+    return None
+
+
+#: What an artifact says about itself, read without its runtime where a file
+#: holds it as JSON; other artifacts (an ONNX file's metadata_props, a LiteRT
+#: flatbuffer) are opened by their runtime in a fresh process.
+_READERS = (_manifest_file, read_openvino_metadata, read_torch_program_metadata)
+
+
 def _metadata(path: str | os.PathLike[str], timeout: float) -> dict[str, Any]:
-    """What the artifact says about itself, read by its runtime in a fresh process."""
+    """What the artifact says about itself (its manifest: format, backend, route,
+    quantization, opset...)."""
+    for reader in _READERS:
+        found = reader(path)
+        if found:
+            return dict(found)
     worker = Worker("kexport.runtime._worker", marker=MARKER, lifetime=timeout,
                     name="kexport-localize")
     try:
@@ -190,8 +219,6 @@ def localize(model: Any, artifact_path: str | os.PathLike[str], data: Any | None
                            input_signature=probe_signature, **export_options)
         report = verify(probe, target, store=False, seed=seed, timeout=timeout,
                         data=probe_data, scores=[])
-    if os.environ.get("KEXPORT_LOCALIZE_DEBUG"):
-        print(report.table())
     if report.error is not None:
         raise LocalizationError(
             f"The probe of {type(model).__name__} '{model.name}' could not be run by the "

@@ -188,9 +188,20 @@ def _probe_class() -> type:
             args = tuple(inputs) if self.spread else (inputs,)
             with recording(self.probed) as recorder:
                 infer(self.probed, *args)
-            calls = recorder.calls
-            return [getattr(calls[c], "inputs" if kind == "in" else "outputs")[p]
-                    for c, kind, p in self.slots]
+            import keras
+
+            calls, outputs, emitted = recorder.calls, [], set()
+            for c, kind, p in self.slots:
+                tensor = getattr(calls[c], "inputs" if kind == "in" else "outputs")[p]
+                if id(tensor) in emitted:
+                    # one tensor returned twice (a layer that passes its input
+                    # through): a copy, as some converters refuse repeated outputs
+                    # (OpenVINO's PyTorch frontend refuses a clone too: ``* 1``)
+                    floating = "float" in keras.backend.standardize_dtype(tensor.dtype)
+                    tensor = tensor * 1.0 if floating else keras.ops.copy(tensor)
+                emitted.add(id(tensor))
+                outputs.append(tensor)
+            return outputs
 
     Probe.__module__ = __name__
     Probe.__qualname__ = "Probe"
