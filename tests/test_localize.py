@@ -120,15 +120,11 @@ def test_correct_artifact_has_no_culprit(tmp_path):
 
 
 @pytest.mark.backends("tensorflow")
-@pytest.mark.parametrize("format, mode", [("onnx", "float16"), ("litert", "int8")])
+@pytest.mark.parametrize("format, mode", [("onnx", "float16"), ("litert", "dynamic_int8")])
 def test_quantized_artifact_rows_use_its_thresholds(planted, tmp_path, format, mode):
-    rng = np.random.default_rng(3)
-    calibration = [rng.normal(size=(4, 6)).astype("float32") for _ in range(4)]
-    options = {"quantization": mode}
-    if mode == "int8":
-        options["calibration_data"] = calibration
-    path = _export(planted, str(tmp_path), format, **options)
-    report = kexport.localize(planted, path, **({"calibration_data": calibration} if mode == "int8" else {}))
+    data = np.random.default_rng(3).normal(size=(64, 6)).astype("float32")
+    path = _export(planted, str(tmp_path), format, quantization=mode)
+    report = kexport.localize(planted, path, data=data)
     assert report.quantization == mode
     assert report.culprit == CULPRIT, report.table()
     assert all(r.tolerance == QUANTIZED[mode].to_json() for r in report.layers)
