@@ -26,6 +26,7 @@ from kexport.errors import (
     CaptureError,
     CaptureValueError,
     KexportError,
+    LocalizationError,
     QuantizationError,
     QuantizedModelError,
     SignatureError,
@@ -36,6 +37,7 @@ from kexport.errors import (
     VerificationError,
     WriteError,
 )
+from kexport.localize import localize
 from kexport.routing import routes
 from kexport.runtime import Artifact, load
 from kexport.verify import VerificationReport, verify
@@ -47,6 +49,7 @@ __all__ = [
     "CaptureValueError",
     "ExportArchive",
     "KexportError",
+    "LocalizationError",
     "QuantizationError",
     "SignatureError",
     "SignatureTypeError",
@@ -65,6 +68,7 @@ __all__ = [
     "export_saved_model",
     "export_torch",
     "load",
+    "localize",
     "routes",
     "verify",
 ]

@@ -25,6 +25,7 @@ __all__ = [
     "CaptureValueError",
     "KexportError",
     "LayerMappingError",
+    "LocalizationError",
     "QuantizationError",
     "QuantizedModelError",
     "RouteRefused",
@@ -141,6 +142,12 @@ class VerificationError(KexportError, AssertionError):
     def __init__(self, message: str, report: object | None = None) -> None:
         super().__init__(message)
         self.report = report
+
+
+class LocalizationError(KexportError, ValueError):
+    """:func:`kexport.localize` cannot probe this model or artifact: the model
+    calls no Keras sublayer (no intermediate tensors to compare), or the
+    format's runtime cannot run the probe (a ``ValueError``)."""
 
 
 def describe(value: object) -> str:

@@ -144,6 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unsafe", action="store_true", help="Keras safe mode OFF")
     p.add_argument("--no-store", action="store_true",
                    help="do not store the report inside the artifact")
+    p.add_argument("--localize", action="store_true",
+                   help="also name the first Keras layer whose outputs the artifact gets "
+                        "wrong (a probe through the artifact's route, compared layer by "
+                        "layer; JSON: key 'localization')")
     _data(p)
     _tolerances(p)
     _common(p, backend=True)

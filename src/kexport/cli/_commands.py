@@ -198,7 +198,13 @@ def verify(args: argparse.Namespace, progress: Progress) -> int:
                                 precision=args.precision, data=sample_data,
                                 scores=args.scores, seed=args.seed,
                                 store=not args.no_store)
-    _emit(args, report.to_json(), report.table())
+    data, text = report.to_json(), report.table()
+    if args.localize:
+        with progress.step("Localising layer by layer"):
+            found = kexport.localize(model, args.artifact, data=sample_data, seed=args.seed)
+        data["localization"] = found.to_json()
+        text = f"{text}\n\n{found.table()}"
+    _emit(args, data, text)
     return EXIT_OK if report.ok else EXIT_FAILED
 
 

@@ -201,8 +201,17 @@ def _named(model: Any, endpoint: TracedEndpoint) -> Any:
         ordered_out = [by_out.get(n) for n in out_names]
         if any(p is None for p in ordered_out) or len({id(p) for p in ordered_out}) != len(outs):
             ordered_out = outs
+        named: set[tuple[str, int]] = set()
         for port, name in zip(ordered_out, out_names, strict=True):
-            port.get_tensor().set_names({name})
+            # outputs that are one tensor (``return x, x``) share its names:
+            # renaming it again would lose the first output's name
+            source = port.get_node().input_value(0)
+            key = (source.get_node().get_friendly_name(), source.get_index())
+            if key in named:
+                port.get_tensor().add_names({name})
+            else:
+                port.get_tensor().set_names({name})
+                named.add(key)
     return model
 
 

@@ -33,7 +33,8 @@ from kexport.artifact.quantization import read_record
 from kexport.errors import ArtifactError, KexportError
 from kexport.runtime._base import Artifact, EndpointInfo, TensorInfo
 
-__all__ = ["PRECISIONS", "REPORT_KEY", "OnnxArtifact", "detect", "open", "store_report"]
+__all__ = ["PRECISIONS", "REPORT_KEY", "OnnxArtifact", "detect", "layer_ops", "open",
+           "store_report"]
 
 FORMAT = "onnx"
 PRECISIONS: tuple[str, ...] = ("float32",)
@@ -227,6 +228,35 @@ def _count(graph: Any, tally: dict[str, int]) -> None:
                 _count(attr.g, tally)
             for g in attr.graphs:
                 _count(g, tally)
+
+
+def layer_ops(path: str | os.PathLike[str], names: list[str], first: int = 5
+              ) -> dict[str, list[str]]:
+    """Layer name -> the first ``first`` op kinds (graph order, distinct) of the
+    default graph whose node name or metadata (the converter's name scopes:
+    tf2onnx's ``.../dense/MatMul``, torch.onnx's ``namespace``) holds that name
+    as one segment; layers no node names are left out (a converter that keeps
+    no scopes, e.g. jax2onnx, gives ``{}``). For :func:`kexport.localize`."""
+    import re
+
+    import onnx
+
+    files, default, _ = _graph_files(Path(path))
+    graph = onnx.load_model(os.fspath(files[default]), load_external_data=False).graph
+    wanted = set(names)
+    found: dict[str, list[str]] = {}
+    for node in graph.node:
+        text = " ".join([node.name, *(p.value for p in node.metadata_props)])
+        layers = set()
+        for segment in re.split(r"[/.:\s]+", text):
+            # TensorFlow name scopes add "_1" to a scope used again
+            if segment in wanted or (segment := re.sub(r"_\d+$", "", segment)) in wanted:
+                layers.add(segment)
+        for name in layers:
+            ops = found.setdefault(name, [])
+            if len(ops) < first and node.op_type not in ops:
+                ops.append(node.op_type)
+    return {n: ops for n, ops in found.items() if ops}
 
 
 def _graph_files(path: Path) -> tuple[dict[str, Path], str, dict[str, Any]]:
