@@ -35,6 +35,7 @@ from kexport.errors import (
     VerificationError,
     WriteError,
 )
+from kexport.reporting import report
 from kexport.routing import routes
 from kexport.runtime import Artifact, load
 from kexport.verify import VerificationReport, verify
@@ -63,6 +64,7 @@ __all__ = [
     "export_saved_model",
     "export_torch",
     "load",
+    "report",
     "routes",
     "verify",
 ]
