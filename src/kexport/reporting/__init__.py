@@ -1,6 +1,6 @@
 """One self-contained HTML report of a model and its artifacts: :func:`report`.
 
-:mod:`~kexport.reporting.collect` gathers the data (a JSON-able dict, what
+:mod:`~kexport.reporting.gather` gathers the data (a JSON-able dict, what
 ``--json`` writes), :mod:`~kexport.reporting.render` turns that dict into one
 HTML page with inline SVG histograms (:mod:`~kexport.reporting.svg`), and
 :mod:`~kexport.reporting.localization` holds the one call of the localiser.
@@ -18,7 +18,7 @@ from typing import Any
 from kexport._atomic import atomic_target
 from kexport.check.report import VerificationReport
 from kexport.errors import SignatureError, describe
-from kexport.reporting.collect import BATCH_SIZES, SCHEMA, SECONDS, collect
+from kexport.reporting.gather import BATCH_SIZES, SCHEMA, SECONDS, collect
 from kexport.reporting.render import render_html
 
 __all__ = ["SCHEMA", "collect", "render_html", "report", "write_json"]

@@ -104,7 +104,7 @@ def _quantization(section: Mapping[str, Any]) -> str:
 
 
 def render_html(data: Mapping[str, Any]) -> str:
-    """The page for a report's data (:func:`kexport.reporting.collect.collect`)."""
+    """The page for a report's data (:func:`kexport.reporting.gather.collect`)."""
     model = data.get("model", {})
     sections = data.get("artifacts", [])
     title = f"kexport report: {model.get('name')}"

@@ -1,6 +1,6 @@
 """The error histogram of one output as inline SVG (a few rects, no script).
 
-Input is a histogram of :func:`kexport.reporting.collect.histogram`; every
+Input is a histogram of :func:`kexport.reporting.gather.histogram`; every
 text is escaped.
 """
 
