@@ -10,7 +10,10 @@ Run from the repository root: ``scripts/setup.sh && .venv/bin/python examples/de
    appear here by themselves;
 4. reloads each artifact with ``kexport.load`` and prints: format, size,
    export time, max error from verification, held-out accuracy of the artifact
-   next to the Keras model's, and p50 latency at batch 1.
+   next to the Keras model's, and p50 latency at batch 1;
+5. runs ``kexport report MODEL.keras ARTIFACT... -o report.html`` on the model and
+   every artifact it wrote, and prints the path of that one HTML page (kept in
+   ``$TMPDIR/kexport-demo/``, or the folder given as ``--report-dir DIR``).
 
 Set ``KERAS_BACKEND`` to run it from the JAX or PyTorch backend. Like the CLI it
 prints only its own lines; ``-v`` lets the frameworks print their start-up logs
@@ -96,6 +99,22 @@ def export_with_cli(keras_path: str, format: str, out: str) -> tuple[int, dict]:
         return proc.returncode, {"ok": False, "error": {"message": proc.stderr[-800:]}}
 
 
+def report_with_cli(keras_path: str, artifacts: list[str], page: str) -> tuple[int, str]:
+    """``python -m kexport report MODEL.keras ARTIFACT... -o page --json page.json``."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "kexport", "report", keras_path, *artifacts, "-o", page,
+         "--json", os.path.splitext(page)[0] + ".json"], capture_output=True, text=True)
+    return proc.returncode, (proc.stdout or proc.stderr).strip()
+
+
+def report_dir() -> str:
+    """Where the report is kept after the demo's temporary folder is gone."""
+    args = sys.argv[1:]
+    if "--report-dir" in args and args.index("--report-dir") + 1 < len(args):
+        return args[args.index("--report-dir") + 1]
+    return os.path.join(tempfile.gettempdir(), "kexport-demo")
+
+
 def table(rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip()
@@ -126,6 +145,7 @@ def main() -> int:
                  f"{keras_acc:.4f}", f"{keras_p50:.3f}"])
     notes = []
     failed = False
+    written: list[str] = []
     with tempfile.TemporaryDirectory(prefix="kexport-demo-") as tmp:
         keras_path = os.path.join(tmp, "digits.keras")
         model.save(keras_path)
@@ -142,6 +162,7 @@ def main() -> int:
                 notes.append(f"{format}: exit code {code}: {str(message).splitlines()[0]}")
                 rows.append([format, "-", "-", "FAILED", "-", "-", f"{keras_acc:.4f}", "-"])
                 continue
+            written.append(out)
             artifact = kexport.load(out)
             probs = artifact(x_test)[artifact.endpoints[artifact.default_endpoint].output_names[0]]
             acc = float(np.mean(np.asarray(probs).argmax(axis=1) == y_test))
@@ -154,10 +175,22 @@ def main() -> int:
             if abs(acc - keras_acc) > 0.005:
                 failed = True
                 notes.append(f"{format}: accuracy differs from the Keras model's")
+        page = None
+        if written:
+            os.makedirs(report_dir(), exist_ok=True)
+            page = os.path.join(report_dir(), "report.html")
+            print(f"writing the report of {len(written)} artifacts through the CLI...",
+                  flush=True)
+            code, text = report_with_cli(keras_path, written, page)
+            if code != 0:
+                failed = True
+                notes.append(f"report: exit code {code}: {text.splitlines()[-1] if text else ''}")
     print()
     print(table(rows))
     for note in notes:
         print("note:", note)
+    if page is not None and os.path.isfile(page):
+        print(f"report: {page}")
     print("demo:", "FAILED" if failed else "OK")
     return 1 if failed else 0
 
