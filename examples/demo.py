@@ -16,7 +16,10 @@ Run from the repository root: ``scripts/setup.sh && .venv/bin/python examples/de
    one quantized row under its float row: the last mode the format writes in
    ``MODES`` order (``int8``, calibrated on 256 training images passed as
    ``--quantize int8 --calibration FILE.npz``), verified by the CLI against
-   the mode's thresholds and measured the same way.
+   the mode's thresholds and measured the same way;
+6. runs ``kexport report MODEL.keras ARTIFACT... -o report.html`` on the model and
+   every artifact it wrote, and prints the path of that one HTML page (kept in
+   ``$TMPDIR/kexport-demo/``, or the folder given as ``--report-dir DIR``).
 
 Set ``KERAS_BACKEND`` to run it from the JAX or PyTorch backend. Like the CLI it
 prints only its own lines; ``-v`` lets the frameworks print their start-up logs
@@ -112,6 +115,22 @@ def quantized_mode(format: str) -> str | None:
     return written[-1] if written else None
 
 
+def report_with_cli(keras_path: str, artifacts: list[str], page: str) -> tuple[int, str]:
+    """``python -m kexport report MODEL.keras ARTIFACT... -o page --json page.json``."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "kexport", "report", keras_path, *artifacts, "-o", page,
+         "--json", os.path.splitext(page)[0] + ".json"], capture_output=True, text=True)
+    return proc.returncode, (proc.stdout or proc.stderr).strip()
+
+
+def report_dir() -> str:
+    """Where the report is kept after the demo's temporary folder is gone."""
+    args = sys.argv[1:]
+    if "--report-dir" in args and args.index("--report-dir") + 1 < len(args):
+        return args[args.index("--report-dir") + 1]
+    return os.path.join(tempfile.gettempdir(), "kexport-demo")
+
+
 def table(rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip()
@@ -147,6 +166,7 @@ def main() -> int:
     notes = []
     failed = False
     quantized_s = 0.0
+    written: list[str] = []
     with tempfile.TemporaryDirectory(prefix="kexport-demo-") as tmp:
         keras_path = os.path.join(tmp, "digits.keras")
         model.save(keras_path)
@@ -179,6 +199,7 @@ def main() -> int:
                     rows.append([label, "-", "-", "FAILED", "-", "-", f"{keras_acc:.4f}", "-",
                                  "-", "-"])
                     continue
+                written.append(out)
                 artifact = kexport.load(out)
                 name = artifact.endpoints[artifact.default_endpoint].output_names[0]
                 probs = np.asarray(artifact(x_test)[name])
@@ -201,12 +222,24 @@ def main() -> int:
                     failed = True
                     notes.append(f"{label}: top-1 agreement with the Keras model below "
                                  f"{allowed:g}")
+        page = None
+        if written:
+            os.makedirs(report_dir(), exist_ok=True)
+            page = os.path.join(report_dir(), "report.html")
+            print(f"writing the report of {len(written)} artifacts through the CLI...",
+                  flush=True)
+            code, text = report_with_cli(keras_path, written, page)
+            if code != 0:
+                failed = True
+                notes.append(f"report: exit code {code}: {text.splitlines()[-1] if text else ''}")
     print()
     print(table(rows))
     if quantized_s:
         notes.append(f"the quantized rows' exports and checks took {quantized_s:.0f}s")
     for note in notes:
         print("note:", note)
+    if page is not None and os.path.isfile(page):
+        print(f"report: {page}")
     print("demo:", "FAILED" if failed else "OK")
     return 1 if failed else 0
 

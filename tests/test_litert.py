@@ -51,6 +51,15 @@ def test_kind_matches_live_model_in_fresh_process(exported, kind):
 
 
 @NATIVE
+def test_op_counts_count_each_builtin_operator(exported):
+    (_, _, path, _), _ = exported["mlp"]
+    counts = kexport.load(path).op_counts()["serve"]
+    # two Dense layers: two FULLY_CONNECTED ops, the kinds the writer recorded
+    assert counts["FULLY_CONNECTED"] == 2
+    assert set(counts) == set(read_litert_metadata(path)["operators"])
+
+
+@NATIVE
 def test_lstm_uses_builtin_ops_only(exported):
     (_, _, path, _), _ = exported["lstm"]
     meta = read_litert_metadata(path)

@@ -99,6 +99,13 @@ def test_kexport_load_runs_program_by_name(exported):
     assert artifact.format == "torch" and artifact.endpoints["serve"].input_names == ["a", "b"]
     xs, ref = want[0]
     np.testing.assert_allclose(artifact(xs)["y"], ref, atol=1e-5)
+    # ATen operators of the program: two Dense layers, two matrix products, one relu
+    (_, _, mlp_path, _), _ = exported["mlp"]
+    ops = kexport.load(mlp_path).op_counts()["serve"]
+    assert all(op.startswith("aten.") for op in ops)
+    assert sum(n for op, n in ops.items() if op.split(".")[1] in (
+        "matmul", "linear", "mm", "addmm")) == 2
+    assert ops["aten.relu.default"] == 1
 
 
 @pytest.mark.backends("torch")

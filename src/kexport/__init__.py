@@ -38,6 +38,7 @@ from kexport.errors import (
     WriteError,
 )
 from kexport.localize import localize
+from kexport.reporting import report
 from kexport.routing import routes
 from kexport.runtime import Artifact, load
 from kexport.verify import VerificationReport, verify
@@ -69,6 +70,7 @@ __all__ = [
     "export_torch",
     "load",
     "localize",
+    "report",
     "routes",
     "verify",
 ]

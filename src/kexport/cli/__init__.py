@@ -1,6 +1,6 @@
 """The ``kexport`` command line (also ``python -m kexport``).
 
-Verbs: ``export``, ``inspect``, ``verify``, ``bench``, ``formats``. Every verb
+Verbs: ``export``, ``inspect``, ``verify``, ``bench``, ``report``, ``formats``. Every verb
 takes ``--json`` for scripts (one JSON document, the only thing on stdout) and
 ``-v`` to let the frameworks print their own log lines and warnings, hidden
 otherwise (:mod:`kexport.cli._quiet`). Exit codes: 0 success, 1 verification
@@ -52,9 +52,15 @@ def _names(text: str) -> list[str]:
     return [n.strip() for n in text.split(",") if n.strip()]
 
 
-def _common(p: argparse.ArgumentParser, backend: bool = False) -> None:
-    p.add_argument("--json", action="store_true",
-                   help="print one JSON document on stdout and nothing else there")
+def _common(p: argparse.ArgumentParser, backend: bool = False, json_file: bool = False
+            ) -> None:
+    if json_file:
+        p.add_argument("--json", nargs="?", const="-", default=None, metavar="FILE",
+                       help="write the data as JSON to FILE; without FILE, print one JSON "
+                            "document on stdout and nothing else there")
+    else:
+        p.add_argument("--json", action="store_true",
+                       help="print one JSON document on stdout and nothing else there")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="let the frameworks print their own log lines and warnings "
                         "(hidden by default)")
@@ -121,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="calibration inputs for --quantize int8: one batch of typical "
                         "inputs keyed by input name (or arr_0, arr_1, ... in input order)")
     p.add_argument("--no-verify", action="store_true", help="skip verification")
+    p.add_argument("--report", metavar="REPORT.html",
+                   help="also write the HTML report of the artifact (see `kexport report`)")
     p.add_argument("--unsafe", action="store_true",
                    help="load the .keras file with Keras safe mode OFF (runs its Python code)")
     p.add_argument("--overwrite", action="store_true",
@@ -168,6 +176,27 @@ def build_parser() -> argparse.ArgumentParser:
     _precision(p)
     _common(p, backend=True)
 
+    p = sub.add_parser("report", help="one HTML report of a model and its artifacts",
+                       description="Verify each ARTIFACT against MODEL.keras (in a fresh "
+                                   "process) and write one self-contained HTML page: route, "
+                                   "files, endpoints, operators, verification table, error "
+                                   "histograms, latency next to the Keras model, "
+                                   "quantization, and where a failed artifact goes wrong. "
+                                   "Exit 1 when an artifact fails verification.")
+    p.add_argument("model", metavar="MODEL.keras")
+    p.add_argument("artifacts", metavar="ARTIFACT", nargs="+")
+    p.add_argument("-o", "--output", required=True, metavar="REPORT.html",
+                   help="where to write the page")
+    p.add_argument("--batch", type=_positive, nargs="+", default=[1, 8], metavar="N",
+                   help="batch sizes to time (default: 1 8)")
+    p.add_argument("--seconds", type=float, default=0.25,
+                   help="time budget per batch size and runner (default 0.25)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the generated inputs")
+    p.add_argument("--unsafe", action="store_true", help="Keras safe mode OFF")
+    _data(p)
+    _precision(p)
+    _common(p, backend=True, json_file=True)
+
     p = sub.add_parser("formats", help="the backend x format route table")
     _common(p)
     return parser
@@ -180,6 +209,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.verb is None:
         parser.print_help()
         return EXIT_USAGE
+    if args.verb == "report":
+        # `--json FILE` writes FILE; a bare `--json` prints on stdout as every verb does
+        given = args.json
+        args.json_file = given if given not in (None, "-") else None
+        args.json = given == "-"
     if getattr(args, "backend", None):
         os.environ["KERAS_BACKEND"] = args.backend
 

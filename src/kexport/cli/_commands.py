@@ -17,7 +17,6 @@ from kexport._summary import human_size, size_of
 from kexport.artifact import BACKENDS, FORMATS
 from kexport.check.live import live_reference
 from kexport.check.report import VerificationReport
-from kexport.check.samples import sample_inputs
 from kexport.cli._codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from kexport.cli._progress import Progress
 from kexport.cli._quiet import result_stream
@@ -28,7 +27,9 @@ from kexport.errors import (
     SignatureError,
     VerificationError,
 )
-from kexport.runtime import TensorInfo, runtime_formats
+from kexport.reporting import write_json
+from kexport.reporting.timing import bench_inputs, stats, time_calls
+from kexport.runtime import runtime_formats
 from kexport.signature import Spec
 
 __all__ = ["run"]
@@ -38,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     """Dispatch ``args.verb``; map typed errors to exit codes."""
     verbs: dict[str, Callable[[argparse.Namespace, Progress], int]] = {
         "export": export, "inspect": inspect, "verify": verify, "bench": bench,
-        "formats": formats,
+        "formats": formats, "report": report,
     }
     progress = Progress(False if args.json else None)
     try:
@@ -181,6 +182,13 @@ def export(args: argparse.Namespace, progress: Progress) -> int:
         lines.append(report.table())
     else:
         lines.append("Not verified (--no-verify).")
+    if args.report is not None:
+        with progress.step("Writing the report"):
+            kexport.report(model, [args.output], args.report, data=sample_data,
+                           seed=args.seed, precision=args.precision, model_file=args.model,
+                           verified={args.output: report} if not args.no_verify else None)
+        data["report"] = args.report
+        lines.append(f"Report: {args.report}")
     _emit(args, data, "\n".join(lines))
     return EXIT_OK if data["ok"] else EXIT_FAILED
 
@@ -261,37 +269,6 @@ def inspect(args: argparse.Namespace, progress: Progress) -> int:
 
 # -- bench ------------------------------------------------------------------
 
-def _time(fn: Callable[[], Any], seconds: float, min_runs: int = 5,
-          max_runs: int = 10_000) -> list[float]:
-    fn()  # warm-up (first-call compilation and allocation)
-    times: list[float] = []
-    deadline = time.perf_counter() + seconds
-    while len(times) < max_runs and (len(times) < min_runs or time.perf_counter() < deadline):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
-
-
-def _stats(times: list[float], batch: int) -> dict[str, float]:
-    import numpy as np
-
-    ms = np.asarray(times) * 1000.0
-    return {"p50_ms": float(np.percentile(ms, 50)), "p90_ms": float(np.percentile(ms, 90)),
-            "p99_ms": float(np.percentile(ms, 99)), "runs": len(times),
-            "throughput_per_s": float(batch * len(times) / max(sum(times), 1e-12))}
-
-
-def bench_inputs(endpoint: Any, batch: int, dim_size: int, seed: int = 0) -> dict[str, Any]:
-    """Random inputs: the leading dynamic dim is ``batch``, others ``dim_size``."""
-
-    fixed = [TensorInfo(t.name, tuple((batch if i == 0 else dim_size) if d is None else d
-                                      for i, d in enumerate(t.shape)), t.dtype)
-             for t in endpoint.inputs]
-    arrays = sample_inputs(fixed, 1, seed, endpoint=endpoint.name)
-    return dict(zip(endpoint.input_names, arrays, strict=True))
-
-
 def bench(args: argparse.Namespace, progress: Progress) -> int:
     """``kexport bench ARTIFACT [--batch N ...] [--model MODEL.keras]``."""
 
@@ -310,11 +287,11 @@ def bench(args: argparse.Namespace, progress: Progress) -> int:
     for batch in args.batch:
         feeds = bench_inputs(endpoint, batch, args.dim_size)
         with progress.step(f"Timing {artifact.format} at batch {batch}"):
-            row: dict[str, Any] = {"batch": batch, "artifact": _stats(
-                _time(lambda f=feeds: artifact.run(endpoint.name, f), args.seconds), batch)}
+            row: dict[str, Any] = {"batch": batch, "artifact": stats(
+                time_calls(lambda f=feeds: artifact.run(endpoint.name, f), args.seconds), batch)}
         if reference is not None:
             with progress.step(f"Timing the Keras model at batch {batch}"):
-                row["keras"] = _stats(_time(lambda f=feeds: reference(f), args.seconds), batch)
+                row["keras"] = stats(time_calls(lambda f=feeds: reference(f), args.seconds), batch)
         rows.append(row)
     data = {"format": artifact.format, "endpoint": endpoint.name,
             "precision": artifact.precision,
@@ -335,6 +312,34 @@ def bench(args: argparse.Namespace, progress: Progress) -> int:
     text += ["  ".join(v.rjust(w) for v, w in zip(r, widths, strict=True)) for r in table]
     _emit(args, data, "\n".join(text))
     return EXIT_OK
+
+
+# -- report -----------------------------------------------------------------
+
+def report(args: argparse.Namespace, progress: Progress) -> int:
+    """``kexport report MODEL.keras ARTIFACT... -o report.html [--json [FILE]]``."""
+
+    sample_data = load_data(args.data)
+    with progress.step("Loading model"):
+        model = load_model(args.model, args.unsafe)
+    with progress.step(f"Reporting on {len(args.artifacts)} artifact(s)"):
+        data = kexport.report(model, args.artifacts, args.output, data=sample_data,
+                              batch_sizes=args.batch, seconds=args.seconds, seed=args.seed,
+                              precision=args.precision, model_file=args.model)
+    if args.json_file is not None:
+        write_json(args.json_file, data)
+    lines = [f"Wrote report '{args.output}' on {len(data['artifacts'])} artifact(s) of "
+             f"model '{data['model']['name']}':"]
+    for s in data["artifacts"]:
+        latency = s["latency"][0] if isinstance(s["latency"], list) and s["latency"] else None
+        lines.append(f"  {s['name']}: {s['format']}, "
+                     + ("verified" if s["ok"] else "verification FAILED")
+                     + (f", p50 {latency['p50_ms']:.3f} ms at batch {latency['batch']}"
+                        if latency else "")
+                     + (f"; first diverging layer: {s['localization']['culprit']}"
+                        if s.get("localization") and s["localization"].get("culprit") else ""))
+    _emit(args, data, "\n".join(lines))
+    return EXIT_OK if data["ok"] else EXIT_FAILED
 
 
 # -- formats ----------------------------------------------------------------

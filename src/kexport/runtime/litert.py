@@ -110,7 +110,16 @@ class LiteRTArtifact(Artifact):
         return {n: result[n] for n in endpoint.output_names}
 
     def op_counts(self) -> dict[str, dict[str, int]] | None:
-        """Operator names used by the flatbuffer (shared by all signatures)."""
+        """Builtin operators of the flatbuffer's main graph, counted as the
+        interpreter lists them (shared by all signatures); the operator names
+        the metadata records (each counted once) where it cannot list them."""
+        details = getattr(self._interpreter, "_get_ops_details", None)
+        if details is not None:
+            tally: dict[str, int] = {}
+            for op in details():
+                tally[op["op_name"]] = tally.get(op["op_name"], 0) + 1
+            ordered = dict(sorted(tally.items(), key=lambda kv: (-kv[1], kv[0])))
+            return {n: dict(ordered) for n in self.endpoints} if ordered else None
         ops = self.metadata.get("operators")
         return {n: dict.fromkeys(ops, 1) for n in self.endpoints} if ops else None
 

@@ -46,6 +46,8 @@ REPORT_FILE = "kexport_verification.json"
 _REPORT_RE = re.compile(rf'<{REPORT_KEY} value="([^"]*)"\s*/>')
 
 FORMAT = "openvino"
+# IR nodes that compute nothing: left out of the operator counts.
+_NOT_OPS = frozenset({"Parameter", "Result", "Constant"})
 PRECISIONS: tuple[str, ...] = ("float32", "bfloat16", "float16")
 
 
@@ -90,6 +92,7 @@ class OpenVINOArtifact(Artifact):
             self.metadata["precision"] = quantized["precision"]
         listed = metadata.get("endpoints", {})
         self._compiled: dict[str, Any] = {}
+        self._files = dict(files)
         used: set[str] = set()
         for name, file in files.items():
             compiled = core.compile_model(os.fspath(file), "CPU", openvino_config(precision))
@@ -112,6 +115,22 @@ class OpenVINOArtifact(Artifact):
     def verification(self) -> dict[str, Any] | None:
         """The report :func:`kexport.verify` stored in the IR, if any."""
         return _read_report(Path(self.path))
+
+    def op_counts(self) -> dict[str, dict[str, int]] | None:
+        """OpenVINO op types per endpoint, as the IR holds them (before the CPU
+        plugin fuses them); ``Parameter``, ``Result`` and ``Constant`` are not counted."""
+        import openvino as ov
+
+        core = ov.Core()
+        out = {}
+        for name, file in self._files.items():
+            tally: dict[str, int] = {}
+            for op in core.read_model(os.fspath(file)).get_ordered_ops():
+                kind = op.get_type_name()
+                if kind not in _NOT_OPS:
+                    tally[kind] = tally.get(kind, 0) + 1
+            out[name] = dict(sorted(tally.items(), key=lambda kv: (-kv[1], kv[0])))
+        return out
 
     def _run(self, endpoint: EndpointInfo, feeds: dict[str, Any]) -> dict[str, Any]:
         compiled = self._compiled[endpoint.name]

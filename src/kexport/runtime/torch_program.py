@@ -62,8 +62,10 @@ class TorchProgramArtifact(Artifact):
         self.metadata = metadata
         listed = metadata.get("endpoints", {})
         self._modules: dict[str, Any] = {}
+        self._programs: dict[str, Any] = {}
         for name, file in files.items():
             program = torch.export.load(os.fspath(file))
+            self._programs[name] = program
             self._modules[name] = program.module()
             known = listed.get(name)
             if known is None:
@@ -75,6 +77,19 @@ class TorchProgramArtifact(Artifact):
                 ins, outs = _infos(known["inputs"]), _infos(known["outputs"])
             self.endpoints[name] = EndpointInfo(name, ins, outs)
         self.default_endpoint = manifest_default_endpoint(metadata, self.endpoints)
+
+    def op_counts(self) -> dict[str, dict[str, int]] | None:
+        """ATen operators per endpoint: the targets of the program graph's
+        ``call_function`` nodes (e.g. ``aten.linear.default``)."""
+        out = {}
+        for name, program in self._programs.items():
+            tally: dict[str, int] = {}
+            for node in program.graph.nodes:
+                if node.op == "call_function":
+                    key = str(node.target)
+                    tally[key] = tally.get(key, 0) + 1
+            out[name] = dict(sorted(tally.items(), key=lambda kv: (-kv[1], kv[0])))
+        return out
 
     def _feeds(self, info: EndpointInfo, inputs: Any) -> dict[str, Any]:
         if info.outputs:
