@@ -4,6 +4,7 @@ Public API::
 
     kexport.export_model(model, "out", format="tf_saved_model")
     archive = kexport.ExportArchive(); ...; archive.write_out("out")
+    kexport.write_layout("out", "models", layout="tf-serving")
 
 Heavy frameworks are imported only when a function needs them, so
 ``import kexport`` stays fast.
@@ -26,6 +27,7 @@ from kexport.errors import (
     CaptureError,
     CaptureValueError,
     KexportError,
+    LayoutError,
     QuantizationError,
     SignatureError,
     SignatureTypeError,
@@ -35,6 +37,7 @@ from kexport.errors import (
     VerificationError,
     WriteError,
 )
+from kexport.layouts import read_layout, write_layout
 from kexport.routing import routes
 from kexport.runtime import Artifact, load
 from kexport.verify import VerificationReport, verify
@@ -46,6 +49,7 @@ __all__ = [
     "CaptureValueError",
     "ExportArchive",
     "KexportError",
+    "LayoutError",
     "QuantizationError",
     "SignatureError",
     "SignatureTypeError",
@@ -63,7 +67,9 @@ __all__ = [
     "export_saved_model",
     "export_torch",
     "load",
+    "read_layout",
     "routes",
     "verify",
+    "write_layout",
 ]
 
