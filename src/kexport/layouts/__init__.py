@@ -25,8 +25,9 @@ from kexport.layouts._repo import (
 )
 from kexport.runtime import Artifact, detect, load
 
-__all__ = ["LAYOUTS", "Layout", "check_layout", "existing_versions", "layout_format",
-           "next_free_version", "read_layout", "write_layout"]
+__all__ = ["LAYOUTS", "Layout", "check_layout", "check_name", "default_name",
+           "existing_versions", "layout_format", "next_free_version", "read_layout",
+           "write_layout"]
 
 #: layout name -> the artifact formats it holds, the preferred one first.
 LAYOUTS: dict[str, tuple[str, ...]] = {

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from kexport.artifact import FORMATS
 from kexport.errors import LayoutError, describe
 
 __all__ = ["Layout", "check_name", "check_version", "default_name", "existing_versions",
@@ -58,8 +59,11 @@ def check_name(name: Any) -> str:
 
 
 def default_name(artifact_path: Path) -> str:
-    """The artifact's file stem (a folder's name), made a valid model name."""
-    stem = artifact_path.name if artifact_path.is_dir() else artifact_path.stem
+    """The artifact's name without its format's suffix, made a valid model name."""
+    stem = artifact_path.name
+    suffix = artifact_path.suffix
+    if suffix and (not artifact_path.is_dir() or suffix in {f.suffix for f in FORMATS.values()}):
+        stem = artifact_path.stem
     cleaned = re.sub(r"[^A-Za-z0-9_.-]", "_", stem).lstrip("._-")
     return cleaned or "model"
 
