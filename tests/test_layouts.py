@@ -234,3 +234,62 @@ def test_cli_layout(tmp_path):
     proc = cli("export", tmp_path / "clf.keras", "--name", "x", "-o", tmp_path / "o", "--json")
     assert proc.returncode == 2
     assert "Expected --name and --version only with --layout" in proc.stdout
+
+
+def _config(info, format="onnx"):
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    from kexport.layouts.triton import config_text
+
+    return text_format.Parse(config_text("m", format, info), model_config_pb2.ModelConfig())
+
+
+def test_triton_batch_axis_and_dims_from_the_endpoint():
+    from kexport.runtime import EndpointInfo, TensorInfo
+
+    def t(name, shape, dtype="float32", symbols=None):
+        return TensorInfo(name, shape, dtype, symbols)
+
+    # batch and sequence axes: batched, dims without the batch axis, -1 for the sequence
+    seq = EndpointInfo("serve", (t("ids", (None, None), "int64", ("batch", "seq")),
+                                 t("mask", (None, None), "bool", ("batch", "seq"))),
+                       (t("logits", (None, None, 8), symbols=("batch", "seq", None)),
+                        t("score", (None,))))
+    config = _config(seq)
+    assert config.max_batch_size == 32 and config.HasField("dynamic_batching")
+    assert [(i.name, list(i.dims)) for i in config.input] == [("ids", [-1]), ("mask", [-1])]
+    from tritonclient.grpc import model_config_pb2 as pb
+
+    assert [pb.DataType.Name(i.data_type) for i in config.input] == ["TYPE_INT64", "TYPE_BOOL"]
+    # an output of shape (batch,) keeps no dims: [1] reshaped to []
+    score = config.output[1]
+    assert list(score.dims) == [1] and list(score.reshape.shape) == []
+    # axis 0 shares its symbol with another axis: not a free batch dimension
+    square = EndpointInfo("serve", (t("x", (None, None), symbols=("n", "n")),),
+                          (t("y", (None, None), symbols=("n", "n")),))
+    config = _config(square)
+    assert config.max_batch_size == 0 and not config.HasField("dynamic_batching")
+    assert list(config.input[0].dims) == [-1, -1]
+    # a static first axis is no batch either; a SavedModel names its signature
+    static = EndpointInfo("embed", (t("x", (2, 4)),), (t("y", (2, 3)),))
+    config = _config(static, "tf_saved_model")
+    assert config.max_batch_size == 0 and list(config.input[0].dims) == [2, 4]
+    assert (config.platform, config.parameters["TF_SIGNATURE_DEF"].string_value) == (
+        "tensorflow_savedmodel", "embed")
+    with pytest.raises(LayoutError, match=r"tensor 'c': expected a dtype Triton has.*"
+                                          r"Received: dtype complex64"):
+        _config(EndpointInfo("serve", (t("c", (None,), "complex64"),), ()))
+
+
+def test_exclusive_placement_never_replaces_a_version_placed_meanwhile(tmp_path):
+    from kexport.layouts._place import new_version
+
+    model_dir = tmp_path / "m"
+    with pytest.raises(TargetExistsError, match=r"version=1, .* pass version=2 "), \
+            new_version(model_dir, 1, [model_dir]) as tmp:
+        (tmp / "mine").write_text("new")
+        (model_dir / "1").mkdir()  # a concurrent writer placed version 1 first
+        (model_dir / "1" / "theirs").write_text("kept")
+    assert sorted(os.listdir(model_dir)) == ["1"]  # no temporary left
+    assert os.listdir(model_dir / "1") == ["theirs"]

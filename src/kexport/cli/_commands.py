@@ -156,6 +156,7 @@ def export(args: argparse.Namespace, progress: Progress) -> int:
     layouts.check_layout(args.layout, args.format)
     name = args.name or layouts.default_name(Path(args.model))
     layouts.check_name(name)
+    layouts.choose_version([Path(args.output) / name], args.layout_version)  # before exporting
     with staging_dir(Path(args.output) / name) as stage:
         artifact = stage / f"{name}{routing.format_info(args.format).suffix}"
         data, text = _export(args, progress, os.fspath(artifact))

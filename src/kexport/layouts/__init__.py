@@ -15,6 +15,7 @@ from typing import Any
 
 from kexport.errors import LayoutError, describe
 from kexport.layouts import kserve, tf_serving, triton
+from kexport.layouts._place import choose_version
 from kexport.layouts._repo import (
     Layout,
     check_name,
@@ -25,7 +26,7 @@ from kexport.layouts._repo import (
 )
 from kexport.runtime import Artifact, detect, load
 
-__all__ = ["LAYOUTS", "Layout", "check_layout", "check_name", "default_name",
+__all__ = ["LAYOUTS", "Layout", "check_layout", "check_name", "choose_version", "default_name",
            "existing_versions", "layout_format", "next_free_version", "read_layout",
            "write_layout"]
 
