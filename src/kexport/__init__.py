@@ -4,6 +4,7 @@ Public API::
 
     kexport.export_model(model, "out", format="tf_saved_model")
     archive = kexport.ExportArchive(); ...; archive.write_out("out")
+    kexport.write_layout("out", "models", layout="tf-serving")
 
 Heavy frameworks are imported only when a function needs them, so
 ``import kexport`` stays fast.
@@ -26,6 +27,7 @@ from kexport.errors import (
     CaptureError,
     CaptureValueError,
     KexportError,
+    LayoutError,
     LocalizationError,
     QuantizationError,
     QuantizedModelError,
@@ -37,6 +39,7 @@ from kexport.errors import (
     VerificationError,
     WriteError,
 )
+from kexport.layouts import read_layout, write_layout
 from kexport.localize import localize
 from kexport.reporting import report
 from kexport.routing import routes
@@ -50,6 +53,7 @@ __all__ = [
     "CaptureValueError",
     "ExportArchive",
     "KexportError",
+    "LayoutError",
     "LocalizationError",
     "QuantizationError",
     "SignatureError",
@@ -70,8 +74,10 @@ __all__ = [
     "export_torch",
     "load",
     "localize",
+    "read_layout",
     "report",
     "routes",
     "verify",
+    "write_layout",
 ]
 

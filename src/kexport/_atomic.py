@@ -424,9 +424,17 @@ def _claim(filepath: str | os.PathLike[str], create: Callable[[], object]) -> li
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def _check_absent(target: Path) -> None:
+    if target.exists() or target.is_symlink():
+        raise TargetExistsError(
+            f"Expected '{os.fspath(target)}' not to exist: it is never replaced. "
+            "Received: an existing path. Nothing was written."
+        )
+
+
 @contextlib.contextmanager
 def atomic_target(filepath: str | os.PathLike[str], *, is_dir: bool,
-                  overwrite: bool | None = None) -> Iterator[Path]:
+                  overwrite: bool | None = None, exclusive: bool = False) -> Iterator[Path]:
     """Yield a temporary path to write into; move it to ``filepath`` on success.
 
     Args:
@@ -436,10 +444,14 @@ def atomic_target(filepath: str | os.PathLike[str], *, is_dir: bool,
             kexport artifact; ``None`` uses the enclosing
             :func:`overwrite_policy`, and outside any (internal rewrites of
             files inside an artifact) does not check.
+        exclusive: never replace anything: the move fails when ``filepath``
+            exists at the moment of the swap (checked under the folder's
+            lock, so of two concurrent exclusive writes one fails), e.g. a
+            version folder of a serving layout.
 
     Raises:
         TargetExistsError: when ``filepath`` holds other data (see
-            :func:`check_target`).
+            :func:`check_target`), or anything at all when ``exclusive``.
         WriteError: when a path component above ``filepath`` is a file, the
             folder is not writable, the writer fails, or the final move
             fails. The target is then left as it was, and the missing
@@ -450,6 +462,8 @@ def atomic_target(filepath: str | os.PathLike[str], *, is_dir: bool,
         overwrite = True if policy is None else policy
     target, parent, _ = _missing_parents(filepath)
     check_target(target, overwrite=overwrite)
+    if exclusive:
+        _check_absent(target)
     token = uuid.uuid4().hex[:12]
     with _ACTIVE_LOCK:
         _ACTIVE.add(token)
@@ -471,6 +485,8 @@ def atomic_target(filepath: str | os.PathLike[str], *, is_dir: bool,
             _fault("written")
             with _locked(parent):
                 check_target(target, overwrite=overwrite)
+                if exclusive:
+                    _check_absent(target)
                 _swap_in(tmp, target, old)
             done = True
             _fault("swapped")

@@ -25,6 +25,7 @@ __all__ = [
     "CaptureValueError",
     "KexportError",
     "LayerMappingError",
+    "LayoutError",
     "LocalizationError",
     "QuantizationError",
     "QuantizedModelError",
@@ -130,6 +131,13 @@ class UnknownFormatError(UnsupportedRouteError, ValueError):
 
 class ArtifactError(KexportError, ValueError):
     """A path given to kexport is not an artifact kexport can open."""
+
+
+class LayoutError(KexportError, ValueError):
+    """A serving layout kexport cannot write or read: an unknown layout name, an
+    artifact the layout cannot hold (e.g. LiteRT in a Triton repository), a bad
+    model name or version, or a folder that is not a layout (a ``ValueError``).
+    Raised before anything is written."""
 
 
 class VerificationError(KexportError, AssertionError):

@@ -25,6 +25,7 @@ from kexport.artifact.quantization import MODES
 from kexport.cli import _commands
 from kexport.cli._codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from kexport.cli._quiet import json_stdout, quiet_libraries
+from kexport.layouts import LAYOUTS
 
 __all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "build_parser", "main"]
 
@@ -110,9 +111,19 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Export MODEL.keras to an artifact, then reload the artifact "
                                    "in a fresh process and compare it with the model.")
     p.add_argument("model", metavar="MODEL.keras")
-    p.add_argument("--format", "-f", default="tf_saved_model",
-                   help="artifact format (see `kexport formats`; default tf_saved_model)")
-    p.add_argument("-o", "--output", required=True, metavar="OUT", help="artifact path")
+    p.add_argument("--format", "-f", default=None,
+                   help="artifact format (see `kexport formats`; default tf_saved_model, "
+                        "onnx with --layout triton)")
+    p.add_argument("-o", "--output", required=True, metavar="OUT",
+                   help="artifact path (with --layout: the model repository folder)")
+    p.add_argument("--layout", choices=tuple(LAYOUTS),
+                   help="write a serving layout into OUT: tf-serving (NAME/VERSION/ SavedModel "
+                        "+ warm-up records), triton (config.pbtxt + model), kserve (the "
+                        "layout of KServe's runtime + an InferenceService YAML)")
+    p.add_argument("--name", help="model name in the layout (default: MODEL's file stem)")
+    p.add_argument("--version", dest="layout_version", type=_positive, metavar="N",
+                   help="layout version (default: the next free number; an existing "
+                        "version is never overwritten)")
     p.add_argument("--input-signature", metavar="JSON",
                    help='e.g. \'[{"shape": [null, 64], "dtype": "float32", "name": "x"}]\'')
     p.add_argument("--opset", type=_positive, help="ONNX opset version")

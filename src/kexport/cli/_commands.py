@@ -8,10 +8,12 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import kexport
-from kexport import routing
+from kexport import layouts, routing
+from kexport._atomic import staging_dir
 from kexport._keras_file import load_keras_file
 from kexport._summary import human_size, size_of
 from kexport.artifact import BACKENDS, FORMATS
@@ -23,6 +25,7 @@ from kexport.cli._quiet import result_stream
 from kexport.errors import (
     ArtifactError,
     KexportError,
+    LayoutError,
     SampleDataError,
     SignatureError,
     VerificationError,
@@ -138,8 +141,45 @@ def _backend() -> str:
 # -- export -----------------------------------------------------------------
 
 def export(args: argparse.Namespace, progress: Progress) -> int:
-    """``kexport export MODEL.keras --format F -o OUT``."""
+    """``kexport export MODEL.keras --format F -o OUT [--layout L --name N --version V]``."""
 
+    if args.layout is None:
+        if args.name is not None or args.layout_version is not None:
+            raise LayoutError("Expected --name and --version only with --layout. Received: "
+                              f"--name={args.name!r} --version={args.layout_version!r} "
+                              "without --layout.")
+        args.format = args.format or "tf_saved_model"
+        data, text = _export(args, progress, args.output)
+        _emit(args, data, text)
+        return EXIT_OK if data["ok"] else EXIT_FAILED
+    args.format = args.format or layouts.layout_format(args.layout)
+    routing.format_info(args.format)
+    layouts.check_layout(args.layout, args.format)
+    name = args.name or layouts.default_name(Path(args.model))
+    layouts.check_name(name)
+    layouts.choose_version([Path(args.output) / name], args.layout_version)  # before exporting
+    with staging_dir(Path(args.output) / name) as stage:
+        artifact = stage / f"{name}{routing.format_info(args.format).suffix}"
+        data, text = _export(args, progress, os.fspath(artifact))
+        if not data["ok"]:  # verification failed: no layout of a wrong artifact
+            _emit(args, data, text)
+            return EXIT_FAILED
+        with progress.step(f"Writing the {args.layout} layout"):
+            written = layouts.write_layout(artifact, args.output, name, args.layout_version,
+                                           layout=args.layout)
+    data.pop("output")  # the staged artifact is gone; the layout holds its copy
+    data.update(layout=args.layout, repository=args.output,
+                models=[m._asdict() for m in written])
+    text = text.split("\n", 1)[-1] if data["verification"] else ""
+    _emit(args, data, "\n".join(
+        [f"Wrote {args.layout} layout: model '{m.name}' version {m.version} "
+         f"('{m.artifact_path}')." for m in written] + ([text] if text else [])))
+    return EXIT_OK
+
+
+def _export(args: argparse.Namespace, progress: Progress,
+            output: str) -> tuple[dict[str, Any], str]:
+    """Export (and verify) to ``output``; the result as JSON data and text."""
     routing.format_info(args.format)
     signature = parse_signature(args.input_signature)
     kwargs: dict[str, Any] = {}
@@ -158,22 +198,22 @@ def export(args: argparse.Namespace, progress: Progress) -> int:
     backend = _backend()
     start = time.perf_counter()
     with progress.step(f"Exporting to {args.format} ({backend} backend)"):
-        kexport.export_model(model, args.output, format=args.format, verbose=False,
+        kexport.export_model(model, output, format=args.format, verbose=False,
                              input_signature=signature, overwrite=args.overwrite,
                              sample_data=sample_data, **kwargs)
     export_s = time.perf_counter() - start
     data: dict[str, Any] = {"ok": True, "format": args.format, "backend": backend,
-                            "output": args.output, "size": size_of(args.output, args.format),
+                            "output": output, "size": size_of(output, args.format),
                             "export_seconds": round(export_s, 3), "verification": None,
                             "quantization": args.quantize}
-    lines = [f"Wrote {args.format} artifact '{args.output}' "
+    lines = [f"Wrote {args.format} artifact '{output}' "
              f"({_human_size(data['size'])}"
              + (f", quantized {args.quantize}" if args.quantize else "")
              + f") in {export_s:.1f}s from the {backend} backend."]
     if not args.no_verify:
         start = time.perf_counter()
         with progress.step("Verifying in a fresh process"):
-            report = kexport.verify(model, args.output, atol=args.atol, rtol=args.rtol,
+            report = kexport.verify(model, output, atol=args.atol, rtol=args.rtol,
                                     precision=args.precision, scores=args.scores,
                                     seed=args.seed, data=sample_data)
         data["verify_seconds"] = round(time.perf_counter() - start, 3)
@@ -184,13 +224,12 @@ def export(args: argparse.Namespace, progress: Progress) -> int:
         lines.append("Not verified (--no-verify).")
     if args.report is not None:
         with progress.step("Writing the report"):
-            kexport.report(model, [args.output], args.report, data=sample_data,
+            kexport.report(model, [output], args.report, data=sample_data,
                            seed=args.seed, precision=args.precision, model_file=args.model,
-                           verified={args.output: report} if not args.no_verify else None)
+                           verified={output: report} if not args.no_verify else None)
         data["report"] = args.report
         lines.append(f"Report: {args.report}")
-    _emit(args, data, "\n".join(lines))
-    return EXIT_OK if data["ok"] else EXIT_FAILED
+    return data, "\n".join(lines)
 
 
 # -- verify -----------------------------------------------------------------
