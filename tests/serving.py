@@ -20,18 +20,25 @@ class Server:
     """
 
     def __init__(self, path: str, *extra: str, timeout: float = 300.0,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, wait: bool = True) -> None:
         args = [sys.executable, "-m", "kexport", "serve", os.fspath(path), "--port", "0",
                 "--json", *extra]
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True, env={**os.environ, **(env or {})})
         self.stderr: list[str] = []
         threading.Thread(target=self._drain, daemon=True).start()
-        line = self._first_line(timeout)
-        started: dict[str, Any] = json.loads(line)
+        self.url = self.host_port = ""
+        self.models: dict[str, Any] = {}
+        if wait:
+            self.wait(timeout)
+
+    def wait(self, timeout: float = 300.0) -> Server:
+        """Block until the server has printed its URL (it listens from then on)."""
+        started: dict[str, Any] = json.loads(self._first_line(timeout))
         self.url: str = started["url"]
         self.host_port = self.url.removeprefix("http://")
-        self.models: dict[str, Any] = started["models"]
+        self.models = started["models"]
+        return self
 
     def _drain(self) -> None:
         assert self.proc.stderr is not None

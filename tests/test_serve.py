@@ -64,12 +64,36 @@ def folder(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(folder):
-    server = Server(folder, "--max-body-bytes", str(MAX_BODY))
-    wait_live(server.url)
-    yield server
+def server_and_references(folder):
+    """The server, and what ``kexport.load`` answers, computed while the server starts."""
+    server = Server(folder, "--max-body-bytes", str(MAX_BODY), wait=False)
+    try:
+        references = {}
+        for model, path in _models_in(folder).items():
+            artifact = kexport.load(path)
+            references[model] = {e: artifact.run(e, {"a": A, "b": B})
+                                 for e in artifact.endpoints}
+            references[model]["info"] = artifact.endpoints[artifact.default_endpoint]
+            references[model]["default"] = references[model][artifact.default_endpoint]
+        server.wait()
+        wait_live(server.url)
+    except BaseException:
+        server.stop()
+        raise
+    yield server, references
+    server.stop()
     server.stop()
     assert not server.alive()
+
+
+@pytest.fixture(scope="module")
+def server(server_and_references):
+    return server_and_references[0]
+
+
+@pytest.fixture(scope="module")
+def references(server_and_references):
+    return server_and_references[1]
 
 
 @pytest.fixture(scope="module")
@@ -86,11 +110,6 @@ def http(server):
 
     with httpx.Client(base_url=server.url, timeout=60) as http:
         yield http
-
-
-def expected(folder, model: str, endpoint: str | None = None) -> dict[str, np.ndarray]:
-    artifact = kexport.load(_models_in(folder)[model])
-    return artifact.run(endpoint or artifact.default_endpoint, {"a": A, "b": B})
 
 
 def triton_inputs(binary: bool, a=A, b=B, datatype="FP32"):
@@ -111,12 +130,12 @@ def test_folder_serves_one_model_per_artifact_and_each_endpoint_of_an_archive(se
         {"pair": "serve", "pair.serve": "serve", "pair.twice": "twice"}
 
 
-def test_health_and_metadata(client, folder):
+def test_health_and_metadata(client, references):
     assert client.is_server_live() and client.is_server_ready()
     for model in [f"mixer_{f}" for f in FORMATS]:
         assert client.is_model_ready(model)
         meta = client.get_model_metadata(model)
-        info = kexport.load(_models_in(folder)[model]).endpoints["serve"]
+        info = references[model]["info"]
         assert meta["name"] == model
         assert sorted((t["name"], t["datatype"], t["shape"]) for t in meta["inputs"]) == \
             sorted((t.name, "FP32", [-1 if d is None else d for d in t.shape])
@@ -126,9 +145,9 @@ def test_health_and_metadata(client, folder):
 
 
 @pytest.mark.parametrize("format", list(FORMATS))
-def test_infer_json_and_binary_equal_kexport_load(client, folder, format):
+def test_infer_json_and_binary_equal_kexport_load(client, references, format):
     model = f"mixer_{format}"
-    want = expected(folder, model)
+    want = references[model]["default"]
     (output,) = want
     for binary in (False, True):
         import tritonclient.http as httpclient
@@ -146,9 +165,9 @@ def test_infer_json_and_binary_equal_kexport_load(client, folder, format):
     assert np.array_equal(result.as_numpy(output), want[output])
 
 
-def test_archive_endpoints_by_model_name_and_by_signature(client, http, folder):
+def test_archive_endpoints_by_model_name_and_by_signature(client, http, references):
     for model, endpoint in (("pair", "serve"), ("pair.twice", "twice")):
-        want = expected(folder, "pair", endpoint)
+        want = references["pair"][endpoint]
         (output,) = want
         got = client.infer(model, triton_inputs(True)).as_numpy(output)
         assert np.array_equal(got, want[output])
@@ -160,8 +179,8 @@ def test_archive_endpoints_by_model_name_and_by_signature(client, http, folder):
     assert np.array_equal(np.asarray(reply.json()["outputs"], "float32"), want[output])
 
 
-def test_tf_serving_predict_row_and_columnar(http, folder):
-    want = expected(folder, "mixer_tf_saved_model")
+def test_tf_serving_predict_row_and_columnar(http, references):
+    want = references["mixer_tf_saved_model"]["default"]
     (output,) = want
     rows = [{"a": a.tolist(), "b": b.tolist()} for a, b in zip(A, B, strict=True)]
     reply = http.post("/v1/models/mixer_tf_saved_model:predict", json={"instances": rows})
@@ -171,7 +190,7 @@ def test_tf_serving_predict_row_and_columnar(http, folder):
                       json={"inputs": {"a": A.tolist(), "b": B.tolist()}})
     assert reply.status_code == 200, reply.text
     assert np.array_equal(np.asarray(reply.json()["outputs"], "float32"),
-                          expected(folder, "mixer_onnx")[output])
+                          references["mixer_onnx"]["default"][output])
     status = http.get("/v1/models/mixer_onnx").json()
     assert status["model_version_status"][0]["state"] == "AVAILABLE"
 
@@ -221,8 +240,8 @@ BAD = [
 
 @pytest.mark.parametrize("path,body,status,fragments",
                          [case[1:] for case in BAD], ids=[case[0] for case in BAD])
-def test_bad_requests_get_4xx_naming_expected_and_received(http, server, folder, path, body,
-                                                           status, fragments):
+def test_bad_requests_get_4xx_naming_expected_and_received(http, folder, references, path,
+                                                           body, status, fragments):
     reply = http.post(path, content=body)
     assert reply.status_code == status, reply.text
     message = reply.json()["error"]
@@ -234,7 +253,7 @@ def test_bad_requests_get_4xx_naming_expected_and_received(http, server, folder,
     assert good.status_code == 200
     (output,) = good.json()["outputs"]
     assert np.array_equal(np.asarray(output["data"], "float32").reshape(output["shape"]),
-                          expected(folder, "mixer_onnx")[output["name"]])
+                          references["mixer_onnx"]["default"][output["name"]])
 
 
 def test_tritonclient_sees_the_message_and_binary_sizes_are_checked(client, server):
