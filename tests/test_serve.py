@@ -306,3 +306,21 @@ def test_models_in_names_and_clashes(folder, tmp_path):
         _models_in(tmp_path)
     with pytest.raises(ArtifactError, match="Received: a path that does not exist"):
         _models_in(tmp_path / "missing")
+
+
+def test_cli_refuses_what_it_cannot_serve(folder, tmp_path):
+    import subprocess
+    import sys
+
+    def serve(*args):
+        return subprocess.run([sys.executable, "-m", "kexport", "serve", *map(str, args),
+                               "--json"], capture_output=True, text=True, timeout=300)
+
+    proc = serve(tmp_path / "missing")
+    assert proc.returncode == 2
+    error = json.loads(proc.stdout)["error"]
+    assert error["type"] == "ArtifactError" and "a path that does not exist" in error["message"]
+    proc = serve(folder, "--name", "x", "--port", "0")
+    assert proc.returncode == 2
+    assert "Expected --name/name= only for a single artifact" in \
+        json.loads(proc.stdout)["error"]["message"]
