@@ -223,6 +223,9 @@ BAD = [
      ["Expected a model name, one of", "Received: 'nope'"]),
     ("oversized body", "/v2/models/mixer_onnx/infer", b" " * (MAX_BODY + 1), 413,
      [f"at most {MAX_BODY} bytes", f"Received: Content-Length {MAX_BODY + 1}"]),
+    ("batch sizes differ", "/v2/models/mixer_onnx/infer",
+     infer_body(shape=[2, 4], data=A[:2].ravel().tolist()), 400,
+     ["share the dimension", "expected equal sizes. Received: 2 and 3"]),
     ("predict: both forms", "/v1/models/mixer_onnx:predict",
      json.dumps({"instances": [], "inputs": {}}).encode(), 400,
      ['exactly one of "instances"', "Received: keys ['inputs', 'instances']"]),
@@ -324,3 +327,42 @@ def test_cli_refuses_what_it_cannot_serve(folder, tmp_path):
     assert proc.returncode == 2
     assert "Expected --name/name= only for a single artifact" in \
         json.loads(proc.stdout)["error"]["message"]
+
+
+def test_a_runtime_failure_is_a_400_without_paths_and_the_server_keeps_serving():
+    """What the checks cannot foresee (a runtime refusing values) is the request's 400; the
+    runtime's message reaches the client without local paths."""
+    from starlette.testclient import TestClient
+
+    from kexport.runtime import Artifact, EndpointInfo, TensorInfo
+    from kexport.serve._app import build_app
+    from kexport.serve._models import Served, ServedModel
+
+    class Picky(Artifact):
+        def _run(self, endpoint, feeds):
+            if (feeds["x"] < 0).any():
+                raise RuntimeError("negative input refused by /home/someone/models/picky.onnx "
+                                   "node Sqrt\nTraceback (most recent call last): ...")
+            return {"y": np.sqrt(feeds["x"])}
+
+    info = EndpointInfo("serve", (TensorInfo("x", (None, 2), "float32"),),
+                        (TensorInfo("y", (None, 2), "float32"),))
+    artifact = Picky(path="picky.onnx", format="onnx", endpoints={"serve": info},
+                     default_endpoint="serve")
+    served = Served("picky", artifact)
+    app = build_app({"picky": served}, {"picky": ServedModel("picky", served, info)},
+                    max_body_bytes=4096, workers=2)
+
+    def ask(values):
+        return http.post("/v2/models/picky/infer", json={"inputs": [
+            {"name": "x", "datatype": "FP32", "shape": [1, 2], "data": values}]})
+
+    with TestClient(app) as http:
+        reply = ask([-1.0, 4.0])
+        assert reply.status_code == 400
+        message = reply.json()["error"]
+        assert message == ("Model 'picky': the onnx runtime refused the request: RuntimeError: "
+                           "negative input refused by <path> node Sqrt")
+        reply = ask([1.0, 4.0])
+        assert reply.status_code == 200
+        assert reply.json()["outputs"][0]["data"] == [1.0, 2.0]
