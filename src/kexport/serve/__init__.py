@@ -25,7 +25,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from kexport.errors import SignatureError, describe
+from kexport.errors import ArtifactError, SignatureError, describe
 from kexport.serve._models import ServedModel, _models_in, open_models
 from kexport.serve._values import BadRequest
 
@@ -43,6 +43,15 @@ def _positive_int(name: str, value: Any) -> int:
         raise SignatureError(f"Expected `{name}` to be a positive int. Received: "
                              f"{describe(value)}")
     return value
+
+
+def _require_serving_packages() -> None:
+    import importlib.util
+
+    missing = [m for m in ("fastapi", "uvicorn") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ArtifactError(f"Expected fastapi and uvicorn to serve artifacts. Received: "
+                            f"{missing} not installed; pip install 'kexport[serve]'")
 
 
 def create_app(path: str | os.PathLike[str], *, name: str | None = None,
@@ -63,7 +72,9 @@ def create_app(path: str | os.PathLike[str], *, name: str | None = None,
     Raises:
         ArtifactError: no artifact at ``path``, or names that clash.
         SignatureError: a non-positive ``max_body_bytes`` or ``workers``.
+        ArtifactError: fastapi or uvicorn missing (``pip install 'kexport[serve]'``).
     """
+    _require_serving_packages()
     from kexport.serve._app import build_app  # deferred: fastapi, starlette
 
     max_body_bytes = _positive_int("max_body_bytes", max_body_bytes)
@@ -112,6 +123,7 @@ def serve(path: str | os.PathLike[str], *, host: str = DEFAULT_HOST, port: int =
         log_level: uvicorn's log level (its access log holds no local paths).
         on_ready: called with the base URL and the models once listening.
     """
+    _require_serving_packages()
     import uvicorn
 
     app = create_app(path, name=name, max_body_bytes=max_body_bytes, workers=workers)
