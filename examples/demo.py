@@ -20,6 +20,11 @@ Run from the repository root: ``scripts/setup.sh && .venv/bin/python examples/de
 6. runs ``kexport report MODEL.keras ARTIFACT... -o report.html`` on the model and
    every artifact it wrote, and prints the path of that one HTML page (kept in
    ``$TMPDIR/kexport-demo/``, or the folder given as ``--report-dir DIR``).
+   next to the Keras model's, and p50 latency at batch 1;
+7. serves the ONNX artifact with ``kexport serve`` (a subprocess on a free
+   loopback port), sends one test image through ``tritonclient`` (the Open
+   Inference Protocol, binary tensors), prints the served prediction next to
+   Keras's, and stops the server.
 
 Set ``KERAS_BACKEND`` to run it from the JAX or PyTorch backend. Like the CLI it
 prints only its own lines; ``-v`` lets the frameworks print their start-up logs
@@ -131,6 +136,48 @@ def report_dir() -> str:
     return os.path.join(tempfile.gettempdir(), "kexport-demo")
 
 
+def serve_and_ask(artifact_path: str, model: object, image: object, label: int) -> bool:
+    """``kexport serve`` the artifact, ask it about one image through tritonclient.
+
+    Prints the served class and probability next to Keras's; True when they agree.
+    """
+    import keras
+    import numpy as np
+    import tritonclient.http as httpclient
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kexport", "serve", artifact_path, "--name", "digits",
+         "--port", "0", "--json"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        line = proc.stdout.readline()  # printed once the server listens
+        if not line:
+            print("kexport serve did not start")
+            return False
+        url = json.loads(line)["url"].removeprefix("http://")
+        with httpclient.InferenceServerClient(url) as client:
+            deadline = time.monotonic() + 30
+            while not client.is_server_ready():  # the socket queues until uvicorn accepts
+                if time.monotonic() > deadline:
+                    return False
+                time.sleep(0.1)
+            meta = client.get_model_metadata("digits")
+            (spec,) = meta["inputs"]
+            tensor = httpclient.InferInput(spec["name"], list(image.shape), spec["datatype"])
+            tensor.set_data_from_numpy(image, binary_data=True)
+            output = meta["outputs"][0]["name"]
+            served = client.infer("digits", [tensor]).as_numpy(output)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    keras_probs = keras.ops.convert_to_numpy(model(image, training=False))
+    s_class, k_class = int(served.argmax()), int(keras_probs.argmax())
+    print(f"kexport serve ({url}, Open Inference Protocol via tritonclient): "
+          f"class {s_class} (p={served.max():.4f})  |  Keras: class {k_class} "
+          f"(p={keras_probs.max():.4f})  |  label {label}  |  max |diff| "
+          f"{float(np.abs(served - keras_probs).max()):.2e}")
+    return s_class == k_class and bool(np.allclose(served, keras_probs, atol=1e-5))
+
+
 def table(rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip()
@@ -236,6 +283,16 @@ def main() -> int:
     print(table(rows))
     if quantized_s:
         notes.append(f"the quantized rows' exports and checks took {quantized_s:.0f}s")
+        print()
+        print(table(rows))
+        served_path = os.path.join(tmp, "digits_onnx" + routing.FORMATS["onnx"].suffix)
+        if os.path.exists(served_path):
+            print()
+            print("serving the ONNX artifact with `kexport serve` and asking it through "
+                  "tritonclient...", flush=True)
+            if not serve_and_ask(served_path, model, x_test[:1], int(y_test[0])):
+                failed = True
+                notes.append("kexport serve: the served prediction differs from Keras's")
     for note in notes:
         print("note:", note)
     if page is not None and os.path.isfile(page):

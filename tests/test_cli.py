@@ -58,12 +58,12 @@ def kexport(*args, timeout=300, backend="tensorflow"):
 def test_help_is_fast_and_imports_no_framework():
     code = ("import sys, kexport.cli; kexport.cli.build_parser(); "
             "print(sorted(m for m in ('tensorflow', 'keras', 'jax', 'torch', 'onnxruntime', "
-            "'onnx') if m in sys.modules))")
+            "'onnx', 'fastapi', 'uvicorn') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
     proc = kexport("--help")
     assert proc.returncode == 0
-    for verb in ("export", "inspect", "verify", "bench", "formats"):
+    for verb in ("export", "inspect", "verify", "bench", "serve", "formats"):
         assert verb in proc.stdout
     proc = subprocess.run([sys.executable, "-m", "kexport", "--version"], capture_output=True,
                           text=True)

@@ -1,6 +1,6 @@
 """The ``kexport`` command line (also ``python -m kexport``).
 
-Verbs: ``export``, ``inspect``, ``verify``, ``bench``, ``report``, ``formats``. Every verb
+Verbs: ``export``, ``inspect``, ``verify``, ``bench``, ``report``, ``serve``, ``formats``. Every verb
 takes ``--json`` for scripts (one JSON document, the only thing on stdout) and
 ``-v`` to let the frameworks print their own log lines and warnings, hidden
 otherwise (:mod:`kexport.cli._quiet`). Exit codes: 0 success, 1 verification
@@ -207,6 +207,24 @@ def build_parser() -> argparse.ArgumentParser:
     _data(p)
     _precision(p)
     _common(p, backend=True, json_file=True)
+
+    p = sub.add_parser("serve", help="serve artifacts over HTTP (KServe v2 / TF-Serving REST)",
+                       description="Serve an artifact or a folder of artifacts with the Open "
+                                   "Inference Protocol (KServe v2, Triton's HTTP API, with "
+                                   "binary tensors) and TF-Serving's REST :predict, until "
+                                   "interrupted. See docs/serving.md.")
+    p.add_argument("path", metavar="PATH",
+                   help="an artifact, or a folder of artifacts (one model per artifact)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port; 0 picks a free one "
+                                                          "(default 8000)")
+    p.add_argument("--name", help="model name for a single artifact (default: its file stem)")
+    p.add_argument("--max-body-bytes", type=_positive, default=32 * 1024 * 1024, metavar="N",
+                   help="larger request bodies get HTTP 413 (default 32 MiB)")
+    p.add_argument("--workers", type=_positive, default=None, metavar="N",
+                   help="threads running inference (default: CPU count, at most 8)")
+    _common(p)
 
     p = sub.add_parser("formats", help="the backend x format route table")
     _common(p)

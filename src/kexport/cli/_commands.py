@@ -13,6 +13,7 @@ from typing import Any
 
 import kexport
 from kexport import layouts, routing
+from kexport import serve as serving
 from kexport._atomic import staging_dir
 from kexport._keras_file import load_keras_file
 from kexport._summary import human_size, size_of
@@ -32,7 +33,8 @@ from kexport.errors import (
 )
 from kexport.reporting import write_json
 from kexport.reporting.timing import bench_inputs, stats, time_calls
-from kexport.runtime import runtime_formats
+from kexport.runtime import TensorInfo, runtime_formats
+from kexport.serve import ServedModel
 from kexport.signature import Spec
 
 __all__ = ["run"]
@@ -42,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     """Dispatch ``args.verb``; map typed errors to exit codes."""
     verbs: dict[str, Callable[[argparse.Namespace, Progress], int]] = {
         "export": export, "inspect": inspect, "verify": verify, "bench": bench,
-        "formats": formats, "report": report,
+        "formats": formats, "report": report, "serve": serve,
     }
     progress = Progress(False if args.json else None)
     try:
@@ -416,4 +418,29 @@ def formats(args: argparse.Namespace, progress: Progress) -> int:
     lines.append("native: traced on the model's backend; rehost: rebuilt on another "
                  "backend in a child process; -: no route yet.")
     _emit(args, data, "\n".join(lines))
+    return EXIT_OK
+
+
+# -- serve ------------------------------------------------------------------
+
+def serve(args: argparse.Namespace, progress: Progress) -> int:
+    """``kexport serve PATH``: runs until interrupted; prints the URL and models once."""
+
+    def ready(url: str, models: dict[str, ServedModel]) -> None:
+        listed = {n: {"format": m.served.artifact.format, "endpoint": m.endpoint.name,
+                      "inputs": [t.to_json() for t in m.endpoint.inputs],
+                      "outputs": [t.to_json() for t in m.endpoint.outputs]}
+                  for n, m in models.items()}
+        lines = [f"kexport serve: {url} (Open Inference Protocol /v2, TF-Serving REST /v1)"]
+        lines += [f"  {n}: {m['format']}, endpoint {m['endpoint']}  {url}/v2/models/{n}"
+                  for n, m in listed.items()]
+        data = {"ok": True, "url": url, "models": listed}
+        print(json.dumps(data) if args.json else "\n".join(lines), file=result_stream(),
+              flush=True)
+
+    if not 0 <= args.port <= 65535:
+        raise SignatureError(f"Expected --port between 0 and 65535. Received: {args.port}")
+    serving.serve(args.path, host=args.host, port=args.port, name=args.name,
+                  max_body_bytes=args.max_body_bytes, workers=args.workers,
+                  log_level="info" if args.verbose else "warning", on_ready=ready)
     return EXIT_OK

@@ -15,7 +15,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from kexport.artifact import artifact_files
 from kexport.errors import SignatureError, describe
@@ -141,8 +141,14 @@ class Artifact(abc.ABC):
         precision: the precision the runtime computes in, as the runtime
             reports it after compiling (``"float32"`` unless asked otherwise
             with ``kexport.load(path, precision=...)``).
+        thread_safe: whether several threads may call :meth:`run` at once
+            (ONNX Runtime sessions and TensorFlow functions are; the LiteRT
+            interpreter, OpenVINO's compiled-model call and torch's process-wide
+            matmul precision are not). ``kexport serve`` serialises the calls of
+            artifacts that are not.
     """
 
+    thread_safe: ClassVar[bool] = False
     path: str
     format: str = ""
     endpoints: dict[str, EndpointInfo] = field(default_factory=dict)

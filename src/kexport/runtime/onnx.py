@@ -127,6 +127,8 @@ def _external_key(tensor: Any) -> tuple[str, int, int] | None:
 class OnnxArtifact(Artifact):
     """An ONNX file or archive folder run with ONNX Runtime."""
 
+    thread_safe = True  # concurrent run() calls are safe
+
     def __init__(self, path: str, root: Path, files: dict[str, Path],
                  default: str, metadata: dict[str, Any], threads: int | None = None) -> None:
         import onnx

@@ -67,6 +67,8 @@ def _ordered(names: list[str], wanted: list[str] | None) -> list[str]:
 class SavedModelArtifact(Artifact):
     """A SavedModel opened with ``tf.saved_model.load``."""
 
+    thread_safe = True  # concurrent run() calls are safe
+
     def __init__(self, path: str, loaded: Any, root: Path) -> None:
         super().__init__(path=path, format=FORMAT)
         self._loaded = loaded
