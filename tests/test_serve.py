@@ -366,3 +366,36 @@ def test_a_runtime_failure_is_a_400_without_paths_and_the_server_keeps_serving()
         reply = ask([1.0, 4.0])
         assert reply.status_code == 200
         assert reply.json()["outputs"][0]["data"] == [1.0, 2.0]
+
+
+def test_layouts_are_served_as_their_systems_would(folder, tmp_path):
+    """A repository written by ``kexport.write_layout`` is served one model per model folder
+    (named by the folder, at its highest version); a model or version folder as that model;
+    answers equal ``kexport.load`` of the layout's artifact."""
+    import tritonclient.http as httpclient
+
+    repo = tmp_path / "repo"
+    kexport.write_layout(folder / "mixer_onnx.onnx", repo, name="mixer", layout="triton")
+    kexport.write_layout(folder / "mixer_onnx.onnx", repo, name="mixer", layout="triton")
+    kexport.write_layout(folder / "mixer_tf_saved_model", repo, name="saved",
+                         layout="kserve")
+    found = _models_in(repo)
+    assert sorted(found) == ["mixer", "saved"]
+    assert found["mixer"].parent.name == "2"  # the highest version
+    assert _models_in(repo / "mixer" / "1") == {"mixer": repo / "mixer" / "1" / "model.onnx"}
+    assert _models_in(repo / "saved", name="s").keys() == {"s"}
+    with pytest.raises(ArtifactError, match=r"only for a single model\. Received: a "
+                                            r"repository of 2 models \['mixer', 'saved'\]"):
+        _models_in(repo, name="x")
+    server = Server(repo)
+    try:
+        assert sorted(server.models) == ["mixer", "saved"]
+        with httpclient.InferenceServerClient(server.host_port) as client:
+            for model, artifact in found.items():
+                loaded = kexport.load(artifact)
+                expected = loaded.run(loaded.default_endpoint, {"a": A, "b": B})
+                out = client.get_model_metadata(model)["outputs"][0]["name"]
+                got = client.infer(model, triton_inputs(True)).as_numpy(out)
+                np.testing.assert_array_equal(got, expected[out])
+    finally:
+        server.stop()

@@ -33,7 +33,7 @@ from kexport.errors import (
 )
 from kexport.reporting import write_json
 from kexport.reporting.timing import bench_inputs, stats, time_calls
-from kexport.runtime import TensorInfo, runtime_formats
+from kexport.runtime import runtime_formats
 from kexport.serve import ServedModel
 from kexport.signature import Spec
 

@@ -24,7 +24,8 @@ from typing import Any
 from kexport import runtime
 from kexport.artifact import FORMATS
 from kexport.artifact.recognize import has_manifest
-from kexport.errors import ArtifactError, describe
+from kexport.errors import ArtifactError, LayoutError, describe
+from kexport.layouts import existing_versions, read_layout
 from kexport.runtime import Artifact, EndpointInfo
 
 __all__ = ["Served", "ServedModel", "_models_in", "open_models"]
@@ -44,8 +45,12 @@ def _models_in(path: str | os.PathLike[str], name: str | None = None) -> dict[st
     folder of artifacts (one model per artifact, named by file stem; entries
     that are not artifacts are skipped). A folder is one artifact when it
     holds a kexport manifest (a SavedModel, an ONNX archive, ...), or when
-    none of its entries is an artifact but a runtime recognises the folder. Serving layouts are resolved here too
-    once their reader exists.
+    none of its entries is an artifact but a runtime recognises the folder.
+
+    Serving layouts (:func:`kexport.write_layout`) are served as their
+    systems would: a model folder (``<repo>/<name>``) as ``<name>`` at its
+    highest version, a version folder (``<repo>/<name>/<N>``) as ``<name>``
+    at that version, and a repository as one model per model folder.
 
     Raises:
         ArtifactError: PATH missing, holding no artifact, two artifacts with
@@ -58,6 +63,9 @@ def _models_in(path: str | os.PathLike[str], name: str | None = None) -> dict[st
     if not root.exists():
         raise ArtifactError(f"Expected an artifact or a folder of artifacts at "
                             f"'{os.fspath(path)}'. Received: a path that does not exist")
+    layout = _layout_models(root, name)
+    if layout is not None:
+        return layout
     if not root.is_dir() or has_manifest(root):
         return {name or _stem(root, runtime.detect(root)): root}
     found: dict[str, Path] = {}
@@ -84,6 +92,36 @@ def _models_in(path: str | os.PathLike[str], name: str | None = None) -> dict[st
         if len(found) != 1:
             raise ArtifactError(f"Expected --name/name= only for a single artifact. Received: "
                                 f"a folder of {len(found)} artifacts {sorted(found)}")
+        return {name: next(iter(found.values()))}
+    return found
+
+
+def _layout_models(root: Path, name: str | None) -> dict[str, Path] | None:
+    """``{model name: artifact path}`` when ``root`` is a serving layout (a
+    version folder, a model folder or a repository), else ``None``."""
+    if not root.is_dir():
+        return None
+    is_version = root.name.isdigit() and int(root.name) > 0 and bool(
+        existing_versions(root.resolve().parent))
+    if is_version or existing_versions(root):
+        layout = read_layout(root)
+        return {name or layout.name: Path(layout.artifact_path)}
+    model_dirs = sorted(d for d in root.iterdir()
+                        if d.is_dir() and not d.name.startswith(".") and existing_versions(d))
+    if not model_dirs:
+        return None
+    found: dict[str, Path] = {}
+    for model_dir in model_dirs:
+        try:
+            layout = read_layout(model_dir)
+        except LayoutError as e:
+            raise ArtifactError(f"Expected every model folder of the repository '{root.name}' "
+                                f"to hold a servable version. Received: {e}") from None
+        found[layout.name] = Path(layout.artifact_path)
+    if name is not None:
+        if len(found) != 1:
+            raise ArtifactError(f"Expected --name/name= only for a single model. Received: a "
+                                f"repository of {len(found)} models {sorted(found)}")
         return {name: next(iter(found.values()))}
     return found
 
