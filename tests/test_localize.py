@@ -167,3 +167,22 @@ def test_cli_verify_localize_json(tmp_path, capsys):
     assert loc["layers"][0]["tolerance"] == {"atol": 1e-4, "rtol": 1e-3}
     # tf2onnx keeps the layers' name scopes: the rows name the ONNX ops they became
     assert "MatMul" in loc["layers"][0]["ops"]
+
+
+@pytest.mark.backends("tensorflow")
+def test_report_of_a_faulty_artifact_shows_the_planted_layer(planted, tmp_path):
+    """``kexport.report`` asks the localiser about an artifact that fails, and the page
+    names the planted layer with its errors (the same finding as ``--json``)."""
+    path = _export(planted, str(tmp_path), "onnx")
+    page = tmp_path / "report.html"
+    data = kexport.report(planted, [path], page, batch_sizes=(1,), seconds=0.02)
+    (section,) = data["artifacts"]
+    assert data["ok"] is False and section["ok"] is False
+    finding = section["localization"]
+    assert finding["status"] == "found" and finding["culprit"] == CULPRIT, finding
+    assert finding["layer"]["class_name"] == "Planted"
+    assert finding["layer"]["origin"] == "enters here"
+    assert finding["layer"]["output_rel_error"] == pytest.approx(0.5, abs=1e-3)
+    html = page.read_text()
+    assert "first diverging layer: block/planted (Planted)" in html
+    assert str(tmp_path) not in html

@@ -161,10 +161,12 @@ def test_a_failed_artifact_is_reported_with_the_localisers_finding(reported):
     got = kexport.load(reported["onnx"])(x)["embedding"]
     want = np.asarray(reported["other"](x)["embedding"])
     assert np.abs(got - want).max() > 10 * embedding["atol"]  # the artifact really differs
+    # the artifact is another model's: a probe of this model through the same route matches
+    # layer by layer, so the localiser says the route is not where the difference is
     finding = s["localization"]
-    assert finding is not None and finding["status"] in ("found", "clean", "error",
-                                                         "unavailable")
-    assert finding["message"]
+    assert finding["status"] == "not_reproduced" and finding["culprit"] is None, finding
+    assert finding["total_layers"] == 3 and not finding["layers"][0]["output_error"]
+    assert "not in the route" in finding["message"]
 
 
 @needs_chromium

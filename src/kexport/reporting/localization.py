@@ -14,6 +14,8 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
+from kexport.localize import localize
+
 __all__ = ["LOCALIZER", "Localization", "Localizer", "finding_json"]
 
 
@@ -39,23 +41,28 @@ class Localizer(Protocol):
                  data: Any | None = None) -> Localization: ...
 
 
-#: The localiser a report calls for a failed artifact: ``kexport.localize``
-#: once it is merged (wired in :func:`_localize_finding`); ``None`` until then.
-LOCALIZER: Localizer | None = None
+#: The localiser a report calls for a failed artifact (:func:`kexport.localize`;
+#: tests swap it). ``None``: the report says no localiser ran.
+LOCALIZER: Localizer | None = localize
+
+#: The finding when the artifact fails verification but a probe exported now through
+#: the same route matches the model layer by layer.
+NOT_REPRODUCED = ("a fresh export of this model through the artifact's route matches it layer "
+                  "by layer: the difference is not in the route. The artifact was written from "
+                  "other weights or another model, or has changed since; export it again.")
 
 #: Layer rows a report keeps around the culprit (before it, and after it).
 ROWS_BEFORE, ROWS_AFTER = 12, 3
 
 _ROW_KEYS = ("path", "class_name", "input_error", "output_error", "tolerance", "ok",
-             "origin", "ops")
+             "origin", "ops", "failed")
 
 
 def _localize_finding(model: Any, artifact_path: str | os.PathLike[str],
                       data: Any | None = None) -> dict[str, Any]:
     """The localiser's finding for an artifact that failed verification, as JSON.
 
-    The one call of the localiser in the report (wire ``kexport.localize``
-    here: ``LOCALIZER``). Its failure (e.g. a format that keeps no
+    The one call of the localiser in the report (``LOCALIZER``). Its failure (e.g. a format that keeps no
     intermediate outputs) is part of the finding, never an error of the
     report.
     """
@@ -68,7 +75,11 @@ def _localize_finding(model: Any, artifact_path: str | os.PathLike[str],
     except Exception as e:  # the report records why, and goes on
         return {"status": "error", "culprit": None, "layer": None, "layers": [],
                 "message": f"{type(e).__name__}: {e}"}
-    return finding_json(found)
+    finding = finding_json(found)
+    if finding["status"] == "clean":  # the artifact fails, a fresh probe export does not
+        finding["status"] = "not_reproduced"
+        finding["message"] = NOT_REPRODUCED
+    return finding
 
 
 def finding_json(found: Localization) -> dict[str, Any]:
@@ -90,6 +101,10 @@ def finding_json(found: Localization) -> dict[str, Any]:
 
 def _row(row: Mapping[str, Any]) -> dict[str, Any]:
     out = {k: row.get(k) for k in _ROW_KEYS}
+    for key in ("input_error", "output_error"):  # {"max_abs", "max_rel"}: the page's number
+        if isinstance(out[key], Mapping):        # is max_abs; max_rel is kept beside it
+            out[key.replace("_error", "_rel_error")] = out[key].get("max_rel")
+            out[key] = out[key].get("max_abs")
     if out["ops"] is not None and not isinstance(out["ops"], list):
         out["ops"] = list(out["ops"]) if isinstance(out["ops"], (tuple, set)) else [out["ops"]]
     return out

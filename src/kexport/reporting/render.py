@@ -221,6 +221,15 @@ def _verification(v: Mapping[str, Any]) -> str:
     return head + (table if rows else "") + "".join(notes)
 
 
+def _fmt_tolerance(value: Any) -> str:
+    """A layer's tolerance (``{"atol", "rtol"}``, or a quantized mode's
+    thresholds) as ``'atol 1e-05, rtol 1e-05'``."""
+    if isinstance(value, Mapping):
+        return ", ".join(f"{k} {v if isinstance(v, str) else fmt_error(v)}"
+                         for k, v in value.items() if v is not None)
+    return fmt_error(value)
+
+
 def _localization(f: Mapping[str, Any] | None) -> str:
     if not f:
         return ""
@@ -231,7 +240,7 @@ def _localization(f: Mapping[str, Any] | None) -> str:
         mark = "&#9654; " if r.get("path") == f.get("culprit") else ""
         rows.append([mark + f"<code>{_e(r.get('path'))}</code>", _e(r.get("class_name")),
                      _e(fmt_error(r.get("input_error"))), _e(fmt_error(r.get("output_error"))),
-                     _e(fmt_error(r.get("tolerance"))),
+                     _e(_fmt_tolerance(r.get("tolerance"))),
                      _verdict(bool(r.get("ok"))), _e(r.get("origin")),
                      _e(", ".join(str(o) for o in (r.get("ops") or [])))])
     if rows:
