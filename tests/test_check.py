@@ -142,17 +142,32 @@ def test_equal_close_and_far():
     assert compare(e, e.copy(), 1e-4, 1e-3) == (0.0, 0.0, True)
     max_abs, max_rel, ok = compare(e, e + np.array([0, 0, 0.05], "float32"), 1e-4, 1e-3)
     assert ok and max_abs == pytest.approx(0.05, rel=1e-3) and max_rel == pytest.approx(5e-4, 1e-3)
-    assert not compare(e, e + np.array([0, 0.01, 0], "float32"), 1e-4, 1e-3)[2]
+    # at -2 the limit is 1e-4 * 100 (the output's scale) + 1e-3 * 2 = 0.012
+    assert not compare(e, e + np.array([0, 0.013, 0], "float32"), 1e-4, 1e-3)[2]
+    assert compare(e, e + np.array([0, 0.011, 0], "float32"), 1e-4, 1e-3)[2]
 
 
 def test_atol_rtol_edge_is_inclusive_like_allclose():
     e = np.array([100.0])
-    limit = 1e-4 + 1e-3 * 100.0
+    limit = 1e-4 * 100.0 + 1e-3 * 100.0  # atol in units of the output's scale (100)
     assert compare(e, e + limit * 0.999, 1e-4, 1e-3)[2]
     assert not compare(e, e + limit * 1.001, 1e-4, 1e-3)[2]
     # relative error only over elements larger than atol: 0 vs 5e-5 is within atol
     max_abs, max_rel, ok = compare(np.array([0.0]), np.array([5e-5]), 1e-4, 0.0)
     assert ok and max_rel == 0.0 and max_abs == pytest.approx(5e-5)
+
+
+def test_atol_scales_with_the_outputs_magnitude():
+    """float32 rounding near 0 in an output whose values reach 40 is that of numbers of
+    size 40: atol counts in units of max(1, max |expected|), per output."""
+    e = np.array([0.0, 3.0, -40.0])
+    assert compare(e, e + np.array([3.9e-3, 0, 0]), 1e-4, 1e-3)[2]
+    assert not compare(e, e + np.array([4.1e-3, 0, 0]), 1e-4, 1e-3)[2]
+    small = np.array([0.0, 0.3, -0.9])  # within [-1, 1]: exactly numpy.allclose
+    assert not compare(small, small + np.array([1.1e-4, 0, 0]), 1e-4, 1e-3)[2]
+    assert compare(small, small + np.array([0.9e-4, 0, 0]), 1e-4, 1e-3)[2]
+    for got in (small + np.array([1.1e-4, 0, 0]), small + np.array([0.9e-4, 0, 0])):
+        assert compare(small, got, 1e-4, 1e-3)[2] == np.allclose(got, small, 1e-3, 1e-4)
 
 
 def test_nans_must_sit_at_the_same_positions():

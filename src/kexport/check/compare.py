@@ -2,8 +2,10 @@
 
 Every check decides here: :func:`kexport.verify` per output and case, the
 re-host check before an artifact is placed, the ONNX acceptance of a fast
-converter's graph. The rule is ``numpy.allclose``'s, computed in float64:
-``|received - expected| <= atol + rtol * |expected|`` elementwise, NaNs must
+converter's graph. The rule is ``numpy.allclose``'s with ``atol`` in units of the output's
+scale, computed in float64: ``|received - expected| <= atol * s + rtol *
+|expected|`` elementwise, where ``s = max(1, max |expected|)`` over the output
+(for outputs within [-1, 1], exactly ``allclose``); NaNs must
 sit at the same positions, shapes must match; integer, boolean and string
 outputs must match exactly (:func:`tolerance_for`).
 
@@ -80,7 +82,11 @@ def compare(expected: Any, received: Any, atol: float, rtol: float
     mag = np.abs(e[mask])
     big = mag > max(atol, 1e-12)
     max_rel = float(np.max(diff[big] / mag[big])) if np.any(big) else 0.0
-    ok = bool(np.all(diff <= atol + rtol * mag))
+    # atol in units of the output's scale: float32 rounding grows with the values
+    # summed, so an element near 0 of an output whose values reach 40 carries the
+    # rounding of numbers of size 40 (measured: EfficientNetB0 on PyTorch -> ONNX)
+    scale = max(1.0, float(np.max(mag)))
+    ok = bool(np.all(diff <= atol * scale + rtol * mag))
     return float(np.max(diff)), max_rel, ok
 
 

@@ -1,8 +1,8 @@
 """The one tolerance table: ``(atol, rtol)`` by compute precision.
 
-Outputs are compared like ``numpy.allclose`` (see
-:func:`kexport.check.compare.compare`): ``|artifact - model| <= atol + rtol *
-|model|``. Every check uses this table: :func:`kexport.verify` by the
+Outputs are compared like ``numpy.allclose`` with ``atol`` in units of the
+output's scale (see :func:`kexport.check.compare.compare`): ``|artifact -
+model| <= atol * max(1, max|model|) + rtol * |model|``. Every check uses this table: :func:`kexport.verify` by the
 artifact's precision, the re-host check and the ONNX acceptance of fast
 converters with the ``float32`` row.
 
