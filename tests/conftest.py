@@ -24,8 +24,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 BACKEND = os.environ.get("KERAS_BACKEND", "tensorflow")
 
 
+#: ``KEXPORT_FULL_MATRIX=1`` also runs the ``full_matrix`` cells (see :func:`native_formats`).
+FULL_MATRIX = os.environ.get("KEXPORT_FULL_MATRIX", "") not in ("", "0")
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "backends(*names): run only on these Keras backends")
+    config.addinivalue_line(
+        "markers", "full_matrix: a cell the default run leaves to KEXPORT_FULL_MATRIX=1")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -33,6 +39,20 @@ def pytest_collection_modifyitems(config, items):
         marker = item.get_closest_marker("backends")
         if marker and BACKEND not in marker.args:
             item.add_marker(pytest.mark.skip(reason=f"only on {marker.args}, this run is {BACKEND}"))
+        elif item.get_closest_marker("full_matrix") and not FULL_MATRIX:
+            item.add_marker(pytest.mark.skip(
+                reason="a re-hosted cell of a cross-backend matrix: KEXPORT_FULL_MATRIX=1 runs it"))
+
+
+def native_formats(formats):
+    """``formats`` as pytest params, those with no native route from this backend marked
+    ``full_matrix``: a re-hosted cell runs the host backend's native route in a child
+    process, which that backend's own run tests; ``KEXPORT_FULL_MATRIX=1`` runs them all."""
+    import kexport
+
+    native = {r.format for r in kexport.routes() if r.backend == BACKEND and r.kind == "native"}
+    return [f if f in native else pytest.param(f, marks=pytest.mark.full_matrix)
+            for f in formats]
 
 
 class FreshProcess:

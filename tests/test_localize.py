@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 import kexport
+from conftest import native_formats
 from kexport.check.probe import unjudged
 from kexport.check.tolerance import QUANTIZED
 from kexport.errors import ArtifactError, LocalizationError
@@ -84,7 +85,7 @@ def _export(model, folder, format, **options):
     return path
 
 
-@pytest.mark.parametrize("format", FORMATS)
+@pytest.mark.parametrize("format", native_formats(FORMATS))
 def test_planted_fault_is_named_exactly(planted, tmp_path_factory, format):
     path = _export(planted, str(tmp_path_factory.mktemp(f"loc_{format}")), format)
     report = kexport.localize(planted, path)
