@@ -1,4 +1,5 @@
-"""Fresh-process side of tests/test_quantization_exclude.py: only onnx, no Keras or kexport."""
+"""Fresh-process side of tests/test_quantization_exclude.py: only onnx or openvino, no Keras
+or kexport."""
 
 from __future__ import annotations
 
@@ -42,3 +43,33 @@ def weight_ops(path):
             rows.append({"op": node.op_type, "dims": list(dims) if dims else None,
                          "inputs": [s for s, _ in sources]})
     return {"ops": rows, "metadata": {p.key: p.value for p in model.metadata_props}}
+
+
+def ir_weight_ops(xml):
+    """Each MatMul / Convolution of the OpenVINO IR at ``xml``: its name, where
+    its weights come from (the operations from it back to a Constant, the last
+    one ``"Constant <element type>"``), the Constant's dims (sorted) and the
+    operation feeding its activation; and the kexport manifest in its rt_info."""
+    import json
+
+    import openvino as ov
+
+    model = ov.Core().read_model(xml)
+    rows = []
+    for op in model.get_ordered_ops():
+        if op.get_type_name() not in ("MatMul", "Convolution"):
+            continue
+        chain, dims, node = [], None, op.input_value(1).get_node()
+        while True:
+            if node.get_type_name() == "Constant":
+                chain.append(f"Constant {node.get_output_element_type(0).get_type_name()}")
+                dims = sorted(int(d) for d in node.get_output_shape(0))
+                break
+            chain.append(node.get_type_name())
+            if node.get_input_size() == 0:
+                break
+            node = node.input_value(0).get_node()
+        rows.append({"op": op.get_friendly_name(), "dims": dims, "weights": chain,
+                     "activation": op.input_value(0).get_node().get_type_name()})
+    manifest = json.loads(model.get_rt_info(["kexport_manifest"]).astype(str))
+    return {"ops": rows, "manifest": manifest}

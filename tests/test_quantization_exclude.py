@@ -148,7 +148,7 @@ def test_exclude_needs_a_quantization_mode(tmp_path):
 def test_litert_refuses_exclusion(tmp_path):
     with pytest.raises(QuantizationError, match=r"format='litert' cannot keep layers in float "
                                                 r"\(its converter offers no supported way.*"
-                                                r"Formats that can: \['onnx'\]"):
+                                                r"Formats that can: \['openvino', 'onnx'\]"):
         kexport.export_litert(_model(), tmp_path / "never.tflite", quantization="dynamic_int8",
                               quantization_exclude=["first"])
     assert not (tmp_path / "never.tflite").exists()
@@ -206,3 +206,104 @@ def test_archive_write_out_excludes_layers(tmp_path, fresh_process):
     assert ops[tuple(FIRST)]["op"] == ops[tuple(MIDDLE)]["op"] == "MatMulInteger", ops
     manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
     assert manifest["quantization"]["excluded_layers"] == ["last"]
+
+
+# -- OpenVINO: the same layers, NNCF's IgnoredScope ----------------------------------------------
+@pytest.fixture(scope="module")
+def openvino_int8(tmp_path_factory):
+    """The model exported once as int8 OpenVINO IR, first and last layers excluded."""
+    keras.utils.set_random_seed(7)
+    model = _model()
+    path = tmp_path_factory.mktemp("qexcl_ov") / "m.xml"
+    kexport.export_openvino(model, path, verbose=False, quantization="int8",
+                            calibration_data=[_data(32, s) for s in range(1, 5)],
+                            quantization_exclude=["first", "last"])
+    return model, path
+
+
+@pytest.mark.backends("tensorflow", "torch")
+def test_openvino_first_and_last_layers_stay_float(openvino_int8, fresh_process):
+    """TensorFlow: Keras name scopes in the IR's operation names; PyTorch: the
+    torch.export program's module paths. The excluded MatMuls take f32
+    Constants; the middle one int8 weights (Convert-Multiply) and a
+    FakeQuantize'd activation."""
+    model, path = openvino_int8
+    graph = fresh_process("fresh_exclude:ir_weight_ops", str(path))
+    ops = {tuple(op["dims"]): op for op in graph["ops"] if op["dims"]}
+    assert set(ops) == {tuple(FIRST), tuple(MIDDLE), tuple(LAST)}, graph["ops"]
+    for dims in (FIRST, LAST):
+        assert ops[tuple(dims)]["weights"] == ["Constant f32"], ops[tuple(dims)]
+        assert ops[tuple(dims)]["activation"] != "FakeQuantize", ops[tuple(dims)]
+    middle = ops[tuple(MIDDLE)]
+    assert middle["weights"][-1] == "Constant i8" and "Multiply" in middle["weights"], middle
+    assert middle["activation"] == "FakeQuantize", middle
+    recorded = graph["manifest"]["quantization"]
+    assert recorded["mode"] == "int8" and recorded["excluded_layers"] == ["first", "last"]
+    report = kexport.verify(model, path, data=_data(64, 99))
+    assert report.ok, report.to_json()
+    assert report.quantization == "int8"
+
+
+@pytest.mark.backends("tensorflow")
+def test_openvino_dynamic_int8_excludes_by_path(tmp_path, fresh_process):
+    """``dynamic_int8`` (nncf.compress_weights) keeps the nested layer, named by
+    its path, in f32; the others get u8 weights; ``float16`` is refused."""
+    model = _model()
+    path = tmp_path / "d.xml"
+    kexport.export_openvino(model, path, verbose=False, quantization="dynamic_int8",
+                            quantization_exclude=["block/inner"])
+    graph = fresh_process("fresh_exclude:ir_weight_ops", str(path))
+    ops = {tuple(op["dims"]): op for op in graph["ops"] if op["dims"]}
+    assert ops[tuple(MIDDLE)]["weights"] == ["Constant f32"], ops
+    for dims in (FIRST, LAST):
+        assert ops[tuple(dims)]["weights"][-1] == "Constant u8", ops[tuple(dims)]
+    assert graph["manifest"]["quantization"]["excluded_layers"] == ["block/inner"]
+    with pytest.raises(QuantizationError, match=r"format='openvino' cannot keep layers in "
+                                                r"float in quantization='float16' \(it does in "
+                                                r"\['dynamic_int8', 'int8'\]\)"):
+        kexport.export_openvino(model, tmp_path / "f.xml", quantization="float16",
+                                quantization_exclude=["first"])
+    assert not (tmp_path / "f.xml").exists()
+
+
+@pytest.mark.backends("tensorflow")
+def test_openvino_layer_without_operations_is_a_typed_error(tmp_path):
+    """A layer that computes nothing in the IR (Dropout at inference) cannot be
+    kept in float: a LayerMappingError, nothing written."""
+
+    class Net(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.dense = keras.layers.Dense(8, name="dense")
+            self.drop = keras.layers.Dropout(0.5, name="drop")
+
+        def call(self, x):
+            return self.drop(self.dense(x))
+
+    model = Net()
+    model(np.zeros((1, 4), "float32"))
+    with pytest.raises(LayerMappingError, match=r"Layer 'drop' of quantization_exclude matched "
+                                                r"no node of the graph written by route "
+                                                r"'tensorflow: tf.function -> openvino"):
+        kexport.export_openvino(model, tmp_path / "n.xml", verbose=False,
+                                quantization="dynamic_int8", quantization_exclude=["drop"])
+    assert not (tmp_path / "n.xml").exists()
+
+
+@pytest.mark.backends("torch")
+def test_openvino_torch_functional_layers_refuse_torch_export(tmp_path):
+    """On PyTorch, a Functional model's layers are no module attributes, so the
+    torch.export strategy cannot name their operations: a LayerMappingError
+    before converting (export_model then tries the re-host on TensorFlow)."""
+    inputs = keras.Input((12,), name="features")
+    model = keras.Model(inputs, keras.layers.Dense(4, name="head")(
+        keras.layers.Dense(8, name="body")(inputs)))
+    archive = kexport.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serve", model, input_signature=[keras.InputSpec(shape=(None, 12))])
+    with pytest.raises(LayerMappingError, match=r"Route 'torch: torch.export -> "
+                                                r"openvino.convert_model' names graph nodes by "
+                                                r"PyTorch module paths, and layers \['head'\]"):
+        archive.write_out(tmp_path / "a", format="openvino", verbose=False,
+                          quantization="dynamic_int8", quantization_exclude=["head"])
+    assert not (tmp_path / "a").exists()

@@ -308,7 +308,8 @@ def export_litert(model: Any, filepath: str | os.PathLike[str], verbose: bool | 
 
 def export_openvino(model: Any, filepath: str | os.PathLike[str], verbose: bool | None = None,
                     input_signature: Any | None = None, quantization: str | None = None,
-                    calibration_data: Any | None = None, **kwargs: Any) -> None:
+                    calibration_data: Any | None = None,
+                    quantization_exclude: list[str] | None = None, **kwargs: Any) -> None:
     """Export ``model`` as OpenVINO IR (``name.xml`` + ``name.bin``); see docs/openvino.md.
 
     Args:
@@ -321,6 +322,9 @@ def export_openvino(model: Any, filepath: str | os.PathLike[str], verbose: bool 
             ``"int8"`` (``nncf.quantize`` on ``calibration_data``); inputs and
             outputs stay f32. See docs/quantization.md.
         calibration_data: typical inputs for ``"int8"`` (see :func:`export_model`).
+        quantization_exclude: Keras layer names (or paths, ``"block/dense"``)
+            whose operations stay float with ``"dynamic_int8"`` or ``"int8"``
+            (NNCF's ``IgnoredScope``); see docs/quantization.md.
         **kwargs: the options of :func:`export_model`.
 
     Example:
@@ -334,6 +338,8 @@ def export_openvino(model: Any, filepath: str | os.PathLike[str], verbose: bool 
     """
     if quantization is not None or calibration_data is not None:
         kwargs.update(quantization=quantization, calibration_data=calibration_data)
+    if quantization_exclude is not None:
+        kwargs.update(quantization=quantization, quantization_exclude=quantization_exclude)
     export_model(model, filepath, format="openvino", verbose=verbose,
                  input_signature=input_signature, **kwargs)
 

@@ -91,7 +91,9 @@ FORMATS: dict[str, FormatDescriptor] = {
     "openvino": FormatDescriptor(
         "openvino", "OpenVINO IR (.xml graph + .bin weights)", ".xml",
         ("openvino",), "openvino", sidecars=("{stem}.bin",), recognizer=is_openvino_artifact,
-        quantizations=("float16", "dynamic_int8", "int8")),
+        quantizations=("float16", "dynamic_int8", "int8"),
+        # NNCF's IgnoredScope; save_model(compress_to_fp16=True) compresses every weight
+        exclude_modes=("dynamic_int8", "int8")),
     "onnx": FormatDescriptor(
         "onnx", "ONNX graph (ONNX Runtime, Triton)", ".onnx",
         ("onnx", "onnxruntime"), "onnx", sidecars=("{name}.data",),

@@ -15,12 +15,14 @@ One rule for every format that quantizes, in two steps:
    scope (the segments its converter put in its name) and the graph's
    :data:`NAMINGS` kind, which the format's writer declares per route:
 
-   - ``"layer_names"``: Keras name scopes, as ``tf2onnx`` keeps them from a
-     ``tf.function`` (``net_1/block_1/inner_1/MatMul``: TensorFlow adds
-     ``_<n>`` to repeated scopes);
+   - ``"layer_names"``: Keras name scopes, as ``tf2onnx`` and OpenVINO's
+     TensorFlow frontend keep them from a ``tf.function``
+     (``net_1/block_1/inner_1/MatMul``: TensorFlow adds ``_<n>`` to repeated
+     scopes);
    - ``"module_paths"``: PyTorch module attribute paths below the model, as
      ``torch.onnx`` names nodes (``/model/block/inner/MatMul``; the writer
-     drops its own wrapper's segment);
+     drops its own wrapper's segment), or as the OpenVINO writer reads them
+     from ``torch.export``'s ``nn_module_stack``;
    - ``None``: the converter keeps no layer names (``jax2onnx``): the route
      refuses with :class:`~kexport.errors.LayerMappingError`, so the route
      table tries the next route, and the caller gets that error when none is
@@ -30,7 +32,9 @@ One rule for every format that quantizes, in two steps:
    layer that matches no node, or a node two of the model's layers could own
    (siblings ``dense`` and ``dense_1`` under TensorFlow's renaming), is a
    :class:`~kexport.errors.LayerMappingError` too: an exclusion is never a
-   silent no-op.
+   silent no-op. :func:`excluded_nodes_by_graph` does the same for an
+   artifact of several graphs (an archive's endpoints): each layer in one
+   of them at least.
 
 :func:`check_exclude` checks the option itself (a list of names, given with a
 quantization mode the format can keep layers out of; see
@@ -48,7 +52,7 @@ from kexport.artifact.descriptors import FORMATS
 from kexport.errors import LayerMappingError, QuantizationError, describe
 
 __all__ = ["NAMINGS", "ExcludedLayer", "check_exclude", "check_naming", "exclude_formats",
-           "excluded_nodes", "resolve_layers"]
+           "excluded_nodes", "excluded_nodes_by_graph", "resolve_layers"]
 
 #: How a graph's node names carry the layers they came from (see the module doc).
 NAMINGS: tuple[str, ...] = ("layer_names", "module_paths")
@@ -340,6 +344,30 @@ def excluded_nodes(model: Any, layers: Sequence[ExcludedLayer],
         _found(layer, mine, route, required)
         nodes.extend(n for n in mine if n not in nodes)
     return nodes
+
+
+def excluded_nodes_by_graph(model: Any, layers: Sequence[ExcludedLayer],
+                            graphs: Mapping[str, tuple[Mapping[str, Sequence[str]], str | None]],
+                            route: str) -> dict[str, list[str]]:
+    """Each graph's nodes that came from ``layers``, for an artifact of several
+    graphs (an archive's endpoints): a layer may be missing from some graphs,
+    never from all of them.
+
+    Args:
+        model, layers, route: as for :func:`excluded_nodes`.
+        graphs: graph name -> (its nodes' scopes, its :data:`NAMINGS` kind).
+
+    Raises:
+        LayerMappingError: as :func:`excluded_nodes`; a layer that matches no
+            node of any graph.
+    """
+    found = {name: excluded_nodes(model, layers, scopes, naming, route, required=False)
+             for name, (scopes, naming) in graphs.items()}
+    for layer in layers:
+        if not any(excluded_nodes(model, (layer,), scopes, naming, route, required=False)
+                   for scopes, naming in graphs.values()):
+            _found(layer, [], route, required=True)
+    return found
 
 
 def _found(layer: ExcludedLayer, mine: list[str], route: str, required: bool) -> None:

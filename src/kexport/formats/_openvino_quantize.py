@@ -27,8 +27,12 @@ running in bf16 is a compile-time choice (``kexport.load(path,
 precision="bf16")``), not a property of the file.
 
 ``ignored_nodes`` (IR operation names) keeps those operations in float with
-``nncf.IgnoredScope(names=...)``; it is the hook for a
-``quantization_exclude`` option resolved from Keras layer names.
+``nncf.IgnoredScope(names=...)``: the writer passes the operations of the
+layers of ``quantization_exclude`` (:mod:`kexport.artifact.exclusion`).
+``compress_weights`` then leaves their weights f32, and ``quantize`` puts no
+``FakeQuantize`` on their weights or inputs. ``"float16"`` cannot keep any:
+``openvino.save_model(compress_to_fp16=True)`` compresses every float
+weight, and OpenVINO's Python API offers no per-operation exemption.
 """
 
 from __future__ import annotations

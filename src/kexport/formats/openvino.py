@@ -17,8 +17,12 @@ What we write:
 - with ``quantization=`` (``"float16"``, ``"dynamic_int8"``, ``"int8"``; see
   :mod:`kexport.formats._openvino_quantize`): the quantized IR, float32
   inputs and outputs, and the manifest's ``quantization`` record (mode,
-  calibration rows, openvino and nncf versions), which ``kexport.load`` and
-  ``kexport.verify`` read.
+  calibration rows, openvino and nncf versions, ``excluded_layers``), which
+  ``kexport.load`` and ``kexport.verify`` read;
+- with ``quantization_exclude=`` (``"dynamic_int8"``, ``"int8"``): the IR
+  operations of those Keras layers kept in float (NNCF's ``IgnoredScope``),
+  found by :mod:`kexport.artifact.exclusion` from each strategy's
+  ``naming``.
 
 How an endpoint reaches OpenVINO (strategies tried in order, by what the
 capture produced, never by backend name):
@@ -39,6 +43,8 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +56,12 @@ from kexport.artifact import (
     OPENVINO_PRODUCER_KEY,
     Manifest,
     file_sha256,
+)
+from kexport.artifact.exclusion import (
+    check_exclude,
+    check_naming,
+    excluded_nodes_by_graph,
+    resolve_layers,
 )
 from kexport.artifact.quantization import check_quantization, record
 from kexport.check import samples
@@ -85,8 +97,20 @@ def _uses_xla_call_module(concrete: Any) -> bool:
     return any(n.op == "XlaCallModule" for n in nodes)
 
 
-def _from_tensorflow(endpoint: TracedEndpoint, archive: EndpointArchive) -> Any:
-    """Strategy 1: a TensorFlow function, read by OpenVINO's TensorFlow frontend."""
+@dataclass(frozen=True)
+class _Converted:
+    """An endpoint's IR and each of its operations' scope (for ``quantization_exclude``)."""
+
+    model: Any
+    #: operation friendly name -> the segments naming the layer it came from
+    scopes: dict[str, tuple[str, ...]]
+
+
+def _from_tensorflow(endpoint: TracedEndpoint, archive: EndpointArchive) -> _Converted:
+    """Strategy 1: a TensorFlow function, read by OpenVINO's TensorFlow frontend.
+
+    Its operations keep the TensorFlow op names, Keras name scopes included
+    (``tagger_1/block_1/inner_1/MatMul``): naming ``"layer_names"``."""
     import openvino as ov
 
 
@@ -99,7 +123,9 @@ def _from_tensorflow(endpoint: TracedEndpoint, archive: EndpointArchive) -> Any:
             "archive.write_out(path, format='openvino') and export_model(model, path, "
             "format='openvino') re-host JAX archives and models onto TensorFlow."
         )
-    return _integer_matmul_accumulates(ov.convert_model(concrete))
+    model = _integer_matmul_accumulates(ov.convert_model(concrete))
+    return _Converted(model, {op.get_friendly_name(): tuple(
+        s for s in op.get_friendly_name().split("/") if s)[:-1] for op in model.get_ops()})
 
 
 def _integer_matmul_accumulates(model: Any) -> Any:
@@ -132,22 +158,58 @@ def _integer_matmul_accumulates(model: Any) -> Any:
     return model
 
 
-def _from_torch(endpoint: TracedEndpoint, archive: EndpointArchive) -> Any:
-    """Strategy 3: ``torch.export`` the Python callable, then convert the program."""
-    import openvino as ov
+def _from_torch(endpoint: TracedEndpoint, archive: EndpointArchive) -> _Converted:
+    """Strategy 3: ``torch.export`` the Python callable, then convert the program.
 
+    The program is handed over as the decoder ``openvino.convert_model`` makes
+    of it (the same call, after the same decompositions), so that its
+    operations' names (``mm_1/aten.mm.default/MatMul``: the FX node first)
+    can be read against the decomposed graph's ``nn_module_stack``: each
+    operation's scope is the module path of its node below the tracked model
+    (``("block", "inner")``), naming ``"module_paths"``."""
+    import openvino as ov
+    from openvino.frontend.pytorch.fx_decoder import TorchFXPythonDecoder
 
     layers = list(archive.trackables()["tracked_layers"])
     program = export_program(endpoint.function, endpoint.signature, endpoint.input_names,
                              layers, endpoint.name)
-    return ov.convert_model(program)
+    decoder = TorchFXPythonDecoder.from_exported_program(program)
+    modules = {}
+    for node in decoder.pt_module.graph.nodes:
+        stack = node.meta.get("nn_module_stack")
+        if stack:  # "layers.<i>.block.inner": below the FlatEndpoint's ModuleList
+            path = tuple(list(stack.values())[-1][0].split("."))
+            modules[node.name] = path[2:] if path[:1] == ("layers",) else path
+    model = ov.convert_model(decoder)
+    return _Converted(model, {op.get_friendly_name(): modules.get(
+        op.get_friendly_name().split("/")[0], ()) for op in model.get_ops()})
 
 
-def _convert(endpoint: TracedEndpoint, archive: EndpointArchive) -> Any:
-    is_tf = hasattr(endpoint.function, "get_concrete_function")
-    strategy = _from_tensorflow if is_tf else _from_torch
+@dataclass(frozen=True)
+class _Strategy:
+    """How an endpoint reaches OpenVINO, and how its IR names the layers."""
+
+    convert: Callable[[TracedEndpoint, EndpointArchive], _Converted]
+    #: how operation names carry layers (:data:`kexport.artifact.exclusion.NAMINGS`)
+    naming: str | None
+    via: str
+
+    def route(self, archive: EndpointArchive) -> str:
+        return f"{archive.backend}: {self.via}"
+
+
+_TENSORFLOW = _Strategy(_from_tensorflow, "layer_names", "tf.function -> openvino.convert_model")
+_TORCH = _Strategy(_from_torch, "module_paths", "torch.export -> openvino.convert_model")
+
+
+def _strategy(endpoint: TracedEndpoint) -> _Strategy:
+    """The strategy for what the capture produced (never the backend's name)."""
+    return _TENSORFLOW if hasattr(endpoint.function, "get_concrete_function") else _TORCH
+
+
+def _convert(endpoint: TracedEndpoint, archive: EndpointArchive) -> _Converted:
     try:
-        model = strategy(endpoint, archive)
+        converted = _strategy(endpoint).convert(endpoint, archive)
     except KexportError:
         raise
     except Exception as e:  # every conversion failure becomes a typed error
@@ -156,7 +218,7 @@ def _convert(endpoint: TracedEndpoint, archive: EndpointArchive) -> Any:
             f"openvino.convert_model failed: {type(e).__name__}: "
             f"{str(e).strip().splitlines()[0][:400] if str(e).strip() else ''}"
         ) from e
-    return _named(model, endpoint)
+    return _Converted(_named(converted.model, endpoint), converted.scopes)
 
 
 # -- names and shapes -------------------------------------------------------------------------------
@@ -247,8 +309,8 @@ def _calibration(archive: EndpointArchive, data: Any) -> dict[str, list[dict[str
 
 def write_archive(archive: EndpointArchive, filepath: str | os.PathLike[str],
                   options: Any | None = None, verbose: bool = True, *,
-                  quantization: str | None = None, calibration_data: Any | None = None
-                  ) -> None:
+                  quantization: str | None = None, calibration_data: Any | None = None,
+                  quantization_exclude: list[str] | None = None) -> None:
     """Write ``archive`` as OpenVINO IR: one ``.xml``/``.bin`` pair, or a folder of them.
 
     Args:
@@ -262,18 +324,34 @@ def write_archive(archive: EndpointArchive, filepath: str | os.PathLike[str],
             it (``quantization``: mode, calibration rows, toolchain).
         calibration_data: the calibration batches for ``"int8"``; they must
             fit every endpoint's inputs.
+        quantization_exclude: layers of the tracked models (names or paths)
+            kept in float with ``"dynamic_int8"`` or ``"int8"``: their IR
+            operations go to NNCF's ``IgnoredScope`` (see
+            :mod:`kexport.artifact.exclusion`); recorded as the quantization
+            record's ``excluded_layers``.
 
     Raises:
         SignatureError: ``options`` given, or an ``.xml`` path for several endpoints.
         QuantizationError: a mode OpenVINO does not write (``"bfloat16"``),
             ``"int8"`` without calibration data, or calibration data that does
-            not fit an endpoint's inputs; nothing is written.
+            not fit an endpoint's inputs; ``quantization_exclude`` naming no
+            layer of the tracked models, or with ``"float16"``; nothing is written.
+        LayerMappingError: an excluded layer's operations cannot be told in the
+            IR (a layer that is no module attribute on the ``torch.export``
+            strategy, or one that computes nothing); the route refuses before
+            converting where it can.
         CaptureError, WriteError: when converting, quantizing or writing fails.
     """
     if options is not None:
         raise SignatureError(
             f"Expected options=None for format='openvino'. Received: {options!r}")
     mode = check_quantization("openvino", quantization, calibration_data)
+    tracked = list(archive.trackables()["tracked_layers"])
+    names = check_exclude("openvino", mode, quantization_exclude)
+    layers = resolve_layers(tracked, names) if names else ()
+    for endpoint in archive.endpoints:  # a graph that cannot name them: before converting
+        strategy = _strategy(endpoint)
+        check_naming(layers, strategy.naming, strategy.route(archive))
     calibration = _calibration(archive, calibration_data)
     target = Path(os.fspath(filepath))
     single = target.suffix == ".xml" and len(archive.endpoints) == 1
@@ -285,12 +363,22 @@ def write_archive(archive: EndpointArchive, filepath: str | os.PathLike[str],
     manifest = _manifest(archive, "file" if single else "folder")
     if mode is not None:
         rows = calibration_rows(next(iter(calibration.values()))) if calibration else None
-        manifest = manifest.with_extras(quantization=record(mode, rows, toolchain()))
+        manifest = manifest.with_extras(quantization=record(
+            mode, rows, toolchain(), [layer.path for layer in layers]))
     if single:
         manifest = manifest.with_extras(weights_sha256=_WEIGHTS_PENDING)
-    models = {e.name: _convert(e, archive) for e in archive.endpoints}
+    converted = {e.name: _convert(e, archive) for e in archive.endpoints}
+    ignored: dict[str, list[str]] = {}
+    if layers:  # every layer has operations in some endpoint's IR, before quantizing
+        ignored = excluded_nodes_by_graph(
+            tracked, layers, {e.name: (converted[e.name].scopes, _strategy(e).naming)
+                              for e in archive.endpoints},
+            _strategy(archive.endpoints[0]).route(archive))
+    models = {name: c.model for name, c in converted.items()}
+    del converted
     if mode is not None:
-        models = {name: quantize_ir(model, mode, calibration.get(name), name)
+        models = {name: quantize_ir(model, mode, calibration.get(name), name,
+                                    ignored_nodes=ignored.get(name, ()))
                   for name, model in models.items()}
     with tempfile.TemporaryDirectory(prefix="kexport-openvino-") as tmp:
         build = Path(tmp)
@@ -323,24 +411,31 @@ def write_archive(archive: EndpointArchive, filepath: str | os.PathLike[str],
 
 
 def single_model_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Split ``export_model``'s options: ``quantization`` and ``calibration_data``
-    go to the writer, the rest to the capture."""
-    writer = {k: options.pop(k) for k in ("quantization", "calibration_data") if k in options}
+    """Split ``export_model``'s options: ``quantization``, ``calibration_data``
+    and ``quantization_exclude`` go to the writer, the rest to the capture."""
+    writer = {k: options.pop(k) for k in ("quantization", "calibration_data",
+                                          "quantization_exclude") if k in options}
     return options, writer
 
 
 def rehost_options(model: Any, input_signature: Any, options: dict[str, Any]
                    ) -> dict[str, Any]:
-    """What a re-host to OpenVINO carries to the TensorFlow child: ``quantization``
-    and the calibration batches as plain lists (checked here against the inputs,
-    before the child starts). A quantized IR is compared with the live model by its
-    mode's thresholds (``quantized``), on calibration batches when there are some."""
+    """What a re-host to OpenVINO carries to the TensorFlow child: ``quantization``,
+    the calibration batches as plain lists (checked here against the inputs,
+    before the child starts) and ``quantization_exclude`` by layer path (the
+    child resolves them again in the rebuilt model). A quantized IR is compared
+    with the live model by its mode's thresholds (``quantized``), on calibration
+    batches when there are some."""
     mode = check_quantization("openvino", options.get("quantization"),
                               options.get("calibration_data"))
+    names = check_exclude("openvino", mode, options.get("quantization_exclude"))
     if mode is None:
         options.pop("quantization", None)
+        options.pop("quantization_exclude", None)
         return options
     carried: dict[str, Any] = {**options, "quantized": mode}
+    if names:
+        carried["quantization_exclude"] = [layer.path for layer in resolve_layers(model, names)]
     data = options.get("calibration_data")
     if data is not None:
         signature = normalize_for_model(model, input_signature)

@@ -270,7 +270,7 @@ class ExportArchive:
                 ``format="onnx"``; ``quantization=`` (and ``calibration_data=``
                 for ``"int8"``) where the format quantizes (ONNX, LiteRT, OpenVINO; see
                 docs/quantization.md); ``quantization_exclude=`` (layers of the
-                tracked models kept in float) where it can (ONNX).
+                tracked models kept in float) where it can (ONNX, OpenVINO).
 
         Where the route tables say so (:func:`kexport.routing.archives.archive_host`,
         e.g. ``format="torch"`` on TensorFlow/JAX, ``"openvino"`` on JAX,
