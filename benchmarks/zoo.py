@@ -320,6 +320,12 @@ def _size(path: Path) -> int:
     return sum(f.stat().st_size for f in files if f.is_file())
 
 
+def _sample_data(zm: ZooModel) -> Any:
+    """The model's own batch-3 case as kexport's sample data (``--sample-data``, as a
+    user passes ``sample_data=``/``--data``), else ``None``: generated check inputs."""
+    return zm.cases["b3"] if os.environ.get("KEXPORT_ZOO_SAMPLE_DATA") == "1" else None
+
+
 def export_cell(zm: ZooModel, exporter: str, fmt: str, path: Path, verify: bool) -> dict:
     """Export ``zm.model`` to ``path``; return timing and the verdict so far."""
     import kexport
@@ -329,7 +335,8 @@ def export_cell(zm: ZooModel, exporter: str, fmt: str, path: Path, verify: bool)
         if exporter == "keras":
             zm.model.export(str(path), format=fmt, verbose=False)
         else:
-            kexport.export_model(zm.model, path, format=fmt, verbose=False)
+            kexport.export_model(zm.model, path, format=fmt, verbose=False,
+                                 sample_data=_sample_data(zm))
     except CellTimeout:
         raise
     except Exception as e:  # the verdict names it
@@ -339,7 +346,7 @@ def export_cell(zm: ZooModel, exporter: str, fmt: str, path: Path, verify: bool)
         # what ``export_model(..., verify=True)`` runs after the export, timed apart
         t = time.perf_counter()
         try:
-            report = kexport.verify(zm.model, path)
+            report = kexport.verify(zm.model, path, data=_sample_data(zm))
             if not report.ok:
                 out.update(stage="verify", error=_first_line(
                     kexport.errors.VerificationError(str(report))))
@@ -413,7 +420,8 @@ def child_export(args) -> None:
                    "trace": traceback.format_exc()[-2000:]}
         finally:
             signal.alarm(0)
-        res.update(exporter=exporter, format=fmt, build_s=build_s, path=str(path))
+        res.update(exporter=exporter, format=fmt, build_s=build_s, path=str(path),
+                   sample_data=exporter == "kexport" and _sample_data(zm) is not None)
         with results.open("a") as f:
             f.write(json.dumps(res) + "\n")
 
@@ -692,6 +700,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", help="artifacts folder (default: a temporary one, removed)")
     ap.add_argument("--timeout", type=int, default=600, help="seconds per cell")
     ap.add_argument("--no-verify", action="store_true", help="skip kexport.verify after export")
+    ap.add_argument("--sample-data", action="store_true",
+                    help="give kexport the model's own batch-3 inputs as sample_data (its "
+                         "checks then run on them, as with --data), not generated inputs")
     # internal: the per-backend child processes
     ap.add_argument("--_export", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--_reload", action="store_true", help=argparse.SUPPRESS)
@@ -702,6 +713,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--markdown", nargs="+", metavar="JSON",
                     help="print the rows of these --json files as Markdown tables and exit")
     args = ap.parse_args(argv)
+    if args.sample_data:  # the per-model children inherit it
+        os.environ["KEXPORT_ZOO_SAMPLE_DATA"] = "1"
     if args.markdown:
         print(markdown([r for f in args.markdown for r in json.loads(Path(f).read_text())]))
         return 0

@@ -102,6 +102,36 @@ def test_ids_cover_the_embedding_range_read_from_the_model():
 
 
 @pytest.mark.fast
+def test_float_inputs_take_the_range_a_rescaling_layer_declares(tmp_path):
+    """Pixels in [0, 255] for an image model that rescales them (as keras.applications'
+    EfficientNet does), directly or inside a nested model; recorded for `kexport verify`;
+    an input also read without rescaling keeps the standard normal."""
+    import keras
+
+    image = keras.Input((8, 8, 3), name="image")
+    centred = keras.Input((4,), name="centred")
+    raw = keras.Input((4,), name="raw")
+    stem = keras.Sequential([keras.layers.Rescaling(1 / 127.5, offset=-1.0),
+                             keras.layers.Conv2D(2, 3)], name="stem")
+    features = keras.layers.GlobalAveragePooling2D()(stem(image))
+    mixed = keras.layers.Rescaling(1 / 255.0)(centred)
+    both = keras.layers.Concatenate()([keras.layers.Rescaling(0.5)(raw), raw])
+    model = keras.Model([image, centred, raw],
+                        keras.layers.Concatenate()([features, mixed, both]))
+    signature = normalize_for_model(model, None)
+    policy = policy_for(model, signature)
+    assert policy.ranges == {"image": pytest.approx((0.0, 255.0)),
+                             "centred": pytest.approx((0.0, 255.0))}
+    x, c, r = sample_inputs(flatten(signature), 64, 0, policy=policy)
+    assert 0.0 <= x.min() and x.max() <= 255.0 and x.max() > 200.0
+    assert 0.0 <= c.min() and c.max() <= 255.0
+    assert r.min() < 0.0  # the raw input: standard normal
+    assert recorded_policy({"samples": json.dumps(policy.to_json())}).ranges == policy.ranges
+    # malformed recorded ranges are ignored, not trusted
+    assert recorded_policy({"samples": {"ranges": {"image": [5, 1]}}}).ranges == {}
+
+
+@pytest.mark.fast
 def test_bad_sample_data_is_a_typed_error_naming_expected_and_received(tmp_path):
     import keras
 

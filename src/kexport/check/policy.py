@@ -13,7 +13,14 @@ which inputs are masks. Nothing here branches on a model class:
   model) is walked from its own matching input; an input that reaches none
   keeps the default policy;
 - any other model: the smallest ``input_dim`` among all its layers, a safe
-  bound for every integer input that is not a mask.
+  bound for every integer input that is not a mask;
+- a float input of a Functional model that every consumer reads through a
+  ``Rescaling`` layer (directly, or as the first layer of a nested model)
+  takes the values that layer maps onto ``[0, 1]`` (``offset >= 0``) or
+  ``[-1, 1]`` (``offset < 0``): pixels ``[0, 255]`` for ``Rescaling(1/255)``
+  and for ``Rescaling(1/127.5, offset=-1)``. Standard-normal "images" drive
+  such a model far outside what it was built for, where float32 rounding is
+  amplified and two correct artifacts disagree.
 
 :func:`flat_sample_data` checks user sample data against the signature and
 flattens it (expected vs received in every error, before anything is
@@ -110,7 +117,56 @@ def policy_for(model: Any, signature: list[Any], sample_data: Any | None = None
                      else fallback)
             if bound is not None:
                 ids[n] = bound
-    return SamplePolicy(ids=ids, masks=masks, names=tuple(names), data=data)
+    ranges: dict[str, tuple[float, float]] = {}
+    floats = [(i, n) for i, (n, s) in enumerate(zip(names, specs, strict=True))
+              if _is_float(s.dtype)]
+    functional = _functional_inputs(model, len(specs)) if floats else None
+    for i, n in floats if functional is not None else ():
+        span = _graph_range(functional[i], model)
+        if span is not None:
+            ranges[n] = span
+    return SamplePolicy(ids=ids, masks=masks, names=tuple(names), data=data, ranges=ranges)
+
+
+def _rescaling_range(layer: Any) -> tuple[float, float] | None:
+    """The input range a ``Rescaling`` layer maps onto ``[0, 1]`` (or ``[-1, 1]``
+    with a negative offset); ``None`` for another layer or a non-scalar scale."""
+    import numpy as np
+
+    if type(layer).__name__ != "Rescaling":
+        return None
+    try:
+        scale, offset = float(np.asarray(layer.scale)), float(np.asarray(layer.offset))
+    except (TypeError, ValueError):
+        return None
+    if scale <= 0 or not np.isfinite(scale) or not np.isfinite(offset):
+        return None
+    low, high = (-1.0, 1.0) if offset < 0 else (0.0, 1.0)
+    return ((low - offset) / scale, (high - offset) / scale)
+
+
+def _graph_range(tensor: Any, model: Any) -> tuple[float, float] | None:
+    """The range of ``tensor`` when every consumer in ``model`` reads it through
+    one ``Rescaling`` layer (a nested Functional model: from its own input)."""
+    users = _consumers(model).get(id(tensor), [])
+    spans = []
+    for op, position, count, _ in users:
+        inner = getattr(op, "_functional", None) or op  # a built Sequential's graph
+        nested = _functional_inputs(inner, count) if op is not model else None
+        spans.append(_graph_range(nested[position], inner) if nested is not None
+                     else _rescaling_range(op))
+    if not spans or any(s is None for s in spans) or len(set(spans)) != 1:
+        return None
+    return spans[0]
+
+
+def _is_float(dtype: str) -> bool:
+    import numpy as np
+
+    try:
+        return np.dtype(dtype).kind == "f"
+    except TypeError:
+        return False
 
 
 def _is_int(dtype: str) -> bool:

@@ -3,7 +3,9 @@
 Policy (every check uses it: :func:`kexport.verify`, the re-host check, the
 ONNX acceptance of fast converters):
 
-- floats: standard normal;
+- floats: standard normal, or uniform over the range a ``Rescaling`` layer
+  that reads the input declares (:class:`SamplePolicy` ``ranges``: an image
+  model that rescales pixels by ``1/255`` takes ``[0, 255]``);
 - integer ids: uniform over ``[0, input_dim)`` for an input the model feeds
   to an ``Embedding`` (any layer with ``input_dim``), as a
   :class:`SamplePolicy` read from the model at export says
@@ -87,6 +89,8 @@ class SamplePolicy:
         endpoint: the endpoint the policy is for (an archive's default), or
             ``None`` for every endpoint; other endpoints get the rules by
             dtype and name.
+        ranges: float input name -> ``(low, high)`` of the values the model
+            expects (read from a ``Rescaling`` layer on the input).
     """
 
     ids: Mapping[str, int] = field(default_factory=dict)
@@ -94,6 +98,7 @@ class SamplePolicy:
     names: tuple[str, ...] = ()
     data: Mapping[str, Any] | None = None
     endpoint: str | None = None
+    ranges: Mapping[str, tuple[float, float]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """What the manifest records (``"samples"``); the data is not recorded."""
@@ -101,12 +106,15 @@ class SamplePolicy:
                                "masks": sorted(self.masks), "names": list(self.names)}
         if self.endpoint:
             out["endpoint"] = self.endpoint
+        if self.ranges:
+            out["ranges"] = {k: [float(lo), float(hi)] for k, (lo, hi) in
+                             sorted(self.ranges.items())}
         return out
 
     def key(self, specs: Sequence[TensorSpec], i: int) -> str | None:
         """The name this policy knows input ``i`` of ``specs`` by."""
         name = specs[i].name
-        known = (*self.names, *self.ids, *self.masks, *(self.data or {}))
+        known = (*self.names, *self.ids, *self.masks, *self.ranges, *(self.data or {}))
         if name is not None and name in known:
             return name
         if self.names and len(self.names) == len(specs):
@@ -137,12 +145,19 @@ class SamplePolicy:
         ok_masks = isinstance(masks, list) and all(isinstance(m, str) for m in masks)
         ok_names = isinstance(names, list) and all(isinstance(m, str) for m in names)
         endpoint = value.get("endpoint")
+        ranges = value.get("ranges", {})
+        ok_ranges = isinstance(ranges, Mapping) and all(
+            isinstance(k, str) and isinstance(v, list) and len(v) == 2
+            and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+            and v[0] < v[1] for k, v in ranges.items())
         return cls(dict(ids) if ok_ids else {}, tuple(masks) if ok_masks else (),
                    tuple(names) if ok_names else (),
-                   endpoint=endpoint if isinstance(endpoint, str) else None)
+                   endpoint=endpoint if isinstance(endpoint, str) else None,
+                   ranges={k: (float(v[0]), float(v[1])) for k, v in ranges.items()}
+                   if ok_ranges else {})
 
     def __bool__(self) -> bool:
-        return bool(self.ids or self.masks or self.data is not None)
+        return bool(self.ids or self.masks or self.ranges or self.data is not None)
 
 
 _ACTIVE: contextvars.ContextVar[SamplePolicy | None] = contextvars.ContextVar(
@@ -171,7 +186,7 @@ def recorded() -> dict[str, Any]:
     model's code) draws the same kind of inputs as the export's own checks.
     """
     policy = active_policy()
-    if policy is None or not (policy.ids or policy.masks):
+    if policy is None or not (policy.ids or policy.masks or policy.ranges):
         return {}
     return {"samples": policy.to_json()}
 
@@ -266,7 +281,10 @@ def sample_inputs(specs: Sequence[TensorSpec], size: int, seed: int | np.random.
         shape = tuple((size if axis == 0 else sizes[symbol_at(spec, axis)]) if d is None else d
                       for axis, d in enumerate(spec.shape))
         kind = np.dtype(spec.dtype).kind
-        if kind == "f":
+        span = policy.ranges.get(key or "") if policy is not None and kind == "f" else None
+        if span is not None:
+            out.append(rng.uniform(span[0], span[1], size=shape).astype(spec.dtype))
+        elif kind == "f":
             out.append(rng.standard_normal(shape).astype(spec.dtype))
         elif kind == "b" or (kind in "iu" and (
                 is_mask_name(key) or (policy is not None and key in policy.masks))):
