@@ -19,8 +19,7 @@ Run from the repository root: ``scripts/setup.sh && .venv/bin/python examples/de
    the mode's thresholds and measured the same way;
 6. runs ``kexport report MODEL.keras ARTIFACT... -o report.html`` on the model and
    every artifact it wrote, and prints the path of that one HTML page (kept in
-   ``$TMPDIR/kexport-demo/``, or the folder given as ``--report-dir DIR``).
-   next to the Keras model's, and p50 latency at batch 1;
+   ``$TMPDIR/kexport-demo/``, or the folder given as ``--report-dir DIR``);
 7. serves the ONNX artifact with ``kexport serve`` (a subprocess on a free
    loopback port), sends one test image through ``tritonclient`` (the Open
    Inference Protocol, binary tensors), prints the served prediction next to
@@ -218,8 +217,9 @@ def main() -> int:
         keras_path = os.path.join(tmp, "digits.keras")
         model.save(keras_path)
         calibration = os.path.join(tmp, "calibration.npz")
-        # one batch keyed by input name (the demo model has one input)
-        np.savez(calibration, **{model.inputs[0].name: x_train[:256]})
+        # one batch, saved without names: arr_0 is the first input (read alike by
+        # every format)
+        np.savez(calibration, x_train[:256])
         for format, skip in candidate_formats(backend):
             if skip:
                 notes.append(f"{format}: skipped ({skip})")
@@ -279,12 +279,9 @@ def main() -> int:
             if code != 0:
                 failed = True
                 notes.append(f"report: exit code {code}: {text.splitlines()[-1] if text else ''}")
-    print()
-    print(table(rows))
-    if quantized_s:
-        notes.append(f"the quantized rows' exports and checks took {quantized_s:.0f}s")
         print()
         print(table(rows))
+        # served while the temporary folder still holds the artifact
         served_path = os.path.join(tmp, "digits_onnx" + routing.FORMATS["onnx"].suffix)
         if os.path.exists(served_path):
             print()
@@ -293,6 +290,8 @@ def main() -> int:
             if not serve_and_ask(served_path, model, x_test[:1], int(y_test[0])):
                 failed = True
                 notes.append("kexport serve: the served prediction differs from Keras's")
+    if quantized_s:
+        notes.append(f"the quantized rows' exports and checks took {quantized_s:.0f}s")
     for note in notes:
         print("note:", note)
     if page is not None and os.path.isfile(page):

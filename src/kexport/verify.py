@@ -200,8 +200,9 @@ def verify(model: Any, path: str | os.PathLike[str], inputs: Any | None = None, 
             ``inputs``/``data`` the check runs on it (at most 1024 rows;
             the report's ``inputs`` is ``"calibration"``): a quantized
             artifact is only meaningful on inputs like those it was
-            calibrated on, not on generated ones. A one-pass generator the
-            export consumed cannot be read again: generated inputs then.
+            calibrated on, not on generated ones. A one-pass iterator (a
+            generator, which the export has consumed) is not read: generated
+            inputs then.
         scores: the names of the outputs that are class scores (logits or
             probabilities), judged by top-1/top-5 agreement when the artifact
             is quantized; ``None``: the rule of
@@ -227,6 +228,7 @@ def verify(model: Any, path: str | os.PathLike[str], inputs: Any | None = None, 
         SignatureError: bad tolerances, sizes, precision or inputs (expected
             vs received).
         SampleDataError: ``data`` does not fit the artifact's inputs.
+        QuantizationError: ``calibration_data`` (used) does not fit them.
     """
     return verify_on(model, path, inputs, atol=atol, rtol=rtol, seed=seed, sizes=sizes,
                      store=store, timeout=timeout, precision=precision, data=data,
