@@ -17,9 +17,10 @@ Run from the repository root: ``scripts/setup.sh && .venv/bin/python examples/de
    ``MODES`` order (``int8``, calibrated on 256 training images passed as
    ``--quantize int8 --calibration FILE.npz``), verified by the CLI against
    the mode's thresholds and measured the same way;
-6. runs ``kexport report MODEL.keras ARTIFACT... -o report.html`` on the model and
-   every artifact it wrote, and prints the path of that one HTML page (kept in
-   ``$TMPDIR/kexport-demo/``, or the folder given as ``--report-dir DIR``);
+6. runs ``kexport report MODEL.keras ARTIFACT... -o report.html --data held_out.npz``
+   on the model and every artifact it wrote (checked on the held-out images), and
+   prints the path of that one HTML page (kept in ``$TMPDIR/kexport-demo/``, or the
+   folder given as ``--report-dir DIR``);
 7. serves the ONNX artifact with ``kexport serve`` (a subprocess on a free
    loopback port), sends one test image through ``tritonclient`` (the Open
    Inference Protocol, binary tensors), prints the served prediction next to
@@ -119,11 +120,15 @@ def quantized_mode(format: str) -> str | None:
     return written[-1] if written else None
 
 
-def report_with_cli(keras_path: str, artifacts: list[str], page: str) -> tuple[int, str]:
-    """``python -m kexport report MODEL.keras ARTIFACT... -o page --json page.json``."""
+def report_with_cli(keras_path: str, artifacts: list[str], page: str,
+                    data: str) -> tuple[int, str]:
+    """``python -m kexport report MODEL.keras ARTIFACT... -o page --json page.json
+    --data data.npz`` (held-out images: the int8 artifacts are judged on real
+    inputs, not generated ones)."""
     proc = subprocess.run(
         [sys.executable, "-m", "kexport", "report", keras_path, *artifacts, "-o", page,
-         "--json", os.path.splitext(page)[0] + ".json"], capture_output=True, text=True)
+         "--json", os.path.splitext(page)[0] + ".json", "--data", data],
+        capture_output=True, text=True)
     return proc.returncode, (proc.stdout or proc.stderr).strip()
 
 
@@ -275,10 +280,14 @@ def main() -> int:
             page = os.path.join(report_dir(), "report.html")
             print(f"writing the report of {len(written)} artifacts through the CLI...",
                   flush=True)
-            code, text = report_with_cli(keras_path, written, page)
+            held_out = os.path.join(tmp, "held_out.npz")
+            np.savez(held_out, x_test)
+            code, text = report_with_cli(keras_path, written, page, held_out)
             if code != 0:
                 failed = True
-                notes.append(f"report: exit code {code}: {text.splitlines()[-1] if text else ''}")
+                failing = [line.strip() for line in text.splitlines() if "FAILED" in line]
+                notes.append(f"report: exit code {code}: "
+                             f"{'; '.join(failing) or (text.splitlines()[-1] if text else '')}")
         print()
         print(table(rows))
         # served while the temporary folder still holds the artifact
