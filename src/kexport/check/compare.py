@@ -230,43 +230,45 @@ def quality(expected: Any, received: Any, scores: bool = False) -> Quality | Non
                    ce.shape[0], hits, classes, top5)
 
 
-#: Top-k overlap is judged over the classes that stand out of a row: those whose
-#: reference score exceeds the row's minimum by more than this fraction of the
-#: row's range (see :func:`top_overlap`).
+#: Top-k overlap counts the reference classes that stand out of their row: whose
+#: score exceeds the row's minimum by more than this fraction of the row's range
+#: (see :func:`top_overlap`).
 DISTINCT = 0.02
 
 
 def top_overlap(expected: Any, received: Any, k: int = 5) -> Any:
-    """Per row (over the last axis), the overlap of the top-``k`` classes of
-    ``received`` with those of ``expected``, in ``[0, 1]``.
+    """Per row (over the last axis), the share of the reference's top-``k``
+    classes found in the artifact's top-``k``, in ``[0, 1]``.
 
-    Only classes that stand out count. A class stands out of a reference row
-    when its score exceeds the row's minimum by more than :data:`DISTINCT` of
-    the row's range; a row's reference top-``k`` are its ``k_row = min(k,
-    classes that stand out)`` highest (a row that stands out nowhere overlaps
-    fully). One of them is found in the artifact's top-``k_row`` when its
-    score there stands out by half that margin and is at least the
-    artifact's ``k_row``-th highest score (ties with it count). So the near-zero
-    probabilities that int8 rounds to tied zeros, whose order is arbitrary,
-    neither fail a good artifact nor pass a broken one: a class that carries
-    probability must keep it in the artifact.
+    Only reference classes that stand out count: the row's ``k`` highest
+    scores that exceed its minimum by more than :data:`DISTINCT` of its range
+    (a row where none does agrees fully). The near-zero probabilities of a
+    confident softmax do not stand out: ``int8`` rounds them to tied zeros,
+    and their order says nothing. A counted class is found when the
+    artifact's score for it is above the artifact's ``k``-th highest; tied
+    with it, it gets the share of the remaining places among the tied classes
+    (what a random order of the ties would give on average, so ties never
+    favour the reference). A class the artifact lost (rounded to the tied
+    zeros) or moved (permuted classes) is therefore (mostly) missed.
     """
     import numpy as np
 
     e = np.asarray(expected, dtype=np.float64).reshape(-1, np.shape(expected)[-1])
     r = np.asarray(received, dtype=np.float64).reshape(e.shape)
+    k = min(k, e.shape[1])
     out = np.ones(e.shape[0])
-    low_e, span_e = e.min(axis=1), np.ptp(e, axis=1)
-    low_r, span_r = r.min(axis=1), np.ptp(r, axis=1)
+    low, span = e.min(axis=1), np.ptp(e, axis=1)
     for i in range(e.shape[0]):
-        standing = np.flatnonzero(e[i] - low_e[i] > DISTINCT * span_e[i])
-        k_row = min(k, standing.size)
-        if k_row == 0:
+        standing = np.flatnonzero(e[i] - low[i] > DISTINCT * span[i])
+        if standing.size == 0:
             continue
-        top = standing[np.argsort(-e[i, standing], kind="stable")[:k_row]]
-        kth = np.sort(r[i])[-k_row]
-        found = (r[i, top] >= kth) & (r[i, top] - low_r[i] > DISTINCT / 2 * span_r[i])
-        out[i] = float(np.sum(found)) / k_row
+        counted = standing[np.argsort(-e[i, standing], kind="stable")[:k]]
+        kth = np.sort(r[i])[-k]
+        places = k - int(np.sum(r[i] > kth))  # left for the scores tied with the k-th
+        tied = int(np.sum(r[i] == kth))
+        found = np.where(r[i, counted] > kth, 1.0,
+                         np.where(r[i, counted] == kth, places / tied, 0.0))
+        out[i] = float(np.mean(found))
     return out
 
 
