@@ -17,10 +17,10 @@ Run from the repository root: ``scripts/setup.sh && .venv/bin/python examples/de
    ``MODES`` order (``int8``, calibrated on 256 training images passed as
    ``--quantize int8 --calibration FILE.npz``), verified by the CLI against
    the mode's thresholds and measured the same way;
-6. runs ``kexport report MODEL.keras ARTIFACT... -o report.html`` on the model and
-   every artifact it wrote, and prints the path of that one HTML page (kept in
-   ``$TMPDIR/kexport-demo/``, or the folder given as ``--report-dir DIR``).
-   next to the Keras model's, and p50 latency at batch 1;
+6. runs ``kexport report MODEL.keras ARTIFACT... -o report.html --data held_out.npz``
+   on the model and every artifact it wrote (checked on the held-out images), and
+   prints the path of that one HTML page (kept in ``$TMPDIR/kexport-demo/``, or the
+   folder given as ``--report-dir DIR``);
 7. serves the ONNX artifact with ``kexport serve`` (a subprocess on a free
    loopback port), sends one test image through ``tritonclient`` (the Open
    Inference Protocol, binary tensors), prints the served prediction next to
@@ -120,11 +120,15 @@ def quantized_mode(format: str) -> str | None:
     return written[-1] if written else None
 
 
-def report_with_cli(keras_path: str, artifacts: list[str], page: str) -> tuple[int, str]:
-    """``python -m kexport report MODEL.keras ARTIFACT... -o page --json page.json``."""
+def report_with_cli(keras_path: str, artifacts: list[str], page: str,
+                    data: str) -> tuple[int, str]:
+    """``python -m kexport report MODEL.keras ARTIFACT... -o page --json page.json
+    --data data.npz`` (held-out images: the int8 artifacts are judged on real
+    inputs, not generated ones)."""
     proc = subprocess.run(
         [sys.executable, "-m", "kexport", "report", keras_path, *artifacts, "-o", page,
-         "--json", os.path.splitext(page)[0] + ".json"], capture_output=True, text=True)
+         "--json", os.path.splitext(page)[0] + ".json", "--data", data],
+        capture_output=True, text=True)
     return proc.returncode, (proc.stdout or proc.stderr).strip()
 
 
@@ -218,8 +222,9 @@ def main() -> int:
         keras_path = os.path.join(tmp, "digits.keras")
         model.save(keras_path)
         calibration = os.path.join(tmp, "calibration.npz")
-        # one batch keyed by input name (the demo model has one input)
-        np.savez(calibration, **{model.inputs[0].name: x_train[:256]})
+        # one batch, saved without names: arr_0 is the first input (read alike by
+        # every format)
+        np.savez(calibration, x_train[:256])
         for format, skip in candidate_formats(backend):
             if skip:
                 notes.append(f"{format}: skipped ({skip})")
@@ -275,16 +280,17 @@ def main() -> int:
             page = os.path.join(report_dir(), "report.html")
             print(f"writing the report of {len(written)} artifacts through the CLI...",
                   flush=True)
-            code, text = report_with_cli(keras_path, written, page)
+            held_out = os.path.join(tmp, "held_out.npz")
+            np.savez(held_out, x_test)
+            code, text = report_with_cli(keras_path, written, page, held_out)
             if code != 0:
                 failed = True
-                notes.append(f"report: exit code {code}: {text.splitlines()[-1] if text else ''}")
-    print()
-    print(table(rows))
-    if quantized_s:
-        notes.append(f"the quantized rows' exports and checks took {quantized_s:.0f}s")
+                failing = [line.strip() for line in text.splitlines() if "FAILED" in line]
+                notes.append(f"report: exit code {code}: "
+                             f"{'; '.join(failing) or (text.splitlines()[-1] if text else '')}")
         print()
         print(table(rows))
+        # served while the temporary folder still holds the artifact
         served_path = os.path.join(tmp, "digits_onnx" + routing.FORMATS["onnx"].suffix)
         if os.path.exists(served_path):
             print()
@@ -293,6 +299,8 @@ def main() -> int:
             if not serve_and_ask(served_path, model, x_test[:1], int(y_test[0])):
                 failed = True
                 notes.append("kexport serve: the served prediction differs from Keras's")
+    if quantized_s:
+        notes.append(f"the quantized rows' exports and checks took {quantized_s:.0f}s")
     for note in notes:
         print("note:", note)
     if page is not None and os.path.isfile(page):

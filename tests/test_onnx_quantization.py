@@ -299,3 +299,45 @@ def test_large_model_path_with_external_data(tmp_path, fresh_process, monkeypatc
     assert json.loads(q["metadata"]["kexport.quantization"])["mode"] == mode
     live = keras.ops.convert_to_numpy(model(x))
     assert np.mean(q["outputs"][0].argmax(-1) == live.argmax(-1)) >= 0.9
+
+
+@pytest.mark.backends("tensorflow")
+def test_quantizing_writes_nothing_in_the_working_directory(tmp_path, monkeypatch):
+    """ONNX Runtime's symbolic shape inference gives up on attention over a dynamic
+    sequence and dumps ``sym_shape_infer_temp.onnx`` (and uuid-named ``.data``
+    files) into the current working directory; kexport's pre-processing keeps
+    them in its own temporary folder."""
+    from kexport.formats.onnx import compat
+
+    class Attention(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.attention = keras.layers.MultiHeadAttention(2, 16)
+            self.out = keras.layers.Dense(3)
+
+        def call(self, tokens):
+            return self.out(self.attention(tokens, tokens))
+
+    model = Attention()
+    tokens = np.random.default_rng(0).normal(size=(4, 6, 16)).astype("float32")
+    model(tokens)
+    dumps = []
+    original = compat._OnnxSavingRelativeInto._save_model
+
+    def seen(self, proto, f, *args, **kwargs):
+        dumps.append(str(f))
+        return original(self, proto, f, *args, **kwargs)
+
+    monkeypatch.setattr(compat._OnnxSavingRelativeInto, "_save_model", seen)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    path = tmp_path / "out" / "attention.onnx"
+    path.parent.mkdir()
+    kexport.export_onnx(model, path, verbose=False, quantization="int8",
+                        input_signature=[keras.InputSpec(shape=(None, None, 16))],
+                        calibration_data=[tokens[:2], tokens[2:]])
+    assert sorted(os.listdir(cwd)) == []
+    assert sorted(os.listdir(path.parent)) == ["attention.onnx"]
+    # the model really made the shape inference dump its graph (into the private folder)
+    assert dumps == ["sym_shape_infer_temp.onnx"]

@@ -11,11 +11,10 @@ from kexport.artifact.exclusion import check_exclude, resolve_layers
 from kexport.artifact.quantization import check_quantization, supported_modes
 from kexport.check.policy import policy_for
 from kexport.check.samples import using
-from kexport.errors import SampleDataError, SignatureError, SignatureTypeError, describe
+from kexport.errors import SignatureError, SignatureTypeError, describe
 from kexport.signature import normalize_for_model
 from kexport.verify import raise_if_failed
 from kexport.verify import verify as check
-from kexport.verify import verify_on as check_on
 
 __all__ = ["export_litert", "export_model", "export_onnx", "export_openvino", "export_saved_model",
            "export_torch"]
@@ -123,39 +122,18 @@ def export_model(model: Any, filepath: str | os.PathLike[str], format: str = "tf
             routing.export(candidates, model, filepath, verbose=verbose,
                            input_signature=input_signature, **kwargs)
         if verify is not False:
-            _verify_export(model, filepath, verify, None if policy.data is not None
-                           else _calibration_data(kwargs))
+            _verify_export(model, filepath, verify, calibration_option(kwargs))
 
 
 _CALIBRATION_KEYS = ("calibration_data", "representative_dataset")
 
 
-def _calibration_data(options: dict[str, Any]) -> Any | None:
-    """An export's calibration samples stacked into one batch in the model's input
-    structure (array, list, or dict by input name), for its ``verify`` check of a
-    quantized artifact; ``None`` when there are none or they cannot be read twice
-    (a one-shot iterator) or stacked."""
-    import numpy as np
-
+def calibration_option(options: dict[str, Any]) -> Any | None:
+    """The calibration data an export was given (``calibration_data``, or
+    LiteRT's former name ``representative_dataset``), ``None`` without."""
     for key in _CALIBRATION_KEYS:
-        data = options.get(key)
-        if callable(data):
-            data = data()
-        if data is None or not isinstance(data, (list, tuple)):
-            continue
-        samples = list(data)[:1024]
-        if not samples:
-            return None
-        first = samples[0]
-        try:
-            if isinstance(first, dict):
-                return {k: np.concatenate([np.asarray(s[k]) for s in samples]) for k in first}
-            if isinstance(first, (list, tuple)):
-                return [np.concatenate([np.asarray(s[i]) for s in samples])
-                        for i in range(len(first))]
-            return np.concatenate([np.asarray(s) for s in samples])
-        except (KeyError, IndexError, TypeError, ValueError):
-            return None
+        if options.get(key) is not None:
+            return options[key]
     return None
 
 
@@ -178,8 +156,9 @@ def _check_quantization(format: str, kwargs: dict[str, Any]) -> None:
 def _verify_export(model: Any, filepath: str | os.PathLike[str], verify: Any,
                    calibration: Any | None = None) -> None:
     """Run :func:`kexport.verify` after an export; raise if it fails. Without
-    ``inputs``/``data`` of its own, the check runs on the export's calibration
-    samples when it had some (a quantized artifact is judged on them)."""
+    ``inputs``/``data`` of its own (or the export's ``sample_data``), the check
+    runs on the export's calibration data when it had some: a quantized
+    artifact is judged on inputs like those it was calibrated on."""
     if verify is True:
         options: dict[str, Any] = {}
     elif isinstance(verify, dict):
@@ -189,16 +168,8 @@ def _verify_export(model: Any, filepath: str | os.PathLike[str], verify: Any,
             "Expected `verify` to be True, False or a dict of kexport.verify options. "
             f"Received: {describe(verify)}"
         )
-    if calibration is not None and options.get("inputs") is None \
-            and options.get("data") is None:
-        options = {**options, "data": calibration}
-        try:
-            report = check_on(model, filepath, data_source="calibration", **options)
-        except SampleDataError:
-            report = check(model, filepath, **{**options, "data": None})
-    else:
-        report = check(model, filepath, **options)
-    raise_if_failed(report, filepath)
+    options.setdefault("calibration_data", calibration)
+    raise_if_failed(check(model, filepath, **options), filepath)
 
 
 def export_saved_model(model: Any, filepath: str | os.PathLike[str],

@@ -31,6 +31,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from kexport.artifact import FORMATS
+from kexport.check.calibration import calibration_sample
 from kexport.check.compare import compare, is_scores, quality, tolerance_for
 from kexport.check.live import live_reference
 from kexport.check.policy import flat_sample_data
@@ -155,8 +156,8 @@ def verify(model: Any, path: str | os.PathLike[str], inputs: Any | None = None, 
            atol: float | None = None, rtol: float | None = None, seed: int = 0,
            sizes: Sequence[int] = CASE_SIZES, store: bool = True,
            timeout: float = 600.0, precision: str | None = None,
-           data: Any | None = None, scores: Sequence[str] | None = None
-           ) -> VerificationReport:
+           data: Any | None = None, scores: Sequence[str] | None = None,
+           calibration_data: Any | None = None) -> VerificationReport:
     """Compare the artifact at ``path`` with the live ``model``.
 
     The artifact is opened with its own runtime in a fresh child process;
@@ -192,6 +193,16 @@ def verify(model: Any, path: str | os.PathLike[str], inputs: Any | None = None, 
             (repeated when it has fewer) instead of generated inputs; a
             quantized artifact is also checked on every row of it (at most
             1024). Its metrics are then computed on that data.
+        calibration_data: the calibration data the artifact was quantized
+            on, as given to the export (``calibration_data=``, a ``.npz``
+            file's arrays, batches, a ``tf.data.Dataset``; read by
+            :func:`kexport.check.calibration.calibration_sample`). Without
+            ``inputs``/``data`` the check runs on it (at most 1024 rows;
+            the report's ``inputs`` is ``"calibration"``): a quantized
+            artifact is only meaningful on inputs like those it was
+            calibrated on, not on generated ones. A one-pass iterator (a
+            generator, which the export has consumed) is not read: generated
+            inputs then.
         scores: the names of the outputs that are class scores (logits or
             probabilities), judged by top-1/top-5 agreement when the artifact
             is quantized; ``None``: the rule of
@@ -217,21 +228,22 @@ def verify(model: Any, path: str | os.PathLike[str], inputs: Any | None = None, 
         SignatureError: bad tolerances, sizes, precision or inputs (expected
             vs received).
         SampleDataError: ``data`` does not fit the artifact's inputs.
+        QuantizationError: ``calibration_data`` (used) does not fit them.
     """
     return verify_on(model, path, inputs, atol=atol, rtol=rtol, seed=seed, sizes=sizes,
                      store=store, timeout=timeout, precision=precision, data=data,
-                     scores=scores, data_source="data")
+                     scores=scores, data_source="data", calibration_data=calibration_data)
 
 
 def verify_on(model: Any, path: str | os.PathLike[str], inputs: Any | None = None, *,
               atol: float | None = None, rtol: float | None = None, seed: int = 0,
               sizes: Sequence[int] = CASE_SIZES, store: bool = True, timeout: float = 600.0,
               precision: str | None = None, data: Any | None = None,
-              scores: Sequence[str] | None = None, data_source: str = "data"
-              ) -> VerificationReport:
+              scores: Sequence[str] | None = None, data_source: str = "data",
+              calibration_data: Any | None = None) -> VerificationReport:
     """:func:`verify`, where ``data_source`` names where ``data`` came from in
     the report (``"data"``: the user's; ``"calibration"``: an export's
-    calibration samples, as ``export_model(..., verify=True)`` passes them)."""
+    calibration samples)."""
     import numpy as np
 
     if scores is not None and (isinstance(scores, str) or not isinstance(scores, (list, tuple))
@@ -288,8 +300,13 @@ def verify_on(model: Any, path: str | os.PathLike[str], inputs: Any | None = Non
         refs = _references(model, endpoints, default)
         # the export's policy when called by it, else the one the artifact recorded
         policy = active_policy() or recorded_policy(metadata)
+        info = endpoints[default]
+        if data is None and inputs is None and policy.data is None \
+                and calibration_data is not None:
+            # the user's data wins; else what the artifact was calibrated on
+            data = calibration_sample(calibration_data, info.inputs, info.input_names)
+            data_source = "calibration"
         if data is not None:
-            info = endpoints[default]
             policy = dataclasses.replace(policy, data=flat_sample_data(
                 data, info.inputs, info.input_names))
         cases: dict[str, tuple[str, str, dict[str, Any]]] = {}

@@ -6,18 +6,22 @@ iterable of such batches (a list, a generator), or a ``tf.data.Dataset``
 yielding them (elements ``(x, y)`` or ``(x, y, sample_weight)`` give their
 ``x``). Every batch is checked against the inputs by the same rule as
 ``sample_data`` (:func:`kexport.check.policy.flat_sample_data`).
+
+The same data is what a quantized artifact is verified on when the user
+gives no data of their own (:func:`calibration_sample`): an artifact
+calibrated on images in ``[0, 1]`` is meaningless on standard-normal inputs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from kexport.check.policy import flat_sample_data
 from kexport.check.samples import TensorSpec
 from kexport.errors import QuantizationError, SampleDataError, describe
 
-__all__ = ["calibration_batches", "calibration_rows"]
+__all__ = ["CHECK_ROWS", "calibration_batches", "calibration_rows", "calibration_sample"]
 
 
 def _one_batch(item: Any, specs: Sequence[TensorSpec], names: Sequence[str]
@@ -80,3 +84,41 @@ def calibration_rows(batches: Sequence[Mapping[str, Any]]) -> int:
         shape = getattr(first, "shape", ())
         total += int(shape[0]) if len(shape) else 1
     return total
+
+
+#: At most this many calibration rows are checked (as ``verify(data=...)`` takes).
+CHECK_ROWS = 1024
+
+
+def calibration_sample(data: Any, specs: Sequence[TensorSpec], names: Sequence[str]
+                       ) -> dict[str, Any] | None:
+    """The calibration data as one ``{flat input name: array}`` batch of at most
+    :data:`CHECK_ROWS` rows, for checking the artifact it calibrated.
+
+    Read like :func:`calibration_batches` (a callable is called for its
+    batches, as LiteRT's ``representative_dataset`` may be). ``None`` when
+    there is nothing to read again: ``None`` itself, or a one-pass iterator
+    (a generator) that the export has consumed.
+
+    Raises:
+        QuantizationError: the data does not fit the inputs.
+    """
+    import numpy as np
+
+    if callable(data):  # a fresh pass at each call
+        data = data()
+        data = list(data) if isinstance(data, Iterator) else data
+    if data is None or isinstance(data, Iterator):
+        return None
+    batches = calibration_batches(data, specs, names)
+
+    def trailing(batch: Mapping[str, Any]) -> list[tuple[int, ...]]:
+        return [tuple(np.shape(batch[n])[1:]) if np.ndim(batch[n]) else () for n in names]
+
+    # batches of other sizes on a dynamic axis (e.g. sequence length) cannot be
+    # stacked with the first: they are left out
+    alike = [b for b in batches if trailing(b) == trailing(batches[0])]
+    if any(np.ndim(alike[0][n]) == 0 for n in names):  # scalar inputs: no batch axis
+        return dict(alike[0])
+    return {n: np.concatenate([np.asarray(b[n]) for b in alike], axis=0)[:CHECK_ROWS]
+            for n in names}

@@ -16,8 +16,10 @@ matter for a quantized artifact, as sums that pool over cases
 the cosine similarity of each sample (the output's rows along axis 0,
 flattened; min and mean over samples) and, for score outputs
 (:func:`is_scores`), top-1 agreement (fraction of rows over the last axis
-whose argmax matches) and top-5 overlap (mean ``|top5(ref) & top5(out)| / 5``,
-with at least 5 classes). :func:`judge` holds them against a quantization
+whose argmax matches) and top-5 overlap (mean over rows of the share of the
+reference's top-5 classes found in the artifact's top-5, with at least 5
+classes; only classes whose reference score stands out of the row count, see
+:func:`top_overlap`). :func:`judge` holds them against a quantization
 mode's :class:`~kexport.check.tolerance.Thresholds`.
 """
 
@@ -30,7 +32,8 @@ from typing import Any
 
 from kexport.check.tolerance import Thresholds
 
-__all__ = ["Quality", "compare", "is_scores", "judge", "quality", "tolerance_for"]
+__all__ = ["DISTINCT", "Quality", "compare", "is_scores", "judge", "quality", "tolerance_for",
+           "top_overlap"]
 
 
 def tolerance_for(expected: Any, atol: float, rtol: float) -> tuple[float, float]:
@@ -103,8 +106,8 @@ class Quality:
         rows: rows over the class axis judged for top-k (0: not a score output).
         top1_hits: rows whose argmax matches.
         classes: the size of the class axis (0: not a score output).
-        top5_sum: the sum over rows of ``|top5(ref) & top5(out)| / 5``
-            (0 with fewer than 5 classes).
+        top5_sum: the sum over rows of their top-5 overlap
+            (:func:`top_overlap`; 0 with fewer than 5 classes).
     """
 
     samples: int
@@ -228,14 +231,51 @@ def quality(expected: Any, received: Any, scores: bool = False) -> Quality | Non
     classes = e.shape[-1]
     ce, cr = e.reshape(-1, classes), r.reshape(-1, classes)
     hits = int(np.sum(np.argmax(ce, axis=1) == np.argmax(cr, axis=1)))
-    top5 = 0.0
-    if classes >= 5:
-        te = np.argsort(-ce, axis=1, kind="stable")[:, :5]
-        tr = np.argsort(-cr, axis=1, kind="stable")[:, :5]
-        top5 = float(sum(len(set(a) & set(b)) for a, b in zip(te.tolist(), tr.tolist(),
-                                                              strict=True)) / 5.0)
+    top5 = float(np.sum(top_overlap(ce, cr))) if classes >= 5 else 0.0
     return Quality(q.samples, q.signal, q.noise, q.cosine_min, q.cosine_sum,
                    ce.shape[0], hits, classes, top5)
+
+
+#: Top-k overlap counts the reference classes that stand out of their row: whose
+#: score exceeds the row's minimum by more than this fraction of the row's range
+#: (see :func:`top_overlap`).
+DISTINCT = 0.02
+
+
+def top_overlap(expected: Any, received: Any, k: int = 5) -> Any:
+    """Per row (over the last axis), the share of the reference's top-``k``
+    classes found in the artifact's top-``k``, in ``[0, 1]``.
+
+    Only reference classes that stand out count: the row's ``k`` highest
+    scores that exceed its minimum by more than :data:`DISTINCT` of its range
+    (a row where none does agrees fully). The near-zero probabilities of a
+    confident softmax do not stand out: ``int8`` rounds them to tied zeros,
+    and their order says nothing. A counted class is found when the
+    artifact's score for it is above the artifact's ``k``-th highest; tied
+    with it, it gets the share of the remaining places among the tied classes
+    (what a random order of the ties would give on average, so ties never
+    favour the reference). A class the artifact lost (rounded to the tied
+    zeros) or moved (permuted classes) is therefore (mostly) missed.
+    """
+    import numpy as np
+
+    e = np.asarray(expected, dtype=np.float64).reshape(-1, np.shape(expected)[-1])
+    r = np.asarray(received, dtype=np.float64).reshape(e.shape)
+    k = min(k, e.shape[1])
+    out = np.ones(e.shape[0])
+    low, span = e.min(axis=1), np.ptp(e, axis=1)
+    for i in range(e.shape[0]):
+        standing = np.flatnonzero(e[i] - low[i] > DISTINCT * span[i])
+        if standing.size == 0:
+            continue
+        counted = standing[np.argsort(-e[i, standing], kind="stable")[:k]]
+        kth = np.sort(r[i])[-k]
+        places = k - int(np.sum(r[i] > kth))  # left for the scores tied with the k-th
+        tied = int(np.sum(r[i] == kth))
+        found = np.where(r[i, counted] > kth, 1.0,
+                         np.where(r[i, counted] == kth, places / tied, 0.0))
+        out[i] = float(np.mean(found))
+    return out
 
 
 def judge(q: Quality | None, thresholds: Thresholds) -> list[str]:

@@ -136,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(ONNX; see docs/quantization.md)")
     p.add_argument("--calibration", metavar="FILE.npz",
                    help="calibration inputs for --quantize int8: one batch of typical "
-                        "inputs keyed by input name (or arr_0, arr_1, ... in input order)")
+                        "inputs keyed by input name (or arr_0, arr_1, ... in input order); "
+                        "the artifact is verified on them unless --data is given")
     p.add_argument("--no-verify", action="store_true", help="skip verification")
     p.add_argument("--report", metavar="REPORT.html",
                    help="also write the HTML report of the artifact (see `kexport report`)")

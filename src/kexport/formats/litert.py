@@ -49,9 +49,11 @@ from kexport.artifact import (
 )
 from kexport.artifact.quantization import check_quantization
 from kexport.check import samples
+from kexport.check.calibration import calibration_batches
 from kexport.errors import (
     CaptureError,
     KexportError,
+    QuantizationError,
     SignatureError,
     SignatureTypeError,
     WriteError,
@@ -193,30 +195,32 @@ def _concrete_signature(endpoint: TracedEndpoint, layers: list[Any]) -> Any:
 
 
 def _calibration(options: LiteRTOptions, endpoints: list[TracedEndpoint]) -> Callable[[], Any]:
-    """The converter's ``representative_dataset``: ``(signature_key, {name: array})``."""
-    import numpy as np
+    """The converter's ``representative_dataset``: ``(signature_key, {name: array})``.
+
+    The batches are read (and checked against every endpoint's inputs) now, by
+    the reader every format shares (:func:`kexport.check.calibration.calibration_batches`:
+    input names or ``arr_0``, ``arr_1``, ... in input order, an array, a
+    tuple/list, a ``tf.data.Dataset``).
+
+    Raises:
+        QuantizationError: a batch that does not fit an endpoint's inputs.
+    """
+    data = options.representative_dataset
+    given = data() if callable(data) else data
+    if isinstance(given, Iterator):  # one pass: read once for every endpoint
+        given = list(given)
+    batches: dict[str, list[dict[str, Any]]] = {}
+    for e in endpoints:
+        try:
+            batches[e.name] = calibration_batches(given, flatten(e.signature), e.input_names)
+        except QuantizationError as error:
+            raise QuantizationError(f"Endpoint '{e.name}': {error}") from error
 
     def gen() -> Iterator[tuple[str, dict[str, Any]]]:
-        data = options.representative_dataset
-        samples = data() if callable(data) else data
-        if isinstance(samples, Mapping) or hasattr(samples, "shape"):
-            samples = [samples]  # one batch
-        for sample in samples:
-            for e in endpoints:
-                if isinstance(sample, Mapping):
-                    feed = {n: sample[n] for n in e.input_names if n in sample}
-                elif isinstance(sample, (list, tuple)):
-                    feed = dict(zip(e.input_names, sample, strict=False))
-                else:
-                    feed = {e.input_names[0]: sample}
-                if set(feed) != set(e.input_names):
-                    raise SignatureError(
-                        f"Expected each representative sample to hold the inputs of endpoint "
-                        f"'{e.name}': {e.input_names}. Received a sample with "
-                        f"{sorted(feed) if feed else describe(sample)}"
-                    )
-                specs = dict(zip(e.input_names, flatten(e.signature), strict=True))
-                yield e.name, {n: np.asarray(v, dtype=specs[n].dtype) for n, v in feed.items()}
+        for number in range(max(len(b) for b in batches.values())):
+            for name, own in batches.items():
+                if number < len(own):
+                    yield name, own[number]
 
     return gen
 
@@ -398,8 +402,9 @@ def rehost_options(model: Any, input_signature: Any, options: dict[str, Any]
     check_quantization("litert", options.get("quantization"), data)
     given = None
     if data is not None:
-        names = flat_names(normalize_for_model(model, input_signature))
-        options["representative_dataset"] = _plain_samples(data, names)
+        signature = normalize_for_model(model, input_signature)
+        names = flat_names(signature)
+        options["representative_dataset"] = _plain_samples(data, flatten(signature), names)
         # A full-integer artifact is only accurate on inputs like its calibration
         # data: it is compared with the live model on those samples, batched.
         given = _calibration_batches(options["representative_dataset"], names)
@@ -435,20 +440,9 @@ def _calibration_batches(samples: list[dict[str, Any]], names: list[str]
     return batches
 
 
-def _plain_samples(data: Any, names: list[str]) -> list[dict[str, Any]]:
-    """Calibration samples as JSON-able dicts by input name (they travel to a child process)."""
-    import numpy as np
-
-    out = []
-    samples = data() if callable(data) else data
-    if isinstance(samples, Mapping) or hasattr(samples, "shape"):
-        samples = [samples]  # one batch
-    for sample in samples:
-        if isinstance(sample, Mapping):
-            named = dict(sample)
-        elif isinstance(sample, (list, tuple)):
-            named = dict(zip(names, sample, strict=False))
-        else:
-            named = {names[0]: sample}
-        out.append({k: np.asarray(v).tolist() for k, v in named.items()})
-    return out
+def _plain_samples(data: Any, specs: list[Any], names: list[str]) -> list[dict[str, Any]]:
+    """Calibration batches as JSON-able dicts by input name (they travel to a child
+    process), read by the reader every format shares
+    (:func:`kexport.check.calibration.calibration_batches`)."""
+    batches = calibration_batches(data() if callable(data) else data, specs, names)
+    return [{k: v.tolist() for k, v in batch.items()} for batch in batches]

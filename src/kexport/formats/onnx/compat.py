@@ -60,7 +60,12 @@ onnxruntime.quantization (1.2x), used by the quantization step
 - :func:`pre_process`: ``quant_pre_process`` runs ONNX Runtime's symbolic
   shape inference first, which raises on some shapes it cannot reason about
   (symbols it cannot merge); the step is then retried without it (ONNX's
-  own shape inference and the graph optimisation still run).
+  own shape inference and the graph optimisation still run). Before raising,
+  the symbolic shape inference dumps its partial graph as
+  ``sym_shape_infer_temp.onnx`` (with uuid-named external data files) into
+  the *current working directory*; during the step that module sees an
+  ``onnx`` whose ``save_model`` puts a relative path into the step's own
+  temporary folder instead, so nothing lands outside it.
 - :func:`float16_graph`: ``convert_float_to_float16(keep_io_types=True)``
   appends the ``Cast`` nodes that keep inputs float32 at the *end* of the
   node list, after the nodes that read them, so ``onnx.checker`` refuses the
@@ -79,6 +84,7 @@ onnxruntime.quantization (1.2x), used by the quantization step
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import types
 from collections.abc import Iterator
@@ -327,17 +333,64 @@ def cached_torchlib_registry() -> contextlib.AbstractContextManager[None]:
 
 # -- onnxruntime.quantization ---------------------------------------------------------
 
+_dump_folder = threading.local()  # where this thread's pre-processing keeps its dumps
+
+
+class _OnnxSavingRelativeInto(types.ModuleType):
+    """``onnx`` as seen by ``onnxruntime.tools.symbolic_shape_infer``: every
+    attribute, with ``save_model`` of a relative path put into the calling
+    :func:`pre_process`'s own folder (elsewhere, e.g. another thread's call
+    of the library, unchanged)."""
+
+    def __init__(self, original: Any) -> None:
+        super().__init__("onnx")
+        self._original = original
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "save_model":
+            return self._save_model
+        return getattr(self._original, name)
+
+    def _save_model(self, proto: Any, f: Any, *args: Any, **kwargs: Any) -> Any:
+        folder = getattr(_dump_folder, "path", None)
+        if folder is not None and isinstance(f, (str, os.PathLike)) and not os.path.isabs(f):
+            f = os.path.join(folder, f)
+        return self._original.save_model(proto, f, *args, **kwargs)
+
+
+@contextlib.contextmanager
+def _dumps_into(folder: str) -> Iterator[None]:
+    """Within the context the symbolic shape inference dumps into ``folder``
+    (see the module doc), not into the current working directory."""
+    try:
+        from onnxruntime.tools import symbolic_shape_infer
+    except ImportError:  # no sympy: quant_pre_process says so itself
+        yield
+        return
+    previous = getattr(_dump_folder, "path", None)
+    _dump_folder.path = folder
+    try:
+        with scoped_patch(symbolic_shape_infer, "onnx", _OnnxSavingRelativeInto):
+            yield
+    finally:
+        _dump_folder.path = previous
+
+
 def pre_process(source: str, target: str, large: bool) -> None:
     """``quant_pre_process`` (the standard step before quantizing), without the
-    symbolic shape inference when that raises (see the module doc)."""
+    symbolic shape inference when that raises; whatever the step writes stays
+    in ``target``'s folder (see the module doc)."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    try:
-        quant_pre_process(source, target, save_as_external_data=large,
-                          all_tensors_to_one_file=True)
-    except Exception:
-        quant_pre_process(source, target, skip_symbolic_shape=True,
-                          save_as_external_data=large, all_tensors_to_one_file=True)
+    dumps = os.path.join(os.path.dirname(os.path.abspath(target)), "shape-inference")
+    os.makedirs(dumps, exist_ok=True)
+    with _dumps_into(dumps):
+        try:
+            quant_pre_process(source, target, save_as_external_data=large,
+                              all_tensors_to_one_file=True)
+        except Exception:
+            quant_pre_process(source, target, skip_symbolic_shape=True,
+                              save_as_external_data=large, all_tensors_to_one_file=True)
 
 
 def scoped_node_names(model: onnx.ModelProto) -> None:
