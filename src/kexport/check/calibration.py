@@ -20,8 +20,10 @@ from typing import Any
 from kexport.check.policy import flat_sample_data
 from kexport.check.samples import TensorSpec
 from kexport.errors import QuantizationError, SampleDataError, describe
+from kexport.signature import flatten
 
-__all__ = ["CHECK_ROWS", "calibration_batches", "calibration_rows", "calibration_sample"]
+__all__ = ["CHECK_ROWS", "calibration_batches", "calibration_by_endpoint", "calibration_rows",
+           "calibration_sample"]
 
 
 def _one_batch(item: Any, specs: Sequence[TensorSpec], names: Sequence[str]
@@ -73,6 +75,25 @@ def calibration_batches(data: Any, specs: Sequence[TensorSpec], names: Sequence[
         raise QuantizationError(
             f"Expected `calibration_data` to hold at least one batch. Received: "
             f"{describe(data)}, which yielded none.")
+    return batches
+
+
+def calibration_by_endpoint(endpoints: Iterable[Any], data: Any
+                            ) -> dict[str, list[dict[str, Any]]]:
+    """Each endpoint's calibration batches (``{input name: array}``), read by
+    :func:`calibration_batches` against its inputs before any work; ``{}``
+    without data. ``endpoints`` have ``name``, ``signature`` and ``input_names``.
+
+    Raises:
+        QuantizationError: data that does not fit an endpoint (named).
+    """
+    batches = {}
+    for endpoint in endpoints if data is not None else ():
+        try:
+            batches[endpoint.name] = calibration_batches(
+                data, flatten(endpoint.signature), endpoint.input_names)
+        except QuantizationError as e:
+            raise QuantizationError(f"Endpoint '{endpoint.name}': {e}") from e
     return batches
 
 

@@ -65,11 +65,14 @@ from kexport.artifact.exclusion import (
 )
 from kexport.artifact.quantization import check_quantization, record
 from kexport.check import samples
-from kexport.check.calibration import calibration_batches, calibration_rows
+from kexport.check.calibration import (
+    calibration_batches,
+    calibration_by_endpoint,
+    calibration_rows,
+)
 from kexport.errors import (
     CaptureError,
     KexportError,
-    QuantizationError,
     SignatureError,
     UnsupportedRouteError,
     WriteError,
@@ -294,19 +297,6 @@ def _save(model: Any, xml: Path, manifest: Manifest, float16: bool = False) -> N
     ov.save_model(model, os.fspath(xml), compress_to_fp16=float16)
 
 
-def _calibration(archive: EndpointArchive, data: Any) -> dict[str, list[dict[str, Any]]]:
-    """Each endpoint's calibration batches (``{input name: array}``), checked against
-    its inputs before any work."""
-    batches = {}
-    for endpoint in archive.endpoints if data is not None else ():
-        try:
-            batches[endpoint.name] = calibration_batches(
-                data, flatten(endpoint.signature), endpoint.input_names)
-        except QuantizationError as e:
-            raise QuantizationError(f"Endpoint '{endpoint.name}': {e}") from e
-    return batches
-
-
 def write_archive(archive: EndpointArchive, filepath: str | os.PathLike[str],
                   options: Any | None = None, verbose: bool = True, *,
                   quantization: str | None = None, calibration_data: Any | None = None,
@@ -352,7 +342,7 @@ def write_archive(archive: EndpointArchive, filepath: str | os.PathLike[str],
     for endpoint in archive.endpoints:  # a graph that cannot name them: before converting
         strategy = _strategy(endpoint)
         check_naming(layers, strategy.naming, strategy.route(archive))
-    calibration = _calibration(archive, calibration_data)
+    calibration = calibration_by_endpoint(archive.endpoints, calibration_data)
     target = Path(os.fspath(filepath))
     single = target.suffix == ".xml" and len(archive.endpoints) == 1
     if target.suffix == ".xml" and not single:

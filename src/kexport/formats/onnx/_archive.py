@@ -11,8 +11,11 @@ from kexport.artifact import ONNX_ARCHIVE_MANIFEST, Manifest
 from kexport.artifact.exclusion import check_exclude, resolve_layers
 from kexport.artifact.quantization import check_quantization, record
 from kexport.check import samples
-from kexport.check.calibration import calibration_batches, calibration_rows
-from kexport.errors import QuantizationError, SignatureError
+from kexport.check.calibration import (
+    calibration_by_endpoint,
+    calibration_rows,
+)
+from kexport.errors import SignatureError
 from kexport.formats.onnx import _io as _onnx_io
 from kexport.formats.onnx._finish import finish
 from kexport.formats.onnx._graph import ARCHIVE_WEIGHTS
@@ -83,13 +86,7 @@ def write_archive(archive: EndpointArchive, filepath: str | os.PathLike[str],
     names = check_exclude("onnx", mode, quantization_exclude)
     exclude = Exclude(tracked, resolve_layers(tracked, names), TensorFlowGraph.naming,
                       required=False) if names else None
-    calibration = {}
-    for endpoint in archive.endpoints if calibration_data is not None else ():
-        try:
-            calibration[endpoint.name] = calibration_batches(
-                calibration_data, flatten(endpoint.signature), endpoint.input_names)
-        except QuantizationError as e:
-            raise QuantizationError(f"Endpoint '{endpoint.name}': {e}") from e
+    calibration = calibration_by_endpoint(archive.endpoints, calibration_data)
     route = f"{archive.backend}: ExportArchive tf.function -> tf2onnx"
     protos = []
     for endpoint in archive.endpoints:
