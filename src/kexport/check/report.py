@@ -249,6 +249,11 @@ class VerificationReport:
             if r["failed"]:
                 out.append(f"{r['endpoint']}/{r['output']} below the {self.quantization} "
                            f"thresholds: {'; '.join(r['failed'])}")
+        if not self.ok and self.thresholds is not None and self.inputs == "generated":
+            out.append(f"note: a {self.quantization} artifact was judged on generated inputs, "
+                       "which can lie outside what it was calibrated for; check it on real "
+                       "inputs (data= / --data) or on its calibration data "
+                       "(calibration_data= / --calibration)")
         for c in self.failures:
             if c.error:
                 out.append(f"error in {c.endpoint}/{c.output} [{c.case}]: {c.error}")

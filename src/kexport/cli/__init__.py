@@ -97,6 +97,13 @@ def _data(p: argparse.ArgumentParser) -> None:
                         "instead of generated inputs")
 
 
+def _calibration(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--calibration", metavar="FILE.npz",
+                   help="the calibration inputs a quantized artifact was exported with "
+                        "(export --calibration): without --data, the checks run on them, as "
+                        "the export's did")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every verb (imports nothing heavy)."""
     parser = argparse.ArgumentParser(
@@ -169,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "wrong (a probe through the artifact's route, compared layer by "
                         "layer; JSON: key 'localization')")
     _data(p)
+    _calibration(p)
     _tolerances(p)
     _common(p, backend=True)
 
@@ -206,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the generated inputs")
     p.add_argument("--unsafe", action="store_true", help="Keras safe mode OFF")
     _data(p)
+    _calibration(p)
     _precision(p)
     _common(p, backend=True, json_file=True)
 

@@ -230,6 +230,7 @@ def _export(args: argparse.Namespace, progress: Progress,
     if args.report is not None:
         with progress.step("Writing the report"):
             kexport.report(model, [output], args.report, data=sample_data,
+                           calibration_data=kwargs.get("calibration_data"),
                            seed=args.seed, precision=args.precision, model_file=args.model,
                            verified={output: report} if not args.no_verify else None)
         data["report"] = args.report
@@ -243,17 +244,20 @@ def verify(args: argparse.Namespace, progress: Progress) -> int:
     """``kexport verify MODEL.keras ARTIFACT``."""
 
     sample_data = load_data(args.data)
+    calibration = load_data(args.calibration, "--calibration")
     with progress.step("Loading model"):
         model = load_model(args.model, args.unsafe)
     with progress.step("Verifying in a fresh process"):
         report = kexport.verify(model, args.artifact, atol=args.atol, rtol=args.rtol,
                                 precision=args.precision, data=sample_data,
                                 scores=args.scores, seed=args.seed,
-                                store=not args.no_store)
+                                store=not args.no_store, calibration_data=calibration)
     data, text = report.to_json(), report.table()
     if args.localize:
+        # on the inputs verify used: a quantized artifact's calibration data
+        probe_data = calibration if report.inputs == "calibration" else sample_data
         with progress.step("Localising layer by layer"):
-            found = kexport.localize(model, args.artifact, data=sample_data, seed=args.seed)
+            found = kexport.localize(model, args.artifact, data=probe_data, seed=args.seed)
         data["localization"] = found.to_json()
         text = f"{text}\n\n{found.table()}"
     _emit(args, data, text)
@@ -364,10 +368,12 @@ def report(args: argparse.Namespace, progress: Progress) -> int:
     """``kexport report MODEL.keras ARTIFACT... -o report.html [--json [FILE]]``."""
 
     sample_data = load_data(args.data)
+    calibration = load_data(args.calibration, "--calibration")
     with progress.step("Loading model"):
         model = load_model(args.model, args.unsafe)
     with progress.step(f"Reporting on {len(args.artifacts)} artifact(s)"):
         data = kexport.report(model, args.artifacts, args.output, data=sample_data,
+                              calibration_data=calibration,
                               batch_sizes=args.batch, seconds=args.seconds, seed=args.seed,
                               precision=args.precision, model_file=args.model)
     if args.json_file is not None:

@@ -27,6 +27,7 @@ __all__ = ["SCHEMA", "collect", "render_html", "report", "write_json"]
 def report(model: Any, artifacts: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
            path: str | os.PathLike[str] | None = None, *,
            json_path: str | os.PathLike[str] | None = None, data: Any | None = None,
+           calibration_data: Any | None = None,
            batch_sizes: Sequence[int] = BATCH_SIZES, seconds: float = SECONDS, seed: int = 0,
            precision: str | None = None, model_file: str | os.PathLike[str] | None = None,
            verified: Mapping[str, VerificationReport] | None = None) -> dict[str, Any]:
@@ -49,6 +50,11 @@ def report(model: Any, artifacts: str | os.PathLike[str] | Sequence[str | os.Pat
         json_path: where to write the same data as JSON (``None``: none).
         data: sample data in the model's input structure, used instead of
             generated inputs (verification and histograms).
+        calibration_data: what a quantized artifact was calibrated on (as
+            given to its export). Without ``data``, the artifacts are
+            checked on it, as their export checked them: a statically
+            quantized artifact judged on generated inputs, outside the range
+            it was calibrated for, can fail although it is good.
         batch_sizes: batch sizes to time (default ``(1, 8)``).
         seconds: time budget per runner and batch size (at least 3 calls).
         seed: seed of the generated inputs.
@@ -79,7 +85,8 @@ def report(model: Any, artifacts: str | os.PathLike[str] | Sequence[str | os.Pat
         if value is not None and (not isinstance(value, (str, os.PathLike)) or not os.fspath(value)):
             raise SignatureError(f"Expected `{name}` to be a file path or None. Received: "
                                  f"{describe(value)}")
-    data_out = collect(model, artifacts, data=data, batch_sizes=batch_sizes, seconds=seconds,
+    data_out = collect(model, artifacts, data=data, calibration_data=calibration_data,
+                       batch_sizes=batch_sizes, seconds=seconds,
                        seed=seed, precision=precision, model_file=model_file, verified=verified)
     if path is not None:
         _write(path, render_html(data_out))

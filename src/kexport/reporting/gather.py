@@ -25,6 +25,7 @@ from typing import Any
 
 from kexport._version import __version__
 from kexport.artifact.quantization import read_record
+from kexport.check.calibration import calibration_sample
 from kexport.check.live import live_reference
 from kexport.check.policy import flat_sample_data
 from kexport.check.report import VerificationReport
@@ -53,7 +54,8 @@ _DECADES = 12
 
 
 def collect(model: Any, artifacts: Sequence[str | os.PathLike[str]], *,
-            data: Any | None = None, batch_sizes: Sequence[int] = BATCH_SIZES,
+            data: Any | None = None, calibration_data: Any | None = None,
+            batch_sizes: Sequence[int] = BATCH_SIZES,
             seconds: float = SECONDS, seed: int = 0, precision: str | None = None,
             model_file: str | os.PathLike[str] | None = None,
             verified: Mapping[str, VerificationReport] | None = None,
@@ -66,6 +68,10 @@ def collect(model: Any, artifacts: Sequence[str | os.PathLike[str]], *,
         artifacts: artifact paths (one path alone is also accepted).
         data: sample data (the model's input structure) for verification
             and the histograms, instead of generated inputs.
+        calibration_data: the data a quantized artifact was calibrated on
+            (as given to the export): without ``data``, the artifacts are
+            checked on it (verification, histograms, localiser), as the
+            export checked them.
         batch_sizes: batch sizes timed.
         seconds: time budget per runner and batch size.
         seed: seed of the generated inputs.
@@ -101,7 +107,8 @@ def collect(model: Any, artifacts: Sequence[str | os.PathLike[str]], *,
     sections = []
     for path, format, name in zip(paths, formats, names, strict=True):
         given = (verified or {}).get(os.fspath(path))
-        section = _artifact(model, path, format, name, data=data, batch_sizes=batch_sizes,
+        section = _artifact(model, path, format, name, data=data,
+                            calibration_data=calibration_data, batch_sizes=batch_sizes,
                             seconds=seconds, seed=seed, precision=precision, verified=given,
                             timer=timer, keras_latency=keras_latency)
         sections.append(scrub(section, _replacements(path, name)))
@@ -112,7 +119,8 @@ def collect(model: Any, artifacts: Sequence[str | os.PathLike[str]], *,
         "model": _model(model, model_file),
         "settings": {"seed": seed, "batch_sizes": list(batch_sizes), "seconds": seconds,
                      "histogram_rows": HISTOGRAM_ROWS, "precision": precision or "f32",
-                     "inputs": "data" if data is not None else "generated"},
+                     "inputs": "data" if data is not None else (
+                         "generated" if calibration_data is None else "calibration")},
         "keras_latency": [keras_latency[b] for b in sorted(keras_latency)],
         "artifacts": sections,
     }
@@ -156,13 +164,14 @@ def _model(model: Any, model_file: str | os.PathLike[str] | None) -> dict[str, A
 
 
 def _artifact(model: Any, path: Path, format: str, name: str, *, data: Any,
-              batch_sizes: Sequence[int], seconds: float, seed: int, precision: str | None,
+              calibration_data: Any, batch_sizes: Sequence[int], seconds: float, seed: int, precision: str | None,
               verified: VerificationReport | None,
               timer: Callable[[Callable[[], Any], float], list[float]],
               keras_latency: dict[int, dict[str, Any]]) -> dict[str, Any]:
     section: dict[str, Any] = {"name": name, "format": format, "ok": False, "error": None}
     report = verified if verified is not None else verify(
-        model, path, seed=seed, precision=precision, data=data, store=False)
+        model, path, seed=seed, precision=precision, data=data, store=False,
+        calibration_data=calibration_data)
     try:
         artifact: Artifact | None = load(path, precision=precision)
     except (KexportError, RuntimeError, OSError) as e:
@@ -185,6 +194,9 @@ def _artifact(model: Any, path: Path, format: str, name: str, *, data: Any,
     if artifact is not None:
         info = artifact.endpoints[artifact.default_endpoint]
         policy = recorded_policy(artifact.metadata)
+        if data is None and report.inputs == "calibration":
+            # checked on its calibration data: the histograms and the localiser too
+            data = calibration_sample(calibration_data, info.inputs, info.input_names)
         section["histograms"] = _guard(lambda: _histograms(
             model, artifact, info, policy, data, seed, tolerances))
         section["latency"] = _guard(lambda: _latency(
