@@ -238,12 +238,51 @@ def test_archive_write_out_checks_opset_value(small):
 
 
 @pytest.mark.backends("torch")  # torch archives are re-hosted at write_out
-def test_rehosted_archive_refuses_format_options_it_cannot_pass_on(small):
-    model, _, _, root = small
-    with pytest.raises(UnsupportedRouteError, match=r"by re-hosting, which cannot pass "
-                       r"\['opset_version'\] on yet"):
-        _two_endpoint_archive(model, hidden=False).write_out(root / "rh", format="onnx",
-                                                             opset_version=17)
+def test_rehosted_archive_carries_its_format_options_to_the_writer(tmp_path, fresh_process):
+    """On PyTorch an ONNX archive is written by re-hosting it onto TensorFlow:
+    ``opset_version``, the quantization mode, ``quantization_exclude`` and the
+    calibration data (read here against each endpoint, carried as arrays) reach
+    the child's writer; the int8 graphs are compared with the live endpoints on
+    the calibration batches, by the int8 thresholds."""
+
+    class Scorer(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.hidden = keras.layers.Dense(32, activation="relu", name="hidden")
+            self.scores = keras.layers.Dense(5, activation="softmax", name="scores")
+
+        def call(self, features):
+            return self.scores(self.hidden(features))
+
+    keras.utils.set_random_seed(5)
+    model = Scorer()
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(96, 8)).astype("float32")
+    live = keras.ops.convert_to_numpy(model(x))
+    archive = kexport.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serve", model, [keras.InputSpec(shape=(None, 8), name="features")])
+    out = tmp_path / "archive"
+    archive.write_out(out, format="onnx", verbose=False, opset_version=17,
+                      quantization="int8", calibration_data=[x[i:i + 32] for i in (0, 32, 64)],
+                      quantization_exclude=["scores"])
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["opset"] == 17
+    record = manifest["quantization"]
+    assert record["mode"] == "int8" and record["calibration_samples"] == 96
+    assert record["excluded_layers"] == ["scores"]
+    got = fresh_process("fresh_onnx:run_many", {"serve": (str(out / "serve.onnx"),
+                                                          [{"features": x}])})
+    assert got["serve"]["opset"]["ai.onnx"] == 17
+    (received,) = got["serve"]["results"][0]
+    assert np.mean(np.asarray(received).argmax(-1) == live.argmax(-1)) >= 0.95
+    # a re-hosted archive cannot take a SaveOptions (it cannot reach the child)
+    import tensorflow as tf
+
+    with pytest.raises(UnsupportedRouteError, match=r"`options` cannot travel to the "
+                       r"tensorflow process"):
+        archive.write_out(tmp_path / "opts", format="onnx", options=tf.saved_model.SaveOptions())
+    assert not (tmp_path / "opts").exists()
 
 
 @pytest.mark.backends("tensorflow")

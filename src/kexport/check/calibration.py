@@ -22,7 +22,7 @@ from kexport.check.samples import TensorSpec
 from kexport.errors import QuantizationError, SampleDataError, describe
 from kexport.signature import flatten
 
-__all__ = ["CHECK_ROWS", "calibration_batches", "calibration_by_endpoint", "calibration_rows",
+__all__ = ["CHECK_ROWS", "EndpointBatches", "calibration_batches", "calibration_by_endpoint", "calibration_rows",
            "calibration_sample"]
 
 
@@ -78,15 +78,26 @@ def calibration_batches(data: Any, specs: Sequence[TensorSpec], names: Sequence[
     return batches
 
 
+class EndpointBatches(dict):  # type: ignore[type-arg]
+    """Calibration batches already read, by endpoint name:
+    ``{endpoint: [{input name: array}, ...]}``. What a re-hosted archive
+    carries to the process that writes it (the batches were read against
+    each endpoint's inputs there, before the child started);
+    :func:`calibration_by_endpoint` takes them as they are."""
+
+
 def calibration_by_endpoint(endpoints: Iterable[Any], data: Any
                             ) -> dict[str, list[dict[str, Any]]]:
     """Each endpoint's calibration batches (``{input name: array}``), read by
     :func:`calibration_batches` against its inputs before any work; ``{}``
     without data. ``endpoints`` have ``name``, ``signature`` and ``input_names``.
+    :class:`EndpointBatches` are taken as they are.
 
     Raises:
         QuantizationError: data that does not fit an endpoint (named).
     """
+    if isinstance(data, EndpointBatches):
+        return {e.name: list(data[e.name]) for e in endpoints if e.name in data}
     batches = {}
     for endpoint in endpoints if data is not None else ():
         try:

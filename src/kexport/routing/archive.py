@@ -21,7 +21,7 @@ from kexport.artifact.quantization import check_quantization
 from kexport.capture._base import TracedEndpoint, is_tf_variable
 from kexport.check.policy import flat_sample_data
 from kexport.check.samples import SamplePolicy, using
-from kexport.errors import SignatureError, SignatureTypeError, UnsupportedRouteError, describe
+from kexport.errors import SignatureError, SignatureTypeError, describe
 from kexport.routing.archives import archive_host, archive_route, capture_for
 from kexport.routing.rehost import write_archive_rehosted
 from kexport.signature import flatten, normalize
@@ -35,12 +35,6 @@ def _format_options(writer: Callable[..., Any]) -> list[str]:
     """The options a format's archive writer takes: its keyword-only parameters."""
     return [p.name for p in inspect.signature(writer).parameters.values()
             if p.kind is inspect.Parameter.KEYWORD_ONLY]
-
-
-def _accepts(writer: Callable[..., Any], names: list[str]) -> bool:
-    params = inspect.signature(writer).parameters
-    return all(n in params for n in names) or any(
-        p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
 def _check_name(name: Any, what: str) -> str:
@@ -271,6 +265,9 @@ class ExportArchive:
                 for ``"int8"``) where the format quantizes (ONNX, LiteRT, OpenVINO; see
                 docs/quantization.md); ``quantization_exclude=`` (layers of the
                 tracked models kept in float) where it can (ONNX, OpenVINO).
+                They reach a re-hosted archive's writer too (calibration
+                batches read here, against every endpoint, before the child
+                starts).
 
         Where the route tables say so (:func:`kexport.routing.archives.archive_host`,
         e.g. ``format="torch"`` on TensorFlow/JAX, ``"openvino"`` on JAX,
@@ -289,8 +286,9 @@ class ExportArchive:
                 or ``options`` is not a ``tf.saved_model.SaveOptions``.
             UnknownFormatError: ``format`` is not a kexport format (a
                 ``ValueError``).
-            UnsupportedRouteError: when an option cannot reach the process
-                that writes a re-hosted archive, or an endpoint of a
+            UnsupportedRouteError: ``options`` given where the archive is
+                re-hosted (it cannot reach the child process; the format
+                options do), or an endpoint of a
                 re-hosted archive cannot be described as data (e.g. a
                 closure with extra computation).
             VerificationError: a re-hosted artifact differs from the live
@@ -332,13 +330,6 @@ class ExportArchive:
             )
         host = archive_host(self.backend, format)
         if host is not None:  # written by re-hosting the archive onto another backend
-            if format_options and not _accepts(write_archive_rehosted, list(format_options)):
-                raise UnsupportedRouteError(
-                    f"The {self.backend} backend writes format={format!r} archives by "
-                    f"re-hosting, which cannot pass {sorted(format_options)} on yet. "
-                    "Expected no format options on this backend; export on the "
-                    f"{host} backend to use them."
-                )
             writer = functools.partial(write_archive_rehosted, format=format, host=host)
         with _atomic.overwrite_policy(overwrite), (
                 using(policy) if policy is not None else contextlib.nullcontext()):

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from kexport.capture.source import rehosted_from
+from kexport.check.calibration import EndpointBatches
 from kexport.check.samples import SamplePolicy, using
 from kexport.routing.archive import ExportArchive
 from kexport.routing.rehost.recipe import assign_values, rebuild_model
@@ -112,7 +113,22 @@ def _endpoint_fn(model: Any, method: str, kwargs: dict[str, Any]) -> Callable[..
     return functools.partial(bound, **kwargs) if kwargs else bound
 
 
-def _export(models: list[Any], ordered: list[list[Any]], job: dict[str, Any]) -> None:
+def _carried_calibration(work: Path, layout: dict[str, Any]) -> EndpointBatches:
+    """The archive's calibration batches, as the parent read them (``carried.npz``)."""
+    import numpy as np
+
+    batches = EndpointBatches()
+    with np.load(work / "carried.npz", allow_pickle=False) as data:
+        for name, entry in layout.items():
+            e = entry["index"]
+            batches[name] = [{n: np.array(data[f"cal__{e}__{b}__{i}"])
+                              for i, n in enumerate(entry["names"])}
+                             for b in range(entry["batches"])]
+    return batches
+
+
+def _export(models: list[Any], ordered: list[list[Any]], job: dict[str, Any],
+            work: Path) -> None:
     import keras
 
     out = job["output"]
@@ -132,7 +148,10 @@ def _export(models: list[Any], ordered: list[list[Any]], job: dict[str, Any]) ->
             archive.add_endpoint(ep["name"], fn, specs_from_json(ep["signature"]))
         for name, refs in job["collections"].items():
             archive.add_variable_collection(name, [ordered[i][j] for i, j in refs])
-        archive.write_out(out, verbose=job["verbose"], format=job["format"])
+        options = dict(job.get("kwargs", {}))
+        if job.get("calibration"):
+            options["calibration_data"] = _carried_calibration(work, job["calibration"])
+        archive.write_out(out, verbose=job["verbose"], format=job["format"], **options)
 
 
 def _run(work: Path, job: dict[str, Any]) -> dict[str, Any]:
@@ -189,7 +208,7 @@ def run_job(work: Path) -> dict[str, Any]:
             models, ordered = _rebuild(work, job)
             stage = "export"
             with using(_policy(work, job)):
-                _export(models, ordered, job)
+                _export(models, ordered, job, work)
             stage = "run"
             outputs = _run(work, job)
         np.savez(work / "outputs.npz", **outputs)

@@ -63,6 +63,7 @@ from kexport._dims import plan_signature
 from kexport._inference import infer, inference_fn
 from kexport.artifact import DEFAULT_ENDPOINT, SAVED_MODEL_MANIFEST, read_manifest
 from kexport.capture.endpoint import EndpointRecipe, is_layer, not_described_error
+from kexport.check.calibration import calibration_by_endpoint
 from kexport.check.compare import Quality, compare, is_scores, judge, quality, tolerance_for
 from kexport.check.live import flat_numpy
 from kexport.check.probe import judged
@@ -84,6 +85,7 @@ from kexport.routing.rehost.recipe import describe_model, variable_paths
 from kexport.routing.rehost.state import layer_state
 from kexport.signature import (
     Spec,
+    flat_names,
     flatten,
     normalize_for_model,
     pack_as,
@@ -198,13 +200,15 @@ def _same(a: list[Any], b: list[Any]) -> bool:
 
 
 def _live_cases(recipes: list[tuple[EndpointRecipe, Callable[..., Any]]],
-                models: list[Any], given: list[list[Any]] | None = None,
+                models: list[Any],
+                given: list[list[Any]] | Mapping[str, list[list[Any]]] | None = None,
                 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Sample inputs per endpoint and batch, and the live outputs for them.
 
     ``given`` replaces the random samples: one flat list of input arrays per
     batch (e.g. calibration data, on which a full-integer artifact must be
-    accurate). An endpoint whose live outputs differ between two identical
+    accurate), or such lists by endpoint name (endpoints not named keep
+    random samples). An endpoint whose live outputs differ between two identical
     calls (random layers in training mode) is marked ``deterministic=False``:
     only shapes and dtypes are compared for it.
     """
@@ -217,13 +221,14 @@ def _live_cases(recipes: list[tuple[EndpointRecipe, Callable[..., Any]]],
     for recipe, fn in recipes:
         entries = []
         flat_specs = flatten(recipe.signature)
-        for b, case in enumerate(CASE_SIZES if given is None else given):
-            flat = (_samples(flat_specs, case, rng, recipe.name) if given is None
+        mine = given.get(recipe.name) if isinstance(given, Mapping) else given
+        for b, case in enumerate(CASE_SIZES if mine is None else mine):
+            flat = (_samples(flat_specs, case, rng, recipe.name) if mine is None
                     else [np.asarray(x) for x in case])
             if flat is None:
                 entries = []
                 break
-            batch = case if given is None else (
+            batch = case if mine is None else (
                 int(np.shape(flat[0])[0]) if flat and np.ndim(flat[0]) else b + 1)
             args = pack_as(list(recipe.signature),
                            [keras.ops.convert_to_tensor(x) for x in flat])
@@ -494,9 +499,13 @@ def _note_source(artifact: Path, backend: str) -> None:
 def _rehost(models: list[Any], recipes: list[tuple[EndpointRecipe, Callable[..., Any]]],
             filepath: str | os.PathLike[str], format: str, host: str, verbose: bool,
             job_extra: dict[str, Any], atol: float, rtol: float,
-            given: list[list[Any]] | None = None, quantized: str | None = None
+            given: list[list[Any]] | Mapping[str, list[list[Any]]] | None = None,
+            quantized: str | None = None, carried: Mapping[str, Any] | None = None
             ) -> list[dict[str, Any]]:
-    """Run the whole re-host pipeline; return the verification report."""
+    """Run the whole re-host pipeline; return the verification report.
+
+    ``carried``: arrays the child reads from ``carried.npz`` (e.g. an
+    archive's calibration batches, named by the job)."""
     import keras
     import numpy as np
 
@@ -514,6 +523,8 @@ def _rehost(models: list[Any], recipes: list[tuple[EndpointRecipe, Callable[...,
         files, modules = _serialize(models, host, work)
         arrays, cases = _live_cases(recipes, models, given)
         np.savez(work / "inputs.npz", **arrays)
+        if carried:
+            np.savez(work / "carried.npz", **carried)
         (work / "out").mkdir()
         out = work / "out" / (target.name or "artifact")
         job = {"format": format, "host": host, "source_backend": backend,
@@ -673,7 +684,8 @@ def _collection_refs(name: str, variables: list[Any], models: list[Any],
 def write_archive_rehosted(archive: Any, filepath: str | os.PathLike[str], *,
                            format: str, host: str, options: Any | None = None,
                            verbose: bool = True, atol: float = DEFAULT_ATOL,
-                           rtol: float = DEFAULT_RTOL) -> list[dict[str, Any]]:
+                           rtol: float = DEFAULT_RTOL, **format_options: Any
+                           ) -> list[dict[str, Any]]:
     """Write ``archive`` in ``format`` by re-hosting it onto the ``host`` backend.
 
     Used by ``ExportArchive.write_out`` wherever the route tables say so
@@ -693,6 +705,12 @@ def write_archive_rehosted(archive: Any, filepath: str | os.PathLike[str], *,
         verbose: print what was re-hosted and written.
         atol: absolute tolerance of the comparison with the live endpoints.
         rtol: relative tolerance of that comparison.
+        **format_options: the format writer's options (``write_out``'s),
+            carried to the child: plain values as JSON, ``calibration_data``
+            read here against every endpoint's inputs and carried as arrays
+            (:class:`~kexport.check.calibration.EndpointBatches`). A
+            quantized artifact is compared by its mode's thresholds, on the
+            calibration batches when there are some.
 
     Returns:
         The verification report (one row per endpoint and batch size).
@@ -740,5 +758,43 @@ def write_archive_rehosted(archive: Any, filepath: str | os.PathLike[str], *,
     models = list(state["tracked_layers"])
     collections = {k: _collection_refs(k, v, models, backend)
                    for k, v in archive.variable_collections().items()}
-    extra = {"mode": "archive", "collections": collections, "tracked": len(models)}
-    return _rehost(models, recipes, filepath, format, host, bool(verbose), extra, atol, rtol)
+    kwargs, carried, calibration, given = _archive_options(recipes, format_options)
+    extra = {"mode": "archive", "collections": collections, "tracked": len(models),
+             "kwargs": kwargs, "calibration": calibration}
+    return _rehost(models, recipes, filepath, format, host, bool(verbose), extra, atol, rtol,
+                   given or None, format_options.get("quantization"), carried)
+
+
+def _archive_options(recipes: list[tuple[EndpointRecipe, Callable[..., Any]]],
+                     format_options: Mapping[str, Any]
+                     ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any],
+                                dict[str, list[list[Any]]]]:
+    """What of an archive's format options travels to the child: the plain
+    options (JSON), the calibration batches as arrays (``carried.npz``: key
+    ``cal__<endpoint index>__<batch>__<input index>``) with their layout
+    (endpoint -> input names and batch count), and the first two batches of
+    each endpoint as the cases the artifact is compared on.
+
+    Raises:
+        QuantizationError: calibration data that does not fit an endpoint.
+        SignatureError: an option that is not a plain value.
+    """
+    import types
+
+    import numpy as np
+
+    kwargs = dict(format_options)
+    data = kwargs.pop("calibration_data", None)
+    views = [types.SimpleNamespace(name=r.name, signature=r.signature,
+                                   input_names=flat_names(r.signature)) for r, _ in recipes]
+    batches = calibration_by_endpoint(views, data)
+    carried: dict[str, Any] = {}
+    layout: dict[str, Any] = {}
+    for e, (name, endpoint_batches) in enumerate(batches.items()):
+        names = list(endpoint_batches[0]) if endpoint_batches else []
+        for b, batch in enumerate(endpoint_batches):
+            for i, input_name in enumerate(names):
+                carried[f"cal__{e}__{b}__{i}"] = np.asarray(batch[input_name])
+        layout[name] = {"index": e, "names": names, "batches": len(endpoint_batches)}
+    given = {name: [list(b.values()) for b in bs[:2]] for name, bs in batches.items() if bs}
+    return _json_kwargs(kwargs), carried, layout, given
