@@ -40,3 +40,21 @@ def saved_model_calls(path, feeds):
     return [{k: v.numpy() for k, v in fn(**{n: tf.constant(np.asarray(a))
                                             for n, a in feed.items()}).items()}
             for feed in feeds]
+
+
+def torch_outcomes(path, calls):
+    """Each call of a ``.pt2``'s module on its flat inputs: ``["ok", [outputs]]`` or
+    ``["error", type name, first line of the message]``."""
+    import torch
+
+    module = torch.export.load(path).module()
+    out = []
+    with torch.no_grad():
+        for flat in calls:
+            try:
+                y = module(*[torch.from_numpy(np.asarray(x)) for x in flat])
+            except Exception as e:  # the program's own refusal is the answer
+                out.append(["error", type(e).__name__, str(e).strip().splitlines()[0]])
+                continue
+            out.append(["ok", [t.numpy() for t in (y if isinstance(y, (list, tuple)) else [y])]])
+    return out

@@ -197,6 +197,51 @@ def test_bounded_length_torch_program(tmp_path, fresh_process):
     assert entry["token_ids"]["symbols"] == entry["padding_mask"]["symbols"] == ["batch", "d1"]
 
 
+@pytest.mark.backends("torch")
+def test_guard_no_dim_states_becomes_runtime_check_torch_program(tmp_path, fresh_process):
+    # A stride-2 convolution, then a position table of 8 rows sliced to the frame
+    # count (Whisper's encoder). torch.export suggests `Dim(min=3, max=16)` for the
+    # length, then still cannot prove the guard `1 % ((d1 - 1) // 2 + 1) != 0`
+    # (frames != 1) over that range and suggests nothing: "Constraints violated (d1)".
+    # The export keeps that guard as a runtime assertion in the program instead.
+    class Positions(keras.layers.Layer):
+        def build(self, shape):
+            self.table = self.add_weight(shape=(8, shape[-1]), initializer="random_normal")
+
+        def call(self, x):
+            frames = keras.ops.shape(x)[1]
+            rows = keras.ops.slice(self.table, (0, 0), (frames, keras.ops.shape(x)[-1]))
+            return x + keras.ops.broadcast_to(rows, keras.ops.shape(x))
+
+    class Frames(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.conv = keras.layers.Conv1D(6, 3, padding="same", activation="gelu")
+            self.pad = keras.layers.ZeroPadding1D(1)
+            self.down = keras.layers.Conv1D(6, 3, strides=2)
+            self.positions = Positions()
+
+        def call(self, x):
+            return self.positions(self.down(self.pad(self.conv(x))))
+
+    model = Frames()
+    rng = np.random.default_rng(0)
+    xs = [rng.normal(size=(b, n, 4)).astype("float32") for b, n in ((2, 5), (1, 16), (3, 17))]
+    model(xs[0])
+    path = str(tmp_path / "frames.pt2")
+    kexport.export_torch(model, path, input_signature=[keras.InputSpec(shape=(None, None, 4))],
+                         verbose=False)
+    (ranges,) = fresh_process("fresh_dims:torch_ranges", path).values()
+    assert ranges == [(0, None), (3, 16), None]  # 8 positions: at most 16 frames in
+    ok5, ok16, past = fresh_process("fresh_dims:torch_outcomes", path, [[x] for x in xs])
+    for x, (status, (y,)) in zip(xs, (ok5, ok16), strict=False):
+        assert status == "ok"
+        np.testing.assert_allclose(y, keras.ops.convert_to_numpy(model(x)), atol=1e-5, rtol=1e-4)
+    assert past == ["error", "AssertionError", "Guard failed: input_0.size()[1] <= 16"]
+    manifest = json.loads(fresh_process("fresh_formats:torch_run", [(path, [])])[0]["manifest"])
+    assert manifest["endpoints"]["serve"]["inputs"][0]["bounds"] == [None, 16, None]
+
+
 @pytest.mark.backends("jax")
 def test_bounded_length_jax_saved_model(tmp_path, fresh_process):
     model = _bert()

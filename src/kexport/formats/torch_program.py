@@ -14,7 +14,8 @@ What we write:
   (``Dim(max=...)`` where an axis is bounded). When ``torch.export`` finds a
   bound the model implies (a position embedding's length), its suggested
   fix is applied and the program's range constraints carry the max, which
-  the manifest records. Sample inputs use sizes of at least 2
+  the manifest records; a guard no ``Dim`` can state stays a runtime
+  assertion in the program (:func:`export_refined`). Sample inputs use sizes of at least 2
   (``torch.export`` specialises dimensions whose sample size is 0 or 1);
 - for an ``ExportArchive`` with several endpoints (or a path without the
   ``.pt2`` suffix): a folder with one ``<endpoint>.pt2`` per endpoint plus
@@ -134,32 +135,62 @@ def _dynamic_shapes(signature: list[Any], params: list[str]) -> dict[str, Any]:
     return dict(zip(params, dynamic_shapes_for(flatten(signature)), strict=True))
 
 
-def export_refined(export: Callable[[Any], Any], dynamic_shapes: Any, tries: int = 3) -> Any:
-    """``export(dynamic_shapes)``; when ``torch.export`` reports constraints the
-    model implies (``d1 <= 16``, ``d2 == d1``), retry with its suggested fixes
-    applied (``refine_dynamic_shapes_from_suggested_fixes``)."""
+def _in_chain(error: BaseException, text: str) -> list[BaseException]:
+    """The exceptions of ``error``'s cause/context chain whose message holds ``text``."""
+    out, seen = [], set()
+    cause: BaseException | None = error
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if text in str(cause):
+            out.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    return out
+
+
+def _suggested(error: BaseException, dynamic_shapes: Any) -> Any | None:
+    """``dynamic_shapes`` with the fixes ``torch.export`` suggests in ``error``
+    applied, or ``None`` when it suggests none it can read back."""
     from torch.export.dynamic_shapes import refine_dynamic_shapes_from_suggested_fixes
 
-    for attempt in range(tries + 1):
+    for cause in _in_chain(error, "Suggested fixes"):
         try:
-            return export(dynamic_shapes)
+            return refine_dynamic_shapes_from_suggested_fixes(str(cause), dynamic_shapes)
+        except Exception:  # not a message torch can read back: the next one, or give up
+            continue
+    return None
+
+
+def export_refined(export: Callable[[Any], Any], dynamic_shapes: Any, tries: int = 3, *,
+                   deferring: Callable[[Any], Any] | None = None) -> Any:
+    """``export(dynamic_shapes)``; when ``torch.export`` reports constraints the
+    model implies (``d1 <= 16``, ``d2 == d1``), retry with its suggested fixes
+    applied (``refine_dynamic_shapes_from_suggested_fixes``), at most ``tries``
+    times.
+
+    A constraint can be violated with no fix to suggest: a guard that a
+    ``Dim`` (a range, or a linear relation to another ``Dim``) cannot state,
+    such as ``1 % ((d1 - 1) // 2 + 1) != 0`` (the frame count after a
+    stride-2 convolution is not 1), which ``torch.export`` cannot prove over
+    the range even where it always holds. Then, where given, the export is
+    retried once as ``deferring(dynamic_shapes)``: ``torch.export`` with
+    ``prefer_deferred_runtime_asserts_over_guards=True``, which keeps such
+    guards as runtime assertions in the program (a size that fails one is
+    refused when the program runs, never computed wrongly) while the ranges
+    found stay range constraints (:func:`program_bounds`).
+    """
+    run, refined_times = export, 0
+    while True:
+        try:
+            return run(dynamic_shapes)
         except Exception as e:
-            if attempt == tries:
-                raise
-            refined = None
-            cause: BaseException | None = e
-            while cause is not None and refined is None:
-                if "Suggested fixes" in str(cause):
-                    try:
-                        refined = refine_dynamic_shapes_from_suggested_fixes(
-                            str(cause), dynamic_shapes)
-                    except Exception:  # not a message torch can read back: give up
-                        refined = None
-                cause = cause.__cause__ or cause.__context__
-            if refined is None or refined == dynamic_shapes:
-                raise
-            dynamic_shapes = refined
-    raise AssertionError("unreachable")
+            refined = _suggested(e, dynamic_shapes) if refined_times < tries else None
+            if refined is not None and refined != dynamic_shapes:
+                dynamic_shapes, refined_times = refined, refined_times + 1
+                continue
+            if deferring is not None and run is export and _in_chain(e, "Constraints violated"):
+                run = deferring
+                continue
+            raise
 
 
 def program_bounds(program: Any, specs: list[Spec]) -> dict[str, int]:
@@ -236,13 +267,15 @@ def export_program(fn: Callable[..., Any], signature: list[Any], input_names: li
     sizes = sample_sizes(specs)
     samples = tuple(_sample(s, sizes) for s in specs)
 
-    def export(dynamic_shapes: dict[str, Any]) -> Any:
+    def export(dynamic_shapes: dict[str, Any], defer: bool = False) -> Any:
         with torch.no_grad(), symbolic_sizes():
             return torch.export.export(module, samples, dynamic_shapes=dynamic_shapes,
-                                       strict=False)
+                                       strict=False,
+                                       prefer_deferred_runtime_asserts_over_guards=defer)
 
     try:
-        return export_refined(export, _dynamic_shapes(signature, params))
+        return export_refined(export, _dynamic_shapes(signature, params),
+                              deferring=lambda shapes: export(shapes, defer=True))
     except KexportError:
         raise
     except Exception as e:  # every capture failure becomes a typed error
