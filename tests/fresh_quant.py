@@ -36,3 +36,35 @@ def describe_and_run(path, arrays):
                                          if os.path.exists(path + ".data") else 0),
         "outputs": [np.asarray(o) for o in session.run(None, feeds)],
     }
+
+
+def runtime_kernels(path):
+    """What ONNX Runtime's CPU provider runs for ``path`` after its graph
+    optimisations (level extended: the QDQ fusions, nothing CPU-specific):
+    the operator counts of the optimised graph, the dtypes of the activation
+    zero points, and the range of the int8 weight initializers."""
+    import collections
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        options.optimized_model_filepath = os.path.join(tmp, "optimized.onnx")
+        ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        optimized = onnx.load(options.optimized_model_filepath)
+    model = onnx.load(path)
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    zero_points = sorted({inits[n.input[2]].dtype.name for n in model.graph.node
+                          if n.op_type == "QuantizeLinear" and len(n.input) > 2
+                          and n.input[2] in inits})
+    weights = [inits[n.input[0]] for n in model.graph.node
+               if n.op_type == "DequantizeLinear" and n.input[0] in inits
+               and inits[n.input[0]].dtype == np.int8 and inits[n.input[0]].ndim > 1]
+    return {"ops": dict(collections.Counter(n.op_type for n in optimized.graph.node)),
+            "float_ops": dict(collections.Counter(n.op_type for n in model.graph.node)),
+            "activation_zero_points": zero_points,
+            "weight_range": [int(min(w.min() for w in weights)),
+                             int(max(w.max() for w in weights))] if weights else None}

@@ -138,6 +138,25 @@ def test_quantized_artifact_in_a_fresh_process(exported, fresh_process, name, mo
     assert q["metadata"]["kexport.backend"] == BACKEND
 
 
+def test_int8_convolutions_run_in_onnx_runtimes_int8_kernels(exported, fresh_process):
+    """Static int8 is written as U8S8 (unsigned activations, signed weights in
+    the reduced 7-bit range): the pair ONNX Runtime's CPU provider fuses into
+    ``QLinearConv``. With int8 activations (S8S8) its graph optimiser left
+    convolutions as DequantizeLinear -> float Conv -> QuantizeLinear, and the
+    artifact ran slower than float; 7-bit weights cannot saturate the
+    ``VPMADDUBSW`` path of CPUs without VNNI."""
+    _, paths = exported
+    got = fresh_process("fresh_quant:runtime_kernels", paths["cnn"]["int8"])
+    assert got["activation_zero_points"] == ["uint8"]
+    low, high = got["weight_range"]
+    # symmetric 7-bit weights: |w| <= 64, where full range reaches 127
+    assert low < 0 < high and max(-low, high) == 64, got["weight_range"]
+    # every convolution runs as an int8 kernel, none in float between Q/DQ pairs
+    assert got["ops"].get("QLinearConv") == 2, got["ops"]
+    assert "Conv" not in got["ops"], got["ops"]
+    assert got["float_ops"].get("Conv") == 2
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_load_and_verify_know_the_artifact_is_quantized(exported, mode):
     models, paths = exported
