@@ -20,6 +20,7 @@ import pytest
 
 import kexport
 from conftest import native_formats
+from kexport.check.localization import ENTERS, GROWS, first_divergence
 from kexport.check.probe import unjudged
 from kexport.check.tolerance import QUANTIZED
 from kexport.errors import ArtifactError, LocalizationError
@@ -187,3 +188,25 @@ def test_report_of_a_faulty_artifact_shows_the_planted_layer(planted, tmp_path):
     html = page.read_text()
     assert "first diverging layer: block/planted (Planted)" in html
     assert str(tmp_path) not in html
+
+
+@pytest.mark.backends("tensorflow")
+def test_first_divergence_matches_calls_by_path_and_says_where_the_difference_enters():
+    a, b = np.ones((2, 3), "float32"), np.zeros((2, 3), "float32")
+
+    def call(path, inputs, outputs):
+        return {"path": path, "class_name": "Dense", "inputs": inputs, "outputs": outputs}
+
+    live = [call("dense", [a], [a]), call("block/dense", [a], [a]),
+            call("block/mix", [a], [a]), call("head", [a], [a])]
+    # the host calls a sublayer the live model does not ("block/softmax"): skipped
+    host = [call("dense", [a], [a]), call("block/softmax", [a], [b]),
+            call("block/dense", [a], [a]), call("block/mix", [a], [b]),
+            call("head", [b], [b])]
+    found = first_divergence(live, host, 1e-4, 1e-3)
+    assert found == {"path": "block/mix", "class_name": "Dense", "max_abs_error": 1.0,
+                     "origin": ENTERS, "enclosing": "block"}
+    # inputs that already differ: the difference came from code between sublayer calls
+    host[3] = call("block/mix", [b], [b])
+    assert first_divergence(live, host, 1e-4, 1e-3)["origin"] == GROWS
+    assert first_divergence(live, live, 1e-4, 1e-3) is None

@@ -311,3 +311,81 @@ def test_rehost_rebuilds_by_value_a_class_whose_config_is_incomplete(tmp_path, f
     x = np.arange(6, dtype="float32").reshape(2, 3)
     got = fresh_process("saved_model_signature", str(target), "serving_default", {"a": x})
     np.testing.assert_allclose(next(iter(got.values())), x * 3.0)
+
+
+# -- a model the host backend computes differently ----------------------------------------------------
+def _windowed_attention_model():
+    """Attention over a sliding window of 2 with padding, computed as keras_hub's
+    attention layers do: a fused ``dot_product_attention`` where the backend has
+    one (JAX, PyTorch), a masked ``Softmax`` layer elsewhere (TensorFlow). A
+    padded query 2 or more steps past the last real token sees no key: the fused
+    op averages every value there, the Softmax layer gives zeros."""
+    ops = keras.ops
+
+    class Attend(L.Layer):
+        def __init__(self):
+            super().__init__()
+            self.softmax = L.Softmax(axis=-1)
+
+        def call(self, x, mask):
+            if keras.backend.backend() != "tensorflow":
+                q = ops.expand_dims(x, 2)
+                return ops.squeeze(ops.dot_product_attention(
+                    q, q, q, mask=ops.expand_dims(mask, 1), scale=1.0), 2)
+            weights = self.softmax(ops.einsum("bqd,bkd->bqk", x, x), mask=mask)
+            return ops.einsum("bqk,bkd->bqd", weights, x)
+
+    class Windowed(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.proj = L.Dense(4)
+            self.attend = Attend()
+            self.head = L.Dense(3)
+
+        def call(self, inputs):
+            x = self.proj(inputs["features"])
+            n = ops.shape(x)[1]
+            i, j = ops.arange(n)[:, None], ops.arange(n)[None, :]
+            band = ops.logical_and(j <= i, j > i - 2)
+            keys = ops.cast(inputs["padding_mask"], "bool")[:, None, :]
+            return self.head(self.attend(x, ops.logical_and(band[None], keys)))
+
+    return Windowed()
+
+
+def _windowed_inputs(kept):
+    rng = np.random.default_rng(5)
+    mask = (np.arange(6)[None, :] < np.asarray(kept)[:, None]).astype("int32")
+    return {"features": rng.standard_normal((len(kept), 6, 3)).astype("float32"),
+            "padding_mask": mask}
+
+
+@pytest.mark.backends("jax", "torch")
+def test_rehost_refusal_names_the_layer_the_host_backend_computes_differently(
+        tmp_path, fresh_process):
+    model = _windowed_attention_model()
+    defined = _windowed_inputs([6, 5, 5])  # one padded step: every query sees a key
+    model(defined)
+    target = tmp_path / "sm"
+    flat = [defined["features"], defined["padding_mask"]]
+    report = rehost.rehost_export(model, target, "tf_saved_model", "tensorflow",
+                                  verbose=False, sample_inputs=[flat])
+    assert all(r["ok"] and r["compared"] == "values" for r in report)
+    # the signature kexport infers for this subclassed model holds the mask as float32
+    fed = {**defined, "padding_mask": defined["padding_mask"].astype("float32")}
+    got = fresh_process("saved_model_signature", str(target), "serving_default", fed)
+    np.testing.assert_allclose(next(iter(got.values())), _np(model(defined)), atol=1e-5)
+
+    # four padded steps: queries 2 and 3 steps past the last token see no key
+    empty_rows = _windowed_inputs([6, 2, 5])
+    refused = tmp_path / "refused"
+    with pytest.raises(VerificationError) as caught:
+        rehost.rehost_export(model, refused, "tf_saved_model", "tensorflow", verbose=False,
+                             sample_inputs=[[empty_rows["features"],
+                                             empty_rows["padding_mask"]]])
+    message = str(caught.value)
+    assert not refused.exists()
+    assert (f"The model rebuilt on the tensorflow backend already computes differently from "
+            f"the live model on the {BACKEND} backend") in message
+    assert ("the first sublayer call whose outputs differ is 'attend' (Attend" in message
+            and "its inputs agree, so the difference enters in 'attend' itself" in message)

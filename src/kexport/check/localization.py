@@ -18,9 +18,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from kexport.check.compare import compare, tolerance_for
 from kexport.check.probe import MODEL_INPUT, ProbeCall
 
-__all__ = ["ENTERS", "GROWS", "ErrorStat", "LayerRow", "LocalizationReport", "rows_from"]
+__all__ = ["ENTERS", "GROWS", "ErrorStat", "LayerRow", "LocalizationReport", "first_divergence",
+           "rows_from"]
 
 #: :attr:`LayerRow.origin` of a layer whose inputs pass and whose outputs fail.
 ENTERS = "enters here"
@@ -189,3 +191,39 @@ def rows_from(calls: Sequence[ProbeCall], summary: Sequence[Mapping[str, Any]],
         if not out_ok and culprit is None:
             culprit = call.path
     return culprit, rows
+
+
+def first_divergence(expected: Sequence[Mapping[str, Any]], received: Sequence[Mapping[str, Any]],
+                     atol: float, rtol: float) -> dict[str, Any] | None:
+    """The first layer call whose outputs differ between two recordings of one
+    model's sublayer calls (:func:`kexport.check.probe.recorded_arrays`: the
+    live model, and the same model rebuilt elsewhere), matched by path.
+
+    Calls are taken in ``expected``'s order; one with no counterpart, or with
+    outputs of other shapes, is skipped (two backends may call different
+    sublayers inside one layer). Returns ``None`` when every matched call
+    agrees, else ``{"path", "class_name", "max_abs_error", "origin", "enclosing"}``:
+    ``origin`` is :data:`ENTERS` when the call's inputs agree, :data:`GROWS`
+    when they already differ (the difference then comes from code between
+    sublayer calls, e.g. in ``enclosing``, the innermost layer holding it).
+    """
+    theirs = {r["path"]: r for r in received}
+
+    def worst(xs: Sequence[Any], ys: Sequence[Any]) -> tuple[float, bool] | None:
+        if len(xs) != len(ys) or any(x.shape != y.shape for x, y in zip(xs, ys, strict=True)):
+            return None
+        errs = [compare(x, y, *tolerance_for(x, atol, rtol)) for x, y in zip(xs, ys, strict=True)]
+        return max((e[0] for e in errs), default=0.0), all(e[2] for e in errs)
+
+    for row in expected:
+        other = theirs.get(row["path"])
+        found = worst(row["outputs"], other["outputs"]) if other is not None else None
+        if found is None or found[1]:
+            continue
+        inputs = worst(row["inputs"], other["inputs"])  # type: ignore[index]
+        path = str(row["path"])
+        parent = path.split("@")[0].rsplit("/", 1)[0] if "/" in path else None
+        return {"path": path, "class_name": row["class_name"], "max_abs_error": found[0],
+                "origin": GROWS if inputs is not None and not inputs[1] else ENTERS,
+                "enclosing": parent}
+    return None

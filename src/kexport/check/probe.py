@@ -30,7 +30,7 @@ from kexport._inference import infer
 from kexport._patch import scoped_patch
 
 __all__ = ["MODEL_INPUT", "ProbeCall", "Recorder", "judged", "layer_paths", "plan_of",
-           "recording", "unjudged"]
+           "recorded_arrays", "recording", "unjudged"]
 
 #: The probe output index standing for a model input (its error is 0 by construction).
 MODEL_INPUT = -1
@@ -264,3 +264,31 @@ def plan_of(model: Any, args: Sequence[Any]) -> tuple[list[ProbeCall], list[tupl
         calls.append(ProbeCall(path if count == 1 else f"{path}@{count}",
                                type(call.layer).__name__, tuple(ins), tuple(outs)))
     return calls, slots
+
+
+def recorded_arrays(model: Any, fn: Any, args: Sequence[Any]) -> list[dict[str, Any]]:
+    """Every sublayer call of ``model`` made by one eager call ``fn(*args)``, as
+    NumPy: ``{"path", "class_name", "inputs", "outputs"}`` per call, in the order
+    the calls returned (topological); ``path`` as in :class:`ProbeCall` (``@2``
+    on later calls of a layer).
+
+    Unlike a probe, nothing is exported: the same model rebuilt on another
+    backend (a re-host) is recorded the same way and matched by path, which
+    holds even where the two backends call different sublayers.
+    """
+    import keras
+    import numpy as np
+
+    def arrays(tensors: list[Any]) -> list[Any]:
+        return [np.asarray(keras.ops.convert_to_numpy(t)) for t in tensors]
+
+    with recording(model) as recorder:
+        fn(*args)
+    rows, seen = [], {}
+    for call in recorder.calls:
+        path = recorder.paths[id(call.layer)][0]
+        count = seen[path] = seen.get(path, 0) + 1
+        rows.append({"path": path if count == 1 else f"{path}@{count}",
+                     "class_name": type(call.layer).__name__,
+                     "inputs": arrays(call.inputs), "outputs": arrays(call.outputs)})
+    return rows

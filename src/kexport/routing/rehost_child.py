@@ -33,6 +33,7 @@ from typing import Any
 
 from kexport.capture.source import rehosted_from
 from kexport.check.calibration import EndpointBatches
+from kexport.check.probe import recorded_arrays
 from kexport.check.samples import SamplePolicy, using
 from kexport.routing.archive import ExportArchive
 from kexport.routing.rehost.recipe import assign_values, rebuild_model
@@ -40,7 +41,7 @@ from kexport.routing.rehost.state import restore_layer_state
 from kexport.routing.single import export
 from kexport.routing.table import usable
 from kexport.runtime import load
-from kexport.signature import flat_names, specs_from_json
+from kexport.signature import flat_names, pack_as, specs_from_json
 
 __all__ = ["main", "run_job", "serve"]
 
@@ -177,6 +178,29 @@ def _run(work: Path, job: dict[str, Any]) -> dict[str, Any]:
     return outputs
 
 
+def _layers(work: Path, job: dict[str, Any], models: list[Any]
+            ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The rebuilt model's sublayer calls on one case's inputs, run eagerly (no
+    export): the parent matches them with the live model's to name the first
+    layer the host backend computes differently
+    (:func:`kexport.check.localization.first_divergence`)."""
+    import keras
+    import numpy as np
+
+    asked = job["layers"]
+    (ep,) = [e for e in job["endpoints"] if e["name"] == asked["endpoint"]]
+    with np.load(work / "inputs.npz") as data:
+        flat = [data[f"in__{asked['key']}__{i}"] for i in range(asked["inputs"])]
+    args = pack_as(specs_from_json(ep["signature"]),
+                   [keras.ops.convert_to_tensor(x) for x in flat])
+    model = models[ep["model"]]
+    rows = recorded_arrays(model, _endpoint_fn(model, ep["method"], ep["kwargs"]), args)
+    arrays = {f"{kind}__{n}__{i}": x for n, row in enumerate(rows)
+              for kind in ("inputs", "outputs") for i, x in enumerate(row[kind])}
+    return arrays, [{"path": r["path"], "class_name": r["class_name"],
+                     "inputs": len(r["inputs"]), "outputs": len(r["outputs"])} for r in rows]
+
+
 def _policy(work: Path, job: dict[str, Any]) -> SamplePolicy | None:
     """The parent's sample policy (and user sample data), for the export's own checks."""
     import dataclasses
@@ -206,13 +230,18 @@ def run_job(work: Path) -> dict[str, Any]:
     try:
         with contextlib.redirect_stdout(buffer):
             models, ordered = _rebuild(work, job)
-            stage = "export"
-            with using(_policy(work, job)):
-                _export(models, ordered, job, work)
-            stage = "run"
-            outputs = _run(work, job)
-        np.savez(work / "outputs.npz", **outputs)
-        result = {"ok": True, "stdout": buffer.getvalue()}
+            extra: dict[str, Any] = {}
+            if "layers" in job:  # a diagnosis: the rebuilt model's layers, no export
+                stage = "run"
+                outputs, extra["calls"] = _layers(work, job, models)
+            else:
+                stage = "export"
+                with using(_policy(work, job)):
+                    _export(models, ordered, job, work)
+                stage = "run"
+                outputs = _run(work, job)
+        np.savez(work / ("layers.npz" if "layers" in job else "outputs.npz"), **outputs)
+        result = {"ok": True, "stdout": buffer.getvalue(), **extra}
     except Exception as e:
         result = {"ok": False, "stage": stage, "type": type(e).__name__, "message": str(e),
                   "traceback": traceback.format_exc()[-4000:]}

@@ -66,7 +66,8 @@ from kexport.capture.endpoint import EndpointRecipe, is_layer, not_described_err
 from kexport.check.calibration import calibration_by_endpoint
 from kexport.check.compare import Quality, compare, is_scores, judge, quality, tolerance_for
 from kexport.check.live import flat_numpy
-from kexport.check.probe import judged
+from kexport.check.localization import ENTERS, first_divergence
+from kexport.check.probe import judged, recorded_arrays
 from kexport.check.samples import CASE_SIZES, active_policy, sample_inputs
 from kexport.check.tolerance import FLOAT32, thresholds_for
 from kexport.check.worker import Worker
@@ -496,6 +497,64 @@ def _note_source(artifact: Path, backend: str) -> None:
         path.write_text(manifest.dumps())
 
 
+def _diagnosis(models: list[Any], recipes: list[tuple[EndpointRecipe, Callable[..., Any]]],
+               cases: dict[str, Any], report: list[dict[str, Any]], job: dict[str, Any],
+               work: Path, atol: float, rtol: float) -> str:
+    """Where a refused re-host goes wrong: the rebuilt model, run eagerly on the host
+    backend (a second job of the same child), against the live model, sublayer call
+    by sublayer call on the first failing batch (:func:`first_divergence`).
+
+    A layer that differs there is a difference of the two backends' own
+    computations for the same weights (no export can remove it); none: the
+    export on the host is at fault. A hint only: ``""`` if it cannot be found.
+    """
+    import keras
+    import numpy as np
+
+    backend, host = job["source_backend"], job["host"]
+    rows = iter(report)
+    failing = next(((name, entry) for name, entries in cases.items() for entry in entries
+                    if not next(rows)["ok"]), None)
+    if failing is None:
+        return ""
+    name, entry = failing
+    recipe, fn = next((r, f) for r, f in recipes if r.name == name)
+    try:
+        with np.load(work / "inputs.npz") as data:
+            flat = [data[f"in__{entry['key']}__{i}"] for i in range(entry["inputs"])]
+        args = pack_as(list(recipe.signature), [keras.ops.convert_to_tensor(x) for x in flat])
+        with _state_kept(models):
+            live = recorded_arrays(models[recipe.model], fn, args)
+        result = _run_child({**job, "layers": {"endpoint": name, "key": entry["key"],
+                                               "inputs": entry["inputs"]}}, work, host)
+        with np.load(work / "layers.npz") as data:
+            rebuilt = [{**c, **{kind: [data[f"{kind}__{n}__{i}"] for i in range(c[kind])]
+                                for kind in ("inputs", "outputs")}}
+                       for n, c in enumerate(result["calls"])]
+    except Exception:  # a hint: without it, the refusal above still stands
+        return ""
+    found = first_divergence(live, rebuilt, atol, rtol)
+    where = f"endpoint '{name}' batch {entry['batch']}"
+    if found is None:
+        return (f"\nThe model rebuilt on the {host} backend computes what the live model "
+                f"computes, sublayer call by sublayer call ({where}): the difference comes "
+                f"from the export on {host}.")
+    origin = (f"its inputs agree, so the difference enters in '{found['path']}' itself"
+              if found["origin"] == ENTERS else
+              "its inputs already differ while every earlier sublayer call agrees, so the "
+              "difference enters in code between sublayer calls"
+              + (f" inside '{found['enclosing']}'" if found["enclosing"] else ""))
+    return (f"\nThe model rebuilt on the {host} backend already computes differently from "
+            f"the live model on the {backend} backend, for the same weights and inputs, "
+            f"before any export ({where}): the first sublayer call whose outputs differ is "
+            f"'{found['path']}' ({found['class_name']}, max abs error "
+            f"{found['max_abs_error']:.3g}); {origin}. This is a difference of the two "
+            f"backends' implementations of the model's computation (e.g. values a backend "
+            f"leaves undefined, such as attention rows that a mask leaves empty), which a "
+            f"re-host cannot remove: export from the {host} backend, or with inputs whose "
+            f"outputs the backends define alike (`sample_data=`).")
+
+
 def _rehost(models: list[Any], recipes: list[tuple[EndpointRecipe, Callable[..., Any]]],
             filepath: str | os.PathLike[str], format: str, host: str, verbose: bool,
             job_extra: dict[str, Any], atol: float, rtol: float,
@@ -558,7 +617,8 @@ def _rehost(models: list[Any], recipes: list[tuple[EndpointRecipe, Callable[...,
             raise VerificationError(
                 f"The {format} artifact re-hosted from the {backend} backend onto {host} "
                 f"does not compute what the live model computes ({rule}); nothing was "
-                f"written to the target path:\n" + "\n".join(lines),
+                f"written to the target path:\n" + "\n".join(lines)
+                + _diagnosis(models, recipes, cases, report, job, work, atol, rtol),
                 report=report)
         _note_source(out, backend) if out.is_dir() else None
         _place(out, filepath)
