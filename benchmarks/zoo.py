@@ -537,10 +537,14 @@ def _runner(fmt: str, path: str):
 def reload_and_compare(work: str | Path, fmt: str, path: str) -> dict[str, Any]:
     """Reload the artifact at ``path`` with ``fmt``'s own runtime (no Keras, no
     kexport), run every case stored by :func:`save_cases` in ``work`` and
-    compare with the live model's outputs. Returns ``{"errors": {case: max abs
+    compare with the live model's outputs (a sequence output where the inputs'
+    padding mask keeps the position: padded positions are undefined, by kexport's
+    rule, :mod:`kexport.check.padding`, for both exporters alike). Returns ``{"errors": {case: max abs
     error}, "scale": {case: max |reference|}}``, plus ``stage`` and ``error``
     (the first failure) when a case fails or does not run."""
     import numpy as np
+
+    from kexport.check.padding import drop_padded, kept_positions, padding_masks
 
     work = Path(work)
     meta = json.loads((work / "cases.json").read_text())
@@ -566,9 +570,13 @@ def reload_and_compare(work: str | Path, fmt: str, path: str) -> dict[str, Any]:
                        f"another shape: {[tuple(v.shape) for v in got.values()]} vs "
                        f"{[tuple(v.shape) for v in want.values()]}")
             break
-        errs = {k: float(np.max(np.abs(got[k].reshape(want[k].shape).astype("float64")
-                                       - want[k]))) if want[k].size else 0.0 for k in want}
-        scale = {k: float(np.max(np.abs(want[k]))) if want[k].size else 0.0 for k in want}
+        masks = padding_masks(inputs)
+        errs, scale = {}, {}
+        for k in want:
+            w, g, _ = drop_padded(want[k], got[k].reshape(want[k].shape),
+                                  kept_positions(masks, k, want[k].shape))
+            errs[k] = float(np.max(np.abs(g.astype("float64") - w))) if w.size else 0.0
+            scale[k] = float(np.max(np.abs(w))) if w.size else 0.0
         out["errors"][case], out["scale"][case] = max(errs.values()), max(scale.values())
         bad = [k for k in want if not errs[k] <= ATOL + RTOL * scale[k]]
         if bad and "stage" not in out:

@@ -254,3 +254,68 @@ def test_worker_times_out_and_is_killed(tmp_path):
         assert worker.exit_code() != 0
     finally:
         worker.close()
+
+
+# -- positions a padding mask marks as padding (kexport.check.padding) -----------------------
+
+def test_padding_masks_and_the_outputs_they_apply_to():
+    from kexport.check.padding import drop_padded, kept_positions, padding_masks
+
+    suffix = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype="int32")
+    feeds = {"token_ids": np.ones((2, 5), "int32"), "padding_mask": suffix,
+             "keep": suffix.copy(),  # an integer input whose name does not say mask
+             "full_mask": np.ones((2, 5), "int32"),  # nothing padded: nothing to leave out
+             "features": np.zeros((2, 5), "float32")}
+    masks = padding_masks(feeds)
+    assert list(masks) == ["padding_mask"] and masks["padding_mask"].dtype == bool
+    keep = kept_positions(masks, "sequence_output", (2, 5, 4))
+    np.testing.assert_array_equal(keep, suffix == 1)
+    # rank 2 ((batch, features) may have the length by chance) and other shapes: whole
+    assert kept_positions(masks, "pooled", (2, 5)) is None
+    assert kept_positions(masks, "other", (2, 6, 4)) is None
+    # encoder and decoder masks of one shape: the one the output's name starts with
+    two = padding_masks({"encoder_padding_mask": suffix,
+                         "decoder_padding_mask": suffix[::-1].copy()})
+    np.testing.assert_array_equal(kept_positions(two, "decoder_sequence_output", (2, 5, 4)),
+                                  suffix[::-1] == 1)
+    np.testing.assert_array_equal(kept_positions(two, None, (2, 5, 4)),
+                                  (suffix == 1) & (suffix[::-1] == 1))
+    expected = np.arange(40, dtype="float32").reshape(2, 5, 4)
+    received = expected.copy()
+    received[0, 3:] = 1e6  # garbage where the mask pads
+    want, got, padded = drop_padded(expected, received, keep)
+    assert padded == 2 and want.shape == got.shape == (8, 4)
+    np.testing.assert_array_equal(want, got)
+    # shapes that differ are left for the shape check
+    assert drop_padded(expected, received[:, :4], keep)[2] == 0
+
+
+def test_verify_compares_sequence_outputs_where_the_mask_keeps_them():
+    """The check of one case (``kexport.verify``): an artifact that differs from
+    the model only at padded positions passes, and the table says how many were
+    left out; a difference at a real position still fails."""
+    from kexport.check.report import VerificationReport
+    from kexport.runtime import EndpointInfo, TensorInfo
+    from kexport.verify import _check_case
+
+    info = EndpointInfo("serve", (TensorInfo("token_ids", (None, None), "int32"),
+                                  TensorInfo("padding_mask", (None, None), "int32")),
+                        (TensorInfo("sequence_output", (None, None, 4), "float32"),))
+    feeds = {"token_ids": np.ones((2, 5), "int32"),
+             "padding_mask": np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], "int32")}
+    expected = np.random.default_rng(0).normal(size=(2, 5, 4)).astype("float32")
+    padded_only = expected.copy()
+    padded_only[0, 4] += 3.0
+    real_too = padded_only.copy()
+    real_too[1, 4] += 3.0
+    report = VerificationReport("onnx", "f32", 1e-4, 1e-3, 0)
+    _check_case(report, info, "dyn=2", feeds, [expected],
+                {"a/sequence_output": padded_only}, "a", None)
+    _check_case(report, info, "dyn=2b", feeds, [expected],
+                {"b/sequence_output": real_too}, "b", None)
+    first, second = report.checks
+    assert first.ok and first.padded == 2 and first.max_abs == 0.0
+    assert first.expected_shape == first.received_shape == [2, 5, 4]
+    assert not second.ok and second.max_abs == pytest.approx(3.0)
+    assert "not compared: positions the inputs' padding mask marks as padding" in \
+        report.table() and "serve/sequence_output 4" in report.table()

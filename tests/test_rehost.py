@@ -314,7 +314,7 @@ def test_rehost_rebuilds_by_value_a_class_whose_config_is_incomplete(tmp_path, f
 
 
 # -- a model the host backend computes differently ----------------------------------------------------
-def _windowed_attention_model():
+def _windowed_attention_model(mask_key="padding_mask"):
     """Attention over a sliding window of 2 with padding, computed as keras_hub's
     attention layers do: a fused ``dot_product_attention`` where the backend has
     one (JAX, PyTorch), a masked ``Softmax`` layer elsewhere (TensorFlow). A
@@ -347,17 +347,17 @@ def _windowed_attention_model():
             n = ops.shape(x)[1]
             i, j = ops.arange(n)[:, None], ops.arange(n)[None, :]
             band = ops.logical_and(j <= i, j > i - 2)
-            keys = ops.cast(inputs["padding_mask"], "bool")[:, None, :]
+            keys = ops.cast(inputs[mask_key], "bool")[:, None, :]
             return self.head(self.attend(x, ops.logical_and(band[None], keys)))
 
     return Windowed()
 
 
-def _windowed_inputs(kept):
+def _windowed_inputs(kept, mask_key="padding_mask"):
     rng = np.random.default_rng(5)
     mask = (np.arange(6)[None, :] < np.asarray(kept)[:, None]).astype("int32")
     return {"features": rng.standard_normal((len(kept), 6, 3)).astype("float32"),
-            "padding_mask": mask}
+            mask_key: mask}
 
 
 @pytest.mark.backends("jax", "torch")
@@ -376,16 +376,38 @@ def test_rehost_refusal_names_the_layer_the_host_backend_computes_differently(
     got = fresh_process("saved_model_signature", str(target), "serving_default", fed)
     np.testing.assert_allclose(next(iter(got.values())), _np(model(defined)), atol=1e-5)
 
-    # four padded steps: queries 2 and 3 steps past the last token see no key
+    # four padded steps: queries 2 and 3 steps past the last token see no key, and
+    # the backends differ there; those positions are padding (undefined), so they are
+    # not compared, and every real position agrees
     empty_rows = _windowed_inputs([6, 2, 5])
+    accepted = tmp_path / "accepted"
+    report = rehost.rehost_export(model, accepted, "tf_saved_model", "tensorflow",
+                                  verbose=False, sample_inputs=[[empty_rows["features"],
+                                                                 empty_rows["padding_mask"]]])
+    assert all(r["ok"] for r in report)
+    assert [o.get("padded") for r in report for o in r["outputs"]] == [0 + 4 + 1]
+    fed = {**empty_rows, "padding_mask": empty_rows["padding_mask"].astype("float32")}
+    got = next(iter(fresh_process("saved_model_signature", str(accepted), "serving_default",
+                                  fed).values()))
+    live = _np(model(empty_rows))
+    real = empty_rows["padding_mask"] == 1
+    np.testing.assert_allclose(got[real], live[real], atol=1e-5)
+    assert np.abs(got[~real] - live[~real]).max() > 0.1  # where the backends differ
+
+    # the same model whose mask input's name does not say so: every position is
+    # compared, the re-host is refused, and the refusal says the backend, not the
+    # export, computes differently
+    model = _windowed_attention_model(mask_key="keep")
+    empty_rows = _windowed_inputs([6, 2, 5], mask_key="keep")
+    model(empty_rows)
     refused = tmp_path / "refused"
     with pytest.raises(VerificationError) as caught:
         rehost.rehost_export(model, refused, "tf_saved_model", "tensorflow", verbose=False,
-                             sample_inputs=[[empty_rows["features"],
-                                             empty_rows["padding_mask"]]])
+                             sample_inputs=[[empty_rows["features"], empty_rows["keep"]]])
     message = str(caught.value)
     assert not refused.exists()
     assert (f"The model rebuilt on the tensorflow backend already computes differently from "
             f"the live model on the {BACKEND} backend") in message
-    assert ("the first sublayer call whose outputs differ is 'attend' (Attend" in message
-            and "its inputs agree, so the difference enters in 'attend' itself" in message)
+    attend = model.attend.name  # 'attend_1': the first model's layer took 'attend'
+    assert (f"the first sublayer call whose outputs differ is '{attend}' (Attend" in message
+            and f"its inputs agree, so the difference enters in '{attend}' itself" in message)

@@ -34,6 +34,7 @@ from kexport.artifact import FORMATS
 from kexport.check.calibration import calibration_sample
 from kexport.check.compare import compare, is_scores, quality, tolerance_for
 from kexport.check.live import live_reference
+from kexport.check.padding import drop_padded, kept_positions, padding_masks
 from kexport.check.policy import flat_sample_data
 from kexport.check.report import OutputCheck, VerificationReport
 from kexport.check.samples import (
@@ -389,6 +390,7 @@ def _check_case(report: VerificationReport, info: EndpointInfo, case: str,
     import numpy as np
 
     shapes = {n: list(v.shape) for n, v in feeds.items()}
+    masks = padding_masks(feeds)
     outputs: list[TensorInfo | None] = list(info.outputs)
     if len(expected) != len(outputs):
         error = error or (f"the model has {len(expected)} outputs, the artifact "
@@ -405,15 +407,19 @@ def _check_case(report: VerificationReport, info: EndpointInfo, case: str,
                 list(got.shape) if got is not None else None, float("inf"), float("inf"),
                 atol, rtol, False, error or "no output"))
             continue
+        is_score = is_scores(want, name, scores)  # by the output's own shape
+        # outputs at padded positions are undefined: compared where the mask keeps them
+        want, got, padded = drop_padded(want, got, kept_positions(
+            masks, name, np.shape(want)))
+        atol, rtol = tolerance_for(want, report.atol, report.rtol)
         max_abs, max_rel, ok = compare(want, got, atol, rtol)
-        is_score = is_scores(want, name, scores)
         q = quality(want, got, is_score)
         if report.thresholds is not None and np.asarray(want).dtype.kind == "f":
             ok = q is not None  # same shape, NaNs alike: the thresholds judge the rest
         report.checks.append(OutputCheck(
-            info.name, name, case, shapes, list(want.shape), list(got.shape),
-            max_abs, max_rel, atol, rtol, ok, quality=q, scores=is_score and q is not None
-            and q.rows > 0))
+            info.name, name, case, shapes, list(np.shape(expected[i])),
+            list(np.shape(received[f"{key}/{name}"])), max_abs, max_rel, atol, rtol, ok,
+            quality=q, scores=is_score and q is not None and q.rows > 0, padded=padded))
 
 
 def store_report(format: str, path: str | os.PathLike[str], report: VerificationReport) -> bool:

@@ -57,6 +57,8 @@ class OutputCheck:
         quality: SQNR, cosine and top-k sums of a float output (``None``
             for other outputs, or when shapes differ).
         scores: whether the output was judged as class scores (top-k).
+        padded: (batch, length) positions not compared because the inputs'
+            padding mask marks them as padding (:mod:`kexport.check.padding`).
     """
 
     endpoint: str
@@ -73,6 +75,7 @@ class OutputCheck:
     error: str | None = None
     quality: Quality | None = None
     scores: bool = False
+    padded: int = 0
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able dict: the fields, ``quality`` as its sums plus the derived metrics."""
@@ -249,6 +252,14 @@ class VerificationReport:
             if r["failed"]:
                 out.append(f"{r['endpoint']}/{r['output']} below the {self.quantization} "
                            f"thresholds: {'; '.join(r['failed'])}")
+        padded: dict[str, int] = {}
+        for c in self.checks:
+            if c.padded:
+                key = f"{c.endpoint}/{c.output}"
+                padded[key] = padded.get(key, 0) + c.padded
+        if padded:
+            out.append("not compared: positions the inputs' padding mask marks as padding "
+                       "(undefined there), " + ", ".join(f"{k} {n}" for k, n in padded.items()))
         if not self.ok and self.thresholds is not None and self.inputs == "generated":
             out.append(f"note: a {self.quantization} artifact was judged on generated inputs, "
                        "which can lie outside what it was calibrated for; check it on real "

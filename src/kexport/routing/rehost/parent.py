@@ -67,6 +67,7 @@ from kexport.check.calibration import calibration_by_endpoint
 from kexport.check.compare import Quality, compare, is_scores, judge, quality, tolerance_for
 from kexport.check.live import flat_numpy
 from kexport.check.localization import ENTERS, first_divergence
+from kexport.check.padding import drop_padded, kept_positions, padding_masks
 from kexport.check.probe import judged, recorded_arrays
 from kexport.check.samples import CASE_SIZES, active_policy, sample_inputs
 from kexport.check.tolerance import FLOAT32, thresholds_for
@@ -240,6 +241,8 @@ def _live_cases(recipes: list[tuple[EndpointRecipe, Callable[..., Any]]],
             for i, x in enumerate(flat):
                 arrays[f"in__{key}__{i}"] = x
             entries.append({"key": key, "batch": batch, "inputs": len(flat), "live": first,
+                            "masks": padding_masks(dict(zip(flat_names(recipe.signature),
+                                                            flat, strict=True))),
                             "deterministic": _same(first, second)})
         cases[recipe.name] = entries
     return arrays, cases
@@ -269,14 +272,20 @@ def _compare(cases: dict[str, Any], outputs: Mapping[str, Any], atol: float,
                                    "outputs": []}
             ok = len(got) == len(live)
             for i, (x, y) in enumerate(zip(live, got, strict=False)):
+                shapes = {"live_shape": list(x.shape), "artifact_shape": list(y.shape)}
+                scores = is_scores(x)
+                # outputs at padded positions are undefined (kexport.check.padding)
+                x, y, padded = drop_padded(x, y, kept_positions(entry["masks"], None, x.shape))
                 err, _, close = compare(x, y, *tolerance_for(x, atol, rtol))
-                out: dict[str, Any] = {"index": i, "live_shape": list(x.shape),
-                                       "artifact_shape": list(y.shape), "max_abs_error": err}
+                out: dict[str, Any] = {"index": i, **shapes, "max_abs_error": err}
+                if padded:
+                    out["padded"] = padded
                 if thresholds is not None and x.dtype.kind == "f" and entry["deterministic"]:
-                    q = quality(x, y, is_scores(x))
+                    q = quality(x, y, scores)
                     close = q is not None  # judged pooled below
                     out["quality"] = q
-                good = x.shape == y.shape and (close or not entry["deterministic"])
+                good = (shapes["live_shape"] == shapes["artifact_shape"]
+                        and (close or not entry["deterministic"]))
                 ok = ok and good
                 out["ok"] = bool(good)
                 row["outputs"].append(out)
