@@ -140,3 +140,36 @@ def test_rehost_check_and_verify_judge_quantized_alike(case):
     (row,) = rehost._compare(cases, {"out__serve__b0__0": got}, *TOLERANCES["int8"],
                              quantized="int8")
     assert row["ok"] is verdict
+
+
+_MASK = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], "int32")
+_SEQ = np.random.default_rng(7).normal(size=(2, 5, 4)).astype("float32")
+PADDED_PAIRS = {  # (batch, length, features) outputs under a padding mask
+    "differs only where padded": (0, 4, True),
+    "differs at a real position": (1, 4, False),
+}
+
+
+@pytest.mark.parametrize("case", list(PADDED_PAIRS))
+def test_rehost_check_and_verify_leave_out_padded_positions_alike(case):
+    """Positions the padding mask pads are undefined: neither check compares them
+    (kexport.check.padding), and both still see a difference at a real one."""
+    from kexport.check.padding import padding_masks
+    from kexport.routing.rehost import parent as rehost
+    from kexport.runtime import EndpointInfo, TensorInfo
+    from kexport.verify import _check_case
+
+    row, position, verdict = PADDED_PAIRS[case]
+    got = _SEQ.copy()
+    got[row, position] += 5.0
+    feeds = {"padding_mask": _MASK, "x": np.zeros((2, 5), "float32")}
+    info = EndpointInfo("serve", (TensorInfo("padding_mask", (None, None), "int32"),
+                                  TensorInfo("x", (None, None), "float32")),
+                        (TensorInfo("y", (None, None, 4), "float32"),))
+    report = VerificationReport("onnx", "float32", *TOLERANCES["float32"], 0)
+    _check_case(report, info, "dyn=2", feeds, [_SEQ], {"k/y": got}, "k", None)
+    assert report.ok is verdict and report.checks[0].padded == 2
+    cases = {"serve": [{"key": "serve__b0", "batch": 2, "inputs": 2, "live": [_SEQ],
+                        "deterministic": True, "masks": padding_masks(feeds)}]}
+    (checked,) = rehost._compare(cases, {"out__serve__b0__0": got}, *TOLERANCES["float32"])
+    assert checked["ok"] is verdict and checked["outputs"][0]["padded"] == 2
