@@ -440,13 +440,16 @@ def test_cli_int8_litert_reads_unnamed_npz_and_verifies_on_it(tmp_path):
     assert row["top5"] >= QUANTIZED["int8"].top5
     assert read_litert_metadata(out)["quantization"] == "int8"
     # verify and report later, from the files alone: on generated inputs the
-    # artifact fails and the table says why; with --calibration the report (which
-    # runs kexport.verify with the same argument as `verify --calibration` does)
-    # judges it as the export did
+    # artifact fails and the table says why; with --calibration both judge it as
+    # the export did
     blind = run_cli("verify", tmp_path / "m.keras", out, "--no-store")
     assert blind.returncode == 1, blind.stdout[-3000:] + blind.stderr[-3000:]
     assert "int8 artifact was judged on generated inputs" in blind.stdout
     assert "--calibration" in blind.stdout
+    again = run_cli("verify", tmp_path / "m.keras", out, "--no-store", "--calibration",
+                    tmp_path / "cal.npz", "--json")
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert json.loads(again.stdout)["inputs"] == "calibration"
     page = tmp_path / "r.html"
     rep = run_cli("report", tmp_path / "m.keras", out, "-o", page, "--calibration",
                   tmp_path / "cal.npz", "--batch", "1", "--seconds", "0.05", "--json")
