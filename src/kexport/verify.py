@@ -408,18 +408,17 @@ def _check_case(report: VerificationReport, info: EndpointInfo, case: str,
                 atol, rtol, False, error or "no output"))
             continue
         is_score = is_scores(want, name, scores)  # by the output's own shape
+        want_shape, got_shape = list(np.shape(want)), list(np.shape(got))
         # outputs at padded positions are undefined: compared where the mask keeps them
-        want, got, padded = drop_padded(want, got, kept_positions(
-            masks, name, np.shape(want)))
+        want, got, padded = drop_padded(want, got, kept_positions(masks, name, want_shape))
         atol, rtol = tolerance_for(want, report.atol, report.rtol)
         max_abs, max_rel, ok = compare(want, got, atol, rtol)
         q = quality(want, got, is_score)
         if report.thresholds is not None and np.asarray(want).dtype.kind == "f":
             ok = q is not None  # same shape, NaNs alike: the thresholds judge the rest
         report.checks.append(OutputCheck(
-            info.name, name, case, shapes, list(np.shape(expected[i])),
-            list(np.shape(received[f"{key}/{name}"])), max_abs, max_rel, atol, rtol, ok,
-            quality=q, scores=is_score and q is not None and q.rows > 0, padded=padded))
+            info.name, name, case, shapes, want_shape, got_shape, max_abs, max_rel, atol,
+            rtol, ok, quality=q, scores=is_score and q is not None and q.rows > 0, padded=padded))
 
 
 def store_report(format: str, path: str | os.PathLike[str], report: VerificationReport) -> bool:
