@@ -30,7 +30,7 @@ format. **native** routes trace the model on its own backend; **rehost**
 routes rebuild the model (config, every variable and every tensor its layers
 hold: see *What a re-host carries*) on another backend in a child process, export
 there, and compare the artifact with the live model before writing it (see
-`kexport.routing.rehost`). Within a cell, routes are tried in the order shown:
+`kexport.rehost`). Within a cell, routes are tried in the order shown:
 the first whose packages are installed and that can carry the model is used.
 `kexport.routes()` returns the same table, with availability on this machine.
 """

@@ -97,8 +97,8 @@ def test_one_table_by_precision_float32_for_unknown():
 
 
 def test_rehost_and_onnx_acceptance_use_the_float32_row():
+    from kexport import rehost
     from kexport.formats.onnx import _accept as _onnx_check
-    from kexport.routing.rehost import parent as rehost
 
     assert TOLERANCES["float32"] == (rehost.DEFAULT_ATOL, rehost.DEFAULT_RTOL)
     # the acceptance decides with the float32 row: at 0.1 the limit is 1e-4 + 1e-3 * 0.1
@@ -296,7 +296,7 @@ def test_verify_compares_sequence_outputs_where_the_mask_keeps_them():
     left out; a difference at a real position still fails."""
     from kexport.check.report import VerificationReport
     from kexport.runtime import EndpointInfo, TensorInfo
-    from kexport.verify import _check_case
+    from kexport.verify import _checked
 
     info = EndpointInfo("serve", (TensorInfo("token_ids", (None, None), "int32"),
                                   TensorInfo("padding_mask", (None, None), "int32")),
@@ -309,10 +309,10 @@ def test_verify_compares_sequence_outputs_where_the_mask_keeps_them():
     real_too = padded_only.copy()
     real_too[1, 4] += 3.0
     report = VerificationReport("onnx", "f32", 1e-4, 1e-3, 0)
-    _check_case(report, info, "dyn=2", feeds, [expected],
-                {"a/sequence_output": padded_only}, "a", None)
-    _check_case(report, info, "dyn=2b", feeds, [expected],
-                {"b/sequence_output": real_too}, "b", None)
+    _checked(report, {"serve": info}, {"a": ("serve", "dyn=2", feeds),
+                                       "b": ("serve", "dyn=2b", feeds)},
+             {"serve": lambda _: [expected]},
+             {"a/sequence_output": padded_only, "b/sequence_output": real_too}, {}, None)
     first, second = report.checks
     assert first.ok and first.padded == 2 and first.max_abs == 0.0
     assert first.expected_shape == first.received_shape == [2, 5, 4]

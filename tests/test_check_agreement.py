@@ -1,9 +1,11 @@
 """One model, one verdict: the public ``kexport.verify`` and the exports' own checks agree.
 
 The export's checks (the ONNX Runtime acceptance of a fast converter's graph,
-the re-host check before an artifact is placed) and ``kexport.verify`` draw
-inputs, tolerances and the comparison from :mod:`kexport.check`; here they
-judge the same model and artifact and must give the same answer.
+the re-host check before an artifact is placed) and ``kexport.verify`` are one
+path: each gathers its cases and calls :func:`kexport.check.verdict.verdict`,
+which returns the one report type. Here they judge the same model and
+artifact (and the same pairs of outputs) and must give the same answer, and
+each is shown to decide through that one function.
 """
 
 from __future__ import annotations
@@ -68,25 +70,65 @@ def test_onnx_acceptance_and_verify_agree(lookup_onnx, delta, verdict):
     assert sorted({c.input_shapes["ids"][0] for c in report.checks}) == [1, 3]
 
 
-def _rehost_verdict(want: np.ndarray, got: np.ndarray) -> bool:
-    from kexport.routing.rehost import parent as rehost
+def _live(feeds: dict, want: np.ndarray):
+    from kexport.rehost.cases import LiveCase
 
-    cases = {"serve": [{"key": "serve__b0", "batch": 1, "inputs": 1, "live": [want],
-                        "deterministic": True}]}
-    (row,) = rehost._compare(cases, {"out__serve__b0__0": got}, *TOLERANCES["float32"])
-    return row["ok"]
+    return {"serve": [LiveCase("serve__b0", len(want) if want.ndim else 1, feeds, [want],
+                               True)]}
+
+
+def _rehost_report(feeds: dict, want: np.ndarray, got: np.ndarray,
+                   quantized: str | None = None) -> VerificationReport:
+    """The re-host check's report on the child's output ``got``."""
+    from kexport.rehost.cases import report_on
+
+    tolerances = TOLERANCES["int8" if quantized else "float32"]
+    return report_on(_live(feeds, want), {"out__serve__b0__0": got}, "tf_saved_model",
+                     *tolerances, quantized)
+
+
+def _verify_report(info, feeds: dict, want: np.ndarray, got: np.ndarray,
+                   report: VerificationReport) -> VerificationReport:
+    """``kexport.verify``'s judgement of one case, as verify_on makes it."""
+    from kexport.verify import _checked
+
+    return _checked(report, {"serve": info}, {"k": ("serve", "dyn=1", feeds)},
+                    {"serve": lambda _: [want]}, {"k/y": got}, {}, None)
 
 
 def _verify_verdict(want: np.ndarray, got: np.ndarray) -> bool:
     from kexport.runtime import EndpointInfo, TensorInfo
-    from kexport.verify import _check_case
 
     info = EndpointInfo("serve", (TensorInfo("x", (None,), "float32"),),
                         (TensorInfo("y", tuple(want.shape), str(want.dtype)),))
     report = VerificationReport("onnx", "float32", *TOLERANCES["float32"], 0)
-    _check_case(report, info, "dyn=1", {"x": np.zeros(1, "float32")}, [want],
-                {"k/y": got}, "k", None)
-    return report.ok
+    return _verify_report(info, {"x": np.zeros(1, "float32")}, want, got, report).ok
+
+
+def _rehost_verdict(want: np.ndarray, got: np.ndarray) -> bool:
+    return _rehost_report({"x": np.zeros(1, "float32")}, want, got).ok
+
+
+def _acceptance_verdict(want: np.ndarray, got: np.ndarray, monkeypatch) -> bool:
+    """The ONNX acceptance's judgement of ``got`` (the graph's output) against ``want``."""
+    from kexport.formats.onnx import _accept
+
+    class Session:  # stands for ONNX Runtime: the graph's output is ``got``
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def run(self, names, feeds):
+            return [got]
+
+    import onnxruntime
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", Session)
+    try:
+        n = len(_accept.CASE_SIZES)  # one case per size, as the acceptance runs them
+        _accept._compare(b"", ["x"], [[np.zeros(1, "float32")]] * n, lambda: [[want]] * n)
+    except NotTraceable:
+        return False
+    return True
 
 
 _F = np.array([[1.0, -2.0, 50.0]], "float32")
@@ -103,10 +145,44 @@ PAIRS = {
 
 
 @pytest.mark.parametrize("case", list(PAIRS))
-def test_rehost_check_and_verify_decide_alike(case):
+def test_rehost_check_acceptance_and_verify_decide_alike(case, monkeypatch):
     want, got, verdict = PAIRS[case]
     assert _verify_verdict(want, got) is verdict
     assert _rehost_verdict(want, got) is verdict
+    assert _acceptance_verdict(want, got, monkeypatch) is verdict
+
+
+def test_the_three_checks_decide_through_the_one_verdict(monkeypatch):
+    """verify, the re-host check and the ONNX acceptance each call
+    kexport.check.verdict.verdict, and only it: replaced by one that fails every
+    case, all three fail a pair they otherwise pass."""
+    import importlib
+
+    import kexport.check.verdict as one
+    from kexport.formats.onnx import _accept
+
+    calls = []
+    real = one.verdict
+
+    def failing(report, cases, scores=None):
+        calls.append(report.format)
+        real(report, cases, scores)
+        report.error = "failed by the test"
+        return report
+
+    want = np.array([[1.0, 2.0]], "float32")
+    assert _verify_verdict(want, want) and _rehost_verdict(want, want)
+    assert _acceptance_verdict(want, want, monkeypatch)
+    # (kexport.verify, the attribute, is the function: the module by its name)
+    modules = [importlib.import_module(n) for n in ("kexport.verify", "kexport.rehost.cases")]
+    for module in (*modules, _accept):
+        assert module.verdict is real  # each calls the one function
+        monkeypatch.setattr(module, "verdict", failing)
+    assert not _verify_verdict(want, want)
+    assert not _rehost_verdict(want, want)
+    assert not _acceptance_verdict(want, want, monkeypatch)
+    assert calls == ["onnx", "tf_saved_model", "onnx"]
+    assert _verify_verdict(want, want + 1) is _rehost_verdict(want, want + 1) is False
 
 
 _RNG = np.random.default_rng(5)
@@ -123,23 +199,19 @@ QUANTIZED_PAIRS = {  # int8: judged by SQNR, cosine and top-k, not atol/rtol
 @pytest.mark.parametrize("case", list(QUANTIZED_PAIRS))
 def test_rehost_check_and_verify_judge_quantized_alike(case):
     from kexport.check.tolerance import QUANTIZED
-    from kexport.routing.rehost import parent as rehost
     from kexport.runtime import EndpointInfo, TensorInfo
-    from kexport.verify import _check_case
 
     want, got, verdict = QUANTIZED_PAIRS[case]
     info = EndpointInfo("serve", (TensorInfo("x", (None,), "float32"),),
                         (TensorInfo("y", (None, 10), "float32"),))
-    report = VerificationReport("litert", "int8", *TOLERANCES["int8"], 0,
-                                quantization="int8", thresholds=QUANTIZED["int8"])
-    _check_case(report, info, "dyn=40", {"x": np.zeros(40, "float32")}, [want],
-                {"k/y": got}, "k", None)
+    feeds = {"x": np.zeros(40, "float32")}
+    report = _verify_report(info, feeds, want, got, VerificationReport(
+        "litert", "int8", *TOLERANCES["int8"], 0, quantization="int8",
+        thresholds=QUANTIZED["int8"]))
     assert report.ok is verdict, report.table()
-    cases = {"serve": [{"key": "serve__b0", "batch": 40, "inputs": 1, "live": [want],
-                        "deterministic": True}]}
-    (row,) = rehost._compare(cases, {"out__serve__b0__0": got}, *TOLERANCES["int8"],
-                             quantized="int8")
-    assert row["ok"] is verdict
+    rehosted = _rehost_report(feeds, want, got, quantized="int8")
+    assert rehosted.ok is verdict, rehosted.table()
+    assert rehosted.thresholds == report.thresholds
 
 
 _MASK = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], "int32")
@@ -154,10 +226,7 @@ PADDED_PAIRS = {  # (batch, length, features) outputs under a padding mask
 def test_rehost_check_and_verify_leave_out_padded_positions_alike(case):
     """Positions the padding mask pads are undefined: neither check compares them
     (kexport.check.padding), and both still see a difference at a real one."""
-    from kexport.check.padding import padding_masks
-    from kexport.routing.rehost import parent as rehost
     from kexport.runtime import EndpointInfo, TensorInfo
-    from kexport.verify import _check_case
 
     row, position, verdict = PADDED_PAIRS[case]
     got = _SEQ.copy()
@@ -166,10 +235,8 @@ def test_rehost_check_and_verify_leave_out_padded_positions_alike(case):
     info = EndpointInfo("serve", (TensorInfo("padding_mask", (None, None), "int32"),
                                   TensorInfo("x", (None, None), "float32")),
                         (TensorInfo("y", (None, None, 4), "float32"),))
-    report = VerificationReport("onnx", "float32", *TOLERANCES["float32"], 0)
-    _check_case(report, info, "dyn=2", feeds, [_SEQ], {"k/y": got}, "k", None)
+    report = _verify_report(info, feeds, _SEQ, got, VerificationReport(
+        "onnx", "float32", *TOLERANCES["float32"], 0))
     assert report.ok is verdict and report.checks[0].padded == 2
-    cases = {"serve": [{"key": "serve__b0", "batch": 2, "inputs": 2, "live": [_SEQ],
-                        "deterministic": True, "masks": padding_masks(feeds)}]}
-    (checked,) = rehost._compare(cases, {"out__serve__b0__0": got}, *TOLERANCES["float32"])
-    assert checked["ok"] is verdict and checked["outputs"][0]["padded"] == 2
+    rehosted = _rehost_report(feeds, _SEQ, got)
+    assert rehosted.ok is verdict and rehosted.checks[0].padded == 2

@@ -17,7 +17,7 @@ import pytest
 
 import kexport
 import rehost_layers
-from kexport import artifact, routing
+from kexport import artifact, rehost, routing
 from kexport.capture import endpoint
 from kexport.errors import (
     CaptureValueError,
@@ -25,8 +25,7 @@ from kexport.errors import (
     UnsupportedRouteError,
     VerificationError,
 )
-from kexport.routing import rehost
-from kexport.routing.rehost import recipe
+from kexport.rehost import recipe
 
 BACKEND = keras.backend.backend()
 L = keras.layers
@@ -270,9 +269,10 @@ def test_torch_export_model_verifies_before_writing(tmp_path, capsys):
     with pytest.raises(VerificationError, match=r"does not compute what the live model computes") \
             as info:
         kexport.export_model(skewed, target, overwrite=True)
-    rows = info.value.report
-    assert {r["batch"] for r in rows} == {1, 3} and not any(r["ok"] for r in rows)
-    assert rows[0]["outputs"][0]["max_abs_error"] > 0.01
+    report = info.value.report  # the report kexport.verify returns
+    assert isinstance(report, kexport.VerificationReport) and not report.ok
+    assert {c.case for c in report.checks} == {"batch=1", "batch=3"}
+    assert not any(c.ok for c in report.checks) and report.checks[0].max_abs > 0.01
     assert (target / "saved_model.pb").read_bytes() == b"previous"
 
 
@@ -289,7 +289,7 @@ def test_rehost_export_onto_other_backend_matches_live_model(tmp_path, fresh_pro
     model = keras.Model(i, L.Dense(2, name="y")(rehost_layers.NoisyScale()(h)))
     target = tmp_path / "sm"
     report = rehost.rehost_export(model, target, "tf_saved_model", _OTHER[BACKEND])
-    assert all(r["ok"] and r["compared"] == "values" for r in report)
+    assert report.ok and all(c.compared == "values" for c in report.checks)
     printed = capsys.readouterr().out
     assert f"re-hosted from the {BACKEND} backend onto {_OTHER[BACKEND]}" in printed
     assert str(target) in printed and "kexport-rehost-" not in printed
@@ -307,7 +307,7 @@ def test_rehost_rebuilds_by_value_a_class_whose_config_is_incomplete(tmp_path, f
     model = keras.Model(i, rehost_layers.ForgetsConfig(3)(i))  # get_config drops `units`
     target = tmp_path / "sm"
     report = rehost.rehost_export(model, target, "tf_saved_model", _OTHER[BACKEND], verbose=False)
-    assert all(r["ok"] and r["compared"] == "values" for r in report)
+    assert report.ok and all(c.compared == "values" for c in report.checks)
     x = np.arange(6, dtype="float32").reshape(2, 3)
     got = fresh_process("saved_model_signature", str(target), "serving_default", {"a": x})
     np.testing.assert_allclose(next(iter(got.values())), x * 3.0)
@@ -370,7 +370,7 @@ def test_rehost_refusal_names_the_layer_the_host_backend_computes_differently(
     flat = [defined["features"], defined["padding_mask"]]
     report = rehost.rehost_export(model, target, "tf_saved_model", "tensorflow",
                                   verbose=False, sample_inputs=[flat])
-    assert all(r["ok"] and r["compared"] == "values" for r in report)
+    assert report.ok and all(c.compared == "values" for c in report.checks)
     # the signature kexport infers for this subclassed model holds the mask as float32
     fed = {**defined, "padding_mask": defined["padding_mask"].astype("float32")}
     got = fresh_process("saved_model_signature", str(target), "serving_default", fed)
@@ -384,8 +384,8 @@ def test_rehost_refusal_names_the_layer_the_host_backend_computes_differently(
     report = rehost.rehost_export(model, accepted, "tf_saved_model", "tensorflow",
                                   verbose=False, sample_inputs=[[empty_rows["features"],
                                                                  empty_rows["padding_mask"]]])
-    assert all(r["ok"] for r in report)
-    assert [o.get("padded") for r in report for o in r["outputs"]] == [0 + 4 + 1]
+    assert report.ok
+    assert [c.padded for c in report.checks] == [0 + 4 + 1]
     fed = {**empty_rows, "padding_mask": empty_rows["padding_mask"].astype("float32")}
     got = next(iter(fresh_process("saved_model_signature", str(accepted), "serving_default",
                                   fed).values()))

@@ -19,10 +19,9 @@ import pytest
 
 import kexport
 import rehost_layers
-from kexport import routing
+from kexport import rehost, routing
 from kexport.errors import RouteRefused, UnsupportedRouteError
-from kexport.routing import rehost
-from kexport.routing.rehost import recipe, state
+from kexport.rehost import pairing, recipe, state
 
 BACKEND = keras.backend.backend()
 L = keras.layers
@@ -194,10 +193,10 @@ def test_description_rebuilds_the_same_model_in_process():
     rebuilt = recipe.rebuild_model(blob)
     assert type(rebuilt).__qualname__ == type(model).__qualname__
     values = [_np(v.value) for v in model.variables]
-    recipe.assign_values(rebuilt, recipe.variable_paths(model), values)
+    pairing.assign_values(rebuilt, pairing.variable_paths(model), values)
     for x in _inputs().values():
         np.testing.assert_allclose(_np(rebuilt(x)), _np(model(x)), atol=1e-6)
-    assert b"get_config" not in pickle.dumps(recipe.variable_paths(model))
+    assert b"get_config" not in pickle.dumps(pairing.variable_paths(model))
 
 
 def test_functional_model_holding_a_custom_layer_without_config_rebuilds_by_value():
@@ -218,7 +217,7 @@ def test_functional_model_holding_a_custom_layer_without_config_rebuilds_by_valu
         keras.saving.serialize_keras_object(model)
     rebuilt = recipe.rebuild_model(recipe.describe_model(model))
     assert [type(x).__name__ for x in rebuilt.layers] == ["InputLayer", "Residual", "Dense"]
-    recipe.assign_values(rebuilt, recipe.variable_paths(model),
+    pairing.assign_values(rebuilt, pairing.variable_paths(model),
                          [_np(v.value) for v in model.variables])
     for x in _inputs().values():
         np.testing.assert_allclose(_np(rebuilt(x)), _np(model(x)), atol=1e-6)
@@ -246,10 +245,10 @@ def test_variables_are_matched_by_path_when_the_rebuilt_order_differs():
     x = _inputs()[4]
     source, target = Pair(), Swapped()
     source(x), target(x)
-    paths = recipe.variable_paths(source)
-    assert paths != recipe.variable_paths(target)  # the order differs ...
-    assert sorted(paths) == sorted(recipe.variable_paths(target))  # ... the paths do not
-    ordered = recipe.assign_values(target, paths, [_np(v.value) for v in source.variables])
+    paths = pairing.variable_paths(source)
+    assert paths != pairing.variable_paths(target)  # the order differs ...
+    assert sorted(paths) == sorted(pairing.variable_paths(target))  # ... the paths do not
+    ordered = pairing.assign_values(target, paths, [_np(v.value) for v in source.variables])
     assert [v.path for v in ordered] == paths
     np.testing.assert_allclose(_np(target(x)), _np(source(x)), atol=1e-6)
 
@@ -261,7 +260,7 @@ def test_variables_that_cannot_be_matched_are_refused_naming_them():
                                            r"\(5, 3\), 'a/bias' \(3,\); rebuilt variables "
                                            r"without a source one: 'a/kernel' \(5, 4\), "
                                            r"'a/bias' \(4,\)"):
-        recipe.assign_values(b, recipe.variable_paths(a), [_np(v.value) for v in a.variables])
+        pairing.assign_values(b, pairing.variable_paths(a), [_np(v.value) for v in a.variables])
 
 
 def _built_out_of_order():
@@ -295,10 +294,10 @@ def _built_out_of_order():
 def test_variables_built_out_of_order_are_matched_by_path():
     model = _built_out_of_order()
     rebuilt = recipe.rebuild_model(recipe.describe_model(model))
-    paths = recipe.variable_paths(model)
-    assert recipe.variable_paths(rebuilt) != paths  # the rebuild lists them in another order
-    assert sorted(recipe.variable_paths(rebuilt)) == sorted(paths)
-    ordered = recipe.assign_values(rebuilt, paths, [_np(v.value) for v in model.variables])
+    paths = pairing.variable_paths(model)
+    assert pairing.variable_paths(rebuilt) != paths  # the rebuild lists them in another order
+    assert sorted(pairing.variable_paths(rebuilt)) == sorted(paths)
+    ordered = pairing.assign_values(rebuilt, paths, [_np(v.value) for v in model.variables])
     assert [v.path for v in ordered] == paths
     for x in _inputs().values():
         np.testing.assert_allclose(_np(rebuilt(x)), _np(model(x)), atol=1e-6)
@@ -307,14 +306,14 @@ def test_variables_built_out_of_order_are_matched_by_path():
 def test_path_pairing_falls_back_to_order_only_for_what_paths_cannot_tell():
     same = lambda i, j: True  # noqa: E731
     # unique full paths pair whatever their order; the renamed ones pair in order
-    assert recipe.pair_by_path(["m/x/k", "m/dense_3/k", "m/dense_4/k"],
+    assert pairing.pair_by_path(["m/x/k", "m/dense_3/k", "m/dense_4/k"],
                               ["m/dense/k", "m/x/k", "m/dense_1/k"], same) == {
         0: 1, 1: 0, 2: 2}
     # a model renamed at the top still pairs by the rest of the path
-    assert recipe.pair_by_path(["a/x/k", "a/y/k"], ["b/y/k", "b/x/k"], same) == {0: 1, 1: 0}
+    assert pairing.pair_by_path(["a/x/k", "a/y/k"], ["b/y/k", "b/x/k"], same) == {0: 1, 1: 0}
     # shapes (or classes) that do not fit are never paired, even in order
     shapes = [(3,), (4,)], [(4,), (2,)]
-    assert recipe.pair_by_path(["p", "q"], ["r", "s"],
+    assert pairing.pair_by_path(["p", "q"], ["r", "s"],
                               lambda i, j: shapes[0][i] == shapes[1][j]) == {1: 0}
 
     # auto-numbered names (seed generators numbered per process: T5 after other models)
@@ -324,7 +323,7 @@ def test_path_pairing_falls_back_to_order_only_for_what_paths_cannot_tell():
               "seed_generator_17/state"]
     ours = ["seed_generator/state", "t/att/embeddings", "seed_generator_3/state",
             "t/att/embeddings"]
-    assert recipe.pair_by_path(theirs, ours, same) == {0: 1, 1: 0, 2: 3, 3: 2}
+    assert pairing.pair_by_path(theirs, ours, same) == {0: 1, 1: 0, 2: 3, 3: 2}
 
 
 # -- state besides variables: tensors and arrays held by layers ----------------------------------
@@ -353,7 +352,7 @@ def test_layer_state_outside_variables_is_carried_by_path():
     assert {"centered", "given", "adapted"} == {k[0] for k in held}
     assert held[("centered", "center")]["shape"] == [5] and held[("centered", "center")]["tensor"]
     rebuilt = keras.Model.from_config(model.get_config())
-    recipe.assign_values(rebuilt, recipe.variable_paths(model),
+    pairing.assign_values(rebuilt, pairing.variable_paths(model),
                          [_np(v.value) for v in model.variables])
     assert rebuilt.get_layer("centered").center is None  # what the config could not carry
     assert np.abs(_np(rebuilt(x)) - _np(model(x))).max() > 0.1

@@ -30,13 +30,10 @@ import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from kexport.artifact import FORMATS
 from kexport.check.calibration import calibration_sample
-from kexport.check.compare import compare, is_scores, quality, tolerance_for
 from kexport.check.live import live_reference
-from kexport.check.padding import drop_padded, kept_positions, padding_masks
 from kexport.check.policy import flat_sample_data
-from kexport.check.report import OutputCheck, VerificationReport
+from kexport.check.report import VerificationReport, raise_if_failed
 from kexport.check.samples import (
     CASE_SIZES,
     SamplePolicy,
@@ -46,15 +43,17 @@ from kexport.check.samples import (
 )
 from kexport.check.tolerance import (
     TOLERANCES,
+    declared_tolerances,
     default_tolerances,
     quantization_mode,
     thresholds_for,
     tolerances_for,
 )
+from kexport.check.verdict import Case, verdict
 from kexport.check.worker import Worker
-from kexport.errors import SignatureError, VerificationError, describe
+from kexport.errors import SignatureError, describe
 from kexport.runtime import check_precision, detect, runtime_module
-from kexport.runtime._base import EndpointInfo, TensorInfo, feeds_for
+from kexport.runtime._base import EndpointInfo, feeds_for
 from kexport.runtime._worker import MARKER
 
 __all__ = ["QUANTIZED_ROWS", "VerificationReport", "declared_tolerances", "raise_if_failed",
@@ -64,28 +63,6 @@ __all__ = ["QUANTIZED_ROWS", "VerificationReport", "declared_tolerances", "raise
 #: sample data up to this many, else this many generated rows.
 QUANTIZED_ROWS = 64
 _MAX_DATA_ROWS = 1024
-
-
-def _tolerances_for(format: str, metadata: Mapping[str, Any], precision: str,
-                    runtime_precision: str) -> tuple[tuple[float, float], str]:
-    """``((atol, rtol), precision)`` for an artifact of ``precision`` run in
-    ``runtime_precision``, its format's declared tolerance first (see
-    :func:`kexport.check.tolerance.tolerances_for`)."""
-    return tolerances_for(precision, runtime_precision, declared_tolerances(format, metadata))
-
-
-def declared_tolerances(format: str, metadata: Mapping[str, Any]) -> tuple[float, float] | None:
-    """The tolerances a format declares for one of its artifacts, if it does.
-
-    A format's descriptor (:data:`kexport.artifact.FORMATS`) may declare
-    ``tolerance(metadata) -> (atol, rtol) | None``; e.g. LiteRT answers by the
-    quantization mode its metadata records, so verify and the format share one
-    table. Formats without one get :data:`TOLERANCES` by precision.
-    """
-    descriptor = FORMATS.get(format)
-    if descriptor is None or descriptor.tolerance is None:
-        return None
-    return descriptor.tolerance(metadata)
 
 
 def _precision(metadata: Mapping[str, Any], endpoints: Mapping[str, EndpointInfo]) -> str:
@@ -290,8 +267,8 @@ def verify_on(model: Any, path: str | os.PathLike[str], inputs: Any | None = Non
         default = opened["default"]
         metadata = opened.get("metadata") or {}
         used = str(opened.get("precision") or runtime_precision)
-        (d_atol, d_rtol), precision = _tolerances_for(
-            format, metadata, _precision(metadata, endpoints), used)
+        (d_atol, d_rtol), precision = tolerances_for(
+            _precision(metadata, endpoints), used, declared_tolerances(format, metadata))
         atol = d_atol if atol is None else float(atol)
         rtol = d_rtol if rtol is None else float(rtol)
         mode = quantization_mode(metadata)
@@ -338,10 +315,7 @@ def verify_on(model: Any, path: str | os.PathLike[str], inputs: Any | None = Non
                 return report
             with np.load(out_file, allow_pickle=False) as data:
                 received = {k: np.array(data[k]) for k in data.files}
-        errors = ran.get("errors", {})
-        for key, (name, case, feeds) in cases.items():
-            _check_case(report, endpoints[name], case, feeds, refs[name](feeds),
-                        received, key, errors.get(key), scores)
+        _checked(report, endpoints, cases, refs, received, ran.get("errors", {}), scores)
     finally:
         worker.close({"cmd": "exit"})
     if store and report.error is None:
@@ -380,45 +354,25 @@ def _quantized_case(info: EndpointInfo, sizes: Sequence[int], seed: int,
     return {f"{label}={rows}": dict(zip(info.input_names, arrays, strict=True))}
 
 
-def _check_case(report: VerificationReport, info: EndpointInfo, case: str,
-                feeds: dict[str, Any], expected: list[Any], received: dict[str, Any],
-                key: str, error: str | None, scores: Sequence[str] | None = None) -> None:
-    """One :class:`OutputCheck` per output of one case: allclose for a float
-    artifact, shapes and NaN positions for a quantized one's float outputs
-    (its metrics are judged pooled), exact for integer outputs; the quality
-    metrics of every float output either way."""
-    import numpy as np
+def _checked(report: VerificationReport, endpoints: Mapping[str, EndpointInfo],
+             cases: Mapping[str, tuple[str, str, dict[str, Any]]],
+             refs: Mapping[str, Callable[[dict[str, Any]], list[Any]]],
+             received: dict[str, Any], errors: Mapping[str, str],
+             scores: Sequence[str] | None) -> VerificationReport:
+    """The live outputs of every case (``refs``) and the artifact's, through the one verdict."""
+    return verdict(report, [_case(endpoints[name], case, feeds, refs[name](feeds), received,
+                                  key, errors.get(key))
+                            for key, (name, case, feeds) in cases.items()], scores)
 
-    shapes = {n: list(v.shape) for n, v in feeds.items()}
-    masks = padding_masks(feeds)
-    outputs: list[TensorInfo | None] = list(info.outputs)
-    if len(expected) != len(outputs):
-        error = error or (f"the model has {len(expected)} outputs, the artifact "
-                          f"{len(outputs)} ({info.output_names})")
-    for i, t in enumerate(outputs):
-        want = expected[i] if i < len(expected) else None
-        name = t.name if t is not None else f"output_{i}"
-        got = received.get(f"{key}/{name}")
-        atol, rtol = ((report.atol, report.rtol) if want is None
-                      else tolerance_for(want, report.atol, report.rtol))
-        if want is None or got is None or error:
-            report.checks.append(OutputCheck(
-                info.name, name, case, shapes, list(np.shape(want)) if want is not None else [],
-                list(got.shape) if got is not None else None, float("inf"), float("inf"),
-                atol, rtol, False, error or "no output"))
-            continue
-        is_score = is_scores(want, name, scores)  # by the output's own shape
-        want_shape, got_shape = list(np.shape(want)), list(np.shape(got))
-        # outputs at padded positions are undefined: compared where the mask keeps them
-        want, got, padded = drop_padded(want, got, kept_positions(masks, name, want_shape))
-        atol, rtol = tolerance_for(want, report.atol, report.rtol)
-        max_abs, max_rel, ok = compare(want, got, atol, rtol)
-        q = quality(want, got, is_score)
-        if report.thresholds is not None and np.asarray(want).dtype.kind == "f":
-            ok = q is not None  # same shape, NaNs alike: the thresholds judge the rest
-        report.checks.append(OutputCheck(
-            info.name, name, case, shapes, want_shape, got_shape, max_abs, max_rel, atol,
-            rtol, ok, quality=q, scores=is_score and q is not None and q.rows > 0, padded=padded))
+
+def _case(info: EndpointInfo, case: str, feeds: dict[str, Any], expected: list[Any],
+          received: dict[str, Any], key: str, error: str | None) -> Case:
+    """One case of ``info`` as the verdict takes it (:class:`kexport.check.verdict.Case`):
+    the runtime worker's outputs (``received``, keyed ``<key>/<output name>``) in the
+    artifact's output order."""
+    return Case(info.name, case, feeds, expected,
+                [received.get(f"{key}/{t.name}") for t in info.outputs],
+                [t.name for t in info.outputs], error)
 
 
 def store_report(format: str, path: str | os.PathLike[str], report: VerificationReport) -> bool:
@@ -436,19 +390,3 @@ def store_report(format: str, path: str | os.PathLike[str], report: Verification
         return False
     writer(Path(os.fspath(path)), report.to_json())
     return True
-
-
-def raise_if_failed(report: VerificationReport, path: str | os.PathLike[str]) -> None:
-    """Raise :class:`VerificationError` carrying ``report`` unless it passed."""
-    if report.ok:
-        return
-    names = sorted(set(report.failed_outputs))
-    rule = (f"below the {report.quantization} thresholds (SQNR >= {report.thresholds.sqnr_db:g} "
-            f"dB, cosine >= {report.thresholds.cosine:g}, top-1 >= {report.thresholds.top1:g})"
-            if report.thresholds is not None
-            else f"out of tolerance atol={report.atol:g}, rtol={report.rtol:g}")
-    raise VerificationError(
-        f"The {report.format} artifact at '{os.fspath(path)}' does not compute what the "
-        f"model computes (outputs {names or 'none'} {rule}).\n{report.table()}",
-        report,
-    )

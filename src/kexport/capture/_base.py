@@ -246,7 +246,7 @@ class Capture:
         """Each endpoint as data: ``name -> (EndpointRecipe or why not, live function)``.
 
         Formats this capture cannot write in-process are written by re-hosting
-        the archive (:func:`kexport.routing.rehost.write_archive_rehosted`),
+        the archive (:func:`kexport.rehost.write_archive_rehosted`),
         which needs every endpoint described; recipes index the tracked layers.
         """
         return dict(self._described)

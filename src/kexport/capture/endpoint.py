@@ -3,7 +3,7 @@
 An :class:`EndpointRecipe` says which tracked model an endpoint calls, which
 method, with which constant keyword arguments (``training=False``) and which
 input signature. It is what a process that rebuilds the models needs to
-re-create the endpoint (re-hosting, :mod:`kexport.routing.rehost`), and it is
+re-create the endpoint (re-hosting, :mod:`kexport.rehost`), and it is
 declared here, on the capture side, because every capture records it when an
 endpoint is added.
 

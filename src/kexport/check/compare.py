@@ -1,8 +1,9 @@
-"""The one comparison: is an artifact's output the live model's, within tolerance?
+"""The metrics of one output against the live one: elementwise errors and quantization quality.
 
-Every check decides here: :func:`kexport.verify` per output and case, the
+These are the measures; the verdict that uses them is one function,
+:func:`kexport.check.verdict.verdict` (for :func:`kexport.verify`, the
 re-host check before an artifact is placed, the ONNX acceptance of a fast
-converter's graph. The rule is ``numpy.allclose``'s with ``atol`` in units of the output's
+converter's graph). :func:`elementwise`'s rule is ``numpy.allclose``'s with ``atol`` in units of the output's
 scale, computed in float64: ``|received - expected| <= atol * s + rtol *
 |expected|`` elementwise, where ``s = max(1, max |expected|)`` over the output
 (for outputs within [-1, 1], exactly ``allclose``); NaNs must
@@ -19,7 +20,7 @@ flattened; min and mean over samples) and, for score outputs
 whose argmax matches) and top-5 overlap (mean over rows of the share of the
 reference's top-5 classes found in the artifact's top-5, with at least 5
 classes; only classes whose reference score stands out of the row count, see
-:func:`top_overlap`). :func:`judge` holds them against a quantization
+:func:`top_overlap`). :func:`missed_thresholds` lists what they miss of a quantization
 mode's :class:`~kexport.check.tolerance.Thresholds`.
 """
 
@@ -32,8 +33,8 @@ from typing import Any
 
 from kexport.check.tolerance import Thresholds
 
-__all__ = ["DISTINCT", "Quality", "compare", "is_scores", "judge", "quality", "tolerance_for",
-           "top_overlap"]
+__all__ = ["DISTINCT", "Quality", "compare", "elementwise", "is_scores", "judge",
+           "missed_thresholds", "quality", "tolerance_for", "top_overlap"]
 
 
 def tolerance_for(expected: Any, atol: float, rtol: float) -> tuple[float, float]:
@@ -47,9 +48,9 @@ def tolerance_for(expected: Any, atol: float, rtol: float) -> tuple[float, float
     return (atol, rtol) if np.asarray(expected).dtype.kind in "fc" else (0.0, 0.0)
 
 
-def compare(expected: Any, received: Any, atol: float, rtol: float
-            ) -> tuple[float, float, bool]:
-    """Compare one output of the artifact with the live model's.
+def elementwise(expected: Any, received: Any, atol: float, rtol: float
+                ) -> tuple[float, float, bool]:
+    """The elementwise errors of one output of the artifact against the live model's.
 
     Args:
         expected: the live model's output (array-like).
@@ -278,7 +279,7 @@ def top_overlap(expected: Any, received: Any, k: int = 5) -> Any:
     return out
 
 
-def judge(q: Quality | None, thresholds: Thresholds) -> list[str]:
+def missed_thresholds(q: Quality | None, thresholds: Thresholds) -> list[str]:
     """What ``q`` misses of ``thresholds``: one line per criterion failed (empty: pass).
 
     ``None`` (nothing comparable) fails.
@@ -295,3 +296,9 @@ def judge(q: Quality | None, thresholds: Thresholds) -> list[str]:
     if q.top5 is not None and not q.top5 >= thresholds.top5:
         failed.append(f"top-5 overlap {q.top5:.3f} < {thresholds.top5:g}")
     return failed
+
+
+# The names of these helpers before the one verdict (kexport.check.verdict), kept
+# for code written against them.
+compare = elementwise
+judge = missed_thresholds

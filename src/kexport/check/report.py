@@ -16,16 +16,18 @@ the report carries, prints and writes to JSON.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from kexport._numerics import short
 from kexport._version import __version__
-from kexport.check.compare import Quality, judge
+from kexport.check.compare import Quality, missed_thresholds
 from kexport.check.tolerance import Thresholds
+from kexport.errors import VerificationError
 
-__all__ = ["OutputCheck", "VerificationReport"]
+__all__ = ["OutputCheck", "VerificationReport", "raise_if_failed"]
 
 
 def _shape(shape: list[int]) -> str:
@@ -59,6 +61,8 @@ class OutputCheck:
         scores: whether the output was judged as class scores (top-k).
         padded: (batch, length) positions not compared because the inputs'
             padding mask marks them as padding (:mod:`kexport.check.padding`).
+        compared: ``"values"``, or ``"shapes"`` where only the shape was
+            compared (live outputs that differ between two identical calls).
     """
 
     endpoint: str
@@ -76,6 +80,7 @@ class OutputCheck:
     quality: Quality | None = None
     scores: bool = False
     padded: int = 0
+    compared: str = "values"
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able dict: the fields, ``quality`` as its sums plus the derived metrics."""
@@ -186,7 +191,7 @@ class VerificationReport:
             row.update(pooled.metrics() if pooled is not None else dict.fromkeys(
                 ("sqnr_db", "cosine_min", "cosine_mean", "top1", "top5")))
             if self.thresholds is not None and row["ok"] and pooled is not None:
-                row["failed"] = judge(pooled, self.thresholds)
+                row["failed"] = missed_thresholds(pooled, self.thresholds)
                 row["ok"] = not row["failed"]
         return list(rows.values())
 
@@ -276,6 +281,22 @@ class VerificationReport:
 
     def __str__(self) -> str:
         return self.table()
+
+
+def raise_if_failed(report: VerificationReport, path: str | os.PathLike[str]) -> None:
+    """Raise :class:`VerificationError` carrying ``report`` unless it passed."""
+    if report.ok:
+        return
+    names = sorted(set(report.failed_outputs))
+    rule = (f"below the {report.quantization} thresholds (SQNR >= {report.thresholds.sqnr_db:g} "
+            f"dB, cosine >= {report.thresholds.cosine:g}, top-1 >= {report.thresholds.top1:g})"
+            if report.thresholds is not None
+            else f"out of tolerance atol={report.atol:g}, rtol={report.rtol:g}")
+    raise VerificationError(
+        f"The {report.format} artifact at '{os.fspath(path)}' does not compute what the "
+        f"model computes (outputs {names or 'none'} {rule}).\n{report.table()}",
+        report,
+    )
 
 
 def _num(value: float | None, spec: str) -> str:

@@ -22,7 +22,9 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["FLOAT32", "QUANTIZATION_MODES", "QUANTIZED", "TOLERANCES", "Thresholds",
+from kexport.artifact import FORMATS
+
+__all__ = ["FLOAT32", "QUANTIZATION_MODES", "QUANTIZED", "TOLERANCES", "Thresholds", "declared_tolerances",
            "default_tolerances", "quantization_mode", "thresholds_for", "tolerances_for"]
 
 # (atol, rtol) by the artifact's compute precision.
@@ -128,3 +130,17 @@ def quantization_mode(metadata: Mapping[str, Any]) -> str | None:
 def thresholds_for(mode: str | None) -> Thresholds | None:
     """The :class:`Thresholds` of ``mode``; ``None`` for a float artifact (allclose applies)."""
     return QUANTIZED.get(mode) if mode is not None else None
+
+
+def declared_tolerances(format: str, metadata: Mapping[str, Any]) -> tuple[float, float] | None:
+    """The tolerances a format declares for one of its artifacts, if it does.
+
+    A format's descriptor (:data:`kexport.artifact.FORMATS`) may declare
+    ``tolerance(metadata) -> (atol, rtol) | None``; e.g. LiteRT answers by the
+    quantization mode its metadata records, so verify and the format share one
+    table. Formats without one get :data:`TOLERANCES` by precision.
+    """
+    descriptor = FORMATS.get(format)
+    if descriptor is None or descriptor.tolerance is None:
+        return None
+    return descriptor.tolerance(metadata)

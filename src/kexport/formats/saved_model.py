@@ -16,12 +16,14 @@ needed to load it):
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import TYPE_CHECKING, Any
 
 from kexport import _summary
 from kexport._atomic import atomic_target
 from kexport.artifact import SAVED_MODEL_MANIFEST, SERVING_DEFAULT, Manifest
+from kexport.capture.source import rehost_source
 from kexport.check import samples
 from kexport.errors import CaptureError, KexportError, SignatureTypeError, WriteError
 from kexport.signature import flatten, pack_as
@@ -101,9 +103,14 @@ def _saved_aliases(options: Any, endpoints: list[TracedEndpoint]) -> Any:
 
 
 def metadata(archive: EndpointArchive) -> Manifest:
-    """What the artifact says about itself (no local paths)."""
-    return Manifest.build(archive.endpoints, format="tf_saved_model", backend=archive.backend,
-                          **samples.recorded())
+    """What the artifact says about itself (no local paths); written in a re-host
+    child, also the backend the model came from (``route="rehost"``), so the
+    manifest is final as written."""
+    manifest = Manifest.build(archive.endpoints, format="tf_saved_model",
+                              backend=archive.backend, **samples.recorded())
+    source = rehost_source()
+    return manifest if source is None else dataclasses.replace(
+        manifest, source_backend=source, route="rehost")
 
 
 def write_archive(archive: EndpointArchive, filepath: str | os.PathLike[str],

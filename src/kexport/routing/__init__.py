@@ -7,8 +7,9 @@
 - :mod:`~kexport.routing.single`: the single-model export, written once from what
   each format declares, and the loop over one cell's routes (:func:`export`);
 - :mod:`~kexport.routing.archive`: :class:`ExportArchive` itself;
-- :mod:`~kexport.routing.rehost`: rebuilding a model on another backend in a
-  child process.
+- :mod:`~kexport.routing.rehost_child`: the re-host worker's entry point (it
+  writes with the host's routes); re-hosting itself is :mod:`kexport.rehost`,
+  one layer below.
 
 The package is named ``routing`` because ``kexport.routes()`` is the public
 function that lists the table.

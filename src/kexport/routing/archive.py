@@ -22,8 +22,8 @@ from kexport.capture._base import TracedEndpoint, is_tf_variable
 from kexport.check.policy import flat_sample_data
 from kexport.check.samples import SamplePolicy, using
 from kexport.errors import SignatureError, SignatureTypeError, describe
+from kexport.rehost import write_archive_rehosted
 from kexport.routing.archives import archive_host, archive_route, capture_for
-from kexport.routing.rehost import write_archive_rehosted
 from kexport.signature import flatten, normalize
 
 __all__ = ["ExportArchive"]

@@ -20,7 +20,7 @@ from kexport.capture.jax import JaxCapture
 from kexport.capture.tensorflow import TensorFlowCapture
 from kexport.errors import UnsupportedRouteError
 from kexport.formats import litert, onnx, openvino, saved_model, torch_program
-from kexport.routing.rehost.capture import RehostCapture
+from kexport.rehost.capture import RehostCapture
 
 __all__ = ["ArchiveRoute", "CaptureRoute", "archive_host", "archive_route", "capture_for",
            "capture_host", "captures"]
@@ -125,7 +125,7 @@ def archive_host(backend: str, format: str) -> str | None:
 
     ``None`` when the archive is written in-process by the format's
     :attr:`ArchiveRoute.writer`; otherwise ``ExportArchive.write_out`` re-hosts it onto
-    the returned backend (:func:`kexport.routing.rehost.write_archive_rehosted`).
+    the returned backend (:func:`kexport.rehost.write_archive_rehosted`).
 
     Raises:
         UnsupportedRouteError: for unknown formats.

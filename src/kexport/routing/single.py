@@ -3,7 +3,7 @@
 A native route exports a model by building a one-endpoint archive
 (``serve``, calling ``model(..., training=False)``) on the model's own
 backend and handing it to the format's archive writer; a re-host route
-rebuilds the model on another backend (:mod:`kexport.routing.rehost`). Both
+rebuilds the model on another backend (:mod:`kexport.rehost`). Both
 are made here from what a format declares: how it splits the options of
 ``export_model`` between the capture and its writer
 (``single_model_options``), and what a re-host must carry or check
@@ -20,8 +20,8 @@ from kexport._dims import plan_signature
 from kexport._inference import inference_fn
 from kexport.artifact import DEFAULT_ENDPOINT
 from kexport.errors import RouteRefused
+from kexport.rehost import rehost_export
 from kexport.routing.archive import ExportArchive
-from kexport.routing.rehost import rehost_export
 from kexport.signature import normalize_for_model
 
 if TYPE_CHECKING:
@@ -80,7 +80,7 @@ def rehost_export_for(format: str, host: str,
         host: the backend the model is rebuilt on, in a child process.
         prepare: the format's ``rehost_options``: checks the options here and
             returns the keyword arguments of
-            :func:`~kexport.routing.rehost.rehost_export` (options that travel
+            :func:`~kexport.rehost.rehost_export` (options that travel
             to the child, tolerances, sample inputs); by default every option
             travels as it is.
     """

@@ -22,7 +22,7 @@ from kexport.artifact.quantization import keras_quantized
 from kexport.capture.jax import native_problem
 from kexport.errors import QuantizedModelError, UnsupportedRouteError
 from kexport.formats import litert, onnx, openvino, torch_program
-from kexport.routing.rehost import rehost_problem
+from kexport.rehost import rehost_problem
 from kexport.routing.single import native_export, rehost_export_for
 
 __all__ = ["Route", "holding_formats", "matrix", "resolve", "routes", "usable"]

@@ -18,10 +18,11 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any
 
 from kexport._numerics import onnxruntime_options
-from kexport.check.compare import compare, tolerance_for
 from kexport.check.probe import judged
+from kexport.check.report import VerificationReport
 from kexport.check.samples import CASE_SIZES, sample_inputs
 from kexport.check.tolerance import FLOAT32
+from kexport.check.verdict import Case, verdict
 from kexport.errors import SignatureError
 from kexport.signature import Spec
 
@@ -65,11 +66,17 @@ def _compare(data: bytes | str, names: Sequence[str], cases: list[list[Any]],
         del session
     except Exception as e:
         raise NotTraceable(f"ONNX Runtime: {type(e).__name__}: {str(e)[:300]}") from e
-    for batch, got, want in zip(CASE_SIZES, gots, wants(), strict=True):
-        if len(got) != len(want) or (judged() and not all(
-                compare(w, g, *tolerance_for(w, *FLOAT32))[2]
-                for g, w in zip(got, want, strict=False))):
-            raise NotTraceable(f"differs from the live model at batch {batch}")
+    wanted = wants()
+    if any(len(got) != len(want) for got, want in zip(gots, wanted, strict=True)):
+        raise NotTraceable("gives another number of outputs than the live model")
+    if not judged():  # a probe's numbers are judged by its caller
+        return
+    report = verdict(VerificationReport("onnx", "float32", *FLOAT32, 0), [
+        Case("serve", f"batch {batch}", dict(zip(names, flat, strict=True)), want, got)
+        for batch, flat, got, want in zip(CASE_SIZES, cases, gots, wanted, strict=True)])
+    if not report.ok:
+        where = report.failures[0].case if report.failures else "every batch"
+        raise NotTraceable(f"differs from the live model at {where}")
 
 
 class Acceptance:

@@ -1,6 +1,6 @@
 """State a re-host carries besides variables: tensors and arrays that layers hold.
 
-A rebuilt model gets its variables by path (:mod:`kexport.routing.rehost.recipe`),
+A rebuilt model gets its variables by path (:mod:`kexport.rehost.pairing`),
 but layers also compute with tensors that are not Keras variables: a
 ``Normalization`` layer's ``mean``/``variance`` (given to the constructor, or
 derived from ``adapt()``), a tensor a user's layer keeps as an attribute after
@@ -15,7 +15,7 @@ of a list, tuple or dict attribute), with its value as NumPy
 (:func:`layer_state`). The child, once variables are assigned and layers have
 recomputed what they derive from them (``finalize_state``), pairs its layers
 with the source's by path (the names from the model down to the layer, with
-equal classes; :func:`~kexport.routing.rehost.recipe.pair_by_path`) and sets
+equal classes; :func:`~kexport.rehost.pairing.pair_by_path`) and sets
 each attribute to the source value, as a tensor of its own backend where the
 source held a tensor (:func:`restore_layer_state`).
 
@@ -32,7 +32,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from kexport.errors import RouteRefused
-from kexport.routing.rehost.recipe import pair_by_path
+from kexport.rehost.pairing import pair_by_path
 
 __all__ = ["layer_state", "restore_layer_state"]
 

@@ -3,7 +3,7 @@
 On PyTorch (no ``torch_xla``), endpoints are recorded as data
 (:class:`~kexport.capture.endpoint.EndpointRecipe`) and checked against the
 live model when they are added; ``write_out`` re-hosts the archive
-(:func:`kexport.routing.rehost.write_archive_rehosted`).
+(:func:`kexport.rehost.write_archive_rehosted`).
 """
 
 from __future__ import annotations
@@ -22,11 +22,7 @@ from kexport.errors import (
     UnsupportedRouteError,
     describe,
 )
-from kexport.routing.rehost.parent import (
-    _all_variables,
-    _samples,
-    _state_kept,
-)
+from kexport.rehost.cases import all_variables, samples_or_none, state_kept
 from kexport.signature import Spec, flat_names, flatten, pack_as
 
 __all__ = ["RehostCapture"]
@@ -128,12 +124,12 @@ class RehostCapture(Capture):
             self.track(m)
         _check_positional(name, fn, signature)
         owner = self._tracked_layers[recipe.model]
-        flat = _samples(flatten(signature), 2, np.random.default_rng(0), name)
+        flat = samples_or_none(flatten(signature), 2, np.random.default_rng(0), name)
         outputs: Any = None
         if flat is not None:
             args = pack_as(list(signature), [keras.ops.convert_to_tensor(x) for x in flat])
             try:
-                with _state_kept(self._tracked_layers):
+                with state_kept(self._tracked_layers):
                     outputs = fn(*args)
             except Exception as e:
                 raise CaptureError(
@@ -153,8 +149,8 @@ class RehostCapture(Capture):
     def trackables(self) -> dict[str, Any]:
         """Tracked layers and their Keras variables (nothing here is a TF object)."""
         split = self.tracked_variables(held=True)
-        return {"variables": _all_variables(self._tracked_layers), "resources": [],
-                "tracked": _all_variables(self._tracked_layers),
+        return {"variables": all_variables(self._tracked_layers), "resources": [],
+                "tracked": all_variables(self._tracked_layers),
                 "tracked_trainable": split["trainable_variables"],
                 "tracked_non_trainable": split["non_trainable_variables"],
                 "tracked_layers": list(self._tracked_layers), "tracked_resources": []}
