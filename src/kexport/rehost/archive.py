@@ -50,7 +50,7 @@ def write_archive_rehosted(archive: Any, filepath: str | os.PathLike[str], *,
     """Write ``archive`` in ``format`` by re-hosting it onto the ``host`` backend.
 
     Used by ``ExportArchive.write_out`` wherever the route tables say so
-    (:func:`kexport.routing.archives.archive_host`): every endpoint must have been
+    (:func:`kexport.routing.archive_routes.archive_host`): every endpoint must have been
     described as data when it was added (:class:`EndpointRecipe`); the tracked
     models are rebuilt on ``host`` in the worker process, the archive is
     re-created and written there with ``host``'s own writer, every endpoint

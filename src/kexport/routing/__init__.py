@@ -2,7 +2,7 @@
 
 - :mod:`~kexport.routing.table`: the single-model routes, typed entries holding
   their export functions (:func:`routes`, :func:`resolve`, :func:`usable`);
-- :mod:`~kexport.routing.archives`: ``ExportArchive`` per backend (capture) and
+- :mod:`~kexport.routing.archive_routes`: ``ExportArchive`` per backend (capture) and
   per format (archive writer, re-hosted archives);
 - :mod:`~kexport.routing.single`: the single-model export, written once from what
   each format declares, and the loop over one cell's routes (:func:`export`);
@@ -17,7 +17,7 @@ function that lists the table.
 
 from kexport.artifact import BACKENDS, FORMATS, format_info
 from kexport.routing.archive import ExportArchive
-from kexport.routing.archives import (
+from kexport.routing.archive_routes import (
     ArchiveRoute,
     CaptureRoute,
     archive_host,

@@ -23,7 +23,7 @@ from kexport.check.policy import flat_sample_data
 from kexport.check.samples import SamplePolicy, using
 from kexport.errors import SignatureError, SignatureTypeError, describe
 from kexport.rehost import write_archive_rehosted
-from kexport.routing.archives import archive_host, archive_route, capture_for
+from kexport.routing.archive_routes import archive_host, archive_route, capture_for
 from kexport.signature import flatten, normalize
 
 __all__ = ["ExportArchive"]
@@ -269,7 +269,7 @@ class ExportArchive:
                 batches read here, against every endpoint, before the child
                 starts).
 
-        Where the route tables say so (:func:`kexport.routing.archives.archive_host`,
+        Where the route tables say so (:func:`kexport.routing.archive_routes.archive_host`,
         e.g. ``format="torch"`` on TensorFlow/JAX, ``"openvino"`` on JAX,
         most formats on PyTorch), the archive is re-hosted: the tracked
         models are rebuilt on the host backend in a child process, the

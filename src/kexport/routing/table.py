@@ -8,7 +8,7 @@ typed entries holding the functions themselves; the rest of kexport asks it
 branching on ``keras.backend.backend()``. Adding a format is one writer module
 under :mod:`kexport.formats`, one loader under :mod:`kexport.runtime`, one
 descriptor in :mod:`kexport.artifact` and its rows here and in
-:mod:`kexport.routing.archives` (see ``docs/architecture.md``).
+:mod:`kexport.routing.archive_routes` (see ``docs/architecture.md``).
 """
 
 from __future__ import annotations
