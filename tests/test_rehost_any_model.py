@@ -494,3 +494,45 @@ def test_rehost_refuses_state_it_cannot_carry_before_writing(tmp_path):
                                            r"holds an array of Python objects"):
         _saved_model_rehosted(model, target)
     assert not target.exists()
+
+
+def _lambda_model():
+    """A Functional model with a Lambda whose function uses a module's name (``keras``):
+    its Keras config keeps the code, not the name, so the host cannot infer its shape."""
+    i = keras.Input((5,), name="feat")
+    h = L.Dense(3, name="d")(i)
+    joined = L.Lambda(lambda t: keras.ops.concatenate([t, keras.ops.tanh(t) * 2.0], axis=-1),
+                      name="join")(h)
+    return keras.Model(i, L.Dense(2, name="out")(joined))
+
+
+def test_lambda_travels_by_value_with_the_output_shape_the_source_graph_knew():
+    model = _lambda_model()
+    assert "Lambda layer 'join'" in rehost.eligibility.config_json(model)[1]
+    rebuilt = recipe.rebuild_model(recipe.describe_model(model))
+    join = rebuilt.get_layer("join")
+    assert isinstance(join, L.Lambda) and join._output_shape == (6,)
+    pairing.assign_values(rebuilt, pairing.variable_paths(model),
+                          [v.numpy() for v in model.variables])
+    x = _inputs()[4]
+    np.testing.assert_allclose(_np(rebuilt(x)), _np(model(x)), atol=1e-6)
+
+
+def test_functional_model_with_lambda_is_rehosted_and_runs_in_a_fresh_process(tmp_path,
+                                                                              fresh_process):
+    model = _lambda_model()
+    xs = _inputs()
+    if BACKEND == "torch":
+        path = tmp_path / "sm"
+        kexport.export_model(model, path, format="tf_saved_model", verbose=False)
+        outs = [fresh_process("saved_model_signature", str(path), "serving_default",
+                              {"feat": xs[n]})["out"] for n in BATCHES]
+    else:
+        path = tmp_path / "m.pt2"
+        kexport.export_model(model, path, format="torch", verbose=False)
+        (res,) = fresh_process("fresh_formats:torch_run",
+                               [(str(path), [[xs[n]] for n in BATCHES])])
+        outs = [got for (got,) in res["outputs"]]
+    for n, got in zip(BATCHES, outs, strict=True):
+        assert np.shape(got) == (n, 2)
+        np.testing.assert_allclose(got, _np(model(xs[n])), atol=1e-5, rtol=1e-5)

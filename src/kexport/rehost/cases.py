@@ -150,7 +150,7 @@ def report_on(cases: Mapping[str, list[LiveCase]], outputs: Mapping[str, Any], f
                                 inputs="given" if given else "generated")
     judged = []
     for name, entries in cases.items():
-        labels = [f"batch={e.batch}" for e in entries]
+        labels = [f"batch {e.batch}" for e in entries]
         for b, entry in enumerate(entries):
             prefix = f"out__{entry.key}__"
             got = [np.asarray(outputs[f"{prefix}{i}"])

@@ -36,6 +36,11 @@ def config_json(model: Any) -> tuple[str | None, str]:
     local = _unimportable(model)
     if local:
         return None, f"class {local[0]} cannot be imported by name in another process"
+    lambdas = [layer.name for layer in model._flatten_layers(include_self=True)
+               if isinstance(layer, keras.layers.Lambda)]
+    if lambdas:  # travels by value (kexport.rehost.recipe)
+        return None, (f"Lambda layer '{lambdas[0]}': a config keeps its function's code, "
+                      "not the names the function uses")
     try:
         return json.dumps(keras.saving.serialize_keras_object(model)), ""
     except Exception as e:

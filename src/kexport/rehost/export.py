@@ -63,11 +63,11 @@ def _policy_fields(work: Path) -> dict[str, Any]:
 
 def _refusal(report: VerificationReport, job: Job) -> str:
     """The message of a refused re-host: what differs, case by case and pooled."""
-    lines = [f"  endpoint '{c.endpoint}' {c.case}: output {c.output} max abs error "
+    lines = [f"  endpoint '{c.endpoint}' {c.case}: {c.output} max abs error "
              f"{c.max_abs:.3g} (shapes live {c.expected_shape} vs artifact "
              f"{c.received_shape})" + (f": {c.error}" if c.error else "")
              for c in report.failures]
-    lines += [f"  endpoint '{r['endpoint']}' output {r['output']}, pooled over the "
+    lines += [f"  endpoint '{r['endpoint']}' {r['output']}, pooled over the "
               f"batches: {'; '.join(r['failed'])}" for r in report.summary() if r["failed"]]
     rule = (f"the {report.quantization} thresholds" if report.quantization is not None
             else f"atol={report.atol}, rtol={report.rtol}")

@@ -144,6 +144,31 @@ def _from_config(config_json: str, classes: dict[str, type], scope: list[str]) -
             json.loads(config_json), custom_objects=classes, safe_mode=False)
 
 
+def _new_lambda(function: Any, output_shape: Any, mask: Any, arguments: Any, name: str,
+                dtype: str, scope: list[str]) -> Any:
+    """A ``Lambda`` layer again: its function by value (cloudpickle keeps the names it
+    uses, which a Keras config loses), its output shape as the source graph knew it."""
+    import keras
+
+    with _name_scopes(scope):
+        return keras.layers.Lambda(function, output_shape=output_shape, mask=mask,
+                                   arguments=arguments, name=name, dtype=dtype)
+
+
+def _output_shape(layer: Any) -> Any:
+    """A ``Lambda``'s ``output_shape`` (without the batch axis), the one it was given or
+    the one the source graph computed when it was called; ``None`` when neither is
+    known (called more than once, or never)."""
+    given = getattr(layer, "_output_shape", None)
+    if given is not None:
+        return given
+    shapes = [[tuple(t.shape)[1:] for t in node.outputs]
+              for node in getattr(layer, "_inbound_nodes", None) or []]
+    if len(shapes) != 1 or not shapes[0]:
+        return None
+    return shapes[0][0] if len(shapes[0]) == 1 else shapes[0]
+
+
 def _new_layer(cls: type, base: type, kwargs: dict[str, Any]) -> Any:
     layer = cls.__new__(cls)
     base.__init__(layer, **kwargs)
@@ -216,6 +241,10 @@ def _pickler_class() -> type:
         def _layer(self, layer: Any) -> Any:
             cls = type(layer)
             scope = _scope_of(getattr(layer, "path", "") or layer.name, 1)
+            if isinstance(layer, keras.layers.Lambda):
+                return (_new_lambda, (layer.function, _output_shape(layer), layer.mask,
+                                      layer.arguments, layer.name, layer.dtype_policy.name,
+                                      scope))
             if _is_keras_class(cls):
                 return (_from_config, _keras_config(layer, scope))
             base = _keras_base(cls)
@@ -254,7 +283,7 @@ def _keras_config(layer: Any, scope: list[str]) -> tuple[str, dict[str, Any], li
     import keras
 
     customs = [sub for sub in layer._flatten_layers(include_self=False)
-               if not _is_keras_class(type(sub))]
+               if not _is_keras_class(type(sub)) or isinstance(sub, keras.layers.Lambda)]
     tokens = {(type(sub).__name__, sub.name): f"kexport_by_value_{k}"
               for k, sub in enumerate(customs)}
     stubbed = [sub for sub in customs if "get_config" not in vars(sub)]
