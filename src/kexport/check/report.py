@@ -1,7 +1,9 @@
 """The report of a check: one :class:`OutputCheck` per endpoint, output and case.
 
-:class:`VerificationReport` is what :func:`kexport.verify` returns (and
-``kexport.VerificationReport``): it prints as a table, has ``.ok``, converts
+:class:`VerificationReport` is what every check returns, through the one
+verdict (:func:`kexport.check.verdict.verdict`): :func:`kexport.verify` (and
+``kexport.VerificationReport``), the re-host check, the ONNX acceptance. It
+prints as a table, has ``.ok``, converts
 to and from JSON (what is stored inside an artifact, without local paths).
 
 Every float output also carries its :class:`~kexport.check.compare.Quality`
