@@ -40,11 +40,12 @@ from kexport.check.tolerance import (
     thresholds_for,
     tolerances_for,
 )
-from kexport.check.verdict import Case, verdict
 from kexport.check.worker import Worker
 
-__all__ = ["CASE_SIZES", "QUANTIZED", "TOLERANCES", "Case", "OutputCheck", "Quality",
-           "Thresholds", "VerificationReport", "Worker", "compare", "default_tolerances",
-           "dynamic_size", "elementwise", "flat_numpy", "is_scores", "judge", "live_reference",
+# (kexport.check.verdict is the module of the one verdict, not re-exported here so
+# that the name stays the module's)
+__all__ = ["CASE_SIZES", "QUANTIZED", "TOLERANCES", "OutputCheck", "Quality", "Thresholds",
+           "VerificationReport", "Worker", "compare", "default_tolerances", "dynamic_size",
+           "elementwise", "flat_numpy", "is_scores", "judge", "live_reference",
            "missed_thresholds", "quality", "sample_inputs", "thresholds_for", "tolerance_for",
-           "tolerances_for", "verdict"]
+           "tolerances_for"]
