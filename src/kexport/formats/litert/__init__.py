@@ -54,7 +54,11 @@ from kexport.errors import (
     SignatureError,
     WriteError,
 )
-from kexport.formats.litert._lowering import concrete_signature, signature_function
+from kexport.formats.litert._lowering import (
+    concrete_signature,
+    recurrent_layers,
+    signature_function,
+)
 from kexport.formats.litert._options import LiteRTOptions, calibration_option, rehost_options
 from kexport.signature import flatten
 
@@ -199,6 +203,17 @@ def convert(archive: EndpointArchive, options: LiteRTOptions) -> bytes:
             raise
         except Exception as e:
             text = str(e)
+            recurrent = recurrent_layers(layers) if "TensorList" in text else []
+            if recurrent and not options.allow_flex:
+                raise CaptureError(
+                    "Step 3/3 (write, litert): expected recurrent layers over a time axis of "
+                    "static length, which kexport unrolls into builtin TFLite ops. Received "
+                    f"recurrent layer(s) {', '.join(recurrent)} over a dynamic time axis: "
+                    "their loop needs TensorList ops, which are not TFLite builtins. Next "
+                    "step: declare the length static (e.g. input_signature=[keras.InputSpec("
+                    "shape=(None, 20, 8))]; pad shorter sequences and mask them), or pass "
+                    "allow_flex=True (the Flex delegate runs the loop)."
+                ) from e
             if "Select TF ops" in text or "Flex" in text or "TensorList" in text \
                     or "XlaCallModule" in text or "not supported by" in text:
                 raise CaptureError(

@@ -14,9 +14,23 @@ from kexport.signature import flatten, pack_as
 if TYPE_CHECKING:
     from kexport.capture._base import TracedEndpoint
 
-__all__ = ["concrete_signature", "signature_function"]
+__all__ = ["concrete_signature", "recurrent_layers", "signature_function"]
 
 # -- peer-library workaround: recurrent layers and the TFLite converter -----------------------
+def recurrent_layers(layers: list[Any]) -> list[str]:
+    """``'name' (Class)`` of each Keras recurrent layer among ``layers``' sublayers."""
+    import keras
+
+    found: list[str] = []
+    for layer in layers:
+        for sub in layer._flatten_layers(include_self=True):
+            if isinstance(sub, keras.layers.RNN):
+                text = f"'{sub.name}' ({type(sub).__name__})"
+                if text not in found:
+                    found.append(text)
+    return found
+
+
 @contextlib.contextmanager
 def _rnn_unrolled(layers: list[Any]) -> Iterator[None]:
     """Trace Keras recurrent layers unrolled, so TFLite gets builtin ops.
