@@ -23,6 +23,7 @@ __all__ = [
     "ArtifactError",
     "CaptureError",
     "CaptureValueError",
+    "DynamicAxisError",
     "KexportError",
     "LayerMappingError",
     "LayoutError",
@@ -100,6 +101,20 @@ class LayerMappingError(QuantizationError, RouteRefused):
     TensorFlow keeps Keras name scopes); when none is left the caller gets this
     error, a :class:`QuantizationError` (a ``ValueError``), never an artifact
     that quantized the layers it was asked to keep in float."""
+
+
+class DynamicAxisError(RouteRefused):
+    """A captured program fixes an axis that the signature declares dynamic
+    (``torch.export`` specialised it to the sample's size): writing it would
+    declare a signature the program does not accept, so nothing is written.
+
+    Attributes:
+        axes: ``(input name, axis)`` of each specialised axis.
+    """
+
+    def __init__(self, message: str, axes: list[tuple[str, int]] | None = None) -> None:
+        super().__init__(message)
+        self.axes = list(axes or [])
 
 
 class WriteError(KexportError, OSError):

@@ -34,11 +34,9 @@ the variables); nothing of it stays on disk.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from kexport import _summary
@@ -47,7 +45,6 @@ from kexport.artifact import (
     LITERT_METADATA,
     Manifest,
 )
-from kexport.artifact.quantization import check_quantization
 from kexport.check import samples
 from kexport.check.calibration import calibration_batches
 from kexport.errors import (
@@ -55,11 +52,17 @@ from kexport.errors import (
     KexportError,
     QuantizationError,
     SignatureError,
-    SignatureTypeError,
     WriteError,
-    describe,
 )
-from kexport.signature import flat_names, flatten, normalize_for_model, pack_as
+from kexport.formats.litert._lowering import (
+    concrete_signature,
+    recurrent_layers,
+    signature_function,
+)
+from kexport.formats.litert._options import LiteRTOptions, calibration_option, rehost_options
+from kexport.signature import flatten
+
+_signature_function = signature_function  # the OpenVINO writer traces endpoints the same way
 
 if TYPE_CHECKING:
     from kexport.capture._base import TracedEndpoint
@@ -74,124 +77,6 @@ __all__ = [
 ]
 
 _PRECISION = {None: "float32", "float16": "float16", "dynamic_int8": "int8", "int8": "int8"}
-
-
-@dataclass(frozen=True)
-class LiteRTOptions:
-    """Converter options for the LiteRT writer (``write_out(options=...)``).
-
-    Attributes:
-        quantization: ``None`` (float32), ``"dynamic_int8"``, ``"float16"`` or
-            ``"int8"`` (full integer; needs ``calibration_data``).
-        representative_dataset: calibration batches for ``"int8"``: an
-            iterable (a list, a ``tf.data.Dataset``), or a callable returning
-            one, of batches; a batch is an array (single-input endpoints), a
-            list in the endpoint's flat input order, or a dict keyed by input
-            name. One array or dict is one batch. ``calibration_data=`` in
-            :func:`single_model_options` and :meth:`coerce` (the name every
-            format shares) lands here.
-        allow_flex: allow Select-TF (Flex) operators when builtin ones cannot
-            express the model.
-    """
-
-    quantization: str | None = None
-    representative_dataset: Callable[[], Iterable[Any]] | Iterable[Any] | None = None
-    allow_flex: bool = False
-
-    def __post_init__(self) -> None:
-        check_quantization("litert", self.quantization, self.representative_dataset)
-        if not isinstance(self.allow_flex, bool):
-            raise SignatureTypeError(
-                f"Expected `allow_flex` to be True or False. Received: {describe(self.allow_flex)}"
-            )
-
-    @classmethod
-    def coerce(cls, options: Any) -> LiteRTOptions:
-        """Accept ``None``, a :class:`LiteRTOptions` or a dict of its fields."""
-        if options is None:
-            return cls()
-        if isinstance(options, cls):
-            return options
-        if isinstance(options, Mapping):
-            options = dict(options)
-            unknown = sorted(set(options) - {"quantization", "calibration_data",
-                                             "representative_dataset", "allow_flex"})
-            if unknown:
-                raise SignatureError(
-                    "Expected LiteRT options among quantization, calibration_data, "
-                    f"allow_flex. Received unknown: {unknown}"
-                )
-            data = calibration_option(options)
-            return cls(options.get("quantization"), data, options.get("allow_flex", False))
-        raise SignatureError(
-            "Expected `options` to be a kexport.formats.litert.LiteRTOptions or a dict "
-            f"for format='litert'. Received: {describe(options)}"
-        )
-
-
-# -- peer-library workaround: recurrent layers and the TFLite converter -----------------------
-@contextlib.contextmanager
-def _rnn_unrolled(layers: list[Any]) -> Iterator[None]:
-    """Trace Keras recurrent layers unrolled, so TFLite gets builtin ops.
-
-    Workaround: Keras 3 on TensorFlow runs RNNs as a ``tf.while_loop`` over
-    ``TensorList`` ops; the TFLite converter can only lower those to builtin
-    ops when the list elements have a static shape, i.e. *not* with a dynamic
-    batch ("'tf.TensorListReserve' op requires element_shape to be static"),
-    and otherwise needs Select-TF (Flex) ops. Unrolling over the (static)
-    time axis computes the same thing with plain matmuls. The cuDNN path is
-    switched off too (``CudnnRNN`` has no TFLite form). Attributes are
-    restored on exit; layers whose time axis is dynamic fail to unroll, and
-    the caller then traces them as they are.
-    """
-    import keras
-
-    changed: list[tuple[Any, str, Any]] = []
-    for layer in layers:
-        for sub in layer._flatten_layers(include_self=True):
-            if isinstance(sub, keras.layers.RNN):
-                if not getattr(sub, "unroll", True):
-                    changed.append((sub, "unroll", sub.unroll))
-                    sub.unroll = True
-                if getattr(sub, "use_cudnn", False) not in (False, None):
-                    changed.append((sub, "use_cudnn", sub.use_cudnn))
-                    sub.use_cudnn = False
-    try:
-        yield
-    finally:
-        for obj, attr, value in reversed(changed):
-            setattr(obj, attr, value)
-
-
-def _signature_function(endpoint: TracedEndpoint, python_fn: Callable[..., Any]) -> Any:
-    """A flat ``tf.function``: named inputs in, outputs keyed by name out."""
-    import tensorflow as tf
-
-    flat = flatten(endpoint.signature)
-    specs = [tf.TensorSpec(s.shape, tf.as_dtype(s.dtype), name=n)
-             for s, n in zip(flat, endpoint.input_names, strict=True)]
-    structure = endpoint.signature
-    names = endpoint.output_names
-
-    @tf.function(input_signature=specs, autograph=False)
-    def signature(*flat_inputs: Any) -> dict[str, Any]:
-        args = pack_as(list(structure), list(flat_inputs))
-        outputs = python_fn(*args)
-        return dict(zip(names, tf.nest.flatten(outputs), strict=True))
-
-    return signature
-
-
-def _concrete_signature(endpoint: TracedEndpoint, layers: list[Any]) -> Any:
-    """Trace the endpoint for LiteRT: unrolled RNNs first, as captured otherwise."""
-    python_fn = getattr(endpoint.function, "python_function", None)
-    if python_fn is not None and layers:
-        try:
-            with _rnn_unrolled(layers):
-                return _signature_function(endpoint, python_fn).get_concrete_function()
-        except (ValueError, TypeError):
-            pass  # e.g. a dynamic time axis cannot be unrolled: trace as captured
-    return _signature_function(endpoint, endpoint.function).get_concrete_function()
 
 
 def _calibration(options: LiteRTOptions, endpoints: list[TracedEndpoint]) -> Callable[[], Any]:
@@ -299,7 +184,7 @@ def convert(archive: EndpointArchive, options: LiteRTOptions) -> bytes:
     root._kexport_all_variables = list(state["variables"])
     root._kexport_resources = list(state["resources"])
     try:
-        signatures = {e.name: _concrete_signature(e, layers) for e in endpoints}
+        signatures = {e.name: concrete_signature(e, layers) for e in endpoints}
     except KexportError:
         raise
     except Exception as e:
@@ -318,6 +203,17 @@ def convert(archive: EndpointArchive, options: LiteRTOptions) -> bytes:
             raise
         except Exception as e:
             text = str(e)
+            recurrent = recurrent_layers(layers) if "TensorList" in text else []
+            if recurrent and not options.allow_flex:
+                raise CaptureError(
+                    "Step 3/3 (write, litert): expected recurrent layers over a time axis of "
+                    "static length, which kexport unrolls into builtin TFLite ops. Received "
+                    f"recurrent layer(s) {', '.join(recurrent)} over a dynamic time axis: "
+                    "their loop needs TensorList ops, which are not TFLite builtins. Next "
+                    "step: declare the length static (e.g. input_signature=[keras.InputSpec("
+                    "shape=(None, 20, 8))]; pad shorter sequences and mask them), or pass "
+                    "allow_flex=True (the Flex delegate runs the loop)."
+                ) from e
             if "Select TF ops" in text or "Flex" in text or "TensorList" in text \
                     or "XlaCallModule" in text or "not supported by" in text:
                 raise CaptureError(
@@ -388,61 +284,3 @@ def single_model_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[
     converter = LiteRTOptions(options.pop("quantization", None), data,
                               options.pop("allow_flex", False))
     return options, {"options": converter}
-
-
-def rehost_options(model: Any, input_signature: Any, options: dict[str, Any]
-                   ) -> dict[str, Any]:
-    """What a re-host to LiteRT carries: converter options (``quantization``,
-    ``allow_flex``) travel to the child; a ``representative_dataset`` must then
-    be a list of arrays/lists/dicts. Float artifacts are compared with the
-    live model before they are placed; a quantized one is judged by its mode's
-    thresholds (``quantized``), a full-integer one on batches of its
-    calibration data."""
-    data = calibration_option(options)
-    check_quantization("litert", options.get("quantization"), data)
-    given = None
-    if data is not None:
-        signature = normalize_for_model(model, input_signature)
-        names = flat_names(signature)
-        options["representative_dataset"] = _plain_samples(data, flatten(signature), names)
-        # A full-integer artifact is only accurate on inputs like its calibration
-        # data: it is compared with the live model on those samples, batched.
-        given = _calibration_batches(options["representative_dataset"], names)
-    return {**options, "quantized": options.get("quantization"), "sample_inputs": given}
-
-
-def calibration_option(options: dict[str, Any]) -> Any:
-    """Pop ``calibration_data`` (or its former name ``representative_dataset``)
-    from ``options``; both at once is an error."""
-    data = options.pop("calibration_data", None)
-    alias = options.pop("representative_dataset", None)
-    if data is not None and alias is not None:
-        raise SignatureError(
-            "Expected `calibration_data` or its former name `representative_dataset`, "
-            "not both. Received both.")
-    return alias if data is None else data
-
-
-def _calibration_batches(samples: list[dict[str, Any]], names: list[str]
-                         ) -> list[list[Any]] | None:
-    """Two batches (of 2 and up to 64 samples) of calibration data, per flat input."""
-    import numpy as np
-
-    if len(samples) < 3:
-        return None
-    batches = []
-    for chunk in (samples[:2], samples[2:66]):
-        try:
-            batches.append([np.concatenate([np.asarray(s[n]) for s in chunk], axis=0)
-                            for n in names])
-        except (KeyError, ValueError):
-            return None  # ragged or unnamed samples: the child's check still runs
-    return batches
-
-
-def _plain_samples(data: Any, specs: list[Any], names: list[str]) -> list[dict[str, Any]]:
-    """Calibration batches as JSON-able dicts by input name (they travel to a child
-    process), read by the reader every format shares
-    (:func:`kexport.check.calibration.calibration_batches`)."""
-    batches = calibration_batches(data() if callable(data) else data, specs, names)
-    return [{k: v.tolist() for k, v in batch.items()} for batch in batches]

@@ -32,6 +32,7 @@ data are rebuilt on PyTorch and verified against the live ones).
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 from collections.abc import Callable
@@ -46,11 +47,21 @@ from kexport.capture.torch_export import symbolic_sizes
 from kexport.check import samples
 from kexport.errors import (
     CaptureError,
+    DynamicAxisError,
     KexportError,
     SignatureError,
     SignatureTypeError,
     UnsupportedRouteError,
 )
+from kexport.formats.torch_program._dynamic import (
+    _dynamic_shapes,
+    dynamic_shapes_for,
+    export_refined,
+    program_bounds,
+    refuse_specialised,
+    sample_sizes,
+)
+from kexport.formats.torch_program._rnn import scanned_rnn
 from kexport.signature import Spec, flatten, flatten_with_paths, map_structure, pack_as
 
 if TYPE_CHECKING:
@@ -61,11 +72,10 @@ __all__ = [
     "export_program",
     "export_refined",
     "program_bounds",
+    "sample_sizes",
     "single_model_options",
     "write_archive",
 ]
-
-_SAMPLE_SIZES = (3, 5, 7, 11, 13, 17)  # sample size per dynamic axis position (>= 2)
 
 
 def _identifier(name: str, taken: set[str]) -> str:
@@ -94,130 +104,6 @@ def _sample(spec: Spec, sizes: dict[str, int]) -> Any:
     kind = np.dtype(spec.dtype).kind
     value = rng.random(shape).astype(spec.dtype) if kind == "f" else np.zeros(shape, spec.dtype)
     return torch.from_numpy(np.ascontiguousarray(value))
-
-
-def sample_sizes(specs: list[Spec], sizes: tuple[int, ...] = _SAMPLE_SIZES) -> dict[str, int]:
-    """A trace size per symbol: distinct (so ``torch.export`` unifies nothing the
-    plan keeps apart), at least 2, within the symbol's bound."""
-    out: dict[str, int] = {}
-    for spec in specs:
-        for axis in spec.dynamic_axes:
-            name = spec.symbol(axis)
-            if name not in out:
-                size = sizes[min(len(out), len(sizes) - 1)]
-                bound = spec.bound(axis)
-                out[name] = size if bound is None else max(2, min(size, bound))
-    return out
-
-
-def dynamic_shapes_for(specs: list[Spec], **dim_options: Any) -> list[dict[int, Any] | None]:
-    """One ``{axis: torch.export.Dim}`` per flat input (``None`` without dynamic
-    axes): one ``Dim`` per symbol of the plan, bounded where the plan bounds it."""
-    import torch
-
-    dims: dict[str, Any] = {}
-    out: list[dict[int, Any] | None] = []
-    for spec in specs:
-        axes = {}
-        for axis in spec.dynamic_axes:
-            name = spec.symbol(axis)
-            if name not in dims:
-                options = dict(dim_options)
-                if spec.bound(axis) is not None:
-                    options["max"] = spec.bound(axis)
-                dims[name] = torch.export.Dim(name, **options)
-            axes[axis] = dims[name]
-        out.append(axes or None)
-    return out
-
-
-def _dynamic_shapes(signature: list[Any], params: list[str]) -> dict[str, Any]:
-    return dict(zip(params, dynamic_shapes_for(flatten(signature)), strict=True))
-
-
-def _in_chain(error: BaseException, text: str) -> list[BaseException]:
-    """The exceptions of ``error``'s cause/context chain whose message holds ``text``."""
-    out, seen = [], set()
-    cause: BaseException | None = error
-    while cause is not None and id(cause) not in seen:
-        seen.add(id(cause))
-        if text in str(cause):
-            out.append(cause)
-        cause = cause.__cause__ or cause.__context__
-    return out
-
-
-def _suggested(error: BaseException, dynamic_shapes: Any) -> Any | None:
-    """``dynamic_shapes`` with the fixes ``torch.export`` suggests in ``error``
-    applied, or ``None`` when it suggests none it can read back."""
-    from torch.export.dynamic_shapes import refine_dynamic_shapes_from_suggested_fixes
-
-    for cause in _in_chain(error, "Suggested fixes"):
-        try:
-            return refine_dynamic_shapes_from_suggested_fixes(str(cause), dynamic_shapes)
-        except Exception:  # not a message torch can read back: the next one, or give up
-            continue
-    return None
-
-
-def export_refined(export: Callable[[Any], Any], dynamic_shapes: Any, tries: int = 3, *,
-                   deferring: Callable[[Any], Any] | None = None) -> Any:
-    """``export(dynamic_shapes)``; when ``torch.export`` reports constraints the
-    model implies (``d1 <= 16``, ``d2 == d1``), retry with its suggested fixes
-    applied (``refine_dynamic_shapes_from_suggested_fixes``), at most ``tries``
-    times.
-
-    A constraint can be violated with no fix to suggest: a guard that a
-    ``Dim`` (a range, or a linear relation to another ``Dim``) cannot state,
-    such as ``1 % ((d1 - 1) // 2 + 1) != 0`` (the frame count after a
-    stride-2 convolution is not 1), which ``torch.export`` cannot prove over
-    the range even where it always holds. Then, where given, the export is
-    retried once as ``deferring(dynamic_shapes)``: ``torch.export`` with
-    ``prefer_deferred_runtime_asserts_over_guards=True``, which keeps such
-    guards as runtime assertions in the program (a size that fails one is
-    refused when the program runs, never computed wrongly) while the ranges
-    found stay range constraints (:func:`program_bounds`).
-    """
-    run, refined_times = export, 0
-    while True:
-        try:
-            return run(dynamic_shapes)
-        except Exception as e:
-            refined = _suggested(e, dynamic_shapes) if refined_times < tries else None
-            if refined is not None and refined != dynamic_shapes:
-                dynamic_shapes, refined_times = refined, refined_times + 1
-                continue
-            if deferring is not None and run is export and _in_chain(e, "Constraints violated"):
-                run = deferring
-                continue
-            raise
-
-
-def program_bounds(program: Any, specs: list[Spec]) -> dict[str, int]:
-    """The max that ``program``'s range constraints put on each symbol of ``specs``."""
-    inputs = [n for n in program.graph.nodes if n.op == "placeholder"]
-    user = [s.arg.name for s in program.graph_signature.input_specs
-            if s.kind.name == "USER_INPUT"]
-    by_name = {n.name: n for n in inputs}
-    out: dict[str, int] = {}
-    for spec, name in zip(specs, user, strict=False):
-        val = by_name[name].meta.get("val") if name in by_name else None
-        if val is None:
-            continue
-        for axis in spec.dynamic_axes:
-            dim = val.shape[axis]
-            expr = getattr(getattr(dim, "node", None), "expr", None)
-            found = program.range_constraints.get(expr) if expr is not None else None
-            upper = getattr(found, "upper", None)
-            if upper is None or getattr(upper, "is_finite", True) is False:
-                continue  # no max (int_oo)
-            try:
-                bound = int(upper)
-            except Exception:  # a symbolic upper we cannot read as a number
-                continue
-            if bound < 2**31 - 2:  # torch's "no max" is int_oo or a huge int
-                out[spec.symbol(axis)] = bound
-    return out
 
 
 def _flat_module(fn: Callable[..., Any], signature: list[Any], params: list[str],
@@ -251,10 +137,18 @@ def _flat_module(fn: Callable[..., Any], signature: list[Any], params: list[str]
 
 
 def export_program(fn: Callable[..., Any], signature: list[Any], input_names: list[str],
-                   layers: list[Any], name: str = DEFAULT_ENDPOINT) -> Any:
+                   layers: list[Any], name: str = DEFAULT_ENDPOINT, *,
+                   keep_dynamic: bool = False) -> Any:
     """Capture ``fn`` with ``torch.export`` over flat named inputs; return the program.
 
+    With ``keep_dynamic`` (the ``.pt2`` writer) Keras's recurrent loop is traced
+    as one ``torch.scan`` (:mod:`._rnn`), so the batch and time axes stay
+    dynamic, and an axis the trace still specialises is refused, never
+    declared dynamic (:func:`._dynamic.refuse_specialised`).
+
     Raises:
+        DynamicAxisError: with ``keep_dynamic``, when the program fixes an
+            axis the signature declares dynamic.
         CaptureError: when ``torch.export`` cannot capture ``fn`` (the message
             names the endpoint and the step).
     """
@@ -268,22 +162,44 @@ def export_program(fn: Callable[..., Any], signature: list[Any], input_names: li
     samples = tuple(_sample(s, sizes) for s in specs)
 
     def export(dynamic_shapes: dict[str, Any], defer: bool = False) -> Any:
-        with torch.no_grad(), symbolic_sizes():
+        rnn = scanned_rnn() if keep_dynamic else contextlib.nullcontext()
+        with torch.no_grad(), symbolic_sizes(), rnn:
             return torch.export.export(module, samples, dynamic_shapes=dynamic_shapes,
                                        strict=False,
                                        prefer_deferred_runtime_asserts_over_guards=defer)
 
     try:
-        return export_refined(export, _dynamic_shapes(signature, params),
-                              deferring=lambda shapes: export(shapes, defer=True))
+        program = export_refined(export, _dynamic_shapes(signature, params),
+                                 deferring=lambda shapes: export(shapes, defer=True),
+                                 keep_dynamic=keep_dynamic)
     except KexportError:
         raise
     except Exception as e:  # every capture failure becomes a typed error
+        if keep_dynamic and _specialised_in(e):
+            raise DynamicAxisError(
+                f"Expected a torch.export program of endpoint '{name}' whose dynamic axes "
+                "stay dynamic, as the signature declares them. Received: torch.export "
+                f"specialised them ({_specialised_in(e)}). Nothing was written. Next step: "
+                "declare those axes static in `input_signature` if one size is what you "
+                "serve, or export to another format.") from e
         raise CaptureError(
             f"Step 2/3 (capture, torch.export): endpoint '{name}' could not be exported: "
             f"{type(e).__name__}: {str(e).strip().splitlines()[0][:400]}. Next step: make "
             "the dynamic dimensions of `input_signature` static where the model needs them."
         ) from e
+    if keep_dynamic:
+        refuse_specialised(program, specs, list(input_names), name)
+    return program
+
+
+def _specialised_in(error: BaseException) -> str:
+    """The ``name = size`` fixes that ``torch.export`` suggests in ``error``: the
+    dynamic axes its trace pinned to the sample's size."""
+    import re
+
+    fixes = re.findall(r"^\s*(\w+) = (\d+)\s*$", str(error).split("Suggested fixes", 1)[-1],
+                       re.MULTILINE) if "Suggested fixes" in str(error) else []
+    return ", ".join(f"{name} = {size}" for name, size in fixes)
 
 
 def _program_output_specs(program: Any, specs: list[Spec]) -> list[Spec]:
@@ -371,7 +287,8 @@ def write_archive(archive: EndpointArchive, filepath: str | os.PathLike[str],
         )
     layers = list(archive.trackables()["tracked_layers"])
     single = os.fspath(filepath).endswith(TORCH_PROGRAM_SUFFIX) and len(archive.endpoints) == 1
-    programs = {e.name: export_program(e.function, e.signature, e.input_names, layers, e.name)
+    programs = {e.name: export_program(e.function, e.signature, e.input_names, layers, e.name,
+                                       keep_dynamic=True)
                 for e in archive.endpoints}
     for e in archive.endpoints:  # the bounds torch.export found go into the manifest
         e.signature = with_bounds(e.signature, program_bounds(programs[e.name],
