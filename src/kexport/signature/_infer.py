@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
 from kexport.errors import SignatureError, SignatureTypeError, describe
+from kexport.signature._first_call import refine_first_call
 from kexport.signature._spec import Spec, _dtype_name, _to_spec
 from kexport.signature._structure import _is_leaf, flatten_with_paths, map_structure, pack_as
 
@@ -102,11 +106,32 @@ def infer_model_signature(model: Any) -> list[Any]:
             "Expected a Functional/Sequential model with Inputs, a model called "
             "at least once, or an explicit `input_signature=`."
         )
-    dtype = _dtype_name(getattr(model, "input_dtype", None) or "float32")
-    specs = [_specs_from_shapes(shape, key.removesuffix("_shape"), dtype)
+    specs = [_specs_from_shapes(shape, key.removesuffix("_shape"), _boundary_dtype(model))
              for key, shape in shapes.items()]
     _check_call_arity(model, len(specs))
-    return specs
+    key = repr(shapes)
+    cached = _REFINED.get(model)
+    if cached is None or cached[0] != key:
+        cached = (key, refine_first_call(model, specs))
+        with contextlib.suppress(TypeError):  # not weakly referenceable: probed again
+            _REFINED[model] = cached
+    return copy.deepcopy(cached[1])
+
+
+#: the probed signature of a subclassed model, per model and recorded shapes (probing
+#: calls the model; every stage of one export asks for the same signature)
+_REFINED: weakref.WeakKeyDictionary[Any, tuple[str, list[Any]]] = weakref.WeakKeyDictionary()
+
+
+def _boundary_dtype(model: Any) -> str:
+    """The float dtype of a subclassed model's inputs: the dtype its variables are
+    stored in (``float32`` under ``mixed_bfloat16``: a client sends float32), else
+    the dtype its layers cast inputs to."""
+    policy = getattr(model, "dtype_policy", None)
+    stored = getattr(policy, "variable_dtype", None)
+    if stored and _dtype_name(stored).startswith("float"):
+        return _dtype_name(stored)
+    return _dtype_name(getattr(model, "input_dtype", None) or "float32")
 
 
 def _is_shape(value: Any) -> bool:

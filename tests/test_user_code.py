@@ -1,0 +1,101 @@
+"""Code users write, exported from every backend to every format (issue 29).
+
+Each model is defined inside its test, has no ``get_config`` and a ``call``
+without ``training``; the artifact is reloaded in a fresh process with the
+format's own runtime (``fresh_user_code.py``) and fed what a client sends.
+"""
+
+from __future__ import annotations
+
+import os
+
+import keras
+import numpy as np
+import pytest
+
+import kexport
+from conftest import native_formats
+
+BACKEND = os.environ.get("KERAS_BACKEND", "tensorflow")
+SUFFIX = {"tf_saved_model": "", "onnx": ".onnx", "litert": ".tflite", "openvino": ".xml",
+          "torch": ".pt2"}
+FORMATS = ["onnx", "tf_saved_model", "litert", "openvino", "torch"]
+
+
+def _export(model, tmp_path, format, **kwargs):
+    path = str(tmp_path / f"m{SUFFIX[format]}")
+    kexport.export_model(model, path, format=format, verbose=False, **kwargs)
+    return path
+
+
+def _text_model():
+    class TextModel(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.embed = keras.layers.Embedding(50, 8)
+            self.pool = keras.layers.GlobalAveragePooling1D()
+            self.head = keras.layers.Dense(3)
+
+        def call(self, ids):
+            return self.head(self.pool(self.embed(ids)))
+
+    model = TextModel()
+    model(np.array([[1, 2, 3, 4, 5]], "int32"))
+    return model
+
+
+def test_subclassed_ids_model_infers_int32_and_a_dynamic_length():
+    model = _text_model()
+    (spec,) = kexport.signature.infer_model_signature(model)
+    assert (spec.shape, spec.dtype) == ((None, None), "int32")
+
+
+def test_a_length_the_model_fixes_stays_static():
+    class Flat(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.embed = keras.layers.Embedding(50, 4)
+            self.flat = keras.layers.Flatten()
+            self.head = keras.layers.Dense(2)
+
+        def call(self, ids):
+            return self.head(self.flat(self.embed(ids)))
+
+    model = Flat()
+    model(np.array([[1, 2, 3, 4, 5]], "int32"))
+    (spec,) = kexport.signature.infer_model_signature(model)
+    assert (spec.shape, spec.dtype) == ((None, 5), "int32")
+
+
+def test_float_features_stay_float_with_their_width_fixed():
+    class Mlp(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.head = keras.layers.Dense(2)
+
+        def call(self, x):
+            return self.head(x)
+
+    model = Mlp()
+    model(np.ones((1, 6), "float32"))
+    (spec,) = kexport.signature.infer_model_signature(model)
+    assert (spec.shape, spec.dtype) == ((None, 6), "float32")
+
+
+@pytest.mark.parametrize("format", native_formats(FORMATS))
+def test_ids_model_takes_int32_ids_of_a_new_length(format, tmp_path, fresh_process):
+    model = _text_model()
+    path = _export(model, tmp_path, format)
+    ids = [np.random.default_rng(n).integers(0, 50, (n, 7)).astype("int32") for n in (3, 1)]
+    res = fresh_process("fresh_user_code:run", format, path, [{"input": x} for x in ids])
+    if format != "torch":
+        ((name, dtype, shape),) = res["inputs"]
+        assert name == "input" and dtype in ("int32", "tensor(int32)", "i32"), res["inputs"]
+        assert "5" not in shape, res["inputs"]  # the length is dynamic, not the first call's
+    for x, out in zip(ids, res["outputs"], strict=True):
+        (got,) = out.values()
+        want = keras.ops.convert_to_numpy(model(x))
+        assert got.shape == want.shape == (len(x), 3)
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+    (shown,) = kexport.load(path).endpoints["serve"].inputs
+    assert "int32" in str(shown) and "None" in str(shown), shown  # what `kexport inspect` prints
