@@ -99,3 +99,43 @@ def test_ids_model_takes_int32_ids_of_a_new_length(format, tmp_path, fresh_proce
         np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
     (shown,) = kexport.load(path).endpoints["serve"].inputs
     assert "int32" in str(shown) and "None" in str(shown), shown  # what `kexport inspect` prints
+
+
+@pytest.fixture
+def mixed_bfloat16():
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def _small_cnn():
+    inputs = keras.Input((12, 12, 3), name="image")
+    x = keras.layers.Conv2D(4, 3, activation="relu")(inputs)
+    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.MaxPooling2D()(x)
+    x = keras.layers.Flatten()(x)
+    return keras.Model(inputs, keras.layers.Dense(3, activation="softmax", name="probs")(x))
+
+
+@pytest.mark.parametrize("format", native_formats(FORMATS))
+def test_mixed_bfloat16_model_takes_and_gives_float32(format, tmp_path, fresh_process,
+                                                      mixed_bfloat16):
+    model = _small_cnn()
+    keras.mixed_precision.set_global_policy("float32")  # the artifact must not need it
+    assert model.layers[1].compute_dtype == "bfloat16"
+    path = _export(model, tmp_path, format, verify=True)  # checked with bf16's tolerance
+    images = [np.random.default_rng(n).standard_normal((n, 12, 12, 3)).astype("float32")
+              for n in (3, 1)]
+    res = fresh_process("fresh_user_code:run", format, path, [{"image": x} for x in images])
+    if format != "torch":
+        ((name, dtype, _),) = res["inputs"]
+        assert name == "image" and dtype in ("float32", "tensor(float)", "f32"), res["inputs"]
+    for x, out in zip(images, res["outputs"], strict=True):
+        (got,) = out.values()
+        want = keras.ops.convert_to_numpy(keras.ops.cast(model(x), "float32"))
+        assert got.dtype == np.float32 and got.shape == want.shape == (len(x), 3)
+        np.testing.assert_allclose(got, want, atol=5e-2, rtol=5e-2)
+        assert np.abs(got - want).max() > 0 or format == "tf_saved_model"  # f32 vs bf16
+

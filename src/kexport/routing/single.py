@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from kexport._dims import plan_signature
 from kexport._inference import inference_fn
 from kexport.artifact import DEFAULT_ENDPOINT
+from kexport.capture import precision
 from kexport.errors import RouteRefused
 from kexport.routing.archive import ExportArchive
 from kexport.routing.rehost import rehost_export
@@ -108,8 +109,9 @@ def export(routes: Sequence[Route], model: Any, filepath: str | os.PathLike[str]
     """
     for number, route in enumerate(routes, start=1):
         try:
-            route.export(model, filepath, verbose=verbose, input_signature=input_signature,
-                         **options)
+            with precision.for_format(model, route.format):  # float32 where bf16 is not run
+                route.export(model, filepath, verbose=verbose, input_signature=input_signature,
+                             **options)
             return
         except RouteRefused:
             if number == len(routes):
