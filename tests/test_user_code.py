@@ -139,3 +139,33 @@ def test_mixed_bfloat16_model_takes_and_gives_float32(format, tmp_path, fresh_pr
         np.testing.assert_allclose(got, want, atol=5e-2, rtol=5e-2)
         assert np.abs(got - want).max() > 0 or format == "tf_saved_model"  # f32 vs bf16
 
+
+def _head_model():
+    from keras import ops
+
+    class Head(keras.layers.Layer):  # what a classifier serves beside its probabilities
+        def call(self, logits):
+            return {"probs": ops.softmax(logits), "label": ops.argmax(logits, axis=-1),
+                    "top2": ops.top_k(logits, 2)[1], "positive": logits > 0.0}
+
+    inputs = keras.Input((6,), name="features")
+    logits = keras.layers.Dense(5, name="logits")(inputs)
+    return keras.Model(inputs, Head(name="head")(logits))
+
+
+@pytest.mark.parametrize("format", native_formats(FORMATS))
+def test_integer_and_boolean_outputs_are_exact(format, tmp_path, fresh_process):
+    model = _head_model()
+    path = _export(model, tmp_path, format, verify=True)
+    xs = [np.random.default_rng(n).standard_normal((n, 6)).astype("float32") for n in (4, 1)]
+    res = fresh_process("fresh_user_code:run", format, path, [{"features": x} for x in xs])
+    for x, out in zip(xs, res["outputs"], strict=True):
+        want = {k: keras.ops.convert_to_numpy(v) for k, v in model(x).items()}
+        if format == "torch":  # by position, in the flat (sorted) order
+            out = dict(zip(sorted(want), out.values(), strict=True))
+        assert sorted(out) == sorted(want)
+        for key in ("label", "top2", "positive"):
+            assert out[key].dtype == want[key].dtype, (key, out[key].dtype, want[key].dtype)
+            np.testing.assert_array_equal(out[key], want[key])
+        np.testing.assert_allclose(out["probs"], want["probs"], atol=1e-5, rtol=1e-5)
+    assert want["label"].dtype.kind == "i" and want["positive"].dtype == bool

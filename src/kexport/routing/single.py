@@ -20,6 +20,7 @@ from kexport._dims import plan_signature
 from kexport._inference import inference_fn
 from kexport.artifact import DEFAULT_ENDPOINT
 from kexport.capture import precision
+from kexport.capture.portable import portable_ops
 from kexport.errors import RouteRefused
 from kexport.routing.archive import ExportArchive
 from kexport.routing.rehost import rehost_export
@@ -109,7 +110,7 @@ def export(routes: Sequence[Route], model: Any, filepath: str | os.PathLike[str]
     """
     for number, route in enumerate(routes, start=1):
         try:
-            with precision.for_format(model, route.format):  # float32 where bf16 is not run
+            with precision.for_format(model, route.format), portable_ops():
                 route.export(model, filepath, verbose=verbose, input_signature=input_signature,
                              **options)
             return
