@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kexport.capture.endpoint import recipe_or_reason
+from kexport.capture.precision import at_boundary, mixed_compute_dtype
 from kexport.errors import CaptureError, CaptureValueError, SignatureError, SignatureTypeError
 from kexport.signature import (
     Spec,
@@ -298,7 +299,8 @@ class Capture:
                     "was called at least once. Received: input_signature=None"
                 )
             _check_positional(name, fn, signature)
-            function = self._trace(name, fn, signature, **kwargs)
+            mixed = any(mixed_compute_dtype(layer) for layer in discover_layers(fn))
+            function = self._trace(name, at_boundary(fn) if mixed else fn, signature, **kwargs)
             signature = self._refined.pop(name, signature)
         try:
             concrete = function.get_concrete_function()

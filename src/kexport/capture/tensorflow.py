@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from kexport.capture._base import Capture, is_tf_variable, tf_specs
+from kexport.capture._base import Capture, is_tf_variable, named_like, tf_specs
+from kexport.capture.portable import portable_ops
 from kexport.errors import SignatureTypeError
 from kexport.signature import flat_names
 
@@ -40,4 +41,10 @@ class TensorFlowCapture(Capture):
                 "`jax2tf_kwargs` only apply to the JAX backend."
             )
         specs = tf_specs(signature, flat_names(signature))
-        return tf.function(fn, input_signature=specs, autograph=False)
+
+        def portable(*args: Any) -> Any:  # every (re)trace lowers ops all formats hold
+            with portable_ops():
+                return fn(*args)
+
+        return tf.function(named_like(fn, len(specs), portable), input_signature=specs,
+                           autograph=False)

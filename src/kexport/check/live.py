@@ -14,11 +14,14 @@ __all__ = ["flat_numpy", "live_reference"]
 
 def flat_numpy(outputs: Any) -> list[Any]:
     """A live model's outputs (any nesting, any backend's tensors) as a flat list of
-    NumPy arrays, in kexport's canonical flat order (:func:`kexport.signature.flatten`)."""
+    NumPy arrays, in kexport's canonical flat order (:func:`kexport.signature.flatten`);
+    bfloat16 outputs as float32."""
     import keras
     import numpy as np
 
-    return [np.asarray(keras.ops.convert_to_numpy(o)) for o in flatten(outputs)]
+    arrays = [np.asarray(keras.ops.convert_to_numpy(o)) for o in flatten(outputs)]
+    # bfloat16 (a mixed-precision model) is no NumPy float: compared as the float it is
+    return [a.astype("float32") if a.dtype.name == "bfloat16" else a for a in arrays]
 
 
 def live_reference(model: Any, input_names: Sequence[str]

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 from kexport._dims import plan_signature
 from kexport._inference import inference_fn
 from kexport.artifact import DEFAULT_ENDPOINT
+from kexport.capture import precision
+from kexport.capture.portable import portable_ops
 from kexport.errors import RouteRefused
 from kexport.rehost import rehost_export
 from kexport.routing.archive import ExportArchive
@@ -108,8 +110,9 @@ def export(routes: Sequence[Route], model: Any, filepath: str | os.PathLike[str]
     """
     for number, route in enumerate(routes, start=1):
         try:
-            route.export(model, filepath, verbose=verbose, input_signature=input_signature,
-                         **options)
+            with precision.for_format(model, route.format), portable_ops():
+                route.export(model, filepath, verbose=verbose, input_signature=input_signature,
+                             **options)
             return
         except RouteRefused:
             if number == len(routes):
