@@ -10,7 +10,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e ".[all,dev,zoo]"
+.venv/bin/python -m pip install -q -e ".[all,dev,zoo,generate]"
 # keras_hub without its declared dependencies (see the `zoo` extra in pyproject.toml)
 .venv/bin/python -m pip install -q --no-deps "keras-hub==0.32.0"
 # TF-Serving's protos only (warm-up records of `kexport export --layout tf-serving`): the

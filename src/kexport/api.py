@@ -12,6 +12,7 @@ from kexport.artifact.quantization import check_quantization, supported_modes
 from kexport.check.policy import policy_for
 from kexport.check.samples import using
 from kexport.errors import SignatureError, SignatureTypeError, describe
+from kexport.generation.export import export_task
 from kexport.signature import normalize_for_model
 from kexport.verify import raise_if_failed
 from kexport.verify import verify as check
@@ -110,6 +111,9 @@ def export_model(model: Any, filepath: str | os.PathLike[str], format: str = "tf
     import keras
 
     _check_common(model, filepath, verbose)
+    if kwargs.get("task") is not None:  # prefill/decode with a cache: docs/generation.md
+        export_task(model, filepath, format, verbose=verbose, overwrite=overwrite, **kwargs)
+        return
     _check_quantization(format, kwargs)
     if kwargs.get("quantization_exclude") is not None:  # unknown layers: before any work
         resolve_layers(model, kwargs["quantization_exclude"])

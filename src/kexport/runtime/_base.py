@@ -19,6 +19,8 @@ from typing import Any, ClassVar
 
 from kexport.artifact import artifact_files
 from kexport.errors import SignatureError, describe
+from kexport.generation import GenerativeSpec
+from kexport.generation import generate as _generate
 
 __all__ = ["Artifact", "EndpointInfo", "TensorInfo", "feeds_for", "format_shape"]
 
@@ -215,6 +217,38 @@ class Artifact(abc.ABC):
         info = self._endpoint(endpoint)
         feeds = self._feeds(info, inputs)
         return self._run(info, feeds)
+
+    def generate(self, prompt_ids: Any, *, max_new_tokens: int = 16,
+                 stop_token_ids: Sequence[int] | None = None, sampler: str = "greedy",
+                 k: int = 5, seed: int | None = None) -> list[Any]:
+        """Generate token ids from prompts with the artifact's prefill/decode endpoints.
+
+        For artifacts exported with ``task="generate"``; greedy generation gives
+        ``lm.generate()``'s tokens (see docs/generation.md).
+
+        Args:
+            prompt_ids: one prompt (a list of token ids) or a list of prompts
+                of any lengths.
+            max_new_tokens: tokens generated after each prompt, at most.
+            stop_token_ids: ids that end a row (kept in its output).
+            sampler: ``"greedy"`` or ``"top_k"`` (``k`` candidates, ``seed``).
+
+        Returns:
+            One int32 array per prompt: the prompt followed by its new tokens.
+
+        Example:
+
+        ```python
+        rows = kexport.load("out/gpt2").generate([[5, 9, 2], [7]], max_new_tokens=8)
+        ```
+
+        Raises:
+            UnsupportedRouteError: the artifact has no generative endpoints.
+            SignatureError: prompts, ``max_new_tokens`` or ``sampler`` that do not fit.
+        """
+        spec = GenerativeSpec.of_metadata(self.metadata, os.fspath(self.path))
+        return _generate(spec, self.run, prompt_ids, max_new_tokens=max_new_tokens,
+                         stop_token_ids=stop_token_ids, sampler=sampler, k=k, seed=seed)
 
     def describe(self) -> dict[str, Any]:
         """A JSON-able summary: format, endpoints, files, metadata, report."""

@@ -104,7 +104,9 @@ class TorchProgramArtifact(Artifact):
         import numpy as np
         import torch
 
-        args = [torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in endpoint.input_names]
+        # np.ascontiguousarray makes a 0-d array 1-d: reshape keeps scalar inputs scalar
+        args = [torch.from_numpy(np.ascontiguousarray(feeds[n]).reshape(np.shape(feeds[n])))
+                for n in endpoint.input_names]
         with torch_compute():
             out = self._modules[endpoint.name](*args)
         leaves = list(out) if isinstance(out, (list, tuple)) else [out]

@@ -1,0 +1,204 @@
+"""``export_model(lm, path, format=..., task="generate")``: the generative form, checked by its tokens.
+
+One row per (backend, format) that writes the prefill/decode pair natively;
+any other cell is refused with the cells that work, never written as a
+forward pass. Every export is judged the way a user judges it: the artifact,
+reloaded in a fresh process through ``kexport.load(...).generate``, must give
+the same greedy tokens as ``lm.generate()`` for a batch of prompts of different
+lengths; the verdict is stored in the manifest before the artifact is placed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from kexport import _atomic, _numerics
+from kexport.artifact import Manifest
+from kexport.errors import (
+    SignatureError,
+    SignatureTypeError,
+    UnsupportedRouteError,
+    VerificationError,
+    describe,
+)
+from kexport.generation import saved_model, torch_program
+from kexport.generation.model import cache_geometry
+from kexport.generation.spec import MANIFEST_KEY, TASK, GenerativeSpec
+
+__all__ = ["WRITERS", "check_prompts", "export_generative", "keras_greedy", "writable_cells"]
+
+
+@dataclass(frozen=True)
+class _Writer:
+    module: ModuleType  # write(model, spec, folder), manifest_file(folder)
+
+
+#: (backend, format) -> the writer of the generative form in that cell.
+WRITERS: dict[tuple[str, str], _Writer] = {
+    ("tensorflow", "tf_saved_model"): _Writer(saved_model),
+    ("torch", "torch"): _Writer(torch_program),
+}
+
+
+def writable_cells() -> list[str]:
+    """``format from backend`` for every cell :data:`WRITERS` holds."""
+    return [f"format={f!r} from the {b} backend" for b, f in WRITERS]
+
+
+def check_prompts(vocab: int, lengths: tuple[int, ...] = (3, 6, 1), seed: int = 0
+                  ) -> list[list[int]]:
+    """Prompts of different lengths drawn over ``[1, vocab)`` for the token check."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return [rng.integers(1, vocab, size=n).tolist() for n in lengths]
+
+
+def keras_greedy(model: Any, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
+    """``model.generate()`` with a greedy sampler on right-padded prompts, cut to each
+    prompt plus ``max_new_tokens`` (the model's own sampler and compiled
+    generate function are put back afterwards)."""
+    import keras_hub
+    import numpy as np
+
+    total = max(len(p) for p in prompts) + max_new_tokens
+    ids = np.zeros((len(prompts), total), "int32")
+    mask = np.zeros((len(prompts), total), bool)
+    for i, p in enumerate(prompts):
+        ids[i, :len(p)], mask[i, :len(p)] = p, True
+    saved = model.sampler, model.generate_function
+    model.sampler, model.generate_function = keras_hub.samplers.GreedySampler(), None
+    try:
+        out = model.generate({"token_ids": ids, "padding_mask": mask}, stop_token_ids=None)
+    finally:
+        model.sampler, model.generate_function = saved
+    tokens = np.asarray(out["token_ids"])
+    return [tokens[i, :len(p) + max_new_tokens].tolist() for i, p in enumerate(prompts)]
+
+
+_CHILD = """
+import json, sys
+import kexport
+request = json.loads(sys.argv[2])
+artifact = kexport.load(sys.argv[1])
+rows = artifact.generate(request["prompts"], max_new_tokens=request["max_new_tokens"])
+print(json.dumps({"tokens": [r.tolist() for r in rows], "runtime": artifact.format}))
+"""
+
+
+def run_child(path: Path, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
+    """Greedy tokens of the artifact at ``path`` from ``kexport.load`` in a fresh process.
+
+    Raises:
+        VerificationError: when the child fails.
+    """
+    request = json.dumps({"prompts": prompts, "max_new_tokens": max_new_tokens})
+    done = subprocess.run([sys.executable, "-c", _CHILD, os.fspath(path), request],
+                          capture_output=True, text=True, env=_numerics.child_env(os.environ),
+                          timeout=1800)
+    if done.returncode != 0:
+        tail = done.stderr.strip().splitlines()[-3:]
+        raise VerificationError(
+            f"task={TASK!r}: the artifact could not generate in a fresh process: "
+            + " | ".join(tail))
+    return json.loads(done.stdout.strip().splitlines()[-1])["tokens"]
+
+
+def _verdict(model: Any, path: Path, spec: GenerativeSpec, max_new_tokens: int) -> dict[str, Any]:
+    prompts = check_prompts(spec.cache.vocab_size)
+    want = keras_greedy(model, prompts, max_new_tokens)
+    got = run_child(path, prompts, max_new_tokens)
+    rows = [{"prompt_length": len(p), "equal": w == g,
+             "first_difference": next((j for j, (a, b) in enumerate(zip(w, g, strict=False))
+                                       if a != b), None)}
+            for p, w, g in zip(prompts, want, got, strict=True)]
+    verdict = {"check": "greedy tokens of kexport.load(...).generate in a fresh process "
+                        "against lm.generate()",
+               "max_new_tokens": max_new_tokens, "rows": rows,
+               "passed": all(r["equal"] for r in rows)}
+    if not verdict["passed"]:
+        raise VerificationError(
+            f"task={TASK!r}: the artifact's greedy tokens differ from lm.generate(): "
+            f"{[r for r in rows if not r['equal']]}. Nothing was written.")
+    return verdict
+
+
+def export_generative(model: Any, filepath: str | os.PathLike[str], *, format: str,
+                      verbose: bool | None = None, overwrite: bool = False,
+                      max_new_tokens: int = 8,
+                      printer: Callable[[str], None] = print) -> GenerativeSpec:
+    """Write ``model``'s prefill/decode endpoints with an explicit cache to ``filepath``.
+
+    Args:
+        model: a keras_hub ``CausalLM`` (see :data:`kexport.generation.model.CAN`).
+        filepath: where the artifact goes (a folder).
+        format: ``"tf_saved_model"`` (TensorFlow backend) or ``"torch"`` (PyTorch).
+        verbose: ``False`` prints nothing.
+        overwrite: replace data at ``filepath`` that is not a kexport artifact.
+        max_new_tokens: tokens generated per prompt by the token check.
+
+    Returns:
+        The :class:`GenerativeSpec` recorded in the artifact, with its verdict.
+
+    Raises:
+        UnsupportedRouteError: a model that cannot generate with a cache, or a
+            (backend, format) cell without a generative writer (the message
+            names those that have one).
+        VerificationError: the artifact's greedy tokens differ from Keras's;
+            nothing is written.
+        TargetExistsError, WriteError: as every export.
+    """
+    import keras
+
+    backend = keras.backend.backend()
+    writer = WRITERS.get((backend, format))
+    if writer is None:
+        raise UnsupportedRouteError(
+            f"task={TASK!r} writes {', '.join(writable_cells())}. Received: "
+            f"format={format!r} from the {backend} backend.")
+    _atomic.check_destination(filepath, overwrite)
+    spec = GenerativeSpec(cache=cache_geometry(model), family=type(model).__name__)
+    entries = saved_model.endpoint_entries(spec)
+    manifest = Manifest(format=format, backend=backend, endpoints=entries,
+                        default_endpoint=spec.prefill, keras_version=keras.__version__)
+    with _atomic.atomic_target(filepath, is_dir=True, overwrite=overwrite) as tmp:
+        writer.module.write(model, spec, tmp)
+        target = writer.module.manifest_file(tmp)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(manifest.with_extras(**{MANIFEST_KEY: spec.to_json()}).dumps())
+        spec = replace(spec, verification=_verdict(model, tmp, spec, max_new_tokens))
+        target.write_text(manifest.with_extras(**{MANIFEST_KEY: spec.to_json()}).dumps())
+    if verbose is not False:
+        printer(f"kexport: wrote the generative form ({spec.prefill}/{spec.decode}, cache "
+                f"{list(spec.cache.shape(None, None))}) as {format} at '{os.fspath(filepath)}'; "
+                f"greedy tokens equal to lm.generate() for prompts of lengths "
+                f"{[r['prompt_length'] for r in spec.verification['rows']]}.")
+    return spec
+
+
+def export_task(model: Any, filepath: str | os.PathLike[str], format: str, task: Any, *,
+                verbose: bool | None = None, overwrite: bool = False,
+                **options: Any) -> GenerativeSpec:
+    """``export_model(..., task=...)``: the tasks other than the forward pass.
+
+    Raises:
+        SignatureError: an unknown ``task``.
+        SignatureTypeError: options the task does not take.
+    """
+    if task != TASK:
+        raise SignatureError(f"Expected `task` to be {TASK!r} (or omitted: the forward pass). "
+                             f"Received: task={describe(task)}")
+    unknown = sorted(set(options) - {"max_new_tokens"})
+    if unknown:
+        raise SignatureTypeError(f"Unexpected keyword arguments for task={TASK!r}: {unknown}. "
+                                 "Expected only: ['max_new_tokens'].")
+    return export_generative(model, filepath, format=format, verbose=verbose,
+                             overwrite=overwrite, **options)

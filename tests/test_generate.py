@@ -1,0 +1,158 @@
+"""``export_model(lm, path, task="generate")``: prefill/decode with a cache, token-exact with
+``lm.generate()`` (greedy) for a batch of prompts of different lengths, in a fresh process."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import kexport
+from conftest import BACKEND
+from kexport.errors import SignatureError, SignatureTypeError, UnsupportedRouteError
+
+VOCAB = 96
+#: the format each backend writes the generative form to natively
+FORMAT = {"tensorflow": "tf_saved_model", "torch": "torch"}.get(BACKEND)
+native = pytest.mark.skipif(FORMAT is None, reason=f"no generative writer on {BACKEND}")
+
+
+def _lm(family):
+    import keras_hub
+
+    if family == "gpt2":
+        backbone = keras_hub.models.GPT2Backbone(
+            vocabulary_size=VOCAB, num_layers=2, num_heads=2, hidden_dim=32,
+            intermediate_dim=64, max_sequence_length=48)
+        lm = keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=None)
+    else:
+        backbone = keras_hub.models.LlamaBackbone(
+            vocabulary_size=VOCAB, num_layers=2, num_query_heads=4, num_key_value_heads=2,
+            hidden_dim=32, intermediate_dim=64)
+        lm = keras_hub.models.LlamaCausalLM(backbone=backbone, preprocessor=None)
+    lm.compile(sampler="greedy")
+    return lm
+
+
+def _keras(lm, prompts, max_new_tokens, stop_token_ids=None):
+    """``lm.generate`` on right-padded prompts, each row cut where its padding mask ends
+    (its prompt plus ``max_new_tokens``, or up to its stop token)."""
+    total = max(len(p) for p in prompts) + max_new_tokens
+    ids = np.zeros((len(prompts), total), "int32")
+    mask = np.zeros((len(prompts), total), bool)
+    for i, p in enumerate(prompts):
+        ids[i, :len(p)], mask[i, :len(p)] = p, True
+    out = lm.generate({"token_ids": ids, "padding_mask": mask}, stop_token_ids=stop_token_ids)
+    tokens, kept = np.asarray(out["token_ids"]), np.asarray(out["padding_mask"])
+    return [tokens[i][kept[i]][:len(p) + max_new_tokens].tolist()
+            for i, p in enumerate(prompts)]
+
+
+@pytest.fixture(scope="module", params=["gpt2", "llama"])
+def exported(request, tmp_path_factory):
+    if FORMAT is None:
+        pytest.skip(f"no generative writer on {BACKEND}")
+    import keras
+
+    keras.utils.set_random_seed(7)
+    lm = _lm(request.param)
+    path = tmp_path_factory.mktemp(request.param) / "lm"
+    kexport.export_model(lm, path, format=FORMAT, task="generate", verbose=False)
+    return lm, str(path)
+
+
+@native
+def test_greedy_tokens_equal_keras_in_a_fresh_process(exported, fresh_process):
+    lm, path = exported
+    rng = np.random.default_rng(11)
+    prompts = [rng.integers(1, VOCAB, n).tolist() for n in (5, 2, 9, 3)]
+    want = _keras(lm, prompts, 7)
+    # a stop token Keras really produces in the first row, a few tokens in
+    stop = want[0][len(prompts[0]) + 2]
+    want_stopped = _keras(lm, prompts, 7, stop_token_ids=(stop,))
+    got = fresh_process("fresh_generate:generate", path, [
+        {"prompts": prompts, "max_new_tokens": 7},
+        {"prompts": prompts, "max_new_tokens": 7, "stop_token_ids": [stop]},
+        {"prompts": prompts[1], "max_new_tokens": 4}])
+    assert got["rows"][0] == want
+    assert got["rows"][1] == want_stopped
+    first = want[0].index(stop, len(prompts[0]))  # its first new occurrence ends the row
+    assert got["rows"][1][0] == want[0][:first + 1]
+    assert got["rows"][2] == [want[1][:len(prompts[1]) + 4]]
+    assert got["format"] == FORMAT and not got["keras_hub_imported"]
+    assert sorted(got["endpoints"]) == ["decode", "prefill"]
+
+
+@native
+def test_the_artifact_records_its_cache_and_the_verdict(exported):
+    _, path = exported
+    artifact = kexport.load(path)
+    spec = artifact.metadata["generation"]
+    head_dim = 16 if spec["family"] == "GPT2CausalLM" else 8
+    assert spec["cache"] == {"num_layers": 2, "kv_heads": 2, "head_dim": head_dim,
+                             "dtype": "float32", "vocab_size": VOCAB, "length_axis": 3,
+                             "context_length": 48 if head_dim == 16 else None}
+    verdict = spec["verification"]
+    assert verdict["passed"] and [r["prompt_length"] for r in verdict["rows"]] == [3, 6, 1]
+    assert all(r["equal"] for r in verdict["rows"])
+    decode = artifact.endpoints["decode"]
+    assert [t.name for t in decode.inputs] == ["token_ids", "cache", "cache_update_index"]
+    assert decode.inputs[1].shape == (None, 2, 2, None, 2, head_dim)
+    assert "/tmp" not in json.dumps(artifact.metadata)  # no local paths
+
+
+@native
+def test_decode_logits_follow_the_live_cached_call(exported):
+    """One decode step of the artifact against ``call_with_cache`` on the live model."""
+    from keras import ops
+
+    lm, path = exported
+    artifact = kexport.load(path)
+    tokens = np.array([[5, 7, 11, 2], [3, 3, 9, 1]], np.int32)
+    prefill = artifact.run("prefill", {"token_ids": tokens})
+    _, cache = lm._build_cache(tokens)
+    np.testing.assert_allclose(prefill["cache"], ops.convert_to_numpy(cache), atol=1e-5)
+    padded = np.pad(prefill["cache"], [(0, 0)] * 3 + [(0, 2), (0, 0), (0, 0)])
+    step = artifact.run("decode", {"token_ids": tokens[:, 3:], "cache": padded,
+                                   "cache_update_index": np.int32(3)})
+    logits, _, _ = lm.call_with_cache(tokens[:, 3:], ops.convert_to_tensor(padded), 3)
+    np.testing.assert_allclose(step["logits"], ops.convert_to_numpy(logits), atol=1e-5)
+
+
+def test_cells_without_a_generative_writer_name_those_with_one(tmp_path):
+    lm = _lm("gpt2")
+    with pytest.raises(UnsupportedRouteError,
+                       match=r"task='generate' writes format='tf_saved_model' from the "
+                             r"tensorflow backend, format='torch' from the torch backend\. "
+                             rf"Received: format='onnx' from the {BACKEND} backend"):
+        kexport.export_model(lm, tmp_path / "m", format="onnx", task="generate")
+    assert not (tmp_path / "m").exists()
+
+
+@native
+def test_a_forward_only_model_is_refused_not_exported_as_a_forward_pass(tmp_path):
+    import keras
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    with pytest.raises(UnsupportedRouteError, match="without call_with_cache"):
+        kexport.export_model(model, tmp_path / "m", format=FORMAT, task="generate")
+    assert not (tmp_path / "m").exists()
+
+
+def test_unknown_tasks_and_options_are_typed_errors(tmp_path):
+    lm = _lm("gpt2")
+    with pytest.raises(SignatureError, match=r"Expected `task` to be 'generate'.*'classify'"):
+        kexport.export_model(lm, tmp_path / "m", task="classify")
+    with pytest.raises(SignatureTypeError, match=r"Unexpected keyword arguments.*\['opset'\]"):
+        kexport.export_model(lm, tmp_path / "m", task="generate", opset=3)
+
+
+@pytest.mark.backends("tensorflow")
+def test_generate_on_a_forward_pass_artifact_says_how_to_get_one(tmp_path):
+    import keras
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    kexport.export_model(model, tmp_path / "m", verbose=False)
+    with pytest.raises(UnsupportedRouteError, match="task='generate'"):
+        kexport.load(tmp_path / "m").generate([[1, 2]])
