@@ -95,7 +95,9 @@ def _optimize(model: Any) -> None:
     )
 
     # one pass: a second found nothing more on the zoo and cost up to 5x the first
-    onnxscript.optimizer.optimize_ir(model, num_iterations=1, should_fold=_fold_weight_layout)
+    with compat.one_optimizer_at_a_time():  # its rewrite rules are not thread-safe
+        onnxscript.optimizer.optimize_ir(model, num_iterations=1,
+                                         should_fold=_fold_weight_layout)
     for p in (DeduplicateInitializersPass(), CommonSubexpressionEliminationPass(),
               RemoveUnusedNodesPass(), RemoveUnusedFunctionsPass(), RemoveUnusedOpsetsPass()):
         p(model)

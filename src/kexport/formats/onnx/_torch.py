@@ -22,7 +22,6 @@ from __future__ import annotations
 import io
 import os
 import traceback
-import warnings
 from typing import Any
 
 from kexport._inference import infer
@@ -37,7 +36,11 @@ from kexport.formats.onnx._graph import (
     _guess_layer,
     _step_error,
 )
-from kexport.formats.onnx.compat import cached_torchlib_registry, quiet_torchscript_log
+from kexport.formats.onnx.compat import (
+    cached_torchlib_registry,
+    quiet_torchscript_log,
+    tracer_warnings_to,
+)
 from kexport.formats.torch_program import dynamic_shapes_for, export_refined, sample_sizes
 from kexport.signature import Spec, flat_names, flatten, pack_as
 
@@ -109,14 +112,12 @@ class TracedTorch(Strategy):
         wrapper = endpoint_module(model, signature)
         doubts: list[str] = []
 
-        def note(message: Any, category: type, *args: Any, **kwargs: Any) -> None:
+        def note(message: Any, category: type) -> None:
             if issubclass(category, torch.jit.TracerWarning) and not _benign_trace_site():
                 doubts.append(str(message))
 
         try:
-            with warnings.catch_warnings(), torch.no_grad(), quiet_torchscript_log():
-                warnings.simplefilter("always")
-                warnings.showwarning = note
+            with tracer_warnings_to(note), torch.no_grad(), quiet_torchscript_log():
                 torch.onnx.export(wrapper, tuple(torch.as_tensor(a) for a in sample), buffer,
                                   dynamo=False, input_names=names, output_names=outs,
                                   dynamic_axes=dynamic_axes, opset_version=opset,
@@ -145,7 +146,8 @@ def _benign_trace_site() -> bool:
     """Whether the TracerWarning being raised comes from Keras's own ops."""
     for frame in reversed(traceback.extract_stack()):
         path = frame.filename.replace(os.sep, "/")
-        if "/torch/" in path or path.endswith(("/warnings.py", "/formats/onnx/_torch.py")):
+        if "/torch/" in path or path.endswith(("/warnings.py", "/formats/onnx/_torch.py",
+                                                         "/compat/torch_onnx.py")):
             continue
         return "/keras/src/" in path and frame.name not in _CONTROL_FLOW
     return False
