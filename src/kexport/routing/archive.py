@@ -22,7 +22,7 @@ from kexport.capture._base import TracedEndpoint, is_tf_variable
 from kexport.check.policy import flat_sample_data
 from kexport.check.samples import SamplePolicy, using
 from kexport.errors import SignatureError, SignatureTypeError, describe
-from kexport.routing.archives import archive_host, archive_route, capture_for
+from kexport.routing.archives import archive_host, archive_route, capture_for, in_process_first
 from kexport.routing.rehost import write_archive_rehosted
 from kexport.signature import flatten, normalize
 
@@ -330,7 +330,8 @@ class ExportArchive:
             )
         host = archive_host(self.backend, format)
         if host is not None:  # written by re-hosting the archive onto another backend
-            writer = functools.partial(write_archive_rehosted, format=format, host=host)
+            writer = in_process_first(self.backend, format, writer, functools.partial(
+                write_archive_rehosted, format=format, host=host))
         with _atomic.overwrite_policy(overwrite), (
                 using(policy) if policy is not None else contextlib.nullcontext()):
             writer(self, filepath, options=options, verbose=verbose, **format_options)
