@@ -39,7 +39,7 @@ STEPS = ("capture", "finish", "checker", "ort check", "re-host")
 
 
 def _instrument(spent):
-    from kexport.formats.onnx import _accept, _export, _graph, _write
+    from kexport.formats.onnx import _accept, _convert, _graph, _write
     from kexport.routing import single
 
     def timed(step, fn):
@@ -54,7 +54,7 @@ def _instrument(spent):
 
     # every strategy of every backend is called through Strategy.__call__
     _graph.Strategy.__call__ = timed("capture", _graph.Strategy.__call__)
-    _export.finish = timed("finish", _export.finish)
+    _convert.finish = timed("finish", _convert.finish)
     _write._check = timed("checker", _write._check)
     _accept._compare = timed("ort check", _accept._compare)
     # every re-host route calls routing.single.rehost_export

@@ -128,7 +128,12 @@ def render() -> str:
         row = []
         for f in formats:
             host = routing.archive_host(b, f)
-            row.append("in process" if host is None else f"re-host → {host}")
+            if host is None:
+                row.append("in process")
+            elif b in routing.archive_route(f).native_first:
+                row.append(f"in process, else re-host → {host}")
+            else:
+                row.append(f"re-host → {host}")
         lines.append(f"| {b} | " + " | ".join(row) + " |")
     lines += ["", _REHOST.rstrip(), "", "## Formats", "", "| format | description | runtime needs |", "|---|---|---|"]
     for name, fmt in artifact.FORMATS.items():

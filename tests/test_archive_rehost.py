@@ -186,9 +186,10 @@ def test_jax_archive_written_as_onnx_matches_live_models(archive, tmp_path, fres
 
 
 # -- what cannot be re-hosted, and what verification catches ------------------------------------
+# (ONNX on JAX is written in process by jax2onnx first, extra computation included:
+# tests/test_onnx_jax_strategies.py)
 _HOSTED = {"tensorflow": [("torch", "torch")],
-           "jax": [("torch", "torch"), ("openvino", "tensorflow"),
-                   ("onnx", "tensorflow")]}.get(BACKEND, [])
+           "jax": [("torch", "torch"), ("openvino", "tensorflow")]}.get(BACKEND, [])
 
 
 @pytest.mark.backends("tensorflow", "jax")

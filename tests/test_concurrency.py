@@ -204,3 +204,85 @@ def test_folder_made_by_another_write_during_the_check_is_no_file(tmp_path, monk
     with _atomic.atomic_target(folder / "file.txt", is_dir=False) as tmp:
         Path(tmp).write_text("ok")
     assert (folder / "file.txt").read_text() == "ok"
+
+
+def _attention_model(seed: int) -> keras.Model:
+    """Attention (Einsum: the tf2onnx optimizer's workaround) and a grouped
+    convolution (Keras compiles it with XLA: the inlining workaround)."""
+    keras.utils.set_random_seed(seed)
+    tokens = keras.Input((6, 8), name="tokens")
+    h = keras.layers.MultiHeadAttention(2, 4, name="attention")(tokens, tokens)
+    h = keras.layers.Conv1D(4, 3, groups=2, padding="same", name="grouped")(h)
+    return keras.Model(tokens, keras.layers.Dense(3, name="head")(h))
+
+
+def _tf2onnx_patched_attributes() -> dict[str, tuple[object, str]]:
+    import tf2onnx.graph
+    from keras.src.backend.tensorflow import nn
+    from tf2onnx.optimizer import einsum_optimizer
+
+    return {"tf2onnx.graph.np": (tf2onnx.graph, "np"),
+            "einsum_optimizer.optimize_einsum": (einsum_optimizer, "optimize_einsum"),
+            "keras nn.tf": (nn, "tf")}
+
+
+@pytest.mark.backends("tensorflow")
+def test_two_tf2onnx_exports_in_threads_both_verify_and_restore_the_patches(
+        tmp_path, monkeypatch):
+    """Two TensorFlow -> ONNX exports convert at the same time, and the first to
+    enter kexport's tf2onnx workarounds is the first to leave them (the order
+    in which per-caller save/restore leaves a replacement installed for good;
+    the test forces it). Each artifact verifies against its own live model in
+    a fresh ONNX Runtime process, and afterwards every attribute the tf2onnx
+    workarounds replace holds its shipped value."""
+    import numpy
+    import tf2onnx
+
+    from kexport.formats.onnx import compat
+
+    attributes = _tf2onnx_patched_attributes()
+    shipped = {k: vars(owner)[name] for k, (owner, name) in attributes.items()}
+    models = [_attention_model(seed) for seed in (1, 2)]
+    first_inside, second_inside, first_out = (threading.Event() for _ in range(3))
+    role = threading.local()
+    replaced_inside: dict[str, set[str]] = {}
+    convert = tf2onnx.convert.from_function
+    after = compat.captured_inputs_to_initializers  # called once the patches are left
+
+    def from_function(*args, **kwargs):
+        (first_inside if role.name == "first" else second_inside).set()
+        if role.name == "first":
+            assert second_inside.wait(120)  # both inside the patches now
+        replaced_inside[role.name] = {k for k, (owner, name) in attributes.items()
+                                      if vars(owner)[name] is not shipped[k]}
+        result = convert(*args, **kwargs)
+        if role.name == "second":
+            assert first_out.wait(120)  # the first has left the patches
+        return result
+
+    def left_patches(*args, **kwargs):
+        after(*args, **kwargs)
+        if role.name == "first":
+            first_out.set()
+
+    monkeypatch.setattr(tf2onnx.convert, "from_function", from_function)
+    monkeypatch.setattr(compat, "captured_inputs_to_initializers", left_patches)
+    paths = [tmp_path / f"m{i}.onnx" for i in range(2)]
+
+    def job(i: int) -> None:
+        role.name = ("first", "second")[i]
+        if i == 1:
+            assert first_inside.wait(120)
+        kexport.export_model(models[i], str(paths[i]), format="onnx", verbose=False)
+
+    with ThreadPoolExecutor(2) as pool:
+        for f in [pool.submit(job, i) for i in range(2)]:
+            f.result(timeout=600)
+    monkeypatch.undo()
+    patched = {k for k in attributes if k != "tf2onnx.graph.np" or not hasattr(numpy, "product")}
+    assert replaced_inside == {"first": patched, "second": patched}
+    assert {k: vars(owner)[name] for k, (owner, name) in attributes.items()} == shipped
+    for model, path in zip(models, paths, strict=True):
+        report = kexport.verify(model, path, store=False)
+        assert report.ok, report
+    assert paths[0].read_bytes() != paths[1].read_bytes()  # each holds its own weights

@@ -56,13 +56,14 @@ def test_recurrent_model_goes_to_rehost_for_the_lstm_op(tmp_path, fresh_process)
 
 def test_jax2onnx_refusals_are_not_traceable():
     from kexport.formats.onnx._accept import NotTraceable
+    from kexport.formats.onnx._graph import Source
     from kexport.formats.onnx._jax import Jax2Onnx
 
     model = onnx_models.bilstm()
     with pytest.raises(NotTraceable, match="jax2onnx: NotImplementedError: Reverse scan"):
-        Jax2Onnx().capture(model, normalize_for_model(model, None), 18)
+        Jax2Onnx().capture(Source.of(model, normalize_for_model(model, None)), 18)
     model = onnx_models.cnn()
-    raw = Jax2Onnx().capture(model, normalize_for_model(model, None), 18)
+    raw = Jax2Onnx().capture(Source.of(model, normalize_for_model(model, None)), 18)
     with pytest.raises(NotTraceable, match=r"ONNX Runtime: .*MaxPool"):
         raw.accept(ir.to_proto(raw.model).SerializeToString())
 
@@ -129,3 +130,79 @@ def test_verbose_export_says_why_the_fast_graph_was_not_used(tmp_path, capsys):
     assert "MaxPool" in out
     assert "kexport: trying the next route: re-host on tensorflow (child process) -> tf2onnx" in out
     assert sys.prefix not in out and "site-packages" not in out
+
+
+# -- one ONNX path: export_model and ExportArchive ------------------------------------------------
+def _ops(path):
+    import collections
+
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False)
+    meta = {p.key: p.value for p in graph.metadata_props}
+    return collections.Counter(n.op_type for n in graph.graph.node), meta["kexport.route"]
+
+
+def test_export_model_and_a_one_endpoint_archive_give_the_same_graph(tmp_path):
+    """The same strategies (jax2onnx, checked by ONNX Runtime) and the same finishing
+    convert a model's default endpoint and an archive's endpoint: the same
+    operators; both artifacts verify against the live model in a fresh process."""
+    model = onnx_models.transformer()
+    single = tmp_path / "m.onnx"
+    kexport.export_model(model, str(single), format="onnx", verbose=False)
+    archive = kexport.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serve", lambda tokens: model(tokens, training=False),
+                         normalize_for_model(model, None))
+    folder = tmp_path / "archive"
+    archive.write_out(str(folder), format="onnx", verbose=False)
+    assert sorted(p.name for p in folder.iterdir()) == ["manifest.json", "serve.onnx",
+                                                        "weights.data"]
+    single_ops, single_route = _ops(single)
+    archive_ops, archive_route = _ops(folder / "serve.onnx")
+    assert single_route == "jax: jax2onnx (verified)"
+    assert archive_route == "jax: ExportArchive jax2onnx (verified)"
+    assert archive_ops == single_ops and sum(single_ops.values()) > 10
+    for path in (single, folder):
+        report = kexport.verify(model, path, store=False)
+        assert report.ok, report
+
+
+def test_archive_endpoint_jax2onnx_cannot_run_is_rehosted(tmp_path, fresh_process, capsys):
+    """A refusal of an archive's endpoint (ONNX Runtime cannot run jax2onnx's
+    MaxPool) re-hosts the whole archive on TensorFlow, as for one model."""
+    model = onnx_models.cnn()
+    archive = kexport.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serve", lambda x: model(x, training=False),
+                         normalize_for_model(model, None))
+    folder = tmp_path / "archive"
+    archive.write_out(str(folder), format="onnx")
+    out = capsys.readouterr().out
+    assert "kexport: not using the jax2onnx graph: ONNX Runtime:" in out
+    assert "kexport: re-hosting the archive (" in out
+    _, route = _ops(folder / "serve.onnx")
+    assert route.startswith("re-host on tensorflow"), route
+    assert kexport.verify(model, folder, store=False).ok
+
+
+def test_archive_endpoint_with_extra_computation_is_written_in_process(tmp_path, fresh_process):
+    """An endpoint a re-host cannot describe as data (it computes more than one
+    call) is no obstacle in process: jax2onnx converts the function itself."""
+    model = onnx_models.mlp()
+    spec = normalize_for_model(model, None)
+    archive = kexport.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("doubled", lambda x: model(x, training=False) * 2.0, spec)
+    assert archive.described_endpoints()["doubled"][0] == (
+        "it does more than return the result of one call")
+    folder = tmp_path / "archive"
+    archive.write_out(str(folder), format="onnx", verbose=False)
+    assert _ops(folder / "doubled.onnx")[1] == "jax: ExportArchive jax2onnx (verified)"
+    from kexport.signature import flat_names
+
+    name = flat_names(spec)[0]
+    x = np.random.default_rng(0).normal(size=(3, *flatten(spec)[0].shape[1:])).astype("float32")
+    got = fresh_process("fresh_onnx:run_many", {"d": (str(folder / "doubled.onnx"), [{name: x}])})
+    want = 2.0 * keras.ops.convert_to_numpy(model(x, training=False))
+    np.testing.assert_allclose(got["d"]["results"][0][0], want, rtol=1e-4, atol=2e-5)

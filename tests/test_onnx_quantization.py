@@ -341,13 +341,13 @@ def test_quantizing_writes_nothing_in_the_working_directory(tmp_path, monkeypatc
     tokens = np.random.default_rng(0).normal(size=(4, 6, 16)).astype("float32")
     model(tokens)
     dumps = []
-    original = compat._OnnxSavingRelativeInto._save_model
+    original = compat.ort_quantization._OnnxSavingRelativeInto._save_model
 
     def seen(self, proto, f, *args, **kwargs):
         dumps.append(str(f))
         return original(self, proto, f, *args, **kwargs)
 
-    monkeypatch.setattr(compat._OnnxSavingRelativeInto, "_save_model", seen)
+    monkeypatch.setattr(compat.ort_quantization._OnnxSavingRelativeInto, "_save_model", seen)
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     monkeypatch.chdir(cwd)

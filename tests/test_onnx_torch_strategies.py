@@ -53,12 +53,13 @@ def test_model_the_tracer_cannot_export_falls_back_to_torch_export(tmp_path, fre
 
 def test_traced_strategy_refuses_python_values_taken_in_user_code():
     from kexport.formats.onnx._accept import NotTraceable
+    from kexport.formats.onnx._graph import Source
     from kexport.formats.onnx._torch import TracedTorch
     from kexport.signature import normalize_for_model
 
     model = onnx_models.batch_scaled()
     with pytest.raises(NotTraceable, match="tracer warning: Converting a tensor to a Python"):
-        TracedTorch().capture(model, normalize_for_model(model, None), 18)
+        TracedTorch().capture(Source.of(model, normalize_for_model(model, None)), 18)
 
 
 def test_torchlib_registry_is_built_once_and_copied():

@@ -23,7 +23,12 @@ from kexport.check.policy import flat_sample_data
 from kexport.check.samples import SamplePolicy, using
 from kexport.errors import SignatureError, SignatureTypeError, describe
 from kexport.rehost import write_archive_rehosted
-from kexport.routing.archive_routes import archive_host, archive_route, capture_for
+from kexport.routing.archive_routes import (
+    archive_host,
+    archive_route,
+    capture_for,
+    in_process_first,
+)
 from kexport.signature import flatten, normalize
 
 __all__ = ["ExportArchive"]
@@ -330,7 +335,8 @@ class ExportArchive:
             )
         host = archive_host(self.backend, format)
         if host is not None:  # written by re-hosting the archive onto another backend
-            writer = functools.partial(write_archive_rehosted, format=format, host=host)
+            writer = in_process_first(self.backend, format, writer, functools.partial(
+                write_archive_rehosted, format=format, host=host))
         with _atomic.overwrite_policy(overwrite), (
                 using(policy) if policy is not None else contextlib.nullcontext()):
             writer(self, filepath, options=options, verbose=verbose, **format_options)

@@ -18,12 +18,12 @@ from kexport.artifact import format_info, missing_packages
 from kexport.capture import Capture
 from kexport.capture.jax import JaxCapture
 from kexport.capture.tensorflow import TensorFlowCapture
-from kexport.errors import UnsupportedRouteError
+from kexport.errors import RouteRefused, UnsupportedRouteError
 from kexport.formats import litert, onnx, openvino, saved_model, torch_program
 from kexport.rehost.capture import RehostCapture
 
 __all__ = ["ArchiveRoute", "CaptureRoute", "archive_host", "archive_route", "capture_for",
-           "capture_host", "captures"]
+           "capture_host", "captures", "in_process_first"]
 
 
 @dataclass(frozen=True)
@@ -42,11 +42,17 @@ class ArchiveRoute:
             backend's capture works in-process for other formats (e.g.
             ``.pt2`` programs from TensorFlow functions). See
             :func:`archive_host`.
+        native_first: backends of :attr:`rehost` whose archives ``writer``
+            tries in process first; when it raises
+            :class:`~kexport.errors.RouteRefused` (nothing written), the
+            archive is re-hosted (e.g. ONNX on JAX: ``jax2onnx``, as for one
+            model, else tf2onnx on TensorFlow). See :func:`in_process_first`.
     """
 
     writer: Callable[..., Any] = field(compare=False, repr=False)
     native_archives: tuple[str, ...] = ()
     rehost: tuple[tuple[str, str], ...] = ()
+    native_first: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -85,8 +91,9 @@ _ARCHIVE_ROUTES: dict[str, ArchiveRoute] = {
         rehost=(("jax", "tensorflow"),)),
     "onnx": ArchiveRoute(
         onnx.write_archive,
-        # tf2onnx cannot read the XlaCallModule (StableHLO) ops of jax2tf functions
-        rehost=(("jax", "tensorflow"),)),
+        # jax2onnx in process, as export_model; else re-hosted, as tf2onnx cannot
+        # read the XlaCallModule (StableHLO) ops of jax2tf functions
+        rehost=(("jax", "tensorflow"),), native_first=("jax",)),
 }
 
 _CAPTURES: dict[str, CaptureRoute] = {
@@ -138,6 +145,28 @@ def archive_host(backend: str, format: str) -> str | None:
     if backend in route.native_archives:
         return None
     return capture_host(backend)
+
+
+def in_process_first(backend: str, format: str, native: Callable[..., Any],
+                     rehosted: Callable[..., Any]) -> Callable[..., Any]:
+    """The writer of ``format`` archives on ``backend`` that :func:`archive_host`
+    re-hosts: ``rehosted``, or, where the format's route says
+    :attr:`ArchiveRoute.native_first`, ``native`` in process first and
+    ``rehosted`` when it refuses (:class:`~kexport.errors.RouteRefused`)."""
+    if backend not in archive_route(format).native_first:
+        return rehosted
+
+    def write(archive: Any, filepath: Any, options: Any | None = None, verbose: bool = True,
+              **format_options: Any) -> None:
+        try:
+            native(archive, filepath, options=options, verbose=verbose, **format_options)
+        except RouteRefused as refused:
+            if verbose:
+                first = next((line for line in str(refused).splitlines() if line.strip()), "")
+                print(f"kexport: re-hosting the archive ({first[:240]})")
+            rehosted(archive, filepath, options=options, verbose=verbose, **format_options)
+
+    return write
 
 
 def captures() -> dict[str, tuple[str, tuple[str, ...], str]]:

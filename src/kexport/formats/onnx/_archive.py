@@ -1,4 +1,13 @@
-"""``ExportArchive.write_out(path, format="onnx")``: one graph per endpoint, shared weights."""
+"""``ExportArchive.write_out(path, format="onnx")``: one graph per endpoint, shared weights.
+
+Each endpoint is converted as a single model's default endpoint is
+(:func:`kexport.formats.onnx._convert.convert`: the backend's strategies in
+order, then finished); the graphs are then quantized when asked and written
+into one folder sharing ``weights.data``. On JAX that is ``jax2onnx``, as for
+``export_model``; when a strategy refuses an endpoint,
+:class:`~kexport.errors.RouteRefused` lets ``ExportArchive`` re-host the
+archive on TensorFlow (:data:`kexport.routing.archives` ``native_first``).
+"""
 
 from __future__ import annotations
 
@@ -15,15 +24,17 @@ from kexport.check.calibration import (
     calibration_by_endpoint,
     calibration_rows,
 )
-from kexport.errors import SignatureError
+from kexport.errors import RouteRefused, SignatureError
 from kexport.formats.onnx import _io as _onnx_io
-from kexport.formats.onnx._finish import finish
-from kexport.formats.onnx._graph import ARCHIVE_WEIGHTS
+from kexport.formats.onnx._accept import NotTraceable
+from kexport.formats.onnx._convert import STRATEGIES, Finished, convert, proto_route
+from kexport.formats.onnx._export import in_process_problem
+from kexport.formats.onnx._graph import ARCHIVE_WEIGHTS, INLINE_LIMIT, Source
+from kexport.formats.onnx._io import initializer_bytes
 from kexport.formats.onnx._options import _check_opset
 from kexport.formats.onnx._quantize import Exclude, quantize_graph, toolchain
-from kexport.formats.onnx._tensorflow import TensorFlowGraph, _weight_bytes, tf_endpoint_to_onnx
+from kexport.formats.onnx._tensorflow import _weight_bytes
 from kexport.formats.onnx._write import _check
-from kexport.signature import flatten
 
 if TYPE_CHECKING:
     from kexport.formats._writer import EndpointArchive
@@ -70,6 +81,9 @@ def write_archive(archive: EndpointArchive, filepath: str | os.PathLike[str],
             record's ``excluded_layers``).
 
     Raises:
+        RouteRefused: no in-process strategy of the backend converts an
+            endpoint (``ExportArchive`` then re-hosts the archive, where its
+            route table says so).
         SignatureError: when ``options`` is given or ``opset_version`` is invalid.
         QuantizationError: an unsupported mode, or calibration data that does
             not fit an endpoint's inputs.
@@ -84,16 +98,21 @@ def write_archive(archive: EndpointArchive, filepath: str | os.PathLike[str],
     mode = check_quantization("onnx", quantization, calibration_data)
     tracked = list(archive.trackables()["tracked_layers"])
     names = check_exclude("onnx", mode, quantization_exclude)
-    exclude = Exclude(tracked, resolve_layers(tracked, names), TensorFlowGraph.naming,
-                      required=False) if names else None
+    layers = resolve_layers(tracked, names) if names else ()
     calibration = calibration_by_endpoint(archive.endpoints, calibration_data)
-    route = f"{archive.backend}: ExportArchive tf.function -> tf2onnx"
-    protos = []
-    for endpoint in archive.endpoints:
-        raw = tf_endpoint_to_onnx(endpoint, opset, route, endpoint.owner,
-                                  _weight_bytes(archive.trackables()["variables"]))
-        protos.append(finish(raw, opset=opset, backend=archive.backend, endpoint=endpoint.name,
-                             input_specs=flatten(endpoint.signature)))
+    for layer in tracked:  # as for one model: the route table's next route carries it
+        problem = in_process_problem(layer) if archive.backend in _REHOSTED_WHEN else ""
+        if problem:
+            raise RouteRefused(f"ONNX archive on the {archive.backend} backend: {problem}")
+    finished = [convert(source, STRATEGIES[archive.backend], opset=opset,
+                        backend=archive.backend, place=_checked_in_memory, layers=layers,
+                        verbose=verbose)
+                for source in _sources(archive, tracked)]
+    route = proto_route(finished[0].proto)
+    exclude = Exclude(tracked, layers, finished[0].strategy.naming,
+                      required=False) if layers else None
+    protos = [f.proto for f in finished]
+    del finished
     if exclude is not None:  # each layer in some endpoint's graph, before quantizing
         _each_layer_found(exclude, protos, route)
     floats, protos = protos, []
@@ -116,10 +135,42 @@ def write_archive(archive: EndpointArchive, filepath: str | os.PathLike[str],
         for endpoint, proto in zip(archive.endpoints, protos, strict=False):
             graph_path = tmp / f"{endpoint.name}.onnx"
             graph_path.write_bytes(proto.SerializeToString())
-            _check(os.fspath(graph_path), route)
+            _check(os.fspath(graph_path), proto_route(proto))
         (tmp / ONNX_ARCHIVE_MANIFEST).write_text(manifest.dumps())
     if verbose:
         _summary.print_summary("onnx", archive.endpoints, filepath)
+
+
+#: Backends whose ONNX archives, like their single models, go to the route
+#: table's next route (a re-host) when :func:`in_process_problem` says so.
+_REHOSTED_WHEN = ("jax", "torch")
+
+
+def _sources(archive: EndpointArchive, tracked: list[Any]) -> list[Source]:
+    """Each endpoint of ``archive`` as the strategies read it: its live function
+    (jax2onnx), the ``tf.function`` the capture traced (tf2onnx), the Keras
+    variables of the tracked layers (the live reference)."""
+    variables: list[Any] = []
+    for layer in tracked:
+        variables += [v for v in layer.variables if all(v is not k for k in variables)]
+    trainable = [v for v in variables if v.trainable]
+    frozen = [v for v in variables if not v.trainable]
+    live = archive.described_endpoints()
+    weight_bytes = _weight_bytes(archive.trackables()["variables"])
+    return [Source(e.name, live[e.name][1] if e.name in live else e.function,
+                   list(e.signature), e.owner, (trainable, frozen), traced=e,
+                   in_archive=True, weight_bytes=weight_bytes)
+            for e in archive.endpoints]
+
+
+def _checked_in_memory(finished: Finished) -> Finished:
+    """An archive's graph kept for the folder, once a fast strategy's check accepted it
+    (the serialized float graph: the folder shares its weights afterwards)."""
+    if finished.accept is not None:
+        if initializer_bytes([finished.proto]) > INLINE_LIMIT:
+            raise NotTraceable("the graph is too large to check in memory")
+        finished.accept(finished.proto.SerializeToString())
+    return finished
 
 
 def _each_layer_found(exclude: Exclude, protos: list[Any], route: str) -> None:

@@ -1,10 +1,11 @@
-"""One model to one ONNX file: each backend's in-process strategies, tried in order.
+"""One model to one ONNX file: an archive of one default endpoint, written as a file.
 
-:data:`STRATEGIES` is the one place that orders them. The first strategy
-whose graph is accepted (captured, finished and, for a fast converter,
-reproduced by ONNX Runtime) is written; a refusal
-(:class:`~kexport.formats.onnx._accept.NotTraceable`) is reported in one line
-and the next strategy runs; when the last one refuses,
+The model's default endpoint (``model(..., training=False)``,
+:meth:`~kexport.formats.onnx._graph.Source.of`) goes through the conversion
+every ONNX export shares (:func:`kexport.formats.onnx._convert.convert`: the
+backend's strategies tried in order, the first graph accepted is finished);
+here it is quantized when asked and written to one ``.onnx`` file (weights
+beside it above ``external_data_threshold``). When every strategy refuses,
 :class:`~kexport.errors.RouteRefused` lets the route table run the cell's next
 route (on PyTorch and JAX: a re-host on TensorFlow in a child process, whose
 options :func:`rehost_options` checks). Recurrent models go straight there
@@ -13,172 +14,56 @@ options :func:`rehost_options` checks). Recurrent models go straight there
 
 from __future__ import annotations
 
-import gc
-import json
 import os
-import re
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from kexport import _summary
 from kexport._dims import plan_signature
 from kexport._inference import inference_fn
-from kexport.artifact import DEFAULT_ENDPOINT
-from kexport.artifact.exclusion import check_naming, resolve_layers
-from kexport.capture.source import rehost_source
+from kexport.artifact.exclusion import resolve_layers
 from kexport.check.calibration import calibration_batches
-from kexport.errors import CaptureError, LayerMappingError, RouteRefused
-from kexport.formats.onnx._accept import NotTraceable
-from kexport.formats.onnx._finish import finish
-from kexport.formats.onnx._graph import Attempt, Strategy
-from kexport.formats.onnx._io import initializer_bytes
-from kexport.formats.onnx._jax import Jax2Onnx
+from kexport.formats.onnx._convert import STRATEGIES, Finished, convert, proto_route, without_paths
+from kexport.formats.onnx._graph import Source
 from kexport.formats.onnx._options import _pop_options, _refuse_lookup_layers
 from kexport.formats.onnx._quantize import Exclude, quantize_graph
-from kexport.formats.onnx._tensorflow import TensorFlowGraph
-from kexport.formats.onnx._torch import TorchExport, TracedTorch
 from kexport.formats.onnx._write import write_model
-from kexport.signature import Spec, flat_names, flatten, normalize_for_model
-
-if TYPE_CHECKING:
-    import onnx
+from kexport.signature import flat_names, flatten, normalize_for_model
 
 __all__ = ["REHOST_ROUTE", "STRATEGIES", "export_jax", "export_tensorflow", "export_torch",
            "in_process_problem", "rehost_options", "without_paths"]
 
-#: Each backend's in-process strategies, in the order they are tried.
-STRATEGIES: dict[str, tuple[Strategy, ...]] = {
-    "tensorflow": (TensorFlowGraph(),),
-    # the traced graph when ONNX Runtime confirms it, else torch.export
-    "torch": (TracedTorch(), TorchExport()),
-    "jax": (Jax2Onnx(),),
-}
 REHOST_ROUTE = "re-host on tensorflow (child process): tf.function -> tf2onnx"
 
 
 def _export(model: Any, filepath: str | os.PathLike[str], verbose: bool | None,
-            input_signature: Any, kwargs: dict[str, Any], backend: str,
-            strategies: Sequence[Strategy]) -> None:
-    """Capture, finish and write with the first of ``strategies`` whose graph is
-    accepted; a refusal moves on to the next one (and is raised from the last)."""
+            input_signature: Any, kwargs: dict[str, Any], backend: str) -> None:
+    """Convert the model's default endpoint with the backend's strategies, then
+    quantize (when asked) and write the first graph accepted."""
     say = print if verbose is None or verbose else None
     signature = plan_signature(inference_fn(model), normalize_for_model(model, input_signature),
                                say=say)
     opts = _pop_options(kwargs, backend)
+    calibration = None
     if opts["calibration_data"] is not None:  # checked against the inputs before any work
-        opts["calibration"] = calibration_batches(opts["calibration_data"], flatten(signature),
-                                                  flat_names(signature))
+        calibration = calibration_batches(opts["calibration_data"], flatten(signature),
+                                          flat_names(signature))
     layers = resolve_layers(model, opts["exclude"]) if opts["exclude"] else ()
-    for number, strategy in enumerate(strategies, start=1):
-        opts["excluded"] = Exclude(model, layers, strategy.naming) if layers else None
-        try:  # a graph that cannot say which nodes to keep is refused before converting
-            check_naming(layers, strategy.naming, strategy.route)
-            attempt = strategy(model, signature, opts["opset"])
-        except LayerMappingError as e:
-            attempt = Attempt(strategy, refused=e)
-        refused = attempt.refused
-        if attempt.graph is not None:
-            accept = attempt.graph.accept
-            try:
-                summary = _finish_and_write(attempt, signature, opts, backend, filepath)
-                break
-            except (NotTraceable, LayerMappingError) as e:
-                refused = e
-            finally:
-                if accept is not None and hasattr(accept, "close"):
-                    accept.close()  # no live reference call outlives its strategy
-        _say_not_used(verbose, strategy, refused)
-        if number == len(strategies):
-            if isinstance(refused, LayerMappingError):  # a refusal, and the user's error
-                raise refused
-            if isinstance(refused, CaptureError):  # the converter's own error, whole
-                raise RouteRefused(str(refused)) from refused
-            raise RouteRefused(f"Every in-process ONNX strategy of the {backend} backend "
-                               f"refused the model; the last: {without_paths(str(refused))}"
-                               ) from refused
+
+    def place(finished: Finished) -> Finished:
+        proto, accept = finished.proto, finished.accept
+        if opts["quantization"] is not None:
+            # the fast strategy's acceptance checks the float graph, then it is quantized
+            excluded = Exclude(model, layers, finished.strategy.naming) if layers else None
+            proto = quantize_graph(proto, opts["quantization"], calibration,
+                                   proto_route(proto), accept, excluded)
+            accept = None
+        write_model(proto, filepath, opts["threshold"], proto_route(proto), accept)
+        return finished
+
+    finished = convert(Source.of(model, signature), STRATEGIES[backend], opset=opts["opset"],
+                       backend=backend, place=place, layers=layers, verbose=verbose)
     if verbose is None or verbose:
-        _summary.print_summary("onnx", [summary], filepath)
-
-
-def _finish_and_write(attempt: Attempt, signature: list[Any], opts: dict[str, Any],
-                      backend: str, filepath: str | os.PathLike[str]) -> _SummaryEndpoint:
-    """Steps 3 and 4 for the graph ``attempt`` holds (taken out of it, so that the
-    converter's copy can be freed before writing)."""
-    raw, attempt.graph = attempt.graph, None
-    accept = raw.accept
-    source = rehost_source()
-    graph_backend = backend
-    if source is not None:  # writing in a re-host child: record where the model lives
-        raw.route = f"re-host on {backend} (child process): {raw.route.partition(': ')[2]}"
-        graph_backend = source
-    proto = finish(raw, opset=opts["opset"], backend=graph_backend,
-                   endpoint=DEFAULT_ENDPOINT, input_specs=flatten(signature))
-    del raw
-    _release_converter_copy(proto)
-    summary = _SummaryEndpoint.of(proto, signature)
-    if opts["quantization"] is not None:
-        # the fast strategy's acceptance checks the float graph, then it is quantized
-        proto = quantize_graph(proto, opts["quantization"], opts.get("calibration"),
-                               proto_route(proto), accept, opts.get("excluded"))
-        accept = None
-    write_model(proto, filepath, opts["threshold"], proto_route(proto), accept)
-    return summary
-
-
-_DIRECTORIES = re.compile(  # an absolute path's folders (not URLs, not relative paths)
-    r"(?<![\w.:/\\])(?:[A-Za-z]:)?(?:[\\/][^\s\\/'\"():,]+)+[\\/](?=[^\s\\/'\"():,]+)")
-
-
-def without_paths(text: str, limit: int = 240) -> str:
-    """``text``'s first line, each file path cut to its file name, at most
-    ``limit`` characters: peer libraries' messages quote their source files,
-    and kexport's output holds no local paths."""
-    line = next((part for part in str(text).splitlines() if part.strip()), "")
-    line = _DIRECTORIES.sub("", line)
-    return line if len(line) <= limit else line[:limit - 3] + "..."
-
-
-def _say_not_used(verbose: bool | None, strategy: Strategy, why: Exception) -> None:
-    """Tell the user why a strategy's graph was not kept (the export goes on)."""
-    if verbose is None or verbose:
-        print(f"kexport: not using {strategy.description}: {without_paths(str(why))}")
-
-
-_COLLECT_ABOVE = 64 << 20
-
-
-def _release_converter_copy(proto: onnx.ModelProto) -> None:
-    """Free the converter's copy of the weights now, not when the collector runs.
-
-    ``onnx_ir`` graphs are reference cycles (nodes, values and their graph),
-    so the converter's graph and the weights it holds would outlive
-    :func:`finish` until Python's cycle collector happened to run: one more
-    copy of the weights at the export's peak (PyTorch: 3.0x -> 2.2x the
-    weights, 256 MiB MLP). Collected only for large models, where it matters.
-    """
-    if initializer_bytes([proto]) >= _COLLECT_ABOVE:
-        gc.collect()
-
-
-def proto_route(proto: onnx.ModelProto) -> str:
-    """The route recorded in a finished graph's metadata."""
-    return next((p.value for p in proto.metadata_props if p.key == "kexport.route"), "?")
-
-
-@dataclass
-class _SummaryEndpoint:
-    name: str
-    signature: list[Any]
-    input_names: list[str]
-    output_specs: list[Spec]
-
-    @classmethod
-    def of(cls, proto: onnx.ModelProto, signature: list[Any]) -> _SummaryEndpoint:
-        meta = {p.key: p.value for p in proto.metadata_props}
-        outs = [Spec(tuple(o["shape"]), o["dtype"], o["name"])
-                for o in json.loads(meta["kexport.outputs"])]
-        return cls(meta["kexport.endpoint"], signature, [i.name for i in proto.graph.input], outs)
+        _summary.print_summary("onnx", [finished.summary], filepath)
 
 
 def export_tensorflow(model: Any, filepath: str | os.PathLike[str], *,
@@ -186,8 +71,7 @@ def export_tensorflow(model: Any, filepath: str | os.PathLike[str], *,
                       **kwargs: Any) -> None:
     """TensorFlow backend -> ONNX (``tf.function`` + ``tf2onnx``, in process)."""
     _refuse_lookup_layers(model, "tensorflow: tf.function -> tf2onnx")
-    _export(model, filepath, verbose, input_signature, kwargs, "tensorflow",
-            STRATEGIES["tensorflow"])
+    _export(model, filepath, verbose, input_signature, kwargs, "tensorflow")
 
 
 def rehost_options(model: Any, input_signature: Any, options: dict[str, Any]
@@ -235,7 +119,7 @@ def export_jax(model: Any, filepath: str | os.PathLike[str], *,
     ONNX Runtime).
     """
     _refuse_lookup_layers(model, "jax: jax2onnx")
-    _export(model, filepath, verbose, input_signature, kwargs, "jax", STRATEGIES["jax"])
+    _export(model, filepath, verbose, input_signature, kwargs, "jax")
 
 
 def export_torch(model: Any, filepath: str | os.PathLike[str], *,
@@ -253,7 +137,7 @@ def export_torch(model: Any, filepath: str | os.PathLike[str], *,
     time axis stays symbolic.
     """
     _refuse_lookup_layers(model, "torch: torch.export -> torch.onnx")
-    _export(model, filepath, verbose, input_signature, kwargs, "torch", STRATEGIES["torch"])
+    _export(model, filepath, verbose, input_signature, kwargs, "torch")
 
 
 def in_process_problem(model: Any) -> str:

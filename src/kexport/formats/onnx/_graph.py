@@ -12,13 +12,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from kexport._inference import inference_fn
+from kexport.artifact import DEFAULT_ENDPOINT
 from kexport.errors import CaptureError, KexportError
 from kexport.formats.onnx._accept import NotTraceable
 from kexport.signature import Spec
 
 __all__ = ["ARCHIVE_WEIGHTS",
            "DEFAULT_EXTERNAL_DATA_THRESHOLD", "DEFAULT_OPSET", "INLINE_LIMIT", "Attempt",
-           "RawGraph", "Strategy", "TORCH_ENDPOINT_ATTRIBUTE"]
+           "RawGraph", "Source", "Strategy", "TORCH_ENDPOINT_ATTRIBUTE"]
 
 DEFAULT_OPSET = 18
 """Opset used when ``opset_version`` is not given (ONNX Runtime >= 1.14 runs it)."""
@@ -34,6 +36,46 @@ ARCHIVE_WEIGHTS = "weights.data"
 #: The attribute holding the model in the ``torch.nn.Module`` both PyTorch
 #: strategies export: the first segment of their nodes' module paths.
 TORCH_ENDPOINT_ATTRIBUTE = "model"
+
+
+@dataclass(frozen=True)
+class Source:
+    """One endpoint to convert, as every strategy reads it.
+
+    A single-model export is one :meth:`of` the model (the default endpoint,
+    ``model(..., training=False)``); an ``ExportArchive`` gives one per
+    endpoint.
+
+    Attributes:
+        name: the endpoint's name.
+        call: the endpoint's function on structured inputs (the signature's
+            structure), in inference mode.
+        signature: one spec structure per positional argument of ``call``.
+        model: the Keras layer or model ``call`` runs (output names, layer
+            names in errors, large weights lifted); ``None`` when unknown.
+        variables: ``(trainable, non-trainable)`` Keras variables ``call`` reads
+            (a live reference runs it on their values, statelessly).
+        traced: the endpoint as the archive's capture traced it (a
+            ``tf.function``; the TensorFlow strategy converts it as it is).
+        in_archive: an ``ExportArchive``'s endpoint (recorded in the route).
+        weight_bytes: the bytes of every weight the endpoint can reach
+            (tf2onnx's large-model mode above 1 GiB).
+    """
+
+    name: str
+    call: Callable[..., Any]
+    signature: list[Any]
+    model: Any | None = None
+    variables: tuple[list[Any], list[Any]] = ([], [])
+    traced: Any | None = None
+    in_archive: bool = False
+    weight_bytes: int | None = None
+
+    @classmethod
+    def of(cls, model: Any, signature: list[Any], name: str = DEFAULT_ENDPOINT) -> Source:
+        """The default endpoint of ``model``: ``model(*inputs, training=False)``."""
+        return cls(name, inference_fn(model), signature, model,
+                   (list(model.trainable_variables), list(model.non_trainable_variables)))
 
 
 @dataclass
@@ -99,17 +141,24 @@ class Strategy(abc.ABC):
     naming: str | None = None
 
     @abc.abstractmethod
-    def capture(self, model: Any, signature: list[Any], opset: int) -> RawGraph:
-        """Convert ``model(..., training=False)`` on ``signature`` at ``opset``.
+    def capture(self, source: Source, opset: int) -> RawGraph:
+        """Convert the endpoint ``source`` at ``opset``.
 
         Raises:
-            NotTraceable: this strategy refuses the model.
+            NotTraceable: this strategy refuses the endpoint.
         """
 
-    def __call__(self, model: Any, signature: list[Any], opset: int) -> Attempt:
+    def route_for(self, source: Source) -> str:
+        """The route recorded for ``source``'s graph (an archive's says so)."""
+        if not source.in_archive:
+            return self.route
+        backend, _, how = self.route.partition(": ")
+        return f"{backend}: ExportArchive {how}"
+
+    def __call__(self, source: Source, opset: int) -> Attempt:
         """:meth:`capture`, with a refusal held in the result instead of raised."""
         try:
-            return Attempt(self, graph=self.capture(model, signature, opset))
+            return Attempt(self, graph=self.capture(source, opset))
         except (NotTraceable, CaptureError) as e:
             # a converter that fails on this model is a refusal too: the next
             # strategy, else the next route (re-host), may deliver

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from kexport._inference import infer, stateless_infer
+from kexport._inference import stateless_run
 from kexport.capture._base import output_names
 from kexport.formats.onnx._accept import Acceptance, NotTraceable, samples
-from kexport.formats.onnx._graph import RawGraph, Strategy
+from kexport.formats.onnx._graph import RawGraph, Source, Strategy
 from kexport.formats.onnx.compat import linear_output_binding
 from kexport.signature import Spec, flat_names, flatten, pack_as
 
@@ -30,33 +30,35 @@ class Jax2Onnx(Strategy):
     description = "the jax2onnx graph"
     route = "jax: jax2onnx (verified)"
 
-    def capture(self, model: Any, signature: list[Any], opset: int) -> RawGraph:
-        """Convert; refuses the model when jax2onnx is missing or fails."""
+    def capture(self, source: Source, opset: int) -> RawGraph:
+        """Convert; refuses the endpoint when jax2onnx is missing or fails."""
         import jax
         import keras
         import numpy as np
 
-        route = self.route
+        route = self.route_for(source)
         try:
             import jax2onnx
         except ImportError as e:  # the registry only offers this route when it imports
             raise NotTraceable("jax2onnx is not installed") from e
+        signature = source.signature
         specs = flatten(signature)
         names = flat_names(signature)
         structure = signature
+        call = source.call
 
         def fn(*flat: Any) -> tuple[Any, ...]:
-            return tuple(flatten(infer(model, *pack_as(list(structure), list(flat)))))
+            return tuple(flatten(call(*pack_as(list(structure), list(flat)))))
 
-        stateless = _live_function(model, structure)
+        trainable, frozen = source.variables
+        stateless = _live_function(call, trainable, frozen, structure)
 
         def live(flat: list[Any]) -> list[Any]:
-            out = stateless([v.value for v in model.trainable_variables],
-                            [v.value for v in model.non_trainable_variables], *flat)
+            out = stateless([v.value for v in trainable], [v.value for v in frozen], *flat)
             return [np.asarray(keras.ops.convert_to_numpy(o)) for o in out]
 
         first = jax.eval_shape(fn, *samples(specs, 2, 0, data=False))  # shapes only, nothing runs
-        outs = output_names(list(first), model)
+        outs = output_names(list(first), source.model)
         out_specs = [Spec((None, *tuple(o.shape)[1:]) if len(o.shape) else (), str(o.dtype), n)
                      for o, n in zip(first, outs, strict=False)]
         inputs = [jax.ShapeDtypeStruct(
@@ -75,8 +77,9 @@ class Jax2Onnx(Strategy):
 _REFERENCE_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
 
 
-def _live_function(model: Any, structure: list[Any]) -> Any:
-    """The model in inference mode on given variable values, compiled with :mod:`jax`, flat outputs.
+def _live_function(call: Any, trainable: list[Any], frozen: list[Any],
+                   structure: list[Any]) -> Any:
+    """The endpoint on given variable values, compiled with :mod:`jax`, flat outputs.
 
     One compilation per checked shape (not one per op, as eager calls would
     be on a cold process), with the variables as arguments: closed over, XLA
@@ -84,9 +87,9 @@ def _live_function(model: Any, structure: list[Any]) -> Any:
     """
     import jax
 
-    def stateless(trainable: Any, non_trainable: Any, *flat: Any) -> tuple[Any, ...]:
-        out, _ = stateless_infer(model, trainable, non_trainable,
-                                 *pack_as(list(structure), list(flat)))
+    def stateless(trainable_values: Any, frozen_values: Any, *flat: Any) -> tuple[Any, ...]:
+        out, _ = stateless_run(call, trainable, frozen, trainable_values, frozen_values,
+                               *pack_as(list(structure), list(flat)))
         return tuple(flatten(out))
 
     def run(*args: Any) -> tuple[Any, ...]:

@@ -17,13 +17,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from kexport._inference import infer, inference_fn
-from kexport.artifact import DEFAULT_ENDPOINT
 from kexport.capture.tensorflow import TensorFlowCapture
 from kexport.errors import CaptureError
 from kexport.formats.onnx import compat
 from kexport.formats.onnx._graph import (
     RawGraph,
+    Source,
     Strategy,
     _guess_layer,
     _step_error,
@@ -95,14 +94,18 @@ class TensorFlowGraph(Strategy):
     route = "tensorflow: tf.function -> tf2onnx"
     naming = "layer_names"  # tf2onnx keeps the Keras name scopes in node names
 
-    def capture(self, model: Any, signature: list[Any], opset: int) -> RawGraph:
-        """Trace and convert, with large weights lifted when that conversion succeeds."""
-        route = self.route
+    def capture(self, source: Source, opset: int) -> RawGraph:
+        """Trace and convert, with large weights lifted when that conversion succeeds
+        (an endpoint already traced, an ``ExportArchive``'s, is converted as it is)."""
+        route = self.route_for(source)
+        model = source.model
+        if source.traced is not None:
+            return tf_endpoint_to_onnx(source.traced, opset, route, model,
+                                       source.weight_bytes or 0)
         capture = TensorFlowCapture()
         capture.track(model)
         try:
-            endpoint = capture.trace(DEFAULT_ENDPOINT,
-                                     inference_fn(model), signature)
+            endpoint = capture.trace(source.name, source.call, source.signature)
         except CaptureError as e:
             raise _step_error(CaptureError, "Step 2/4 (capture: tf.function trace)", route, e,
                               _guess_layer(model, e),
@@ -111,12 +114,11 @@ class TensorFlowGraph(Strategy):
         lifted = _liftable_variables(model)
         if lifted:
             try:
-                return _convert_lifted(model, endpoint, lifted, opset, route)
+                return _convert_lifted(source, endpoint, lifted, opset, route)
             except Exception:  # the plain conversion below reports real failures
                 pass
         return tf_endpoint_to_onnx(endpoint, opset, route, model,
                                    _weight_bytes(model.variables))
-
 
 
 _LIFT_MIN_BYTES = 64 * 1024
@@ -146,9 +148,9 @@ def _liftable_variables(model: Any) -> list[Any]:
     return out
 
 
-def _convert_lifted(model: Any, endpoint: TracedEndpoint, lifted: list[Any], opset: int,
+def _convert_lifted(source: Source, endpoint: TracedEndpoint, lifted: list[Any], opset: int,
                     route: str) -> RawGraph:
-    """Convert ``model(..., training=False)`` with ``lifted`` variables as graph inputs.
+    """Convert the endpoint ``source`` with ``lifted`` variables as graph inputs.
 
     The function runs the model in a ``keras.StatelessScope`` mapping each lifted
     variable to an input; the converted graph's weight inputs are then turned
@@ -169,7 +171,7 @@ def _convert_lifted(model: Any, endpoint: TracedEndpoint, lifted: list[Any], ops
     @tf.function(input_signature=specs + weights, autograph=False)
     def flat(*args: Any) -> list[Any]:
         with keras.StatelessScope(state_mapping=list(zip(lifted, args[count:], strict=True))):
-            out = infer(model, *pack_as(list(structure), list(args[:count])))
+            out = source.call(*pack_as(list(structure), list(args[:count])))
         return list(tf.nest.flatten(out))
 
     proto = convert_function(flat, opset)

@@ -22,10 +22,8 @@ from __future__ import annotations
 import io
 import os
 import traceback
-import warnings
 from typing import Any
 
-from kexport._inference import infer
 from kexport.capture._base import _to_plain, output_names
 from kexport.capture.torch_export import symbolic_sizes
 from kexport.errors import CaptureError, UnsupportedRouteError
@@ -33,11 +31,16 @@ from kexport.formats.onnx._accept import Acceptance, NotTraceable, samples
 from kexport.formats.onnx._graph import (
     TORCH_ENDPOINT_ATTRIBUTE,
     RawGraph,
+    Source,
     Strategy,
     _guess_layer,
     _step_error,
 )
-from kexport.formats.onnx.compat import cached_torchlib_registry, quiet_torchscript_log
+from kexport.formats.onnx.compat import (
+    cached_torchlib_registry,
+    quiet_torchscript_log,
+    tracer_warnings_to,
+)
 from kexport.formats.torch_program import dynamic_shapes_for, export_refined, sample_sizes
 from kexport.signature import Spec, flat_names, flatten, pack_as
 
@@ -46,19 +49,22 @@ __all__ = ["TorchExport", "TracedTorch", "endpoint_module"]
 _TRACE_SAMPLE_BATCH = 2
 
 
-def endpoint_module(model: Any, signature: list[Any]) -> Any:
+def endpoint_module(source: Source) -> Any:
     """A ``torch.nn.Module`` taking the flat inputs and returning the flat outputs
-    of ``model(..., training=False)``, in eval mode (what both exporters trace)."""
+    of the endpoint, in eval mode (what both exporters trace); the model is its
+    submodule ``TORCH_ENDPOINT_ATTRIBUTE`` (the first segment of node paths)."""
     import torch
+
+    signature, call = source.signature, source.call
 
     class _Endpoint(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            setattr(self, TORCH_ENDPOINT_ATTRIBUTE, model)
+            setattr(self, TORCH_ENDPOINT_ATTRIBUTE, source.model)
 
         def forward(self, *flat_inputs: Any) -> Any:
             args = pack_as(list(signature), list(flat_inputs))
-            return tuple(flatten(infer(getattr(self, TORCH_ENDPOINT_ATTRIBUTE), *args)))
+            return tuple(flatten(call(*args)))
 
     return _Endpoint().eval()
 
@@ -70,13 +76,14 @@ class TracedTorch(Strategy):
     route = "torch: torch.onnx (traced, verified)"
     naming = "module_paths"
 
-    def capture(self, model: Any, signature: list[Any], opset: int) -> RawGraph:
+    def capture(self, source: Source, opset: int) -> RawGraph:
         """Trace the model once; refuses it on a doubtful ``TracerWarning``."""
         import numpy as np
         import onnx
         import torch
 
-        route = self.route
+        route = self.route_for(source)
+        model, signature, call = source.model, source.signature, source.call
         specs = flatten(signature)
         names = flat_names(signature)
         if any(s.dtype == "string" for s in specs) or not hasattr(torch.onnx, "export"):
@@ -85,12 +92,12 @@ class TracedTorch(Strategy):
 
         def live(flat: list[Any]) -> list[Any]:
             with torch.no_grad():
-                out = infer(model, *pack_as(list(structure), [torch.as_tensor(a) for a in flat]))
+                out = call(*pack_as(list(structure), [torch.as_tensor(a) for a in flat]))
             return [np.asarray(t.detach().cpu().numpy()) for t in flatten(_to_plain(out))]
 
         sample = samples(specs, _TRACE_SAMPLE_BATCH, 0, data=False)
         with torch.no_grad():
-            first = infer(model, *pack_as(list(structure), [torch.as_tensor(a) for a in sample]))
+            first = call(*pack_as(list(structure), [torch.as_tensor(a) for a in sample]))
         outs = output_names(_to_plain(first), model)
         flat_first = flatten(_to_plain(first))
         out_specs = [Spec((None, *tuple(t.shape)[1:]) if t.ndim else (),
@@ -106,17 +113,15 @@ class TracedTorch(Strategy):
                 if t.ndim:
                     dynamic_axes[name] = {0: "batch"}
         buffer = io.BytesIO()
-        wrapper = endpoint_module(model, signature)
+        wrapper = endpoint_module(source)
         doubts: list[str] = []
 
-        def note(message: Any, category: type, *args: Any, **kwargs: Any) -> None:
+        def note(message: Any, category: type) -> None:
             if issubclass(category, torch.jit.TracerWarning) and not _benign_trace_site():
                 doubts.append(str(message))
 
         try:
-            with warnings.catch_warnings(), torch.no_grad(), quiet_torchscript_log():
-                warnings.simplefilter("always")
-                warnings.showwarning = note
+            with tracer_warnings_to(note), torch.no_grad(), quiet_torchscript_log():
                 torch.onnx.export(wrapper, tuple(torch.as_tensor(a) for a in sample), buffer,
                                   dynamo=False, input_names=names, output_names=outs,
                                   dynamic_axes=dynamic_axes, opset_version=opset,
@@ -145,7 +150,8 @@ def _benign_trace_site() -> bool:
     """Whether the TracerWarning being raised comes from Keras's own ops."""
     for frame in reversed(traceback.extract_stack()):
         path = frame.filename.replace(os.sep, "/")
-        if "/torch/" in path or path.endswith(("/warnings.py", "/formats/onnx/_torch.py")):
+        if "/torch/" in path or path.endswith(("/warnings.py", "/formats/onnx/_torch.py",
+                                                         "/compat/torch_onnx.py")):
             continue
         return "/keras/src/" in path and frame.name not in _CONTROL_FLOW
     return False
@@ -167,12 +173,13 @@ class TorchExport(Strategy):
     route = "torch: torch.export -> torch.onnx"
     naming = "module_paths"  # from the nodes' name-scope metadata (compat.scoped_node_names)
 
-    def capture(self, model: Any, signature: list[Any], opset: int) -> RawGraph:
+    def capture(self, source: Source, opset: int) -> RawGraph:
         """Export and translate; refuses a model whose dynamic axis was fixed anyway."""
         import numpy as np
         import torch
 
-        route = self.route
+        route = self.route_for(source)
+        model, signature, call = source.model, source.signature, source.call
         flat_specs = flatten(signature)
         names = flat_names(signature)
         for spec, name in zip(flat_specs, names, strict=False):
@@ -194,12 +201,12 @@ class TorchExport(Strategy):
         dynamic = dynamic_shapes_for(flat_specs, min=1, max=2**20)
         structure = signature
         with torch.no_grad():
-            live = infer(model, *pack_as(list(structure), tensors))
+            live = call(*pack_as(list(structure), tensors))
         outs = output_names(_to_plain(live), model)
         out_specs = [Spec((None, *tuple(t.shape)[1:]) if t.ndim else (),
                           str(t.dtype).removeprefix("torch."), n)
                      for t, n in zip(flatten(_to_plain(live)), outs, strict=False)]
-        wrapper = endpoint_module(model, signature)
+        wrapper = endpoint_module(source)
 
         def export(dynamic_shapes: Any) -> Any:
             with cached_torchlib_registry(), symbolic_sizes():
@@ -207,7 +214,7 @@ class TorchExport(Strategy):
                 # asked for even when a node's value already has it (a Keras
                 # output layer named "layer_norm" after aten.layer_norm), writing
                 # a graph no ONNX tool reads; the finishing step names outputs
-                # and moves clashing inner values aside (_finish._rename_io)
+                # and moves clashing inner values aside (_finish.NamedIO)
                 return torch.onnx.export(
                     wrapper, tuple(tensors), dynamo=True, dynamic_shapes=dynamic_shapes,
                     input_names=names, opset_version=max(opset, 18),
