@@ -31,7 +31,7 @@ __all__ = ["STRING_OPSET", "export_strings", "has_string_layers"]
 
 #: ``StringSplit`` is opset 20: graphs holding a lowering are written at 20 or later.
 STRING_OPSET = 20
-_ROUTE = "tensorflow: kexport's string lowering + tf.function -> tf2onnx"
+_ROUTE = "kexport's string lowering + the backend's ONNX strategy"
 _REFUSED_OPTIONS = ("quantization", "calibration_data", "quantization_exclude")
 
 
@@ -94,7 +94,7 @@ def export_strings(model: Any, filepath: str | os.PathLike[str], verbose: bool |
     merged = _merge(head, tail, links)
     meta = {p.key: p.value for p in tail.metadata_props}
     meta["kexport.inputs"] = _spec_json(specs, names)
-    meta["kexport.route"] = _ROUTE
+    meta["kexport.route"] = f"kexport's string lowering + {meta.get('kexport.route', '?')}"
     del merged.metadata_props[:]
     for k, v in meta.items():
         entry = merged.metadata_props.add()

@@ -27,7 +27,7 @@ _FORMATS = "format='tf_saved_model' (kept as TensorFlow ops)"
 
 def _refuse(layer: Any, why: str) -> UnsupportedRouteError:
     return UnsupportedRouteError(
-        f"Step 1/4 (signature, route: tensorflow: kexport's string lowering): Keras layer "
+        f"Step 1/4 (signature, route: kexport's string lowering): Keras layer "
         f"'{layer.name}' ({type(layer).__name__}) cannot be exported to ONNX exactly: {why}. "
         f"Next steps: {_FORMATS} holds it; or export the model from the layer's output on.")
 

@@ -49,7 +49,7 @@ class Prefix:
 
 def _route_error(layer: Any, why: str) -> UnsupportedRouteError:
     return UnsupportedRouteError(
-        f"Step 1/4 (signature, route: tensorflow: kexport's string lowering): Keras layer "
+        f"Step 1/4 (signature, route: kexport's string lowering): Keras layer "
         f"'{layer.name}' ({type(layer).__name__}) cannot be exported to ONNX: it {why}. "
         "Next steps: format='tf_saved_model' holds it; or export the model from the "
         "layer's output on.")
