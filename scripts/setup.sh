@@ -10,9 +10,11 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e ".[all,dev,zoo,generate]"
+.venv/bin/python -m pip install -q -e ".[all,dev,zoo,generate,strings]"
 # keras_hub without its declared dependencies (see the `zoo` extra in pyproject.toml)
 .venv/bin/python -m pip install -q --no-deps "keras-hub==0.32.0"
 # TF-Serving's protos only (warm-up records of `kexport export --layout tf-serving`): the
 # package declares `tensorflow`, which would install a second TensorFlow beside tensorflow-cpu.
 .venv/bin/python -m pip install -q --no-deps "tensorflow-serving-api==2.21.0"
+# TF Text's ops (raw string inputs, the `strings` extra): it declares full `tensorflow`.
+.venv/bin/python -m pip install -q --no-deps "tensorflow-text==2.21.1"

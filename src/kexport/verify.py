@@ -42,6 +42,7 @@ from kexport.check.samples import (
     recorded_policy,
     sample_inputs,
 )
+from kexport.check.text import portable
 from kexport.check.tolerance import (
     TOLERANCES,
     declared_tolerances,
@@ -317,7 +318,7 @@ def verify_on(model: Any, path: str | os.PathLike[str], inputs: Any | None = Non
                 cases[f"{name}.{case}"] = (name, case, feeds)
         with tempfile.TemporaryDirectory(prefix="kexport-verify-") as tmp:
             in_file, out_file = os.path.join(tmp, "in.npz"), os.path.join(tmp, "out.npz")
-            np.savez(in_file, **{f"{key}/{n}": v for key, (_, _, feeds) in cases.items()
+            np.savez(in_file, **{f"{key}/{n}": portable(v) for key, (_, _, feeds) in cases.items()
                                  for n, v in feeds.items()})
             ran = _ask(worker, {"cmd": "run", "inputs": in_file, "outputs": out_file,
                               "calls": [[key, ep] for key, (ep, _, _) in cases.items()]})

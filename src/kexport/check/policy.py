@@ -125,7 +125,55 @@ def policy_for(model: Any, signature: list[Any], sample_data: Any | None = None
         span = _graph_range(functional[i], model)
         if span is not None:
             ranges[n] = span
-    return SamplePolicy(ids=ids, masks=masks, names=tuple(names), data=data, ranges=ranges)
+    strings = [(i, n) for i, (n, s) in enumerate(zip(names, specs, strict=True))
+               if s.dtype == "string"]
+    functional = _functional_inputs(model, len(specs)) if strings else None
+    texts = {n: found for i, n in strings
+             if (found := _text_source(model, functional[i] if functional else None))}
+    return SamplePolicy(ids=ids, masks=masks, names=tuple(names), data=data, ranges=ranges,
+                        texts=texts)
+
+
+_VOCABULARY_WORDS = 256  # at most this many words of a vocabulary are recorded
+
+
+def _vocabulary(layer: Any) -> tuple[tuple[str, ...], bool] | None:
+    """The words a ``TextVectorization``/``StringLookup`` knows (special tokens
+    left out) and whether it splits its input; ``None`` for another layer."""
+    get = getattr(layer, "get_vocabulary", None)
+    if get is None or type(layer).__name__ not in ("TextVectorization", "StringLookup"):
+        return None
+    try:
+        words = get(include_special_tokens=False)
+    except Exception:
+        return None
+    words = [w.decode("utf-8", "replace") if isinstance(w, bytes) else str(w) for w in words]
+    split = type(layer).__name__ == "TextVectorization" and getattr(layer, "_split", None) \
+        is not None
+    return tuple(w for w in words if w)[:_VOCABULARY_WORDS], split
+
+
+def _text_source(model: Any, tensor: Any | None) -> tuple[tuple[str, ...], bool] | None:
+    """The vocabulary of the lookup layer that reads a string input: the first
+    one on its paths in a Functional model (``tensor`` is the input), else the
+    first one in the model."""
+    if tensor is None:
+        walk = getattr(model, "_flatten_layers", None)
+        layers = walk(include_self=True) if walk else [model]
+        return next((v for v in map(_vocabulary, layers) if v is not None), None)
+    consumers = _consumers(model)
+    seen, todo = set(), [tensor]
+    while todo:
+        t = todo.pop()
+        if id(t) in seen:
+            continue
+        seen.add(id(t))
+        for op, _, _, outputs in consumers.get(id(t), []):
+            found = _vocabulary(op) or (_text_source(op, None) if op is not model else None)
+            if found is not None:
+                return found
+            todo.extend(flatten(outputs))
+    return None
 
 
 def _rescaling_range(layer: Any) -> tuple[float, float] | None:

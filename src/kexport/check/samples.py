@@ -14,8 +14,10 @@ ONNX acceptance of fast converters):
   prefix and a masked suffix along the last axis, at least one position kept
   per row and real padding in some row, so no attention row is fully masked;
 - other integers: ``0`` or ``1``, safe ids for any lookup;
-- strings: cannot be made up, a :class:`~kexport.errors.SignatureError`
-  says that inputs must be given.
+- strings: text from the vocabulary the model's lookup layers hold
+  (:class:`SamplePolicy` ``texts``), with out-of-vocabulary words, upper
+  case, punctuation, non-ASCII text, empty strings and varied lengths
+  (:mod:`kexport.check.text`).
 
 User sample data (a :class:`SamplePolicy` with ``data``) replaces all of it:
 each case takes the first ``size`` rows of it (repeated when it has fewer).
@@ -43,6 +45,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from kexport._dims import symbol_at, symbol_sizes
+from kexport.check.text import sample_strings
 from kexport.errors import SignatureError
 
 if TYPE_CHECKING:
@@ -91,6 +94,9 @@ class SamplePolicy:
             dtype and name.
         ranges: float input name -> ``(low, high)`` of the values the model
             expects (read from a ``Rescaling`` layer on the input).
+        texts: string input name -> ``(vocabulary, split)``: the words its
+            lookup layer knows, and whether the model splits the string into
+            words (else it reads each string as one token).
     """
 
     ids: Mapping[str, int] = field(default_factory=dict)
@@ -99,6 +105,7 @@ class SamplePolicy:
     data: Mapping[str, Any] | None = None
     endpoint: str | None = None
     ranges: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    texts: Mapping[str, tuple[tuple[str, ...], bool]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """What the manifest records (``"samples"``); the data is not recorded."""
@@ -109,12 +116,16 @@ class SamplePolicy:
         if self.ranges:
             out["ranges"] = {k: [float(lo), float(hi)] for k, (lo, hi) in
                              sorted(self.ranges.items())}
+        if self.texts:
+            out["texts"] = {k: {"vocabulary": list(v), "split": bool(split)}
+                            for k, (v, split) in sorted(self.texts.items())}
         return out
 
     def key(self, specs: Sequence[TensorSpec], i: int) -> str | None:
         """The name this policy knows input ``i`` of ``specs`` by."""
         name = specs[i].name
-        known = (*self.names, *self.ids, *self.masks, *self.ranges, *(self.data or {}))
+        known = (*self.names, *self.ids, *self.masks, *self.ranges, *self.texts,
+                 *(self.data or {}))
         if name is not None and name in known:
             return name
         if self.names and len(self.names) == len(specs):
@@ -154,10 +165,24 @@ class SamplePolicy:
                    tuple(names) if ok_names else (),
                    endpoint=endpoint if isinstance(endpoint, str) else None,
                    ranges={k: (float(v[0]), float(v[1])) for k, v in ranges.items()}
-                   if ok_ranges else {})
+                   if ok_ranges else {}, texts=_texts(value.get("texts")))
 
     def __bool__(self) -> bool:
-        return bool(self.ids or self.masks or self.ranges or self.data is not None)
+        return bool(self.ids or self.masks or self.ranges or self.texts
+                    or self.data is not None)
+
+
+def _texts(value: Any) -> dict[str, tuple[tuple[str, ...], bool]]:
+    """A manifest's ``texts`` (malformed: none)."""
+    if not isinstance(value, Mapping):
+        return {}
+    out = {}
+    for k, v in value.items():
+        words = v.get("vocabulary") if isinstance(v, Mapping) else None
+        if isinstance(k, str) and isinstance(words, list) and all(
+                isinstance(w, str) for w in words):
+            out[k] = (tuple(words), bool(v.get("split", True)))
+    return out
 
 
 _ACTIVE: contextvars.ContextVar[SamplePolicy | None] = contextvars.ContextVar(
@@ -186,7 +211,7 @@ def recorded() -> dict[str, Any]:
     model's code) draws the same kind of inputs as the export's own checks.
     """
     policy = active_policy()
-    if policy is None or not (policy.ids or policy.masks or policy.ranges):
+    if policy is None or not (policy.ids or policy.masks or policy.ranges or policy.texts):
         return {}
     return {"samples": policy.to_json()}
 
@@ -253,7 +278,7 @@ def sample_inputs(specs: Sequence[TensorSpec], size: int, seed: int | np.random.
             checked sizes.
 
     Raises:
-        SignatureError: for a string (or other non-numeric) input, which
+        SignatureError: for an input of another non-numeric dtype, which
             cannot be generated: inputs must be given.
     """
     import numpy as np
@@ -274,12 +299,13 @@ def sample_inputs(specs: Sequence[TensorSpec], size: int, seed: int | np.random.
             continue
         where = (f"Endpoint '{endpoint}', input" if endpoint else "Input") + \
             (f" '{spec.name}'" if spec.name else f" #{i}")
-        if spec.dtype == "string":
-            raise SignatureError(
-                f"{where} takes strings, which cannot be generated at random. "
-                "Expected `inputs=` with sample text.")
         shape = tuple((size if axis == 0 else sizes[symbol_at(spec, axis)]) if d is None else d
                       for axis, d in enumerate(spec.shape))
+        if spec.dtype == "string":
+            vocab, split = policy.texts.get(key or "", ((), True)) if policy is not None \
+                else ((), True)
+            out.append(sample_strings(rng, shape, vocab, split))
+            continue
         kind = np.dtype(spec.dtype).kind
         span = policy.ranges.get(key or "") if policy is not None and kind == "f" else None
         if span is not None:

@@ -337,7 +337,7 @@ def _check_array(endpoint: str, spec: TensorInfo, array: Any) -> Any:
         if array.dtype.kind not in "OSU":
             raise SignatureError(
                 f"{where}: expected strings. Received: dtype {array.dtype.name}")
-        return array.astype(object)
+        return _as_text(where, array)
     want = np.dtype(spec.dtype)
     if array.dtype == want:
         return array
@@ -347,3 +347,24 @@ def _check_array(endpoint: str, spec: TensorInfo, array: Any) -> Any:
             f"{where}: expected dtype {spec.dtype}. Received: dtype {array.dtype.name}"
         )
     return array.astype(want)
+
+
+def _as_text(where: str, array: Any) -> Any:
+    """A string input as an object array of Python ``str`` (``bytes`` decoded
+    as UTF-8), which every runtime takes."""
+    import numpy as np
+
+    out = np.empty(array.shape, dtype=object)
+    flat = out.reshape(-1)
+    for i, value in enumerate(array.reshape(-1)):
+        if isinstance(value, bytes):
+            try:
+                value = value.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise SignatureError(f"{where}: expected UTF-8 text. Received bytes that are "
+                                     f"not UTF-8: {value[:40]!r}") from e
+        elif not isinstance(value, str):
+            raise SignatureError(f"{where}: expected str or bytes values. Received: "
+                                 f"{type(value).__name__}")
+        flat[i] = value
+    return out

@@ -38,6 +38,8 @@ def samples(specs: Sequence[Spec], batch: int, seed: int, sized_as: int | None =
     """:func:`kexport.check.samples.sample_inputs` (the sample policy in force: id
     ranges, masks, user data unless ``data=False``), a string input being
     :class:`NotTraceable` (a fast converter cannot take it; the next strategy runs)."""
+    if not data and any(s.dtype == "string" for s in specs):  # a converter's trace sample
+        raise NotTraceable("string inputs: a fast converter cannot trace them")
     try:
         return sample_inputs(specs, batch, seed, sized_as=sized_as, data=data)
     except SignatureError as e:

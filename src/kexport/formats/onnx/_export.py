@@ -27,6 +27,7 @@ from kexport.formats.onnx._graph import Source
 from kexport.formats.onnx._options import _pop_options, _refuse_lookup_layers
 from kexport.formats.onnx._quantize import Exclude, quantize_graph
 from kexport.formats.onnx._write import write_model
+from kexport.formats.onnx.strings import export_strings, has_string_layers
 from kexport.signature import flat_names, flatten, normalize_for_model
 
 __all__ = ["REHOST_ROUTE", "STRATEGIES", "export_jax", "export_tensorflow", "export_torch",
@@ -69,8 +70,11 @@ def _export(model: Any, filepath: str | os.PathLike[str], verbose: bool | None,
 def export_tensorflow(model: Any, filepath: str | os.PathLike[str], *,
                       verbose: bool | None = None, input_signature: Any | None = None,
                       **kwargs: Any) -> None:
-    """TensorFlow backend -> ONNX (``tf.function`` + ``tf2onnx``, in process)."""
-    _refuse_lookup_layers(model, "tensorflow: tf.function -> tf2onnx")
+    """TensorFlow backend -> ONNX (``tf.function`` + ``tf2onnx``, in process); string and
+    lookup layers on the inputs through kexport's own lowering (:mod:`.strings`)."""
+    if has_string_layers(model):
+        return export_strings(model, filepath, verbose, input_signature, kwargs, lambda m, p, o:
+                              _export(m, p, False, None, o, "tensorflow"))
     _export(model, filepath, verbose, input_signature, kwargs, "tensorflow")
 
 
