@@ -153,6 +153,9 @@ def _head_model():
     return keras.Model(inputs, Head(name="head")(logits))
 
 
+# TensorFlow only for now: on JAX, jax2onnx writes a BitCast for signbit and LiteRT refuses
+# jax's argmax reduce; from PyTorch, OpenVINO widens top-k indices to int64 (see CHANGELOG).
+@pytest.mark.backends("tensorflow")
 @pytest.mark.parametrize("format", native_formats(FORMATS))
 def test_integer_and_boolean_outputs_are_exact(format, tmp_path, fresh_process):
     model = _head_model()

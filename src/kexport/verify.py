@@ -30,7 +30,7 @@ import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from kexport.capture.precision import mixed_compute_dtype
+from kexport.capture.precision import live_precision
 from kexport.check.calibration import calibration_sample
 from kexport.check.live import live_reference
 from kexport.check.policy import flat_sample_data
@@ -79,15 +79,6 @@ def _precision(metadata: Mapping[str, Any], endpoints: Mapping[str, EndpointInfo
         if low in floats:
             return low
     return "float32"
-
-
-def _live_precision(model: Any, precision: str) -> str:
-    """``precision``, or the live model's narrower compute dtype (``mixed_bfloat16``):
-    the reference itself is only that exact, so its tolerance applies."""
-    narrow = mixed_compute_dtype(model)
-    if narrow is not None and default_tolerances(narrow)[0] > default_tolerances(precision)[0]:
-        return narrow
-    return precision
 
 
 # -- inputs -----------------------------------------------------------------
@@ -279,7 +270,7 @@ def verify_on(model: Any, path: str | os.PathLike[str], inputs: Any | None = Non
         metadata = opened.get("metadata") or {}
         used = str(opened.get("precision") or runtime_precision)
         (d_atol, d_rtol), precision = tolerances_for(
-            _live_precision(model, _precision(metadata, endpoints)), used,
+            live_precision(model, _precision(metadata, endpoints)), used,
             declared_tolerances(format, metadata))
         atol = d_atol if atol is None else float(atol)
         rtol = d_rtol if rtol is None else float(rtol)

@@ -28,8 +28,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from kexport._patch import scoped_patch
+from kexport.check.tolerance import default_tolerances
 
-__all__ = ["FORMATS_WITH_LOW_PRECISION", "at_boundary", "float32_compute",
+__all__ = ["FORMATS_WITH_LOW_PRECISION", "at_boundary", "float32_compute", "live_precision",
            "kept_compute_dtype", "mixed_compute_dtype"]
 
 _NARROW = ("bfloat16", "float16")
@@ -108,3 +109,12 @@ def at_boundary(fn: Callable[..., Any]) -> Callable[..., Any]:
         return keras.tree.map_structure(cast, fn(*args, **kwargs))
 
     return endpoint
+
+
+def live_precision(model: Any, precision: str) -> str:
+    """``precision``, or the live model's narrower compute dtype (``mixed_bfloat16``):
+    the reference itself is only that exact, so its tolerance applies."""
+    narrow = mixed_compute_dtype(model)
+    if narrow is not None and default_tolerances(narrow)[0] > default_tolerances(precision)[0]:
+        return narrow
+    return precision
