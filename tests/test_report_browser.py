@@ -165,7 +165,9 @@ def test_a_failed_artifact_is_reported_with_the_localisers_finding(reported):
     # layer by layer, so the localiser says the route is not where the difference is
     finding = s["localization"]
     assert finding["status"] == "not_reproduced" and finding["culprit"] is None, finding
-    assert finding["total_layers"] == 3 and not finding["layers"][0]["output_error"]
+    first = finding["layers"][0]
+    # float round-off of the route (ONNX Runtime's kernels), far inside the layer's tolerance
+    assert finding["total_layers"] == 3 and first["ok"] and first["output_error"] < 1e-5, first
     assert "not in the route" in finding["message"]
 
 
