@@ -78,6 +78,7 @@ from kexport.errors import (
     WriteError,
 )
 from kexport.formats import litert
+from kexport.formats._openvino_names import named
 from kexport.formats._openvino_quantize import quantize_ir, toolchain
 from kexport.formats.torch_program import export_program
 from kexport.signature import flat_names, flatten, normalize_for_model
@@ -221,63 +222,7 @@ def _convert(endpoint: TracedEndpoint, archive: EndpointArchive) -> _Converted:
             f"openvino.convert_model failed: {type(e).__name__}: "
             f"{str(e).strip().splitlines()[0][:400] if str(e).strip() else ''}"
         ) from e
-    return _Converted(_named(converted.model, endpoint), converted.scopes)
-
-
-# -- names and shapes -------------------------------------------------------------------------------
-def _named(model: Any, endpoint: TracedEndpoint) -> Any:
-    """Give the IR the Keras names, kexport's input order and the signature's dims.
-
-    Converters name ports their own way (``serve_x:0``, placeholders, ...) and
-    some make every dimension dynamic; the signature is the truth.
-    """
-    import openvino as ov
-
-    specs = flatten(endpoint.signature)
-    names = endpoint.input_names
-    ports = list(model.inputs)
-    if len(ports) != len(names):
-        raise CaptureError(
-            f"Step 3/3 (write, openvino): endpoint '{endpoint.name}' converted with "
-            f"{len(ports)} inputs. Expected {len(names)}: {names}."
-        )
-    prefix = f"{endpoint.name}_"  # LiteRT tensors are named "<signature>_<input>:0"
-    by_name = {}
-    for port in ports:
-        for n in port.get_names():
-            base = n.split(":")[0]
-            for key in (n, base, base.removeprefix(prefix)):
-                by_name.setdefault(key, port)
-    ordered = [by_name.get(n) for n in names]
-    if any(p is None for p in ordered) or len({id(p) for p in ordered}) != len(ordered):
-        ordered = ports  # converters that drop names keep the flat order
-    shapes = {}
-    for port, name, spec in zip(ordered, names, specs, strict=True):
-        port.get_tensor().set_names({name})
-        shapes[port] = ov.PartialShape([-1 if d is None else d for d in spec.shape])
-    model.reshape(shapes)
-    out_names = endpoint.output_names
-    outs = list(model.outputs)
-    if len(outs) == len(out_names):
-        by_out = {}
-        for port in outs:
-            for n in port.get_names():
-                by_out.setdefault(n, port)
-        ordered_out = [by_out.get(n) for n in out_names]
-        if any(p is None for p in ordered_out) or len({id(p) for p in ordered_out}) != len(outs):
-            ordered_out = outs
-        named: set[tuple[str, int]] = set()
-        for port, name in zip(ordered_out, out_names, strict=True):
-            # outputs that are one tensor (``return x, x``) share its names:
-            # renaming it again would lose the first output's name
-            source = port.get_node().input_value(0)
-            key = (source.get_node().get_friendly_name(), source.get_index())
-            if key in named:
-                port.get_tensor().add_names({name})
-            else:
-                port.get_tensor().set_names({name})
-                named.add(key)
-    return model
+    return _Converted(named(converted.model, endpoint), converted.scopes)
 
 
 def _manifest(archive: EndpointArchive, layout: str) -> Manifest:
