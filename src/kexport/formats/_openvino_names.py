@@ -82,12 +82,8 @@ def _drop_inner_names(model: Any) -> None:
     folded tensor's names as well, and ``compiled.inputs[0].any_name`` read
     ``11`` where the IR said ``input``.
     """
-    boundary = {id(p.get_tensor()) for p in (*model.inputs, *model.outputs)}
     keep = {n for p in (*model.inputs, *model.outputs) for n in p.get_names()}
     for op in model.get_ops():
-        if op.get_type_name() in ("Parameter", "Result"):
-            continue
         for port in op.outputs():
-            names = port.get_names()
-            if names and not names & keep and id(port.get_tensor()) not in boundary:
+            if not port.get_names() & keep:
                 port.get_tensor().set_names(set())

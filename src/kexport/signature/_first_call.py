@@ -119,13 +119,13 @@ def _ids_inputs(prober: _Prober) -> set[int]:
     return found
 
 
-def _free_axes(prober: _Prober, ids: set[int]) -> set[tuple[int, int]]:
-    """(flat input, axis) of the static non-batch axes of id inputs the model runs
-    without. Float inputs keep their recorded sizes: an image's spatial axes that a
+def _free_axes(prober: _Prober) -> set[tuple[int, int]]:
+    """(flat input, axis) of the static non-batch axes of integer and boolean inputs
+    (ids, already ``int32`` here, and masks) the model runs without. Float inputs keep their recorded sizes: an image's spatial axes that a
     model would take at another size are still sized by its kernels (a check drawing
     small sizes would fail on them), so they stay as first called."""
     axes = [(i, a) for i, s in enumerate(prober.flat)
-            if i in ids or not str(s.dtype).startswith(("float", "bfloat"))
+            if not str(s.dtype).startswith(("float", "bfloat"))
             for a, d in enumerate(s.shape) if a > 0 and d is not None]
     if not axes or not prober.call():
         return set()
@@ -150,7 +150,7 @@ def refine_first_call(model: Any, signature: list[Any]) -> list[Any]:
     ids = _ids_inputs(prober)
     flat = [Spec(s.shape, "int32", s.name) if i in ids else s for i, s in enumerate(flat)]
     prober = _Prober(model, pack_as(list(signature), flat))
-    free = _free_axes(prober, ids)
+    free = _free_axes(prober)
     flat = [Spec(tuple(None if (i, a) in free else d for a, d in enumerate(s.shape)),
                  s.dtype, s.name) for i, s in enumerate(flat)]
     return pack_as(list(signature), flat)

@@ -234,14 +234,18 @@ def _dynamic(prepared: str, target: str, large: bool, excluded: list[str] | None
     14 dB at full range, 40 dB reduced), so recurrent nodes are quantized in a
     second pass with ``reduce_range``.
     """
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.registry import IntegerOpsRegistry
 
-    first = os.path.join(os.path.dirname(target), "dynamic-1.onnx")
+    graph = onnx.load_model(prepared, load_external_data=False).graph
+    recurrent = any(n.op_type in _RECURRENT for n in graph.node)
+    first = os.path.join(os.path.dirname(target), "dynamic-1.onnx") if recurrent else target
     others = [op for op in IntegerOpsRegistry if op not in _RECURRENT]
     quantize_dynamic(prepared, first, per_channel=True, weight_type=QuantType.QUInt8,
                      op_types_to_quantize=others, use_external_data_format=large,
                      nodes_to_exclude=excluded)
-    quantize_dynamic(first, target, per_channel=True, weight_type=QuantType.QInt8,
-                     reduce_range=True, op_types_to_quantize=list(_RECURRENT),
-                     use_external_data_format=large, nodes_to_exclude=excluded)
+    if recurrent:  # a second pass reads and writes every weight again: only when needed
+        quantize_dynamic(first, target, per_channel=True, weight_type=QuantType.QInt8,
+                         reduce_range=True, op_types_to_quantize=list(_RECURRENT),
+                         use_external_data_format=large, nodes_to_exclude=excluded)
