@@ -117,7 +117,7 @@ def test_failed_write_spares_a_new_folder_another_write_uses(tmp_path, is_dir):
 
     def write_a() -> None:
         try:
-            with _atomic.atomic_target(folder / "a", is_dir=True):
+            with _atomic.atomic_target(folder / "a", is_dir=True, overwrite=True):
                 a_in.set()
                 assert b_in.wait(30)
                 raise RuntimeError("A fails")
@@ -130,7 +130,7 @@ def test_failed_write_spares_a_new_folder_another_write_uses(tmp_path, is_dir):
         try:
             assert a_in.wait(30)
             with _atomic.atomic_target(folder / ("b" if is_dir else "b.onnx"),
-                                       is_dir=is_dir) as tmp:
+                                       is_dir=is_dir, overwrite=True) as tmp:
                 b_in.set()
                 assert a_done.wait(30)  # the writer runs on after A cleaned up
                 if is_dir:
@@ -172,7 +172,7 @@ def test_folder_removed_before_the_first_entry_is_made_again(tmp_path, monkeypat
     for name, is_dir in (("m", True), ("m.onnx", False)):
         calls.clear()
         target = tmp_path / f"new-{is_dir}" / "sub" / name
-        with _atomic.atomic_target(target, is_dir=is_dir) as tmp:
+        with _atomic.atomic_target(target, is_dir=is_dir, overwrite=True) as tmp:
             if is_dir:
                 (tmp / "kexport.json").write_text('{"producer": "kexport"}')
             else:
@@ -201,7 +201,7 @@ def test_folder_made_by_another_write_during_the_check_is_no_file(tmp_path, monk
 
     monkeypatch.setattr(_atomic.os.path, "lexists", lexists_after_a_concurrent_mkdir)
     _atomic.check_parent(folder / "model")
-    with _atomic.atomic_target(folder / "file.txt", is_dir=False) as tmp:
+    with _atomic.atomic_target(folder / "file.txt", is_dir=False, overwrite=True) as tmp:
         Path(tmp).write_text("ok")
     assert (folder / "file.txt").read_text() == "ok"
 

@@ -42,7 +42,7 @@ CHILD = textwrap.dedent("""
     if fallback == "1":
         _atomic._exchange = lambda a, b: False
     payload = (version * 50000).encode()
-    with _atomic.atomic_target(target, is_dir=is_dir == "1") as tmp:
+    with _atomic.atomic_target(target, is_dir=is_dir == "1", overwrite=True) as tmp:
         if is_dir == "1":
             (tmp / "variables").mkdir()
             (tmp / "variables" / "data.bin").write_bytes(payload)
@@ -152,7 +152,7 @@ def test_recover_spares_live_writers(tmp_path):
     seen: dict[str, Path] = {}
 
     def writer():
-        with _atomic.atomic_target(target, is_dir=True) as tmp:
+        with _atomic.atomic_target(target, is_dir=True, overwrite=True) as tmp:
             (tmp / "kexport.json").write_text('{"producer": "kexport"}')
             seen["tmp"] = tmp
             started.set()
@@ -171,7 +171,7 @@ def test_recover_spares_live_writers(tmp_path):
     code = textwrap.dedent(f"""
         import sys, time; sys.path.insert(0, {SRC!r})
         from kexport import _atomic
-        with _atomic.atomic_target({str(target)!r}, is_dir=True) as tmp:
+        with _atomic.atomic_target({str(target)!r}, is_dir=True, overwrite=True) as tmp:
             print(tmp, flush=True); time.sleep(60)
     """)
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
@@ -197,15 +197,15 @@ def test_writer_exception_is_typed_and_target_kept(tmp_path):
         pass
 
     with pytest.raises(kexport.WriteError, match=r"failed: Boom: disk on fire\. The target was left"), \
-            _atomic.atomic_target(target, is_dir=True) as tmp:
+            _atomic.atomic_target(target, is_dir=True, overwrite=True) as tmp:
         (tmp / "partial").write_text("x")
         raise Boom("disk on fire")
     with pytest.raises(kexport.WriteError, match=r"No space left on device"), \
-            _atomic.atomic_target(target, is_dir=True) as tmp:
+            _atomic.atomic_target(target, is_dir=True, overwrite=True) as tmp:
         (tmp / "partial").write_text("x")
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     with pytest.raises(kexport.WriteError, match="The writer produced nothing"), \
-            _atomic.atomic_target(tmp_path / "f.onnx", is_dir=False):
+            _atomic.atomic_target(tmp_path / "f.onnx", is_dir=False, overwrite=True):
         pass
     assert artifact_version(target, True) == "A"
     assert leftovers(tmp_path) == []
@@ -219,20 +219,20 @@ def test_failed_write_removes_only_the_folders_it_created(tmp_path):
     keep.mkdir()
     for name, is_dir in (("model", True), ("model.onnx", False)):
         with pytest.raises(kexport.WriteError, match=r"failed: RuntimeError: boom"), \
-                _atomic.atomic_target(keep / "a" / "b" / name, is_dir=is_dir) as tmp:
+                _atomic.atomic_target(keep / "a" / "b" / name, is_dir=is_dir, overwrite=True) as tmp:
             assert (keep / "a" / "b").is_dir()
             if is_dir:
                 (tmp / "partial").write_text("x")
             raise RuntimeError("boom")
         assert list(keep.iterdir()) == []
     with pytest.raises(RuntimeError), _atomic.staging_dir(keep / "s" / "t" / "m.onnx") as stage:
-        with _atomic.atomic_target(keep / "s" / "t" / "m.onnx", is_dir=False) as tmp:
+        with _atomic.atomic_target(keep / "s" / "t" / "m.onnx", is_dir=False, overwrite=True) as tmp:
             tmp.write_bytes(b"graph")  # placed...
         raise RuntimeError("...but the export fails afterwards")
     assert [p.name for p in (keep / "s" / "t").iterdir()] == ["m.onnx"]  # not empty: kept
     assert not stage.exists()
     with pytest.raises(kexport.WriteError), \
-            _atomic.atomic_target(keep / "c" / "d" / "model", is_dir=True):
+            _atomic.atomic_target(keep / "c" / "d" / "model", is_dir=True, overwrite=True):
         (keep / "c" / "theirs.txt").write_text("someone else's")
         raise RuntimeError("boom")
     assert sorted(p.name for p in (keep / "c").iterdir()) == ["theirs.txt"]
@@ -276,7 +276,7 @@ def test_full_disk_keeps_previous_artifact(tmp_path):
         target = disk / "model"
         assert run_child(target, "A", is_dir=True) == 0  # ~50 KB: fits
         with pytest.raises(kexport.WriteError, match="No space left on device"), \
-                _atomic.atomic_target(target, is_dir=True) as tmp:
+                _atomic.atomic_target(target, is_dir=True, overwrite=True) as tmp:
             (tmp / "kexport.json").write_text('{"producer": "kexport"}')
             (tmp / "big.bin").write_bytes(b"\0" * (1 << 20))
         assert artifact_version(target, True) == "A"
@@ -298,13 +298,13 @@ def test_read_only_folder_is_refused_before_writing(tmp_path):
         pytest.skip("root without mount permission: no way to make a folder read-only")
     try:
         with pytest.raises(kexport.WriteError, match="in a folder that is not writable"), \
-                _atomic.atomic_target(ro / "model", is_dir=True):
+                _atomic.atomic_target(ro / "model", is_dir=True, overwrite=True):
             pytest.fail("the writer must not run")
         missing = ro / "new" / "model"  # the missing folders cannot be made there either
         message = (rf"in a folder that is not writable \('{re.escape(str(ro))}', "
                    r"where its missing folders would be created\)")
         with pytest.raises(kexport.WriteError, match=message), \
-                _atomic.atomic_target(missing, is_dir=True):
+                _atomic.atomic_target(missing, is_dir=True, overwrite=True):
             pytest.fail("the writer must not run")
         assert list(ro.iterdir()) == []
     finally:

@@ -51,6 +51,28 @@ def test_no_hidden_function_local_imports_of_kexport_modules():
         f"comment (move them to the top of the file): {offenders}")
 
 
+def _ambient_state(path: Path) -> list[str]:
+    """``ContextVar(...)`` calls and ``global`` statements in one module."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Call) and "ContextVar" in (
+                getattr(node.func, "attr", None), getattr(node.func, "id", None)):
+            found.append(f"ContextVar at line {node.lineno}")
+        if isinstance(node, ast.Global):
+            found.append(f"global {', '.join(node.names)} at line {node.lineno}")
+    return found
+
+
+def test_export_options_travel_in_the_context_not_in_ambient_state():
+    """Options reach each step through ``ExportContext``; the one context variable is the
+    localiser's recorder, which Keras's ``Layer.__call__`` calls back into."""
+    found = {str(p.relative_to(SRC)): hits for p in sorted(SRC.rglob("*.py"))
+             if (hits := _ambient_state(p))}
+    callback = found.pop("check/probe.py", [])
+    assert len(callback) == 1 and callback[0].startswith("ContextVar"), callback
+    assert not {k: v for k, v in found.items() if any("ContextVar" in h for h in v)}, found
+
+
 def test_the_checker_sees_a_hidden_import(tmp_path):
     sample = tmp_path / "m.py"
     sample.write_text("def f():\n    from kexport import api\n    import numpy\n"

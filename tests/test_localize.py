@@ -20,9 +20,10 @@ import pytest
 
 import kexport
 from conftest import native_formats
+from kexport import routing
 from kexport.check.localization import ENTERS, GROWS, first_divergence
-from kexport.check.probe import unjudged
 from kexport.check.tolerance import QUANTIZED
+from kexport.context import ExportContext
 from kexport.errors import ArtifactError, LocalizationError
 
 SUFFIX = {"tf_saved_model": "", "onnx": ".onnx", "litert": ".tflite", "openvino": ".xml",
@@ -80,9 +81,11 @@ def planted():
 def _export(model, folder, format, **options):
     path = os.path.join(folder, f"model_{format}{SUFFIX[format]}")
     # the route's own checks would refuse the faulty artifact (the re-host
-    # check, the ONNX acceptance): it is written as a silent fault would be
-    with unjudged():
-        kexport.export_model(model, path, format=format, verbose=False, **options)
+    # check, the ONNX acceptance): it is written as a silent fault would be,
+    # through export_model's own path with a context that does not judge numbers
+    routes = routing.usable(keras.backend.backend(), format, model)
+    routing.export(routes, model, path, context=ExportContext(judged=False), verbose=False,
+                   **options)
     return path
 
 

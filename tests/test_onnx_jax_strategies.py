@@ -16,6 +16,7 @@ import pytest
 
 import kexport
 import onnx_models
+from kexport.context import ExportContext
 from kexport.signature import flatten, normalize_for_model
 
 pytestmark = pytest.mark.backends("jax")
@@ -61,9 +62,11 @@ def test_jax2onnx_refusals_are_not_traceable():
 
     model = onnx_models.bilstm()
     with pytest.raises(NotTraceable, match="jax2onnx: NotImplementedError: Reverse scan"):
-        Jax2Onnx().capture(Source.of(model, normalize_for_model(model, None)), 18)
+        Jax2Onnx().capture(Source.of(model, normalize_for_model(model, None)), 18,
+                          ExportContext())
     model = onnx_models.cnn()
-    raw = Jax2Onnx().capture(Source.of(model, normalize_for_model(model, None)), 18)
+    raw = Jax2Onnx().capture(Source.of(model, normalize_for_model(model, None)), 18,
+                          ExportContext())
     with pytest.raises(NotTraceable, match=r"ONNX Runtime: .*MaxPool"):
         raw.accept(ir.to_proto(raw.model).SerializeToString())
 

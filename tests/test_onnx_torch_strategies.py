@@ -14,6 +14,7 @@ import pytest
 
 import kexport
 import onnx_models
+from kexport.context import ExportContext
 
 pytestmark = pytest.mark.backends("torch")
 
@@ -59,7 +60,8 @@ def test_traced_strategy_refuses_python_values_taken_in_user_code():
 
     model = onnx_models.batch_scaled()
     with pytest.raises(NotTraceable, match="tracer warning: Converting a tensor to a Python"):
-        TracedTorch().capture(Source.of(model, normalize_for_model(model, None)), 18)
+        TracedTorch().capture(Source.of(model, normalize_for_model(model, None)), 18,
+                          ExportContext())
 
 
 def test_torchlib_registry_is_built_once_and_copied():

@@ -11,14 +11,20 @@ import pytest
 
 import kexport
 from kexport import artifact, routing
+from kexport.context import ExportContext
 from kexport.errors import CaptureError, RouteRefused, UnsupportedRouteError
 from kexport.routing import table
 
 pytestmark = pytest.mark.fast
 
 
+#: the export context every route of a cell receives, as it was built
+CONTEXT = ExportContext(overwrite=True)
+
+
 def _route(name, calls, *, fails=None, kind="native", packages=("keras",), check=None):
-    def export(model, filepath, *, verbose=None, input_signature=None, **options):
+    def export(model, filepath, *, context, verbose=None, input_signature=None, **options):
+        assert context is CONTEXT  # passed down, not rebuilt nor read from ambient state
         calls.append((name, options))
         if fails is not None:
             raise fails
@@ -45,11 +51,11 @@ def test_a_refused_route_hands_over_to_the_next_and_says_so(capsys):
     calls = []
     first = _route("a", calls, fails=RouteRefused("cannot carry it"))
     second = _route("b", calls, kind="rehost")
-    routing.export([first, second], object(), "out", verbose=None, opset_version=17)
+    routing.export([first, second], object(), "out", context=CONTEXT, verbose=None, opset_version=17)
     assert calls == [("a", {"opset_version": 17}), ("b", {"opset_version": 17})]
     assert "kexport: trying the next route: route b" in capsys.readouterr().out
     calls.clear()
-    routing.export([first, second], object(), "out", verbose=False)
+    routing.export([first, second], object(), "out", context=CONTEXT, verbose=False)
     assert capsys.readouterr().out == ""
 
 
@@ -57,13 +63,13 @@ def test_the_last_refusal_and_any_other_error_propagate():
     calls = []
     refused = _route("a", calls, fails=RouteRefused("no"))
     with pytest.raises(RouteRefused, match="no"):
-        routing.export([refused], object(), "out", verbose=False)
+        routing.export([refused], object(), "out", context=CONTEXT, verbose=False)
     assert issubclass(RouteRefused, CaptureError)
     broken = _route("b", calls, fails=ValueError("a real bug"))
     never = _route("c", calls)
     calls.clear()
     with pytest.raises(ValueError, match="a real bug"):
-        routing.export([broken, never], object(), "out", verbose=False)
+        routing.export([broken, never], object(), "out", context=CONTEXT, verbose=False)
     assert [c for c, _ in calls] == ["b"]
 
 

@@ -12,7 +12,8 @@ import pytest
 
 import kexport
 from kexport.check.policy import flat_sample_data, policy_for
-from kexport.check.samples import recorded_policy, sample_inputs, using
+from kexport.check.samples import recorded_policy, sample_inputs
+from kexport.context import ExportContext
 from kexport.errors import SampleDataError
 from kexport.signature import Spec, flatten, normalize_for_model
 
@@ -61,10 +62,11 @@ def test_ids_cover_the_embedding_range_read_from_the_model():
     assert tokens.min() >= 0 and tokens.max() < 1000 and tokens.max() > 900
     assert len(np.unique(tokens)) > 500  # the whole range, not {0, 1}
     assert set(np.unique(by_name["flags"])) == {0, 1}
-    # the same facts through the export's scope, as every check draws them
-    with using(policy):
-        scoped = dict(zip([s.name for s in specs], sample_inputs(specs, 64, 0), strict=True))
-    np.testing.assert_array_equal(scoped["tokens"], tokens)
+    # the same facts from what an export records of its context (kexport verify ARTIFACT)
+    replayed = recorded_policy(ExportContext(samples=policy).recorded())
+    again = dict(zip([s.name for s in specs], sample_inputs(specs, 64, 0, policy=replayed),
+                     strict=True))
+    np.testing.assert_array_equal(again["tokens"], tokens)
     assert sample_inputs(specs, 64, 0)[[s.name for s in specs].index("tokens")].max() <= 1
 
     # a backbone nested in a task model: walked from its own matching input

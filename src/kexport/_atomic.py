@@ -37,7 +37,6 @@ one of the points in :data:`FAULT_POINTS`, the process kills itself with
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import errno
 import os
 import shutil
@@ -65,8 +64,6 @@ __all__ = [
     "check_destination",
     "check_parent",
     "check_target",
-    "overwrite_allowed",
-    "overwrite_policy",
     "recover",
     "staging_dir",
 ]
@@ -82,10 +79,6 @@ _FAULT_ENV = "_KEXPORT_FAULT"
 #: in place, previous one not yet deleted).
 FAULT_POINTS: tuple[str, ...] = ("created", "written", "aside", "swapped")
 
-# None: no public export in progress (internal rewrites such as storing a
-# verification report are not checked); False/True: export_model(overwrite=).
-_OVERWRITE: contextvars.ContextVar[bool | None] = contextvars.ContextVar("kexport_overwrite",
-                                                                         default=None)
 _ACTIVE: set[str] = set()  # tokens of writes in progress in this process
 _ACTIVE_LOCK = threading.Lock()
 _SWAP_LOCK = threading.Lock()
@@ -134,25 +127,6 @@ def check_target(filepath: str | os.PathLike[str], *, overwrite: bool = False) -
         "Nothing was written. Next step: choose another path, or pass overwrite=True "
         "to replace it."
     )
-
-
-def overwrite_allowed() -> bool:
-    """Whether the enclosing :func:`overwrite_policy` allows overwriting."""
-    return bool(_OVERWRITE.get())
-
-
-@contextlib.contextmanager
-def overwrite_policy(overwrite: bool) -> Iterator[None]:
-    """Let :func:`atomic_target` calls in this context replace other data.
-
-    Public export functions wrap their work in this, so every format writer
-    honours ``overwrite=`` without passing it along.
-    """
-    token = _OVERWRITE.set(bool(overwrite))
-    try:
-        yield
-    finally:
-        _OVERWRITE.reset(token)
 
 
 # -- stale temporaries -----------------------------------------------------------
@@ -434,16 +408,16 @@ def _check_absent(target: Path) -> None:
 
 @contextlib.contextmanager
 def atomic_target(filepath: str | os.PathLike[str], *, is_dir: bool,
-                  overwrite: bool | None = None, exclusive: bool = False) -> Iterator[Path]:
+                  overwrite: bool, exclusive: bool = False) -> Iterator[Path]:
     """Yield a temporary path to write into; move it to ``filepath`` on success.
 
     Args:
         filepath: where the artifact must end up.
         is_dir: whether the artifact is a folder (else a single file).
         overwrite: replace ``filepath`` even when it holds data that is not a
-            kexport artifact; ``None`` uses the enclosing
-            :func:`overwrite_policy`, and outside any (internal rewrites of
-            files inside an artifact) does not check.
+            kexport artifact: an export passes its context's
+            (:attr:`kexport.context.ExportContext.overwrite`); ``True`` for
+            kexport's own rewrites of files inside an artifact.
         exclusive: never replace anything: the move fails when ``filepath``
             exists at the moment of the swap (checked under the folder's
             lock, so of two concurrent exclusive writes one fails), e.g. a
@@ -457,9 +431,6 @@ def atomic_target(filepath: str | os.PathLike[str], *, is_dir: bool,
             fails. The target is then left as it was, and the missing
             folders this write created are removed again.
     """
-    if overwrite is None:
-        policy = _OVERWRITE.get()
-        overwrite = True if policy is None else policy
     target, parent, _ = _missing_parents(filepath)
     check_target(target, overwrite=overwrite)
     if exclusive:

@@ -10,12 +10,11 @@ from kexport.artifact import format_info
 from kexport.artifact.exclusion import check_exclude, resolve_layers
 from kexport.artifact.quantization import check_quantization, supported_modes
 from kexport.check.policy import policy_for
-from kexport.check.samples import using
+from kexport.context import ExportContext
 from kexport.errors import SignatureError, SignatureTypeError, describe
 from kexport.generation.export import export_task
 from kexport.signature import normalize_for_model
-from kexport.verify import raise_if_failed
-from kexport.verify import verify as check
+from kexport.verify import raise_if_failed, verify_on
 
 __all__ = ["export_litert", "export_model", "export_onnx", "export_openvino", "export_saved_model",
            "export_torch"]
@@ -121,12 +120,11 @@ def export_model(model: Any, filepath: str | os.PathLike[str], format: str = "tf
     # what check inputs must respect, read from the model once for every check
     policy = policy_for(model, normalize_for_model(model, input_signature), sample_data)
     _atomic.check_destination(filepath, overwrite)
-    with using(policy):
-        with _atomic.overwrite_policy(overwrite):
-            routing.export(candidates, model, filepath, verbose=verbose,
-                           input_signature=input_signature, **kwargs)
-        if verify is not False:
-            _verify_export(model, filepath, verify, calibration_option(kwargs))
+    context = ExportContext(overwrite=overwrite, samples=policy)
+    routing.export(candidates, model, filepath, context=context, verbose=verbose,
+                   input_signature=input_signature, **kwargs)
+    if verify is not False:
+        _verify_export(model, filepath, verify, context, calibration_option(kwargs))
 
 
 _CALIBRATION_KEYS = ("calibration_data", "representative_dataset")
@@ -158,7 +156,7 @@ def _check_quantization(format: str, kwargs: dict[str, Any]) -> None:
 
 
 def _verify_export(model: Any, filepath: str | os.PathLike[str], verify: Any,
-                   calibration: Any | None = None) -> None:
+                   context: ExportContext, calibration: Any | None = None) -> None:
     """Run :func:`kexport.verify` after an export; raise if it fails. Without
     ``inputs``/``data`` of its own (or the export's ``sample_data``), the check
     runs on the export's calibration data when it had some: a quantized
@@ -173,7 +171,7 @@ def _verify_export(model: Any, filepath: str | os.PathLike[str], verify: Any,
             f"Received: {describe(verify)}"
         )
     options.setdefault("calibration_data", calibration)
-    raise_if_failed(check(model, filepath, **options), filepath)
+    raise_if_failed(verify_on(model, filepath, policy=context.samples, **options), filepath)
 
 
 def export_saved_model(model: Any, filepath: str | os.PathLike[str],

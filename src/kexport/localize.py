@@ -32,10 +32,11 @@ from kexport.artifact import (
 from kexport.artifact.quantization import check_quantization
 from kexport.check.localization import LocalizationReport, rows_from
 from kexport.check.policy import policy_for
-from kexport.check.probe import plan_of, unjudged
-from kexport.check.samples import sample_inputs, using
+from kexport.check.probe import plan_of
+from kexport.check.samples import sample_inputs
 from kexport.check.tolerance import quantization_mode
 from kexport.check.worker import Worker
+from kexport.context import ExportContext
 from kexport.errors import (
     ArtifactError,
     LocalizationError,
@@ -214,9 +215,11 @@ def localize(model: Any, artifact_path: str | os.PathLike[str], data: Any | None
     route = routes[0]
     with tempfile.TemporaryDirectory(prefix="kexport-localize-") as tmp:
         target = os.path.join(tmp, "probe" + _suffix(artifact_path))
-        with using(policy_for(probe, probe_signature, probe_data)), unjudged():
-            routing.export(routes, probe, target, verbose=False,
-                           input_signature=probe_signature, **export_options)
+        # written as the faulty artifact was: the route's own checks do not refuse it
+        context = ExportContext(overwrite=True, judged=False,
+                                samples=policy_for(probe, probe_signature, probe_data))
+        routing.export(routes, probe, target, context=context, verbose=False,
+                       input_signature=probe_signature, **export_options)
         report = verify(probe, target, store=False, seed=seed, timeout=timeout,
                         data=probe_data, scores=[])
     if report.error is not None:

@@ -38,7 +38,6 @@ from kexport.check.report import VerificationReport, raise_if_failed
 from kexport.check.samples import (
     CASE_SIZES,
     SamplePolicy,
-    active_policy,
     recorded_policy,
     sample_inputs,
 )
@@ -220,10 +219,12 @@ def verify_on(model: Any, path: str | os.PathLike[str], inputs: Any | None = Non
               sizes: Sequence[int] = CASE_SIZES, store: bool = True, timeout: float = 600.0,
               precision: str | None = None, data: Any | None = None,
               scores: Sequence[str] | None = None, data_source: str = "data",
-              calibration_data: Any | None = None) -> VerificationReport:
+              calibration_data: Any | None = None,
+              policy: SamplePolicy | None = None) -> VerificationReport:
     """:func:`verify`, where ``data_source`` names where ``data`` came from in
     the report (``"data"``: the user's; ``"calibration"``: an export's
-    calibration samples)."""
+    calibration samples) and ``policy`` is the sample policy of the export
+    that calls it (its context's; else the one the artifact recorded)."""
     import numpy as np
 
     if scores is not None and (isinstance(scores, str) or not isinstance(scores, (list, tuple))
@@ -280,7 +281,7 @@ def verify_on(model: Any, path: str | os.PathLike[str], inputs: Any | None = Non
                                     thresholds=thresholds_for(mode))
         refs = _references(model, endpoints, default)
         # the export's policy when called by it, else the one the artifact recorded
-        policy = active_policy() or recorded_policy(metadata)
+        policy = policy or recorded_policy(metadata)
         info = endpoints[default]
         if data is None and inputs is None and policy.data is None \
                 and calibration_data is not None:

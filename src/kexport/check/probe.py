@@ -29,8 +29,8 @@ from typing import Any
 from kexport._inference import infer
 from kexport._patch import scoped_patch
 
-__all__ = ["MODEL_INPUT", "ProbeCall", "Recorder", "judged", "layer_paths", "plan_of",
-           "recorded_arrays", "recording", "unjudged"]
+__all__ = ["MODEL_INPUT", "ProbeCall", "Recorder", "layer_paths", "plan_of", "recorded_arrays",
+           "recording"]
 
 #: The probe output index standing for a model input (its error is 0 by construction).
 MODEL_INPUT = -1
@@ -110,6 +110,8 @@ class Recorder:
         self.calls.append(Recorded(layer, _tensors([list(args), named]), _tensors(outputs)))
 
 
+# The one context variable of kexport: Keras calls back into kexport (the scoped
+# ``Layer.__call__`` hook below), and a callback takes no argument from us.
 _RECORDER: contextvars.ContextVar[Recorder | None] = contextvars.ContextVar(
     "kexport_probe_recorder", default=None)
 
@@ -138,29 +140,6 @@ def recording(model: Any) -> Iterator[Recorder]:
             yield recorder
     finally:
         _RECORDER.reset(token)
-
-
-_UNJUDGED: contextvars.ContextVar[bool] = contextvars.ContextVar(
-    "kexport_probe_unjudged", default=False)
-
-
-def judged() -> bool:
-    """Whether an export's own checks (the re-host check, the ONNX acceptance of a
-    fast converter) judge numbers: ``False`` inside :func:`unjudged`."""
-    return not _UNJUDGED.get()
-
-
-@contextlib.contextmanager
-def unjudged() -> Iterator[None]:
-    """Exports inside are not refused for numbers that differ from the live model:
-    the caller judges them itself (the localiser's probe of a faulty route must
-    be written like the faulty artifact was). Errors that are not about numbers
-    (a graph its runtime cannot run) still refuse."""
-    token = _UNJUDGED.set(True)
-    try:
-        yield
-    finally:
-        _UNJUDGED.reset(token)
 
 
 def _probe_class() -> type:

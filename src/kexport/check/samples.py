@@ -21,10 +21,10 @@ ONNX acceptance of fast converters):
 
 User sample data (a :class:`SamplePolicy` with ``data``) replaces all of it:
 each case takes the first ``size`` rows of it (repeated when it has fewer).
-The policy in force is the one given, else the one an export activated with
-:func:`using` (so the export's own checks, the re-host check and the ONNX
-acceptance all draw the same kind of inputs), else the rules above by dtype
-and name.
+The policy is the one given: an export passes its context's
+(:attr:`kexport.context.ExportContext.samples`) to every check it runs, so the
+re-host check, the ONNX acceptance and ``verify`` all draw the same kind of
+inputs; without one, the rules above by dtype and name.
 
 Sizes: a check runs one *case* per size (:data:`CASE_SIZES` unless the
 caller gives others). Axis 0, when dynamic, takes the case's size; the other
@@ -38,9 +38,7 @@ dimensions keep their size.
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -51,8 +49,8 @@ from kexport.errors import SignatureError
 if TYPE_CHECKING:
     import numpy as np
 
-__all__ = ["CASE_SIZES", "SamplePolicy", "TensorSpec", "active_policy", "dynamic_size",
-           "is_mask_name", "recorded", "recorded_policy", "sample_inputs", "using"]
+__all__ = ["CASE_SIZES", "SamplePolicy", "TensorSpec", "dynamic_size", "is_mask_name",
+           "recorded_policy", "sample_inputs"]
 
 # The sizes every check runs its cases at: 1 (where exporters that specialise
 # size-1 dimensions break) and 3.
@@ -185,37 +183,6 @@ def _texts(value: Any) -> dict[str, tuple[tuple[str, ...], bool]]:
     return out
 
 
-_ACTIVE: contextvars.ContextVar[SamplePolicy | None] = contextvars.ContextVar(
-    "kexport_sample_policy", default=None)
-
-
-def active_policy() -> SamplePolicy | None:
-    """The policy an enclosing :func:`using` put in force, if any."""
-    return _ACTIVE.get()
-
-
-@contextlib.contextmanager
-def using(policy: SamplePolicy | None) -> Iterator[SamplePolicy | None]:
-    """Put ``policy`` in force for every check drawn inside (one export)."""
-    token = _ACTIVE.set(policy)
-    try:
-        yield policy
-    finally:
-        _ACTIVE.reset(token)
-
-
-def recorded() -> dict[str, Any]:
-    """The manifest extras of the policy in force: ``{"samples": ...}``, or ``{}``.
-
-    Writers record it, so that ``kexport verify ARTIFACT`` (without the
-    model's code) draws the same kind of inputs as the export's own checks.
-    """
-    policy = active_policy()
-    if policy is None or not (policy.ids or policy.masks or policy.ranges or policy.texts):
-        return {}
-    return {"samples": policy.to_json()}
-
-
 def recorded_policy(metadata: Mapping[str, Any]) -> SamplePolicy:
     """The policy an artifact's metadata recorded (``samples`` in a manifest,
     ``kexport.samples`` in ONNX metadata), else the default policy."""
@@ -271,8 +238,9 @@ def sample_inputs(specs: Sequence[TensorSpec], size: int, seed: int | np.random.
         sized_as: size the other dynamic axes as for this case size instead
             of ``size`` (cases that share them can be concatenated on axis 0).
         endpoint: the endpoint's name, for the error message.
-        policy: id ranges, mask inputs and user data; ``None``: the policy
-            in force (:func:`using`), else the rules by dtype and name.
+        policy: id ranges, mask inputs and user data (an export's
+            :attr:`~kexport.context.ExportContext.samples`); ``None``: the
+            rules by dtype and name.
         data: whether the policy's user data (if any) is used; ``False``
             for a converter's tracing sample, which should not share the
             checked sizes.
@@ -286,7 +254,6 @@ def sample_inputs(specs: Sequence[TensorSpec], size: int, seed: int | np.random.
     rng = np.random.default_rng(seed)
     others = size if sized_as is None else sized_as
     sizes = symbol_sizes(specs, others)
-    policy = active_policy() if policy is None else policy
     if policy is not None and policy.endpoint and endpoint and endpoint != policy.endpoint:
         policy = None  # the policy of another endpoint of the archive
     out = []

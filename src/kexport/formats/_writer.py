@@ -19,6 +19,7 @@ import os
 from typing import Any, Protocol
 
 from kexport.capture._base import TracedEndpoint
+from kexport.context import ExportContext
 
 __all__ = ["ArchiveWriter", "EndpointArchive"]
 
@@ -66,14 +67,17 @@ class EndpointArchive(Protocol):
 
 
 class ArchiveWriter(Protocol):
-    """``write_archive(archive, filepath, options=None, verbose=True, **format_options)``.
+    """``write_archive(archive, filepath, options=None, verbose=True, *, context,
+    **format_options)``.
 
-    Writes atomically (``kexport._atomic``); keyword-only parameters are the
-    format's options (``ExportArchive.write_out(..., format=F, **options)``).
+    Writes atomically (``kexport._atomic``, with ``overwrite=context.overwrite``)
+    and records ``context.recorded()`` in its manifest; the other keyword-only
+    parameters are the format's options (``ExportArchive.write_out(..., format=F,
+    **options)``).
     """
 
     def __call__(self, archive: EndpointArchive, filepath: str | os.PathLike[str],
-                 options: Any | None = None, verbose: bool = True,
-                 **format_options: Any) -> None:
+                 options: Any | None = None, verbose: bool = True, *,
+                 context: ExportContext, **format_options: Any) -> None:
         """Write ``archive`` to ``filepath``."""
         ...

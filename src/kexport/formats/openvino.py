@@ -64,12 +64,12 @@ from kexport.artifact.exclusion import (
     resolve_layers,
 )
 from kexport.artifact.quantization import check_quantization, record
-from kexport.check import samples
 from kexport.check.calibration import (
     calibration_batches,
     calibration_by_endpoint,
     calibration_rows,
 )
+from kexport.context import ExportContext
 from kexport.errors import (
     CaptureError,
     KexportError,
@@ -225,12 +225,12 @@ def _convert(endpoint: TracedEndpoint, archive: EndpointArchive) -> _Converted:
     return _Converted(named(converted.model, endpoint), converted.scopes)
 
 
-def _manifest(archive: EndpointArchive, layout: str) -> Manifest:
+def _manifest(archive: EndpointArchive, layout: str, context: ExportContext) -> Manifest:
     import openvino as ov
 
     return Manifest.build(archive.endpoints, format="openvino", backend=archive.backend,
                           file_suffix=".xml", openvino_version=ov.__version__, layout=layout,
-                          **samples.recorded())
+                          **context.recorded())
 
 
 def _save(model: Any, xml: Path, manifest: Manifest, float16: bool = False) -> None:
@@ -245,7 +245,8 @@ def _save(model: Any, xml: Path, manifest: Manifest, float16: bool = False) -> N
 def write_archive(archive: EndpointArchive, filepath: str | os.PathLike[str],
                   options: Any | None = None, verbose: bool = True, *,
                   quantization: str | None = None, calibration_data: Any | None = None,
-                  quantization_exclude: list[str] | None = None) -> None:
+                  quantization_exclude: list[str] | None = None,
+                  context: ExportContext) -> None:
     """Write ``archive`` as OpenVINO IR: one ``.xml``/``.bin`` pair, or a folder of them.
 
     Args:
@@ -264,6 +265,7 @@ def write_archive(archive: EndpointArchive, filepath: str | os.PathLike[str],
             operations go to NNCF's ``IgnoredScope`` (see
             :mod:`kexport.artifact.exclusion`); recorded as the quantization
             record's ``excluded_layers``.
+        context: the export's context (overwrite, the sample policy recorded).
 
     Raises:
         SignatureError: ``options`` given, or an ``.xml`` path for several endpoints.
@@ -295,7 +297,7 @@ def write_archive(archive: EndpointArchive, filepath: str | os.PathLike[str],
             f"Expected a folder path for an archive with {len(archive.endpoints)} endpoints "
             f"(one IR per endpoint). Received: filepath='{os.fspath(filepath)}' ending in .xml."
         )
-    manifest = _manifest(archive, "file" if single else "folder")
+    manifest = _manifest(archive, "file" if single else "folder", context)
     if mode is not None:
         rows = calibration_rows(next(iter(calibration.values()))) if calibration else None
         manifest = manifest.with_extras(quantization=record(
@@ -332,13 +334,14 @@ def write_archive(archive: EndpointArchive, filepath: str | os.PathLike[str],
             # (the .xml is what runtimes open). A crash between them leaves a
             # new .bin beside the old .xml, which check_openvino_weights() refuses and
             # the next export replaces.
-            with atomic_target(target.with_suffix(".bin"), is_dir=False) as t:
+            with atomic_target(target.with_suffix(".bin"), is_dir=False,
+                               overwrite=context.overwrite) as t:
                 shutil.copyfile(build / f"{name}.bin", t)
-            with atomic_target(target, is_dir=False) as t:
+            with atomic_target(target, is_dir=False, overwrite=context.overwrite) as t:
                 shutil.copyfile(xml, t)
         else:
             (build / MANIFEST_NAME).write_text(manifest.dumps())
-            with atomic_target(target, is_dir=True) as t:
+            with atomic_target(target, is_dir=True, overwrite=context.overwrite) as t:
                 for f in build.iterdir():
                     shutil.copyfile(f, t / f.name)
     if verbose:

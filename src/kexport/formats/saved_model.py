@@ -23,8 +23,7 @@ from typing import TYPE_CHECKING, Any
 from kexport import _summary
 from kexport._atomic import atomic_target
 from kexport.artifact import SAVED_MODEL_MANIFEST, SERVING_DEFAULT, Manifest
-from kexport.capture.source import rehost_source
-from kexport.check import samples
+from kexport.context import ExportContext
 from kexport.errors import CaptureError, KexportError, SignatureTypeError, WriteError
 from kexport.signature import flatten, pack_as
 
@@ -102,19 +101,20 @@ def _saved_aliases(options: Any, endpoints: list[TracedEndpoint]) -> Any:
     return options
 
 
-def metadata(archive: EndpointArchive) -> Manifest:
+def metadata(archive: EndpointArchive, context: ExportContext) -> Manifest:
     """What the artifact says about itself (no local paths); written in a re-host
     child, also the backend the model came from (``route="rehost"``), so the
     manifest is final as written."""
     manifest = Manifest.build(archive.endpoints, format="tf_saved_model",
-                              backend=archive.backend, **samples.recorded())
-    source = rehost_source()
+                              backend=archive.backend, **context.recorded())
+    source = context.source_backend
     return manifest if source is None else dataclasses.replace(
         manifest, source_backend=source, route="rehost")
 
 
 def write_archive(archive: EndpointArchive, filepath: str | os.PathLike[str],
-                  options: Any | None = None, verbose: bool = True) -> None:
+                  options: Any | None = None, verbose: bool = True, *,
+                  context: ExportContext) -> None:
     """Write ``archive`` as a SavedModel at ``filepath`` (atomically)."""
     import tensorflow as tf
 
@@ -145,7 +145,7 @@ def write_archive(archive: EndpointArchive, filepath: str | os.PathLike[str],
     if SERVING_DEFAULT not in signatures:
         signatures[SERVING_DEFAULT] = signatures[first]
     options = _saved_aliases(options, archive.endpoints)
-    with atomic_target(filepath, is_dir=True) as tmp:
+    with atomic_target(filepath, is_dir=True, overwrite=context.overwrite) as tmp:
         try:
             with archive.save_context():
                 tf.saved_model.save(root, os.fspath(tmp), signatures=signatures,
@@ -162,7 +162,7 @@ def write_archive(archive: EndpointArchive, filepath: str | os.PathLike[str],
             raise WriteError(f"Step 3/3 (write, tf_saved_model) failed: {e}") from e
         meta_path = tmp / SAVED_MODEL_MANIFEST
         meta_path.parent.mkdir(parents=True, exist_ok=True)
-        meta_path.write_text(metadata(archive).dumps())
+        meta_path.write_text(metadata(archive, context).dumps())
     if verbose:
         _summary.print_summary("tf_saved_model", archive.endpoints, filepath,
                                default=first if first != SERVING_DEFAULT else None)

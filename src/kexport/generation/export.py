@@ -22,6 +22,8 @@ from typing import Any
 
 from kexport import _atomic, _numerics
 from kexport.artifact import Manifest
+from kexport.check.report import VerificationReport
+from kexport.check.verdict import Case, verdict
 from kexport.errors import (
     SignatureError,
     SignatureTypeError,
@@ -112,23 +114,32 @@ def run_child(path: Path, prompts: list[list[int]], max_new_tokens: int) -> list
     return json.loads(done.stdout.strip().splitlines()[-1])["tokens"]
 
 
-def _verdict(model: Any, path: Path, spec: GenerativeSpec, max_new_tokens: int) -> dict[str, Any]:
+def _greedy_check(model: Any, path: Path, spec: GenerativeSpec, max_new_tokens: int,
+                  format: str) -> dict[str, Any]:
+    """The artifact's greedy tokens in a fresh process against ``lm.generate()``, judged
+    by kexport's one verdict (token ids are integers: compared exactly, length included)."""
+    import numpy as np
+
     prompts = check_prompts(spec.cache.vocab_size)
     want = keras_greedy(model, prompts, max_new_tokens)
     got = run_child(path, prompts, max_new_tokens)
-    rows = [{"prompt_length": len(p), "equal": w == g,
+    report = verdict(VerificationReport(format, "float32", 0.0, 0.0, 0), [
+        Case(TASK, f"prompt of {len(p)} tokens", {"prompt": np.asarray([p])},
+             [np.asarray(w)], [np.asarray(g)], output_names=("tokens",))
+        for p, w, g in zip(prompts, want, got, strict=True)])
+    rows = [{"prompt_length": len(p), "equal": check.ok,
              "first_difference": next((j for j, (a, b) in enumerate(zip(w, g, strict=False))
-                                       if a != b), None)}
-            for p, w, g in zip(prompts, want, got, strict=True)]
-    verdict = {"check": "greedy tokens of kexport.load(...).generate in a fresh process "
-                        "against lm.generate()",
-               "max_new_tokens": max_new_tokens, "rows": rows,
-               "passed": all(r["equal"] for r in rows)}
-    if not verdict["passed"]:
+                                       if a != b), None if len(w) == len(g) else
+                                      min(len(w), len(g)))}
+            for p, w, g, check in zip(prompts, want, got, report.checks, strict=True)]
+    record = {"check": "greedy tokens of kexport.load(...).generate in a fresh process "
+                       "against lm.generate()",
+              "max_new_tokens": max_new_tokens, "rows": rows, "passed": report.ok}
+    if not report.ok:
         raise VerificationError(
             f"task={TASK!r}: the artifact's greedy tokens differ from lm.generate(): "
-            f"{[r for r in rows if not r['equal']]}. Nothing was written.")
-    return verdict
+            f"{[r for r in rows if not r['equal']]}. Nothing was written.", report=report)
+    return record
 
 
 def export_generative(model: Any, filepath: str | os.PathLike[str], *, format: str,
@@ -174,7 +185,7 @@ def export_generative(model: Any, filepath: str | os.PathLike[str], *, format: s
         target = writer.module.manifest_file(tmp)
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(manifest.with_extras(**{MANIFEST_KEY: spec.to_json()}).dumps())
-        spec = replace(spec, verification=_verdict(model, tmp, spec, max_new_tokens))
+        spec = replace(spec, verification=_greedy_check(model, tmp, spec, max_new_tokens, format))
         target.write_text(manifest.with_extras(**{MANIFEST_KEY: spec.to_json()}).dumps())
     if verbose is not False:
         printer(f"kexport: wrote the generative form ({spec.prefill}/{spec.decode}, cache "

@@ -41,7 +41,7 @@ def new_version(model_dir: Path, version: int, model_dirs: Sequence[Path]) -> It
     """
     target = model_dir / str(version)
     try:
-        with atomic_target(target, is_dir=True, exclusive=True) as tmp:
+        with atomic_target(target, is_dir=True, overwrite=False, exclusive=True) as tmp:
             yield tmp
     except TargetExistsError as e:
         if not os.path.lexists(target):
@@ -80,7 +80,7 @@ def place_file(target: Path, text: str) -> bool:
                 f"Expected '{os.fspath(target)}' to be missing or to hold the same text. "
                 "Received: a different file, which is kept.")
         try:
-            with atomic_target(target, is_dir=False, exclusive=True) as tmp:
+            with atomic_target(target, is_dir=False, overwrite=False, exclusive=True) as tmp:
                 tmp.write_text(text)
             return True
         except TargetExistsError:

@@ -17,6 +17,7 @@ from typing import Any
 from kexport.capture.endpoint import EndpointRecipe, not_described_error
 from kexport.check.calibration import calibration_by_endpoint
 from kexport.check.report import VerificationReport
+from kexport.context import ExportContext
 from kexport.errors import SignatureError, UnsupportedRouteError, describe
 from kexport.rehost.export import DEFAULT_ATOL, DEFAULT_RTOL, json_kwargs, rehost
 from kexport.signature import flat_names
@@ -43,7 +44,8 @@ def _collection_refs(name: str, variables: list[Any], models: list[Any],
 
 
 def write_archive_rehosted(archive: Any, filepath: str | os.PathLike[str], *,
-                           format: str, host: str, options: Any | None = None,
+                           format: str, host: str, context: ExportContext,
+                           options: Any | None = None,
                            verbose: bool = True, atol: float = DEFAULT_ATOL,
                            rtol: float = DEFAULT_RTOL, **format_options: Any
                            ) -> VerificationReport:
@@ -62,6 +64,7 @@ def write_archive_rehosted(archive: Any, filepath: str | os.PathLike[str], *,
         filepath: where the artifact goes.
         format: the artifact format.
         host: the backend that writes it (not the current one).
+        context: the export's context (overwrite, the sample policy of its checks).
         options: must be ``None`` (it cannot travel to the child).
         verbose: print what was re-hosted and written.
         atol: absolute tolerance of the comparison with the live endpoints.
@@ -124,7 +127,7 @@ def write_archive_rehosted(archive: Any, filepath: str | os.PathLike[str], *,
     extra = {"mode": "archive", "collections": collections, "tracked": len(models),
              "kwargs": kwargs, "calibration": calibration}
     return rehost(models, recipes, filepath, format, host, bool(verbose), extra, atol, rtol,
-                  given or None, format_options.get("quantization"), carried)
+                  given or None, format_options.get("quantization"), carried, context=context)
 
 
 def _archive_options(recipes: list[tuple[EndpointRecipe, Callable[..., Any]]],

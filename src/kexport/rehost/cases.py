@@ -11,7 +11,7 @@ from typing import Any
 from kexport.capture.endpoint import EndpointRecipe
 from kexport.check.live import flat_numpy
 from kexport.check.report import VerificationReport
-from kexport.check.samples import CASE_SIZES, sample_inputs
+from kexport.check.samples import CASE_SIZES, SamplePolicy, sample_inputs
 from kexport.check.tolerance import thresholds_for
 from kexport.check.verdict import Case, verdict
 from kexport.errors import SignatureError
@@ -49,13 +49,13 @@ class LiveCase:
         return len(self.feeds)
 
 
-def samples_or_none(specs: list[Spec], size: int, rng: Any, endpoint: str | None = None
-             ) -> list[Any] | None:
-    """Check inputs for ``specs`` (:mod:`kexport.check.samples`, the sample policy
-    in force), or ``None`` for string inputs, which cannot be made up: such an
-    endpoint is not compared."""
+def samples_or_none(specs: list[Spec], size: int, rng: Any, endpoint: str | None = None,
+                    policy: SamplePolicy | None = None) -> list[Any] | None:
+    """Check inputs for ``specs`` (:mod:`kexport.check.samples`, under the export's
+    sample ``policy``), or ``None`` for string inputs that cannot be made up: such
+    an endpoint is not compared."""
     try:
-        return sample_inputs(specs, size, rng, endpoint=endpoint)
+        return sample_inputs(specs, size, rng, endpoint=endpoint, policy=policy)
     except SignatureError:
         return None
 
@@ -93,13 +93,14 @@ def _same(a: list[Any], b: list[Any]) -> bool:
 def live_cases(recipes: list[tuple[EndpointRecipe, Callable[..., Any]]],
                models: list[Any],
                given: list[list[Any]] | Mapping[str, list[list[Any]]] | None = None,
+               policy: SamplePolicy | None = None,
                ) -> tuple[dict[str, Any], dict[str, list[LiveCase]]]:
     """Sample inputs per endpoint and batch, and the live outputs for them.
 
     ``given`` replaces the random samples: one flat list of input arrays per
     batch (e.g. calibration data, on which a full-integer artifact must be
     accurate), or such lists by endpoint name (endpoints not named keep
-    random samples). An endpoint whose live outputs differ between two identical
+    random samples, drawn under the export's sample ``policy``). An endpoint whose live outputs differ between two identical
     calls (random layers in training mode) is marked ``deterministic=False``:
     only shapes are compared for it.
     """
@@ -114,7 +115,7 @@ def live_cases(recipes: list[tuple[EndpointRecipe, Callable[..., Any]]],
         flat_specs = flatten(recipe.signature)
         mine = given.get(recipe.name) if isinstance(given, Mapping) else given
         for b, case in enumerate(CASE_SIZES if mine is None else mine):
-            flat = (samples_or_none(flat_specs, case, rng, recipe.name) if mine is None
+            flat = (samples_or_none(flat_specs, case, rng, recipe.name, policy) if mine is None
                     else [np.asarray(x) for x in case])
             if flat is None:
                 entries = []

@@ -18,10 +18,9 @@ from kexport._dims import plan_signature
 from kexport._inference import infer, inference_fn
 from kexport.artifact import DEFAULT_ENDPOINT
 from kexport.capture.endpoint import EndpointRecipe, is_layer
-from kexport.check.probe import judged
 from kexport.check.report import VerificationReport
-from kexport.check.samples import active_policy
 from kexport.check.tolerance import FLOAT32
+from kexport.context import ExportContext
 from kexport.errors import SignatureError, SignatureTypeError, VerificationError, describe
 from kexport.rehost.cases import LiveCase, live_cases, report_on
 from kexport.rehost.diagnosis import diagnosis
@@ -46,11 +45,11 @@ def _checked_path(filepath: Any) -> Path:
     return Path(os.fspath(filepath))
 
 
-def _policy_fields(work: Path) -> dict[str, Any]:
-    """The sample policy in force, for the child's own checks (same kind of inputs)."""
+def _policy_fields(work: Path, context: ExportContext) -> dict[str, Any]:
+    """The export's sample policy, for the child's own checks (same kind of inputs)."""
     import numpy as np
 
-    policy = active_policy()
+    policy = context.samples
     if not policy:
         return {}
     fields: dict[str, Any] = {"samples": policy.to_json()}
@@ -94,8 +93,8 @@ def rehost(models: list[Any], recipes: list[tuple[EndpointRecipe, Callable[..., 
            filepath: str | os.PathLike[str], format: str, host: str, verbose: bool,
            fields: Mapping[str, Any], atol: float, rtol: float,
            given: list[list[Any]] | Mapping[str, list[list[Any]]] | None = None,
-           quantized: str | None = None, carried: Mapping[str, Any] | None = None
-           ) -> VerificationReport:
+           quantized: str | None = None, carried: Mapping[str, Any] | None = None,
+           *, context: ExportContext) -> VerificationReport:
     """Run the whole re-host pipeline; return the verification report.
 
     ``fields``: the job's fields of this kind of re-host (``mode``,
@@ -112,7 +111,7 @@ def rehost(models: list[Any], recipes: list[tuple[EndpointRecipe, Callable[..., 
         work = Path(tmpdir)
         os.chmod(work, 0o700)
         files, modules = serialize(models, host, work)
-        arrays, cases = live_cases(recipes, models, given)
+        arrays, cases = live_cases(recipes, models, given, context.samples)
         np.savez(work / "inputs.npz", **arrays)
         if carried:
             np.savez(work / "carried.npz", **carried)
@@ -123,16 +122,16 @@ def rehost(models: list[Any], recipes: list[tuple[EndpointRecipe, Callable[..., 
                   endpoints=tuple(r for r, _ in recipes),
                   cases={n: tuple(CaseRef(e.key, e.inputs) for e in es)
                          for n, es in cases.items()},
-                  **_policy_fields(work), **fields)
+                  **_policy_fields(work, context), **fields)
         result = run_child(job, work)
         with np.load(work / "outputs.npz") as data:
             outputs = {k: data[k] for k in data.files}
         report = report_on(cases, outputs, format, atol, rtol, quantized, given is not None)
-        if not report.ok and judged():  # a probe's numbers are judged by its caller
+        if not report.ok and context.judged:  # a probe's numbers are judged by its caller
             raise VerificationError(
                 _refusal(report, job) + diagnosis(models, recipes, _first_failing(
                     cases, report), job, work, atol, rtol), report=report)
-        place(out, filepath)
+        place(out, filepath, overwrite=context.overwrite)
         if verbose:
             text = result.get("stdout", "").replace(str(out), os.fspath(filepath))
             print(f"kexport: re-hosted from the {backend} backend onto {host}; "
@@ -159,7 +158,7 @@ def rehost_export(model: Any, filepath: str | os.PathLike[str],
                   input_signature: Any | None = None, verbose: bool | None = None,
                   *, atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL,
                   sample_inputs: list[list[Any]] | None = None,
-                  quantized: str | None = None,
+                  quantized: str | None = None, context: ExportContext | None = None,
                   **kwargs: Any) -> VerificationReport:
     """Export ``model`` by rebuilding it on ``target_backend`` in a child process.
 
@@ -191,6 +190,9 @@ def rehost_export(model: Any, filepath: str | os.PathLike[str],
         quantized: the quantization mode the artifact is written in: its
             float outputs are then judged by that mode's thresholds
             (:data:`kexport.check.tolerance.QUANTIZED`) instead of ``atol``/``rtol``.
+        context: the export's :class:`~kexport.context.ExportContext`
+            (``overwrite``, the sample policy its checks draw under); by
+            default a new export that replaces only kexport artifacts.
         **kwargs: passed to the child's ``export_model`` (JSON-able values
             only, e.g. ``opset_version=17``).
 
@@ -230,4 +232,4 @@ def rehost_export(model: Any, filepath: str | os.PathLike[str],
     return rehost([model], [(recipe, live)], filepath, format, target_backend,
                   True if verbose is None else verbose,
                   {"mode": "model", "kwargs": json_kwargs(dict(kwargs))}, atol, rtol,
-                  sample_inputs, quantized)
+                  sample_inputs, quantized, context=context or ExportContext())

@@ -20,18 +20,19 @@ from kexport._atomic import atomic_target
 __all__ = ["place"]
 
 
-def _copy(src: Path, target: str | os.PathLike[str]) -> None:
-    with atomic_target(target, is_dir=src.is_dir()) as tmp:
+def _copy(src: Path, target: str | os.PathLike[str], overwrite: bool) -> None:
+    with atomic_target(target, is_dir=src.is_dir(), overwrite=overwrite) as tmp:
         if src.is_dir():
             shutil.copytree(src, tmp, dirs_exist_ok=True)
         else:
             shutil.copyfile(src, tmp)
 
 
-def place(src: Path, filepath: str | os.PathLike[str]) -> None:
-    """Move the verified artifact ``src`` (and siblings it wrote) to ``filepath`` atomically."""
+def place(src: Path, filepath: str | os.PathLike[str], *, overwrite: bool) -> None:
+    """Move the verified artifact ``src`` (and siblings it wrote) to ``filepath`` atomically
+    (``overwrite``: replace data that is not a kexport artifact, as the export was told)."""
     target = Path(os.fspath(filepath))
-    _copy(src, filepath)
+    _copy(src, filepath, overwrite)
     for sibling in sorted(src.parent.iterdir()):
         if sibling.name != src.name:
-            _copy(sibling, target.parent / sibling.name)
+            _copy(sibling, target.parent / sibling.name, overwrite)

@@ -65,7 +65,7 @@ def _e(value: Any) -> str:
     return escape("-" if value is None else str(value), quote=True)
 
 
-def _verdict(ok: bool) -> str:
+def _pass_label(ok: bool) -> str:
     return '<span class="pass">PASS</span>' if ok else '<span class="fail">FAIL</span>'
 
 
@@ -114,7 +114,7 @@ def render_html(data: Mapping[str, Any]) -> str:
             f'{_e(model.get("parameters"))} parameters'
             + (f', from <code>{_e(model.get("file"))}</code>' if model.get("file") else "")
             + f'. Generated {_e(data.get("generated"))} by kexport '
-            f'{_e(data.get("producer_version"))}. Overall: {_verdict(bool(data.get("ok")))}</p>',
+            f'{_e(data.get("producer_version"))}. Overall: {_pass_label(bool(data.get("ok")))}</p>',
             _overview(data), _keras_latency(data)]
     for i, section in enumerate(sections):
         body.append(_artifact(i, section))
@@ -142,7 +142,7 @@ def _overview(data: Mapping[str, Any]) -> str:
                      _e(_quantization(s)), _e(fmt_error(_max_abs(s))),
                      _e(f"{fmt_ms(first.get('p50_ms'))} (batch {first.get('batch')})"
                         if first else "-"),
-                     _verdict(bool(s.get("ok")))])
+                     _pass_label(bool(s.get("ok")))])
     return "<h2>Artifacts</h2>" + _table(
         ["artifact", "format", "route", "size", "precision", "max abs err", "p50 ms",
          "verification"], rows, numeric=(5, 6))
@@ -160,7 +160,7 @@ def _keras_latency(data: Mapping[str, Any]) -> str:
 
 def _artifact(i: int, s: Mapping[str, Any]) -> str:
     out = [f'<section id="artifact-{i}"><h2>{_e(s.get("name"))} ({_e(s.get("format"))}) '
-           f"{_verdict(bool(s.get('ok')))}</h2>"]
+           f"{_pass_label(bool(s.get('ok')))}</h2>"]
     route = s.get("route") or {}
     out.append(_table(["route", "size", "precision / quantization", "runtime computes in",
                        "default endpoint"],
@@ -192,7 +192,7 @@ def _verification(v: Mapping[str, Any]) -> str:
     else:
         rule = (f"tolerances for {_e(v.get('precision'))}: atol {_e(v.get('atol'))}, "
                 f"rtol {_e(v.get('rtol'))}")
-    head = (f"<h3>Verification {_verdict(bool(v.get('ok')))}</h3><p class=\"muted\">"
+    head = (f"<h3>Verification {_pass_label(bool(v.get('ok')))}</h3><p class=\"muted\">"
             f"{_e(v.get('format'))}, runtime {_e(v.get('runtime_precision'))}, {rule}, on "
             f"{_e(v.get('inputs'))} inputs (seed {_e(v.get('seed'))}), in a fresh process.</p>")
     rows = []
@@ -203,7 +203,7 @@ def _verification(v: Mapping[str, Any]) -> str:
                      "ok" if r.get("shape_match") else '<span class="fail">MISMATCH</span>',
                      _e(fmt_error(r.get("max_abs"))), _e(fmt_error(r.get("max_rel"))),
                      _e(fmt_error(r.get("sqnr_db"))), _e(fmt_error(r.get("cosine_min"))),
-                     _e(fmt_error(r.get("top1"))), _e(tol), _verdict(bool(r.get("ok")))])
+                     _e(fmt_error(r.get("top1"))), _e(tol), _pass_label(bool(r.get("ok")))])
     table = _table(["endpoint", "output", "cases", "shape", "max abs err", "max rel err",
                     "SQNR dB", "cos min", "top-1", "tolerance", "result"], rows,
                    numeric=(4, 5, 6, 7, 8))
@@ -241,7 +241,7 @@ def _localization(f: Mapping[str, Any] | None) -> str:
         rows.append([mark + f"<code>{_e(r.get('path'))}</code>", _e(r.get("class_name")),
                      _e(fmt_error(r.get("input_error"))), _e(fmt_error(r.get("output_error"))),
                      _e(_fmt_tolerance(r.get("tolerance"))),
-                     _verdict(bool(r.get("ok"))), _e(r.get("origin")),
+                     _pass_label(bool(r.get("ok"))), _e(r.get("origin")),
                      _e(", ".join(str(o) for o in (r.get("ops") or [])))])
     if rows:
         total = f.get("total_layers")

@@ -7,7 +7,6 @@ then hands them to a format writer in :meth:`ExportArchive.write_out`.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import inspect
 import os
@@ -20,7 +19,8 @@ from kexport.artifact.exclusion import check_exclude
 from kexport.artifact.quantization import check_quantization
 from kexport.capture._base import TracedEndpoint, is_tf_variable
 from kexport.check.policy import flat_sample_data
-from kexport.check.samples import SamplePolicy, using
+from kexport.check.samples import SamplePolicy
+from kexport.context import ExportContext
 from kexport.errors import SignatureError, SignatureTypeError, describe
 from kexport.rehost import write_archive_rehosted
 from kexport.routing.archive_routes import (
@@ -37,9 +37,10 @@ _RESERVED = {"variables", "trainable_variables", "non_trainable_variables", "sig
 
 
 def _format_options(writer: Callable[..., Any]) -> list[str]:
-    """The options a format's archive writer takes: its keyword-only parameters."""
+    """The options a format's archive writer takes: its keyword-only parameters
+    (but ``context``, which kexport passes)."""
     return [p.name for p in inspect.signature(writer).parameters.values()
-            if p.kind is inspect.Parameter.KEYWORD_ONLY]
+            if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name != "context"]
 
 
 def _check_name(name: Any, what: str) -> str:
@@ -316,9 +317,16 @@ class ExportArchive:
             policy = SamplePolicy(names=tuple(default.input_names), endpoint=default.name,
                                   data=flat_sample_data(sample_data, flatten(default.signature),
                                                         default.input_names))
-        if overwrite is False and _atomic.overwrite_allowed():
-            overwrite = True  # called by export_model(..., overwrite=True)
         _atomic.check_destination(filepath, overwrite)
+        self.write_with(ExportContext(overwrite=overwrite, samples=policy), filepath,
+                        options=options, verbose=verbose, format=format, **format_options)
+
+    def write_with(self, context: ExportContext, filepath: str | os.PathLike[str],
+                   options: Any | None = None, verbose: bool = True,
+                   format: str = "tf_saved_model", **format_options: Any) -> None:
+        """:meth:`write_out` under an export's context (``export_model``'s one
+        default endpoint, a re-host child's archive): the destination was checked
+        where the context was built."""
         if "quantization" in format_options or "calibration_data" in format_options \
                 or "quantization_exclude" in format_options:
             check_quantization(format, format_options.get("quantization"),
@@ -337,9 +345,8 @@ class ExportArchive:
         if host is not None:  # written by re-hosting the archive onto another backend
             writer = in_process_first(self.backend, format, writer, functools.partial(
                 write_archive_rehosted, format=format, host=host))
-        with _atomic.overwrite_policy(overwrite), (
-                using(policy) if policy is not None else contextlib.nullcontext()):
-            writer(self, filepath, options=options, verbose=verbose, **format_options)
+        writer(self, filepath, context=context, options=options, verbose=verbose,
+               **format_options)
 
     # -- for writers ----------------------------------------------------------
     @property

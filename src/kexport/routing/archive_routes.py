@@ -18,6 +18,7 @@ from kexport.artifact import format_info, missing_packages
 from kexport.capture import Capture
 from kexport.capture.jax import JaxCapture
 from kexport.capture.tensorflow import TensorFlowCapture
+from kexport.context import ExportContext
 from kexport.errors import RouteRefused, UnsupportedRouteError
 from kexport.formats import litert, onnx, openvino, saved_model, torch_program
 from kexport.rehost.capture import RehostCapture
@@ -31,7 +32,7 @@ class ArchiveRoute:
     """How ``ExportArchive.write_out`` writes one format.
 
     Attributes:
-        writer: ``writer(archive, filepath, options=None, verbose=True,
+        writer: ``writer(archive, filepath, *, context, options=None, verbose=True,
             **format_options)`` writing an ``ExportArchive`` in process.
         native_archives: backends whose archives ``writer`` writes in-process
             even where the backend's capture would re-host (e.g. ``.pt2``
@@ -156,15 +157,17 @@ def in_process_first(backend: str, format: str, native: Callable[..., Any],
     if backend not in archive_route(format).native_first:
         return rehosted
 
-    def write(archive: Any, filepath: Any, options: Any | None = None, verbose: bool = True,
-              **format_options: Any) -> None:
+    def write(archive: Any, filepath: Any, *, context: ExportContext,
+              options: Any | None = None, verbose: bool = True, **format_options: Any) -> None:
         try:
-            native(archive, filepath, options=options, verbose=verbose, **format_options)
+            native(archive, filepath, context=context, options=options, verbose=verbose,
+                   **format_options)
         except RouteRefused as refused:
             if verbose:
                 first = next((line for line in str(refused).splitlines() if line.strip()), "")
                 print(f"kexport: re-hosting the archive ({first[:240]})")
-            rehosted(archive, filepath, options=options, verbose=verbose, **format_options)
+            rehosted(archive, filepath, context=context, options=options, verbose=verbose,
+                     **format_options)
 
     return write
 

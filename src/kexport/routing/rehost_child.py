@@ -33,8 +33,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from kexport.capture.source import rehosted_from
-from kexport.check.samples import using
+from kexport.context import ExportContext
 from kexport.rehost.child import (
     carried_calibration,
     endpoint_fn,
@@ -56,26 +55,28 @@ def _export(models: list[Any], ordered: list[list[Any]], job: Job,
     import keras
 
     out = job.output
-    with rehosted_from(job.source_backend):
-        if job.mode == "model":
-            (endpoint,) = job.endpoints
-            # the host backend's own routes, as export_model would pick them
-            found = usable(keras.backend.backend(), job.format, models[0])
-            export(found, models[0], out, verbose=job.verbose,
-                   input_signature=list(endpoint.signature), **job.kwargs)
-            return
-        archive = ExportArchive()
-        for m in models:
-            archive.track(m)
-        for ep in job.endpoints:
-            fn = endpoint_fn(models[ep.model], ep.method, ep.kwargs)
-            archive.add_endpoint(ep.name, fn, list(ep.signature))
-        for name, refs in job.collections.items():
-            archive.add_variable_collection(name, [ordered[i][j] for i, j in refs])
-        options = dict(job.kwargs)
-        if job.calibration:
-            options["calibration_data"] = carried_calibration(work, dict(job.calibration))
-        archive.write_out(out, verbose=job.verbose, format=job.format, **options)
+    # the job folder is the child's own; the parent places the artifact with its overwrite
+    context = ExportContext(overwrite=True, samples=parent_policy(work, job),
+                            source_backend=job.source_backend)
+    if job.mode == "model":
+        (endpoint,) = job.endpoints
+        # the host backend's own routes, as export_model would pick them
+        found = usable(keras.backend.backend(), job.format, models[0])
+        export(found, models[0], out, context=context, verbose=job.verbose,
+               input_signature=list(endpoint.signature), **job.kwargs)
+        return
+    archive = ExportArchive()
+    for m in models:
+        archive.track(m)
+    for ep in job.endpoints:
+        fn = endpoint_fn(models[ep.model], ep.method, ep.kwargs)
+        archive.add_endpoint(ep.name, fn, list(ep.signature))
+    for name, refs in job.collections.items():
+        archive.add_variable_collection(name, [ordered[i][j] for i, j in refs])
+    options = dict(job.kwargs)
+    if job.calibration:
+        options["calibration_data"] = carried_calibration(work, dict(job.calibration))
+    archive.write_with(context, out, verbose=job.verbose, format=job.format, **options)
 
 
 def run_job(work: Path) -> dict[str, Any]:
@@ -96,8 +97,7 @@ def run_job(work: Path) -> dict[str, Any]:
                 outputs, extra["calls"] = layer_calls(work, job, models)
             else:
                 stage = "export"
-                with using(parent_policy(work, job)):
-                    _export(models, ordered, job, work)
+                _export(models, ordered, job, work)
                 stage = "run"
                 outputs = run_artifact(work, job)
         np.savez(work / ("layers.npz" if job.layers is not None else "outputs.npz"), **outputs)

@@ -21,6 +21,7 @@ from kexport._inference import inference_fn
 from kexport.artifact import DEFAULT_ENDPOINT
 from kexport.capture import precision
 from kexport.capture.portable import portable_ops
+from kexport.context import ExportContext
 from kexport.errors import RouteRefused
 from kexport.rehost import rehost_export
 from kexport.routing.archive import ExportArchive
@@ -54,7 +55,7 @@ def native_export(format: str, split: OptionSplit = _capture_only,
     """
     defaults = dict(capture_defaults or {})
 
-    def export_native(model: Any, filepath: str | os.PathLike[str], *,
+    def export_native(model: Any, filepath: str | os.PathLike[str], *, context: ExportContext,
                       verbose: bool | None = None, input_signature: Any | None = None,
                       **options: Any) -> None:
         capture_options, writer_options = split(dict(options))
@@ -66,8 +67,8 @@ def native_export(format: str, split: OptionSplit = _capture_only,
         archive.track(model)
         archive.add_endpoint(DEFAULT_ENDPOINT, inference_fn(model),
                              signature, **capture_options)
-        archive.write_out(filepath, verbose=True if verbose is None else verbose,
-                          format=format, **writer_options)
+        archive.write_with(context, filepath, verbose=True if verbose is None else verbose,
+                           format=format, **writer_options)
 
     export_native.__qualname__ = export_native.__name__ = f"export_{format}_native"
     return export_native
@@ -88,20 +89,21 @@ def rehost_export_for(format: str, host: str,
     """
 
     def export_rehosted(model: Any, filepath: str | os.PathLike[str], *,
-                        verbose: bool | None = None, input_signature: Any | None = None,
-                        **options: Any) -> Any:
+                        context: ExportContext, verbose: bool | None = None,
+                        input_signature: Any | None = None, **options: Any) -> Any:
         extra = prepare(model, input_signature, dict(options)) if prepare else options
         return rehost_export(model, filepath, format, host, input_signature=input_signature,
-                             verbose=verbose, **extra)
+                             verbose=verbose, context=context, **extra)
 
     export_rehosted.__qualname__ = export_rehosted.__name__ = f"export_{format}_via_{host}"
     return export_rehosted
 
 
 def export(routes: Sequence[Route], model: Any, filepath: str | os.PathLike[str], *,
-           verbose: bool | None = None, input_signature: Any | None = None,
-           **options: Any) -> None:
-    """Export ``model`` with the first of ``routes`` that delivers.
+           context: ExportContext, verbose: bool | None = None,
+           input_signature: Any | None = None, **options: Any) -> None:
+    """Export ``model`` with the first of ``routes`` that delivers, under ``context``
+    (built by the caller from the user's call: overwrite, the sample policy).
 
     ``routes`` are one cell's routes that can carry the model, in the order the
     table gives. A route that finds, while exporting, that it cannot carry
@@ -111,8 +113,8 @@ def export(routes: Sequence[Route], model: Any, filepath: str | os.PathLike[str]
     for number, route in enumerate(routes, start=1):
         try:
             with precision.for_format(model, route.format), portable_ops():
-                route.export(model, filepath, verbose=verbose, input_signature=input_signature,
-                             **options)
+                route.export(model, filepath, context=context, verbose=verbose,
+                             input_signature=input_signature, **options)
             return
         except RouteRefused:
             if number == len(routes):

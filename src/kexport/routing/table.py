@@ -38,7 +38,8 @@ class Route:
         kind: ``"native"`` (traced on the model's own backend) or ``"rehost"``.
         via: the building blocks used, for people.
         export: the function that performs it: ``export(model, filepath, *,
-            verbose, input_signature, **options)``. It may raise
+            context, verbose, input_signature, **options)`` (``context``: the
+            export's :class:`~kexport.context.ExportContext`). It may raise
             :class:`~kexport.errors.RouteRefused` when the model turns out to
             be one it cannot carry; the next route of the cell then runs.
         packages: importable modules this route needs.

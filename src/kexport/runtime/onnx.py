@@ -331,5 +331,5 @@ def store_report(path: Path, report: dict[str, Any]) -> None:
         del model.metadata_props[:]
         model.metadata_props.extend(kept)
         model.metadata_props.add(key=REPORT_KEY, value=text)
-        with atomic_target(file, is_dir=False) as tmp:
+        with atomic_target(file, is_dir=False, overwrite=True) as tmp:
             onnx.save_model(model, os.fspath(tmp))

@@ -188,7 +188,7 @@ def store_report(path: Path, report: dict[str, Any]) -> None:
 
     text = json.dumps(report, sort_keys=True)
     if path.is_dir():
-        with atomic_target(path / REPORT_FILE, is_dir=False) as tmp:
+        with atomic_target(path / REPORT_FILE, is_dir=False, overwrite=True) as tmp:
             tmp.write_text(text)
         return
     xml = path.read_text()
@@ -199,5 +199,5 @@ def store_report(path: Path, report: dict[str, Any]) -> None:
                              lambda m: m.group(1) + element, xml, count=1)
     if not count:
         return  # not an IR kexport wrote: nothing to store beside
-    with atomic_target(path, is_dir=False) as tmp:
+    with atomic_target(path, is_dir=False, overwrite=True) as tmp:
         tmp.write_text(new)

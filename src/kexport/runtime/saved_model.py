@@ -193,5 +193,5 @@ def store_report(path: Path, report: dict[str, Any]) -> None:
 
     target = path / REPORT_FILE
     target.parent.mkdir(exist_ok=True)
-    with atomic_target(target, is_dir=False) as tmp:
+    with atomic_target(target, is_dir=False, overwrite=True) as tmp:
         tmp.write_text(json.dumps(report, indent=2, sort_keys=True))

@@ -45,8 +45,8 @@ from kexport.artifact import (
     LITERT_METADATA,
     Manifest,
 )
-from kexport.check import samples
 from kexport.check.calibration import calibration_batches
+from kexport.context import ExportContext
 from kexport.errors import (
     CaptureError,
     KexportError,
@@ -158,13 +158,14 @@ def _with_metadata(flatbuffer: bytes, meta: Manifest) -> tuple[bytes, list[str]]
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model_obj)), ops
 
 
-def _metadata(archive: EndpointArchive, options: LiteRTOptions) -> Manifest:
+def _metadata(archive: EndpointArchive, options: LiteRTOptions, context: ExportContext
+              ) -> Manifest:
     return Manifest.build(
         archive.endpoints, format="litert", backend=archive.backend,
         quantization=options.quantization,
         # the compute precision kexport.verify picks tolerances by
         precision=_PRECISION[options.quantization], allow_flex=options.allow_flex,
-        **samples.recorded())
+        **context.recorded())
 
 
 def convert(archive: EndpointArchive, options: LiteRTOptions) -> bytes:
@@ -237,8 +238,8 @@ def _first_error_line(text: str) -> str:
 
 def write_archive(archive: EndpointArchive, filepath: str | os.PathLike[str],
                   options: Any | None = None, verbose: bool = True, *,
-                  quantization: str | None = None, calibration_data: Any | None = None
-                  ) -> None:
+                  quantization: str | None = None, calibration_data: Any | None = None,
+                  context: ExportContext) -> None:
     """Write ``archive`` as one ``.tflite`` file with one signature per endpoint.
 
     Args:
@@ -249,6 +250,7 @@ def write_archive(archive: EndpointArchive, filepath: str | os.PathLike[str],
         quantization: the mode (``write_out(..., quantization=...)``), instead
             of ``options``.
         calibration_data: the calibration batches for ``"int8"``.
+        context: the export's context (overwrite, the sample policy recorded).
 
     Raises:
         SignatureError: ``quantization`` given with ``options`` too.
@@ -261,8 +263,8 @@ def write_archive(archive: EndpointArchive, filepath: str | os.PathLike[str],
         options = {"quantization": quantization, "calibration_data": calibration_data}
     opts = LiteRTOptions.coerce(options)
     flatbuffer = convert(archive, opts)
-    data, _ = _with_metadata(flatbuffer, _metadata(archive, opts))
-    with atomic_target(filepath, is_dir=False) as tmp:
+    data, _ = _with_metadata(flatbuffer, _metadata(archive, opts, context))
+    with atomic_target(filepath, is_dir=False, overwrite=context.overwrite) as tmp:
         try:
             tmp.write_bytes(data)
         except OSError as e:

@@ -18,11 +18,11 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any
 
 from kexport._numerics import onnxruntime_options
-from kexport.check.probe import judged
 from kexport.check.report import VerificationReport
-from kexport.check.samples import CASE_SIZES, sample_inputs
+from kexport.check.samples import CASE_SIZES, SamplePolicy, sample_inputs
 from kexport.check.tolerance import FLOAT32
 from kexport.check.verdict import Case, verdict
+from kexport.context import ExportContext
 from kexport.errors import SignatureError
 from kexport.signature import Spec
 
@@ -33,29 +33,31 @@ class NotTraceable(Exception):
     """The fast graph cannot be trusted for this model; use the next strategy."""
 
 
-def samples(specs: Sequence[Spec], batch: int, seed: int, sized_as: int | None = None,
-            data: bool = True) -> list[Any]:
-    """:func:`kexport.check.samples.sample_inputs` (the sample policy in force: id
-    ranges, masks, user data unless ``data=False``), a string input being
+def samples(specs: Sequence[Spec], batch: int, seed: int, policy: SamplePolicy | None,
+            sized_as: int | None = None, data: bool = True) -> list[Any]:
+    """:func:`kexport.check.samples.sample_inputs` (under the export's sample ``policy``:
+    id ranges, masks, user data unless ``data=False``), a string input being
     :class:`NotTraceable` (a fast converter cannot take it; the next strategy runs)."""
     if not data and any(s.dtype == "string" for s in specs):  # a converter's trace sample
         raise NotTraceable("string inputs: a fast converter cannot trace them")
     try:
-        return sample_inputs(specs, batch, seed, sized_as=sized_as, data=data)
+        return sample_inputs(specs, batch, seed, sized_as=sized_as, data=data, policy=policy)
     except SignatureError as e:
         raise NotTraceable(str(e)) from e
 
 
-def _cases(specs: Sequence[Spec]) -> list[list[Any]]:
+def _cases(specs: Sequence[Spec], policy: SamplePolicy | None) -> list[list[Any]]:
     # Every batch shares its other dynamic sizes (none the converter saw), so the
     # live model runs once on all of them concatenated (JAX compiles per shape);
     # a model that mixes samples across the batch then fails the check: safe.
-    return [samples(specs, batch, seed, sized_as=CASE_SIZES[0])
+    return [samples(specs, batch, seed, policy, sized_as=CASE_SIZES[0])
             for seed, batch in enumerate(CASE_SIZES, start=1)]
 
 
-def _compare(data: bytes | str, names: Sequence[str], cases: list[list[Any]],
-             wants: Callable[[], list[list[Any]]]) -> None:
+def _run_in_onnxruntime(data: bytes | str, names: Sequence[str], cases: list[list[Any]],
+                        wants: Callable[[], list[list[Any]]], judged: bool) -> None:
+    """Run the graph on ``cases``; :func:`~kexport.check.verdict.verdict` judges its outputs
+    against the live ones (unless not ``judged``: a localiser probe)."""
     import onnxruntime as ort
 
     # a graph ONNX Runtime cannot run is an answer here, not an error to print:
@@ -71,7 +73,7 @@ def _compare(data: bytes | str, names: Sequence[str], cases: list[list[Any]],
     wanted = wants()
     if any(len(got) != len(want) for got, want in zip(gots, wanted, strict=True)):
         raise NotTraceable("gives another number of outputs than the live model")
-    if not judged():  # a probe's numbers are judged by its caller
+    if not judged:  # a probe's numbers are judged by its caller
         return
     report = verdict(VerificationReport("onnx", "float32", *FLOAT32, 0), [
         Case("serve", f"batch {batch}", dict(zip(names, flat, strict=True)), want, got)
@@ -97,9 +99,10 @@ class Acceptance:
     """
 
     def __init__(self, names: Sequence[str], specs: Sequence[Spec],
-                 live: Callable[[list[Any]], list[Any]]) -> None:
+                 live: Callable[[list[Any]], list[Any]], context: ExportContext) -> None:
         self.names = list(names)
-        self.cases = _cases(specs)
+        self.judged = context.judged
+        self.cases = _cases(specs, context.samples)
         pool = ThreadPoolExecutor(1, thread_name_prefix="kexport-live")
         self._reference = pool.submit(_live_once, self.cases, specs, live)
         pool.shutdown(wait=False)
@@ -108,7 +111,8 @@ class Acceptance:
         """Raises :class:`NotTraceable` unless ONNX Runtime reproduces the live model."""
         try:
             # the live model's own errors propagate as they are
-            _compare(data, self.names, self.cases, self._reference.result)
+            _run_in_onnxruntime(data, self.names, self.cases, self._reference.result,
+                                self.judged)
         finally:
             self.close()
 

@@ -19,11 +19,11 @@ from kexport._atomic import atomic_target
 from kexport.artifact import ONNX_ARCHIVE_MANIFEST, Manifest
 from kexport.artifact.exclusion import check_exclude, resolve_layers
 from kexport.artifact.quantization import check_quantization, record
-from kexport.check import samples
 from kexport.check.calibration import (
     calibration_by_endpoint,
     calibration_rows,
 )
+from kexport.context import ExportContext
 from kexport.errors import RouteRefused, SignatureError
 from kexport.formats.onnx import _io as _onnx_io
 from kexport.formats.onnx._accept import NotTraceable
@@ -46,7 +46,8 @@ def write_archive(archive: EndpointArchive, filepath: str | os.PathLike[str],
                   options: Any | None = None, verbose: bool = True, *,
                   opset_version: int | None = None, quantization: str | None = None,
                   calibration_data: Any | None = None,
-                  quantization_exclude: list[str] | None = None) -> None:
+                  quantization_exclude: list[str] | None = None,
+                  context: ExportContext) -> None:
     """Write ``archive`` as a folder of ONNX graphs sharing one weights file.
 
     Layout::
@@ -79,6 +80,8 @@ def write_archive(archive: EndpointArchive, filepath: str | os.PathLike[str],
         quantization_exclude: layers of the tracked models (names or paths)
             kept in float in every graph (recorded as the quantization
             record's ``excluded_layers``).
+        context: the export's context (overwrite, the sample policy of the
+            acceptance and of the manifest).
 
     Raises:
         RouteRefused: no in-process strategy of the backend converts an
@@ -104,7 +107,7 @@ def write_archive(archive: EndpointArchive, filepath: str | os.PathLike[str],
         problem = in_process_problem(layer) if archive.backend in _REHOSTED_WHEN else ""
         if problem:
             raise RouteRefused(f"ONNX archive on the {archive.backend} backend: {problem}")
-    finished = [convert(source, STRATEGIES[archive.backend], opset=opset,
+    finished = [convert(source, STRATEGIES[archive.backend], context=context, opset=opset,
                         backend=archive.backend, place=_checked_in_memory, layers=layers,
                         verbose=verbose)
                 for source in _sources(archive, tracked)]
@@ -128,8 +131,8 @@ def write_archive(archive: EndpointArchive, filepath: str | os.PathLike[str],
             toolchain(), [layer.path for layer in exclude.layers] if exclude else None)
     manifest = Manifest.build(archive.endpoints, format="onnx", backend=archive.backend,
                               file_suffix=".onnx", opset=opset, weights=ARCHIVE_WEIGHTS,
-                              **extras, **samples.recorded())
-    with atomic_target(filepath, is_dir=True) as tmp:
+                              **extras, **context.recorded())
+    with atomic_target(filepath, is_dir=True, overwrite=context.overwrite) as tmp:
         with open(tmp / ARCHIVE_WEIGHTS, "wb") as f:
             _onnx_io.externalize(protos, f, ARCHIVE_WEIGHTS, all_floats=True)
         for endpoint, proto in zip(archive.endpoints, protos, strict=False):

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from kexport.artifact.exclusion import check_naming
-from kexport.capture.source import rehost_source
+from kexport.context import ExportContext
 from kexport.errors import CaptureError, LayerMappingError, RouteRefused
 from kexport.formats.onnx._accept import NotTraceable
 from kexport.formats.onnx._finish import finish
@@ -67,14 +67,17 @@ class Finished:
     summary: SummaryEndpoint
 
 
-def convert(source: Source, strategies: Sequence[Strategy], *, opset: int, backend: str,
-            place: Callable[[Finished], T], layers: Sequence[Any] = (),
-            verbose: bool | None = None) -> T:
+def convert(source: Source, strategies: Sequence[Strategy], *, context: ExportContext,
+            opset: int, backend: str, place: Callable[[Finished], T],
+            layers: Sequence[Any] = (), verbose: bool | None = None) -> T:
     """``place`` applied to the first of ``strategies``' finished graphs it accepts.
 
     Args:
         source: the endpoint.
         strategies: tried in order.
+        context: the export's context: the sample policy the acceptance draws
+            under, whether it judges numbers, the backend a re-hosted model
+            came from.
         opset: the opset of the finished graph.
         backend: recorded in the graph's metadata (the source backend in a
             re-host child).
@@ -93,14 +96,14 @@ def convert(source: Source, strategies: Sequence[Strategy], *, opset: int, backe
     for number, strategy in enumerate(strategies, start=1):
         try:  # a graph that cannot say which nodes to keep is refused before converting
             check_naming(list(layers), strategy.naming, strategy.route)
-            attempt = strategy(source, opset)
+            attempt = strategy(source, opset, context)
         except LayerMappingError as e:
             attempt = Attempt(strategy, refused=e)
         refused = attempt.refused
         if attempt.graph is not None:
             accept = attempt.graph.accept
             try:
-                return place(_finish(attempt, source, opset, backend))
+                return place(_finish(attempt, source, opset, backend, context))
             except (NotTraceable, LayerMappingError) as e:
                 refused = e
             finally:
@@ -119,20 +122,21 @@ def convert(source: Source, strategies: Sequence[Strategy], *, opset: int, backe
                        ) from refused
 
 
-def _finish(attempt: Attempt, source: Source, opset: int, backend: str) -> Finished:
+def _finish(attempt: Attempt, source: Source, opset: int, backend: str,
+            context: ExportContext) -> Finished:
     """Step 3 for the graph ``attempt`` holds (taken out of it, so that the
     converter's copy can be freed before placing)."""
     raw: RawGraph | None
     raw, attempt.graph = attempt.graph, None
     assert raw is not None
     accept = raw.accept
-    where = rehost_source()
+    where = context.source_backend
     graph_backend = backend
     if where is not None:  # writing in a re-host child: record where the model lives
         raw.route = f"re-host on {backend} (child process): {raw.route.partition(': ')[2]}"
         graph_backend = where
     proto = finish(raw, opset=opset, backend=graph_backend, endpoint=source.name,
-                   input_specs=flatten(source.signature))
+                   input_specs=flatten(source.signature), recorded=context.recorded())
     del raw
     _release_converter_copy(proto)
     return Finished(proto, accept, attempt.strategy, SummaryEndpoint.of(proto, source.signature))

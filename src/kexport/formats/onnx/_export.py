@@ -15,6 +15,7 @@ options :func:`rehost_options` checks). Recurrent models go straight there
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from typing import Any
 
 from kexport import _summary
@@ -22,6 +23,7 @@ from kexport._dims import plan_signature
 from kexport._inference import inference_fn
 from kexport.artifact.exclusion import resolve_layers
 from kexport.check.calibration import calibration_batches
+from kexport.context import ExportContext
 from kexport.formats.onnx._convert import STRATEGIES, Finished, convert, proto_route, without_paths
 from kexport.formats.onnx._graph import Source
 from kexport.formats.onnx._options import _pop_options, _refuse_lookup_layers
@@ -37,7 +39,8 @@ REHOST_ROUTE = "re-host on tensorflow (child process): tf.function -> tf2onnx"
 
 
 def _export(model: Any, filepath: str | os.PathLike[str], verbose: bool | None,
-            input_signature: Any, kwargs: dict[str, Any], backend: str) -> None:
+            input_signature: Any, kwargs: dict[str, Any], backend: str,
+            context: ExportContext) -> None:
     """Convert the model's default endpoint with the backend's strategies, then
     quantize (when asked) and write the first graph accepted."""
     say = print if verbose is None or verbose else None
@@ -58,24 +61,28 @@ def _export(model: Any, filepath: str | os.PathLike[str], verbose: bool | None,
             proto = quantize_graph(proto, opts["quantization"], calibration,
                                    proto_route(proto), accept, excluded)
             accept = None
-        write_model(proto, filepath, opts["threshold"], proto_route(proto), accept)
+        write_model(proto, filepath, opts["threshold"], proto_route(proto), accept,
+                    overwrite=context.overwrite)
         return finished
 
-    finished = convert(Source.of(model, signature), STRATEGIES[backend], opset=opts["opset"],
-                       backend=backend, place=place, layers=layers, verbose=verbose)
+    finished = convert(Source.of(model, signature), STRATEGIES[backend], context=context,
+                       opset=opts["opset"], backend=backend, place=place, layers=layers,
+                       verbose=verbose)
     if verbose is None or verbose:
         _summary.print_summary("onnx", [finished.summary], filepath)
 
 
-def export_tensorflow(model: Any, filepath: str | os.PathLike[str], *,
+def export_tensorflow(model: Any, filepath: str | os.PathLike[str], *, context: ExportContext,
                       verbose: bool | None = None, input_signature: Any | None = None,
                       **kwargs: Any) -> None:
     """TensorFlow backend -> ONNX (``tf.function`` + ``tf2onnx``, in process); string and
     lookup layers on the inputs through kexport's own lowering (:mod:`.strings`)."""
     if has_string_layers(model):
+        # the rest of the model goes to a private folder, then into the merged graph
+        inner = replace(context, overwrite=True)
         return export_strings(model, filepath, verbose, input_signature, kwargs, lambda m, p, o:
-                              _export(m, p, False, None, o, "tensorflow"))
-    _export(model, filepath, verbose, input_signature, kwargs, "tensorflow")
+                              _export(m, p, False, None, o, "tensorflow", inner), context)
+    _export(model, filepath, verbose, input_signature, kwargs, "tensorflow", context)
 
 
 def rehost_options(model: Any, input_signature: Any, options: dict[str, Any]
@@ -109,7 +116,7 @@ def rehost_options(model: Any, input_signature: Any, options: dict[str, Any]
     return carried
 
 
-def export_jax(model: Any, filepath: str | os.PathLike[str], *,
+def export_jax(model: Any, filepath: str | os.PathLike[str], *, context: ExportContext,
                verbose: bool | None = None, input_signature: Any | None = None,
                **kwargs: Any) -> None:
     """JAX backend -> ONNX.
@@ -123,10 +130,10 @@ def export_jax(model: Any, filepath: str | os.PathLike[str], *,
     ONNX Runtime).
     """
     _refuse_lookup_layers(model, "jax: jax2onnx")
-    _export(model, filepath, verbose, input_signature, kwargs, "jax")
+    _export(model, filepath, verbose, input_signature, kwargs, "jax", context)
 
 
-def export_torch(model: Any, filepath: str | os.PathLike[str], *,
+def export_torch(model: Any, filepath: str | os.PathLike[str], *, context: ExportContext,
                  verbose: bool | None = None, input_signature: Any | None = None,
                  **kwargs: Any) -> None:
     """PyTorch backend -> ONNX.
@@ -141,7 +148,7 @@ def export_torch(model: Any, filepath: str | os.PathLike[str], *,
     time axis stays symbolic.
     """
     _refuse_lookup_layers(model, "torch: torch.export -> torch.onnx")
-    _export(model, filepath, verbose, input_signature, kwargs, "torch")
+    _export(model, filepath, verbose, input_signature, kwargs, "torch", context)
 
 
 def in_process_problem(model: Any) -> str:

@@ -19,11 +19,10 @@ pass failed after which (:class:`FinishPassError`, a
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from kexport._version import __version__
-from kexport.check import samples
 from kexport.errors import CaptureError, WriteError
 from kexport.formats.onnx import compat
 from kexport.formats.onnx._graph import RawGraph, _spec_json
@@ -238,9 +237,10 @@ class KexportMetadata(FinishPass):
     name = "kexport_metadata"
 
     def __init__(self, raw: RawGraph, backend: str, endpoint: str,
-                 input_specs: Sequence[Spec]) -> None:
+                 input_specs: Sequence[Spec], recorded: Mapping[str, Any]) -> None:
         self.raw, self.backend, self.endpoint = raw, backend, endpoint
         self.input_specs = list(input_specs)
+        self.recorded = dict(recorded)
 
     def ensures(self, model: ir.Model) -> None:
         if "kexport.route" not in model.metadata_props:
@@ -262,7 +262,7 @@ class KexportMetadata(FinishPass):
             "kexport.inputs": _spec_json(self.input_specs, raw.input_names),
             "kexport.outputs": _spec_json(_graph_output_specs(model, raw.output_specs),
                                           raw.output_names),
-            **{f"kexport.{k}": json.dumps(v) for k, v in samples.recorded().items()},
+            **{f"kexport.{k}": json.dumps(v) for k, v in self.recorded.items()},
         })
         return True
 
@@ -286,15 +286,19 @@ def _graph_output_specs(model: ir.Model, specs: Sequence[Spec]) -> list[Spec]:
 
 
 def finishing_passes(raw: RawGraph, *, opset: int, backend: str, endpoint: str,
-                     input_specs: Sequence[Spec], optimize: bool = True) -> list[FinishPass]:
-    """The finishing passes of ``raw``, in the order they run."""
+                     input_specs: Sequence[Spec], optimize: bool = True,
+                     recorded: Mapping[str, Any] | None = None) -> list[FinishPass]:
+    """The finishing passes of ``raw``, in the order they run (``recorded``: the
+    export's sample policy as manifest extras, :meth:`ExportContext.recorded`)."""
     return [NamedIO(raw.input_names, raw.output_names), ClearedDebugInfo(),
             *([Optimized()] if optimize else []), AtOpset(opset),
-            NamedDynamicDims(input_specs), KexportMetadata(raw, backend, endpoint, input_specs)]
+            NamedDynamicDims(input_specs), KexportMetadata(raw, backend, endpoint, input_specs,
+                                                          dict(recorded or {}))]
 
 
 def finish(raw: RawGraph, *, opset: int, backend: str, endpoint: str,
-           input_specs: Sequence[Spec], optimize: bool = True) -> onnx.ModelProto:
+           input_specs: Sequence[Spec], optimize: bool = True,
+           recorded: Mapping[str, Any] | None = None) -> onnx.ModelProto:
     """Step 3: the finishing passes on ``raw``'s graph, as an ``onnx.ModelProto``."""
     import onnx_ir as ir
 
@@ -304,5 +308,5 @@ def finish(raw: RawGraph, *, opset: int, backend: str, endpoint: str,
         raw.model = ir.serde.deserialize_model(raw.model)
     run_passes(raw.model, finishing_passes(raw, opset=opset, backend=backend,
                                            endpoint=endpoint, input_specs=input_specs,
-                                           optimize=optimize), raw.route)
+                                           optimize=optimize, recorded=recorded), raw.route)
     return ir.serde.serialize_model(raw.model)

@@ -14,6 +14,7 @@ from typing import Any
 
 from kexport._inference import inference_fn
 from kexport.artifact import DEFAULT_ENDPOINT
+from kexport.context import ExportContext
 from kexport.errors import CaptureError, KexportError
 from kexport.formats.onnx._accept import NotTraceable
 from kexport.signature import Spec
@@ -141,8 +142,9 @@ class Strategy(abc.ABC):
     naming: str | None = None
 
     @abc.abstractmethod
-    def capture(self, source: Source, opset: int) -> RawGraph:
-        """Convert the endpoint ``source`` at ``opset``.
+    def capture(self, source: Source, opset: int, context: ExportContext) -> RawGraph:
+        """Convert the endpoint ``source`` at ``opset`` (``context``: the export's,
+        whose sample policy a graph's acceptance draws its inputs under).
 
         Raises:
             NotTraceable: this strategy refuses the endpoint.
@@ -155,10 +157,10 @@ class Strategy(abc.ABC):
         backend, _, how = self.route.partition(": ")
         return f"{backend}: ExportArchive {how}"
 
-    def __call__(self, source: Source, opset: int) -> Attempt:
+    def __call__(self, source: Source, opset: int, context: ExportContext) -> Attempt:
         """:meth:`capture`, with a refusal held in the result instead of raised."""
         try:
-            return Attempt(self, graph=self.capture(source, opset))
+            return Attempt(self, graph=self.capture(source, opset, context))
         except (NotTraceable, CaptureError) as e:
             # a converter that fails on this model is a refusal too: the next
             # strategy, else the next route (re-host), may deliver

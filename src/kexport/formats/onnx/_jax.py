@@ -16,6 +16,7 @@ from typing import Any
 
 from kexport._inference import stateless_run
 from kexport.capture._base import output_names
+from kexport.context import ExportContext
 from kexport.formats.onnx._accept import Acceptance, NotTraceable, samples
 from kexport.formats.onnx._graph import RawGraph, Source, Strategy
 from kexport.formats.onnx.compat import linear_output_binding
@@ -30,7 +31,7 @@ class Jax2Onnx(Strategy):
     description = "the jax2onnx graph"
     route = "jax: jax2onnx (verified)"
 
-    def capture(self, source: Source, opset: int) -> RawGraph:
+    def capture(self, source: Source, opset: int, context: ExportContext) -> RawGraph:
         """Convert; refuses the endpoint when jax2onnx is missing or fails."""
         import jax
         import keras
@@ -57,7 +58,7 @@ class Jax2Onnx(Strategy):
             out = stateless([v.value for v in trainable], [v.value for v in frozen], *flat)
             return [np.asarray(keras.ops.convert_to_numpy(o)) for o in out]
 
-        first = jax.eval_shape(fn, *samples(specs, 2, 0, data=False))  # shapes only, nothing runs
+        first = jax.eval_shape(fn, *samples(specs, 2, 0, context.samples, data=False))  # shapes only, nothing runs
         outs = output_names(list(first), source.model)
         out_specs = [Spec((None, *tuple(o.shape)[1:]) if len(o.shape) else (), str(o.dtype), n)
                      for o, n in zip(first, outs, strict=False)]
@@ -69,7 +70,7 @@ class Jax2Onnx(Strategy):
                                          output_names=outs, opset=opset, return_mode="ir")
         except Exception as e:  # the re-host route reports real failures
             raise NotTraceable(f"jax2onnx: {type(e).__name__}: {str(e)[:300]}") from e
-        return RawGraph(graph, names, outs, out_specs, route, accept=Acceptance(names, specs, live))
+        return RawGraph(graph, names, outs, out_specs, route, accept=Acceptance(names, specs, live, context))
 
 
 # XLA's backend at -O0 compiles a model about 2x faster; the reference runs

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from kexport.capture.tensorflow import TensorFlowCapture
+from kexport.context import ExportContext
 from kexport.errors import CaptureError
 from kexport.formats.onnx import compat
 from kexport.formats.onnx._graph import (
@@ -94,7 +95,7 @@ class TensorFlowGraph(Strategy):
     route = "tensorflow: tf.function -> tf2onnx"
     naming = "layer_names"  # tf2onnx keeps the Keras name scopes in node names
 
-    def capture(self, source: Source, opset: int) -> RawGraph:
+    def capture(self, source: Source, opset: int, context: ExportContext) -> RawGraph:
         """Trace and convert, with large weights lifted when that conversion succeeds
         (an endpoint already traced, an ``ExportArchive``'s, is converted as it is)."""
         route = self.route_for(source)

@@ -26,6 +26,7 @@ from typing import Any
 
 from kexport.capture._base import _to_plain, output_names
 from kexport.capture.torch_export import symbolic_sizes
+from kexport.context import ExportContext
 from kexport.errors import CaptureError, UnsupportedRouteError
 from kexport.formats.onnx._accept import Acceptance, NotTraceable, samples
 from kexport.formats.onnx._graph import (
@@ -76,7 +77,7 @@ class TracedTorch(Strategy):
     route = "torch: torch.onnx (traced, verified)"
     naming = "module_paths"
 
-    def capture(self, source: Source, opset: int) -> RawGraph:
+    def capture(self, source: Source, opset: int, context: ExportContext) -> RawGraph:
         """Trace the model once; refuses it on a doubtful ``TracerWarning``."""
         import numpy as np
         import onnx
@@ -95,7 +96,7 @@ class TracedTorch(Strategy):
                 out = call(*pack_as(list(structure), [torch.as_tensor(a) for a in flat]))
             return [np.asarray(t.detach().cpu().numpy()) for t in flatten(_to_plain(out))]
 
-        sample = samples(specs, _TRACE_SAMPLE_BATCH, 0, data=False)
+        sample = samples(specs, _TRACE_SAMPLE_BATCH, 0, context.samples, data=False)
         with torch.no_grad():
             first = call(*pack_as(list(structure), [torch.as_tensor(a) for a in sample]))
         outs = output_names(_to_plain(first), model)
@@ -135,7 +136,7 @@ class TracedTorch(Strategy):
             graph.ParseFromString(view)
         del buffer
         return RawGraph(graph, names, outs, out_specs, route,
-                        accept=Acceptance(names, specs, live))
+                        accept=Acceptance(names, specs, live, context))
 
 
 # Keras's own ops read static sizes as Python values (input checks, softmax
@@ -173,7 +174,7 @@ class TorchExport(Strategy):
     route = "torch: torch.export -> torch.onnx"
     naming = "module_paths"  # from the nodes' name-scope metadata (compat.scoped_node_names)
 
-    def capture(self, source: Source, opset: int) -> RawGraph:
+    def capture(self, source: Source, opset: int, context: ExportContext) -> RawGraph:
         """Export and translate; refuses a model whose dynamic axis was fixed anyway."""
         import numpy as np
         import torch

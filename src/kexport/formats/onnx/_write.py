@@ -34,7 +34,8 @@ def _check(target: str | bytes | onnx.ModelProto, route: str) -> None:
 
 
 def write_model(proto: onnx.ModelProto, filepath: str | os.PathLike[str], threshold: int,
-                route: str, accept: Callable[[bytes | str], None] | None = None) -> bool:
+                route: str, accept: Callable[[bytes | str], None] | None = None, *,
+                overwrite: bool) -> bool:
     """Check and write one graph atomically, with ``<name>.data`` beside it when large.
 
     What is checked is what is written: ``onnx.checker`` (``full_check``)
@@ -43,7 +44,8 @@ def write_model(proto: onnx.ModelProto, filepath: str | os.PathLike[str], thresh
     graph, or, with external data, the graph and data files staged beside the
     target (their final names, so the data is found as a reader will find
     it), which are then moved into place. ``proto`` is consumed: its weights
-    are moved out of it.
+    are moved out of it. ``overwrite``: replace data that is not a kexport
+    artifact (the export's :attr:`~kexport.context.ExportContext.overwrite`).
 
     Returns:
         Whether external data was written.
@@ -60,7 +62,7 @@ def write_model(proto: onnx.ModelProto, filepath: str | os.PathLike[str], thresh
         _check(data, route)
         if accept is not None:
             accept(data)
-        return _write_inline(data, path, data_path)
+        return _write_inline(data, path, data_path, overwrite)
     with staging_dir(path) as stage:
         graph_file, data_file = stage / path.name, stage / data_name
         with open(data_file, "wb") as f:
@@ -69,15 +71,15 @@ def write_model(proto: onnx.ModelProto, filepath: str | os.PathLike[str], thresh
         _check(os.fspath(graph_file), route)
         if accept is not None:
             accept(os.fspath(graph_file))
-        with atomic_target(data_path, is_dir=False) as tmp_data, \
-                atomic_target(path, is_dir=False) as tmp_graph:
+        with atomic_target(data_path, is_dir=False, overwrite=overwrite) as tmp_data, \
+                atomic_target(path, is_dir=False, overwrite=overwrite) as tmp_graph:
             os.replace(data_file, tmp_data)
             os.replace(graph_file, tmp_graph)
     return True
 
 
-def _write_inline(data: bytes, path: Path, data_path: Path) -> bool:
-    with atomic_target(path, is_dir=False) as tmp:
+def _write_inline(data: bytes, path: Path, data_path: Path, overwrite: bool) -> bool:
+    with atomic_target(path, is_dir=False, overwrite=overwrite) as tmp:
         tmp.write_bytes(data)
     if data_path.is_file():
         data_path.unlink()  # a stale weights file of an earlier large export

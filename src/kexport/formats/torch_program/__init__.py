@@ -44,7 +44,7 @@ from kexport._atomic import atomic_target
 from kexport._dims import with_bounds
 from kexport.artifact import DEFAULT_ENDPOINT, MANIFEST_NAME, TORCH_PROGRAM_SUFFIX, Manifest
 from kexport.capture.torch_export import symbolic_sizes
-from kexport.check import samples
+from kexport.context import ExportContext
 from kexport.errors import (
     CaptureError,
     DynamicAxisError,
@@ -222,12 +222,12 @@ def _program_output_specs(program: Any, specs: list[Spec]) -> list[Spec]:
     return out
 
 
-def _manifest(archive: EndpointArchive, layout: str) -> Manifest:
+def _manifest(archive: EndpointArchive, layout: str, context: ExportContext) -> Manifest:
     import torch
 
     return Manifest.build(archive.endpoints, format="torch", backend=archive.backend,
                           file_suffix=TORCH_PROGRAM_SUFFIX, torch_version=torch.__version__,
-                          layout=layout, **samples.recorded())
+                          layout=layout, **context.recorded())
 
 
 def _strip_source_locations(program: Any) -> None:
@@ -256,7 +256,8 @@ def _save(program: Any, path: Path, manifest: Manifest) -> None:
 
 
 def write_archive(archive: EndpointArchive, filepath: str | os.PathLike[str],
-                  options: Any | None = None, verbose: bool = True) -> None:
+                  options: Any | None = None, verbose: bool = True, *,
+                  context: ExportContext) -> None:
     """Write ``archive`` as ``.pt2`` program(s): one file, or a folder per endpoint.
 
     Args:
@@ -264,6 +265,7 @@ def write_archive(archive: EndpointArchive, filepath: str | os.PathLike[str],
         filepath: a ``.pt2`` file (one endpoint) or a folder.
         options: unused; must be ``None``.
         verbose: print a summary.
+        context: the export's context (overwrite, the sample policy recorded).
 
     Archives built on TensorFlow/JAX reach this function on the PyTorch
     backend: ``ExportArchive.write_out(path, format="torch")`` re-hosts them
@@ -294,8 +296,8 @@ def write_archive(archive: EndpointArchive, filepath: str | os.PathLike[str],
         e.signature = with_bounds(e.signature, program_bounds(programs[e.name],
                                                               flatten(e.signature)))
         e.output_specs = _program_output_specs(programs[e.name], e.output_specs)
-    manifest = _manifest(archive, "file" if single else "folder")
-    with atomic_target(filepath, is_dir=not single) as tmp:
+    manifest = _manifest(archive, "file" if single else "folder", context)
+    with atomic_target(filepath, is_dir=not single, overwrite=context.overwrite) as tmp:
         if single:
             _save(programs[archive.endpoints[0].name], tmp, manifest)
         else:

@@ -19,6 +19,7 @@ from typing import Any
 
 from kexport import _summary
 from kexport.check.live import live_reference
+from kexport.context import ExportContext
 from kexport.errors import SignatureError, UnsupportedRouteError
 from kexport.formats.onnx._accept import Acceptance, NotTraceable
 from kexport.formats.onnx._graph import _spec_json
@@ -54,11 +55,13 @@ def _opset(kwargs: dict[str, Any]) -> int:
 
 def export_strings(model: Any, filepath: str | os.PathLike[str], verbose: bool | None,
                    input_signature: Any, kwargs: dict[str, Any],
-                   export_rest: Callable[[Any, str, dict[str, Any]], None]) -> None:
+                   export_rest: Callable[[Any, str, dict[str, Any]], None],
+                   context: ExportContext) -> None:
     """Write ``model`` (string/lookup layers on its inputs) to one ONNX file.
 
     ``export_rest(model, path, options)`` writes the rest of the model with the
-    backend's normal ONNX strategy (quietly).
+    backend's normal ONNX strategy (quietly), into a private folder; ``context``
+    is the export's (overwrite, the sample policy the check draws under).
 
     Raises:
         UnsupportedRouteError: a layer kexport cannot lower exactly, one not on
@@ -100,9 +103,10 @@ def export_strings(model: Any, filepath: str | os.PathLike[str], verbose: bool |
         entry = merged.metadata_props.add()
         entry.key, entry.value = k, v
     call = live_reference(model, names)
-    accept = Acceptance(names, specs, lambda flat: call(dict(zip(names, flat, strict=True))))
+    accept = Acceptance(names, specs, lambda flat: call(dict(zip(names, flat, strict=True))),
+                        context)
     try:
-        write_model(merged, filepath, threshold, _ROUTE, accept)
+        write_model(merged, filepath, threshold, _ROUTE, accept, overwrite=context.overwrite)
     except NotTraceable as e:  # never a silently wrong artifact: nothing was written
         raise UnsupportedRouteError(
             f"Step 4/4 (write, route: {_ROUTE}): the ONNX graph does not reproduce the model "

@@ -1,0 +1,58 @@
+"""The export context: what one export was asked for, built once where the user's call
+enters kexport (``export_model``, ``ExportArchive.write_out``, the localiser, a re-host
+child) and passed down, explicitly, to every step that needs it.
+
+It replaces the context variables that used to carry these options across four or
+five layers (docs/architecture.md, "The export context").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from kexport.check.samples import SamplePolicy
+
+__all__ = ["ExportContext"]
+
+
+@dataclass(frozen=True)
+class ExportContext:
+    """One export's options that every step may need.
+
+    Attributes:
+        overwrite: replace a target that holds data other than a kexport
+            artifact (``export_model(..., overwrite=True)``); an existing
+            kexport artifact is always replaced, atomically.
+        samples: what check inputs must respect (id ranges, masks, the
+            user's ``sample_data``: :class:`~kexport.check.samples.SamplePolicy`);
+            ``None``: inputs follow the signature alone.
+        judged: whether the export's own checks (the re-host check, the ONNX
+            acceptance of a fast converter) refuse an artifact whose numbers
+            differ from the live model. ``False`` only for the localiser's
+            probes, whose numbers their caller judges.
+        source_backend: in a re-host child, the backend the model was
+            re-hosted from (writers record it in the artifact's metadata);
+            ``None`` where the model lives.
+    """
+
+    overwrite: bool = False
+    samples: SamplePolicy | None = None
+    judged: bool = True
+    source_backend: str | None = None
+
+    def with_samples(self, policy: SamplePolicy | None) -> ExportContext:
+        """This context with another sample policy (``None`` keeps this one)."""
+        return self if policy is None else replace(self, samples=policy)
+
+    def recorded(self) -> dict[str, Any]:
+        """The manifest extras of the sample policy: ``{"samples": ...}``, or ``{}``.
+
+        Writers record it, so that ``kexport verify ARTIFACT`` (without the
+        model's code) draws the same kind of inputs as the export's own checks.
+        """
+        policy = self.samples
+        if policy is None or not (policy.ids or policy.masks or policy.ranges or policy.texts):
+            return {}
+        return {"samples": policy.to_json()}
