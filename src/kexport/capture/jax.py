@@ -17,15 +17,11 @@ from typing import Any
 
 from kexport._dims import largest_size, with_bounds
 from kexport._inference import stateless_run
-from kexport.capture._base import (
-    Capture,
-    TracedEndpoint,
-    is_tf_variable,
-    lookup_layers,
-    named_like,
-    tf_specs,
-)
+from kexport.capture._base import Capture, TracedEndpoint, is_tf_variable
 from kexport.capture._jax_shapes import fit_polymorphic_shapes
+from kexport.capture._layers import lookup_layers
+from kexport.capture._naming import named_like
+from kexport.capture._tf_function import tf_specs
 from kexport.errors import CaptureError, SignatureError, SignatureTypeError
 from kexport.signature import Spec, flat_names, flatten, map_structure
 
@@ -104,9 +100,41 @@ def _find_bounds(fn: Callable[..., Any], stateless: Callable[..., Any], signatur
     return signature
 
 
-_PATHS_LOCK = threading.Lock()
-_PATHS_USERS = 0
-_PATHS_PREVIOUS: Any = None
+class _SourcePathsOff:
+    """Reference-counted: jax's source-path regex is ``.*`` while anyone holds it.
+
+    ``jax.config`` is process-wide, so one count for the process: the setting
+    stays on while any thread is inside :func:`_no_source_paths` and the
+    user's previous value comes back when the last one leaves.
+    """
+
+    _KEY = "jax_hlo_source_file_canonicalization_regex"
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users = 0
+        self._previous: Any = None
+
+    def acquire(self) -> None:
+        import jax
+
+        with self._lock:
+            if self._users == 0:
+                self._previous = getattr(jax.config, self._KEY)
+                jax.config.update(self._KEY, ".*")
+            self._users += 1
+
+    def release(self) -> None:
+        import jax
+
+        with self._lock:
+            self._users -= 1
+            if self._users == 0:
+                jax.config.update(self._KEY, self._previous)
+
+
+# One for the process: it mirrors jax.config, a process-wide setting of JAX's.
+_SOURCE_PATHS_OFF = _SourcePathsOff()
 
 
 @contextlib.contextmanager
@@ -121,22 +149,11 @@ def _no_source_paths() -> Iterator[None]:
     stays on while any thread is inside this context and the user's previous
     value comes back when the last one leaves.
     """
-    import jax
-
-    global _PATHS_USERS, _PATHS_PREVIOUS
-    key = "jax_hlo_source_file_canonicalization_regex"
-    with _PATHS_LOCK:
-        if _PATHS_USERS == 0:
-            _PATHS_PREVIOUS = getattr(jax.config, key)
-            jax.config.update(key, ".*")
-        _PATHS_USERS += 1
+    _SOURCE_PATHS_OFF.acquire()
     try:
         yield
     finally:
-        with _PATHS_LOCK:
-            _PATHS_USERS -= 1
-            if _PATHS_USERS == 0:
-                jax.config.update(key, _PATHS_PREVIOUS)
+        _SOURCE_PATHS_OFF.release()
 
 
 def tf_only_layers(model: Any) -> list[Any]:

@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from kexport.capture._base import Capture, is_tf_variable, named_like, tf_specs
+from kexport.capture._base import Capture, is_tf_variable
+from kexport.capture._naming import named_like
+from kexport.capture._tf_function import tf_specs
 from kexport.capture.portable import portable_ops
 from kexport.errors import SignatureTypeError
 from kexport.signature import flat_names

@@ -8,7 +8,8 @@ failed, 2 bad input or usage (a typed kexport error, a missing file, bad
 arguments).
 
 This module only builds the parser: the verbs live in :mod:`kexport.cli._commands`
-and import Keras and the runtimes when they run, so ``kexport --help`` stays fast
+(``export`` in :mod:`kexport.cli._export`) and import Keras and the runtimes
+when they run, so ``kexport --help`` stays fast
 (kexport's own modules import no framework at import time).
 """
 

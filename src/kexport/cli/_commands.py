@@ -1,43 +1,37 @@
-"""The verbs of the ``kexport`` command; each returns an exit code."""
+"""The verbs of the ``kexport`` command; each returns an exit code.
+
+``export`` lives in :mod:`kexport.cli._export`; what the verbs read in
+:mod:`kexport.cli._loading`, how they print results in
+:mod:`kexport.cli._results`.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
-import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import kexport
-from kexport import layouts, routing
+from kexport import routing
 from kexport import serve as serving
-from kexport._atomic import staging_dir
-from kexport._keras_file import load_keras_file
-from kexport._summary import human_size, size_of
+from kexport._summary import human_size
 from kexport.artifact import BACKENDS, FORMATS
 from kexport.check.live import live_reference
 from kexport.check.report import VerificationReport
 from kexport.cli._codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from kexport.cli._export import export
+from kexport.cli._loading import keras_backend, load_data, load_model, parse_signature
 from kexport.cli._progress import Progress
 from kexport.cli._quiet import result_stream
-from kexport.errors import (
-    ArtifactError,
-    KexportError,
-    LayoutError,
-    SampleDataError,
-    SignatureError,
-    VerificationError,
-)
+from kexport.cli._results import emit, fail
+from kexport.errors import KexportError, SignatureError, VerificationError
 from kexport.reporting import write_json
 from kexport.reporting.timing import bench_inputs, stats, time_calls
 from kexport.runtime import runtime_formats
 from kexport.serve import ServedModel
-from kexport.signature import Spec
 
-__all__ = ["run"]
+__all__ = ["export", "load_data", "load_model", "parse_signature", "run"]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,192 +44,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         return verbs[args.verb](args, progress)
     except VerificationError as e:
-        return _fail(args, e, EXIT_FAILED)
+        return fail(args, e, EXIT_FAILED)
     except (KexportError, OSError) as e:
-        return _fail(args, e, EXIT_USAGE)
-
-
-def _fail(args: argparse.Namespace, error: BaseException, code: int) -> int:
-    if args.json:
-        print(json.dumps({"ok": False, "error": {"type": type(error).__name__,
-                                                  "message": str(error)}}, indent=2),
-              file=result_stream())
-    else:
-        print(f"kexport {args.verb}: error: {type(error).__name__}: {error}", file=sys.stderr)
-    return code
-
-
-def _emit(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
-    print(json.dumps(data, indent=2, default=str) if args.json else text, file=result_stream())
-
-
-def _human_size(n: int) -> str:
-    return human_size(n)
-
-
-# -- loading ----------------------------------------------------------------
-
-def load_model(path: str, unsafe: bool) -> Any:
-    """Load a ``.keras`` file with Keras safe mode unless ``unsafe``."""
-
-    if not os.path.isfile(path):
-        raise ArtifactError(f"Expected a .keras model file. Received: '{path}', which "
-                            f"{'is a folder' if os.path.isdir(path) else 'does not exist'}.")
-    return load_keras_file(path, safe_mode=not unsafe)
-
-
-def parse_signature(text: str | None) -> Any:
-    """``--input-signature`` JSON -> specs (a list, dict or single spec).
-
-    Raises:
-        SignatureError: invalid JSON or specs, with what was expected.
-    """
-    if text is None:
-        return None
-
-    try:
-        data = json.loads(text)
-    except ValueError as e:
-        raise SignatureError(f"Expected --input-signature to be JSON. Received: {text!r} "
-                             f"({e})") from None
-
-    def spec(item: Any) -> Any:
-        if isinstance(item, dict) and "shape" in item:
-            shape = item["shape"]
-            if not isinstance(shape, list):
-                raise SignatureError(f"Expected a list as 'shape'. Received: {shape!r}")
-            return Spec(tuple(shape), str(item.get("dtype", "float32")), item.get("name"))
-        if isinstance(item, list):
-            return [spec(i) for i in item]
-        if isinstance(item, dict):
-            return {k: spec(v) for k, v in item.items()}
-        raise SignatureError(
-            'Expected --input-signature entries like {"shape": [null, 8], "dtype": '
-            f'"float32", "name": "x"}}. Received: {item!r}')
-
-    return spec(data)
-
-
-def load_data(path: str | None, flag: str = "--data") -> dict[str, Any] | None:
-    """The arrays of a ``--data FILE.npz`` (keyed by input name, or ``arr_<i>``)."""
-    import numpy as np
-
-    if path is None:
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            if not hasattr(data, "files"):
-                raise SampleDataError(
-                    f"Expected {flag} to be a .npz file of named arrays. Received a "
-                    f"single array in '{path}'.")
-            return {k: np.array(data[k]) for k in data.files}
-    except (ValueError, EOFError) as e:
-        raise SampleDataError(f"Expected {flag} to be a .npz file. Received '{path}': "
-                              f"{e}") from e
-
-
-def _backend() -> str:
-    import keras
-
-    return keras.backend.backend()
-
-
-# -- export -----------------------------------------------------------------
-
-def export(args: argparse.Namespace, progress: Progress) -> int:
-    """``kexport export MODEL.keras --format F -o OUT [--layout L --name N --version V]``."""
-
-    if args.layout is None:
-        if args.name is not None or args.layout_version is not None:
-            raise LayoutError("Expected --name and --version only with --layout. Received: "
-                              f"--name={args.name!r} --version={args.layout_version!r} "
-                              "without --layout.")
-        args.format = args.format or "tf_saved_model"
-        data, text = _export(args, progress, args.output)
-        _emit(args, data, text)
-        return EXIT_OK if data["ok"] else EXIT_FAILED
-    args.format = args.format or layouts.layout_format(args.layout)
-    routing.format_info(args.format)
-    layouts.check_layout(args.layout, args.format)
-    name = args.name or layouts.default_name(Path(args.model))
-    layouts.check_name(name)
-    layouts.choose_version([Path(args.output) / name], args.layout_version)  # before exporting
-    with staging_dir(Path(args.output) / name) as stage:
-        artifact = stage / f"{name}{routing.format_info(args.format).suffix}"
-        data, text = _export(args, progress, os.fspath(artifact))
-        if not data["ok"]:  # verification failed: no layout of a wrong artifact
-            _emit(args, data, text)
-            return EXIT_FAILED
-        with progress.step(f"Writing the {args.layout} layout"):
-            written = layouts.write_layout(artifact, args.output, name, args.layout_version,
-                                           layout=args.layout)
-    data.pop("output")  # the staged artifact is gone; the layout holds its copy
-    data.update(layout=args.layout, repository=args.output,
-                models=[m._asdict() for m in written])
-    text = text.split("\n", 1)[-1] if data["verification"] else ""
-    _emit(args, data, "\n".join(
-        [f"Wrote {args.layout} layout: model '{m.name}' version {m.version} "
-         f"('{m.artifact_path}')." for m in written] + ([text] if text else [])))
-    return EXIT_OK
-
-
-def _export(args: argparse.Namespace, progress: Progress,
-            output: str) -> tuple[dict[str, Any], str]:
-    """Export (and verify) to ``output``; the result as JSON data and text."""
-    routing.format_info(args.format)
-    signature = parse_signature(args.input_signature)
-    kwargs: dict[str, Any] = {}
-    if args.opset is not None:
-        kwargs["opset_version"] = args.opset
-    if args.quantize is not None or args.calibration is not None:
-        kwargs["quantization"] = args.quantize
-        kwargs["calibration_data"] = load_data(args.calibration, "--calibration")
-    if args.quantize_exclude:
-        kwargs["quantization"] = args.quantize
-        kwargs["quantization_exclude"] = [name.strip() for names in args.quantize_exclude
-                                          for name in names.split(",") if name.strip()]
-    sample_data = load_data(args.data)
-    with progress.step("Loading model"):
-        model = load_model(args.model, args.unsafe)
-    backend = _backend()
-    start = time.perf_counter()
-    with progress.step(f"Exporting to {args.format} ({backend} backend)"):
-        kexport.export_model(model, output, format=args.format, verbose=False,
-                             input_signature=signature, overwrite=args.overwrite,
-                             sample_data=sample_data, **kwargs)
-    export_s = time.perf_counter() - start
-    data: dict[str, Any] = {"ok": True, "format": args.format, "backend": backend,
-                            "output": output, "size": size_of(output, args.format),
-                            "export_seconds": round(export_s, 3), "verification": None,
-                            "quantization": args.quantize}
-    lines = [f"Wrote {args.format} artifact '{output}' "
-             f"({_human_size(data['size'])}"
-             + (f", quantized {args.quantize}" if args.quantize else "")
-             + f") in {export_s:.1f}s from the {backend} backend."]
-    if not args.no_verify:
-        start = time.perf_counter()
-        with progress.step("Verifying in a fresh process"):
-            # on --data when given, else on the --calibration data (a quantized
-            # artifact means nothing on generated inputs)
-            report = kexport.verify(model, output, atol=args.atol, rtol=args.rtol,
-                                    precision=args.precision, scores=args.scores,
-                                    seed=args.seed, data=sample_data,
-                                    calibration_data=kwargs.get("calibration_data"))
-        data["verify_seconds"] = round(time.perf_counter() - start, 3)
-        data["verification"] = report.to_json()
-        data["ok"] = report.ok
-        lines.append(report.table())
-    else:
-        lines.append("Not verified (--no-verify).")
-    if args.report is not None:
-        with progress.step("Writing the report"):
-            kexport.report(model, [output], args.report, data=sample_data,
-                           calibration_data=kwargs.get("calibration_data"),
-                           seed=args.seed, precision=args.precision, model_file=args.model,
-                           verified={output: report} if not args.no_verify else None)
-        data["report"] = args.report
-        lines.append(f"Report: {args.report}")
-    return data, "\n".join(lines)
+        return fail(args, e, EXIT_USAGE)
 
 
 # -- verify -----------------------------------------------------------------
@@ -260,7 +71,7 @@ def verify(args: argparse.Namespace, progress: Progress) -> int:
             found = kexport.localize(model, args.artifact, data=probe_data, seed=args.seed)
         data["localization"] = found.to_json()
         text = f"{text}\n\n{found.table()}"
-    _emit(args, data, text)
+    emit(args, data, text)
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
@@ -273,9 +84,9 @@ def inspect(args: argparse.Namespace, progress: Progress) -> int:
         artifact = kexport.load(args.artifact)
     info = artifact.describe()
     if args.json:
-        _emit(args, info, "")
+        emit(args, info, "")
         return EXIT_OK
-    lines = [f"{args.artifact}: {artifact.format}, {_human_size(artifact.size)} "
+    lines = [f"{args.artifact}: {artifact.format}, {human_size(artifact.size)} "
              f"(opened in {artifact.precision})",
              "endpoints:"]
     for name, endpoint in artifact.endpoints.items():
@@ -284,7 +95,7 @@ def inspect(args: argparse.Namespace, progress: Progress) -> int:
         lines.extend(f"    input  {t}" for t in endpoint.inputs)
         lines.extend(f"    output {t}" for t in endpoint.outputs)
     lines.append("files:")
-    lines.extend(f"  {_human_size(size):>10}  {name}" for name, size in info["files"].items())
+    lines.extend(f"  {human_size(size):>10}  {name}" for name, size in info["files"].items())
     if artifact.metadata:
         lines.append("metadata:")
         for key, value in artifact.metadata.items():
@@ -311,7 +122,7 @@ def inspect(args: argparse.Namespace, progress: Progress) -> int:
             top = ", ".join(f"{op} {n}" for op, n in list(counts.items())[:8])
             more = ", ..." if len(counts) > 8 else ""
             lines.append(f"  {name}: {total} ops ({top}{more})")
-    _emit(args, info, "\n".join(lines))
+    emit(args, info, "\n".join(lines))
     return EXIT_OK
 
 
@@ -343,7 +154,7 @@ def bench(args: argparse.Namespace, progress: Progress) -> int:
         rows.append(row)
     data = {"format": artifact.format, "endpoint": endpoint.name,
             "precision": artifact.precision,
-            "keras_backend": _backend() if model is not None else None, "results": rows}
+            "keras_backend": keras_backend() if model is not None else None, "results": rows}
     head = ["batch", "runner", "p50 ms", "p90 ms", "p99 ms", "items/s", "runs"]
     table = [head]
     for row in rows:
@@ -358,7 +169,7 @@ def bench(args: argparse.Namespace, progress: Progress) -> int:
     text = [f"Benchmark of endpoint '{endpoint.name}' ({artifact.format}, runtime "
             f"{artifact.precision})"]
     text += ["  ".join(v.rjust(w) for v, w in zip(r, widths, strict=True)) for r in table]
-    _emit(args, data, "\n".join(text))
+    emit(args, data, "\n".join(text))
     return EXIT_OK
 
 
@@ -388,7 +199,7 @@ def report(args: argparse.Namespace, progress: Progress) -> int:
                         if latency else "")
                      + (f"; first diverging layer: {s['localization']['culprit']}"
                         if s.get("localization") and s["localization"].get("culprit") else ""))
-    _emit(args, data, "\n".join(lines))
+    emit(args, data, "\n".join(lines))
     return EXIT_OK if data["ok"] else EXIT_FAILED
 
 
@@ -426,7 +237,7 @@ def formats(args: argparse.Namespace, progress: Progress) -> int:
     lines += [f"{n}: {f.description}" for n, f in FORMATS.items()]
     lines.append("native: traced on the model's backend; rehost: rebuilt on another "
                  "backend in a child process; -: no route yet.")
-    _emit(args, data, "\n".join(lines))
+    emit(args, data, "\n".join(lines))
     return EXIT_OK
 
 

@@ -36,6 +36,7 @@ import faulthandler
 import logging
 import os
 import sys
+import threading
 import warnings
 from collections.abc import Iterator
 from typing import TextIO
@@ -45,7 +46,25 @@ __all__ = ["QUIET_ENV", "json_stdout", "quiet_libraries", "result_stream"]
 # Set with ``setdefault``: a value the user exported wins.
 QUIET_ENV: dict[str, str] = {"TF_CPP_MIN_LOG_LEVEL": "3"}
 
-_result: TextIO | None = None
+
+class _ResultStream:
+    """Where a verb's result goes while :func:`json_stdout` holds stdout, or ``None``."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._stream: TextIO | None = None
+
+    def set(self, stream: TextIO | None) -> None:
+        with self._lock:
+            self._stream = stream
+
+    def get(self) -> TextIO | None:
+        with self._lock:
+            return self._stream
+
+
+# One for the process: it stands for the process's real stdout (file descriptor 1).
+_RESULT = _ResultStream()
 
 
 def _fileno(stream: object) -> int | None:
@@ -129,7 +148,6 @@ def json_stdout(active: bool = True) -> Iterator[TextIO]:
     Args:
         active: when False, nothing is redirected and ``sys.stdout`` is yielded.
     """
-    global _result
     if not active:
         yield sys.stdout
         return
@@ -144,11 +162,11 @@ def json_stdout(active: bool = True) -> Iterator[TextIO]:
                       errors=getattr(original, "errors", None) or "strict")
         os.dup2(2, 1)
     sys.stdout = sys.stderr
-    _result = result
+    _RESULT.set(result)
     try:
         yield result
     finally:
-        _result = None
+        _RESULT.set(None)
         with contextlib.suppress(AttributeError, OSError, ValueError):  # None, closed
             sys.stderr.flush()
         sys.stdout = original
@@ -161,4 +179,5 @@ def json_stdout(active: bool = True) -> Iterator[TextIO]:
 
 def result_stream() -> TextIO:
     """Where the verb's result goes: the real stdout inside :func:`json_stdout`."""
-    return _result if _result is not None else sys.stdout
+    result = _RESULT.get()
+    return result if result is not None else sys.stdout
