@@ -39,24 +39,22 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import shutil
 import signal
 import sys
-import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
-from kexport.artifact import is_kexport_artifact
-from kexport.errors import (
-    KexportError,
-    SignatureError,
-    SignatureTypeError,
-    TargetExistsError,
-    WriteError,
-    describe,
+from kexport._atomic._destination import (
+    _missing_parents,
+    _not_a_folder,
+    _remove_created,
+    check_destination,
+    check_parent,
+    check_target,
 )
+from kexport._atomic._recovery import _ACTIVE, _ACTIVE_LOCK, _OLD, _TMP, _locked, _remove, recover
+from kexport.errors import KexportError, TargetExistsError, WriteError
 
 __all__ = [
     "FAULT_POINTS",
@@ -68,8 +66,6 @@ __all__ = [
     "staging_dir",
 ]
 
-_TMP = ".kexport-tmp-"
-_OLD = ".kexport-old-"
 _HOLD = "-hold"
 _FAULT_ENV = "_KEXPORT_FAULT"
 #: Where the ``_KEXPORT_FAULT`` test hook can kill the process, in order:
@@ -79,9 +75,6 @@ _FAULT_ENV = "_KEXPORT_FAULT"
 #: in place, previous one not yet deleted).
 FAULT_POINTS: tuple[str, ...] = ("created", "written", "aside", "swapped")
 
-_ACTIVE: set[str] = set()  # tokens of writes in progress in this process
-_ACTIVE_LOCK = threading.Lock()
-_SWAP_LOCK = threading.Lock()
 
 
 def _fault(point: str) -> None:
@@ -90,123 +83,19 @@ def _fault(point: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
 
 
-def check_target(filepath: str | os.PathLike[str], *, overwrite: bool = False) -> None:
-    """Refuse to replace something that is not a kexport artifact.
-
-    Nothing at ``filepath``, an empty folder or file, or a kexport artifact
-    may be replaced; anything else only with ``overwrite=True``.
-
-    Raises:
-        TargetExistsError: when ``filepath`` holds other data and
-            ``overwrite`` is false.
-    """
-    p = Path(os.fspath(filepath))
-    if overwrite or not (p.exists() or p.is_symlink()):
-        return
-    try:
-        if p.is_dir() and not any(p.iterdir()):
-            return
-        if p.is_file() and p.stat().st_size == 0:
-            return
-    except OSError:
-        pass
-    if is_kexport_artifact(p):
-        return
-    kind = "a folder of other files" if p.is_dir() else "a file that is not a kexport artifact"
-    raise TargetExistsError(
-        f"Expected `filepath` to be a new path, an empty folder or an existing kexport "
-        f"artifact. Received: filepath='{os.fspath(filepath)}', which is {kind}. "
-        "Nothing was written. Next step: choose another path, or pass overwrite=True "
-        "to replace it."
-    )
 
 
 # -- stale temporaries -----------------------------------------------------------
-def _owner(entry: str, prefix: str) -> tuple[int, str] | None:
-    rest = entry[len(prefix):]
-    pid, _, token = rest.partition("-")
-    if not pid.isdigit():
-        return None
-    return int(pid), token[:12]
 
 
-def _alive(pid: int, token: str) -> bool:
-    if pid == os.getpid():
-        with _ACTIVE_LOCK:
-            return token in _ACTIVE
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
 
 
-@contextlib.contextmanager
-def _locked(parent: Path) -> Iterator[None]:
-    """Serialise swaps in ``parent`` across threads and processes."""
-    with _SWAP_LOCK:
-        fd = None
-        try:
-            fd = os.open(parent, os.O_RDONLY)
-            import fcntl
-
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except (OSError, ImportError):
-            pass  # no flock here (Windows, some network filesystems)
-        try:
-            yield
-        finally:
-            if fd is not None:
-                os.close(fd)  # releases the flock
 
 
-def _recover_locked(target: Path) -> None:
-    parent = target.parent
-    prefix_tmp = f".{target.name}{_TMP}"
-    prefix_old = f".{target.name}{_OLD}"
-    olds = []
-    for entry in parent.iterdir():
-        for prefix in (prefix_tmp, prefix_old):
-            if not entry.name.startswith(prefix):
-                continue
-            owner = _owner(entry.name, prefix)
-            if owner is not None and _alive(*owner):
-                continue
-            if prefix == prefix_tmp:
-                _remove(entry)
-            else:
-                olds.append(entry)
-    for old in sorted(olds, key=lambda p: p.stat().st_mtime if p.exists() else 0):
-        if not (target.exists() or target.is_symlink()):
-            with contextlib.suppress(OSError):
-                os.replace(old, target)
-                continue
-        _remove(old)
 
 
-def recover(target: str | os.PathLike[str]) -> None:
-    """Undo what an interrupted export left beside ``target``.
-
-    Restores a previous artifact that was renamed aside when the target is
-    missing, and deletes temporary builds for this target whose writer
-    process is gone. Writes still in progress are left alone.
-    """
-    target = Path(os.fspath(target))
-    parent = target.parent if str(target.parent) else Path(".")
-    if not parent.is_dir():
-        return
-    with _locked(parent):
-        _recover_locked(target)
 
 
 # -- the swap ----------------------------------------------------------------------
@@ -250,82 +139,12 @@ def _swap_in(tmp: Path, target: Path, old: Path) -> None:
         raise
 
 
-def _not_a_folder(filepath: str | os.PathLike[str], folder: Path) -> WriteError:
-    kind = "a broken symbolic link" if folder.is_symlink() and not folder.exists() else "a file"
-    return WriteError(
-        f"Expected every path component above the artifact to be a folder. Received: "
-        f"filepath='{os.fspath(filepath)}' where '{os.fspath(folder)}' is {kind}, "
-        "not a folder. Nothing was written."
-    )
 
 
-def _missing_parents(filepath: str | os.PathLike[str]) -> tuple[Path, Path, list[Path]]:
-    """``(target, parent folder, missing folders, outermost first)``; creates nothing.
-
-    Raises:
-        WriteError: when ``filepath`` names no file or folder, a path
-            component above it is a file, or the folder that holds (or will
-            hold) the artifact is not writable.
-    """
-    target = Path(os.fspath(filepath))
-    parent = target.parent if str(target.parent) else Path(".")
-    if not target.name or target.name in (".", ".."):
-        raise WriteError(f"Expected `filepath` to name a file or folder. Received: "
-                         f"filepath='{os.fspath(filepath)}'")
-    missing: list[Path] = []
-    folder = parent
-    while True:
-        try:
-            if folder.is_dir():
-                break
-        except OSError as e:  # e.g. a folder above that cannot be searched
-            raise WriteError(
-                f"Expected a writable folder for the artifact. Received: "
-                f"filepath='{os.fspath(filepath)}' whose folder '{os.fspath(folder)}' "
-                f"cannot be read: {e}"
-            ) from e
-        if os.path.lexists(folder):
-            if folder.is_dir():  # a concurrent write made it since the check above
-                break
-            raise _not_a_folder(filepath, folder)
-        missing.append(folder)
-        if folder.parent == folder:
-            break
-        folder = folder.parent
-    if not os.access(folder, os.W_OK):
-        where = (f" ('{os.fspath(folder)}', where its missing folders would be created)"
-                 if missing else "")
-        raise WriteError(
-            f"Expected a writable folder for the artifact. Received: "
-            f"filepath='{os.fspath(filepath)}' in a folder that is not writable{where}."
-        )
-    missing.reverse()
-    return target, parent, missing
 
 
-def check_parent(filepath: str | os.PathLike[str]) -> None:
-    """Refuse, before any work, a ``filepath`` whose folder cannot be made or written.
-
-    Missing folders are fine (:func:`atomic_target` creates them). Creates
-    nothing itself.
-
-    Raises:
-        WriteError: when ``filepath`` names no file or folder, a path
-            component above it is a file, or the folder that holds it (or,
-            when missing, the nearest existing folder above) is not writable.
-    """
-    _missing_parents(filepath)
 
 
-def _remove_created(created: list[Path]) -> None:
-    """Remove folders this write created, innermost first, where still empty.
-
-    ``os.rmdir`` refuses a folder that is not empty, so a folder another
-    write is using (its temporary is inside) is never removed.
-    """
-    for folder in sorted(set(created), key=lambda p: len(p.parts), reverse=True):
-        with contextlib.suppress(OSError):
-            os.rmdir(folder)
 
 
 def _writable_target(filepath: str | os.PathLike[str]) -> tuple[Path, Path, list[Path]]:
@@ -523,18 +342,3 @@ def staging_dir(filepath: str | os.PathLike[str]) -> Iterator[Path]:
             _ACTIVE.discard(token)
 
 
-def check_destination(filepath: str | os.PathLike[str], overwrite: Any) -> None:
-    """Refuse bad ``filepath``/``overwrite`` values and, early, targets holding other data
-    or a folder that cannot hold them (missing folders are created at the write)."""
-    if not isinstance(filepath, (str, os.PathLike)) or not os.fspath(filepath):
-        raise (SignatureError if isinstance(filepath, (str, os.PathLike))
-               else SignatureTypeError)(
-            f"Expected `filepath` to be a non-empty str or pathlib.Path. "
-            f"Received: {describe(filepath)}"
-        )
-    if not isinstance(overwrite, bool):
-        raise SignatureTypeError(
-            f"Expected `overwrite` to be True or False. Received: {describe(overwrite)}"
-        )
-    check_target(filepath, overwrite=overwrite)
-    check_parent(filepath)
