@@ -16,7 +16,7 @@ from format_models import KINDS, build, cases, inputs, live
 from kexport.artifact import read_litert_metadata
 from kexport.check.compare import judge, quality
 from kexport.check.tolerance import QUANTIZED, Thresholds
-from kexport.errors import CaptureError, SignatureError
+from kexport.errors import CaptureError, SignatureError, VerificationError
 from kexport.formats import litert
 
 NATIVE = pytest.mark.backends("tensorflow", "jax")
@@ -163,8 +163,15 @@ def test_flex_ops_are_refused_unless_allowed(tmp_path):
     with pytest.raises(CaptureError, match="pass allow_flex=True"):
         archive.write_out(tmp_path / "f.tflite", format="litert", verbose=False)
     assert not (tmp_path / "f.tflite").exists()
+    # the check before placement cannot run it: the LiteRT interpreter has no Flex
+    # delegate, so the artifact is refused, unless written unchecked
+    counts = np.random.default_rng(0).random((3, 8), dtype="float32")  # bincount takes >= 0
+    with pytest.raises(VerificationError, match=r"could not be run by its runtime: .*Flex"):
+        archive.write_out(tmp_path / "f.tflite", format="litert", verbose=False,
+                          options={"allow_flex": True}, sample_data=counts)
+    assert not (tmp_path / "f.tflite").exists()
     archive.write_out(tmp_path / "f.tflite", format="litert", verbose=False,
-                      options={"allow_flex": True})
+                      options={"allow_flex": True}, verify=False)
     assert any(op.startswith("Flex") for op in read_litert_metadata(tmp_path / "f.tflite")["operators"])
 
 

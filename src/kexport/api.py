@@ -14,7 +14,7 @@ from kexport.context import ExportContext
 from kexport.errors import SignatureError, SignatureTypeError, describe
 from kexport.generation.export import export_task
 from kexport.signature import normalize_for_model
-from kexport.verify import raise_if_failed, verify_on
+from kexport.verify import raise_if_failed, staged_check, verify_on
 
 __all__ = ["export_litert", "export_model", "export_onnx", "export_openvino", "export_saved_model",
            "export_torch"]
@@ -41,7 +41,7 @@ def _check_common(model: Any, filepath: Any, verbose: Any) -> None:
 
 def export_model(model: Any, filepath: str | os.PathLike[str], format: str = "tf_saved_model",
                  verbose: bool | None = None, input_signature: Any | None = None,
-                 overwrite: bool = False, verify: bool | dict[str, Any] = False,
+                 overwrite: bool = False, verify: bool | dict[str, Any] | None = None,
                  sample_data: Any | None = None, **kwargs: Any) -> None:
     """Export a Keras model (or layer) as a standalone inference artifact.
 
@@ -56,10 +56,17 @@ def export_model(model: Any, filepath: str | os.PathLike[str], format: str = "tf
         overwrite: replace ``filepath`` even when it holds data that is not a
             kexport artifact (an existing kexport artifact is always replaced,
             atomically).
-        verify: ``True`` reloads the artifact in a fresh process and compares
-            it with ``model`` (see :func:`kexport.verify`); a dict passes
-            options to it (``atol``, ``rtol``, ``seed``, ``sizes``). The
-            report is stored in the artifact.
+        verify: by default (``None``) the artifact is checked before it is
+            placed: the format's runtime runs the staged artifact in this
+            process on generated inputs (every dynamic axis at two sizes; see
+            docs/verification.md) and it is compared with ``model``; when it
+            differs, nothing is written. ``True`` also reloads the placed
+            artifact in a fresh process (:func:`kexport.verify`) and stores
+            that report in it; a dict does both with options (``atol``,
+            ``rtol``, ``seed``, ``sizes``, ``precision``, ``scores``), the
+            fresh-process check left out with ``"fresh_process": False``.
+            ``False``: no check (re-hosted routes still check themselves
+            before placing).
         sample_data: inputs the model really takes, in its input structure
             (one array, a tuple/list, or a dict keyed by input name): every
             check of this export (the re-host check, the ONNX acceptance,
@@ -101,15 +108,18 @@ def export_model(model: Any, filepath: str | os.PathLike[str], format: str = "tf
         TargetExistsError: ``filepath`` holds other data and ``overwrite`` is
             false (checked before any work).
         UnsupportedRouteError: unknown format or no route from this backend.
-        VerificationError: with ``verify``, when the artifact does not
-            compute what the model computes; ``.report`` holds the report
-            (the artifact is kept, with the failed report inside it).
+        VerificationError: the artifact does not compute what the model
+            computes; ``.report`` holds the report. Nothing is written when
+            the check before placement fails; when only the fresh-process
+            check of ``verify=True`` fails, the artifact is kept with the
+            failed report inside it.
         CaptureError, WriteError: when a pipeline step fails (nothing is left
             half-written and an existing artifact at ``filepath`` is kept).
     """
     import keras
 
     _check_common(model, filepath, verbose)
+    verify_options = _verify_options(verify)
     if kwargs.get("task") is not None:  # prefill/decode with a cache: docs/generation.md
         export_task(model, filepath, format, verbose=verbose, overwrite=overwrite, **kwargs)
         return
@@ -120,11 +130,14 @@ def export_model(model: Any, filepath: str | os.PathLike[str], format: str = "tf
     # what check inputs must respect, read from the model once for every check
     policy = policy_for(model, normalize_for_model(model, input_signature), sample_data)
     _atomic.check_destination(filepath, overwrite)
-    context = ExportContext(overwrite=overwrite, samples=policy)
+    calibration = calibration_option(kwargs)
+    check = None if verify is False else staged_check(model, filepath, verify_options, policy,
+                                                      calibration)
+    context = ExportContext(overwrite=overwrite, samples=policy, check=check)
     routing.export(candidates, model, filepath, context=context, verbose=verbose,
                    input_signature=input_signature, **kwargs)
-    if verify is not False:
-        _verify_export(model, filepath, verify, context, calibration_option(kwargs))
+    if verify is True or (isinstance(verify, dict) and verify.get("fresh_process", True)):
+        _verify_export(model, filepath, verify_options, context, calibration)
 
 
 _CALIBRATION_KEYS = ("calibration_data", "representative_dataset")
@@ -155,21 +168,30 @@ def _check_quantization(format: str, kwargs: dict[str, Any]) -> None:
         kwargs.pop("quantization_exclude", None)
 
 
-def _verify_export(model: Any, filepath: str | os.PathLike[str], verify: Any,
+def _verify_options(verify: Any) -> dict[str, Any]:
+    """``export_model``'s ``verify`` as options of :func:`kexport.verify`."""
+    if verify is None or isinstance(verify, bool):
+        return {}
+    if isinstance(verify, dict):
+        options = dict(verify)
+        fresh = options.pop("fresh_process", True)
+        if not isinstance(fresh, bool):
+            raise SignatureTypeError(f"Expected verify['fresh_process'] to be True or False. "
+                                     f"Received: {describe(fresh)}")
+        return options
+    raise SignatureTypeError(
+        "Expected `verify` to be None (check before placing), True (also in a fresh "
+        f"process), False (no check) or a dict of kexport.verify options. Received: "
+        f"{describe(verify)}")
+
+
+def _verify_export(model: Any, filepath: str | os.PathLike[str], options: dict[str, Any],
                    context: ExportContext, calibration: Any | None = None) -> None:
     """Run :func:`kexport.verify` after an export; raise if it fails. Without
     ``inputs``/``data`` of its own (or the export's ``sample_data``), the check
     runs on the export's calibration data when it had some: a quantized
     artifact is judged on inputs like those it was calibrated on."""
-    if verify is True:
-        options: dict[str, Any] = {}
-    elif isinstance(verify, dict):
-        options = dict(verify)
-    else:
-        raise SignatureTypeError(
-            "Expected `verify` to be True, False or a dict of kexport.verify options. "
-            f"Received: {describe(verify)}"
-        )
+    options = dict(options)
     options.setdefault("calibration_data", calibration)
     raise_if_failed(verify_on(model, filepath, policy=context.samples, **options), filepath)
 

@@ -8,7 +8,9 @@ five layers (docs/architecture.md, "The export context").
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -35,12 +37,26 @@ class ExportContext:
         source_backend: in a re-host child, the backend the model was
             re-hosted from (writers record it in the artifact's metadata);
             ``None`` where the model lives.
+        check: the check of the artifact before it is placed:
+            ``check(staged_path)`` runs it with the format's runtime in this
+            process and compares it with the live model, raising
+            :class:`~kexport.errors.VerificationError` when it differs (the
+            writer then places nothing). Built by the face that knows the
+            model (``export_model``); ``None``: unchecked (``verify=False``,
+            a re-host child, whose parent checks, a localiser probe).
     """
 
     overwrite: bool = False
     samples: SamplePolicy | None = None
     judged: bool = True
     source_backend: str | None = None
+    check: Callable[[Path], None] | None = field(default=None, compare=False, repr=False)
+
+    def check_staged(self, path: str | Path) -> None:
+        """Check the complete artifact staged at ``path`` before it is placed (see
+        :attr:`check`); writers call it once their artifact is whole."""
+        if self.check is not None:
+            self.check(Path(path))
 
     def with_samples(self, policy: SamplePolicy | None) -> ExportContext:
         """This context with another sample policy (``None`` keeps this one)."""

@@ -28,6 +28,7 @@ import dataclasses
 import os
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from kexport.capture.precision import live_precision
@@ -52,13 +53,13 @@ from kexport.check.tolerance import (
 )
 from kexport.check.verdict import Case, verdict
 from kexport.check.worker import Worker
-from kexport.errors import SignatureError, describe
+from kexport.errors import SampleDataError, SignatureError, describe
 from kexport.runtime import check_precision, detect, runtime_module
 from kexport.runtime._base import EndpointInfo, feeds_for
-from kexport.runtime._worker import MARKER
+from kexport.runtime._worker import MARKER, InProcess
 
 __all__ = ["QUANTIZED_ROWS", "VerificationReport", "declared_tolerances", "raise_if_failed",
-           "store_report", "verify"]
+           "staged_check", "store_report", "verify"]
 
 #: Rows of the extra case a quantized artifact is checked on: every row of the
 #: sample data up to this many, else this many generated rows.
@@ -220,11 +221,16 @@ def verify_on(model: Any, path: str | os.PathLike[str], inputs: Any | None = Non
               precision: str | None = None, data: Any | None = None,
               scores: Sequence[str] | None = None, data_source: str = "data",
               calibration_data: Any | None = None,
-              policy: SamplePolicy | None = None) -> VerificationReport:
+              policy: SamplePolicy | None = None,
+              in_process: bool = False, twice: bool | None = None) -> VerificationReport:
     """:func:`verify`, where ``data_source`` names where ``data`` came from in
     the report (``"data"``: the user's; ``"calibration"``: an export's
     calibration samples) and ``policy`` is the sample policy of the export
-    that calls it (its context's; else the one the artifact recorded)."""
+    that calls it (its context's; else the one the artifact recorded).
+    ``in_process``: the artifact's runtime runs in this process (an export's
+    check of its staged artifact) instead of a fresh one. ``twice``: run each
+    live case twice, comparing by shape only where the two differ (random
+    layers); by default for live functions by endpoint name."""
     import numpy as np
 
     if scores is not None and (isinstance(scores, str) or not isinstance(scores, (list, tuple))
@@ -252,8 +258,9 @@ def verify_on(model: Any, path: str | os.PathLike[str], inputs: Any | None = Non
         )
     format = detect(path)
     runtime_precision = check_precision(format, precision)
-    worker = Worker("kexport.runtime._worker", marker=MARKER, lifetime=timeout,
-                    name="kexport-verify")
+    worker: Worker | InProcess = InProcess() if in_process else Worker(
+        "kexport.runtime._worker", marker=MARKER, lifetime=timeout, name="kexport-verify")
+    where = "in this process" if in_process else "in a fresh process"
     try:
         opened = _ask(worker, {"cmd": "open", "path": os.fspath(path),
                                "precision": runtime_precision})
@@ -264,7 +271,7 @@ def verify_on(model: Any, path: str | os.PathLike[str], inputs: Any | None = Non
             return VerificationReport(
                 format, "float32", d_atol if atol is None else float(atol),
                 d_rtol if rtol is None else float(rtol), seed,
-                error=f"the artifact could not be opened in a fresh process: "
+                error=f"the artifact could not be opened {where}: "
                       f"{opened.get('error')}", runtime_precision=runtime_precision)
         endpoints = {n: EndpointInfo.from_json(n, e) for n, e in opened["endpoints"].items()}
         default = opened["default"]
@@ -319,7 +326,8 @@ def verify_on(model: Any, path: str | os.PathLike[str], inputs: Any | None = Non
                 return report
             with np.load(out_file, allow_pickle=False) as data:
                 received = {k: np.array(data[k]) for k in data.files}
-        _checked(report, endpoints, cases, refs, received, ran.get("errors", {}), scores)
+        _checked(report, endpoints, cases, refs, received, ran.get("errors", {}), scores,
+                 twice=isinstance(model, Mapping) if twice is None else twice)
     finally:
         worker.close({"cmd": "exit"})
     if store and report.error is None:
@@ -327,7 +335,48 @@ def verify_on(model: Any, path: str | os.PathLike[str], inputs: Any | None = Non
     return report
 
 
-def _ask(worker: Worker, request: dict[str, Any]) -> dict[str, Any]:
+#: The options of :func:`kexport.verify` that the check before placement takes too.
+_STAGED_OPTIONS = ("atol", "rtol", "seed", "sizes", "precision", "data", "scores", "inputs")
+
+
+def staged_check(model: Any, filepath: str | os.PathLike[str], options: Mapping[str, Any],
+                 policy: SamplePolicy | None, calibration: Any | None = None,
+                 state: Sequence[Any] | None = None) -> Callable[[Path], None]:
+    """The check of a staged artifact before it is placed at ``filepath``
+    (:attr:`kexport.context.ExportContext.check`): its runtime in this process,
+    compared with ``model`` (a Keras model, or live functions by endpoint name)
+    on inputs drawn under ``policy``, judged by the one verdict; raises
+    :class:`~kexport.errors.VerificationError` when it differs (nothing is placed).
+    ``options``: those of :func:`verify` that apply (tolerances, seed, sizes...).
+
+    The export must not change the model: the values of its non-trainable
+    variables (``state``; by default the model's: batch-norm statistics,
+    random seed states) are put back after the live calls. A model with
+    random layers runs each case twice; outputs that differ are compared by
+    shape only."""
+    import keras
+
+    staged = {k: v for k, v in options.items() if k in _STAGED_OPTIONS}
+    staged.setdefault("calibration_data", calibration)
+    variables = list(state if state is not None else
+                     getattr(model, "non_trainable_variables", []))
+    twice = isinstance(model, Mapping) or any(
+        "seed_generator" in getattr(v, "path", "") for v in variables)
+
+    def check(path: Path) -> None:
+        saved = [keras.ops.convert_to_numpy(v.value) for v in variables]
+        try:
+            report = verify_on(model, path, store=False, policy=policy, in_process=True,
+                               twice=twice, **staged)
+        finally:
+            for v, value in zip(variables, saved, strict=True):
+                v.assign(value)
+        raise_if_failed(report, filepath, placed=False)
+
+    return check
+
+
+def _ask(worker: Worker | InProcess, request: dict[str, Any]) -> dict[str, Any]:
     """The runtime worker's reply, or a failed one saying how the child process ended."""
     reply = worker.ask(request)
     if reply is not None:
@@ -362,21 +411,49 @@ def _checked(report: VerificationReport, endpoints: Mapping[str, EndpointInfo],
              cases: Mapping[str, tuple[str, str, dict[str, Any]]],
              refs: Mapping[str, Callable[[dict[str, Any]], list[Any]]],
              received: dict[str, Any], errors: Mapping[str, str],
-             scores: Sequence[str] | None) -> VerificationReport:
-    """The live outputs of every case (``refs``) and the artifact's, through the one verdict."""
-    return verdict(report, [_case(endpoints[name], case, feeds, refs[name](feeds), received,
-                                  key, errors.get(key))
-                            for key, (name, case, feeds) in cases.items()], scores)
+             scores: Sequence[str] | None, twice: bool = False) -> VerificationReport:
+    """The live outputs of every case (``refs``) and the artifact's, through the one verdict.
+
+    With ``twice`` (live functions an archive's endpoints were made of, which may
+    call layers in training mode), each case runs twice and one whose two live
+    calls differ is compared by shapes only."""
+    checked = []
+    for key, (name, case, feeds) in cases.items():
+        try:
+            expected = refs[name](feeds)
+            same = not twice or _same(expected, refs[name](feeds))
+        except Exception as e:  # the live model's own failure on these inputs
+            text = next((line for line in str(e).splitlines() if line.strip()), "")
+            raise SampleDataError(
+                f"Endpoint '{name}': the live model raised on the check's inputs (case "
+                f"{case}): {type(e).__name__}: {text[:300]}. Expected inputs it takes: pass "
+                "sample_data= to the export (data= or inputs= to kexport.verify), or "
+                "verify=False to skip the check.") from e
+        checked.append(_case(endpoints[name], case, feeds, expected, received, key,
+                             errors.get(key), values=same))
+    return verdict(report, checked, scores)
+
+
+def _same(a: list[Any], b: list[Any]) -> bool:
+    import numpy as np
+
+    def equal(x: Any, y: Any) -> bool:
+        try:
+            return bool(np.array_equal(x, y, equal_nan=True))
+        except TypeError:  # strings: no NaN
+            return bool(np.array_equal(x, y))
+
+    return len(a) == len(b) and all(equal(x, y) for x, y in zip(a, b, strict=True))
 
 
 def _case(info: EndpointInfo, case: str, feeds: dict[str, Any], expected: list[Any],
-          received: dict[str, Any], key: str, error: str | None) -> Case:
+          received: dict[str, Any], key: str, error: str | None, values: bool = True) -> Case:
     """One case of ``info`` as the verdict takes it (:class:`kexport.check.verdict.Case`):
     the runtime worker's outputs (``received``, keyed ``<key>/<output name>``) in the
     artifact's output order."""
     return Case(info.name, case, feeds, expected,
                 [received.get(f"{key}/{t.name}") for t in info.outputs],
-                [t.name for t in info.outputs], error)
+                [t.name for t in info.outputs], error, values)
 
 
 def store_report(format: str, path: str | os.PathLike[str], report: VerificationReport) -> bool:

@@ -285,8 +285,11 @@ class VerificationReport:
         return self.table()
 
 
-def raise_if_failed(report: VerificationReport, path: str | os.PathLike[str]) -> None:
-    """Raise :class:`VerificationError` carrying ``report`` unless it passed."""
+def raise_if_failed(report: VerificationReport, path: str | os.PathLike[str],
+                    placed: bool = True) -> None:
+    """Raise :class:`VerificationError` carrying ``report`` unless it passed
+    (``placed=False``: the artifact was checked before it was placed at ``path``,
+    and was not placed)."""
     if report.ok:
         return
     names = sorted(set(report.failed_outputs))
@@ -294,11 +297,19 @@ def raise_if_failed(report: VerificationReport, path: str | os.PathLike[str]) ->
             f"dB, cosine >= {report.thresholds.cosine:g}, top-1 >= {report.thresholds.top1:g})"
             if report.thresholds is not None
             else f"out of tolerance atol={report.atol:g}, rtol={report.rtol:g}")
+    where = (f"at '{os.fspath(path)}'" if placed else
+             f"written for '{os.fspath(path)}' was checked before it was placed and")
+    errors = [c.error for c in report.failures if c.error]
+    if report.error is not None:
+        why = f"could not be run: {report.error}"
+    elif errors and len(errors) == len(report.failures):  # its runtime refused every case
+        why = f"could not be run by its runtime: {errors[0][:400]}"
+    else:
+        why = f"does not compute what the model computes (outputs {names or 'none'} {rule})"
+    after = "" if placed else (" Nothing was written: what was at the path is kept. Pass "
+                               "verify=False to write it unchecked.")
     raise VerificationError(
-        f"The {report.format} artifact at '{os.fspath(path)}' does not compute what the "
-        f"model computes (outputs {names or 'none'} {rule}).\n{report.table()}",
-        report,
-    )
+        f"The {report.format} artifact {where} {why}.{after}\n{report.table()}", report)
 
 
 def _num(value: float | None, spec: str) -> str:

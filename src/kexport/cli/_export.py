@@ -87,7 +87,13 @@ def _export(args: argparse.Namespace, progress: Progress,
     with progress.step(f"Exporting to {args.format} ({backend} backend)"):
         kexport.export_model(model, output, format=args.format, verbose=False,
                              input_signature=signature, overwrite=args.overwrite,
-                             sample_data=sample_data, **kwargs)
+                             sample_data=sample_data,
+                             # checked before it is placed, by the same tolerances as below
+                             verify=False if args.no_verify else {
+                                 "atol": args.atol, "rtol": args.rtol, "seed": args.seed,
+                                 "precision": args.precision, "scores": args.scores,
+                                 "fresh_process": False},
+                             **kwargs)
     export_s = time.perf_counter() - start
     data: dict[str, Any] = {"ok": True, "format": args.format, "backend": backend,
                             "output": output, "size": size_of(output, args.format),

@@ -330,6 +330,7 @@ def write_archive(archive: EndpointArchive, filepath: str | os.PathLike[str],
             # the graph records its weights' hash (kexport readers check the pair)
             xml.write_text(xml.read_text().replace(_WEIGHTS_PENDING,
                                                    file_sha256(build / f"{name}.bin")))
+            context.check_staged(xml)  # before it is placed: a failed check places nothing
             # Two renames cannot be one atomic step: weights first, graph last
             # (the .xml is what runtimes open). A crash between them leaves a
             # new .bin beside the old .xml, which check_openvino_weights() refuses and
@@ -341,6 +342,7 @@ def write_archive(archive: EndpointArchive, filepath: str | os.PathLike[str],
                 shutil.copyfile(xml, t)
         else:
             (build / MANIFEST_NAME).write_text(manifest.dumps())
+            context.check_staged(build)
             with atomic_target(target, is_dir=True, overwrite=context.overwrite) as t:
                 for f in build.iterdir():
                     shutil.copyfile(f, t / f.name)

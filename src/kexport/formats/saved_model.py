@@ -163,6 +163,7 @@ def write_archive(archive: EndpointArchive, filepath: str | os.PathLike[str],
         meta_path = tmp / SAVED_MODEL_MANIFEST
         meta_path.parent.mkdir(parents=True, exist_ok=True)
         meta_path.write_text(metadata(archive, context).dumps())
+        context.check_staged(tmp)  # before it is placed: a failed check places nothing
     if verbose:
         _summary.print_summary("tf_saved_model", archive.endpoints, filepath,
                                default=first if first != SERVING_DEFAULT else None)

@@ -29,7 +29,8 @@ from kexport.routing.archive_routes import (
     capture_for,
     in_process_first,
 )
-from kexport.signature import flatten, normalize
+from kexport.signature import flatten, normalize, pack_as
+from kexport.verify import staged_check
 
 __all__ = ["ExportArchive"]
 
@@ -41,6 +42,15 @@ def _format_options(writer: Callable[..., Any]) -> list[str]:
     (but ``context``, which kexport passes)."""
     return [p.name for p in inspect.signature(writer).parameters.values()
             if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name != "context"]
+
+
+def _packed(fn: Callable[..., Any], signature: list[Any]) -> Callable[..., Any]:
+    """``fn`` taking its inputs flat, packed as its signature nests them."""
+
+    def call(*flat: Any) -> Any:
+        return fn(*pack_as(signature, list(flat)))
+
+    return call
 
 
 def _check_name(name: Any, what: str) -> str:
@@ -250,8 +260,8 @@ class ExportArchive:
     def write_out(self, filepath: str | os.PathLike[str], options: Any | None = None,
                   verbose: bool = True, format: str = "tf_saved_model",
                   overwrite: bool = False, sample_data: Any | None = None,
-                  **format_options: Any) -> None:
-        """Write the artifact to ``filepath`` atomically.
+                  verify: bool = True, **format_options: Any) -> None:
+        """Write the artifact to ``filepath`` atomically, checked before it is placed.
 
         Args:
             filepath: where to write (a folder for SavedModel).
@@ -265,6 +275,12 @@ class ExportArchive:
                 where the archive is checked before it is placed (a
                 re-hosted archive), the default endpoint is checked on batch
                 slices of it instead of generated inputs.
+            verify: check the staged artifact before it is placed: the
+                format's runtime runs it in this process and every endpoint
+                is compared with the function it was added with (one whose
+                two live calls differ, e.g. layers in training mode, by
+                shapes only); when it differs, nothing is written. ``False``
+                writes it unchecked (re-hosted archives check themselves).
             **format_options: options of the format's archive writer (its
                 keyword-only parameters), e.g. ``opset_version=17`` for
                 ``format="onnx"``; ``quantization=`` (and ``calibration_data=``
@@ -317,9 +333,37 @@ class ExportArchive:
             policy = SamplePolicy(names=tuple(default.input_names), endpoint=default.name,
                                   data=flat_sample_data(sample_data, flatten(default.signature),
                                                         default.input_names))
+        if not isinstance(verify, bool):
+            raise SignatureTypeError(
+                f"Expected `verify` to be True or False. Received: {describe(verify)}")
         _atomic.check_destination(filepath, overwrite)
-        self.write_with(ExportContext(overwrite=overwrite, samples=policy), filepath,
-                        options=options, verbose=verbose, format=format, **format_options)
+        check = staged_check(self._live_endpoints(), filepath, {}, policy,
+                             format_options.get("calibration_data"),
+                             state=self._tracked_state()) if verify else None
+        self.write_with(ExportContext(overwrite=overwrite, samples=policy, check=check),
+                        filepath, options=options, verbose=verbose, format=format,
+                        **format_options)
+
+    def _tracked_state(self) -> list[Any]:
+        """The non-trainable variables of the tracked layers (kept as they are by the
+        check's live calls)."""
+        out: list[Any] = []
+        for layer in self._capture.trackables()["tracked_layers"]:
+            for v in getattr(layer, "non_trainable_variables", []):
+                if all(v is not o for o in out):
+                    out.append(v)
+        return out
+
+    def _live_endpoints(self) -> dict[str, Callable[..., Any]]:
+        """Each endpoint's live function (the one it was added with), taking the
+        artifact's flat inputs in order."""
+        described = self._capture.described()
+        live = {}
+        for name, endpoint in self._endpoints.items():
+            fn = described.get(name, (None, None))[1]
+            if fn is not None:
+                live[name] = _packed(fn, list(endpoint.signature))
+        return live
 
     def write_with(self, context: ExportContext, filepath: str | os.PathLike[str],
                    options: Any | None = None, verbose: bool = True,

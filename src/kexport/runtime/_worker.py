@@ -61,6 +61,29 @@ def _handle(request: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
     raise ValueError(f"unknown command {request['cmd']!r}")
 
 
+class InProcess:
+    """The worker's protocol answered in this process (the same requests and replies):
+    the check an export runs on its staged artifact before placing it."""
+
+    def __init__(self) -> None:
+        self.state: dict[str, Any] = {}
+
+    def ask(self, request: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
+        try:
+            return {"ok": True, **_handle(request, self.state)}
+        except Exception as e:
+            return {"ok": False, "error": f"{type(e).__name__}: {e}"}
+
+    def close(self, goodbye: dict[str, Any] | None = None, wait: float = 0.0) -> None:
+        self.state.clear()  # the runtime's session goes with it
+
+    def log_tail(self, chars: int = 1500, lines: int | None = None) -> str:
+        return ""
+
+    def exit_code(self) -> int:
+        return 0
+
+
 def main() -> int:
     """Serve requests until ``exit`` or end of input."""
     state: dict[str, Any] = {}

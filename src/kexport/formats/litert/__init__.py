@@ -269,6 +269,7 @@ def write_archive(archive: EndpointArchive, filepath: str | os.PathLike[str],
             tmp.write_bytes(data)
         except OSError as e:
             raise WriteError(f"Step 3/3 (write, litert): could not write the file: {e}") from e
+        context.check_staged(tmp)  # before it is placed: a failed check places nothing
     if verbose:
         _summary.print_summary("litert", archive.endpoints, filepath)
 

@@ -140,6 +140,7 @@ def write_archive(archive: EndpointArchive, filepath: str | os.PathLike[str],
             graph_path.write_bytes(proto.SerializeToString())
             _check(os.fspath(graph_path), proto_route(proto))
         (tmp / ONNX_ARCHIVE_MANIFEST).write_text(manifest.dumps())
+        context.check_staged(tmp)  # before it is placed: a failed check places nothing
     if verbose:
         _summary.print_summary("onnx", archive.endpoints, filepath)
 

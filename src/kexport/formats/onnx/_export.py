@@ -61,8 +61,10 @@ def _export(model: Any, filepath: str | os.PathLike[str], verbose: bool | None,
             proto = quantize_graph(proto, opts["quantization"], calibration,
                                    proto_route(proto), accept, excluded)
             accept = None
+        # the acceptance of a fast strategy's float graph is its check; others are checked
         write_model(proto, filepath, opts["threshold"], proto_route(proto), accept,
-                    overwrite=context.overwrite)
+                    overwrite=context.overwrite,
+                    check=context.check_staged if accept is None else None)
         return finished
 
     finished = convert(Source.of(model, signature), STRATEGIES[backend], context=context,

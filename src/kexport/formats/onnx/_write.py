@@ -35,7 +35,7 @@ def _check(target: str | bytes | onnx.ModelProto, route: str) -> None:
 
 def write_model(proto: onnx.ModelProto, filepath: str | os.PathLike[str], threshold: int,
                 route: str, accept: Callable[[bytes | str], None] | None = None, *,
-                overwrite: bool) -> bool:
+                overwrite: bool, check: Callable[[Path], None] | None = None) -> bool:
     """Check and write one graph atomically, with ``<name>.data`` beside it when large.
 
     What is checked is what is written: ``onnx.checker`` (``full_check``)
@@ -46,6 +46,9 @@ def write_model(proto: onnx.ModelProto, filepath: str | os.PathLike[str], thresh
     it), which are then moved into place. ``proto`` is consumed: its weights
     are moved out of it. ``overwrite``: replace data that is not a kexport
     artifact (the export's :attr:`~kexport.context.ExportContext.overwrite`).
+    ``check``: the export's check of the staged file before it is placed
+    (:meth:`~kexport.context.ExportContext.check_staged`), where no ``accept``
+    already judged the graph.
 
     Returns:
         Whether external data was written.
@@ -62,7 +65,7 @@ def write_model(proto: onnx.ModelProto, filepath: str | os.PathLike[str], thresh
         _check(data, route)
         if accept is not None:
             accept(data)
-        return _write_inline(data, path, data_path, overwrite)
+        return _write_inline(data, path, data_path, overwrite, check)
     with staging_dir(path) as stage:
         graph_file, data_file = stage / path.name, stage / data_name
         with open(data_file, "wb") as f:
@@ -71,6 +74,8 @@ def write_model(proto: onnx.ModelProto, filepath: str | os.PathLike[str], thresh
         _check(os.fspath(graph_file), route)
         if accept is not None:
             accept(os.fspath(graph_file))
+        if check is not None:
+            check(graph_file)
         with atomic_target(data_path, is_dir=False, overwrite=overwrite) as tmp_data, \
                 atomic_target(path, is_dir=False, overwrite=overwrite) as tmp_graph:
             os.replace(data_file, tmp_data)
@@ -78,9 +83,12 @@ def write_model(proto: onnx.ModelProto, filepath: str | os.PathLike[str], thresh
     return True
 
 
-def _write_inline(data: bytes, path: Path, data_path: Path, overwrite: bool) -> bool:
+def _write_inline(data: bytes, path: Path, data_path: Path, overwrite: bool,
+                  check: Callable[[Path], None] | None) -> bool:
     with atomic_target(path, is_dir=False, overwrite=overwrite) as tmp:
         tmp.write_bytes(data)
+        if check is not None:
+            check(tmp)
     if data_path.is_file():
         data_path.unlink()  # a stale weights file of an earlier large export
     return False

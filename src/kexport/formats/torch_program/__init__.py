@@ -304,6 +304,7 @@ def write_archive(archive: EndpointArchive, filepath: str | os.PathLike[str],
             for e in archive.endpoints:
                 _save(programs[e.name], tmp / f"{e.name}{TORCH_PROGRAM_SUFFIX}", manifest)
             (tmp / MANIFEST_NAME).write_text(manifest.dumps())
+        context.check_staged(tmp)  # before it is placed: a failed check places nothing
     if verbose:
         _summary.print_summary("torch", archive.endpoints, filepath)
 
