@@ -32,6 +32,10 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "backends(*names): run only on these Keras backends")
     config.addinivalue_line(
         "markers", "full_matrix: a cell the default run leaves to KEXPORT_FULL_MATRIX=1")
+    config.addinivalue_line(
+        "markers", "one_backend: kexport's own plumbing (the CLI's output, the checks' "
+                   "judging), the same on every backend: the TensorFlow run tests it, "
+                   "KEXPORT_FULL_MATRIX=1 every run")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -39,6 +43,11 @@ def pytest_collection_modifyitems(config, items):
         marker = item.get_closest_marker("backends")
         if marker and BACKEND not in marker.args:
             item.add_marker(pytest.mark.skip(reason=f"only on {marker.args}, this run is {BACKEND}"))
+        elif item.get_closest_marker("one_backend") and BACKEND != "tensorflow" \
+                and not FULL_MATRIX:
+            item.add_marker(pytest.mark.skip(
+                reason="the same on every backend: the tensorflow run tests it "
+                       "(KEXPORT_FULL_MATRIX=1 runs it here too)"))
         elif item.get_closest_marker("full_matrix") and not FULL_MATRIX:
             item.add_marker(pytest.mark.skip(
                 reason="a re-hosted cell of a cross-backend matrix: KEXPORT_FULL_MATRIX=1 runs it"))

@@ -151,6 +151,7 @@ def keras_file(tmp_path_factory):
     return path
 
 
+@pytest.mark.one_backend
 @pytest.mark.parametrize("format", ["onnx", "tf_saved_model"])
 def test_quiet_export_and_inspect_json(keras_file, tmp_path, format):
     out = tmp_path / ("m.onnx" if format == "onnx" else "sm")
@@ -168,6 +169,7 @@ def test_quiet_export_and_inspect_json(keras_file, tmp_path, format):
     assert noise(proc.stderr) == []
 
 
+@pytest.mark.one_backend
 def test_quiet_text_output(keras_file, tmp_path):
     """Without --json the result is on stdout and nothing from the frameworks anywhere."""
     proc = kexport("export", keras_file, "--format", "onnx", "-o", tmp_path / "m.onnx",
@@ -186,6 +188,7 @@ def test_quiet_formats_json():
     assert proc.stderr == ""
 
 
+@pytest.mark.one_backend
 def test_verbose_still_works(keras_file, tmp_path):
     """-v leaves the libraries' logging alone, and the verbs work as without it."""
     proc = kexport("export", keras_file, "--format", "tf_saved_model", "-o", tmp_path / "sm",

@@ -41,13 +41,13 @@ def _run_fresh(model, path, fresh_process):
 def test_the_graph_onnx_runtime_checked_is_the_file_written(tmp_path, monkeypatch,
                                                             fresh_process):
     checked = []
-    compare = _onnx_check._compare
+    compare = _onnx_check._run_in_onnxruntime
 
     def spy(data, *args):
         checked.append(bytes(data))
         return compare(data, *args)
 
-    monkeypatch.setattr(_onnx_check, "_compare", spy)
+    monkeypatch.setattr(_onnx_check, "_run_in_onnxruntime", spy)
     model = onnx_models.mlp()
     path = tmp_path / "mlp.onnx"
     kexport.export_onnx(model, path, verbose=False)
@@ -58,13 +58,13 @@ def test_the_graph_onnx_runtime_checked_is_the_file_written(tmp_path, monkeypatc
 def test_with_external_data_the_staged_files_are_checked_then_placed(tmp_path, monkeypatch,
                                                                     fresh_process):
     checked = []
-    compare = _onnx_check._compare
+    compare = _onnx_check._run_in_onnxruntime
 
     def spy(data, *args):
         checked.append(data)
         return compare(data, *args)
 
-    monkeypatch.setattr(_onnx_check, "_compare", spy)
+    monkeypatch.setattr(_onnx_check, "_run_in_onnxruntime", spy)
     model = onnx_models.mlp()  # 780 bytes of weights
     path = tmp_path / "mlp.onnx"
     kexport.export_onnx(model, path, verbose=False, external_data_threshold=100)
@@ -89,7 +89,7 @@ def _tiny_graph():
 
 def test_refused_external_data_graph_leaves_the_earlier_artifact_as_it_was(tmp_path):
     target = tmp_path / "g.onnx"
-    _write.write_model(_tiny_graph(), target, 16, "test")
+    _write.write_model(_tiny_graph(), target, 16, "test", overwrite=False)
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     assert sorted(before) == ["g.onnx", "g.onnx.data"]
 
@@ -97,7 +97,7 @@ def test_refused_external_data_graph_leaves_the_earlier_artifact_as_it_was(tmp_p
         raise _onnx_check.NotTraceable("differs from the live model at batch 3")
 
     with pytest.raises(_onnx_check.NotTraceable, match="at batch 3"):
-        _write.write_model(_tiny_graph(), target, 16, "test", refuse)
+        _write.write_model(_tiny_graph(), target, 16, "test", refuse, overwrite=False)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
 
@@ -107,7 +107,7 @@ def test_weights_too_large_for_one_protobuf_go_to_external_data_whatever_the_thr
 
     monkeypatch.setattr(_write, "INLINE_LIMIT", 1000)  # stands for protobuf's 2 GiB
     target = tmp_path / "g.onnx"
-    assert _write.write_model(_tiny_graph(), target, 2**40, "test") is True
+    assert _write.write_model(_tiny_graph(), target, 2**40, "test", overwrite=False) is True
     assert (tmp_path / "g.onnx.data").stat().st_size == 2048
     x = np.arange(512, dtype="float32")
     got = ort.InferenceSession(str(target)).run(None, {"x": x})[0]
@@ -137,7 +137,7 @@ def test_external_data_into_a_missing_folder_creates_it(tmp_path):
     from kexport.errors import WriteError
 
     target = tmp_path / "missing" / "deeper" / "g.onnx"
-    assert _write.write_model(_tiny_graph(), target, 16, "test") is True
+    assert _write.write_model(_tiny_graph(), target, 16, "test", overwrite=False) is True
     assert sorted(p.name for p in target.parent.iterdir()) == ["g.onnx", "g.onnx.data"]
     session = ort.InferenceSession(str(target), providers=["CPUExecutionProvider"])
     x = np.arange(512, dtype="float32")
@@ -146,5 +146,6 @@ def test_external_data_into_a_missing_folder_creates_it(tmp_path):
     (tmp_path / "file").write_text("not a folder")
     with pytest.raises(WriteError, match="Expected every path component above the artifact "
                                          "to be a folder"):
-        _write.write_model(_tiny_graph(), tmp_path / "file" / "g.onnx", 16, "test")
+        _write.write_model(_tiny_graph(), tmp_path / "file" / "g.onnx", 16, "test",
+                           overwrite=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "missing"]

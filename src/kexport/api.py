@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from typing import Any
 
 from kexport import _atomic, routing
 from kexport.artifact import format_info
 from kexport.artifact.exclusion import check_exclude, resolve_layers
-from kexport.artifact.quantization import check_quantization, supported_modes
+from kexport.artifact.quantization import check_quantization, keras_quantized, supported_modes
 from kexport.check.policy import policy_for
+from kexport.check.tolerance import KERAS_QUANTIZED_REORDERED
 from kexport.context import ExportContext
 from kexport.errors import SignatureError, SignatureTypeError, describe
 from kexport.generation.export import export_task
@@ -130,7 +132,13 @@ def export_model(model: Any, filepath: str | os.PathLike[str], format: str = "tf
     # what check inputs must respect, read from the model once for every check
     policy = policy_for(model, normalize_for_model(model, input_signature), sample_data)
     _atomic.check_destination(filepath, overwrite)
+    for key in _CALIBRATION_KEYS:  # a one-pass generator: read once, for the export and its check
+        if isinstance(kwargs.get(key), Iterator):
+            kwargs[key] = list(kwargs[key])
     calibration = calibration_option(kwargs)
+    if format in KERAS_QUANTIZED_REORDERED and keras_quantized(model):
+        atol, rtol = KERAS_QUANTIZED_REORDERED[format]
+        verify_options = {"atol": atol, "rtol": rtol, **verify_options}
     check = None if verify is False else staged_check(model, filepath, verify_options, policy,
                                                       calibration)
     context = ExportContext(overwrite=overwrite, samples=policy, check=check)

@@ -37,6 +37,13 @@ TOLERANCES: dict[str, tuple[float, float]] = {
 }
 FLOAT32: tuple[float, float] = TOLERANCES["float32"]
 
+#: Runtimes that reorder float arithmetic (OpenVINO computes ``x / s`` as ``x * (1 / s)``):
+#: before the per-call int8 input quantization of a layer Keras quantized
+#: (``Model.quantize``), an ulp there can flip one rounding, one int8 step of that row
+#: (measured 2.3e-3 on tests/test_keras_quantized.py's model; its float model is 1.1e-2
+#: away). The check of such a model's artifact uses this row.
+KERAS_QUANTIZED_REORDERED: dict[str, tuple[float, float]] = {"openvino": (5e-3, 5e-3)}
+
 
 def default_tolerances(precision: str) -> tuple[float, float]:
     """``(atol, rtol)`` for an artifact computing in ``precision`` (float32's if unknown)."""

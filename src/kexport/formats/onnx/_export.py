@@ -80,8 +80,9 @@ def export_tensorflow(model: Any, filepath: str | os.PathLike[str], *, context: 
     """TensorFlow backend -> ONNX (``tf.function`` + ``tf2onnx``, in process); string and
     lookup layers on the inputs through kexport's own lowering (:mod:`.strings`)."""
     if has_string_layers(model):
-        # the rest of the model goes to a private folder, then into the merged graph
-        inner = replace(context, overwrite=True)
+        # the rest of the model goes to a private folder, then into the merged graph, which
+        # its acceptance checks against the whole model (the rest alone is not the model)
+        inner = replace(context, overwrite=True, check=None)
         return export_strings(model, filepath, verbose, input_signature, kwargs, lambda m, p, o:
                               _export(m, p, False, None, o, "tensorflow", inner), context)
     _export(model, filepath, verbose, input_signature, kwargs, "tensorflow", context)
