@@ -64,14 +64,23 @@ def test_permuted_classes_have_low_top1_and_cosine():
     ref = rng.normal(size=(200, 10))
     out = np.roll(ref, 1, axis=1)  # every class moved to its neighbour
     q = quality(ref, out, scores=True)
-    assert q.top1 == 0.0
+    assert q.top1 < 0.02  # only rows whose top two the reference itself ties
     assert q.top5 < 0.8
     assert abs(q.cosine_mean) < 0.2
     failed = judge(q, QUANTIZED["dynamic_int8"])
-    assert any(f.startswith("top-1 agreement 0.000 <") for f in failed)
+    assert any(f.startswith("top-1 agreement 0.00") for f in failed)
     assert any(f.startswith("cosine") for f in failed)
     # fewer than 5 classes: no top-5
     assert quality(ref[:, :4], ref[:, :4], scores=True).top5 is None
+
+
+@pytest.mark.fast
+def test_a_flip_between_classes_the_reference_ties_is_no_disagreement():
+    """Generated inputs give a classifier near-uniform scores: a flip between two classes
+    the reference scores within 2% of the row's range is a tie, not a wrong answer."""
+    ref = np.array([[1.0, 0.999, -3.0], [1.0, 0.5, -3.0]])
+    out = np.array([[0.998, 1.0, -3.0], [0.4, 1.0, -3.0]])  # row 0: tie; row 1: wrong
+    assert quality(ref, out, scores=True).top1 == 0.5
 
 
 @pytest.mark.fast

@@ -17,7 +17,8 @@ matter for a quantized artifact, as sums that pool over cases
 the cosine similarity of each sample (the output's rows along axis 0,
 flattened; min and mean over samples) and, for score outputs
 (:func:`is_scores`), top-1 agreement (fraction of rows over the last axis
-whose argmax matches) and top-5 overlap (mean over rows of the share of the
+whose argmax matches, a class the reference scores within :data:`DISTINCT` of
+its row's range of the top counting as a tie that agrees) and top-5 overlap (mean over rows of the share of the
 reference's top-5 classes found in the artifact's top-5, with at least 5
 classes; only classes whose reference score stands out of the row count, see
 :func:`top_overlap`). :func:`missed_thresholds` lists what they miss of a quantization
@@ -105,7 +106,8 @@ class Quality:
         cosine_min: the least cosine similarity of one sample.
         cosine_sum: the sum of the samples' cosine similarities.
         rows: rows over the class axis judged for top-k (0: not a score output).
-        top1_hits: rows whose argmax matches.
+        top1_hits: rows whose argmax matches (or ties with the reference's, see
+            :data:`DISTINCT`).
         classes: the size of the class axis (0: not a score output).
         top5_sum: the sum over rows of their top-5 overlap
             (:func:`top_overlap`; 0 with fewer than 5 classes).
@@ -231,7 +233,11 @@ def quality(expected: Any, received: Any, scores: bool = False) -> Quality | Non
         return q
     classes = e.shape[-1]
     ce, cr = e.reshape(-1, classes), r.reshape(-1, classes)
-    hits = int(np.sum(np.argmax(ce, axis=1) == np.argmax(cr, axis=1)))
+    # a row agrees when the artifact's top class is the live one, or one the live model
+    # scores within DISTINCT of its row's range of the top (a tie: either is its answer)
+    chosen = ce[np.arange(ce.shape[0]), np.argmax(cr, axis=1)]
+    top, low = ce.max(axis=1), ce.min(axis=1)
+    hits = int(np.sum(top - chosen <= DISTINCT * (top - low)))
     top5 = float(np.sum(top_overlap(ce, cr))) if classes >= 5 else 0.0
     return Quality(q.samples, q.signal, q.noise, q.cosine_min, q.cosine_sum,
                    ce.shape[0], hits, classes, top5)
