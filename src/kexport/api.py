@@ -16,7 +16,8 @@ from kexport.context import ExportContext
 from kexport.errors import SignatureError, SignatureTypeError, describe
 from kexport.generation.export import export_task
 from kexport.signature import normalize_for_model
-from kexport.verify import raise_if_failed, staged_check, verify_on
+from kexport.staged import staged_check
+from kexport.verify import raise_if_failed, verify_on
 
 __all__ = ["export_litert", "export_model", "export_onnx", "export_openvino", "export_saved_model",
            "export_torch"]

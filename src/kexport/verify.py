@@ -31,6 +31,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from kexport._verify_cases import QUANTIZED_ROWS, _cases, _checked, _quantized_case
 from kexport.capture.precision import live_precision
 from kexport.check.calibration import calibration_sample
 from kexport.check.live import live_reference
@@ -40,7 +41,6 @@ from kexport.check.samples import (
     CASE_SIZES,
     SamplePolicy,
     recorded_policy,
-    sample_inputs,
 )
 from kexport.check.text import portable
 from kexport.check.tolerance import (
@@ -51,20 +51,15 @@ from kexport.check.tolerance import (
     thresholds_for,
     tolerances_for,
 )
-from kexport.check.verdict import Case, verdict
 from kexport.check.worker import Worker
-from kexport.errors import SampleDataError, SignatureError, describe
+from kexport.errors import SignatureError, describe
 from kexport.runtime import check_precision, detect, runtime_module
 from kexport.runtime._base import EndpointInfo, feeds_for
 from kexport.runtime._worker import MARKER, InProcess
 
 __all__ = ["QUANTIZED_ROWS", "VerificationReport", "declared_tolerances", "raise_if_failed",
-           "staged_check", "store_report", "verify"]
+           "store_report", "verify"]
 
-#: Rows of the extra case a quantized artifact is checked on: every row of the
-#: sample data up to this many, else this many generated rows.
-QUANTIZED_ROWS = 64
-_MAX_DATA_ROWS = 1024
 
 
 def _precision(metadata: Mapping[str, Any], endpoints: Mapping[str, EndpointInfo]) -> str:
@@ -82,23 +77,6 @@ def _precision(metadata: Mapping[str, Any], endpoints: Mapping[str, EndpointInfo
 
 
 # -- inputs -----------------------------------------------------------------
-
-def _cases(endpoint: EndpointInfo, sizes: Sequence[int], seed: int,
-           policy: SamplePolicy | None = None) -> dict[str, dict[str, Any]]:
-    """One case per size (``"dyn=<size>"``), or one ``"static"`` case without dynamic dims."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    names = endpoint.input_names
-
-    def case(size: int) -> dict[str, Any]:
-        arrays = sample_inputs(endpoint.inputs, size, rng, endpoint=endpoint.name,
-                               policy=policy)
-        return dict(zip(names, arrays, strict=True))
-
-    if not any(t.dynamic_axes for t in endpoint.inputs):
-        return {"static": case(1)}
-    return {f"dyn={s}": case(s) for s in sizes}
 
 
 # -- the live model ---------------------------------------------------------
@@ -335,47 +313,6 @@ def verify_on(model: Any, path: str | os.PathLike[str], inputs: Any | None = Non
     return report
 
 
-#: The options of :func:`kexport.verify` that the check before placement takes too.
-_STAGED_OPTIONS = ("atol", "rtol", "seed", "sizes", "precision", "data", "scores", "inputs")
-
-
-def staged_check(model: Any, filepath: str | os.PathLike[str], options: Mapping[str, Any],
-                 policy: SamplePolicy | None, calibration: Any | None = None,
-                 state: Sequence[Any] | None = None) -> Callable[[Path], None]:
-    """The check of a staged artifact before it is placed at ``filepath``
-    (:attr:`kexport.context.ExportContext.check`): its runtime in this process,
-    compared with ``model`` (a Keras model, or live functions by endpoint name)
-    on inputs drawn under ``policy``, judged by the one verdict; raises
-    :class:`~kexport.errors.VerificationError` when it differs (nothing is placed).
-    ``options``: those of :func:`verify` that apply (tolerances, seed, sizes...).
-
-    The export must not change the model: the values of its non-trainable
-    variables (``state``; by default the model's: batch-norm statistics,
-    random seed states) are put back after the live calls. A model with
-    random layers runs each case twice; outputs that differ are compared by
-    shape only."""
-    import keras
-
-    staged = {k: v for k, v in options.items() if k in _STAGED_OPTIONS}
-    staged.setdefault("calibration_data", calibration)
-    variables = list(state if state is not None else
-                     getattr(model, "non_trainable_variables", []))
-    twice = isinstance(model, Mapping) or any(
-        "seed_generator" in getattr(v, "path", "") for v in variables)
-
-    def check(path: Path) -> None:
-        saved = [keras.ops.convert_to_numpy(v.value) for v in variables]
-        try:
-            report = verify_on(model, path, store=False, policy=policy, in_process=True,
-                               twice=twice, **staged)
-        finally:
-            for v, value in zip(variables, saved, strict=True):
-                v.assign(value)
-        raise_if_failed(report, filepath, placed=False)
-
-    return check
-
-
 def _ask(worker: Worker | InProcess, request: dict[str, Any]) -> dict[str, Any]:
     """The runtime worker's reply, or a failed one saying how the child process ended."""
     reply = worker.ask(request)
@@ -386,83 +323,12 @@ def _ask(worker: Worker | InProcess, request: dict[str, Any]) -> dict[str, Any]:
                                   f"{worker.exit_code()}): {tail}"}
 
 
-def _quantized_case(info: EndpointInfo, sizes: Sequence[int], seed: int,
-                    policy: SamplePolicy) -> dict[str, dict[str, Any]]:
-    """The larger case a quantized artifact's statistics need: every row of the
-    sample data (at most 1024), else :data:`QUANTIZED_ROWS` generated rows;
-    none when the batch is not dynamic or the rows are no more than the cases'."""
-    import numpy as np
-
-    if not info.inputs or not all(t.shape and t.shape[0] is None for t in info.inputs):
-        return {}
-    rows = QUANTIZED_ROWS
-    if policy.data is not None:
-        lengths = [len(np.asarray(v)) for v in policy.data.values() if np.ndim(v)]
-        rows = min(min(lengths, default=0), _MAX_DATA_ROWS)
-    if rows <= max(sizes):
-        return {}
-    rng = np.random.default_rng(seed + 1)
-    arrays = sample_inputs(info.inputs, rows, rng, endpoint=info.name, policy=policy)
-    label = "data" if policy.data is not None else "dyn"
-    return {f"{label}={rows}": dict(zip(info.input_names, arrays, strict=True))}
-
-
-def _checked(report: VerificationReport, endpoints: Mapping[str, EndpointInfo],
-             cases: Mapping[str, tuple[str, str, dict[str, Any]]],
-             refs: Mapping[str, Callable[[dict[str, Any]], list[Any]]],
-             received: dict[str, Any], errors: Mapping[str, str],
-             scores: Sequence[str] | None, twice: bool = False) -> VerificationReport:
-    """The live outputs of every case (``refs``) and the artifact's, through the one verdict.
-
-    With ``twice`` (live functions an archive's endpoints were made of, which may
-    call layers in training mode), each case runs twice and one whose two live
-    calls differ is compared by shapes only."""
-    checked = []
-    for key, (name, case, feeds) in cases.items():
-        try:
-            expected = refs[name](feeds)
-            same = not twice or _same(expected, refs[name](feeds))
-        except Exception as e:  # the live model's own failure on these inputs
-            text = next((line for line in str(e).splitlines() if line.strip()), "")
-            raise SampleDataError(
-                f"Endpoint '{name}': the live model raised on the check's inputs (case "
-                f"{case}): {type(e).__name__}: {text[:300]}. Expected inputs it takes: pass "
-                "sample_data= to the export (data= or inputs= to kexport.verify), or "
-                "verify=False to skip the check.") from e
-        checked.append(_case(endpoints[name], case, feeds, expected, received, key,
-                             errors.get(key), values=same))
-    return verdict(report, checked, scores)
-
-
-def _same(a: list[Any], b: list[Any]) -> bool:
-    import numpy as np
-
-    def equal(x: Any, y: Any) -> bool:
-        try:
-            return bool(np.array_equal(x, y, equal_nan=True))
-        except TypeError:  # strings: no NaN
-            return bool(np.array_equal(x, y))
-
-    return len(a) == len(b) and all(equal(x, y) for x, y in zip(a, b, strict=True))
-
-
-def _case(info: EndpointInfo, case: str, feeds: dict[str, Any], expected: list[Any],
-          received: dict[str, Any], key: str, error: str | None, values: bool = True) -> Case:
-    """One case of ``info`` as the verdict takes it (:class:`kexport.check.verdict.Case`):
-    the runtime worker's outputs (``received``, keyed ``<key>/<output name>``) in the
-    artifact's output order."""
-    return Case(info.name, case, feeds, expected,
-                [received.get(f"{key}/{t.name}") for t in info.outputs],
-                [t.name for t in info.outputs], error, values)
-
-
 def store_report(format: str, path: str | os.PathLike[str], report: VerificationReport) -> bool:
     """Store ``report`` inside the artifact, if its format's runtime can.
 
     Returns:
         Whether it was stored.
     """
-    from pathlib import Path
 
 
     module = runtime_module(format)

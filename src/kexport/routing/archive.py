@@ -29,8 +29,8 @@ from kexport.routing.archive_routes import (
     capture_for,
     in_process_first,
 )
-from kexport.signature import flatten, normalize, pack_as
-from kexport.verify import staged_check
+from kexport.signature import flatten, normalize
+from kexport.staged import archive_check
 
 __all__ = ["ExportArchive"]
 
@@ -42,15 +42,6 @@ def _format_options(writer: Callable[..., Any]) -> list[str]:
     (but ``context``, which kexport passes)."""
     return [p.name for p in inspect.signature(writer).parameters.values()
             if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name != "context"]
-
-
-def _packed(fn: Callable[..., Any], signature: list[Any]) -> Callable[..., Any]:
-    """``fn`` taking its inputs flat, packed as its signature nests them."""
-
-    def call(*flat: Any) -> Any:
-        return fn(*pack_as(signature, list(flat)))
-
-    return call
 
 
 def _check_name(name: Any, what: str) -> str:
@@ -337,33 +328,12 @@ class ExportArchive:
             raise SignatureTypeError(
                 f"Expected `verify` to be True or False. Received: {describe(verify)}")
         _atomic.check_destination(filepath, overwrite)
-        check = staged_check(self._live_endpoints(), filepath, {}, policy,
-                             format_options.get("calibration_data"),
-                             state=self._tracked_state()) if verify else None
+        check = archive_check(self._capture.described(), self._endpoints,
+                              self._capture.trackables()["tracked_layers"], filepath, policy,
+                              format_options.get("calibration_data")) if verify else None
         self.write_with(ExportContext(overwrite=overwrite, samples=policy, check=check),
                         filepath, options=options, verbose=verbose, format=format,
                         **format_options)
-
-    def _tracked_state(self) -> list[Any]:
-        """The non-trainable variables of the tracked layers (kept as they are by the
-        check's live calls)."""
-        out: list[Any] = []
-        for layer in self._capture.trackables()["tracked_layers"]:
-            for v in getattr(layer, "non_trainable_variables", []):
-                if all(v is not o for o in out):
-                    out.append(v)
-        return out
-
-    def _live_endpoints(self) -> dict[str, Callable[..., Any]]:
-        """Each endpoint's live function (the one it was added with), taking the
-        artifact's flat inputs in order."""
-        described = self._capture.described()
-        live = {}
-        for name, endpoint in self._endpoints.items():
-            fn = described.get(name, (None, None))[1]
-            if fn is not None:
-                live[name] = _packed(fn, list(endpoint.signature))
-        return live
 
     def write_with(self, context: ExportContext, filepath: str | os.PathLike[str],
                    options: Any | None = None, verbose: bool = True,
