@@ -9,7 +9,7 @@ five layers (docs/architecture.md, "The export context").
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -57,10 +57,6 @@ class ExportContext:
         :attr:`check`); writers call it once their artifact is whole."""
         if self.check is not None:
             self.check(Path(path))
-
-    def with_samples(self, policy: SamplePolicy | None) -> ExportContext:
-        """This context with another sample policy (``None`` keeps this one)."""
-        return self if policy is None else replace(self, samples=policy)
 
     def recorded(self) -> dict[str, Any]:
         """The manifest extras of the sample policy: ``{"samples": ...}``, or ``{}``.
