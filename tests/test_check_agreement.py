@@ -176,8 +176,9 @@ def test_the_three_checks_decide_through_the_one_verdict(monkeypatch):
     want = np.array([[1.0, 2.0]], "float32")
     assert _verify_verdict(want, want) and _rehost_verdict(want, want)
     assert _acceptance_verdict(want, want, monkeypatch)
-    # (kexport.verify, the attribute, is the function: the module by its name)
-    modules = [importlib.import_module(n) for n in ("kexport.verify", "kexport.rehost.cases")]
+    # verify's cases are judged in kexport._verify_cases (imported by its name)
+    modules = [importlib.import_module(n) for n in ("kexport._verify_cases",
+                                                    "kexport.rehost.cases")]
     for module in (*modules, _accept):
         assert module.verdict is real  # each calls the one function
         monkeypatch.setattr(module, "verdict", failing)
