@@ -12,7 +12,7 @@ from kexport.artifact.exclusion import check_exclude, resolve_layers
 from kexport.artifact.quantization import check_quantization, keras_quantized, supported_modes
 from kexport.check.policy import policy_for
 from kexport.check.tolerance import KERAS_QUANTIZED_REORDERED
-from kexport.context import ExportContext
+from kexport.context import ExportContext, Printer
 from kexport.errors import SignatureError, SignatureTypeError, describe
 from kexport.generation.export import export_task
 from kexport.signature import normalize_for_model
@@ -142,9 +142,9 @@ def export_model(model: Any, filepath: str | os.PathLike[str], format: str = "tf
         verify_options = {"atol": atol, "rtol": rtol, **verify_options}
     check = None if verify is False else staged_check(model, filepath, verify_options, policy,
                                                       calibration)
-    context = ExportContext(overwrite=overwrite, samples=policy, check=check)
-    routing.export(candidates, model, filepath, context=context, verbose=verbose,
-                   input_signature=input_signature, **kwargs)
+    context = ExportContext(overwrite=overwrite, samples=policy, check=check,
+                            printer=Printer.resolve(verbose))
+    routing.export(candidates, model, filepath, context=context, input_signature=input_signature, **kwargs)
     if verify is True or (isinstance(verify, dict) and verify.get("fresh_process", True)):
         _verify_export(model, filepath, verify_options, context, calibration)
 

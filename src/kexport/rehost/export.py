@@ -20,7 +20,7 @@ from kexport.artifact import DEFAULT_ENDPOINT
 from kexport.capture.endpoint import EndpointRecipe, is_layer
 from kexport.check.report import VerificationReport
 from kexport.check.tolerance import FLOAT32
-from kexport.context import ExportContext
+from kexport.context import ExportContext, Printer
 from kexport.errors import SignatureError, SignatureTypeError, VerificationError, describe
 from kexport.rehost.cases import LiveCase, live_cases, report_on
 from kexport.rehost.diagnosis import diagnosis
@@ -90,7 +90,7 @@ def _first_failing(cases: Mapping[str, list[LiveCase]], report: VerificationRepo
 
 
 def rehost(models: list[Any], recipes: list[tuple[EndpointRecipe, Callable[..., Any]]],
-           filepath: str | os.PathLike[str], format: str, host: str, verbose: bool,
+           filepath: str | os.PathLike[str], format: str, host: str,
            fields: Mapping[str, Any], atol: float, rtol: float,
            given: list[list[Any]] | Mapping[str, list[list[Any]]] | None = None,
            quantized: str | None = None, carried: Mapping[str, Any] | None = None,
@@ -118,7 +118,7 @@ def rehost(models: list[Any], recipes: list[tuple[EndpointRecipe, Callable[..., 
         (work / "out").mkdir()
         out = work / "out" / (target.name or "artifact")
         job = Job(format=format, host=host, source_backend=backend, models=tuple(files),
-                  imports=tuple(modules), output=str(out), verbose=bool(verbose),
+                  imports=tuple(modules), output=str(out), verbose=context.printer.on,
                   endpoints=tuple(r for r, _ in recipes),
                   cases={n: tuple(CaseRef(e.key, e.inputs) for e in es)
                          for n, es in cases.items()},
@@ -132,12 +132,11 @@ def rehost(models: list[Any], recipes: list[tuple[EndpointRecipe, Callable[..., 
                 _refusal(report, job) + diagnosis(models, recipes, _first_failing(
                     cases, report), job, work, atol, rtol), report=report)
         place(out, filepath, overwrite=context.overwrite)
-        if verbose:
-            text = result.get("stdout", "").replace(str(out), os.fspath(filepath))
-            print(f"kexport: re-hosted from the {backend} backend onto {host}; "
-                  f"verified {sum(len(es) for es in cases.values())} sample batches")
-            if text.strip():
-                print(text.rstrip())
+        text = result.get("stdout", "").replace(str(out), os.fspath(filepath))
+        context.printer(f"kexport: re-hosted from the {backend} backend onto {host}; "
+                        f"verified {sum(len(es) for es in cases.values())} sample batches")
+        if text.strip():
+            context.printer(text.rstrip())
     return report
 
 
@@ -182,7 +181,8 @@ def rehost_export(model: Any, filepath: str | os.PathLike[str],
         target_backend: the Keras backend that writes the artifact.
         input_signature: as for :func:`kexport.export_model`; computed from
             the model when omitted (dynamic batch).
-        verbose: print a summary of what was written (default ``True``).
+        verbose: print a summary of what was written (default ``True``);
+            ignored when ``context`` is given (its printer says it).
         atol: absolute tolerance of the comparison with the live model.
         rtol: relative tolerance of that comparison.
         sample_inputs: inputs to compare on instead of random ones: one flat
@@ -191,8 +191,9 @@ def rehost_export(model: Any, filepath: str | os.PathLike[str],
             float outputs are then judged by that mode's thresholds
             (:data:`kexport.check.tolerance.QUANTIZED`) instead of ``atol``/``rtol``.
         context: the export's :class:`~kexport.context.ExportContext`
-            (``overwrite``, the sample policy its checks draw under); by
-            default a new export that replaces only kexport artifacts.
+            (``overwrite``, the sample policy its checks draw under, its
+            printer); by default a new export that replaces only kexport
+            artifacts, printing as ``verbose`` says.
         **kwargs: passed to the child's ``export_model`` (JSON-able values
             only, e.g. ``opset_version=17``).
 
@@ -222,14 +223,15 @@ def rehost_export(model: Any, filepath: str | os.PathLike[str],
     if verbose is not None and not isinstance(verbose, bool):
         raise SignatureTypeError(
             f"Expected `verbose` to be True, False or None. Received: {describe(verbose)}")
+    if context is None:  # called directly: this is where the call enters kexport
+        context = ExportContext(printer=Printer.resolve(verbose))
     signature = plan_signature(inference_fn(model), normalize_for_model(model, input_signature),
-                               say=print if verbose is None or verbose else None)
+                               say=context.printer.say)
     recipe = EndpointRecipe(DEFAULT_ENDPOINT, 0, "__call__", {"training": False}, signature)
 
     def live(*args: Any) -> Any:
         return infer(model, *args)
 
     return rehost([model], [(recipe, live)], filepath, format, target_backend,
-                  True if verbose is None else verbose,
                   {"mode": "model", "kwargs": json_kwargs(dict(kwargs))}, atol, rtol,
-                  sample_inputs, quantized, context=context or ExportContext())
+                  sample_inputs, quantized, context=context)

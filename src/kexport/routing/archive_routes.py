@@ -32,7 +32,7 @@ class ArchiveRoute:
     """How ``ExportArchive.write_out`` writes one format.
 
     Attributes:
-        writer: ``writer(archive, filepath, *, context, options=None, verbose=True,
+        writer: ``writer(archive, filepath, *, context, options=None,
             **format_options)`` writing an ``ExportArchive`` in process.
         native_archives: backends whose archives ``writer`` writes in-process
             even where the backend's capture would re-host (e.g. ``.pt2``
@@ -158,16 +158,13 @@ def in_process_first(backend: str, format: str, native: Callable[..., Any],
         return rehosted
 
     def write(archive: Any, filepath: Any, *, context: ExportContext,
-              options: Any | None = None, verbose: bool = True, **format_options: Any) -> None:
+              options: Any | None = None, **format_options: Any) -> None:
         try:
-            native(archive, filepath, context=context, options=options, verbose=verbose,
-                   **format_options)
+            native(archive, filepath, context=context, options=options, **format_options)
         except RouteRefused as refused:
-            if verbose:
-                first = next((line for line in str(refused).splitlines() if line.strip()), "")
-                print(f"kexport: re-hosting the archive ({first[:240]})")
-            rehosted(archive, filepath, context=context, options=options, verbose=verbose,
-                     **format_options)
+            first = next((line for line in str(refused).splitlines() if line.strip()), "")
+            context.printer(f"kexport: re-hosting the archive ({first[:240]})")
+            rehosted(archive, filepath, context=context, options=options, **format_options)
 
     return write
 

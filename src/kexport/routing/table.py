@@ -38,8 +38,9 @@ class Route:
         kind: ``"native"`` (traced on the model's own backend) or ``"rehost"``.
         via: the building blocks used, for people.
         export: the function that performs it: ``export(model, filepath, *,
-            context, verbose, input_signature, **options)`` (``context``: the
-            export's :class:`~kexport.context.ExportContext`). It may raise
+            context, input_signature, **options)`` (``context``: the
+            export's :class:`~kexport.context.ExportContext`, its printer
+            included). It may raise
             :class:`~kexport.errors.RouteRefused` when the model turns out to
             be one it cannot carry; the next route of the cell then runs.
         packages: importable modules this route needs.
