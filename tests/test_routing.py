@@ -121,3 +121,25 @@ def test_step_labels_come_from_the_pipeline_and_output_from_the_printer(capsys):
     Printer(on=False)("hidden")
     Printer.resolve(None)("shown")
     assert capsys.readouterr().out == "shown\n"
+
+
+def test_a_route_gives_an_outcome_and_every_refusal_is_named():
+    """A route's refusal is its result (the reason, as its typed error); when every
+    route of the cell refused, the last one's error is raised, its type kept and
+    every earlier reason in its message."""
+    from kexport.errors import DynamicAxisError
+
+    calls = []
+    served = _route("a", calls)
+    outcome = served.run(object(), "out", context=QUIET, opset_version=17)
+    assert outcome.ok and outcome.by is served and outcome.refused is None
+    first = _route("a", calls, fails=RouteRefused("no names for the layers\nmore detail"))
+    second = _route("b", calls, kind="rehost",
+                    fails=DynamicAxisError("axis 0 was fixed", axes=[("x", 0)]))
+    outcome = first.run(object(), "out", context=QUIET)
+    assert not outcome.ok and outcome.reason == "no names for the layers"
+    with pytest.raises(DynamicAxisError,
+                       match=r"^axis 0 was fixed\nRefused before it: native \(route a\): "
+                             r"no names for the layers$") as info:
+        routing.export([first, second], object(), "out", context=QUIET)
+    assert info.value.axes == [("x", 0)]

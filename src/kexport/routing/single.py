@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING, Any
 
 from kexport._dims import plan_signature
 from kexport._inference import inference_fn
+from kexport._outcome import Outcome, every_refusal
 from kexport.artifact import DEFAULT_ENDPOINT
 from kexport.capture import precision
 from kexport.capture.portable import portable_ops
 from kexport.context import ExportContext
-from kexport.errors import RouteRefused
 from kexport.rehost import rehost_export
 from kexport.routing.archive import ExportArchive
 from kexport.signature import normalize_for_model
@@ -98,23 +98,27 @@ def rehost_export_for(format: str, host: str,
 
 def export(routes: Sequence[Route], model: Any, filepath: str | os.PathLike[str], *,
            context: ExportContext, input_signature: Any | None = None,
-           **options: Any) -> None:
+           **options: Any) -> Any:
     """Export ``model`` with the first of ``routes`` that delivers, under ``context``
     (built by the caller from the user's call: overwrite, the sample policy, the
     printer of its ``verbose``).
 
     ``routes`` are one cell's routes that can carry the model, in the order the
-    table gives. A route that finds, while exporting, that it cannot carry
-    the model raises :class:`~kexport.errors.RouteRefused` (nothing written);
-    the next one then runs, and a verbose export says so in one line.
+    table gives. Each returns an :class:`~kexport._outcome.Outcome`
+    (:meth:`Route.run`); one that found, while exporting, that it cannot carry
+    the model (nothing written) gives the reason, the next one then runs, and
+    a verbose export says so in one line. When every route refused, the last
+    refusal's typed error is raised, naming every reason
+    (:func:`~kexport._outcome.every_refusal`); any other error propagates.
     """
+    refusals: list[Outcome[Any]] = []
     for number, route in enumerate(routes, start=1):
-        try:
-            with precision.for_format(model, route.format), portable_ops():
-                route.export(model, filepath, context=context,
-                             input_signature=input_signature, **options)
-            return
-        except RouteRefused:
-            if number == len(routes):
-                raise
+        with precision.for_format(model, route.format), portable_ops():
+            outcome = route.run(model, filepath, context=context,
+                                input_signature=input_signature, **options)
+        if outcome.ok:
+            return outcome.value
+        refusals.append(outcome)
+        if number < len(routes):
             context.printer(f"kexport: trying the next route: {routes[number].via}")
+    raise every_refusal(refusals, lambda route: f"{route.kind} ({route.via})")
