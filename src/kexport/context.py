@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kexport.errors import SignatureTypeError, describe
+
 if TYPE_CHECKING:
     from kexport.check.samples import SamplePolicy
 
@@ -49,9 +51,16 @@ class Printer:
     on: bool = True
 
     @classmethod
-    def resolve(cls, verbose: bool | None) -> Printer:
-        """The printer of a call's ``verbose`` (checked by the caller)."""
-        return cls(on=verbose is None or bool(verbose))
+    def resolve(cls, verbose: Any) -> Printer:
+        """The printer of a call's ``verbose``: the one check of that argument.
+
+        Raises:
+            SignatureTypeError: ``verbose`` is not ``True``, ``False`` or ``None``.
+        """
+        if verbose is not None and not isinstance(verbose, bool):
+            raise SignatureTypeError(
+                f"Expected `verbose` to be True, False or None. Received: {describe(verbose)}")
+        return cls(on=verbose is None or verbose)
 
     def __call__(self, text: str) -> None:
         """Print ``text`` when verbose."""

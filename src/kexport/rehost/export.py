@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from kexport._atomic import check_filepath
 from kexport._dims import plan_signature
 from kexport._inference import infer, inference_fn
 from kexport.artifact import DEFAULT_ENDPOINT
@@ -34,15 +35,6 @@ from kexport.signature import normalize_for_model
 __all__ = ["DEFAULT_ATOL", "DEFAULT_RTOL", "json_kwargs", "rehost", "rehost_export"]
 
 DEFAULT_ATOL, DEFAULT_RTOL = FLOAT32  # the check's float32 row (kexport.check.tolerance)
-
-
-def _checked_path(filepath: Any) -> Path:
-    if not isinstance(filepath, (str, os.PathLike)) or not os.fspath(filepath):
-        raise (SignatureError if isinstance(filepath, (str, os.PathLike))
-               else SignatureTypeError)(
-            f"Expected `filepath` to be a non-empty str or pathlib.Path. "
-            f"Received: {describe(filepath)}")
-    return Path(os.fspath(filepath))
 
 
 def _policy_fields(work: Path, context: ExportContext) -> dict[str, Any]:
@@ -105,7 +97,8 @@ def rehost(models: list[Any], recipes: list[tuple[EndpointRecipe, Callable[..., 
     import numpy as np
 
     backend = keras.backend.backend()
-    target = _checked_path(filepath)
+    assert isinstance(filepath, (str, os.PathLike)), filepath  # checked where the call entered
+    target = Path(os.fspath(filepath))
     check_rehostable(models, host)
     with tempfile.TemporaryDirectory(prefix="kexport-rehost-") as tmpdir:
         work = Path(tmpdir)
@@ -182,7 +175,8 @@ def rehost_export(model: Any, filepath: str | os.PathLike[str],
         input_signature: as for :func:`kexport.export_model`; computed from
             the model when omitted (dynamic batch).
         verbose: print a summary of what was written (default ``True``);
-            ignored when ``context`` is given (its printer says it).
+            ignored when ``context`` is given (its printer says it, and the
+            arguments were checked where that context was built).
         atol: absolute tolerance of the comparison with the live model.
         rtol: relative tolerance of that comparison.
         sample_inputs: inputs to compare on instead of random ones: one flat
@@ -217,13 +211,11 @@ def rehost_export(model: Any, filepath: str | os.PathLike[str],
     rehost_export(model, "out_dir", format="tf_saved_model")
     ```
     """
-    if not is_layer(model):
-        raise SignatureTypeError(
-            f"Expected `model` to be a Keras model or layer. Received: {describe(model)}")
-    if verbose is not None and not isinstance(verbose, bool):
-        raise SignatureTypeError(
-            f"Expected `verbose` to be True, False or None. Received: {describe(verbose)}")
-    if context is None:  # called directly: this is where the call enters kexport
+    if context is None:  # called directly: this is where the call enters, and is checked
+        if not is_layer(model):
+            raise SignatureTypeError(
+                f"Expected `model` to be a Keras model or layer. Received: {describe(model)}")
+        check_filepath(filepath)
         context = ExportContext(printer=Printer.resolve(verbose))
     signature = plan_signature(inference_fn(model), normalize_for_model(model, input_signature),
                                say=context.printer.say)
