@@ -195,7 +195,7 @@ def localize(model: Any, artifact_path: str | os.PathLike[str], data: Any | None
             f"`kexport.verify` still checks its outputs).")
     own = None if options else _from_artifact(model, format, artifact_path, metadata,
                                               (signature, args, flat), calls, slots)
-    if own is not None:
+    if own is not None and not _unsure(own):
         return own
     spread = len(signature) > 1
     probe = probe_module.Probe(model, slots, spread=spread)
@@ -237,6 +237,8 @@ def localize(model: Any, artifact_path: str | os.PathLike[str], data: Any | None
                  else {"atol": report.atol, "rtol": report.rtol})
     culprit, rows = rows_from(calls, report.summary(), tolerance,
                               _ops(format, artifact_path, calls))
+    if own is not None and culprit is None:
+        return own  # the route computes right: what differs was changed in the file
     return LocalizationReport(culprit, rows, format,
                               f"{route.backend} -> {route.format} ({route.kind}: {route.via})",
                               quantization_mode(metadata))
@@ -272,6 +274,16 @@ def _from_artifact(model: Any, format: str, path: str | os.PathLike[str],
     wrote = metadata.get("backend") or metadata.get("kexport.backend") or "?"
     return LocalizationReport(culprit, rows, format, f"{wrote} -> {format} (the artifact's own "
                               "values)", None, method="artifact")
+
+
+def _unsure(report: LocalizationReport) -> bool:
+    """Whether the artifact's own values leave the culprit in doubt: a layer before it
+    has no value in the artifact (its converter folded it into a neighbour), so the
+    error may enter there; the probe, which keeps every layer's tensors, decides."""
+    if report.culprit is None:
+        return False
+    before = report.layers[:[r.path for r in report.layers].index(report.culprit)]
+    return any(not r.compared for r in before)
 
 
 def _own_weights(model: Any) -> dict[str, list[Any]]:

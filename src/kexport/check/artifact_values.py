@@ -245,6 +245,13 @@ def _owners(values: Sequence[Value], names: Sequence[str], suffix: str,
     return owners
 
 
+def _fits(array: Any, live: Any) -> bool:
+    """Whether an artifact's value can be a layer's output like ``live``: its shape, and
+    float where ``live`` is float (an integer output is not matched to a float value)."""
+    return (getattr(array, "shape", None) == live.shape
+            and (array.dtype.kind in "fc") == (live.dtype.kind in "fc"))
+
+
 def slot_summary(calls: Sequence[Any], slots: Sequence[tuple[int, str, int]],
                  recorded: Sequence[Mapping[str, Any]], values: Sequence[Value],
                  atol: float, rtol: float, weights: Mapping[str, Sequence[Any]] | None = None
@@ -266,22 +273,27 @@ def slot_summary(calls: Sequence[Any], slots: Sequence[tuple[int, str, int]],
     names = [c.path.split("@")[0].split("/")[-1] for c in calls]
     suffix = _scope_suffix(names, values)
     owners = _owners(values, names, suffix, weights or {})
-    path_of = {n: c.path for n, c in zip(names, calls, strict=True)}
     compared: set[str] = set()
+    chosen: dict[int, list[Any]] = {}  # call index -> the values its outputs were matched to
     for slot, (i, kind, position) in enumerate(slots):
         call = calls[i]
         if kind != "out" or "@" in call.path:
             continue
         live = recorded[i]["outputs"][position]
-        inside = {n for n, p in path_of.items() if p == call.path
-                  or p.startswith(call.path + "/")}
-        found = [v.array for v, owner in zip(values, owners, strict=True)
-                 if owner in inside and getattr(v.array, "shape", None) == live.shape
-                 and (v.array.dtype.kind in "fc") == (live.dtype.kind in "fc")]
+        inner = [k for k in range(i) if calls[k].path.startswith(call.path + "/")]
+        if inner:  # a container: its sublayers' last output, or values of its own
+            found = [v for v in chosen.get(inner[-1], []) if v.shape == live.shape]
+            found += [v.array for v, owner in zip(values, owners, strict=True)
+                      if owner == names[i] and _fits(v.array, live)]
+        else:
+            found = [v.array for v, owner in zip(values, owners, strict=True)
+                     if owner == names[i] and _fits(v.array, live)]
         if not found:
             continue
         errors = [elementwise(live, got, *tolerance_for(live, atol, rtol)) for got in found]
-        max_abs, max_rel, ok = min(errors, key=lambda e: (not e[2], e[0]))
+        best = min(range(len(found)), key=lambda k: (not errors[k][2], errors[k][0]))
+        chosen.setdefault(i, []).append(found[best])
+        max_abs, max_rel, ok = errors[best]
         summary[slot] = {"max_abs": max_abs, "max_rel": max_rel, "ok": ok}
         compared.add(call.path)
     return summary, compared
