@@ -44,7 +44,8 @@ def _weights_file(path):
 def _plant(path, kernel, factor=1.5):
     """Scale ``kernel`` (stored as it is or transposed, float32 or float16) inside the file."""
     target = _weights_file(path)
-    data = open(target, "rb").read()
+    with open(target, "rb") as f:
+        data = f.read()
     for stored in (kernel, kernel.T):
         for dtype in ("float32", "float16"):
             raw = np.ascontiguousarray(stored, dtype).tobytes()

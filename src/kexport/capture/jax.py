@@ -24,6 +24,7 @@ from kexport.capture._jax_shapes import fit_polymorphic_shapes
 from kexport.capture._layers import discover_layers, lookup_layers
 from kexport.capture._naming import named_like
 from kexport.capture._tf_function import tf_specs
+from kexport.capture.portable import portable_ops, sorted_top_k
 from kexport.errors import CaptureError, SignatureError, SignatureTypeError
 from kexport.signature import Spec, flat_names, flatten, map_structure
 
@@ -335,8 +336,9 @@ class JaxCapture(Capture):
         tf_frozen = [self._tf_var(v) for v in frozen]
 
         def stateless(trainable_values: list[Any], frozen_values: list[Any], *args: Any) -> Any:
-            outputs, updated = stateless_run(fn, trainable, frozen, trainable_values,
-                                             frozen_values, *args)
+            with portable_ops(), sorted_top_k():
+                outputs, updated = stateless_run(fn, trainable, frozen, trainable_values,
+                                                 frozen_values, *args)
             return outputs if is_static else (outputs, updated)
 
         if jax2tf_kwargs is not None and not isinstance(jax2tf_kwargs, dict):
