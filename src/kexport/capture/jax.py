@@ -268,7 +268,8 @@ class JaxCapture(Capture):
             kwargs["jax2tf_kwargs"] = {**options, "polymorphic_shapes": poly}
         elif signature is not None and not hasattr(fn, "get_concrete_function"):
             _check_platforms(name, options)
-            signature = self._planned(fn, signature)
+            if not written_with_jax2tf(fn):  # TensorFlow already: jax2tf plans nothing
+                signature = self._planned(fn, signature)
         return super().trace(name, fn, signature, **kwargs)
 
     def _planned(self, fn: Callable[..., Any], signature: list[Any]) -> list[Any]:
