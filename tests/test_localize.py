@@ -119,7 +119,8 @@ def test_correct_artifact_has_no_culprit(tmp_path):
     assert [r.path for r in report.layers][-1] == "head"
     assert all(r.ok and r.origin is None for r in report.layers)
     assert max(r.output_error.max_abs for r in report.layers) < 1e-4
-    assert set(report.to_json()) == {"culprit", "format", "route", "quantization", "layers"}
+    assert set(report.to_json()) == {"culprit", "format", "route", "quantization", "method",
+                                        "layers"}
     assert set(report.to_json()["layers"][0]) >= {
         "path", "class_name", "input_error", "output_error", "tolerance", "ok", "origin", "ops"}
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 __all__ = [
     "ArtifactError",
     "CaptureError",
+    "CaptureTypeError",
     "CaptureValueError",
     "DynamicAxisError",
     "KexportError",
@@ -77,6 +78,12 @@ class QuantizationError(SignatureError):
 
 class CaptureError(KexportError, RuntimeError):
     """Tracing the model's computation on its backend failed."""
+
+
+class CaptureTypeError(CaptureError, TypeError):
+    """Tracing failed with a ``TypeError`` of the traced code: on JAX, shapes that
+    cannot hold (``polymorphic_shapes`` whose symbols the model's ops contradict,
+    e.g. a ``matmul`` of two free lengths). A ``TypeError``, as Keras raises."""
 
 
 class CaptureValueError(CaptureError, ValueError):

@@ -17,11 +17,13 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import kexport.check.probe as probe_module
 from kexport import routing
+from kexport._inference import infer
 from kexport.artifact import (
     MANIFEST_NAME,
     SAVED_MODEL_MANIFEST,
@@ -30,11 +32,12 @@ from kexport.artifact import (
     strict_json,
 )
 from kexport.artifact.quantization import check_quantization
+from kexport.check.artifact_values import read_values, slot_summary
 from kexport.check.localization import LocalizationReport, rows_from
 from kexport.check.policy import policy_for
-from kexport.check.probe import plan_of
+from kexport.check.probe import plan_of, recorded_arrays
 from kexport.check.samples import sample_inputs
-from kexport.check.tolerance import quantization_mode
+from kexport.check.tolerance import FLOAT32, declared_tolerances, quantization_mode
 from kexport.check.worker import Worker
 from kexport.context import ExportContext, Printer
 from kexport.errors import (
@@ -45,7 +48,7 @@ from kexport.errors import (
 )
 from kexport.runtime import detect, runtime_module
 from kexport.runtime._worker import MARKER
-from kexport.signature import flatten, normalize_for_model, pack_as
+from kexport.signature import flat_names, flatten, normalize_for_model, pack_as
 from kexport.verify import verify
 
 __all__ = ["localize"]
@@ -190,6 +193,10 @@ def localize(model: Any, artifact_path: str | os.PathLike[str], data: Any | None
             f"{type(model).__name__} '{model.name}', which calls no Keras sublayer: it gives "
             f"no intermediate tensors to compare (localisation needs layers; "
             f"`kexport.verify` still checks its outputs).")
+    own = None if options else _from_artifact(model, format, artifact_path, metadata,
+                                              (signature, args, flat), calls, slots)
+    if own is not None and not _unsure(own):
+        return own
     spread = len(signature) > 1
     probe = probe_module.Probe(model, slots, spread=spread)
     probe(tuple(args) if spread else args[0])  # built, as exports need
@@ -229,9 +236,68 @@ def localize(model: Any, artifact_path: str | os.PathLike[str], data: Any | None
                  else {"atol": report.atol, "rtol": report.rtol})
     culprit, rows = rows_from(calls, report.summary(), tolerance,
                               _ops(format, artifact_path, calls))
+    if own is not None and culprit is None:
+        return own  # the route computes right: what differs was changed in the file
     return LocalizationReport(culprit, rows, format,
                               f"{route.backend} -> {route.format} ({route.kind}: {route.via})",
                               quantization_mode(metadata))
+
+
+def _from_artifact(model: Any, format: str, path: str | os.PathLike[str],
+                   metadata: Mapping[str, Any], inputs: tuple[list[Any], list[Any], list[Any]],
+                   calls: list[Any], slots: list[Any]) -> LocalizationReport | None:
+    """The report from the artifact's own intermediate values
+    (:mod:`kexport.check.artifact_values`), ``None`` where the format keeps none,
+    the artifact is quantized (judged as a whole, by its mode's thresholds) or
+    no value is named by a layer (e.g. jax2onnx keeps no Keras scopes)."""
+    signature, args, flat = inputs
+    if quantization_mode(metadata) is not None:
+        return None
+    try:
+        values = read_values(format, path, list(flat), flat_names(signature))
+    except Exception:  # a graph the runtime cannot extend: the probe still localises
+        return None
+    if not values:
+        return None
+    recorded = recorded_arrays(model, lambda *a: infer(model, *a), args)
+    if len(recorded) != len(calls):
+        return None
+    atol, rtol = declared_tolerances(format, metadata) or FLOAT32
+    summary, compared = slot_summary(calls, slots, recorded, values, atol, rtol,
+                                     _own_weights(model))
+    if not compared:
+        return None
+    culprit, rows = rows_from(calls, summary, {"atol": atol, "rtol": rtol},
+                              _ops(format, path, calls))
+    rows = [replace(r, compared=r.path in compared) for r in rows]
+    wrote = metadata.get("backend") or metadata.get("kexport.backend") or "?"
+    return LocalizationReport(culprit, rows, format, f"{wrote} -> {format} (the artifact's own "
+                              "values)", None, method="artifact")
+
+
+def _unsure(report: LocalizationReport) -> bool:
+    """Whether the artifact's own values leave the culprit in doubt: a layer before it
+    has no value in the artifact (its converter folded it into a neighbour), so the
+    error may enter there; the probe, which keeps every layer's tensors, decides."""
+    if report.culprit is None:
+        return False
+    before = report.layers[:[r.path for r in report.layers].index(report.culprit)]
+    return any(not r.compared for r in before)
+
+
+def _own_weights(model: Any) -> dict[str, list[Any]]:
+    """Layer name -> the weights it holds itself (not through a sublayer), as NumPy."""
+    import keras
+
+    owner: dict[int, tuple[str, Any]] = {}
+    layers = sorted(probe_module.layer_paths(model).values(), key=lambda p: p[0].count("/"))
+    for path, layer in layers:  # deeper layers last: they own what they hold
+        for v in layer.weights:
+            owner[id(v)] = (path.split("/")[-1], v)
+    found: dict[str, list[Any]] = {}
+    for name, v in owner.values():
+        found.setdefault(name, []).append(keras.ops.convert_to_numpy(v.value))
+    return found
 
 
 def _suffix(path: str | os.PathLike[str]) -> str:

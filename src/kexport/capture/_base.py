@@ -22,7 +22,13 @@ from kexport.capture._tf_function import _np_dtype, _to_plain, _traced_tf_functi
 from kexport.capture.endpoint import recipe_or_reason
 from kexport.capture.precision import at_boundary, mixed_compute_dtype
 from kexport.context import step_label
-from kexport.errors import CaptureError, CaptureValueError, SignatureError, SignatureTypeError
+from kexport.errors import (
+    CaptureError,
+    CaptureTypeError,
+    CaptureValueError,
+    SignatureError,
+    SignatureTypeError,
+)
 from kexport.signature import Spec, flat_names, flatten_with_paths
 
 __all__ = ["Capture", "TracedEndpoint", "discover_layers", "is_tf_variable", "owner_model",
@@ -217,7 +223,8 @@ class Capture:
         try:
             concrete = function.get_concrete_function()
         except Exception as e:
-            raise CaptureError(
+            kind = CaptureTypeError if isinstance(e, TypeError) else CaptureError
+            raise kind(
                 f"{step_label('capture', f'{self.backend} backend')}: tracing endpoint "
                 f"'{name}' failed: {type(e).__name__}: {e}"
             ) from e

@@ -15,13 +15,16 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from kexport._dims import largest_size, with_bounds
+from kexport._dims import largest_size, plan_signature, with_bounds
 from kexport._inference import stateless_run
 from kexport.capture._base import Capture, TracedEndpoint, is_tf_variable
+from kexport.capture._jax_options import check_platforms as _check_platforms
+from kexport.capture._jax_options import variable_name as _variable_name
 from kexport.capture._jax_shapes import fit_polymorphic_shapes
-from kexport.capture._layers import lookup_layers
+from kexport.capture._layers import discover_layers, lookup_layers
 from kexport.capture._naming import named_like
 from kexport.capture._tf_function import tf_specs
+from kexport.capture.portable import portable_ops, sorted_top_k
 from kexport.context import step_label
 from kexport.errors import CaptureError, SignatureError, SignatureTypeError
 from kexport.signature import Spec, flat_names, flatten, map_structure
@@ -230,7 +233,7 @@ class JaxCapture(Capture):
             value = np.asarray(v.value)
             self._by_keras_id[key] = tf.Variable(
                 value, dtype=tf.as_dtype(value.dtype), trainable=bool(v.trainable),
-                name=v.path.replace("/", "_") if getattr(v, "path", None) else None,
+                name=_variable_name(getattr(v, "path", None)),
             )
             self._keras_vars[key] = v
         return self._by_keras_id[key]
@@ -264,7 +267,24 @@ class JaxCapture(Capture):
                 name, options["polymorphic_shapes"], signature,
                 polymorphic_shapes_for(signature))
             kwargs["jax2tf_kwargs"] = {**options, "polymorphic_shapes": poly}
+        elif signature is not None and not hasattr(fn, "get_concrete_function"):
+            _check_platforms(name, options)
+            if not written_with_jax2tf(fn):  # TensorFlow already: jax2tf plans nothing
+                signature = self._planned(fn, signature)
         return super().trace(name, fn, signature, **kwargs)
+
+    def _planned(self, fn: Callable[..., Any], signature: list[Any]) -> list[Any]:
+        """An added endpoint's dynamic axes named as the model relates them
+        (:func:`kexport._dims.plan_signature`, as for a model's default endpoint),
+        so two inputs of independent length keep two symbols; the probes' state
+        updates (a training endpoint) are undone."""
+        layers = [*self._tracked_layers, *discover_layers(fn)]
+        saved = list({id(v): (v, v.value) for layer in layers for v in layer.variables}.values())
+        try:
+            return plan_signature(fn, signature)
+        finally:
+            for v, value in saved:
+                v.assign(value)
 
     def collection(self, variables: Any) -> list[Any]:
         """``tf.Variable`` copies of Keras variables; a ``tf.Variable`` given stays itself."""
@@ -296,6 +316,7 @@ class JaxCapture(Capture):
                 )
             return tf.function(fn, input_signature=tf_specs(signature, flat_names(signature)),
                                autograph=False)
+        _check_platforms(name, jax2tf_kwargs)
         for layer in self._tracked_layers:
             problem = native_problem(layer)
             if problem:
@@ -317,8 +338,9 @@ class JaxCapture(Capture):
         tf_frozen = [self._tf_var(v) for v in frozen]
 
         def stateless(trainable_values: list[Any], frozen_values: list[Any], *args: Any) -> Any:
-            outputs, updated = stateless_run(fn, trainable, frozen, trainable_values,
-                                             frozen_values, *args)
+            with portable_ops(), sorted_top_k():
+                outputs, updated = stateless_run(fn, trainable, frozen, trainable_values,
+                                                 frozen_values, *args)
             return outputs if is_static else (outputs, updated)
 
         if jax2tf_kwargs is not None and not isinstance(jax2tf_kwargs, dict):
@@ -368,4 +390,5 @@ class JaxCapture(Capture):
         # The reloaded function takes fn's parameter names, as on TensorFlow.
         return tf.function(named_like(fn, len(signature), endpoint), input_signature=specs,
                            autograph=False)
+
 

@@ -78,6 +78,8 @@ class LayerRow:
         ops: the first op kinds of the artifact that came from this layer,
             where the format keeps that mapping (else ``[]``).
         failed: for a quantized artifact, the thresholds its outputs miss.
+        compared: ``False`` when the artifact keeps no value of this layer
+            (read from the artifact itself: no value named by the layer).
     """
 
     path: str
@@ -89,9 +91,10 @@ class LayerRow:
     origin: str | None = None
     ops: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+    compared: bool = True
 
     def to_json(self) -> dict[str, Any]:
-        return {"path": self.path, "class_name": self.class_name,
+        return {"path": self.path, "class_name": self.class_name, "compared": self.compared,
                 "input_error": self.input_error.to_json(),
                 "output_error": self.output_error.to_json(),
                 "tolerance": dict(self.tolerance), "ok": self.ok, "origin": self.origin,
@@ -110,6 +113,9 @@ class LocalizationReport:
         route: the route the probe took (the artifact's own), e.g.
             ``"jax -> onnx (native: ...)"``.
         quantization: the artifact's quantization mode, ``None`` for float.
+        method: ``"artifact"`` when the artifact's own intermediate values
+            were compared (:mod:`kexport.check.artifact_values`), ``"probe"``
+            when a probe of the model was exported through its route.
     """
 
     culprit: str | None
@@ -117,6 +123,7 @@ class LocalizationReport:
     format: str
     route: str
     quantization: str | None = None
+    method: str = "probe"
 
     @property
     def ok(self) -> bool:
@@ -130,7 +137,7 @@ class LocalizationReport:
 
     def to_json(self) -> dict[str, Any]:
         return {"culprit": self.culprit, "format": self.format, "route": self.route,
-                "quantization": self.quantization,
+                "quantization": self.quantization, "method": self.method,
                 "layers": [r.to_json() for r in self.layers]}
 
     def table(self) -> str:
@@ -144,11 +151,14 @@ class LocalizationReport:
             head = (f"First diverging layer: {row.path} ({row.class_name}), error "
                     f"{row.origin}: inputs max_abs {row.input_error.max_abs:.3g}, outputs "
                     f"max_abs {row.output_error.max_abs:.3g}{ops} ({self.format}, {self.route}).")
+        head += (" Read from the artifact's own intermediate values." if self.method == "artifact"
+                 else " Compared through a probe exported by the artifact's route.")
         width = max([len(r.path) for r in self.layers] + [5])
         lines = [head, f"{'layer':<{width}}  {'class':<20} {'in max_abs':>10} "
                        f"{'out max_abs':>11} {'out max_rel':>11}  verdict"]
         for r in self.layers:
-            verdict = "ok" if r.ok else f"FAIL ({r.origin})"
+            verdict = ("not kept" if not r.compared else "ok" if r.ok
+                       else f"FAIL ({r.origin})")
             lines.append(f"{r.path:<{width}}  {r.class_name:<20} {r.input_error.max_abs:>10.3g} "
                          f"{r.output_error.max_abs:>11.3g} {r.output_error.max_rel:>11.3g}  "
                          f"{verdict}")

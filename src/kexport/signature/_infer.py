@@ -106,6 +106,12 @@ def infer_model_signature(model: Any) -> list[Any]:
             "Expected a Functional/Sequential model with Inputs, a model called "
             "at least once, or an explicit `input_signature=`."
         )
+    if getattr(model, "_called", True) is False and _is_model(model):
+        raise SignatureError(
+            f"Cannot infer the input signature of {type(model).__name__} "
+            f"'{getattr(model, 'name', '?')}': it was built but never called. Expected a "
+            "subclassed model called at least once (on data like what it serves) before "
+            "export, or an explicit `input_signature=`.")
     specs = [_specs_from_shapes(shape, key.removesuffix("_shape"), _boundary_dtype(model))
              for key, shape in shapes.items()]
     _check_call_arity(model, len(specs))
@@ -121,6 +127,12 @@ def infer_model_signature(model: Any) -> list[Any]:
 #: the probed signature of a subclassed model, per model and recorded shapes (probing
 #: calls the model; every stage of one export asks for the same signature)
 _REFINED: weakref.WeakKeyDictionary[Any, tuple[str, list[Any]]] = weakref.WeakKeyDictionary()
+
+
+def _is_model(layer: Any) -> bool:
+    import keras
+
+    return isinstance(layer, keras.Model)
 
 
 def _boundary_dtype(model: Any) -> str:

@@ -58,8 +58,11 @@ class Jax2Onnx(Strategy):
             out = stateless([v.value for v in trainable], [v.value for v in frozen], *flat)
             return [np.asarray(keras.ops.convert_to_numpy(o)) for o in out]
 
-        first = jax.eval_shape(fn, *samples(specs, 2, 0, context.samples, data=False))  # shapes only, nothing runs
-        outs = output_names(list(first), source.model)
+        given = samples(specs, 2, 0, context.samples, data=False)
+        # shapes only, nothing runs; named from the structure (dict keys), as on TensorFlow
+        shaped = jax.eval_shape(lambda *flat: call(*pack_as(list(structure), list(flat))), *given)
+        first = flatten(shaped)
+        outs = output_names(shaped, source.model)
         out_specs = [Spec((None, *tuple(o.shape)[1:]) if len(o.shape) else (), str(o.dtype), n)
                      for o, n in zip(first, outs, strict=False)]
         inputs = [jax.ShapeDtypeStruct(
