@@ -1,0 +1,132 @@
+"""Raw string inputs in OpenVINO IR (openvino-tokenizers), LiteRT (builtin hash-table
+ops) and through ``kexport serve`` (issue #27): each artifact reloaded in a fresh process
+with its format's own runtime, fed raw strings (vocabulary and out-of-vocabulary words,
+upper case, punctuation, non-ASCII, empty strings) and compared with the live model;
+integer outputs (ids, hash buckets, bins) exactly."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+import kexport
+from kexport.errors import UnsupportedRouteError
+
+pytestmark = pytest.mark.backends("tensorflow")  # Keras builds string layers on TensorFlow
+
+CORPUS = ["the cat sat on the mat", "a dog ate my homework", "hello world",
+          "grüße café 東京!", "Dog's day, a-ok.", "naïve (people) can't; stop"]
+TEXT = np.array(["The CAT sat, on the MAT!", "Grüße, naïve café — 東京!", "",
+                 "  the\tdog\n\nate  my\x0bhomework ", "[UNK] zyxwvut dog's", "a-ok..."],
+                dtype=object)
+WORDS = np.array([["red"], ["RED"], ["blue"], [""], ["Grüße"], ["green!"]], dtype=object)
+IDS = np.array([[10, 0, 99], [30, 20, -1], [20, 20, 20], [7, 10, 30], [0, 0, 0], [30, 1, 2]],
+               dtype="int64")
+NUM = np.array([[-2, 0, 0.5], [3, 1.5, -1], [0.25, 2, 9], [-1, -0.5, 0], [1, 1, 1], [0, 2, 5]],
+               dtype="float32")
+
+
+def _lookup_model(text_layers=True, hashing=True):
+    """Every layer a format converts exactly, each output kept (ids and buckets compared
+    exactly), and a float score computed from them."""
+    word = keras.Input(shape=(1,), dtype="string", name="word")
+    ids = keras.Input(shape=(3,), dtype="int64", name="ids")
+    num = keras.Input(shape=(3,), dtype="float32", name="num")
+    inputs, outputs = [word, ids, num], {}
+    outputs["color"] = keras.layers.StringLookup(vocabulary=["red", "green", "blue", "東京"],
+                                                 output_mode="one_hot", name="color")(word)
+    outputs["color_id"] = keras.layers.StringLookup(vocabulary=["red", "green"], mask_token="",
+                                                    name="color_id")(word)
+    outputs["code"] = keras.layers.IntegerLookup(vocabulary=[10, 20, 30], num_oov_indices=2,
+                                                 name="code")(ids)
+    outputs["bins"] = keras.layers.Discretization(bin_boundaries=[-1.0, 0.0, 0.5, 2.0],
+                                                  name="bins")(num)
+    if hashing:
+        outputs["bucket"] = keras.layers.Hashing(num_bins=1009, name="bucket")(word)
+    floats = [outputs["color"], keras.ops.cast(outputs["bins"], "float32")]
+    if text_layers:
+        text = keras.Input(shape=(), dtype="string", name="text")
+        inputs.insert(0, text)
+        for name, options in {"tokens": {}, "raw_tokens": {"standardize": None},
+                              "lower_tokens": {"standardize": "lower"},
+                              "punct_tokens": {"standardize": "strip_punctuation"}}.items():
+            tv = keras.layers.TextVectorization(max_tokens=40, output_sequence_length=6,
+                                                name=name, **options)
+            tv.adapt(CORPUS)
+            outputs[name] = tv(text)
+        padded = keras.layers.TextVectorization(max_tokens=40, name="padded_tokens")
+        padded.adapt(CORPUS)  # no output_sequence_length: padded to the longest row
+        outputs["padded_tokens"] = padded(text)
+        whole = keras.layers.TextVectorization(max_tokens=40, split=None, name="whole",
+                                               output_sequence_length=1)
+        whole.adapt(["hello world", "red", "blue"])
+        outputs["whole"] = whole(keras.layers.Reshape((1,))(text))
+        embedded = keras.layers.Embedding(40, 4)(outputs["tokens"])
+        floats.append(keras.layers.GlobalAveragePooling1D()(embedded))
+    outputs["score"] = keras.layers.Dense(2, name="score")(keras.layers.Concatenate()(floats))
+    return keras.Model(inputs, outputs)
+
+
+def _feeds(model):
+    all_feeds = {"text": TEXT, "word": WORDS, "ids": IDS, "num": NUM}
+    return {i.name: all_feeds[i.name] for i in model.inputs}
+
+
+def _assert_equal_live(model, feeds, got):
+    want = {k: np.asarray(v) for k, v in model({k: v for k, v in feeds.items()}).items()}
+    for name, value in want.items():
+        if name == "score":
+            np.testing.assert_allclose(got[name], value, rtol=1e-5, atol=1e-6)
+        else:  # ids, one-hot rows, hash buckets and bins: exactly
+            assert got[name].shape == value.shape, name
+            np.testing.assert_array_equal(got[name], value, err_msg=name)
+
+
+def test_openvino_runs_lookups_hashing_bins_and_text_with_tokenizers(tmp_path, fresh_process):
+    model = _lookup_model()
+    path = str(tmp_path / "m.xml")
+    kexport.export_model(model, path, format="openvino", verify=True, verbose=False)
+    feeds = _feeds(model)
+    got, types = fresh_process("fresh_raw_inputs:openvino_run", path, feeds)
+    assert types == ["string", "string", "i64", "f32"]  # kexport's flat input order
+    _assert_equal_live(model, feeds, got)
+    artifact = kexport.load(path)
+    assert artifact.metadata["extensions"] == ["openvino_tokenizers"]
+    assert artifact.endpoints["serve"].inputs[0].dtype == "string"
+    bytes_feeds = {**feeds, "text": np.array([t.encode() for t in TEXT], dtype=object)}
+    _assert_equal_live(model, feeds, artifact(bytes_feeds))
+    kind, message = fresh_process("fresh_raw_inputs:load_without", "openvino_tokenizers", path)
+    assert kind == "ArtifactError"
+    assert "needs openvino-tokenizers" in message and "kexport[strings]" in message
+
+
+def test_openvino_ir_of_standard_ops_records_no_extension(tmp_path):
+    ids = keras.Input(shape=(3,), dtype="int64", name="ids")
+    num = keras.Input(shape=(3,), dtype="float32", name="num")
+    model = keras.Model([ids, num], [keras.layers.IntegerLookup(vocabulary=[10, 20])(ids),
+                                     keras.layers.Discretization([0.0, 1.0])(num)])
+    path = tmp_path / "m.xml"
+    kexport.export_model(model, path, format="openvino", verify=True, verbose=False)
+    artifact = kexport.load(path)
+    assert "extensions" not in artifact.metadata
+    got = artifact({"ids": IDS, "num": NUM})
+    want = model([IDS, NUM])
+    for g, w in zip(got.values(), want, strict=True):
+        np.testing.assert_array_equal(g, np.asarray(w))
+
+
+@pytest.mark.parametrize("layer,why", [
+    (lambda: keras.layers.Hashing(num_bins=4, salt=7), r"StringToHashBucketStrong \(Hashing "
+                                                       r"with a salt"),
+    (lambda: keras.layers.StringLookup(vocabulary=["a"], output_mode="multi_hot"),
+     "DenseBincount"),
+])
+def test_openvino_refuses_what_tokenizers_cannot_convert_before_writing(layer, why, tmp_path):
+    inp = keras.Input(shape=(1,), dtype="string", name="s")
+    model = keras.Model(inp, layer()(inp))
+    path = tmp_path / "m.xml"
+    with pytest.raises(UnsupportedRouteError, match=rf"cannot be exported to OpenVINO exactly: "
+                                                    rf".*{why}.*format='tf_saved_model'"):
+        kexport.export_model(model, path, format="openvino", verbose=False)
+    assert not path.exists() and not path.with_suffix(".bin").exists()
