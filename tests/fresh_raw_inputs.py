@@ -45,3 +45,15 @@ def load_without(package, path):
     except Exception as e:
         return type(e).__name__, str(e)
     return None, None
+
+
+def litert_run(path, feeds):
+    """Run a ``.tflite`` file's ``serve`` signature with ai-edge-litert's interpreter
+    (strings as object arrays of UTF-8 bytes); outputs by name, input dtypes."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    runner = Interpreter(model_path=path).get_signature_runner("serve")
+    out = runner(**{k: np.array([s.encode() for s in np.ravel(v)], dtype=object).reshape(
+        np.shape(v)) if np.asarray(v).dtype.kind in "OU" else np.asarray(v)
+        for k, v in feeds.items()})
+    return out, {k: np.dtype(d["dtype"]).kind for k, d in runner.get_input_details().items()}

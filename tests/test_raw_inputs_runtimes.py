@@ -130,3 +130,45 @@ def test_openvino_refuses_what_tokenizers_cannot_convert_before_writing(layer, w
                                                     rf".*{why}.*format='tf_saved_model'"):
         kexport.export_model(model, path, format="openvino", verbose=False)
     assert not path.exists() and not path.with_suffix(".bin").exists()
+
+
+def test_litert_runs_string_lookups_and_bins_as_builtin_ops(tmp_path, fresh_process):
+    word = keras.Input(shape=(1,), dtype="string", name="word")
+    num = keras.Input(shape=(3,), dtype="float32", name="num")
+    color = keras.layers.StringLookup(vocabulary=["red", "green", "blue", "東京"],
+                                      output_mode="one_hot", name="color")(word)
+    outputs = {"color": color,
+               "color_id": keras.layers.StringLookup(vocabulary=["red", "green"],
+                                                     name="color_id")(word),
+               "bins": keras.layers.Discretization(bin_boundaries=[-1.0, 0.0, 0.5, 2.0],
+                                                   name="bins")(num)}
+    outputs["score"] = keras.layers.Dense(2, name="score")(keras.layers.Concatenate()(
+        [color, keras.ops.cast(outputs["bins"], "float32")]))
+    model = keras.Model([word, num], outputs)
+    path = str(tmp_path / "m.tflite")
+    kexport.export_model(model, path, format="litert", verify=True, verbose=False)
+    feeds = _feeds(model)
+    got, kinds = fresh_process("fresh_raw_inputs:litert_run", path, feeds)
+    assert kinds == {"word": "S", "num": "f"}  # LiteRT reports a string input as bytes
+    _assert_equal_live(model, feeds, got)
+    artifact = kexport.load(path)
+    assert artifact.endpoints["serve"].inputs[0].dtype == "string"
+    assert {"HASHTABLE", "HASHTABLE_FIND", "BUCKETIZE"} <= set(artifact.op_counts()["serve"])
+    assert not {"FlexHashTableV2", "FlexLookupTableFindV2"} & set(artifact.op_counts()["serve"])
+    _assert_equal_live(model, feeds, artifact(feeds))
+
+
+@pytest.mark.parametrize("layer,dtype,why", [
+    (lambda: keras.layers.IntegerLookup(vocabulary=[1, 2]), "int64",
+     r"string -> int64 and int64 -> string tables only"),
+    (lambda: keras.layers.Hashing(num_bins=4), "string", r"StringToHashBucketFast"),
+])
+def test_litert_refuses_what_builtins_cannot_hold_before_writing(layer, dtype, why, tmp_path):
+    from kexport.errors import CaptureError
+
+    inp = keras.Input(shape=(1,), dtype=dtype, name="s")
+    path = tmp_path / "m.tflite"
+    with pytest.raises(CaptureError, match=why):
+        kexport.export_model(keras.Model(inp, layer()(inp)), path, format="litert",
+                             verbose=False)
+    assert not path.exists()

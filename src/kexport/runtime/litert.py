@@ -47,7 +47,8 @@ def _info(name: str, detail: dict[str, Any]) -> TensorInfo:
     import numpy as np
 
     shape = tuple(None if int(d) < 0 else int(d) for d in detail["shape_signature"])
-    return TensorInfo(name, shape, np.dtype(detail["dtype"]).name)
+    dtype = np.dtype(detail["dtype"])  # a string tensor is reported as ``bytes``
+    return TensorInfo(name, shape, "string" if dtype.kind in "SOU" else dtype.name)
 
 
 def interpreter_class() -> tuple[str, type[Any]]:

@@ -215,6 +215,12 @@ def convert(archive: EndpointArchive, options: LiteRTOptions) -> bytes:
                     "shape=(None, 20, 8))]; pad shorter sequences and mask them), or pass "
                     "allow_flex=True (the Flex delegate runs the loop)."
                 ) from e
+            if "tf.HashTableV2" in text:  # IntegerLookup: an int64 -> int64 table
+                raise CaptureError(
+                    "Step 3/3 (write, litert): the model holds a lookup table TFLite's "
+                    "builtin HASHTABLE cannot (it holds string -> int64 and int64 -> string "
+                    "tables only; IntegerLookup's is int64 -> int64). Formats that hold it: "
+                    "format='tf_saved_model', 'onnx', 'openvino'.") from e
             if "Select TF ops" in text or "Flex" in text or "TensorList" in text \
                     or "XlaCallModule" in text or "not supported by" in text:
                 raise CaptureError(
