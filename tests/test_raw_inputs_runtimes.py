@@ -172,3 +172,82 @@ def test_litert_refuses_what_builtins_cannot_hold_before_writing(layer, dtype, w
         kexport.export_model(keras.Model(inp, layer()(inp)), path, format="litert",
                              verbose=False)
     assert not path.exists()
+
+
+def test_serve_answers_bytes_tensors_and_string_instances_in_every_string_format(tmp_path):
+    """``kexport serve`` of one text model in SavedModel, ONNX and OpenVINO and a lookup model
+    in LiteRT: tritonclient ``BYTES`` tensors (JSON and binary) and TF-Serving string
+    instances (plain and ``{"b64": ...}``) answer what the live model computes; the Triton
+    layout declares ``TYPE_STRING`` and the TF-Serving layout warms up with ``DT_STRING``."""
+    import base64
+
+    import httpx
+    import tritonclient.http as httpclient
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    import fresh_layouts
+    from serving import Server, wait_live
+
+    tv = keras.layers.TextVectorization(max_tokens=40, output_sequence_length=6)
+    tv.adapt(CORPUS)
+    text = keras.Input(shape=(), dtype="string", name="text")
+    pooled = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(40, 4)(tv(text)))
+    model = keras.Model(text, keras.layers.Dense(2, name="score")(pooled))
+    word = keras.Input(shape=(1,), dtype="string", name="text")
+    lookup = keras.Model(word, keras.layers.Dense(2, name="score")(keras.layers.StringLookup(
+        vocabulary=["the", "cat", "dog", "東京"], output_mode="one_hot")(word)))
+    root = tmp_path / "served"
+    for format, suffix in (("tf_saved_model", ""), ("onnx", ".onnx"), ("openvino", ".xml")):
+        kexport.export_model(model, root / f"text_{format}{suffix}", format=format,
+                             verbose=False, verify=False)  # checked by the tests above
+    kexport.export_model(lookup, root / "words_litert.tflite", format="litert", verbose=False,
+                         verify=False)
+    texts = {"text": TEXT, "words": TEXT[:, None]}
+    want = {"text": np.asarray(model(TEXT)), "words": np.asarray(lookup(TEXT[:, None]))}
+    server = Server(root)
+    try:
+        wait_live(server.url)
+        with httpclient.InferenceServerClient(server.host_port) as client, \
+                httpx.Client(base_url=server.url, timeout=60) as http:
+            for name in server.models:
+                kind = name.split("_")[0]
+                x = texts[kind]
+                [meta] = client.get_model_metadata(name)["inputs"]
+                assert meta["datatype"] == "BYTES", name
+                for binary in (False, True):
+                    tensor = httpclient.InferInput("text", list(x.shape), "BYTES")
+                    tensor.set_data_from_numpy(x, binary_data=binary)
+                    got = client.infer(name, [tensor]).as_numpy("score")
+                    np.testing.assert_allclose(got, want[kind], rtol=1e-5, atol=1e-6,
+                                               err_msg=f"{name} binary={binary}")
+                rows = [[str(s) for s in r] if x.ndim > 1 else str(r) for r in x]
+                reply = http.post(f"/v1/models/{name}:predict", json={"instances": rows})
+                assert reply.status_code == 200, reply.text
+                np.testing.assert_allclose(reply.json()["predictions"], want[kind],
+                                           rtol=1e-5, atol=1e-6)
+                b64 = [{"text": [{"b64": base64.b64encode(s.encode()).decode()} for s in r]}
+                       if x.ndim > 1 else {"text": {"b64": base64.b64encode(r.encode()).decode()}}
+                       for r in x]
+                reply = http.post(f"/v1/models/{name}:predict", json={"instances": b64})
+                assert reply.status_code == 200, reply.text
+                np.testing.assert_allclose(reply.json()["predictions"], want[kind],
+                                           rtol=1e-5, atol=1e-6)
+                meta = http.get(f"/v1/models/{name}/metadata").json()["metadata"]
+                [signature] = meta["signature_def"]["signature_def"].values()
+                assert signature["inputs"]["text"]["dtype"] == "DT_STRING"
+    finally:
+        server.stop()
+    repo = tmp_path / "repo"
+    for format, suffix in (("onnx", ".onnx"), ("openvino", ".xml")):
+        kexport.write_layout(root / f"text_{format}{suffix}", repo, name=format,
+                             layout="triton")
+        config = text_format.Parse((repo / format / "config.pbtxt").read_text(),
+                                   model_config_pb2.ModelConfig())
+        assert model_config_pb2.DataType.Name(config.input[0].data_type) == "TYPE_STRING"
+    [written] = kexport.write_layout(root / "text_tf_saved_model", tmp_path / "tfs",
+                                     name="text", layout="tf-serving")
+    records, signatures = fresh_layouts.warmup_records(written.artifact_path)
+    assert {sig: inputs for _, sig, inputs in records} == {
+        "serve": {"text": ("object", [1])}, "serving_default": {"text": ("object", [1])}}
+    assert signatures["serve"] == {"text": ("string", [None])}
