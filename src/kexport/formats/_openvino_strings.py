@@ -20,10 +20,13 @@ imports the package before compiling (a typed error naming the pip extra
 only (``IntegerLookup`` becomes ``Equal``/``Select``; ``Discretization``
 becomes ``Bucketize``) records no extension.
 
-What openvino-tokenizers 2026.4.1.0 does not convert is refused with an
+``DenseBincount``/``RaggedBincount`` (how the ``multi_hot``/``count``/``tf_idf``
+modes count) have no OpenVINO conversion: kexport adds its own
+(:func:`_bincount_extensions`, standard ``OneHot``/``ReduceSum``/``MatMul``).
+What still has none is refused with an
 :class:`~kexport.errors.UnsupportedRouteError` before anything is written:
-``DenseBincount``/``RaggedBincount`` (the ``multi_hot``/``count``/``tf_idf``
-modes) and ``StringToHashBucketStrong`` (``Hashing`` with a salt: SipHash).
+``StringToHashBucketStrong`` (``Hashing`` with a salt: SipHash),
+``UnicodeDecode`` (``split="character"``), ``StringNGrams`` (``ngrams``).
 """
 
 from __future__ import annotations
@@ -52,8 +55,8 @@ _WHITESPACE = {r"[\s\p{Zs}]+": _ASCII_SPACE + "+",
 _NO_RULE = re.compile(r"No conversion rule found for operations: ([^\n]+)")
 #: TensorFlow ops of Keras layers that openvino-tokenizers does not convert, and which
 #: layer options bring them
-_WHY = {"DenseBincount": "what output_mode 'multi_hot', 'count' and 'tf_idf' count with",
-        "RaggedBincount": "what output_mode 'multi_hot', 'count' and 'tf_idf' count with",
+_WHY = {"UnicodeDecode": "TextVectorization split='character'",
+        "StringNGrams": "TextVectorization ngrams",
         "StringToHashBucketStrong": "Hashing with a salt (SipHash)"}
 
 
@@ -114,7 +117,8 @@ def convert_saved(endpoint: TracedEndpoint, archive: EndpointArchive, concrete: 
     with tempfile.TemporaryDirectory(prefix="kexport-openvino-sm-") as tmp:
         tf.saved_model.save(root, tmp, signatures={"serving_default": _positional(concrete)})
         try:
-            model = _equal_str_shaped(_ascii_whitespace(ov.convert_model(tmp)))
+            model = _equal_str_shaped(_ascii_whitespace(ov.convert_model(
+                tmp, extension=_bincount_extensions())))
         except Exception as e:
             missing = _NO_RULE.search(str(e))
             if missing is None:
@@ -127,8 +131,8 @@ def convert_saved(endpoint: TracedEndpoint, archive: EndpointArchive, concrete: 
             raise UnsupportedRouteError(
                 f"Step 3/3 (write, openvino): endpoint '{endpoint.name}' cannot be exported to "
                 f"OpenVINO exactly: openvino-tokenizers has no conversion for {why}; nothing "
-                "was written. Formats that hold the model: format='tf_saved_model' (and "
-                "format='onnx' for TextVectorization/StringLookup/IntegerLookup count modes)."
+                "was written. Formats that hold the model: format='tf_saved_model' (every "
+                "string layer; docs/raw_inputs.md lists the other formats per layer)."
             ) from e
     return model
 
@@ -183,3 +187,54 @@ def _equal_str_shaped(model: Any) -> Any:
     model.validate_nodes_and_infer_types()
     return model
 
+
+
+def _bincount_extensions() -> list[Any]:
+    """OpenVINO conversions of ``DenseBincount`` and ``RaggedBincount`` in standard ops.
+
+    ``binary_output`` is read with a default (``get_attribute(name, False)``:
+    without one, OpenVINO's Python ``NodeContext`` fails on a bool attribute,
+    "can't be converted to defined types"). Counts are exact in float32 (rows
+    shorter than 2**24 tokens)."""
+    import numpy as np
+    import openvino as ov
+    import openvino.opset13 as opset
+    from openvino.frontend.tensorflow import ConversionExtension
+
+    one, zero = opset.constant(np.float32(1)), opset.constant(np.float32(0))
+
+    def unweighted(weights: Any) -> Any:
+        if weights.get_partial_shape().is_dynamic or weights.get_partial_shape() != [0]:
+            raise ValueError("a weighted bincount (Keras's layers pass no weights)")
+        return weights.get_element_type()
+
+    def hot(ids: Any, depth: Any) -> Any:
+        return opset.one_hot(opset.convert(ids, ov.Type.i64), opset.convert(depth, ov.Type.i64),
+                             one, zero, axis=-1)
+
+    def dense(node: Any) -> list[Any]:  # [..., n] ids -> [..., size] over the last axis
+        binary = bool(node.get_attribute("binary_output", False))
+        x, size, weights = node.get_input(0), node.get_input(1), node.get_input(2)
+        axis = opset.constant(np.int64(-2))
+        reduce = opset.reduce_max if binary else opset.reduce_sum
+        counts = reduce(hot(x, size), axis, keep_dims=False)
+        return [opset.convert(counts, unweighted(weights)).output(0)]
+
+    def ragged(node: Any) -> list[Any]:  # row splits + values -> [rows, size]
+        binary = bool(node.get_attribute("binary_output", False))
+        splits, values, size, weights = (node.get_input(i) for i in range(4))
+        count = opset.squeeze(opset.shape_of(values, "i64"), opset.constant([0]))
+        position = opset.range(opset.constant(np.int64(0)), count,
+                               opset.constant(np.int64(1)), "i64")
+        ends = opset.slice(opset.convert(splits, ov.Type.i64), opset.constant([1]),
+                           opset.constant([np.iinfo(np.int64).max]), opset.constant([1]))
+        row = opset.bucketize(position, ends, "i64", with_right_bound=False)
+        rows = opset.squeeze(opset.shape_of(ends, "i64"), opset.constant([0]))
+        counts = opset.matmul(hot(row, rows), hot(values, size), transpose_a=True,
+                              transpose_b=False)
+        if binary:
+            counts = opset.minimum(counts, one)
+        return [opset.convert(counts, unweighted(weights)).output(0)]
+
+    return [ConversionExtension("DenseBincount", dense),
+            ConversionExtension("RaggedBincount", ragged)]
