@@ -136,7 +136,6 @@ class OpenVINOArtifact(Artifact):
         return out
 
     def _run(self, endpoint: EndpointInfo, feeds: dict[str, Any]) -> dict[str, Any]:
-
         compiled = self._compiled[endpoint.name]
         # OpenVINO takes strings as a NumPy unicode array (an object array: "dtype_map")
         result = compiled({n: v.astype(str) if v.dtype == object else v
