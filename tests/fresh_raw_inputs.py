@@ -57,3 +57,16 @@ def litert_run(path, feeds):
         np.shape(v)) if np.asarray(v).dtype.kind in "OU" else np.asarray(v)
         for k, v in feeds.items()})
     return out, {k: np.dtype(d["dtype"]).kind for k, d in runner.get_input_details().items()}
+
+
+def litert_text_run(path, feeds):
+    """Run a ``.tflite`` file holding TF Text ops with ai-edge-litert's
+    ``InterpreterWithCustomOps`` and TF Text's registrar (strings as UTF-8 bytes)."""
+    import tensorflow_text as tf_text
+    from ai_edge_litert.interpreter import InterpreterWithCustomOps
+
+    runner = InterpreterWithCustomOps(
+        model_path=path, custom_op_registerers=tf_text.tflite_registrar.SELECT_TFTEXT_OPS
+    ).get_signature_runner("serve")
+    return runner(**{k: np.array([s.encode() for s in np.ravel(v)], dtype=object).reshape(
+        np.shape(v)) for k, v in feeds.items()})

@@ -262,3 +262,33 @@ def test_serve_answers_bytes_tensors_and_string_instances_in_every_string_format
     assert {sig: inputs for _, sig, inputs in records} == {
         "serve": {"text": ("object", [1])}, "serving_default": {"text": ("object", [1])}}
     assert signatures["serve"] == {"text": ("string", [None])}
+
+
+def test_litert_with_tf_text_ops_records_and_registers_them(tmp_path, fresh_process):
+    """A layer tokenizing with TF Text (as keras_hub tokenizers do) reaches LiteRT as TF
+    Text's custom ops; the manifest lists ``tensorflow_text`` and kexport's LiteRT runtime
+    opens it with ``InterpreterWithCustomOps`` and TF Text's registrar."""
+    import tensorflow as tf
+    import tensorflow_text as tf_text
+
+    class Words(keras.layers.Layer):
+        def __init__(self):
+            super().__init__()
+            self.lookup = keras.layers.StringLookup(vocabulary=["the", "cat", "dog", "東京"])
+
+        def call(self, text):
+            tokens = tf_text.WhitespaceTokenizer().tokenize(text)
+            ids = tokens.with_flat_values(self.lookup(tokens.flat_values))
+            return tf.cast(ids.to_tensor(shape=[None, 6]), "float32")
+
+    text = keras.Input(shape=(), dtype="string", name="text")
+    model = keras.Model(text, keras.layers.Dense(2, name="score")(Words()(text)))
+    path = str(tmp_path / "m.tflite")
+    kexport.export_model(model, path, format="litert", verbose=False)  # checked before placing
+    want = np.asarray(model(TEXT))
+    got = fresh_process("fresh_raw_inputs:litert_text_run", path, {"text": TEXT})
+    np.testing.assert_allclose(got["score"], want, rtol=1e-5, atol=1e-6)
+    artifact = kexport.load(path)
+    assert artifact.metadata["extensions"] == ["tensorflow_text"]
+    assert "TFText>WhitespaceTokenizeWithOffsetsV2" in artifact.op_counts()["serve"]
+    np.testing.assert_allclose(artifact(TEXT)["score"], want, rtol=1e-5, atol=1e-6)
