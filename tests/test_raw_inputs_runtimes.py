@@ -151,6 +151,9 @@ def test_litert_runs_string_lookups_and_bins_as_builtin_ops(tmp_path, fresh_proc
     outputs = {"color": color,
                "color_id": keras.layers.StringLookup(vocabulary=["red", "green"],
                                                      name="color_id")(word),
+               # a mask token: SELECT_V2 after the table (kexport.formats.litert._tables)
+               "masked_id": keras.layers.StringLookup(vocabulary=["red", "green"],
+                                                      mask_token="", name="masked_id")(word),
                "bins": keras.layers.Discretization(bin_boundaries=[-1.0, 0.0, 0.5, 2.0],
                                                    name="bins")(num)}
     outputs["score"] = keras.layers.Dense(2, name="score")(keras.layers.Concatenate()(
