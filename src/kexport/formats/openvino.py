@@ -77,6 +77,7 @@ from kexport.errors import (
     UnsupportedRouteError,
     WriteError,
 )
+from kexport.formats import _openvino_strings as strings
 from kexport.formats import litert
 from kexport.formats._openvino_names import named
 from kexport.formats._openvino_quantize import quantize_ir, toolchain
@@ -117,7 +118,6 @@ def _from_tensorflow(endpoint: TracedEndpoint, archive: EndpointArchive) -> _Con
     (``tagger_1/block_1/inner_1/MatMul``): naming ``"layer_names"``."""
     import openvino as ov
 
-
     concrete = litert._signature_function(endpoint, endpoint.function).get_concrete_function()
     if _uses_xla_call_module(concrete):
         raise UnsupportedRouteError(
@@ -127,7 +127,10 @@ def _from_tensorflow(endpoint: TracedEndpoint, archive: EndpointArchive) -> _Con
             "archive.write_out(path, format='openvino') and export_model(model, path, "
             "format='openvino') re-host JAX archives and models onto TensorFlow."
         )
-    model = _integer_matmul_accumulates(ov.convert_model(concrete))
+    if strings.uses_strings(concrete):  # the tokenizers' conversions, from a SavedModel
+        model = strings.convert_saved(endpoint, archive, concrete)
+    else:
+        model = _integer_matmul_accumulates(ov.convert_model(concrete))
     return _Converted(model, {op.get_friendly_name(): tuple(
         s for s in op.get_friendly_name().split("/") if s)[:-1] for op in model.get_ops()})
 
@@ -312,6 +315,13 @@ def write_archive(archive: EndpointArchive, filepath: str | os.PathLike[str],
             _strategy(archive.endpoints[0]).route(archive))
     models = {name: c.model for name, c in converted.items()}
     del converted
+    if any(strings.needs_extension(m) for m in models.values()):
+        if mode is not None:
+            raise UnsupportedRouteError(
+                f"Step 3/3 (write, openvino): quantization='{mode}' is not supported for an "
+                "IR with openvino-tokenizers string operations; nothing was written. "
+                "Expected quantization=None.")
+        manifest = manifest.with_extras(extensions=[strings.EXTENSION])
     if mode is not None:
         models = {name: quantize_ir(model, mode, calibration.get(name), name,
                                     ignored_nodes=ignored.get(name, ()))

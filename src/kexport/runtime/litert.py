@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from kexport.artifact import manifest_default_endpoint, read_litert_metadata
+from kexport.artifact.extensions import TENSORFLOW_TEXT, load_extension, recorded_extensions
 from kexport.errors import ArtifactError
 from kexport.runtime._base import Artifact, EndpointInfo, TensorInfo
 
@@ -47,7 +48,8 @@ def _info(name: str, detail: dict[str, Any]) -> TensorInfo:
     import numpy as np
 
     shape = tuple(None if int(d) < 0 else int(d) for d in detail["shape_signature"])
-    return TensorInfo(name, shape, np.dtype(detail["dtype"]).name)
+    dtype = np.dtype(detail["dtype"])  # a string tensor is reported as ``bytes``
+    return TensorInfo(name, shape, "string" if dtype.kind in "SOU" else dtype.name)
 
 
 def interpreter_class() -> tuple[str, type[Any]]:
@@ -88,9 +90,12 @@ class LiteRTArtifact(Artifact):
 
     def __init__(self, path: str, file: Path) -> None:
         super().__init__(path=path, format=FORMAT)
-        self.interpreter, interpreter = interpreter_class()
-        self._interpreter = interpreter(model_path=os.fspath(file))
         self.metadata = read_litert_metadata(file) or {}
+        self.interpreter, interpreter = interpreter_class()
+        if TENSORFLOW_TEXT in recorded_extensions(self.metadata):
+            self._interpreter = _with_text_ops(self.interpreter, path, file)
+        else:
+            self._interpreter = interpreter(model_path=os.fspath(file))
         listed = self.metadata.get("endpoints", {})
         self._runners: dict[str, Any] = {}
         for key, sig in self._interpreter.get_signature_list().items():
@@ -122,6 +127,25 @@ class LiteRTArtifact(Artifact):
             return {n: dict(ordered) for n in self.endpoints} if ordered else None
         ops = self.metadata.get("operators")
         return {n: dict.fromkeys(ops, 1) for n in self.endpoints} if ops else None
+
+
+def _with_text_ops(package: str, given: str, file: Path) -> Any:
+    """An interpreter with TF Text's TFLite kernels registered (the manifest lists
+    ``tensorflow_text``): ``InterpreterWithCustomOps(custom_op_registerers=
+    tf_text.tflite_registrar.SELECT_TFTEXT_OPS)``.
+
+    Raises:
+        ArtifactError: tensorflow-text is not installed.
+    """
+    text = load_extension(TENSORFLOW_TEXT, f"Opening '{given}' (its manifest lists "
+                                           f"{TENSORFLOW_TEXT})")
+    if package == "ai_edge_litert":
+        from ai_edge_litert.interpreter import InterpreterWithCustomOps
+    else:
+        from tensorflow.lite.python.interpreter import InterpreterWithCustomOps
+    return InterpreterWithCustomOps(
+        model_path=os.fspath(file),
+        custom_op_registerers=text.tflite_registrar.SELECT_TFTEXT_OPS)
 
 
 def open(path: Path, given: str, precision: str = "float32") -> LiteRTArtifact:

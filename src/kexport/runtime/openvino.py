@@ -31,6 +31,7 @@ from kexport.artifact import (
     manifest_default_endpoint,
     read_openvino_metadata,
 )
+from kexport.artifact.extensions import load_extension, recorded_extensions
 from kexport.artifact.quantization import METADATA_KEY as QUANTIZATION_KEY
 from kexport.artifact.quantization import read_record
 from kexport.errors import ArtifactError
@@ -72,7 +73,9 @@ def detect(path: Path) -> bool:
 def _info(port: Any, name: str) -> TensorInfo:
     shape = port.get_partial_shape()
     dims = tuple(None if d.is_dynamic else d.get_length() for d in shape)
-    return TensorInfo(name, dims, port.get_element_type().to_dtype().name)
+    kind = port.get_element_type()
+    return TensorInfo(name, dims, "string" if kind.get_type_name() == "string"
+                      else kind.to_dtype().name)
 
 
 class OpenVINOArtifact(Artifact):
@@ -134,7 +137,9 @@ class OpenVINOArtifact(Artifact):
 
     def _run(self, endpoint: EndpointInfo, feeds: dict[str, Any]) -> dict[str, Any]:
         compiled = self._compiled[endpoint.name]
-        result = compiled(feeds)
+        # OpenVINO takes strings as a NumPy unicode array (an object array: "dtype_map")
+        result = compiled({n: v.astype(str) if v.dtype == object else v
+                           for n, v in feeds.items()})
         return {n: result[compiled.output(n)] for n in endpoint.output_names}
 
 
@@ -153,6 +158,8 @@ def open(path: Path, given: str, precision: str = "float32") -> OpenVINOArtifact
         ) from e
     files = {path.stem: path} if path.is_file() else {p.stem: p for p in sorted(path.glob("*.xml"))}
     meta = read_openvino_metadata(path) or {}
+    for name in recorded_extensions(meta):  # registered before any Core reads the IR
+        load_extension(name, f"Opening '{given}' (its manifest lists {name})")
     if path.is_file() and len(meta.get("endpoints", {})) == 1:
         files = {next(iter(meta["endpoints"])): path}
     if path.is_file():

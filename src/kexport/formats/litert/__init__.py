@@ -45,6 +45,7 @@ from kexport.artifact import (
     LITERT_METADATA,
     Manifest,
 )
+from kexport.artifact.extensions import TENSORFLOW_TEXT, load_extension
 from kexport.check.calibration import calibration_batches
 from kexport.context import ExportContext, step_label
 from kexport.errors import (
@@ -168,8 +169,10 @@ def _metadata(archive: EndpointArchive, options: LiteRTOptions, context: ExportC
         **context.recorded())
 
 
-def convert(archive: EndpointArchive, options: LiteRTOptions) -> bytes:
-    """Convert every endpoint of ``archive`` into one ``.tflite`` flatbuffer (bytes).
+def convert(archive: EndpointArchive, options: LiteRTOptions) -> tuple[bytes, bool]:
+    """Convert every endpoint of ``archive`` into one ``.tflite`` flatbuffer (bytes), and
+    whether it holds TF Text's custom ops (TF Text's TFLite kernels, which its registrar
+    adds at run time: the converter lets custom ops through only then).
 
     Raises:
         CaptureError: when an endpoint needs operators outside the allowed set
@@ -193,13 +196,15 @@ def convert(archive: EndpointArchive, options: LiteRTOptions) -> bytes:
             f"{step_label('capture', 'for litert')}: tracing the endpoints failed: "
             f"{type(e).__name__}: {e}"
         ) from e
+    custom = _text_ops(signatures)
     with tempfile.TemporaryDirectory(prefix="kexport-litert-") as tmp:
         try:
             tf.saved_model.save(root, tmp, signatures=signatures)
             converter = tf.lite.TFLiteConverter.from_saved_model(
                 tmp, signature_keys=[e.name for e in endpoints])
             _configure(converter, options, endpoints)
-            return converter.convert()
+            converter.allow_custom_ops = bool(custom)
+            return converter.convert(), bool(custom)
         except KexportError:
             raise
         except Exception as e:
@@ -215,6 +220,12 @@ def convert(archive: EndpointArchive, options: LiteRTOptions) -> bytes:
                     "shape=(None, 20, 8))]; pad shorter sequences and mask them), or pass "
                     "allow_flex=True (the Flex delegate runs the loop)."
                 ) from e
+            if "tf.HashTableV2" in text:  # IntegerLookup: an int64 -> int64 table
+                raise CaptureError(
+                    "Step 3/3 (write, litert): the model holds a lookup table TFLite's "
+                    "builtin HASHTABLE cannot (it holds string -> int64 and int64 -> string "
+                    "tables only; IntegerLookup's is int64 -> int64). Formats that hold it: "
+                    "format='tf_saved_model', 'onnx', 'openvino'.") from e
             if "Select TF ops" in text or "Flex" in text or "TensorList" in text \
                     or "XlaCallModule" in text or "not supported by" in text:
                 raise CaptureError(
@@ -227,6 +238,27 @@ def convert(archive: EndpointArchive, options: LiteRTOptions) -> bytes:
                 f"{step_label('convert', 'litert')}: the TFLite converter failed: "
                 f"{_first_error_line(text)}"
             ) from e
+
+
+def _text_ops(signatures: dict[str, Any]) -> list[str]:
+    """The ops of TF Text (not TensorFlow's own: no ``tf.raw_ops`` entry) the graphs use;
+    none without tensorflow-text installed (the converter then refuses them as before)."""
+    import tensorflow as tf
+
+    found = set()
+    for concrete in signatures.values():
+        graph_def = concrete.graph.as_graph_def()
+        nodes = list(graph_def.node)
+        for fn in graph_def.library.function:
+            nodes.extend(fn.node_def)
+        names = {fn.signature.name for fn in graph_def.library.function}
+        found.update(n.op for n in nodes if n.op not in names and not hasattr(tf.raw_ops, n.op))
+    if found:
+        try:
+            load_extension(TENSORFLOW_TEXT, "TF Text ops in LiteRT")
+        except KexportError:
+            return []
+    return sorted(found)
 
 
 def _first_error_line(text: str) -> str:
@@ -261,8 +293,11 @@ def write_archive(archive: EndpointArchive, filepath: str | os.PathLike[str],
                 "quantization=...), not both. Received both.")
         options = {"quantization": quantization, "calibration_data": calibration_data}
     opts = LiteRTOptions.coerce(options)
-    flatbuffer = convert(archive, opts)
-    data, _ = _with_metadata(flatbuffer, _metadata(archive, opts, context))
+    flatbuffer, text_ops = convert(archive, opts)
+    meta = _metadata(archive, opts, context)
+    if text_ops:  # kexport's LiteRT runtime registers TF Text's kernels for it
+        meta = meta.with_extras(extensions=[TENSORFLOW_TEXT])
+    data, _ = _with_metadata(flatbuffer, meta)
     with atomic_target(filepath, is_dir=False, overwrite=context.overwrite) as tmp:
         try:
             tmp.write_bytes(data)

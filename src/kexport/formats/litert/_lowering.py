@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from kexport.formats.litert._jax_forms import jax_forms
+from kexport.formats.litert._tables import ranked_lookups
 from kexport.signature import flatten, pack_as
 
 if TYPE_CHECKING:
@@ -84,9 +85,10 @@ def signature_function(endpoint: TracedEndpoint, python_fn: Callable[..., Any]) 
 
 
 def concrete_signature(endpoint: TracedEndpoint, layers: list[Any]) -> Any:
-    """Trace the endpoint for LiteRT: unrolled RNNs first, as captured otherwise."""
+    """Trace the endpoint for LiteRT: unrolled RNNs first, as captured otherwise; table
+    lookups keep their rank (:mod:`kexport.formats.litert._tables`)."""
     python_fn = getattr(endpoint.function, "python_function", None)
-    with jax_forms():
+    with jax_forms(), ranked_lookups():
         if python_fn is not None and layers:
             try:
                 with _rnn_unrolled(layers):
