@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from kexport.artifact.extensions import OPENVINO_TOKENIZERS as EXTENSION
 from kexport.artifact.extensions import load_extension
+from kexport.context import step_label
 from kexport.errors import CaptureError, UnsupportedRouteError
 
 if TYPE_CHECKING:
@@ -108,7 +109,7 @@ def convert_saved(endpoint: TracedEndpoint, archive: EndpointArchive, concrete: 
     import openvino as ov
     import tensorflow as tf
 
-    load_extension(EXTENSION, f"Step 3/3 (write, openvino): endpoint '{endpoint.name}' with strings "
+    load_extension(EXTENSION, f"{step_label('convert', 'openvino')}: endpoint '{endpoint.name}' with strings "
                      "or lookup tables")
     state = archive.trackables()
     root = tf.__internal__.tracking.AutoTrackable()
@@ -123,13 +124,13 @@ def convert_saved(endpoint: TracedEndpoint, archive: EndpointArchive, concrete: 
             missing = _NO_RULE.search(str(e))
             if missing is None:
                 raise CaptureError(
-                    f"Step 3/3 (write, openvino): converting endpoint '{endpoint.name}' "
+                    f"{step_label('convert', 'openvino')}: converting endpoint '{endpoint.name}' "
                     "(strings or lookup tables, from a SavedModel with openvino-tokenizers) "
                     f"failed: {type(e).__name__}: {str(e).strip().splitlines()[0][:300]}") from e
             ops = [o.strip() for o in missing.group(1).split(",")]
             why = "; ".join(f"{o} ({_WHY[o]})" if o in _WHY else o for o in ops)
             raise UnsupportedRouteError(
-                f"Step 3/3 (write, openvino): endpoint '{endpoint.name}' cannot be exported to "
+                f"{step_label('convert', 'openvino')}: endpoint '{endpoint.name}' cannot be exported to "
                 f"OpenVINO exactly: openvino-tokenizers has no conversion for {why}; nothing "
                 "was written. Formats that hold the model: format='tf_saved_model' (every "
                 "string layer; docs/raw_inputs.md lists the other formats per layer)."

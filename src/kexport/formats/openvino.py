@@ -318,7 +318,7 @@ def write_archive(archive: EndpointArchive, filepath: str | os.PathLike[str],
     if any(strings.needs_extension(m) for m in models.values()):
         if mode is not None:
             raise UnsupportedRouteError(
-                f"Step 3/3 (write, openvino): quantization='{mode}' is not supported for an "
+                f"{step_label('finish', 'openvino')}: quantization='{mode}' is not supported for an "
                 "IR with openvino-tokenizers string operations; nothing was written. "
                 "Expected quantization=None.")
         manifest = manifest.with_extras(extensions=[strings.EXTENSION])

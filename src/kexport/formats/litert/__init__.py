@@ -222,7 +222,7 @@ def convert(archive: EndpointArchive, options: LiteRTOptions) -> tuple[bytes, bo
                 ) from e
             if "tf.HashTableV2" in text:  # IntegerLookup: an int64 -> int64 table
                 raise CaptureError(
-                    "Step 3/3 (write, litert): the model holds a lookup table TFLite's "
+                    f"{step_label('convert', 'litert')}: the model holds a lookup table TFLite's "
                     "builtin HASHTABLE cannot (it holds string -> int64 and int64 -> string "
                     "tables only; IntegerLookup's is int64 -> int64). Formats that hold it: "
                     "format='tf_saved_model', 'onnx', 'openvino'.") from e

@@ -19,7 +19,7 @@ from typing import Any
 
 from kexport import _summary
 from kexport.check.live import live_reference
-from kexport.context import ExportContext
+from kexport.context import ExportContext, step_label
 from kexport.errors import SignatureError, UnsupportedRouteError
 from kexport.formats.onnx._accept import Acceptance, NotTraceable
 from kexport.formats.onnx._graph import _spec_json
@@ -74,7 +74,7 @@ def export_strings(model: Any, filepath: str | os.PathLike[str], verbose: bool |
     given = [k for k in _REFUSED_OPTIONS if kwargs.get(k) is not None]
     if given:
         raise UnsupportedRouteError(
-            f"Step 1/4 (signature, route: {_ROUTE}): `{given[0]}` is not supported for a "
+            f"{step_label('plan', 'route: ' + _ROUTE)}: `{given[0]}` is not supported for a "
             "model with string/lookup layers in ONNX. Expected a float export; quantize the "
             "model from the layer's output on instead.")
     opset = _opset(kwargs)
@@ -109,7 +109,7 @@ def export_strings(model: Any, filepath: str | os.PathLike[str], verbose: bool |
         write_model(merged, filepath, threshold, _ROUTE, accept, overwrite=context.overwrite)
     except NotTraceable as e:  # never a silently wrong artifact: nothing was written
         raise UnsupportedRouteError(
-            f"Step 4/4 (write, route: {_ROUTE}): the ONNX graph does not reproduce the model "
+            f"{step_label('check', 'route: ' + _ROUTE)}: the ONNX graph does not reproduce the model "
             f"on generated text ({e}); nothing was written. Formats that hold the model: "
             "format='tf_saved_model'.") from e
     finally:
@@ -141,7 +141,7 @@ def _at_opset(proto: Any, opset: int) -> Any:
         return onnx.version_converter.convert_version(proto, opset)
     except Exception as e:
         raise UnsupportedRouteError(
-            f"Step 3/4 (finish, route: {_ROUTE}): the model after its string layers cannot be "
+            f"{step_label('finish', 'route: ' + _ROUTE)}: the model after its string layers cannot be "
             f"converted from opset {current} to {opset}: {type(e).__name__}: {str(e)[:200]}. "
             "Next steps: export format='tf_saved_model'.") from e
 
@@ -160,7 +160,7 @@ def _merge(head: Any, tail: Any, links: list[str]) -> Any:
     outputs = [o.name for o in tail.graph.output]
     taken = {i.name for i in head.graph.input}
     if taken & set(outputs):
-        raise UnsupportedRouteError(f"Step 3/4 (finish, route: {_ROUTE}): an output has the "
+        raise UnsupportedRouteError(f"{step_label('finish', 'route: ' + _ROUTE)}: an output has the "
                                     "name of an input; rename the model's layers.")
     merged = compose.merge_models(head, tail, io_map=list(zip(links, [
         i.name for i in tail.graph.input], strict=True)), prefix2="kexport_model/")

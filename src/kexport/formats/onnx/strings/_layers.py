@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from kexport.context import step_label
 from kexport.errors import UnsupportedRouteError
 from kexport.formats.onnx.strings._ops import KERAS_PUNCTUATION, Builder
 
@@ -25,9 +26,12 @@ _MODES = ("int", "one_hot", "multi_hot", "count", "tf_idf")
 _FORMATS = "format='tf_saved_model' (kept as TensorFlow ops)"
 
 
+_LOWERING = "route: kexport's string lowering"
+
+
 def _refuse(layer: Any, why: str) -> UnsupportedRouteError:
     return UnsupportedRouteError(
-        f"Step 1/4 (signature, route: kexport's string lowering): Keras layer "
+        f"{step_label('plan', _LOWERING)}: Keras layer "
         f"'{layer.name}' ({type(layer).__name__}) cannot be exported to ONNX exactly: {why}. "
         f"Next steps: {_FORMATS} holds it; or export the model from the layer's output on.")
 

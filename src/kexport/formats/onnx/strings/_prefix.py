@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from kexport.context import step_label
 from kexport.errors import UnsupportedRouteError
 from kexport.formats.onnx.strings._layers import LOWERED, lower, refusal
 from kexport.formats.onnx.strings._ops import Builder
@@ -22,6 +23,9 @@ from kexport.signature import Spec
 __all__ = ["Prefix", "find_prefix", "prefix_model", "string_layers"]
 
 _TABLE_LAYERS = (*LOWERED, "Hashing")
+
+
+_LOWERING = "route: kexport's string lowering"
 
 
 def string_layers(model: Any) -> list[Any]:
@@ -49,7 +53,7 @@ class Prefix:
 
 def _route_error(layer: Any, why: str) -> UnsupportedRouteError:
     return UnsupportedRouteError(
-        f"Step 1/4 (signature, route: kexport's string lowering): Keras layer "
+        f"{step_label('plan', _LOWERING)}: Keras layer "
         f"'{layer.name}' ({type(layer).__name__}) cannot be exported to ONNX: it {why}. "
         "Next steps: format='tf_saved_model' holds it; or export the model from the "
         "layer's output on.")
