@@ -17,3 +17,26 @@ def generate(path, requests):
     out["keras_hub_imported"] = "keras_hub" in sys.modules  # no model code
     out["endpoints"] = list(artifact.endpoints)
     return out
+
+
+def genai_engine(path, prompts, max_new_tokens, batched=False):
+    """onnxruntime-genai's own engine on the folder: greedy rows, one generator per
+    prompt (or one left-padded batch when ``batched``)."""
+    import numpy as np
+    import onnxruntime_genai as og
+
+    model = og.Model(path)
+    groups = [prompts] if batched else [[p] for p in prompts]
+    rows = []
+    for group in groups:
+        width = max(len(p) for p in group)
+        params = og.GeneratorParams(model)
+        params.set_search_options(max_length=width + max_new_tokens, do_sample=False,
+                                  batch_size=len(group))
+        generator = og.Generator(model, params)
+        generator.append_tokens(np.asarray([[0] * (width - len(p)) + p for p in group],
+                                           np.int32))
+        while not generator.is_done():
+            generator.generate_next_token()
+        rows += [[int(t) for t in generator.get_sequence(i)] for i in range(len(group))]
+    return {"rows": rows, "keras_imported": "keras" in sys.modules}

@@ -31,7 +31,7 @@ from kexport.errors import (
     VerificationError,
     describe,
 )
-from kexport.generation import saved_model, torch_program
+from kexport.generation import onnx_genai, saved_model, torch_program
 from kexport.generation.model import cache_geometry
 from kexport.generation.spec import MANIFEST_KEY, TASK, GenerativeSpec
 
@@ -42,11 +42,21 @@ __all__ = ["WRITERS", "check_prompts", "export_generative", "keras_greedy", "wri
 class _Writer:
     module: ModuleType  # write(model, spec, folder), manifest_file(folder)
 
+    def spec(self, spec: GenerativeSpec) -> GenerativeSpec:
+        """``spec`` as this writer's format holds it (its endpoints and names)."""
+        adapt = getattr(self.module, "spec_for", None)
+        return adapt(spec) if adapt is not None else spec
+
+    def entries(self, spec: GenerativeSpec) -> dict[str, dict[str, Any]]:
+        """The manifest's endpoint entries."""
+        return getattr(self.module, "endpoint_entries", saved_model.endpoint_entries)(spec)
+
 
 #: (backend, format) -> the writer of the generative form in that cell.
 WRITERS: dict[tuple[str, str], _Writer] = {
     ("tensorflow", "tf_saved_model"): _Writer(saved_model),
     ("torch", "torch"): _Writer(torch_program),
+    ("torch", "onnx"): _Writer(onnx_genai),
 }
 
 
@@ -96,48 +106,74 @@ print(json.dumps({"tokens": [r.tolist() for r in rows], "runtime": artifact.form
 """
 
 
-def run_child(path: Path, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
-    """Greedy tokens of the artifact at ``path`` from ``kexport.load`` in a fresh process.
+def run_child(path: Path, prompts: list[list[int]], max_new_tokens: int,
+              script: str = _CHILD, what: str = "the artifact") -> list[list[int]]:
+    """Greedy tokens of the artifact at ``path`` from ``kexport.load`` (or ``script``,
+    which prints the rows last) in a fresh process.
 
     Raises:
         VerificationError: when the child fails.
     """
     request = json.dumps({"prompts": prompts, "max_new_tokens": max_new_tokens})
-    done = subprocess.run([sys.executable, "-c", _CHILD, os.fspath(path), request],
+    args = [request] if script is _CHILD else [json.dumps(prompts), str(max_new_tokens)]
+    done = subprocess.run([sys.executable, "-c", script, os.fspath(path), *args],
                           capture_output=True, text=True, env=_numerics.child_env(os.environ),
                           timeout=1800)
     if done.returncode != 0:
         tail = done.stderr.strip().splitlines()[-3:]
         raise VerificationError(
-            f"task={TASK!r}: the artifact could not generate in a fresh process: "
+            f"task={TASK!r}: {what} could not generate in a fresh process: "
             + " | ".join(tail))
-    return json.loads(done.stdout.strip().splitlines()[-1])["tokens"]
+    last = json.loads(done.stdout.strip().splitlines()[-1])
+    return last["tokens"] if isinstance(last, dict) else last
+
+
+def _cut_at(row: list[int], start: int, stops: list[int]) -> list[int]:
+    """``row`` up to its first id of ``stops`` at or after ``start`` (kept)."""
+    hit = next((j for j in range(start, len(row)) if row[j] in stops), None)
+    return row if hit is None else row[:hit + 1]
 
 
 def _greedy_check(model: Any, path: Path, spec: GenerativeSpec, max_new_tokens: int,
-                  format: str) -> dict[str, Any]:
+                  format: str, writer: _Writer) -> dict[str, Any]:
     """The artifact's greedy tokens in a fresh process against ``lm.generate()``, judged
-    by kexport's one verdict (token ids are integers: compared exactly, length included)."""
-    import numpy as np
-
+    by kexport's one verdict (token ids are integers: compared exactly, length included);
+    through kexport's loop, then through the format's own engine where it has one."""
     prompts = check_prompts(spec.cache.vocab_size)
     want = keras_greedy(model, prompts, max_new_tokens)
-    got = run_child(path, prompts, max_new_tokens)
+    record = _token_record(prompts, want, run_child(path, prompts, max_new_tokens), format,
+                    "greedy tokens of kexport.load(...).generate in a fresh process "
+                    "against lm.generate()", max_new_tokens)
+    engine = getattr(writer.module, "ENGINE", None)
+    if engine:
+        stops = writer.module.stop_ids(path)
+        got = run_child(path, prompts, max_new_tokens, writer.module.ENGINE_CHILD, engine)
+        cut = [_cut_at(w, len(p), stops) for p, w in zip(prompts, want, strict=True)]
+        record["engine"] = _token_record(
+            prompts, cut, got, format,
+            f"greedy tokens of {engine}'s own engine (one prompt per generator, rows end at "
+            f"eos {stops}) in a fresh process against lm.generate()", max_new_tokens)
+    return record
+
+
+def _token_record(prompts: list[list[int]], want: list[list[int]], got: list[list[int]], format: str,
+           check: str, max_new_tokens: int) -> dict[str, Any]:
+    import numpy as np
+
     report = verdict(VerificationReport(format, "float32", 0.0, 0.0, 0), [
         Case(TASK, f"prompt of {len(p)} tokens", {"prompt": np.asarray([p])},
              [np.asarray(w)], [np.asarray(g)], output_names=("tokens",))
         for p, w, g in zip(prompts, want, got, strict=True)])
-    rows = [{"prompt_length": len(p), "equal": check.ok,
+    rows = [{"prompt_length": len(p), "equal": case.ok,
              "first_difference": next((j for j, (a, b) in enumerate(zip(w, g, strict=False))
                                        if a != b), None if len(w) == len(g) else
                                       min(len(w), len(g)))}
-            for p, w, g, check in zip(prompts, want, got, report.checks, strict=True)]
-    record = {"check": "greedy tokens of kexport.load(...).generate in a fresh process "
-                       "against lm.generate()",
+            for p, w, g, case in zip(prompts, want, got, report.checks, strict=True)]
+    record = {"check": check,
               "max_new_tokens": max_new_tokens, "rows": rows, "passed": report.ok}
     if not report.ok:
         raise VerificationError(
-            f"task={TASK!r}: the artifact's greedy tokens differ from lm.generate(): "
+            f"task={TASK!r}: {check.split(' in a fresh')[0]} differ from lm.generate(): "
             f"{[r for r in rows if not r['equal']]}. Nothing was written.", report=report)
     return record
 
@@ -176,8 +212,8 @@ def export_generative(model: Any, filepath: str | os.PathLike[str], *, format: s
             f"task={TASK!r} writes {', '.join(writable_cells())}. Received: "
             f"format={format!r} from the {backend} backend.")
     _atomic.check_destination(filepath, overwrite)
-    spec = GenerativeSpec(cache=cache_geometry(model), family=type(model).__name__)
-    entries = saved_model.endpoint_entries(spec)
+    spec = writer.spec(GenerativeSpec(cache=cache_geometry(model), family=type(model).__name__))
+    entries = writer.entries(spec)
     manifest = Manifest(format=format, backend=backend, endpoints=entries,
                         default_endpoint=spec.prefill, keras_version=keras.__version__)
     with _atomic.atomic_target(filepath, is_dir=True, overwrite=overwrite) as tmp:
@@ -185,7 +221,9 @@ def export_generative(model: Any, filepath: str | os.PathLike[str], *, format: s
         target = writer.module.manifest_file(tmp)
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(manifest.with_extras(**{MANIFEST_KEY: spec.to_json()}).dumps())
-        spec = replace(spec, verification=_greedy_check(model, tmp, spec, max_new_tokens, format))
+        spec = replace(spec, verification=_greedy_check(model, tmp, spec, max_new_tokens,
+                                                         format, writer),
+                       engine=getattr(writer.module, "ENGINE", ""))
         target.write_text(manifest.with_extras(**{MANIFEST_KEY: spec.to_json()}).dumps())
     if verbose is not False:
         printer(f"kexport: wrote the generative form ({spec.prefill}/{spec.decode}, cache "

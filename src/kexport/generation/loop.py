@@ -16,7 +16,7 @@ from typing import Any
 from kexport.errors import SignatureError, describe
 from kexport.generation.spec import GenerativeSpec
 
-__all__ = ["SAMPLERS", "generate", "prompt_rows"]
+__all__ = ["SAMPLERS", "as_keras_cache", "generate", "prompt_rows"]
 
 #: The samplers :func:`generate` offers.
 SAMPLERS = ("greedy", "top_k")
@@ -79,6 +79,47 @@ def _check(spec: GenerativeSpec, rows: list[list[int]], max_new_tokens: Any,
             f"({max(len(r) for r in rows)} + {max_new_tokens}).")
 
 
+def as_keras_cache(spec: GenerativeSpec, run: Run) -> tuple[GenerativeSpec, Run]:
+    """A ``past_key_values`` endpoint as the prefill/decode pair with keras_hub's cache.
+
+    The decode's cache ``[B, L, 2, M, H, D]`` is cut to the positions before
+    ``cache_update_index`` and handed over as ``past_key_values.{i}.key/.value``
+    ``[B, H, P, D]``; the ``present`` values are written back into it.
+    """
+    import numpy as np
+
+    g, names = spec.cache, spec.names
+    keys = [(i, kv) for i in range(g.num_layers) for kv in ("key", "value")]
+    plain = GenerativeSpec(cache=g)
+
+    def step(tokens: Any, past: Any) -> tuple[Any, Any]:
+        known = past.shape[3]
+        feeds = {names["token_ids"]: tokens.astype(np.int64),
+                 names["attention_mask"]: np.ones((len(tokens), known + tokens.shape[1]),
+                                                  np.int64)}
+        for i, kv in keys:
+            feeds[names["past"].format(layer=i, kv=kv)] = np.ascontiguousarray(
+                past[:, i, 0 if kv == "key" else 1].transpose(0, 2, 1, 3))
+        out = run(spec.prefill, feeds)
+        present = np.stack([np.stack([out[names["present"].format(layer=i, kv=kv)]
+                                      for kv in ("key", "value")], 1)
+                            for i in range(g.num_layers)], 1)  # [B, L, 2, H, P+S, D]
+        return out[names["logits"]], present.transpose(0, 1, 2, 4, 3, 5)
+
+    def keras_run(endpoint: str, feeds: dict[str, Any]) -> dict[str, Any]:
+        tokens = np.asarray(feeds["token_ids"])
+        if endpoint == plain.prefill:
+            past = np.zeros(g.shape(len(tokens), 0), g.dtype)
+            logits, cache = step(tokens, past)
+            return {"logits": logits, "cache": cache}
+        cache, index = np.array(feeds["cache"]), int(feeds["cache_update_index"])
+        logits, present = step(tokens, cache[:, :, :, :index])
+        cache[:, :, :, :present.shape[3]] = present
+        return {"logits": logits, "cache": cache}
+
+    return plain, keras_run
+
+
 def _chooser(sampler: str, k: int, seed: int | None) -> Callable[[Any], Any]:
     import numpy as np
 
@@ -122,6 +163,8 @@ def generate(spec: GenerativeSpec, run: Run, prompt_ids: Any, *, max_new_tokens:
 
     rows = prompt_rows(prompt_ids)
     _check(spec, rows, max_new_tokens, sampler)
+    if spec.convention == "past_key_values":
+        spec, run = as_keras_cache(spec, run)
     choose = _chooser(sampler, k, seed)
     stops = set() if stop_token_ids is None else {int(t) for t in stop_token_ids}
     names, geometry = spec.names, spec.cache

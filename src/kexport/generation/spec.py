@@ -71,6 +71,14 @@ class GenerativeSpec:
             ``logits``, ``cache_out``).
         family: the keras_hub class the artifact came from (informational).
         verification: the stored verdict of the token check, when made.
+        convention: ``"keras_cache"`` (the two endpoints above) or
+            ``"past_key_values"``: one endpoint for both, in optimum's and
+            onnxruntime-genai's interface (``input_ids``, ``attention_mask``,
+            ``past_key_values.{i}.key/.value`` ``[B, H, P, D]`` -> ``logits``,
+            ``present.{i}.key/.value``); :func:`kexport.generation.generate`
+            drives both.
+        engine: the runtime's own generation engine that the token check also
+            drove (``"onnxruntime-genai"``), or ``""``.
     """
 
     cache: CacheGeometry
@@ -81,6 +89,8 @@ class GenerativeSpec:
         "logits": "logits", "cache_out": "cache"})
     family: str = ""
     verification: Mapping[str, Any] | None = None
+    convention: str = "keras_cache"
+    engine: str = ""
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able object (the manifest's ``generation`` entry)."""
@@ -100,7 +110,7 @@ class GenerativeSpec:
         try:
             cache = CacheGeometry(**data["cache"])
             rest = {k: data[k] for k in ("prefill", "decode", "names", "family",
-                                         "verification") if k in data}
+                                         "verification", "convention", "engine") if k in data}
             return cls(cache=cache, **rest)
         except (KeyError, TypeError) as e:
             raise ArtifactError(
