@@ -40,3 +40,21 @@ def genai_engine(path, prompts, max_new_tokens, batched=False):
             generator.generate_next_token()
         rows += [[int(t) for t in generator.get_sequence(i)] for i in range(len(group))]
     return {"rows": rows, "keras_imported": "keras" in sys.modules}
+
+
+def openvino_engine(path, prompts, max_new_tokens):
+    """openvino-genai's ``LLMPipeline`` on the IR folder, token ids in, one prompt per call,
+    computing in float32 (its CPU default compresses the cache)."""
+    import numpy as np
+    import openvino as ov
+    import openvino_genai
+
+    pipe = openvino_genai.LLMPipeline(path, "CPU", INFERENCE_PRECISION_HINT="f32",
+                                      KV_CACHE_PRECISION="f32")
+    rows = []
+    for prompt in prompts:
+        config = pipe.get_generation_config()
+        config.max_new_tokens, config.do_sample = max_new_tokens, False
+        out = pipe.generate(ov.Tensor(np.asarray([prompt], np.int64)), config)
+        rows.append(prompt + [int(t) for t in out.tokens[0]])
+    return {"rows": rows, "keras_imported": "keras" in sys.modules}

@@ -11,9 +11,12 @@ import numpy as np
 import pytest
 
 import kexport
+from conftest import BACKEND
 from test_generate import VOCAB, _keras
 
-pytestmark = pytest.mark.backends("torch")
+native = pytest.mark.backends("torch")
+#: TensorFlow and JAX re-host onto PyTorch (cells beyond the native one: KEXPORT_FULL_MATRIX=1)
+rehosted = pytest.mark.backends("tensorflow", "jax")
 
 
 def _lm(family):
@@ -79,6 +82,7 @@ def _same_tokens_both_ways(lm, path, fresh_process):
     return prompts, want
 
 
+@native
 def test_onnxruntime_genai_and_kexport_generate_keras_tokens(gpt2, fresh_process):
     lm, path = gpt2
     prompts, want = _same_tokens_both_ways(lm, path, fresh_process)
@@ -88,6 +92,7 @@ def test_onnxruntime_genai_and_kexport_generate_keras_tokens(gpt2, fresh_process
                                                                         strict=True)]
 
 
+@native
 def test_the_folder_declares_the_engine_interface_and_the_verdict(gpt2):
     _, path = gpt2
     config = json.loads(Path(path, "genai_config.json").read_text())
@@ -112,8 +117,22 @@ def test_the_folder_declares_the_engine_interface_and_the_verdict(gpt2):
     assert "/tmp" not in json.dumps(artifact.metadata) + json.dumps(config)
 
 
+@native
 @pytest.mark.full_matrix
 @pytest.mark.parametrize("family", ["llama", "gemma", "mistral", "qwen", "qwen3", "phi3"])
 def test_other_families_generate_keras_tokens(family, tmp_path_factory, fresh_process):
     lm, path = _export(family, tmp_path_factory)
     _same_tokens_both_ways(lm, path, fresh_process)
+
+
+@rehosted
+@pytest.mark.full_matrix
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_rehosted_onto_pytorch_generates_the_live_models_tokens(family, tmp_path_factory,
+                                                                fresh_process):
+    lm, path = _export(family, tmp_path_factory)
+    _same_tokens_both_ways(lm, path, fresh_process)  # against the live TensorFlow/JAX model
+    metadata = kexport.load(path).metadata
+    assert metadata["backend"] == "torch"  # the host that wrote it
+    verdict = metadata["generation"]["verification"]
+    assert verdict["live_backend"] == BACKEND and verdict["engine"]["passed"]

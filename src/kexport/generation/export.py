@@ -31,11 +31,12 @@ from kexport.errors import (
     VerificationError,
     describe,
 )
-from kexport.generation import onnx_genai, saved_model, torch_program
+from kexport.generation import onnx_genai, openvino_ir, saved_model, torch_program
 from kexport.generation.model import cache_geometry
 from kexport.generation.spec import MANIFEST_KEY, TASK, GenerativeSpec
 
-__all__ = ["WRITERS", "check_prompts", "export_generative", "keras_greedy", "writable_cells"]
+__all__ = ["WRITERS", "check_prompts", "check_staged", "check_task", "export_generative",
+           "export_task", "keras_greedy", "refusal", "say", "writable_cells"]
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,7 @@ WRITERS: dict[tuple[str, str], _Writer] = {
     ("tensorflow", "tf_saved_model"): _Writer(saved_model),
     ("torch", "torch"): _Writer(torch_program),
     ("torch", "onnx"): _Writer(onnx_genai),
+    ("torch", "openvino"): _Writer(openvino_ir),
 }
 
 
@@ -180,17 +182,19 @@ def _token_record(prompts: list[list[int]], want: list[list[int]], got: list[lis
 
 def export_generative(model: Any, filepath: str | os.PathLike[str], *, format: str,
                       verbose: bool | None = None, overwrite: bool = False,
-                      max_new_tokens: int = 8,
+                      max_new_tokens: int = 8, check: bool = True,
                       printer: Callable[[str], None] = print) -> GenerativeSpec:
     """Write ``model``'s prefill/decode endpoints with an explicit cache to ``filepath``.
 
     Args:
         model: a keras_hub ``CausalLM`` (see :data:`kexport.generation.model.CAN`).
         filepath: where the artifact goes (a folder).
-        format: ``"tf_saved_model"`` (TensorFlow backend) or ``"torch"`` (PyTorch).
+        format: a format :data:`WRITERS` holds for the current backend.
         verbose: ``False`` prints nothing.
         overwrite: replace data at ``filepath`` that is not a kexport artifact.
         max_new_tokens: tokens generated per prompt by the token check.
+        check: ``False`` only where the caller checks the artifact against the
+            live model itself (a re-host's child: the parent checks).
 
     Returns:
         The :class:`GenerativeSpec` recorded in the artifact, with its verdict.
@@ -208,9 +212,7 @@ def export_generative(model: Any, filepath: str | os.PathLike[str], *, format: s
     backend = keras.backend.backend()
     writer = WRITERS.get((backend, format))
     if writer is None:
-        raise UnsupportedRouteError(
-            f"task={TASK!r} writes {', '.join(writable_cells())}. Received: "
-            f"format={format!r} from the {backend} backend.")
+        raise UnsupportedRouteError(refusal(format, backend))
     _atomic.check_destination(filepath, overwrite)
     spec = writer.spec(GenerativeSpec(cache=cache_geometry(model), family=type(model).__name__))
     entries = writer.entries(spec)
@@ -221,24 +223,60 @@ def export_generative(model: Any, filepath: str | os.PathLike[str], *, format: s
         target = writer.module.manifest_file(tmp)
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(manifest.with_extras(**{MANIFEST_KEY: spec.to_json()}).dumps())
-        spec = replace(spec, verification=_greedy_check(model, tmp, spec, max_new_tokens,
-                                                         format, writer),
-                       engine=getattr(writer.module, "ENGINE", ""))
-        target.write_text(manifest.with_extras(**{MANIFEST_KEY: spec.to_json()}).dumps())
-    if verbose is not False:
-        printer(f"kexport: wrote the generative form ({spec.prefill}/{spec.decode}, cache "
-                f"{list(spec.cache.shape(None, None))}) as {format} at '{os.fspath(filepath)}'; "
-                f"greedy tokens equal to lm.generate() for prompts of lengths "
-                f"{[r['prompt_length'] for r in spec.verification['rows']]}.")
+        if check:
+            spec = check_staged(model, tmp, format, max_new_tokens)
+    if verbose is not False and check:
+        say(printer, spec, format, filepath)
     return spec
 
 
-def export_task(model: Any, filepath: str | os.PathLike[str], format: str, task: Any, *,
-                verbose: bool | None = None, overwrite: bool = False,
-                **options: Any) -> GenerativeSpec:
-    """``export_model(..., task=...)``: the tasks other than the forward pass.
+def refusal(format: str, backend: str) -> str:
+    """The message of a cell no writer (nor re-host) takes."""
+    return (f"task={TASK!r} writes {', '.join(writable_cells())}. Received: "
+            f"format={format!r} from the {backend} backend.")
+
+
+def say(printer: Callable[[str], None], spec: GenerativeSpec, format: str,
+        filepath: str | os.PathLike[str], rehosted: str = "") -> None:
+    """The export's one-line summary."""
+    engine = (f" and through {spec.engine}'s own engine" if spec.engine else "")
+    printer(f"kexport: wrote the generative form ({spec.prefill}/{spec.decode}, cache "
+            f"{list(spec.cache.shape(None, None))}) as {format}{rehosted} at "
+            f"'{os.fspath(filepath)}'; greedy tokens equal to lm.generate() for prompts of "
+            f"lengths {[r['prompt_length'] for r in (spec.verification or {})['rows']]}"
+            f"{engine}.")
+
+
+def _writer_of(folder: Path, format: str) -> tuple[_Writer, Path]:
+    for writer in (w for (_, f), w in WRITERS.items() if f == format):
+        target = writer.module.manifest_file(folder)
+        if target.exists():
+            return writer, target
+    raise VerificationError(f"task={TASK!r}: no {format} manifest in the staged artifact.")
+
+
+def check_staged(model: Any, folder: Path, format: str, max_new_tokens: int = 8
+                 ) -> GenerativeSpec:
+    """Check the staged artifact in ``folder`` against the live ``model`` (greedy tokens in a
+    fresh process, and through the format's engine) and store the verdict in its manifest.
 
     Raises:
+        VerificationError: the tokens differ (the artifact is not placed).
+    """
+    import keras
+
+    writer, target = _writer_of(folder, format)
+    manifest = Manifest.from_json(target.read_text())
+    spec = GenerativeSpec.from_json(manifest.extras[MANIFEST_KEY])
+    record = _greedy_check(model, folder, spec, max_new_tokens, format, writer)
+    record["live_backend"] = keras.backend.backend()
+    spec = replace(spec, verification=record, engine=getattr(writer.module, "ENGINE", ""))
+    target.write_text(manifest.with_extras(**{MANIFEST_KEY: spec.to_json()}).dumps())
+    return spec
+
+
+def check_task(task: Any, options: dict[str, Any]) -> None:
+    """Raises:
         SignatureError: an unknown ``task``.
         SignatureTypeError: options the task does not take.
     """
@@ -249,5 +287,12 @@ def export_task(model: Any, filepath: str | os.PathLike[str], format: str, task:
     if unknown:
         raise SignatureTypeError(f"Unexpected keyword arguments for task={TASK!r}: {unknown}. "
                                  "Expected only: ['max_new_tokens'].")
+
+
+def export_task(model: Any, filepath: str | os.PathLike[str], format: str, task: Any, *,
+                verbose: bool | None = None, overwrite: bool = False,
+                **options: Any) -> GenerativeSpec:
+    """``export_model(..., task=...)`` in a cell with a native writer (see :func:`check_task`)."""
+    check_task(task, options)
     return export_generative(model, filepath, format=format, verbose=verbose,
                              overwrite=overwrite, **options)

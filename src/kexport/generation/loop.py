@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from kexport.errors import SignatureError, describe
+from kexport.errors import SignatureError, UnsupportedRouteError, describe
 from kexport.generation.spec import GenerativeSpec
 
 __all__ = ["SAMPLERS", "as_keras_cache", "generate", "prompt_rows"]
@@ -22,6 +22,9 @@ __all__ = ["SAMPLERS", "as_keras_cache", "generate", "prompt_rows"]
 SAMPLERS = ("greedy", "top_k")
 
 Run = Callable[[str, dict[str, Any]], dict[str, Any]]
+#: endpoint, feeds, variables (``None``: initial) -> outputs, variables after
+StateRun = Callable[[str, dict[str, Any], dict[str, Any] | None],
+                    tuple[dict[str, Any], dict[str, Any]]]
 
 
 def prompt_rows(prompt_ids: Any) -> list[list[int]]:
@@ -79,12 +82,15 @@ def _check(spec: GenerativeSpec, rows: list[list[int]], max_new_tokens: Any,
             f"({max(len(r) for r in rows)} + {max_new_tokens}).")
 
 
-def as_keras_cache(spec: GenerativeSpec, run: Run) -> tuple[GenerativeSpec, Run]:
-    """A ``past_key_values`` endpoint as the prefill/decode pair with keras_hub's cache.
+def as_keras_cache(spec: GenerativeSpec, run: Run, run_with_state: StateRun | None = None
+                   ) -> tuple[GenerativeSpec, Run]:
+    """A ``past_key_values`` (or ``stateful``) endpoint as the prefill/decode pair with
+    keras_hub's cache.
 
     The decode's cache ``[B, L, 2, M, H, D]`` is cut to the positions before
     ``cache_update_index`` and handed over as ``past_key_values.{i}.key/.value``
-    ``[B, H, P, D]``; the ``present`` values are written back into it.
+    ``[B, H, P, D]`` (a stateful endpoint: as its variables, with ``beam_idx``
+    the identity); the ``present`` values (the variables after) are written back.
     """
     import numpy as np
 
@@ -97,12 +103,23 @@ def as_keras_cache(spec: GenerativeSpec, run: Run) -> tuple[GenerativeSpec, Run]
         feeds = {names["token_ids"]: tokens.astype(np.int64),
                  names["attention_mask"]: np.ones((len(tokens), known + tokens.shape[1]),
                                                   np.int64)}
-        for i, kv in keys:
-            feeds[names["past"].format(layer=i, kv=kv)] = np.ascontiguousarray(
-                past[:, i, 0 if kv == "key" else 1].transpose(0, 2, 1, 3))
-        out = run(spec.prefill, feeds)
-        present = np.stack([np.stack([out[names["present"].format(layer=i, kv=kv)]
-                                      for kv in ("key", "value")], 1)
+        pasts = {(i, kv): np.ascontiguousarray(past[:, i, 0 if kv == "key" else 1]
+                                               .transpose(0, 2, 1, 3)) for i, kv in keys}
+        if spec.convention == "stateful":
+            if run_with_state is None:
+                raise UnsupportedRouteError(
+                    "Expected a runtime that runs stateful endpoints (OpenVINO) for an "
+                    "artifact whose cache is the endpoint's state. Received none.")
+            feeds[names["beam_idx"]] = np.arange(len(tokens), dtype=np.int32)
+            state = {names["state"].format(layer=i, kv=kv): v for (i, kv), v in pasts.items()}
+            out, after = run_with_state(spec.prefill, feeds, state)
+            fresh = {key: after[name] for key, name in
+                     ((key, names["state"].format(layer=key[0], kv=key[1])) for key in keys)}
+        else:
+            feeds.update({names["past"].format(layer=i, kv=kv): v for (i, kv), v in pasts.items()})
+            out = run(spec.prefill, feeds)
+            fresh = {(i, kv): out[names["present"].format(layer=i, kv=kv)] for i, kv in keys}
+        present = np.stack([np.stack([fresh[i, kv] for kv in ("key", "value")], 1)
                             for i in range(g.num_layers)], 1)  # [B, L, 2, H, P+S, D]
         return out[names["logits"]], present.transpose(0, 1, 2, 4, 3, 5)
 
@@ -142,7 +159,8 @@ def _chooser(sampler: str, k: int, seed: int | None) -> Callable[[Any], Any]:
 
 def generate(spec: GenerativeSpec, run: Run, prompt_ids: Any, *, max_new_tokens: int = 16,
              stop_token_ids: Sequence[int] | None = None, sampler: str = "greedy",
-             k: int = 5, seed: int | None = None) -> list[Any]:
+             k: int = 5, seed: int | None = None,
+             run_with_state: StateRun | None = None) -> list[Any]:
     """Generate from ``prompt_ids`` with the artifact's prefill/decode endpoints.
 
     Args:
@@ -155,6 +173,7 @@ def generate(spec: GenerativeSpec, run: Run, prompt_ids: Any, *, max_new_tokens:
         sampler: ``"greedy"`` (Keras's ``GreedySampler``) or ``"top_k"``.
         k: candidates of ``"top_k"``.
         seed: seed of ``"top_k"``'s draws (NumPy's generator, not Keras's).
+        run_with_state: runs a stateful endpoint (``Artifact.run_with_state``).
 
     Returns:
         One int32 array per prompt: the prompt followed by its new tokens.
@@ -163,8 +182,8 @@ def generate(spec: GenerativeSpec, run: Run, prompt_ids: Any, *, max_new_tokens:
 
     rows = prompt_rows(prompt_ids)
     _check(spec, rows, max_new_tokens, sampler)
-    if spec.convention == "past_key_values":
-        spec, run = as_keras_cache(spec, run)
+    if spec.convention in ("past_key_values", "stateful"):
+        spec, run = as_keras_cache(spec, run, run_with_state)
     choose = _chooser(sampler, k, seed)
     stops = set() if stop_token_ids is None else {int(t) for t in stop_token_ids}
     names, geometry = spec.names, spec.cache
