@@ -118,6 +118,18 @@ def test_the_folder_declares_the_engine_interface_and_the_verdict(gpt2):
 
 
 @native
+def test_inspect_shows_the_stored_token_check(gpt2):
+    from test_cli import kexport as cli
+
+    _, path = gpt2
+    out = cli("inspect", path, backend="torch").stdout
+    assert "generation (GPT2CausalLM, checked against the live model on torch):" in out
+    assert ("kexport's loop: PASS, greedy tokens equal to lm.generate() for prompts of "
+            "lengths [3, 6, 1], 8 new tokens") in out
+    assert "onnxruntime-genai's own engine: PASS" in out
+
+
+@native
 @pytest.mark.full_matrix
 @pytest.mark.parametrize("family", ["llama", "gemma", "mistral", "qwen", "qwen3", "phi3"])
 def test_other_families_generate_keras_tokens(family, tmp_path_factory, fresh_process):

@@ -15,7 +15,7 @@ from typing import Any
 
 from kexport.errors import ArtifactError, UnsupportedRouteError
 
-__all__ = ["MANIFEST_KEY", "TASK", "CacheGeometry", "GenerativeSpec"]
+__all__ = ["MANIFEST_KEY", "TASK", "CacheGeometry", "GenerativeSpec", "generation_summary"]
 
 #: The ``task`` of :func:`kexport.export_model` that writes the generative form.
 TASK = "generate"
@@ -133,3 +133,29 @@ class GenerativeSpec:
                 "compute a forward pass only. Export it again with "
                 f"kexport.export_model(lm, path, task={TASK!r}).")
         return cls.from_json(data)
+
+
+def generation_summary(metadata: Mapping[str, Any]) -> list[str]:
+    """Lines for ``kexport inspect``: the stored token check of a generative artifact."""
+    data = metadata.get(MANIFEST_KEY) if isinstance(metadata, Mapping) else None
+    record = data.get("verification") if isinstance(data, Mapping) else None
+    if not isinstance(record, Mapping):
+        return [] if data is None else ["generation: no token check stored"]
+
+    def line(what: str, r: Mapping[str, Any]) -> str:
+        rows = r.get("rows", [])
+        lengths = [x.get("prompt_length") for x in rows]
+        bad = [x for x in rows if not x.get("equal")]
+        return (f"  {what}: {'PASS' if r.get('passed') else 'FAIL'}, greedy tokens "
+                f"{'equal to' if not bad else 'differ from'} lm.generate() for prompts of "
+                f"lengths {lengths}, {r.get('max_new_tokens')} new tokens"
+                + (f" (first differences {[x.get('first_difference') for x in bad]})"
+                   if bad else ""))
+
+    lines = [f"generation ({data.get('family') or 'CausalLM'}, checked against the live "
+             f"model on {record.get('live_backend', metadata.get('backend', '?'))}):",
+             line("kexport's loop", record)]
+    engine = record.get("engine")
+    if isinstance(engine, Mapping):
+        lines.append(line(f"{data.get('engine') or 'the runtime'}'s own engine", engine))
+    return lines
