@@ -148,3 +148,22 @@ def test_rehosted_onto_pytorch_generates_the_live_models_tokens(family, tmp_path
     assert metadata["backend"] == "torch"  # the host that wrote it
     verdict = metadata["generation"]["verification"]
     assert verdict["live_backend"] == BACKEND and verdict["engine"]["passed"]
+
+
+@pytest.mark.one_backend
+def test_special_ids_come_from_the_models_tokenizer():
+    import keras_hub
+
+    from kexport.generation import onnx_genai
+    from kexport.generation.model import cache_geometry
+    from kexport.generation.spec import GenerativeSpec
+
+    vocab = {"a": 0, "b": 1, "Ġa": 2, "ab": 3, "<|endoftext|>": 7}
+    vocab.update({f"t{i}": i for i in range(4, VOCAB) if i != 7})
+    tokenizer = keras_hub.models.GPT2Tokenizer(vocabulary=vocab, merges=["a b"])
+    lm = _lm("gpt2")
+    lm.preprocessor = keras_hub.models.GPT2CausalLMPreprocessor(tokenizer, sequence_length=8)
+    config = onnx_genai.config(lm, GenerativeSpec(cache=cache_geometry(lm)))["model"]
+    # keras_hub's GPT-2 tokenizer: <|endoftext|> starts and ends, its padding id is 0
+    assert (tokenizer.start_token_id, tokenizer.end_token_id, tokenizer.pad_token_id) == (7, 7, 0)
+    assert (config["bos_token_id"], config["eos_token_id"], config["pad_token_id"]) == (7, 7, 0)

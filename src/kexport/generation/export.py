@@ -232,7 +232,8 @@ def export_generative(model: Any, filepath: str | os.PathLike[str], *, format: s
 
 def refusal(format: str, backend: str) -> str:
     """The message of a cell no writer (nor re-host) takes."""
-    return (f"task={TASK!r} writes {', '.join(writable_cells())}. Received: "
+    return (f"task={TASK!r} writes {', '.join(writable_cells())} (other backends re-host "
+            f"onto those). Received: "
             f"format={format!r} from the {backend} backend.")
 
 
