@@ -19,14 +19,13 @@ def generate(path, requests):
     return out
 
 
-def genai_engine(path, prompts, max_new_tokens, batched=False):
-    """onnxruntime-genai's own engine on the folder: greedy rows, one generator per
-    prompt (or one left-padded batch when ``batched``)."""
+def genai_engine(path, prompts, max_new_tokens):
+    """onnxruntime-genai's own engine on the folder: greedy rows, one generator per prompt."""
     import numpy as np
     import onnxruntime_genai as og
 
     model = og.Model(path)
-    groups = [prompts] if batched else [[p] for p in prompts]
+    groups = [[p] for p in prompts]
     rows = []
     for group in groups:
         width = max(len(p) for p in group)

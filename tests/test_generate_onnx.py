@@ -55,12 +55,13 @@ def gpt2(tmp_path_factory):
     return _export("gpt2", tmp_path_factory)
 
 
-def _cut(rows, prompts, stop):
-    """Each row up to its first generated ``stop`` (kept): where the engine ends it."""
+def _cut(rows, prompts, stop, keep):
+    """Each row up to its first generated ``stop`` (kept if ``keep``): where the engine ends
+    it (onnxruntime-genai leaves the eos out of its sequence, openvino-genai keeps it)."""
     out = []
     for row, p in zip(rows, prompts, strict=True):
         hit = next((j for j in range(len(p), len(row)) if row[j] == stop), None)
-        out.append(row if hit is None else row[:hit + 1])
+        out.append(row if hit is None else row[:hit + keep])
     return out
 
 
@@ -77,19 +78,28 @@ def _same_tokens_both_ways(lm, path, fresh_process):
     assert got["format"] == "onnx" and got["endpoints"] == ["model"]
     assert not got["keras_hub_imported"]
     engine = fresh_process("fresh_generate:genai_engine", path, prompts, 7)
-    assert engine["rows"] == _cut(want, prompts, 0)  # eos 0: the model has no tokenizer
+    assert engine["rows"] == _cut(want, prompts, 0, False)  # eos 0: no tokenizer
     assert not engine["keras_imported"]
     return prompts, want
 
 
 @native
-def test_onnxruntime_genai_and_kexport_generate_keras_tokens(gpt2, fresh_process):
+def test_onnxruntime_genai_and_kexport_generate_keras_tokens(gpt2, fresh_process, tmp_path):
+    import shutil
+
     lm, path = gpt2
     prompts, want = _same_tokens_both_ways(lm, path, fresh_process)
-    # the engine's own batch (left-padded) is not Keras's: the graph reads no mask
-    batched = fresh_process("fresh_generate:genai_engine", path, prompts, 7, True)
-    assert batched["rows"] != [[0] * (9 - len(p)) + w for p, w in zip(prompts, want,
-                                                                        strict=True)]
+    # a user names the model's eos in genai_config.json: the engine stops there (and, as
+    # onnxruntime-genai does, leaves the eos out of the sequence)
+    stop = want[0][len(prompts[0]) + 2]
+    edited = tmp_path / "edited"
+    shutil.copytree(path, edited)
+    config = json.loads((edited / "genai_config.json").read_text())
+    config["model"]["eos_token_id"] = stop
+    (edited / "genai_config.json").write_text(json.dumps(config))
+    engine = fresh_process("fresh_generate:genai_engine", str(edited), prompts, 7)
+    assert engine["rows"] == _cut(want, prompts, stop, False)
+    assert engine["rows"][0] == want[0][:want[0].index(stop, len(prompts[0]))]
 
 
 @native
@@ -167,3 +177,15 @@ def test_special_ids_come_from_the_models_tokenizer():
     # keras_hub's GPT-2 tokenizer: <|endoftext|> starts and ends, its padding id is 0
     assert (tokenizer.start_token_id, tokenizer.end_token_id, tokenizer.pad_token_id) == (7, 7, 0)
     assert (config["bos_token_id"], config["eos_token_id"], config["pad_token_id"]) == (7, 7, 0)
+
+
+@rehosted
+def test_a_forward_only_model_is_refused_before_it_travels(tmp_path):
+    import keras
+
+    from kexport.errors import UnsupportedRouteError
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    with pytest.raises(UnsupportedRouteError, match="without call_with_cache"):
+        kexport.export_model(model, tmp_path / "m", format="onnx", task="generate")
+    assert not (tmp_path / "m").exists()

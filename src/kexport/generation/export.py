@@ -130,10 +130,10 @@ def run_child(path: Path, prompts: list[list[int]], max_new_tokens: int,
     return last["tokens"] if isinstance(last, dict) else last
 
 
-def _cut_at(row: list[int], start: int, stops: list[int]) -> list[int]:
-    """``row`` up to its first id of ``stops`` at or after ``start`` (kept)."""
+def _cut_at(row: list[int], start: int, stops: list[int], keep: bool) -> list[int]:
+    """``row`` up to its first id of ``stops`` at or after ``start`` (kept if ``keep``)."""
     hit = next((j for j in range(start, len(row)) if row[j] in stops), None)
-    return row if hit is None else row[:hit + 1]
+    return row if hit is None else row[:hit + int(keep)]
 
 
 def _greedy_check(model: Any, path: Path, spec: GenerativeSpec, max_new_tokens: int,
@@ -150,11 +150,12 @@ def _greedy_check(model: Any, path: Path, spec: GenerativeSpec, max_new_tokens: 
     if engine:
         stops = writer.module.stop_ids(path)
         got = run_child(path, prompts, max_new_tokens, writer.module.ENGINE_CHILD, engine)
-        cut = [_cut_at(w, len(p), stops) for p, w in zip(prompts, want, strict=True)]
+        keep = writer.module.EOS_IN_SEQUENCE  # onnxruntime-genai leaves the eos out
+        cut = [_cut_at(w, len(p), stops, keep) for p, w in zip(prompts, want, strict=True)]
         record["engine"] = _token_record(
             prompts, cut, got, format,
             f"greedy tokens of {engine}'s own engine (one prompt per generator, rows end at "
-            f"eos {stops}) in a fresh process against lm.generate()", max_new_tokens)
+            f"eos {stops}{'' if keep else ', left out'}) in a fresh process against lm.generate()", max_new_tokens)
     return record
 
 

@@ -188,6 +188,8 @@ def write(model: Any, spec: GenerativeSpec, folder: Path) -> None:
 #: onnxruntime-genai's own engine in a fresh process: argv folder, prompts (JSON),
 #: max_new_tokens; prints the greedy rows, one generator (batch 1) per prompt.
 ENGINE = "onnxruntime-genai"
+#: whether the engine's sequence ends with the eos it stopped at (measured: it does not)
+EOS_IN_SEQUENCE = False
 ENGINE_CHILD = """
 import json, sys
 import numpy as np

@@ -125,6 +125,8 @@ def write(model: Any, spec: GenerativeSpec, folder: Path) -> None:
 #: openvino-genai's own engine in a fresh process: argv folder, prompts (JSON),
 #: max_new_tokens; prints the greedy rows, one prompt per call (token ids in).
 ENGINE = "openvino-genai"
+#: whether the engine's tokens end with the eos it stopped at (measured: they do)
+EOS_IN_SEQUENCE = True
 ENGINE_CHILD = """
 import json, sys
 import numpy as np
