@@ -400,3 +400,26 @@ def test_cli_arguments_only_typed_errors(tmp_path_factory, argv):
         os.chdir(cwd)
     assert code in (0, 1, 2), (argv, code, text[-800:])
     assert "Traceback" not in text
+
+
+def test_each_argument_is_checked_once_where_the_call_enters(tmp_path):
+    """``filepath`` and ``verbose`` have one check each (``_atomic.check_filepath``,
+    ``Printer.resolve``), made by every entry with the same message; the layers
+    below only assert what the entry checked."""
+    from kexport import _atomic
+    from kexport.rehost import rehost_export
+
+    expected = r"Expected `filepath` to be a non-empty str or pathlib\.Path\. Received: 42"
+    for call in (lambda: kexport.export_model(mlp(), 42),
+                 lambda: archive_with().write_out(42),
+                 lambda: rehost_export(mlp(), 42)):
+        with pytest.raises(kexport.SignatureTypeError, match=expected):
+            call()
+    for call in (lambda: kexport.export_model(mlp(), str(tmp_path / "a"), verbose="yes"),
+                 lambda: archive_with().write_out(str(tmp_path / "b"), verbose="yes")):
+        with pytest.raises(kexport.SignatureTypeError,
+                           match=r"Expected `verbose` to be True, False or None"):
+            call()
+    with pytest.raises(AssertionError):  # a precondition below the entry, not a user error
+        _atomic.check_destination(42, False)
+    assert not list(tmp_path.iterdir())

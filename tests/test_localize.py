@@ -23,7 +23,7 @@ from conftest import native_formats
 from kexport import routing
 from kexport.check.localization import ENTERS, GROWS, first_divergence
 from kexport.check.tolerance import QUANTIZED
-from kexport.context import ExportContext
+from kexport.context import ExportContext, Printer
 from kexport.errors import ArtifactError, LocalizationError
 
 SUFFIX = {"tf_saved_model": "", "onnx": ".onnx", "litert": ".tflite", "openvino": ".xml",
@@ -84,7 +84,7 @@ def _export(model, folder, format, **options):
     # check, the ONNX acceptance): it is written as a silent fault would be,
     # through export_model's own path with a context that does not judge numbers
     routes = routing.usable(keras.backend.backend(), format, model)
-    routing.export(routes, model, path, context=ExportContext(judged=False), verbose=False,
+    routing.export(routes, model, path, context=ExportContext(judged=False, printer=Printer(on=False)),
                    **options)
     return path
 

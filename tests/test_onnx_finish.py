@@ -55,7 +55,7 @@ def test_a_failed_precondition_names_the_pass_and_those_before_it():
     assert error.pass_name == "needs_two_inputs"
     assert error.after == ["named_io", "cleared_debug_info"]
     text = str(error)
-    assert text.startswith("Step 3/4 (finish: precondition of pass 'needs_two_inputs' after "
+    assert text.startswith("Step 4/6 (finish, precondition of pass 'needs_two_inputs' after "
                            "['named_io', 'cleared_debug_info']) (route: test: route) failed: "
                            "ValueError: expected 2 graph inputs, got 1")
     # the passes before it did their work
@@ -79,7 +79,7 @@ def test_a_failed_postcondition_is_reported_as_such():
 
 
 def test_named_io_precondition_keeps_its_capture_error():
-    with pytest.raises(CaptureError, match=r"Step 3/4 \(finish, pass 'named_io'\): expected 2 "
+    with pytest.raises(CaptureError, match=r"Step 4/6 \(finish, pass 'named_io'\): expected 2 "
                                            r"graph inputs and 1 outputs. Received 1 and 1"):
         run_passes(_relu_model(), [NamedIO(["a", "b"], ["y"])], "r")
 

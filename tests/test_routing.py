@@ -11,7 +11,7 @@ import pytest
 
 import kexport
 from kexport import artifact, routing
-from kexport.context import ExportContext
+from kexport.context import ExportContext, Printer
 from kexport.errors import CaptureError, RouteRefused, UnsupportedRouteError
 from kexport.routing import table
 
@@ -20,11 +20,12 @@ pytestmark = pytest.mark.fast
 
 #: the export context every route of a cell receives, as it was built
 CONTEXT = ExportContext(overwrite=True)
+QUIET = ExportContext(overwrite=True, printer=Printer(on=False))
 
 
 def _route(name, calls, *, fails=None, kind="native", packages=("keras",), check=None):
-    def export(model, filepath, *, context, verbose=None, input_signature=None, **options):
-        assert context is CONTEXT  # passed down, not rebuilt nor read from ambient state
+    def export(model, filepath, *, context, input_signature=None, **options):
+        assert context is CONTEXT or context is QUIET  # passed down, not rebuilt nor read from ambient state
         calls.append((name, options))
         if fails is not None:
             raise fails
@@ -51,11 +52,11 @@ def test_a_refused_route_hands_over_to_the_next_and_says_so(capsys):
     calls = []
     first = _route("a", calls, fails=RouteRefused("cannot carry it"))
     second = _route("b", calls, kind="rehost")
-    routing.export([first, second], object(), "out", context=CONTEXT, verbose=None, opset_version=17)
+    routing.export([first, second], object(), "out", context=CONTEXT, opset_version=17)
     assert calls == [("a", {"opset_version": 17}), ("b", {"opset_version": 17})]
     assert "kexport: trying the next route: route b" in capsys.readouterr().out
     calls.clear()
-    routing.export([first, second], object(), "out", context=CONTEXT, verbose=False)
+    routing.export([first, second], object(), "out", context=QUIET)
     assert capsys.readouterr().out == ""
 
 
@@ -63,13 +64,13 @@ def test_the_last_refusal_and_any_other_error_propagate():
     calls = []
     refused = _route("a", calls, fails=RouteRefused("no"))
     with pytest.raises(RouteRefused, match="no"):
-        routing.export([refused], object(), "out", context=CONTEXT, verbose=False)
+        routing.export([refused], object(), "out", context=QUIET)
     assert issubclass(RouteRefused, CaptureError)
     broken = _route("b", calls, fails=ValueError("a real bug"))
     never = _route("c", calls)
     calls.clear()
     with pytest.raises(ValueError, match="a real bug"):
-        routing.export([broken, never], object(), "out", context=CONTEXT, verbose=False)
+        routing.export([broken, never], object(), "out", context=QUIET)
     assert [c for c, _ in calls] == ["b"]
 
 
@@ -105,3 +106,40 @@ def test_archive_hosts_never_point_at_themselves_and_need_no_second_hop():
             assert host != b and (host is None or routing.archive_host(host, fmt) is None)
     assert routing.capture_host("torch") == "tensorflow"
     assert routing.capture_host(keras.backend.backend()) in (None, "tensorflow")
+
+
+def test_step_labels_come_from_the_pipeline_and_output_from_the_printer(capsys):
+    from kexport.context import PIPELINE, step_label
+
+    assert PIPELINE == ("plan", "capture", "convert", "finish", "check", "place")
+    assert step_label("capture", "jax backend") == "Step 2/6 (capture, jax backend)"
+    assert step_label("place") == "Step 6/6 (place)"
+    with pytest.raises(ValueError):
+        step_label("write")  # not a step of the pipeline: no label typed by hand
+    assert Printer.resolve(None).on and Printer.resolve(True).on
+    assert not Printer.resolve(False).on and Printer(on=False).say is None
+    Printer(on=False)("hidden")
+    Printer.resolve(None)("shown")
+    assert capsys.readouterr().out == "shown\n"
+
+
+def test_a_route_gives_an_outcome_and_every_refusal_is_named():
+    """A route's refusal is its result (the reason, as its typed error); when every
+    route of the cell refused, the last one's error is raised, its type kept and
+    every earlier reason in its message."""
+    from kexport.errors import DynamicAxisError
+
+    calls = []
+    served = _route("a", calls)
+    outcome = served.run(object(), "out", context=QUIET, opset_version=17)
+    assert outcome.ok and outcome.by is served and outcome.refused is None
+    first = _route("a", calls, fails=RouteRefused("no names for the layers\nmore detail"))
+    second = _route("b", calls, kind="rehost",
+                    fails=DynamicAxisError("axis 0 was fixed", axes=[("x", 0)]))
+    outcome = first.run(object(), "out", context=QUIET)
+    assert not outcome.ok and outcome.reason == "no names for the layers"
+    with pytest.raises(DynamicAxisError,
+                       match=r"^axis 0 was fixed\nRefused before it: native \(route a\): "
+                             r"no names for the layers$") as info:
+        routing.export([first, second], object(), "out", context=QUIET)
+    assert info.value.axes == [("x", 0)]

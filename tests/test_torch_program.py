@@ -78,7 +78,7 @@ def test_rehosted_onto_torch_from_other_backends(tmp_path, fresh_process):
 def test_writer_called_directly_refuses_tf_functions_with_next_step(tmp_path):
     """write_out(format="torch") re-hosts such archives (tests/test_archive_rehost.py);
     the writer itself only reads PyTorch code."""
-    from kexport.context import ExportContext
+    from kexport.context import ExportContext, Printer
     from kexport.formats import torch_program
 
     model, _ = build("mlp")
@@ -89,8 +89,8 @@ def test_writer_called_directly_refuses_tf_functions_with_next_step(tmp_path):
     with pytest.raises(UnsupportedRouteError,
                        match=r"Expected an archive built with KERAS_BACKEND=torch\. Next step: "
                              r"call archive\.write_out\(path, format='torch'\), which re-hosts"):
-        torch_program.write_archive(archive, tmp_path / "a.pt2", verbose=False,
-                                    context=ExportContext())
+        torch_program.write_archive(archive, tmp_path / "a.pt2",
+                                    context=ExportContext(printer=Printer(on=False)))
     assert not (tmp_path / "a.pt2").exists()
 
 

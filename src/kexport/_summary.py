@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from kexport.artifact import artifact_files
@@ -33,8 +33,10 @@ def _shape(shape: Sequence[int | None]) -> str:
 
 
 def print_summary(format: str, endpoints: Sequence[Any], filepath: str | os.PathLike[str],
-                  default: str | None = None) -> None:
-    """Print endpoints with their inputs/outputs, and the artifact written.
+                  default: str | None = None,
+                  say: Callable[[str], None] = print) -> None:
+    """Print endpoints with their inputs/outputs, and the artifact written, with
+    ``say`` (an export's :class:`~kexport.context.Printer`).
 
     The path is printed as the caller gave it, never resolved, so logs hold
     no more of the local filesystem than the caller chose to pass.
@@ -48,4 +50,4 @@ def print_summary(format: str, endpoints: Sequence[Any], filepath: str | os.Path
             lines.append(f"    input  {name}: {spec.dtype}{_shape(spec.shape)}")
         for spec in e.output_specs:
             lines.append(f"    output {spec.name}: {spec.dtype}{_shape(spec.shape)}")
-    print("\n".join(lines))
+    say("\n".join(lines))

@@ -12,8 +12,8 @@ from kexport.artifact.exclusion import check_exclude, resolve_layers
 from kexport.artifact.quantization import check_quantization, keras_quantized, supported_modes
 from kexport.check.policy import policy_for
 from kexport.check.tolerance import KERAS_QUANTIZED_REORDERED
-from kexport.context import ExportContext
-from kexport.errors import SignatureError, SignatureTypeError, describe
+from kexport.context import ExportContext, Printer
+from kexport.errors import SignatureTypeError, describe
 from kexport.rehost.generative import export_task
 from kexport.signature import normalize_for_model
 from kexport.staged import staged_check
@@ -23,23 +23,14 @@ __all__ = ["export_litert", "export_model", "export_onnx", "export_openvino", "e
            "export_torch"]
 
 
-def _check_common(model: Any, filepath: Any, verbose: Any) -> None:
+def _check_common(model: Any, filepath: Any) -> None:
     import keras
 
     if not isinstance(model, keras.layers.Layer):
         raise SignatureTypeError(
             f"Expected `model` to be a Keras model or layer. Received: {describe(model)}"
         )
-    if not isinstance(filepath, (str, os.PathLike)) or not os.fspath(filepath):
-        wrong_type = not isinstance(filepath, (str, os.PathLike))
-        raise (SignatureTypeError if wrong_type else SignatureError)(
-            f"Expected `filepath` to be a non-empty str or pathlib.Path. "
-            f"Received: {describe(filepath)}"
-        )
-    if verbose is not None and not isinstance(verbose, bool):
-        raise SignatureTypeError(
-            f"Expected `verbose` to be True, False or None. Received: {describe(verbose)}"
-        )
+    _atomic.check_filepath(filepath)
 
 
 def export_model(model: Any, filepath: str | os.PathLike[str], format: str = "tf_saved_model",
@@ -121,7 +112,8 @@ def export_model(model: Any, filepath: str | os.PathLike[str], format: str = "tf
     """
     import keras
 
-    _check_common(model, filepath, verbose)
+    _check_common(model, filepath)
+    printer = Printer.resolve(verbose)  # the one check of `verbose`
     verify_options = _verify_options(verify)
     if kwargs.get("task") is not None:  # prefill/decode with a cache: docs/generation.md
         export_task(model, filepath, format, verbose=verbose, overwrite=overwrite, **kwargs)
@@ -142,9 +134,9 @@ def export_model(model: Any, filepath: str | os.PathLike[str], format: str = "tf
         verify_options = {"atol": atol, "rtol": rtol, **verify_options}
     check = None if verify is False else staged_check(model, filepath, verify_options, policy,
                                                       calibration)
-    context = ExportContext(overwrite=overwrite, samples=policy, check=check)
-    routing.export(candidates, model, filepath, context=context, verbose=verbose,
-                   input_signature=input_signature, **kwargs)
+    context = ExportContext(overwrite=overwrite, samples=policy, check=check,
+                            printer=printer)
+    routing.export(candidates, model, filepath, context=context, input_signature=input_signature, **kwargs)
     if verify is True or (isinstance(verify, dict) and verify.get("fresh_process", True)):
         _verify_export(model, filepath, verify_options, context, calibration)
 

@@ -3,7 +3,10 @@ enters kexport (``export_model``, ``ExportArchive.write_out``, the localiser, a 
 child) and passed down, explicitly, to every step that needs it.
 
 It replaces the context variables that used to carry these options across four or
-five layers (docs/architecture.md, "The export context").
+five layers (docs/architecture.md, "The export context"). It also holds the
+export's :class:`Printer` (``verbose``, resolved once where the call enters) and
+the pipeline's steps (:data:`PIPELINE`), from which every step label of a
+message is computed (:func:`step_label`).
 """
 
 from __future__ import annotations
@@ -13,10 +16,62 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kexport.errors import SignatureTypeError, describe
+
 if TYPE_CHECKING:
     from kexport.check.samples import SamplePolicy
 
-__all__ = ["ExportContext"]
+__all__ = ["PIPELINE", "ExportContext", "Printer", "step_label"]
+
+#: The steps of every export, in the order they run (docs/architecture.md): the
+#: signature, symbols and options are planned once; each endpoint is captured
+#: on its backend; the format's converter turns it into the artifact's form
+#: (its strategies tried in order); the format's finishing passes run (ONNX:
+#: onnx-ir passes, quantization); the staged artifact is checked with its
+#: runtime against the live model; it is placed atomically.
+PIPELINE: tuple[str, ...] = ("plan", "capture", "convert", "finish", "check", "place")
+
+
+def step_label(step: str, detail: str = "") -> str:
+    """``"Step 2/6 (capture, detail)"``: the label a message gives ``step`` of
+    :data:`PIPELINE`, its number computed from the pipeline, never typed."""
+    number = PIPELINE.index(step) + 1
+    return f"Step {number}/{len(PIPELINE)} ({step}{', ' + detail if detail else ''})"
+
+
+@dataclass(frozen=True)
+class Printer:
+    """Where an export's verbose output goes: ``verbose`` resolved once, where the
+    user's call enters (``None`` and ``True``: printed; ``False``: nothing).
+
+    Every line kexport prints while exporting (the summary, a route handing
+    over to the next, a converter's graph not used) goes through it.
+    """
+
+    on: bool = True
+
+    @classmethod
+    def resolve(cls, verbose: Any) -> Printer:
+        """The printer of a call's ``verbose``: the one check of that argument.
+
+        Raises:
+            SignatureTypeError: ``verbose`` is not ``True``, ``False`` or ``None``.
+        """
+        if verbose is not None and not isinstance(verbose, bool):
+            raise SignatureTypeError(
+                f"Expected `verbose` to be True, False or None. Received: {describe(verbose)}")
+        return cls(on=verbose is None or verbose)
+
+    def __call__(self, text: str) -> None:
+        """Print ``text`` when verbose."""
+        if self.on:
+            print(text, flush=True)
+
+    @property
+    def say(self) -> Callable[[str], None] | None:
+        """This printer, or ``None`` when quiet (for helpers that take ``say=``)."""
+        return self if self.on else None
+
 
 
 @dataclass(frozen=True)
@@ -44,6 +99,8 @@ class ExportContext:
             writer then places nothing). Built by the face that knows the
             model (``export_model``); ``None``: unchecked (``verify=False``,
             a re-host child, whose parent checks, a localiser probe).
+        printer: where verbose output goes (:class:`Printer`, from the
+            call's ``verbose``).
     """
 
     overwrite: bool = False
@@ -51,6 +108,7 @@ class ExportContext:
     judged: bool = True
     source_backend: str | None = None
     check: Callable[[Path], None] | None = field(default=None, compare=False, repr=False)
+    printer: Printer = field(default_factory=Printer)
 
     def check_staged(self, path: str | Path) -> None:
         """Check the complete artifact staged at ``path`` before it is placed (see

@@ -36,7 +36,7 @@ from kexport.check.probe import plan_of
 from kexport.check.samples import sample_inputs
 from kexport.check.tolerance import quantization_mode
 from kexport.check.worker import Worker
-from kexport.context import ExportContext
+from kexport.context import ExportContext, Printer
 from kexport.errors import (
     ArtifactError,
     LocalizationError,
@@ -216,10 +216,9 @@ def localize(model: Any, artifact_path: str | os.PathLike[str], data: Any | None
     with tempfile.TemporaryDirectory(prefix="kexport-localize-") as tmp:
         target = os.path.join(tmp, "probe" + _suffix(artifact_path))
         # written as the faulty artifact was: the route's own checks do not refuse it
-        context = ExportContext(overwrite=True, judged=False,
+        context = ExportContext(overwrite=True, judged=False, printer=Printer(on=False),
                                 samples=policy_for(probe, probe_signature, probe_data))
-        routing.export(routes, probe, target, context=context, verbose=False,
-                       input_signature=probe_signature, **export_options)
+        routing.export(routes, probe, target, context=context, input_signature=probe_signature, **export_options)
         report = verify(probe, target, store=False, seed=seed, timeout=timeout,
                         data=probe_data, scores=[])
     if report.error is not None:

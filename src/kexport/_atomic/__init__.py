@@ -50,6 +50,7 @@ from kexport._atomic._destination import (
     _not_a_folder,
     _remove_created,
     check_destination,
+    check_filepath,
     check_parent,
     check_target,
 )
@@ -60,6 +61,7 @@ __all__ = [
     "FAULT_POINTS",
     "atomic_target",
     "check_destination",
+    "check_filepath",
     "check_parent",
     "check_target",
     "recover",

@@ -21,7 +21,19 @@ from kexport.errors import (
     describe,
 )
 
-__all__ = ["check_destination", "check_parent", "check_target"]
+__all__ = ["check_destination", "check_filepath", "check_parent", "check_target"]
+
+
+def check_filepath(filepath: Any) -> None:
+    """Refuse a ``filepath`` that is not a non-empty ``str`` or ``os.PathLike``: the one
+    check of that argument, where a user's call enters (``export_model``,
+    ``ExportArchive.write_out``, ``rehost_export``); the layers below assert it."""
+    if not isinstance(filepath, (str, os.PathLike)) or not os.fspath(filepath):
+        raise (SignatureError if isinstance(filepath, (str, os.PathLike))
+               else SignatureTypeError)(
+            f"Expected `filepath` to be a non-empty str or pathlib.Path. "
+            f"Received: {describe(filepath)}"
+        )
 
 
 def check_target(filepath: str | os.PathLike[str], *, overwrite: bool = False) -> None:
@@ -134,14 +146,10 @@ def _remove_created(created: list[Path]) -> None:
 
 
 def check_destination(filepath: str | os.PathLike[str], overwrite: Any) -> None:
-    """Refuse bad ``filepath``/``overwrite`` values and, early, targets holding other data
-    or a folder that cannot hold them (missing folders are created at the write)."""
-    if not isinstance(filepath, (str, os.PathLike)) or not os.fspath(filepath):
-        raise (SignatureError if isinstance(filepath, (str, os.PathLike))
-               else SignatureTypeError)(
-            f"Expected `filepath` to be a non-empty str or pathlib.Path. "
-            f"Received: {describe(filepath)}"
-        )
+    """Refuse a bad ``overwrite`` value and, early, targets holding other data or a
+    folder that cannot hold them (missing folders are created at the write).
+    ``filepath`` was checked by :func:`check_filepath` where the call entered."""
+    assert isinstance(filepath, (str, os.PathLike)) and os.fspath(filepath), filepath
     if not isinstance(overwrite, bool):
         raise SignatureTypeError(
             f"Expected `overwrite` to be True or False. Received: {describe(overwrite)}"

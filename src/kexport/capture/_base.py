@@ -21,6 +21,7 @@ from kexport.capture._naming import _check_positional, output_names
 from kexport.capture._tf_function import _np_dtype, _to_plain, _traced_tf_function
 from kexport.capture.endpoint import recipe_or_reason
 from kexport.capture.precision import at_boundary, mixed_compute_dtype
+from kexport.context import step_label
 from kexport.errors import CaptureError, CaptureValueError, SignatureError, SignatureTypeError
 from kexport.signature import Spec, flat_names, flatten_with_paths
 
@@ -217,7 +218,7 @@ class Capture:
             concrete = function.get_concrete_function()
         except Exception as e:
             raise CaptureError(
-                f"Step 2/3 (capture, {self.backend} backend): tracing endpoint "
+                f"{step_label('capture', f'{self.backend} backend')}: tracing endpoint "
                 f"'{name}' failed: {type(e).__name__}: {e}"
             ) from e
         for v in concrete.variables:

@@ -22,6 +22,7 @@ from kexport.capture._jax_shapes import fit_polymorphic_shapes
 from kexport.capture._layers import lookup_layers
 from kexport.capture._naming import named_like
 from kexport.capture._tf_function import tf_specs
+from kexport.context import step_label
 from kexport.errors import CaptureError, SignatureError, SignatureTypeError
 from kexport.signature import Spec, flat_names, flatten, map_structure
 
@@ -298,7 +299,7 @@ class JaxCapture(Capture):
         for layer in self._tracked_layers:
             problem = native_problem(layer)
             if problem:
-                raise CaptureError(f"Step 2/3 (capture, jax backend), endpoint '{name}': "
+                raise CaptureError(f"{step_label('capture', 'jax backend')}, endpoint '{name}': "
                                    f"{problem}.")
         if not self._tracked_layers:
             raise CaptureError(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from kexport.context import step_label
 from kexport.errors import CaptureError
 from kexport.signature import flatten
 
@@ -30,7 +31,7 @@ def named(model: Any, endpoint: TracedEndpoint) -> Any:
     ports = list(model.inputs)
     if len(ports) != len(names):
         raise CaptureError(
-            f"Step 3/3 (write, openvino): endpoint '{endpoint.name}' converted with "
+            f"{step_label('convert', 'openvino')}: endpoint '{endpoint.name}' converted with "
             f"{len(ports)} inputs. Expected {len(names)}: {names}."
         )
     prefix = f"{endpoint.name}_"  # LiteRT tensors are named "<signature>_<input>:0"

@@ -44,6 +44,7 @@ import logging
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+from kexport.context import step_label
 from kexport.errors import KexportError, QuantizationError, WriteError
 
 __all__ = ["quantize_ir", "toolchain"]
@@ -129,6 +130,6 @@ def quantize_ir(model: Any, mode: str, calibration: Sequence[Mapping[str, Any]] 
     except Exception as e:
         first = str(e).strip().splitlines()[0][:400] if str(e).strip() else ""
         raise WriteError(
-            f"Step 3/3 (quantize: {mode}, nncf) of endpoint '{endpoint}' failed: "
+            f"{step_label('finish', f'quantize: {mode}, nncf')} of endpoint '{endpoint}' failed: "
             f"{type(e).__name__}: {first}. Next step: try another quantization mode, or "
             "export without quantization.") from e

@@ -67,17 +67,17 @@ class EndpointArchive(Protocol):
 
 
 class ArchiveWriter(Protocol):
-    """``write_archive(archive, filepath, options=None, verbose=True, *, context,
-    **format_options)``.
+    """``write_archive(archive, filepath, options=None, *, context, **format_options)``.
 
-    Writes atomically (``kexport._atomic``, with ``overwrite=context.overwrite``)
-    and records ``context.recorded()`` in its manifest; the other keyword-only
+    Writes atomically (``kexport._atomic``, with ``overwrite=context.overwrite``),
+    records ``context.recorded()`` in its manifest and prints its summary with
+    ``context.printer`` (``verbose`` was resolved where the call entered); the other keyword-only
     parameters are the format's options (``ExportArchive.write_out(..., format=F,
     **options)``).
     """
 
     def __call__(self, archive: EndpointArchive, filepath: str | os.PathLike[str],
-                 options: Any | None = None, verbose: bool = True, *,
+                 options: Any | None = None, *,
                  context: ExportContext, **format_options: Any) -> None:
         """Write ``archive`` to ``filepath``."""
         ...

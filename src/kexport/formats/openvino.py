@@ -69,7 +69,7 @@ from kexport.check.calibration import (
     calibration_by_endpoint,
     calibration_rows,
 )
-from kexport.context import ExportContext
+from kexport.context import ExportContext, step_label
 from kexport.errors import (
     CaptureError,
     KexportError,
@@ -121,7 +121,7 @@ def _from_tensorflow(endpoint: TracedEndpoint, archive: EndpointArchive) -> _Con
     concrete = litert._signature_function(endpoint, endpoint.function).get_concrete_function()
     if _uses_xla_call_module(concrete):
         raise UnsupportedRouteError(
-            f"Step 3/3 (write, openvino): endpoint '{endpoint.name}' is StableHLO wrapped "
+            f"{step_label('convert', 'openvino')}: endpoint '{endpoint.name}' is StableHLO wrapped "
             "in XlaCallModule (JAX backend), which OpenVINO cannot read (neither directly "
             "nor through LiteRT). Expected a TensorFlow or PyTorch capture. Next step: "
             "archive.write_out(path, format='openvino') and export_model(model, path, "
@@ -218,7 +218,7 @@ def _convert(endpoint: TracedEndpoint, archive: EndpointArchive) -> _Converted:
         raise
     except Exception as e:  # every conversion failure becomes a typed error
         raise CaptureError(
-            f"Step 3/3 (write, openvino): converting endpoint '{endpoint.name}' with "
+            f"{step_label('convert', 'openvino')}: converting endpoint '{endpoint.name}' with "
             f"openvino.convert_model failed: {type(e).__name__}: "
             f"{str(e).strip().splitlines()[0][:400] if str(e).strip() else ''}"
         ) from e
@@ -243,7 +243,7 @@ def _save(model: Any, xml: Path, manifest: Manifest, float16: bool = False) -> N
 
 
 def write_archive(archive: EndpointArchive, filepath: str | os.PathLike[str],
-                  options: Any | None = None, verbose: bool = True, *,
+                  options: Any | None = None, *,
                   quantization: str | None = None, calibration_data: Any | None = None,
                   quantization_exclude: list[str] | None = None,
                   context: ExportContext) -> None:
@@ -253,7 +253,6 @@ def write_archive(archive: EndpointArchive, filepath: str | os.PathLike[str],
         archive: the endpoints to write.
         filepath: ``name.xml`` (one endpoint; ``name.bin`` goes beside it) or a folder.
         options: unused; must be ``None``.
-        verbose: print a summary.
         quantization: ``None``, ``"float16"``, ``"dynamic_int8"`` or ``"int8"``:
             every endpoint's IR is quantized (see
             :mod:`kexport.formats._openvino_quantize`) and the manifest records
@@ -323,7 +322,7 @@ def write_archive(archive: EndpointArchive, filepath: str | os.PathLike[str],
             for name, model in models.items():
                 _save(model, build / f"{name}.xml", manifest, float16=mode == "float16")
         except Exception as e:
-            raise WriteError(f"Step 3/3 (write, openvino): saving the IR failed: {e}") from e
+            raise WriteError(f"{step_label('place', 'openvino')}: saving the IR failed: {e}") from e
         if single:
             (name,) = models
             xml = build / f"{name}.xml"
@@ -346,8 +345,9 @@ def write_archive(archive: EndpointArchive, filepath: str | os.PathLike[str],
             with atomic_target(target, is_dir=True, overwrite=context.overwrite) as t:
                 for f in build.iterdir():
                     shutil.copyfile(f, t / f.name)
-    if verbose:
-        _summary.print_summary("openvino", archive.endpoints, filepath)
+    if context.printer.on:
+        _summary.print_summary("openvino", archive.endpoints, filepath,
+                               say=context.printer)
 
 
 def single_model_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from kexport import _summary
 from kexport._atomic import atomic_target
 from kexport.artifact import SAVED_MODEL_MANIFEST, SERVING_DEFAULT, Manifest
-from kexport.context import ExportContext
+from kexport.context import ExportContext, step_label
 from kexport.errors import CaptureError, KexportError, SignatureTypeError, WriteError
 from kexport.signature import flatten, pack_as
 
@@ -113,7 +113,7 @@ def metadata(archive: EndpointArchive, context: ExportContext) -> Manifest:
 
 
 def write_archive(archive: EndpointArchive, filepath: str | os.PathLike[str],
-                  options: Any | None = None, verbose: bool = True, *,
+                  options: Any | None = None, *,
                   context: ExportContext) -> None:
     """Write ``archive`` as a SavedModel at ``filepath`` (atomically)."""
     import tensorflow as tf
@@ -155,15 +155,15 @@ def write_archive(archive: EndpointArchive, filepath: str | os.PathLike[str],
         except Exception as e:
             if "untracked" in str(e).lower():
                 raise CaptureError(
-                    f"Step 3/3 (write, tf_saved_model): an endpoint uses a "
+                    f"{step_label('convert', 'tf_saved_model')}: an endpoint uses a "
                     f"TensorFlow resource that is not tracked: {e}. Next step: "
                     "call archive.track(resource) for it."
                 ) from e
-            raise WriteError(f"Step 3/3 (write, tf_saved_model) failed: {e}") from e
+            raise WriteError(f"{step_label('convert', 'tf_saved_model')} failed: {e}") from e
         meta_path = tmp / SAVED_MODEL_MANIFEST
         meta_path.parent.mkdir(parents=True, exist_ok=True)
         meta_path.write_text(metadata(archive, context).dumps())
         context.check_staged(tmp)  # before it is placed: a failed check places nothing
-    if verbose:
-        _summary.print_summary("tf_saved_model", archive.endpoints, filepath,
+    if context.printer.on:
+        _summary.print_summary("tf_saved_model", archive.endpoints, filepath, say=context.printer,
                                default=first if first != SERVING_DEFAULT else None)

@@ -45,8 +45,7 @@ def _collection_refs(name: str, variables: list[Any], models: list[Any],
 
 def write_archive_rehosted(archive: Any, filepath: str | os.PathLike[str], *,
                            format: str, host: str, context: ExportContext,
-                           options: Any | None = None,
-                           verbose: bool = True, atol: float = DEFAULT_ATOL,
+                           options: Any | None = None, atol: float = DEFAULT_ATOL,
                            rtol: float = DEFAULT_RTOL, **format_options: Any
                            ) -> VerificationReport:
     """Write ``archive`` in ``format`` by re-hosting it onto the ``host`` backend.
@@ -64,9 +63,9 @@ def write_archive_rehosted(archive: Any, filepath: str | os.PathLike[str], *,
         filepath: where the artifact goes.
         format: the artifact format.
         host: the backend that writes it (not the current one).
-        context: the export's context (overwrite, the sample policy of its checks).
+        context: the export's context (overwrite, the sample policy of its checks,
+            the printer that says what was re-hosted and written).
         options: must be ``None`` (it cannot travel to the child).
-        verbose: print what was re-hosted and written.
         atol: absolute tolerance of the comparison with the live endpoints.
         rtol: relative tolerance of that comparison.
         **format_options: the format writer's options (``write_out``'s),
@@ -126,7 +125,7 @@ def write_archive_rehosted(archive: Any, filepath: str | os.PathLike[str], *,
     kwargs, carried, calibration, given = _archive_options(recipes, format_options)
     extra = {"mode": "archive", "collections": collections, "tracked": len(models),
              "kwargs": kwargs, "calibration": calibration}
-    return rehost(models, recipes, filepath, format, host, bool(verbose), extra, atol, rtol,
+    return rehost(models, recipes, filepath, format, host, extra, atol, rtol,
                   given or None, format_options.get("quantization"), carried, context=context)
 
 

@@ -14,6 +14,7 @@ from typing import Any
 from kexport.capture._base import Capture, TracedEndpoint, _check_positional, output_names
 from kexport.capture.endpoint import describe_endpoint, is_layer
 from kexport.check.live import flat_numpy
+from kexport.context import step_label
 from kexport.errors import (
     CaptureError,
     CaptureValueError,
@@ -133,7 +134,7 @@ class RehostCapture(Capture):
                     outputs = fn(*args)
             except Exception as e:
                 raise CaptureError(
-                    f"Step 2/3 (capture, {self.backend} backend): calling endpoint "
+                    f"{step_label('capture', f'{self.backend} backend')}: calling endpoint "
                     f"'{name}' on sample inputs failed: {type(e).__name__}: {e}"
                 ) from e
         self._described[name] = (recipe, fn)

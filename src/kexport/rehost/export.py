@@ -14,13 +14,14 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from kexport._atomic import check_filepath
 from kexport._dims import plan_signature
 from kexport._inference import infer, inference_fn
 from kexport.artifact import DEFAULT_ENDPOINT
 from kexport.capture.endpoint import EndpointRecipe, is_layer
 from kexport.check.report import VerificationReport
 from kexport.check.tolerance import FLOAT32
-from kexport.context import ExportContext
+from kexport.context import ExportContext, Printer
 from kexport.errors import SignatureError, SignatureTypeError, VerificationError, describe
 from kexport.rehost.cases import LiveCase, live_cases, report_on
 from kexport.rehost.diagnosis import diagnosis
@@ -34,15 +35,6 @@ from kexport.signature import normalize_for_model
 __all__ = ["DEFAULT_ATOL", "DEFAULT_RTOL", "json_kwargs", "rehost", "rehost_export"]
 
 DEFAULT_ATOL, DEFAULT_RTOL = FLOAT32  # the check's float32 row (kexport.check.tolerance)
-
-
-def _checked_path(filepath: Any) -> Path:
-    if not isinstance(filepath, (str, os.PathLike)) or not os.fspath(filepath):
-        raise (SignatureError if isinstance(filepath, (str, os.PathLike))
-               else SignatureTypeError)(
-            f"Expected `filepath` to be a non-empty str or pathlib.Path. "
-            f"Received: {describe(filepath)}")
-    return Path(os.fspath(filepath))
 
 
 def _policy_fields(work: Path, context: ExportContext) -> dict[str, Any]:
@@ -90,7 +82,7 @@ def _first_failing(cases: Mapping[str, list[LiveCase]], report: VerificationRepo
 
 
 def rehost(models: list[Any], recipes: list[tuple[EndpointRecipe, Callable[..., Any]]],
-           filepath: str | os.PathLike[str], format: str, host: str, verbose: bool,
+           filepath: str | os.PathLike[str], format: str, host: str,
            fields: Mapping[str, Any], atol: float, rtol: float,
            given: list[list[Any]] | Mapping[str, list[list[Any]]] | None = None,
            quantized: str | None = None, carried: Mapping[str, Any] | None = None,
@@ -105,7 +97,8 @@ def rehost(models: list[Any], recipes: list[tuple[EndpointRecipe, Callable[..., 
     import numpy as np
 
     backend = keras.backend.backend()
-    target = _checked_path(filepath)
+    assert isinstance(filepath, (str, os.PathLike)), filepath  # checked where the call entered
+    target = Path(os.fspath(filepath))
     check_rehostable(models, host)
     with tempfile.TemporaryDirectory(prefix="kexport-rehost-") as tmpdir:
         work = Path(tmpdir)
@@ -118,7 +111,7 @@ def rehost(models: list[Any], recipes: list[tuple[EndpointRecipe, Callable[..., 
         (work / "out").mkdir()
         out = work / "out" / (target.name or "artifact")
         job = Job(format=format, host=host, source_backend=backend, models=tuple(files),
-                  imports=tuple(modules), output=str(out), verbose=bool(verbose),
+                  imports=tuple(modules), output=str(out), verbose=context.printer.on,
                   endpoints=tuple(r for r, _ in recipes),
                   cases={n: tuple(CaseRef(e.key, e.inputs) for e in es)
                          for n, es in cases.items()},
@@ -132,12 +125,11 @@ def rehost(models: list[Any], recipes: list[tuple[EndpointRecipe, Callable[..., 
                 _refusal(report, job) + diagnosis(models, recipes, _first_failing(
                     cases, report), job, work, atol, rtol), report=report)
         place(out, filepath, overwrite=context.overwrite)
-        if verbose:
-            text = result.get("stdout", "").replace(str(out), os.fspath(filepath))
-            print(f"kexport: re-hosted from the {backend} backend onto {host}; "
-                  f"verified {sum(len(es) for es in cases.values())} sample batches")
-            if text.strip():
-                print(text.rstrip())
+        text = result.get("stdout", "").replace(str(out), os.fspath(filepath))
+        context.printer(f"kexport: re-hosted from the {backend} backend onto {host}; "
+                        f"verified {sum(len(es) for es in cases.values())} sample batches")
+        if text.strip():
+            context.printer(text.rstrip())
     return report
 
 
@@ -182,7 +174,9 @@ def rehost_export(model: Any, filepath: str | os.PathLike[str],
         target_backend: the Keras backend that writes the artifact.
         input_signature: as for :func:`kexport.export_model`; computed from
             the model when omitted (dynamic batch).
-        verbose: print a summary of what was written (default ``True``).
+        verbose: print a summary of what was written (default ``True``);
+            ignored when ``context`` is given (its printer says it, and the
+            arguments were checked where that context was built).
         atol: absolute tolerance of the comparison with the live model.
         rtol: relative tolerance of that comparison.
         sample_inputs: inputs to compare on instead of random ones: one flat
@@ -191,8 +185,9 @@ def rehost_export(model: Any, filepath: str | os.PathLike[str],
             float outputs are then judged by that mode's thresholds
             (:data:`kexport.check.tolerance.QUANTIZED`) instead of ``atol``/``rtol``.
         context: the export's :class:`~kexport.context.ExportContext`
-            (``overwrite``, the sample policy its checks draw under); by
-            default a new export that replaces only kexport artifacts.
+            (``overwrite``, the sample policy its checks draw under, its
+            printer); by default a new export that replaces only kexport
+            artifacts, printing as ``verbose`` says.
         **kwargs: passed to the child's ``export_model`` (JSON-able values
             only, e.g. ``opset_version=17``).
 
@@ -216,20 +211,19 @@ def rehost_export(model: Any, filepath: str | os.PathLike[str],
     rehost_export(model, "out_dir", format="tf_saved_model")
     ```
     """
-    if not is_layer(model):
-        raise SignatureTypeError(
-            f"Expected `model` to be a Keras model or layer. Received: {describe(model)}")
-    if verbose is not None and not isinstance(verbose, bool):
-        raise SignatureTypeError(
-            f"Expected `verbose` to be True, False or None. Received: {describe(verbose)}")
+    if context is None:  # called directly: this is where the call enters, and is checked
+        if not is_layer(model):
+            raise SignatureTypeError(
+                f"Expected `model` to be a Keras model or layer. Received: {describe(model)}")
+        check_filepath(filepath)
+        context = ExportContext(printer=Printer.resolve(verbose))
     signature = plan_signature(inference_fn(model), normalize_for_model(model, input_signature),
-                               say=print if verbose is None or verbose else None)
+                               say=context.printer.say)
     recipe = EndpointRecipe(DEFAULT_ENDPOINT, 0, "__call__", {"training": False}, signature)
 
     def live(*args: Any) -> Any:
         return infer(model, *args)
 
     return rehost([model], [(recipe, live)], filepath, format, target_backend,
-                  True if verbose is None else verbose,
                   {"mode": "model", "kwargs": json_kwargs(dict(kwargs))}, atol, rtol,
-                  sample_inputs, quantized, context=context or ExportContext())
+                  sample_inputs, quantized, context=context)

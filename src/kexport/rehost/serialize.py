@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from kexport.context import step_label
 from kexport.errors import UnsupportedRouteError
 from kexport.rehost.eligibility import config_json
 from kexport.rehost.pairing import variable_paths
@@ -45,7 +46,7 @@ def serialize(models: list[Any], host: str, work: Path) -> tuple[list[str], list
             blob, why_not_value = None, str(e)
         if text is None and blob is None:
             raise UnsupportedRouteError(
-                f"Step 1/3 (re-host onto {host}: describe the model) failed for "
+                f"{step_label('capture', f're-host onto {host}: describe the model')} failed for "
                 f"'{m.name}': its config cannot travel ({why_not_config}) and neither can "
                 f"the model by value: {why_not_value}")
         if text is not None:

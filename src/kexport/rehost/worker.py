@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from kexport.check.worker import Worker
+from kexport.context import step_label
 from kexport.errors import (
     CaptureError,
     KexportError,
@@ -83,7 +84,7 @@ def _call(worker: Worker, host: str, work: Path, timeout: float) -> None:
     except TimeoutError as e:
         worker.close(wait=10)
         raise CaptureError(
-            f"Step 2/3 (re-host onto {host}): the child process did not finish "
+            f"{step_label('convert', f're-host onto {host}')}: the child process did not finish "
             f"in {timeout:g} s; it was stopped (the next re-host starts a new one)."
         ) from e
     if reply is None:
@@ -91,7 +92,7 @@ def _call(worker: Worker, host: str, work: Path, timeout: float) -> None:
         tail = worker.log_tail(1500)
         worker.close(wait=10)
         raise CaptureError(
-            f"Step 2/3 (re-host onto {host}): the child process exited with "
+            f"{step_label('convert', f're-host onto {host}')}: the child process exited with "
             f"code {code} without a result. Its last output:\n{tail}"
         )
 
@@ -129,7 +130,7 @@ def run_child(job: Job, work: Path) -> dict[str, Any]:
     result_file = work / "result.json"
     if not result_file.exists():
         raise CaptureError(
-            f"Step 2/3 (re-host onto {host}): the child process wrote no result."
+            f"{step_label('convert', f're-host onto {host}')}: the child process wrote no result."
         )
     result = json.loads(result_file.read_text())
     if result.get("ok"):
@@ -139,9 +140,9 @@ def run_child(job: Job, work: Path) -> dict[str, Any]:
         # state the rebuilt model cannot carry (a variable or a layer's array without a
         # counterpart): refused, so that a further route of the cell can run
         raise (RouteRefused if kind == "RouteRefused" else UnsupportedRouteError)(
-            f"Step 1/3 (re-host: rebuild the model on the {host} backend) failed: "
+            f"{step_label('capture', f're-host: rebuild the model on the {host} backend')} failed: "
             f"{kind}: {message}")
     cls = _ERRORS.get(kind, CaptureError)
-    prefix = {"export": f"Step 2/3 (re-host: export on the {host} backend)",
-              "run": f"Step 3/3 (re-host: run the artifact written on the {host} backend)"}[stage]
+    prefix = {"export": step_label("convert", f"re-host: export on the {host} backend"),
+              "run": step_label("check", f"re-host: run the artifact written on the {host} backend")}[stage]
     raise cls(f"{prefix} failed: {kind}: {message}")

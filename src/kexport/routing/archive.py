@@ -20,7 +20,7 @@ from kexport.artifact.quantization import check_quantization
 from kexport.capture._base import TracedEndpoint, is_tf_variable
 from kexport.check.policy import flat_sample_data
 from kexport.check.samples import SamplePolicy
-from kexport.context import ExportContext
+from kexport.context import ExportContext, Printer
 from kexport.errors import SignatureError, SignatureTypeError, describe
 from kexport.rehost import write_archive_rehosted
 from kexport.routing.archive_routes import (
@@ -312,7 +312,12 @@ class ExportArchive:
                 ``overwrite`` is false.
             WriteError: when writing fails; nothing is left half-written.
         """
-        format_info(format)
+        format_info(format)  # the arguments, checked once, where the call enters
+        _atomic.check_filepath(filepath)
+        printer = Printer.resolve(verbose)
+        mode = check_quantization(format, format_options.get("quantization"),
+                                  format_options.get("calibration_data"))
+        check_exclude(format, mode, format_options.get("quantization_exclude"))
         if not self._endpoints:
             raise SignatureError(
                 "Expected at least one endpoint before write_out(). Received an "
@@ -331,22 +336,17 @@ class ExportArchive:
         check = archive_check(self._capture.described(), self._endpoints,
                               self._capture.trackables()["tracked_layers"], filepath, policy,
                               format_options.get("calibration_data")) if verify else None
-        self.write_with(ExportContext(overwrite=overwrite, samples=policy, check=check),
-                        filepath, options=options, verbose=verbose, format=format,
-                        **format_options)
+        self.write_with(ExportContext(overwrite=overwrite, samples=policy, check=check,
+                                      printer=printer),
+                        filepath, options=options, format=format, **format_options)
 
     def write_with(self, context: ExportContext, filepath: str | os.PathLike[str],
-                   options: Any | None = None, verbose: bool = True,
-                   format: str = "tf_saved_model", **format_options: Any) -> None:
+                   options: Any | None = None, format: str = "tf_saved_model",
+                   **format_options: Any) -> None:
         """:meth:`write_out` under an export's context (``export_model``'s one
-        default endpoint, a re-host child's archive): the destination was checked
-        where the context was built."""
-        if "quantization" in format_options or "calibration_data" in format_options \
-                or "quantization_exclude" in format_options:
-            check_quantization(format, format_options.get("quantization"),
-                               format_options.get("calibration_data"))
-            check_exclude(format, format_options.get("quantization"),
-                          format_options.get("quantization_exclude"))
+        default endpoint, a re-host child's archive): the arguments (the destination,
+        the quantization request) were checked, and ``verbose`` resolved into
+        ``context.printer``, where the context was built."""
         writer = archive_route(format).writer
         valid = _format_options(writer)
         unknown = sorted(set(format_options) - set(valid))
@@ -359,8 +359,7 @@ class ExportArchive:
         if host is not None:  # written by re-hosting the archive onto another backend
             writer = in_process_first(self.backend, format, writer, functools.partial(
                 write_archive_rehosted, format=format, host=host))
-        writer(self, filepath, context=context, options=options, verbose=verbose,
-               **format_options)
+        writer(self, filepath, context=context, options=options, **format_options)
 
     # -- for writers ----------------------------------------------------------
     @property

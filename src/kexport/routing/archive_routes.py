@@ -14,12 +14,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from kexport._outcome import attempt, every_refusal
 from kexport.artifact import format_info, missing_packages
 from kexport.capture import Capture
 from kexport.capture.jax import JaxCapture
 from kexport.capture.tensorflow import TensorFlowCapture
 from kexport.context import ExportContext
-from kexport.errors import RouteRefused, UnsupportedRouteError
+from kexport.errors import UnsupportedRouteError
 from kexport.formats import litert, onnx, openvino, saved_model, torch_program
 from kexport.rehost.capture import RehostCapture
 
@@ -32,7 +33,7 @@ class ArchiveRoute:
     """How ``ExportArchive.write_out`` writes one format.
 
     Attributes:
-        writer: ``writer(archive, filepath, *, context, options=None, verbose=True,
+        writer: ``writer(archive, filepath, *, context, options=None,
             **format_options)`` writing an ``ExportArchive`` in process.
         native_archives: backends whose archives ``writer`` writes in-process
             even where the backend's capture would re-host (e.g. ``.pt2``
@@ -153,21 +154,21 @@ def in_process_first(backend: str, format: str, native: Callable[..., Any],
     """The writer of ``format`` archives on ``backend`` that :func:`archive_host`
     re-hosts: ``rehosted``, or, where the format's route says
     :attr:`ArchiveRoute.native_first`, ``native`` in process first and
-    ``rehosted`` when it refuses (:class:`~kexport.errors.RouteRefused`)."""
+    ``rehosted`` when its :class:`~kexport._outcome.Outcome` is a refusal."""
     if backend not in archive_route(format).native_first:
         return rehosted
 
     def write(archive: Any, filepath: Any, *, context: ExportContext,
-              options: Any | None = None, verbose: bool = True, **format_options: Any) -> None:
-        try:
-            native(archive, filepath, context=context, options=options, verbose=verbose,
-                   **format_options)
-        except RouteRefused as refused:
-            if verbose:
-                first = next((line for line in str(refused).splitlines() if line.strip()), "")
-                print(f"kexport: re-hosting the archive ({first[:240]})")
-            rehosted(archive, filepath, context=context, options=options, verbose=verbose,
-                     **format_options)
+              options: Any | None = None, **format_options: Any) -> None:
+        outcome = attempt("in process", native, archive, filepath, context=context,
+                          options=options, **format_options)
+        if outcome.ok:
+            return
+        context.printer(f"kexport: re-hosting the archive ({outcome.reason[:240]})")
+        second = attempt("re-hosted", rehosted, archive, filepath, context=context,
+                         options=options, **format_options)
+        if not second.ok:
+            raise every_refusal([outcome, second])
 
     return write
 

@@ -33,7 +33,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from kexport.context import ExportContext
+from kexport.context import ExportContext, Printer
 from kexport.generation.export import export_generative
 from kexport.rehost.child import (
     carried_calibration,
@@ -59,7 +59,8 @@ def _export(models: list[Any], ordered: list[list[Any]], job: Job,
     out = job.output
     # the job folder is the child's own; the parent places the artifact with its overwrite
     context = ExportContext(overwrite=True, samples=parent_policy(work, job),
-                            source_backend=job.source_backend)
+                            source_backend=job.source_backend,
+                            printer=Printer(on=job.verbose))
     if job.mode == GENERATE:  # the parent checks the tokens against the live model
         export_generative(models[0], out, format=job.format, verbose=False, overwrite=True,
                           check=False, **job.kwargs)
@@ -68,8 +69,7 @@ def _export(models: list[Any], ordered: list[list[Any]], job: Job,
         (endpoint,) = job.endpoints
         # the host backend's own routes, as export_model would pick them
         found = usable(keras.backend.backend(), job.format, models[0])
-        export(found, models[0], out, context=context, verbose=job.verbose,
-               input_signature=list(endpoint.signature), **job.kwargs)
+        export(found, models[0], out, context=context, input_signature=list(endpoint.signature), **job.kwargs)
         return
     archive = ExportArchive()
     for m in models:
@@ -82,7 +82,7 @@ def _export(models: list[Any], ordered: list[list[Any]], job: Job,
     options = dict(job.kwargs)
     if job.calibration:
         options["calibration_data"] = carried_calibration(work, dict(job.calibration))
-    archive.write_with(context, out, verbose=job.verbose, format=job.format, **options)
+    archive.write_with(context, out, format=job.format, **options)
 
 
 def run_job(work: Path) -> dict[str, Any]:

@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING, Any
 
 from kexport._dims import plan_signature
 from kexport._inference import inference_fn
+from kexport._outcome import Outcome, every_refusal
 from kexport.artifact import DEFAULT_ENDPOINT
 from kexport.capture import precision
 from kexport.capture.portable import portable_ops
 from kexport.context import ExportContext
-from kexport.errors import RouteRefused
 from kexport.rehost import rehost_export
 from kexport.routing.archive import ExportArchive
 from kexport.signature import normalize_for_model
@@ -56,19 +56,16 @@ def native_export(format: str, split: OptionSplit = _capture_only,
     defaults = dict(capture_defaults or {})
 
     def export_native(model: Any, filepath: str | os.PathLike[str], *, context: ExportContext,
-                      verbose: bool | None = None, input_signature: Any | None = None,
-                      **options: Any) -> None:
+                      input_signature: Any | None = None, **options: Any) -> None:
         capture_options, writer_options = split(dict(options))
         capture_options = {**defaults, **capture_options}
-        say = print if verbose is None or verbose else None
         signature = plan_signature(inference_fn(model), normalize_for_model(
-            model, input_signature), say=say)
+            model, input_signature), say=context.printer.say)
         archive = ExportArchive()
         archive.track(model)
         archive.add_endpoint(DEFAULT_ENDPOINT, inference_fn(model),
                              signature, **capture_options)
-        archive.write_with(context, filepath, verbose=True if verbose is None else verbose,
-                           format=format, **writer_options)
+        archive.write_with(context, filepath, format=format, **writer_options)
 
     export_native.__qualname__ = export_native.__name__ = f"export_{format}_native"
     return export_native
@@ -89,35 +86,39 @@ def rehost_export_for(format: str, host: str,
     """
 
     def export_rehosted(model: Any, filepath: str | os.PathLike[str], *,
-                        context: ExportContext, verbose: bool | None = None,
-                        input_signature: Any | None = None, **options: Any) -> Any:
+                        context: ExportContext, input_signature: Any | None = None,
+                        **options: Any) -> Any:
         extra = prepare(model, input_signature, dict(options)) if prepare else options
         return rehost_export(model, filepath, format, host, input_signature=input_signature,
-                             verbose=verbose, context=context, **extra)
+                             context=context, **extra)
 
     export_rehosted.__qualname__ = export_rehosted.__name__ = f"export_{format}_via_{host}"
     return export_rehosted
 
 
 def export(routes: Sequence[Route], model: Any, filepath: str | os.PathLike[str], *,
-           context: ExportContext, verbose: bool | None = None,
-           input_signature: Any | None = None, **options: Any) -> None:
+           context: ExportContext, input_signature: Any | None = None,
+           **options: Any) -> Any:
     """Export ``model`` with the first of ``routes`` that delivers, under ``context``
-    (built by the caller from the user's call: overwrite, the sample policy).
+    (built by the caller from the user's call: overwrite, the sample policy, the
+    printer of its ``verbose``).
 
     ``routes`` are one cell's routes that can carry the model, in the order the
-    table gives. A route that finds, while exporting, that it cannot carry
-    the model raises :class:`~kexport.errors.RouteRefused` (nothing written);
-    the next one then runs, and a verbose export says so in one line.
+    table gives. Each returns an :class:`~kexport._outcome.Outcome`
+    (:meth:`Route.run`); one that found, while exporting, that it cannot carry
+    the model (nothing written) gives the reason, the next one then runs, and
+    a verbose export says so in one line. When every route refused, the last
+    refusal's typed error is raised, naming every reason
+    (:func:`~kexport._outcome.every_refusal`); any other error propagates.
     """
+    refusals: list[Outcome[Any]] = []
     for number, route in enumerate(routes, start=1):
-        try:
-            with precision.for_format(model, route.format), portable_ops():
-                route.export(model, filepath, context=context, verbose=verbose,
-                             input_signature=input_signature, **options)
-            return
-        except RouteRefused:
-            if number == len(routes):
-                raise
-            if verbose is None or verbose:
-                print(f"kexport: trying the next route: {routes[number].via}")
+        with precision.for_format(model, route.format), portable_ops():
+            outcome = route.run(model, filepath, context=context,
+                                input_signature=input_signature, **options)
+        if outcome.ok:
+            return outcome.value
+        refusals.append(outcome)
+        if number < len(routes):
+            context.printer(f"kexport: trying the next route: {routes[number].via}")
+    raise every_refusal(refusals, lambda route: f"{route.kind} ({route.via})")

@@ -17,9 +17,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from kexport._outcome import Outcome, attempt
 from kexport.artifact import BACKENDS, FORMATS, format_info, missing_packages
 from kexport.artifact.quantization import keras_quantized
 from kexport.capture.jax import native_problem
+from kexport.context import ExportContext
 from kexport.errors import QuantizedModelError, UnsupportedRouteError
 from kexport.formats import litert, onnx, openvino, torch_program
 from kexport.rehost import rehost_problem
@@ -38,10 +40,11 @@ class Route:
         kind: ``"native"`` (traced on the model's own backend) or ``"rehost"``.
         via: the building blocks used, for people.
         export: the function that performs it: ``export(model, filepath, *,
-            context, verbose, input_signature, **options)`` (``context``: the
-            export's :class:`~kexport.context.ExportContext`). It may raise
-            :class:`~kexport.errors.RouteRefused` when the model turns out to
-            be one it cannot carry; the next route of the cell then runs.
+            context, input_signature, **options)`` (``context``: the
+            export's :class:`~kexport.context.ExportContext`, its printer
+            included). It raises :class:`~kexport.errors.RouteRefused` when
+            the model turns out to be one it cannot carry; :meth:`run` holds
+            that refusal in its result, and the next route of the cell runs.
         packages: importable modules this route needs.
         extra: the pip extra that installs them.
         check: optional ``check(model) -> str``: why this route cannot carry
@@ -113,6 +116,14 @@ class Route:
                         f"({', '.join(found[mode][:4])}{', ...' if len(found[mode]) > 4 else ''}) "
                         f"cannot be held: {why}")
         return ""
+
+    def run(self, model: Any, filepath: Any, *, context: ExportContext,
+            input_signature: Any | None = None, **options: Any) -> Outcome[Any]:
+        """Export ``model`` by this route: an :class:`~kexport._outcome.Outcome`
+        holding what :attr:`export` returned (a re-host's report, or ``None``)
+        or why this route cannot carry the model (nothing written)."""
+        return attempt(self, self.export, model, filepath, context=context,
+                       input_signature=input_signature, **options)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able row (``kexport formats --json``)."""

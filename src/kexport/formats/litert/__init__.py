@@ -46,7 +46,7 @@ from kexport.artifact import (
     Manifest,
 )
 from kexport.check.calibration import calibration_batches
-from kexport.context import ExportContext
+from kexport.context import ExportContext, step_label
 from kexport.errors import (
     CaptureError,
     KexportError,
@@ -190,7 +190,7 @@ def convert(archive: EndpointArchive, options: LiteRTOptions) -> bytes:
         raise
     except Exception as e:
         raise CaptureError(
-            f"Step 2/3 (capture for litert): tracing the endpoints failed: "
+            f"{step_label('capture', 'for litert')}: tracing the endpoints failed: "
             f"{type(e).__name__}: {e}"
         ) from e
     with tempfile.TemporaryDirectory(prefix="kexport-litert-") as tmp:
@@ -207,7 +207,7 @@ def convert(archive: EndpointArchive, options: LiteRTOptions) -> bytes:
             recurrent = recurrent_layers(layers) if "TensorList" in text else []
             if recurrent and not options.allow_flex:
                 raise CaptureError(
-                    "Step 3/3 (write, litert): expected recurrent layers over a time axis of "
+                    f"{step_label('convert', 'litert')}: expected recurrent layers over a time axis of "
                     "static length, which kexport unrolls into builtin TFLite ops. Received "
                     f"recurrent layer(s) {', '.join(recurrent)} over a dynamic time axis: "
                     "their loop needs TensorList ops, which are not TFLite builtins. Next "
@@ -218,13 +218,13 @@ def convert(archive: EndpointArchive, options: LiteRTOptions) -> bytes:
             if "Select TF ops" in text or "Flex" in text or "TensorList" in text \
                     or "XlaCallModule" in text or "not supported by" in text:
                 raise CaptureError(
-                    "Step 3/3 (write, litert): the model needs operators that are not "
+                    f"{step_label('convert', 'litert')}: the model needs operators that are not "
                     "TFLite builtins (the converter said: "
                     f"{_first_error_line(text)}). Next step: pass allow_flex=True to "
                     "allow Select-TF (Flex) ops, which need the Flex delegate at run time."
                 ) from e
             raise WriteError(
-                f"Step 3/3 (write, litert): the TFLite converter failed: "
+                f"{step_label('convert', 'litert')}: the TFLite converter failed: "
                 f"{_first_error_line(text)}"
             ) from e
 
@@ -237,7 +237,7 @@ def _first_error_line(text: str) -> str:
 
 
 def write_archive(archive: EndpointArchive, filepath: str | os.PathLike[str],
-                  options: Any | None = None, verbose: bool = True, *,
+                  options: Any | None = None, *,
                   quantization: str | None = None, calibration_data: Any | None = None,
                   context: ExportContext) -> None:
     """Write ``archive`` as one ``.tflite`` file with one signature per endpoint.
@@ -246,7 +246,6 @@ def write_archive(archive: EndpointArchive, filepath: str | os.PathLike[str],
         archive: the endpoints to write.
         filepath: the ``.tflite`` file to write (atomically).
         options: a :class:`LiteRTOptions`, or a dict of its fields.
-        verbose: print a summary.
         quantization: the mode (``write_out(..., quantization=...)``), instead
             of ``options``.
         calibration_data: the calibration batches for ``"int8"``.
@@ -268,10 +267,11 @@ def write_archive(archive: EndpointArchive, filepath: str | os.PathLike[str],
         try:
             tmp.write_bytes(data)
         except OSError as e:
-            raise WriteError(f"Step 3/3 (write, litert): could not write the file: {e}") from e
+            raise WriteError(f"{step_label('place', 'litert')}: could not write the file: {e}") from e
         context.check_staged(tmp)  # before it is placed: a failed check places nothing
-    if verbose:
-        _summary.print_summary("litert", archive.endpoints, filepath)
+    if context.printer.on:
+        _summary.print_summary("litert", archive.endpoints, filepath,
+                               say=context.printer)
 
 
 def single_model_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

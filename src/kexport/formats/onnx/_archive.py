@@ -43,7 +43,7 @@ __all__ = ["write_archive"]
 
 
 def write_archive(archive: EndpointArchive, filepath: str | os.PathLike[str],
-                  options: Any | None = None, verbose: bool = True, *,
+                  options: Any | None = None, *,
                   opset_version: int | None = None, quantization: str | None = None,
                   calibration_data: Any | None = None,
                   quantization_exclude: list[str] | None = None,
@@ -70,7 +70,6 @@ def write_archive(archive: EndpointArchive, filepath: str | os.PathLike[str],
         archive: the archive whose endpoints to write.
         filepath: the folder to write (atomically).
         options: must be ``None`` (SavedModel's ``SaveOptions`` only).
-        verbose: print a summary.
         opset_version: the ONNX opset of every graph (``None``: :data:`DEFAULT_OPSET`);
             passed as ``archive.write_out(path, format="onnx", opset_version=17)``.
         quantization: ``None``, ``"dynamic_int8"``, ``"int8"`` or ``"float16"``:
@@ -108,8 +107,7 @@ def write_archive(archive: EndpointArchive, filepath: str | os.PathLike[str],
         if problem:
             raise RouteRefused(f"ONNX archive on the {archive.backend} backend: {problem}")
     finished = [convert(source, STRATEGIES[archive.backend], context=context, opset=opset,
-                        backend=archive.backend, place=_checked_in_memory, layers=layers,
-                        verbose=verbose)
+                        backend=archive.backend, place=_checked_in_memory, layers=layers)
                 for source in _sources(archive, tracked)]
     route = proto_route(finished[0].proto)
     exclude = Exclude(tracked, layers, finished[0].strategy.naming,
@@ -141,8 +139,9 @@ def write_archive(archive: EndpointArchive, filepath: str | os.PathLike[str],
             _check(os.fspath(graph_path), proto_route(proto))
         (tmp / ONNX_ARCHIVE_MANIFEST).write_text(manifest.dumps())
         context.check_staged(tmp)  # before it is placed: a failed check places nothing
-    if verbose:
-        _summary.print_summary("onnx", archive.endpoints, filepath)
+    if context.printer.on:
+        _summary.print_summary("onnx", archive.endpoints, filepath,
+                               say=context.printer)
 
 
 #: Backends whose ONNX archives, like their single models, go to the route

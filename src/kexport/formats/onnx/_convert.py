@@ -69,7 +69,7 @@ class Finished:
 
 def convert(source: Source, strategies: Sequence[Strategy], *, context: ExportContext,
             opset: int, backend: str, place: Callable[[Finished], T],
-            layers: Sequence[Any] = (), verbose: bool | None = None) -> T:
+            layers: Sequence[Any] = ()) -> T:
     """``place`` applied to the first of ``strategies``' finished graphs it accepts.
 
     Args:
@@ -77,7 +77,8 @@ def convert(source: Source, strategies: Sequence[Strategy], *, context: ExportCo
         strategies: tried in order.
         context: the export's context: the sample policy the acceptance draws
             under, whether it judges numbers, the backend a re-hosted model
-            came from.
+            came from, the printer that says (in one line) why a strategy's
+            graph was not used.
         opset: the opset of the finished graph.
         backend: recorded in the graph's metadata (the source backend in a
             re-host child).
@@ -87,7 +88,6 @@ def convert(source: Source, strategies: Sequence[Strategy], *, context: ExportCo
             strategy runs).
         layers: layers of ``quantization_exclude``: a strategy whose graph
             cannot name them refuses before converting.
-        verbose: say (in one line) why a strategy's graph was not used.
 
     Raises:
         RouteRefused: every strategy refused (``LayerMappingError`` as it is).
@@ -109,8 +109,8 @@ def convert(source: Source, strategies: Sequence[Strategy], *, context: ExportCo
             finally:
                 if accept is not None and hasattr(accept, "close"):
                     accept.close()  # no live reference call outlives its strategy
-        if verbose is None or verbose:
-            print(f"kexport: not using {strategy.description}: {without_paths(str(refused))}")
+        context.printer(f"kexport: not using {strategy.description}: "
+                        f"{without_paths(str(refused))}")
         if number == len(strategies):
             break
     if isinstance(refused, LayerMappingError):  # a refusal, and the user's error

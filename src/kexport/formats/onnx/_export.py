@@ -23,7 +23,7 @@ from kexport._dims import plan_signature
 from kexport._inference import inference_fn
 from kexport.artifact.exclusion import resolve_layers
 from kexport.check.calibration import calibration_batches
-from kexport.context import ExportContext
+from kexport.context import ExportContext, Printer
 from kexport.formats.onnx._convert import STRATEGIES, Finished, convert, proto_route, without_paths
 from kexport.formats.onnx._graph import Source
 from kexport.formats.onnx._options import _pop_options, _refuse_lookup_layers
@@ -38,14 +38,12 @@ __all__ = ["REHOST_ROUTE", "STRATEGIES", "export_jax", "export_tensorflow", "exp
 REHOST_ROUTE = "re-host on tensorflow (child process): tf.function -> tf2onnx"
 
 
-def _export(model: Any, filepath: str | os.PathLike[str], verbose: bool | None,
-            input_signature: Any, kwargs: dict[str, Any], backend: str,
-            context: ExportContext) -> None:
+def _export(model: Any, filepath: str | os.PathLike[str], input_signature: Any,
+            kwargs: dict[str, Any], backend: str, context: ExportContext) -> None:
     """Convert the model's default endpoint with the backend's strategies, then
     quantize (when asked) and write the first graph accepted."""
-    say = print if verbose is None or verbose else None
     signature = plan_signature(inference_fn(model), normalize_for_model(model, input_signature),
-                               say=say)
+                               say=context.printer.say)
     opts = _pop_options(kwargs, backend)
     calibration = None
     if opts["calibration_data"] is not None:  # checked against the inputs before any work
@@ -68,24 +66,23 @@ def _export(model: Any, filepath: str | os.PathLike[str], verbose: bool | None,
         return finished
 
     finished = convert(Source.of(model, signature), STRATEGIES[backend], context=context,
-                       opset=opts["opset"], backend=backend, place=place, layers=layers,
-                       verbose=verbose)
-    if verbose is None or verbose:
-        _summary.print_summary("onnx", [finished.summary], filepath)
+                       opset=opts["opset"], backend=backend, place=place, layers=layers)
+    if context.printer.on:
+        _summary.print_summary("onnx", [finished.summary], filepath, say=context.printer)
 
 
 def export_tensorflow(model: Any, filepath: str | os.PathLike[str], *, context: ExportContext,
-                      verbose: bool | None = None, input_signature: Any | None = None,
-                      **kwargs: Any) -> None:
+                      input_signature: Any | None = None, **kwargs: Any) -> None:
     """TensorFlow backend -> ONNX (``tf.function`` + ``tf2onnx``, in process); string and
     lookup layers on the inputs through kexport's own lowering (:mod:`.strings`)."""
     if has_string_layers(model):
         # the rest of the model goes to a private folder, then into the merged graph, which
         # its acceptance checks against the whole model (the rest alone is not the model)
-        inner = replace(context, overwrite=True, check=None)
-        return export_strings(model, filepath, verbose, input_signature, kwargs, lambda m, p, o:
-                              _export(m, p, False, None, o, "tensorflow", inner), context)
-    _export(model, filepath, verbose, input_signature, kwargs, "tensorflow", context)
+        inner = replace(context, overwrite=True, check=None, printer=Printer(on=False))
+        return export_strings(model, filepath, context.printer.on, input_signature, kwargs,
+                              lambda m, p, o: _export(m, p, None, o, "tensorflow", inner),
+                              context)
+    _export(model, filepath, input_signature, kwargs, "tensorflow", context)
 
 
 def rehost_options(model: Any, input_signature: Any, options: dict[str, Any]
@@ -120,8 +117,7 @@ def rehost_options(model: Any, input_signature: Any, options: dict[str, Any]
 
 
 def export_jax(model: Any, filepath: str | os.PathLike[str], *, context: ExportContext,
-               verbose: bool | None = None, input_signature: Any | None = None,
-               **kwargs: Any) -> None:
+               input_signature: Any | None = None, **kwargs: Any) -> None:
     """JAX backend -> ONNX.
 
     ``jax2onnx`` in process when ONNX Runtime reproduces the live model at
@@ -133,12 +129,11 @@ def export_jax(model: Any, filepath: str | os.PathLike[str], *, context: ExportC
     ONNX Runtime).
     """
     _refuse_lookup_layers(model, "jax: jax2onnx")
-    _export(model, filepath, verbose, input_signature, kwargs, "jax", context)
+    _export(model, filepath, input_signature, kwargs, "jax", context)
 
 
 def export_torch(model: Any, filepath: str | os.PathLike[str], *, context: ExportContext,
-                 verbose: bool | None = None, input_signature: Any | None = None,
-                 **kwargs: Any) -> None:
+                 input_signature: Any | None = None, **kwargs: Any) -> None:
     """PyTorch backend -> ONNX.
 
     Strategies in order, in process: the traced ``torch.onnx`` exporter when
@@ -151,7 +146,7 @@ def export_torch(model: Any, filepath: str | os.PathLike[str], *, context: Expor
     time axis stays symbolic.
     """
     _refuse_lookup_layers(model, "torch: torch.export -> torch.onnx")
-    _export(model, filepath, verbose, input_signature, kwargs, "torch", context)
+    _export(model, filepath, input_signature, kwargs, "torch", context)
 
 
 def in_process_problem(model: Any) -> str:

@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from kexport._version import __version__
+from kexport.context import step_label
 from kexport.errors import CaptureError, WriteError
 from kexport.formats.onnx import compat
 from kexport.formats.onnx._graph import RawGraph, _spec_json
@@ -56,7 +57,7 @@ class NamedIO(FinishPass):
         if len(graph.inputs) != len(self.input_names) or \
                 len(graph.outputs) != len(self.output_names):
             raise CaptureError(
-                f"Step 3/4 (finish, pass '{self.name}'): expected {len(self.input_names)} "
+                f"{step_label('finish', f'pass {self.name!r}')}: expected {len(self.input_names)} "
                 f"graph inputs and {len(self.output_names)} outputs. Received "
                 f"{len(graph.inputs)} and {len(graph.outputs)} from the converter."
             )
@@ -175,7 +176,7 @@ class AtOpset(FinishPass):
                 ir.serde.serialize_model(model), self.opset))
         except Exception as e:
             raise WriteError(
-                f"Step 3/4 (finish: pass '{self.name}', opset {current} -> {self.opset}) failed: "
+                f"{step_label('finish', f'pass {self.name!r}, opset {current} -> {self.opset}')} failed: "
                 f"{type(e).__name__}: {str(e).strip()[:1500]}\nNext steps: use "
                 f"opset_version={current} or newer") from e
         model.graph = converted.graph  # its opset imports come with it

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kexport._inference import inference_fn
+from kexport._outcome import Outcome
 from kexport.artifact import DEFAULT_ENDPOINT
 from kexport.context import ExportContext
 from kexport.errors import CaptureError, KexportError
@@ -105,21 +106,34 @@ class RawGraph:
     accept: Callable[[bytes | str], None] | None = None
 
 
-@dataclass
-class Attempt:
-    """What one strategy gave: its graph, or the reason it refused the model.
+class Attempt(Outcome["RawGraph"]):
+    """What one strategy gave: its graph, or the reason it refused the model; the
+    :class:`~kexport._outcome.Outcome` of a strategy, as a route's is of a route.
 
     Attributes:
-        strategy: the strategy that ran.
-        graph: the captured graph (``None`` once refused, or once the
-            finishing step took it).
-        refused: why this strategy's graph is not used; the export moves on
-            to the next strategy (or raises this from the last).
+        strategy: the strategy that ran (:attr:`Outcome.by`).
+        graph: the captured graph (:attr:`Outcome.value`; ``None`` once
+            refused, or once the finishing step took it).
+        refused: why this strategy's graph is not used (``NotTraceable``, or a
+            ``CaptureError`` the converter raised); the export moves on to the
+            next strategy (or raises this from the last).
     """
 
-    strategy: Strategy
-    graph: RawGraph | None = None
-    refused: Exception | None = None  # NotTraceable, or a CaptureError the converter raised
+    def __init__(self, strategy: Strategy, graph: RawGraph | None = None,
+                 refused: Exception | None = None) -> None:
+        super().__init__(strategy, graph, refused)
+
+    @property
+    def strategy(self) -> Strategy:
+        return self.by
+
+    @property
+    def graph(self) -> RawGraph | None:
+        return self.value
+
+    @graph.setter
+    def graph(self, graph: RawGraph | None) -> None:
+        self.value = graph
 
 
 class Strategy(abc.ABC):

@@ -6,6 +6,7 @@ from typing import Any
 
 from kexport.artifact.exclusion import check_exclude
 from kexport.artifact.quantization import check_quantization
+from kexport.context import step_label
 from kexport.errors import SignatureError, SignatureTypeError, UnsupportedRouteError
 from kexport.formats.onnx._graph import DEFAULT_EXTERNAL_DATA_THRESHOLD, DEFAULT_OPSET
 
@@ -73,7 +74,7 @@ def _refuse_lookup_layers(model: Any, route: str) -> None:
     for layer in layers:
         if type(layer).__name__ in _LOOKUP_LAYERS:
             raise UnsupportedRouteError(
-                f"Step 1/4 (signature, route: {route}): Keras layer '{layer.name}' "
+                f"{step_label('plan', f'route: {route}')}: Keras layer '{layer.name}' "
                 f"({type(layer).__name__}) cannot be exported to ONNX: its vocabulary "
                 "lives in a TensorFlow hash table that no ONNX converter maps to "
                 "ONNX-ML operators ONNX Runtime runs reliably. Next steps: apply "

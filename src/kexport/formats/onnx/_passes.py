@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from kexport.context import step_label
 from kexport.errors import KexportError, WriteError
 
 if TYPE_CHECKING:
@@ -96,9 +97,9 @@ def run_passes(model: ir.Model, steps: Sequence[FinishPass], route: str) -> None
             root = root.__cause__
         stage = "precondition of" if "Pre-condition" in _chain_text(e) else (
             "postcondition of" if "Post-condition" in _chain_text(e) else "")
+        where = f"{stage} pass {failed!r} after {after or 'none'}".strip()
         raise FinishPassError(
-            f"Step 3/4 (finish: {stage + ' ' if stage else ''}pass '{failed}' after "
-            f"{after or 'none'}) (route: {route}) failed: {type(root).__name__}: "
+            f"{step_label('finish', where)} (route: {route}) failed: {type(root).__name__}: "
             f"{str(root).strip()[:1500]}\nNext steps: retry with another opset_version; "
             "report the model to kexport", failed, after) from e
 

@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Any
 from kexport.artifact.exclusion import ExcludedLayer, excluded_nodes
 from kexport.artifact.quantization import METADATA_KEY, record
 from kexport.check.calibration import calibration_rows
+from kexport.context import step_label
 from kexport.errors import KexportError, WriteError
 from kexport.formats.onnx import compat
 from kexport.formats.onnx._graph import INLINE_LIMIT, TORCH_ENDPOINT_ATTRIBUTE, _step_error
@@ -172,7 +173,7 @@ def quantize_graph(proto: onnx.ModelProto, mode: str,
         except KexportError:
             raise
         except Exception as e:
-            raise _step_error(WriteError, f"Step 3/4 (quantize: {mode}, onnxruntime)", route, e,
+            raise _step_error(WriteError, step_label("finish", f"quantize: {mode}, onnxruntime"), route, e,
                               None, "try another quantization mode, or export without "
                               "quantization") from e
     compat.restore_after_quantization(out, proto)

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from kexport.capture.tensorflow import TensorFlowCapture
-from kexport.context import ExportContext
+from kexport.context import ExportContext, step_label
 from kexport.errors import CaptureError
 from kexport.formats.onnx import compat
 from kexport.formats.onnx._graph import (
@@ -81,7 +81,7 @@ def tf_endpoint_to_onnx(endpoint: TracedEndpoint, opset: int, route: str,
                 if "XlaCallModule" in text else
                 "check that every op the endpoint uses has an ONNX equivalent; "
                 "try another opset_version, or export format='tf_saved_model'")
-        raise _step_error(CaptureError, "Step 2/4 (capture: tf2onnx conversion)", route, e,
+        raise _step_error(CaptureError, step_label("convert", "tf2onnx conversion"), route, e,
                           _guess_layer(model, e) if model is not None else None,
                           hint) from e
     return RawGraph(proto, list(endpoint.input_names), list(endpoint.output_names),
@@ -108,7 +108,7 @@ class TensorFlowGraph(Strategy):
         try:
             endpoint = capture.trace(source.name, source.call, source.signature)
         except CaptureError as e:
-            raise _step_error(CaptureError, "Step 2/4 (capture: tf.function trace)", route, e,
+            raise _step_error(CaptureError, step_label("capture", "tf.function trace"), route, e,
                               _guess_layer(model, e),
                               "make sure the model runs on these input shapes with "
                               "training=False") from e

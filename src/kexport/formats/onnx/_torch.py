@@ -26,7 +26,7 @@ from typing import Any
 
 from kexport.capture._base import _to_plain, output_names
 from kexport.capture.torch_export import symbolic_sizes
-from kexport.context import ExportContext
+from kexport.context import ExportContext, step_label
 from kexport.errors import CaptureError, UnsupportedRouteError
 from kexport.formats.onnx._accept import Acceptance, NotTraceable, samples
 from kexport.formats.onnx._graph import (
@@ -186,7 +186,7 @@ class TorchExport(Strategy):
         for spec, name in zip(flat_specs, names, strict=False):
             if spec.dtype == "string":
                 raise UnsupportedRouteError(
-                    f"Step 1/4 (signature, route: {route}): input '{name}' is a string "
+                    f"{step_label('plan', f'route: {route}')}: input '{name}' is a string "
                     "tensor, which PyTorch cannot hold. Next step: export on the "
                     "TensorFlow backend."
                 )
@@ -224,7 +224,7 @@ class TorchExport(Strategy):
         try:
             program = export_refined(export, (tuple(dynamic),))
         except Exception as e:
-            raise _step_error(CaptureError, "Step 2/4 (capture: torch.export + torch.onnx)",
+            raise _step_error(CaptureError, step_label("convert", "torch.export + torch.onnx"),
                               route, e, _guess_layer(model, e),
                               "export on the TensorFlow backend (re-hosting), or report the "
                               "layer to kexport") from e

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kexport._atomic import atomic_target, staging_dir
+from kexport.context import step_label
 from kexport.errors import WriteError
 from kexport.formats.onnx._graph import INLINE_LIMIT, _step_error
 from kexport.formats.onnx._io import externalize, initializer_bytes
@@ -29,7 +30,7 @@ def _check(target: str | bytes | onnx.ModelProto, route: str) -> None:
     try:
         onnx.checker.check_model(target, full_check=True)
     except Exception as e:
-        raise _step_error(WriteError, "Step 4/4 (write: onnx.checker full_check)", route, e,
+        raise _step_error(WriteError, step_label("finish", "onnx.checker full_check"), route, e,
                           None, "report this model to kexport; try another opset_version") from e
 
 

@@ -44,7 +44,7 @@ from kexport._atomic import atomic_target
 from kexport._dims import with_bounds
 from kexport.artifact import DEFAULT_ENDPOINT, MANIFEST_NAME, TORCH_PROGRAM_SUFFIX, Manifest
 from kexport.capture.torch_export import symbolic_sizes
-from kexport.context import ExportContext
+from kexport.context import ExportContext, step_label
 from kexport.errors import (
     CaptureError,
     DynamicAxisError,
@@ -183,7 +183,7 @@ def export_program(fn: Callable[..., Any], signature: list[Any], input_names: li
                 "declare those axes static in `input_signature` if one size is what you "
                 "serve, or export to another format.") from e
         raise CaptureError(
-            f"Step 2/3 (capture, torch.export): endpoint '{name}' could not be exported: "
+            f"{step_label('capture', 'torch.export')}: endpoint '{name}' could not be exported: "
             f"{type(e).__name__}: {str(e).strip().splitlines()[0][:400]}. Next step: make "
             "the dynamic dimensions of `input_signature` static where the model needs them."
         ) from e
@@ -256,7 +256,7 @@ def _save(program: Any, path: Path, manifest: Manifest) -> None:
 
 
 def write_archive(archive: EndpointArchive, filepath: str | os.PathLike[str],
-                  options: Any | None = None, verbose: bool = True, *,
+                  options: Any | None = None, *,
                   context: ExportContext) -> None:
     """Write ``archive`` as ``.pt2`` program(s): one file, or a folder per endpoint.
 
@@ -264,7 +264,6 @@ def write_archive(archive: EndpointArchive, filepath: str | os.PathLike[str],
         archive: endpoints on the PyTorch backend.
         filepath: a ``.pt2`` file (one endpoint) or a folder.
         options: unused; must be ``None``.
-        verbose: print a summary.
         context: the export's context (overwrite, the sample policy recorded).
 
     Archives built on TensorFlow/JAX reach this function on the PyTorch
@@ -305,8 +304,9 @@ def write_archive(archive: EndpointArchive, filepath: str | os.PathLike[str],
                 _save(programs[e.name], tmp / f"{e.name}{TORCH_PROGRAM_SUFFIX}", manifest)
             (tmp / MANIFEST_NAME).write_text(manifest.dumps())
         context.check_staged(tmp)  # before it is placed: a failed check places nothing
-    if verbose:
-        _summary.print_summary("torch", archive.endpoints, filepath)
+    if context.printer.on:
+        _summary.print_summary("torch", archive.endpoints, filepath,
+                               say=context.printer)
 
 
 def single_model_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
