@@ -14,7 +14,7 @@ from kexport.check.policy import policy_for
 from kexport.check.tolerance import KERAS_QUANTIZED_REORDERED
 from kexport.context import ExportContext, Printer
 from kexport.errors import SignatureTypeError, describe
-from kexport.generation.export import export_task
+from kexport.rehost.generative import export_task
 from kexport.signature import normalize_for_model
 from kexport.staged import staged_check
 from kexport.verify import raise_if_failed, verify_on

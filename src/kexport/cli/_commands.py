@@ -26,6 +26,7 @@ from kexport.cli._progress import Progress
 from kexport.cli._quiet import result_stream
 from kexport.cli._results import emit, fail
 from kexport.errors import KexportError, SignatureError, VerificationError
+from kexport.generation.spec import generation_summary
 from kexport.reporting import write_json
 from kexport.reporting.timing import bench_inputs, stats, time_calls
 from kexport.runtime import runtime_formats
@@ -103,6 +104,7 @@ def inspect(args: argparse.Namespace, progress: Progress) -> int:
                                                                                "outputs"))):
                 continue
             lines.append(f"  {key}: {value if not isinstance(value, (dict, list)) else json.dumps(value)}")
+    lines.extend(generation_summary(artifact.metadata))
     stored = info["verification"]
     if stored:
 

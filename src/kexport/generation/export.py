@@ -31,22 +31,34 @@ from kexport.errors import (
     VerificationError,
     describe,
 )
-from kexport.generation import saved_model, torch_program
+from kexport.generation import onnx_genai, openvino_ir, saved_model, torch_program
 from kexport.generation.model import cache_geometry
 from kexport.generation.spec import MANIFEST_KEY, TASK, GenerativeSpec
 
-__all__ = ["WRITERS", "check_prompts", "export_generative", "keras_greedy", "writable_cells"]
+__all__ = ["WRITERS", "check_prompts", "check_staged", "check_task", "export_generative",
+           "export_task", "keras_greedy", "refusal", "say", "writable_cells"]
 
 
 @dataclass(frozen=True)
 class _Writer:
     module: ModuleType  # write(model, spec, folder), manifest_file(folder)
 
+    def spec(self, spec: GenerativeSpec) -> GenerativeSpec:
+        """``spec`` as this writer's format holds it (its endpoints and names)."""
+        adapt = getattr(self.module, "spec_for", None)
+        return adapt(spec) if adapt is not None else spec
+
+    def entries(self, spec: GenerativeSpec) -> dict[str, dict[str, Any]]:
+        """The manifest's endpoint entries."""
+        return getattr(self.module, "endpoint_entries", saved_model.endpoint_entries)(spec)
+
 
 #: (backend, format) -> the writer of the generative form in that cell.
 WRITERS: dict[tuple[str, str], _Writer] = {
     ("tensorflow", "tf_saved_model"): _Writer(saved_model),
     ("torch", "torch"): _Writer(torch_program),
+    ("torch", "onnx"): _Writer(onnx_genai),
+    ("torch", "openvino"): _Writer(openvino_ir),
 }
 
 
@@ -96,65 +108,94 @@ print(json.dumps({"tokens": [r.tolist() for r in rows], "runtime": artifact.form
 """
 
 
-def run_child(path: Path, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
-    """Greedy tokens of the artifact at ``path`` from ``kexport.load`` in a fresh process.
+def run_child(path: Path, prompts: list[list[int]], max_new_tokens: int,
+              script: str = _CHILD, what: str = "the artifact") -> list[list[int]]:
+    """Greedy tokens of the artifact at ``path`` from ``kexport.load`` (or ``script``,
+    which prints the rows last) in a fresh process.
 
     Raises:
         VerificationError: when the child fails.
     """
     request = json.dumps({"prompts": prompts, "max_new_tokens": max_new_tokens})
-    done = subprocess.run([sys.executable, "-c", _CHILD, os.fspath(path), request],
+    args = [request] if script is _CHILD else [json.dumps(prompts), str(max_new_tokens)]
+    done = subprocess.run([sys.executable, "-c", script, os.fspath(path), *args],
                           capture_output=True, text=True, env=_numerics.child_env(os.environ),
                           timeout=1800)
     if done.returncode != 0:
         tail = done.stderr.strip().splitlines()[-3:]
         raise VerificationError(
-            f"task={TASK!r}: the artifact could not generate in a fresh process: "
+            f"task={TASK!r}: {what} could not generate in a fresh process: "
             + " | ".join(tail))
-    return json.loads(done.stdout.strip().splitlines()[-1])["tokens"]
+    last = json.loads(done.stdout.strip().splitlines()[-1])
+    return last["tokens"] if isinstance(last, dict) else last
+
+
+def _cut_at(row: list[int], start: int, stops: list[int], keep: bool) -> list[int]:
+    """``row`` up to its first id of ``stops`` at or after ``start`` (kept if ``keep``)."""
+    hit = next((j for j in range(start, len(row)) if row[j] in stops), None)
+    return row if hit is None else row[:hit + int(keep)]
 
 
 def _greedy_check(model: Any, path: Path, spec: GenerativeSpec, max_new_tokens: int,
-                  format: str) -> dict[str, Any]:
+                  format: str, writer: _Writer) -> dict[str, Any]:
     """The artifact's greedy tokens in a fresh process against ``lm.generate()``, judged
-    by kexport's one verdict (token ids are integers: compared exactly, length included)."""
-    import numpy as np
-
+    by kexport's one verdict (token ids are integers: compared exactly, length included);
+    through kexport's loop, then through the format's own engine where it has one."""
     prompts = check_prompts(spec.cache.vocab_size)
     want = keras_greedy(model, prompts, max_new_tokens)
-    got = run_child(path, prompts, max_new_tokens)
+    record = _token_record(prompts, want, run_child(path, prompts, max_new_tokens), format,
+                    "greedy tokens of kexport.load(...).generate in a fresh process "
+                    "against lm.generate()", max_new_tokens)
+    engine = getattr(writer.module, "ENGINE", None)
+    if engine:
+        stops = writer.module.stop_ids(path)
+        got = run_child(path, prompts, max_new_tokens, writer.module.ENGINE_CHILD, engine)
+        keep = writer.module.EOS_IN_SEQUENCE  # onnxruntime-genai leaves the eos out
+        cut = [_cut_at(w, len(p), stops, keep) for p, w in zip(prompts, want, strict=True)]
+        record["engine"] = _token_record(
+            prompts, cut, got, format,
+            f"greedy tokens of {engine}'s own engine (one prompt per generator, rows end at "
+            f"eos {stops}{'' if keep else ', left out'}) in a fresh process against lm.generate()", max_new_tokens)
+    return record
+
+
+def _token_record(prompts: list[list[int]], want: list[list[int]], got: list[list[int]], format: str,
+           check: str, max_new_tokens: int) -> dict[str, Any]:
+    import numpy as np
+
     report = verdict(VerificationReport(format, "float32", 0.0, 0.0, 0), [
         Case(TASK, f"prompt of {len(p)} tokens", {"prompt": np.asarray([p])},
              [np.asarray(w)], [np.asarray(g)], output_names=("tokens",))
         for p, w, g in zip(prompts, want, got, strict=True)])
-    rows = [{"prompt_length": len(p), "equal": check.ok,
+    rows = [{"prompt_length": len(p), "equal": case.ok,
              "first_difference": next((j for j, (a, b) in enumerate(zip(w, g, strict=False))
                                        if a != b), None if len(w) == len(g) else
                                       min(len(w), len(g)))}
-            for p, w, g, check in zip(prompts, want, got, report.checks, strict=True)]
-    record = {"check": "greedy tokens of kexport.load(...).generate in a fresh process "
-                       "against lm.generate()",
+            for p, w, g, case in zip(prompts, want, got, report.checks, strict=True)]
+    record = {"check": check,
               "max_new_tokens": max_new_tokens, "rows": rows, "passed": report.ok}
     if not report.ok:
         raise VerificationError(
-            f"task={TASK!r}: the artifact's greedy tokens differ from lm.generate(): "
+            f"task={TASK!r}: {check.split(' in a fresh')[0]} differ from lm.generate(): "
             f"{[r for r in rows if not r['equal']]}. Nothing was written.", report=report)
     return record
 
 
 def export_generative(model: Any, filepath: str | os.PathLike[str], *, format: str,
                       verbose: bool | None = None, overwrite: bool = False,
-                      max_new_tokens: int = 8,
+                      max_new_tokens: int = 8, check: bool = True,
                       printer: Callable[[str], None] = print) -> GenerativeSpec:
     """Write ``model``'s prefill/decode endpoints with an explicit cache to ``filepath``.
 
     Args:
         model: a keras_hub ``CausalLM`` (see :data:`kexport.generation.model.CAN`).
         filepath: where the artifact goes (a folder).
-        format: ``"tf_saved_model"`` (TensorFlow backend) or ``"torch"`` (PyTorch).
+        format: a format :data:`WRITERS` holds for the current backend.
         verbose: ``False`` prints nothing.
         overwrite: replace data at ``filepath`` that is not a kexport artifact.
         max_new_tokens: tokens generated per prompt by the token check.
+        check: ``False`` only where the caller checks the artifact against the
+            live model itself (a re-host's child: the parent checks).
 
     Returns:
         The :class:`GenerativeSpec` recorded in the artifact, with its verdict.
@@ -172,12 +213,10 @@ def export_generative(model: Any, filepath: str | os.PathLike[str], *, format: s
     backend = keras.backend.backend()
     writer = WRITERS.get((backend, format))
     if writer is None:
-        raise UnsupportedRouteError(
-            f"task={TASK!r} writes {', '.join(writable_cells())}. Received: "
-            f"format={format!r} from the {backend} backend.")
+        raise UnsupportedRouteError(refusal(format, backend))
     _atomic.check_destination(filepath, overwrite)
-    spec = GenerativeSpec(cache=cache_geometry(model), family=type(model).__name__)
-    entries = saved_model.endpoint_entries(spec)
+    spec = writer.spec(GenerativeSpec(cache=cache_geometry(model), family=type(model).__name__))
+    entries = writer.entries(spec)
     manifest = Manifest(format=format, backend=backend, endpoints=entries,
                         default_endpoint=spec.prefill, keras_version=keras.__version__)
     with _atomic.atomic_target(filepath, is_dir=True, overwrite=overwrite) as tmp:
@@ -185,22 +224,61 @@ def export_generative(model: Any, filepath: str | os.PathLike[str], *, format: s
         target = writer.module.manifest_file(tmp)
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(manifest.with_extras(**{MANIFEST_KEY: spec.to_json()}).dumps())
-        spec = replace(spec, verification=_greedy_check(model, tmp, spec, max_new_tokens, format))
-        target.write_text(manifest.with_extras(**{MANIFEST_KEY: spec.to_json()}).dumps())
-    if verbose is not False:
-        printer(f"kexport: wrote the generative form ({spec.prefill}/{spec.decode}, cache "
-                f"{list(spec.cache.shape(None, None))}) as {format} at '{os.fspath(filepath)}'; "
-                f"greedy tokens equal to lm.generate() for prompts of lengths "
-                f"{[r['prompt_length'] for r in spec.verification['rows']]}.")
+        if check:
+            spec = check_staged(model, tmp, format, max_new_tokens)
+    if verbose is not False and check:
+        say(printer, spec, format, filepath)
     return spec
 
 
-def export_task(model: Any, filepath: str | os.PathLike[str], format: str, task: Any, *,
-                verbose: bool | None = None, overwrite: bool = False,
-                **options: Any) -> GenerativeSpec:
-    """``export_model(..., task=...)``: the tasks other than the forward pass.
+def refusal(format: str, backend: str) -> str:
+    """The message of a cell no writer (nor re-host) takes."""
+    return (f"task={TASK!r} writes {', '.join(writable_cells())} (other backends re-host "
+            f"onto those). Received: "
+            f"format={format!r} from the {backend} backend.")
+
+
+def say(printer: Callable[[str], None], spec: GenerativeSpec, format: str,
+        filepath: str | os.PathLike[str], rehosted: str = "") -> None:
+    """The export's one-line summary."""
+    engine = (f" and through {spec.engine}'s own engine" if spec.engine else "")
+    printer(f"kexport: wrote the generative form ({spec.prefill}/{spec.decode}, cache "
+            f"{list(spec.cache.shape(None, None))}) as {format}{rehosted} at "
+            f"'{os.fspath(filepath)}'; greedy tokens equal to lm.generate() for prompts of "
+            f"lengths {[r['prompt_length'] for r in (spec.verification or {})['rows']]}"
+            f"{engine}.")
+
+
+def _writer_of(folder: Path, format: str) -> tuple[_Writer, Path]:
+    for writer in (w for (_, f), w in WRITERS.items() if f == format):
+        target = writer.module.manifest_file(folder)
+        if target.exists():
+            return writer, target
+    raise VerificationError(f"task={TASK!r}: no {format} manifest in the staged artifact.")
+
+
+def check_staged(model: Any, folder: Path, format: str, max_new_tokens: int = 8
+                 ) -> GenerativeSpec:
+    """Check the staged artifact in ``folder`` against the live ``model`` (greedy tokens in a
+    fresh process, and through the format's engine) and store the verdict in its manifest.
 
     Raises:
+        VerificationError: the tokens differ (the artifact is not placed).
+    """
+    import keras
+
+    writer, target = _writer_of(folder, format)
+    manifest = Manifest.from_json(target.read_text())
+    spec = GenerativeSpec.from_json(manifest.extras[MANIFEST_KEY])
+    record = _greedy_check(model, folder, spec, max_new_tokens, format, writer)
+    record["live_backend"] = keras.backend.backend()
+    spec = replace(spec, verification=record, engine=getattr(writer.module, "ENGINE", ""))
+    target.write_text(manifest.with_extras(**{MANIFEST_KEY: spec.to_json()}).dumps())
+    return spec
+
+
+def check_task(task: Any, options: dict[str, Any]) -> None:
+    """Raises:
         SignatureError: an unknown ``task``.
         SignatureTypeError: options the task does not take.
     """
@@ -211,5 +289,12 @@ def export_task(model: Any, filepath: str | os.PathLike[str], format: str, task:
     if unknown:
         raise SignatureTypeError(f"Unexpected keyword arguments for task={TASK!r}: {unknown}. "
                                  "Expected only: ['max_new_tokens'].")
+
+
+def export_task(model: Any, filepath: str | os.PathLike[str], format: str, task: Any, *,
+                verbose: bool | None = None, overwrite: bool = False,
+                **options: Any) -> GenerativeSpec:
+    """``export_model(..., task=...)`` in a cell with a native writer (see :func:`check_task`)."""
+    check_task(task, options)
     return export_generative(model, filepath, format=format, verbose=verbose,
                              overwrite=overwrite, **options)

@@ -13,15 +13,18 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from kexport.errors import SignatureError, describe
+from kexport.errors import SignatureError, UnsupportedRouteError, describe
 from kexport.generation.spec import GenerativeSpec
 
-__all__ = ["SAMPLERS", "generate", "prompt_rows"]
+__all__ = ["SAMPLERS", "as_keras_cache", "generate", "prompt_rows"]
 
 #: The samplers :func:`generate` offers.
 SAMPLERS = ("greedy", "top_k")
 
 Run = Callable[[str, dict[str, Any]], dict[str, Any]]
+#: endpoint, feeds, variables (``None``: initial) -> outputs, variables after
+StateRun = Callable[[str, dict[str, Any], dict[str, Any] | None],
+                    tuple[dict[str, Any], dict[str, Any]]]
 
 
 def prompt_rows(prompt_ids: Any) -> list[list[int]]:
@@ -79,6 +82,61 @@ def _check(spec: GenerativeSpec, rows: list[list[int]], max_new_tokens: Any,
             f"({max(len(r) for r in rows)} + {max_new_tokens}).")
 
 
+def as_keras_cache(spec: GenerativeSpec, run: Run, run_with_state: StateRun | None = None
+                   ) -> tuple[GenerativeSpec, Run]:
+    """A ``past_key_values`` (or ``stateful``) endpoint as the prefill/decode pair with
+    keras_hub's cache.
+
+    The decode's cache ``[B, L, 2, M, H, D]`` is cut to the positions before
+    ``cache_update_index`` and handed over as ``past_key_values.{i}.key/.value``
+    ``[B, H, P, D]`` (a stateful endpoint: as its variables, with ``beam_idx``
+    the identity); the ``present`` values (the variables after) are written back.
+    """
+    import numpy as np
+
+    g, names = spec.cache, spec.names
+    keys = [(i, kv) for i in range(g.num_layers) for kv in ("key", "value")]
+    plain = GenerativeSpec(cache=g)
+
+    def step(tokens: Any, past: Any) -> tuple[Any, Any]:
+        known = past.shape[3]
+        feeds = {names["token_ids"]: tokens.astype(np.int64),
+                 names["attention_mask"]: np.ones((len(tokens), known + tokens.shape[1]),
+                                                  np.int64)}
+        pasts = {(i, kv): np.ascontiguousarray(past[:, i, 0 if kv == "key" else 1]
+                                               .transpose(0, 2, 1, 3)) for i, kv in keys}
+        if spec.convention == "stateful":
+            if run_with_state is None:
+                raise UnsupportedRouteError(
+                    "Expected a runtime that runs stateful endpoints (OpenVINO) for an "
+                    "artifact whose cache is the endpoint's state. Received none.")
+            feeds[names["beam_idx"]] = np.arange(len(tokens), dtype=np.int32)
+            state = {names["state"].format(layer=i, kv=kv): v for (i, kv), v in pasts.items()}
+            out, after = run_with_state(spec.prefill, feeds, state)
+            fresh = {key: after[name] for key, name in
+                     ((key, names["state"].format(layer=key[0], kv=key[1])) for key in keys)}
+        else:
+            feeds.update({names["past"].format(layer=i, kv=kv): v for (i, kv), v in pasts.items()})
+            out = run(spec.prefill, feeds)
+            fresh = {(i, kv): out[names["present"].format(layer=i, kv=kv)] for i, kv in keys}
+        present = np.stack([np.stack([fresh[i, kv] for kv in ("key", "value")], 1)
+                            for i in range(g.num_layers)], 1)  # [B, L, 2, H, P+S, D]
+        return out[names["logits"]], present.transpose(0, 1, 2, 4, 3, 5)
+
+    def keras_run(endpoint: str, feeds: dict[str, Any]) -> dict[str, Any]:
+        tokens = np.asarray(feeds["token_ids"])
+        if endpoint == plain.prefill:
+            past = np.zeros(g.shape(len(tokens), 0), g.dtype)
+            logits, cache = step(tokens, past)
+            return {"logits": logits, "cache": cache}
+        cache, index = np.array(feeds["cache"]), int(feeds["cache_update_index"])
+        logits, present = step(tokens, cache[:, :, :, :index])
+        cache[:, :, :, :present.shape[3]] = present
+        return {"logits": logits, "cache": cache}
+
+    return plain, keras_run
+
+
 def _chooser(sampler: str, k: int, seed: int | None) -> Callable[[Any], Any]:
     import numpy as np
 
@@ -101,7 +159,8 @@ def _chooser(sampler: str, k: int, seed: int | None) -> Callable[[Any], Any]:
 
 def generate(spec: GenerativeSpec, run: Run, prompt_ids: Any, *, max_new_tokens: int = 16,
              stop_token_ids: Sequence[int] | None = None, sampler: str = "greedy",
-             k: int = 5, seed: int | None = None) -> list[Any]:
+             k: int = 5, seed: int | None = None,
+             run_with_state: StateRun | None = None) -> list[Any]:
     """Generate from ``prompt_ids`` with the artifact's prefill/decode endpoints.
 
     Args:
@@ -114,6 +173,7 @@ def generate(spec: GenerativeSpec, run: Run, prompt_ids: Any, *, max_new_tokens:
         sampler: ``"greedy"`` (Keras's ``GreedySampler``) or ``"top_k"``.
         k: candidates of ``"top_k"``.
         seed: seed of ``"top_k"``'s draws (NumPy's generator, not Keras's).
+        run_with_state: runs a stateful endpoint (``Artifact.run_with_state``).
 
     Returns:
         One int32 array per prompt: the prompt followed by its new tokens.
@@ -122,6 +182,8 @@ def generate(spec: GenerativeSpec, run: Run, prompt_ids: Any, *, max_new_tokens:
 
     rows = prompt_rows(prompt_ids)
     _check(spec, rows, max_new_tokens, sampler)
+    if spec.convention in ("past_key_values", "stateful"):
+        spec, run = as_keras_cache(spec, run, run_with_state)
     choose = _chooser(sampler, k, seed)
     stops = set() if stop_token_ids is None else {int(t) for t in stop_token_ids}
     names, geometry = spec.names, spec.cache

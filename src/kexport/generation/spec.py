@@ -15,7 +15,7 @@ from typing import Any
 
 from kexport.errors import ArtifactError, UnsupportedRouteError
 
-__all__ = ["MANIFEST_KEY", "TASK", "CacheGeometry", "GenerativeSpec"]
+__all__ = ["MANIFEST_KEY", "TASK", "CacheGeometry", "GenerativeSpec", "generation_summary"]
 
 #: The ``task`` of :func:`kexport.export_model` that writes the generative form.
 TASK = "generate"
@@ -71,6 +71,14 @@ class GenerativeSpec:
             ``logits``, ``cache_out``).
         family: the keras_hub class the artifact came from (informational).
         verification: the stored verdict of the token check, when made.
+        convention: ``"keras_cache"`` (the two endpoints above) or
+            ``"past_key_values"``: one endpoint for both, in optimum's and
+            onnxruntime-genai's interface (``input_ids``, ``attention_mask``,
+            ``past_key_values.{i}.key/.value`` ``[B, H, P, D]`` -> ``logits``,
+            ``present.{i}.key/.value``); :func:`kexport.generation.generate`
+            drives both.
+        engine: the runtime's own generation engine that the token check also
+            drove (``"onnxruntime-genai"``), or ``""``.
     """
 
     cache: CacheGeometry
@@ -81,6 +89,8 @@ class GenerativeSpec:
         "logits": "logits", "cache_out": "cache"})
     family: str = ""
     verification: Mapping[str, Any] | None = None
+    convention: str = "keras_cache"
+    engine: str = ""
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able object (the manifest's ``generation`` entry)."""
@@ -100,7 +110,7 @@ class GenerativeSpec:
         try:
             cache = CacheGeometry(**data["cache"])
             rest = {k: data[k] for k in ("prefill", "decode", "names", "family",
-                                         "verification") if k in data}
+                                         "verification", "convention", "engine") if k in data}
             return cls(cache=cache, **rest)
         except (KeyError, TypeError) as e:
             raise ArtifactError(
@@ -123,3 +133,29 @@ class GenerativeSpec:
                 "compute a forward pass only. Export it again with "
                 f"kexport.export_model(lm, path, task={TASK!r}).")
         return cls.from_json(data)
+
+
+def generation_summary(metadata: Mapping[str, Any]) -> list[str]:
+    """Lines for ``kexport inspect``: the stored token check of a generative artifact."""
+    data = metadata.get(MANIFEST_KEY) if isinstance(metadata, Mapping) else None
+    record = data.get("verification") if isinstance(data, Mapping) else None
+    if not isinstance(record, Mapping):
+        return [] if data is None else ["generation: no token check stored"]
+
+    def line(what: str, r: Mapping[str, Any]) -> str:
+        rows = r.get("rows", [])
+        lengths = [x.get("prompt_length") for x in rows]
+        bad = [x for x in rows if not x.get("equal")]
+        return (f"  {what}: {'PASS' if r.get('passed') else 'FAIL'}, greedy tokens "
+                f"{'equal to' if not bad else 'differ from'} lm.generate() for prompts of "
+                f"lengths {lengths}, {r.get('max_new_tokens')} new tokens"
+                + (f" (first differences {[x.get('first_difference') for x in bad]})"
+                   if bad else ""))
+
+    lines = [f"generation ({data.get('family') or 'CausalLM'}, checked against the live "
+             f"model on {record.get('live_backend', metadata.get('backend', '?'))}):",
+             line("kexport's loop", record)]
+    engine = record.get("engine")
+    if isinstance(engine, Mapping):
+        lines.append(line(f"{data.get('engine') or 'the runtime'}'s own engine", engine))
+    return lines

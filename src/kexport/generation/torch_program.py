@@ -4,21 +4,20 @@ Captured from the PyTorch backend with ``torch.export`` (batch, sequence and
 cache length dynamic). Keras's torch ``slice`` with a tensor start (the
 position embedding read at ``cache_update_index``) calls ``torch.narrow``,
 whose start becomes an unbacked size ``torch.export`` cannot carry; while
-capturing, :func:`traceable_slices` reads such slices with ``index_select``
-instead (the same values), scoped to the capture.
+capturing, :func:`kexport.generation.keras_torch.traceable_slices` reads such
+slices with ``index_select`` instead (the same values), scoped to the capture.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from kexport._patch import scoped_patch
 from kexport.artifact import MANIFEST_NAME
+from kexport.capture.torch_export import symbolic_sizes
 from kexport.errors import CaptureError
+from kexport.generation.keras_torch import traceable_slices
 from kexport.generation.spec import GenerativeSpec
 
 __all__ = ["manifest_file", "write"]
@@ -27,33 +26,6 @@ __all__ = ["manifest_file", "write"]
 def manifest_file(folder: Path) -> Path:
     """Where the artifact's manifest lives."""
     return folder / MANIFEST_NAME
-
-
-def _traceable_slice(original: Any) -> Any:
-    def traced_slice(inputs: Any, start_indices: Any, shape: Any) -> Any:
-        import torch
-
-        if not isinstance(start_indices, (list, tuple)) or not any(
-                isinstance(s, torch.Tensor) for s in start_indices):
-            return original(inputs, start_indices, shape)
-        result = torch.as_tensor(inputs)
-        for axis, (start, size) in enumerate(zip(start_indices, shape, strict=True)):
-            if isinstance(start, int) and start == 0 and size == result.shape[axis]:
-                continue
-            index = torch.arange(size, device=result.device) + torch.as_tensor(
-                start, device=result.device).to(torch.int64)
-            result = torch.index_select(result, axis, index)
-        return result
-    return traced_slice
-
-
-@contextlib.contextmanager
-def traceable_slices() -> Iterator[None]:
-    """Keras's torch ``slice`` with tensor starts as ``index_select``, in this scope."""
-    from keras.src.backend.torch import core
-
-    with scoped_patch(core, "slice", _traceable_slice):
-        yield
 
 
 def _modules(model: Any, spec: GenerativeSpec) -> tuple[Any, Any]:
@@ -108,7 +80,7 @@ def write(model: Any, spec: GenerativeSpec, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for name, (module, args, dims) in plans.items():
         try:
-            with torch.no_grad(), traceable_slices():
+            with torch.no_grad(), symbolic_sizes(), traceable_slices():
                 program = torch.export.export(module, args, dynamic_shapes=dims, strict=False)
         except Exception as e:  # every capture failure becomes a typed error
             raise CaptureError(

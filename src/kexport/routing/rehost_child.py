@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from kexport.context import ExportContext, Printer
+from kexport.generation.export import export_generative
 from kexport.rehost.child import (
     carried_calibration,
     endpoint_fn,
@@ -42,6 +43,7 @@ from kexport.rehost.child import (
     rebuild,
     run_artifact,
 )
+from kexport.rehost.generative import MODE as GENERATE
 from kexport.rehost.job import Job
 from kexport.routing.archive import ExportArchive
 from kexport.routing.single import export
@@ -59,6 +61,10 @@ def _export(models: list[Any], ordered: list[list[Any]], job: Job,
     context = ExportContext(overwrite=True, samples=parent_policy(work, job),
                             source_backend=job.source_backend,
                             printer=Printer(on=job.verbose))
+    if job.mode == GENERATE:  # the parent checks the tokens against the live model
+        export_generative(models[0], out, format=job.format, verbose=False, overwrite=True,
+                          check=False, **job.kwargs)
+        return
     if job.mode == "model":
         (endpoint,) = job.endpoints
         # the host backend's own routes, as export_model would pick them

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from kexport.artifact import artifact_files
-from kexport.errors import SignatureError, describe
+from kexport.errors import SignatureError, UnsupportedRouteError, describe
 from kexport.generation import GenerativeSpec
 from kexport.generation import generate as _generate
 
@@ -248,7 +248,20 @@ class Artifact(abc.ABC):
         """
         spec = GenerativeSpec.of_metadata(self.metadata, os.fspath(self.path))
         return _generate(spec, self.run, prompt_ids, max_new_tokens=max_new_tokens,
-                         stop_token_ids=stop_token_ids, sampler=sampler, k=k, seed=seed)
+                         stop_token_ids=stop_token_ids, sampler=sampler, k=k, seed=seed,
+                         run_with_state=self.run_with_state)
+
+    def run_with_state(self, endpoint: str, inputs: dict[str, Any],
+                       states: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Run a stateful endpoint once from ``states`` (name -> array; ``None``: the
+        variables' initial values); return its outputs and the variables after.
+
+        Raises:
+            UnsupportedRouteError: the format's runtime keeps no state.
+        """
+        raise UnsupportedRouteError(
+            f"Expected a stateful artifact (OpenVINO). Received: a {self.format} artifact, "
+            "whose endpoints keep no state.")
 
     def describe(self) -> dict[str, Any]:
         """A JSON-able summary: format, endpoints, files, metadata, report."""

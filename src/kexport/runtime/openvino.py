@@ -135,6 +135,22 @@ class OpenVINOArtifact(Artifact):
             out[name] = dict(sorted(tally.items(), key=lambda kv: (-kv[1], kv[0])))
         return out
 
+    def run_with_state(self, endpoint: str, inputs: dict[str, Any],
+                       states: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Run a stateful IR once on a new infer request, its variables set from
+        ``states`` first (``None``: their initial values); outputs and variables after."""
+        import openvino as ov
+
+        info = self._endpoint(endpoint)
+        feeds = self._feeds(info, inputs)
+        request = self._compiled[info.name].create_infer_request()
+        for variable in request.query_state():
+            if states is not None:
+                variable.state = ov.Tensor(states[variable.name])
+        request.infer(feeds)
+        outputs = {n: request.get_tensor(n).data.copy() for n in info.output_names}
+        return outputs, {v.name: v.state.data.copy() for v in request.query_state()}
+
     def _run(self, endpoint: EndpointInfo, feeds: dict[str, Any]) -> dict[str, Any]:
         compiled = self._compiled[endpoint.name]
         # OpenVINO takes strings as a NumPy unicode array (an object array: "dtype_map")
