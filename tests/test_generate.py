@@ -161,3 +161,30 @@ def test_generate_on_a_forward_pass_artifact_says_how_to_get_one(tmp_path):
     kexport.export_model(model, tmp_path / "m", verbose=False)
     with pytest.raises(UnsupportedRouteError, match="task='generate'"):
         kexport.load(tmp_path / "m").generate([[1, 2]])
+
+
+@pytest.mark.backends("tensorflow")
+def test_cli_export_task_generate(tmp_path):
+    """``kexport export LM.keras --task generate``: the generative artifact and its stored
+    token check, the same tokens as the saved model's ``generate`` once reloaded."""
+    from test_cli import kexport as cli
+
+    lm = _lm("gpt2")
+    model_file = tmp_path / "lm.keras"
+    lm.save(model_file)
+    out = tmp_path / "gen"
+    proc = cli("export", model_file, "--format", "tf_saved_model", "--task", "generate",
+               "-o", out, "--json", timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(proc.stdout)
+    assert data["ok"] is True and data["task"] == "generate", data
+    assert data["verification"]["passed"] is True
+    assert {r["prompt_length"] for r in data["verification"]["rows"]} == {1, 3, 6}
+    prompts = [[5, 9, 2], [7]]
+    rows = kexport.load(out).generate(prompts, max_new_tokens=5, sampler="greedy")
+    assert [r.tolist() for r in rows] == _keras(lm, prompts, 5)
+
+    proc = cli("export", model_file, "--format", "tf_saved_model", "--task", "generate",
+               "-o", tmp_path / "again", "--no-verify")
+    assert proc.returncode == 2 and "--no-verify" in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / "again").exists()

@@ -135,6 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-signature", metavar="JSON",
                    help='e.g. \'[{"shape": [null, 64], "dtype": "float32", "name": "x"}]\'')
     p.add_argument("--opset", type=_positive, help="ONNX opset version")
+    p.add_argument("--task", choices=("generate",),
+                   help="generate: a keras_hub CausalLM as prefill/decode with its key/value "
+                        "cache, checked token-exact against lm.generate() in a fresh process "
+                        "(the field's text-generation-with-past; see docs/generation.md)")
     p.add_argument("--quantize", choices=MODES, metavar="MODE",
                    help=f"quantize the artifact: {', '.join(MODES)} (formats that quantize: "
                         "see docs/quantization.md); int8 needs --calibration")

@@ -22,7 +22,8 @@ from kexport.cli._codes import EXIT_FAILED, EXIT_OK
 from kexport.cli._loading import keras_backend, load_data, load_model, parse_signature
 from kexport.cli._progress import Progress
 from kexport.cli._results import emit
-from kexport.errors import LayoutError
+from kexport.errors import LayoutError, SignatureError
+from kexport.generation.spec import MANIFEST_KEY, generation_summary
 
 __all__ = ["export"]
 
@@ -39,6 +40,10 @@ def export(args: argparse.Namespace, progress: Progress) -> int:
         data, text = _export(args, progress, args.output)
         emit(args, data, text)
         return EXIT_OK if data["ok"] else EXIT_FAILED
+    if args.task is not None:
+        raise LayoutError("Expected no --layout with --task: a generative artifact is served "
+                          f"by `kexport serve` or its runtime's engine. Received: --layout "
+                          f"{args.layout} --task {args.task}.")
     args.format = args.format or layouts.layout_format(args.layout)
     routing.format_info(args.format)
     layouts.check_layout(args.layout, args.format)
@@ -83,6 +88,8 @@ def _export(args: argparse.Namespace, progress: Progress,
     with progress.step("Loading model"):
         model = load_model(args.model, args.unsafe)
     backend = keras_backend()
+    if args.task is not None:
+        return _export_task(args, progress, output, model, backend, kwargs)
     start = time.perf_counter()
     with progress.step(f"Exporting to {args.format} ({backend} backend)"):
         kexport.export_model(model, output, format=args.format, verbose=False,
@@ -126,4 +133,31 @@ def _export(args: argparse.Namespace, progress: Progress,
                            verified={output: report} if not args.no_verify else None)
         data["report"] = args.report
         lines.append(f"Report: {args.report}")
+    return data, "\n".join(lines)
+
+
+def _export_task(args: argparse.Namespace, progress: Progress, output: str, model: Any,
+                 backend: str, kwargs: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """``--task generate``: the generative export, whose own check (greedy tokens equal to
+    ``lm.generate()``, in a fresh process, before placement) is its verification."""
+    if args.no_verify:
+        raise SignatureError(
+            "--task generate always checks its tokens before writing: expected no "
+            "--no-verify. Received: --no-verify.")
+    start = time.perf_counter()
+    with progress.step(f"Exporting to {args.format} with --task {args.task} "
+                       f"({backend} backend)"):
+        kexport.export_model(model, output, format=args.format, verbose=False,
+                             overwrite=args.overwrite, task=args.task, **kwargs)
+    export_s = time.perf_counter() - start
+    metadata = kexport.load(output).metadata
+    record = (metadata.get(MANIFEST_KEY) or {}).get("verification")
+    data: dict[str, Any] = {"ok": True, "format": args.format, "backend": backend,
+                            "task": args.task, "output": output,
+                            "size": size_of(output, args.format),
+                            "export_seconds": round(export_s, 3), "verification": record,
+                            "quantization": None}
+    lines = [f"Wrote {args.format} artifact '{output}' ({human_size(data['size'])}) for "
+             f"--task {args.task} in {export_s:.1f}s from the {backend} backend."]
+    lines.extend(generation_summary(metadata))
     return data, "\n".join(lines)
