@@ -160,7 +160,8 @@ def _chooser(sampler: str, k: int, seed: int | None) -> Callable[[Any], Any]:
 def generate(spec: GenerativeSpec, run: Run, prompt_ids: Any, *, max_new_tokens: int = 16,
              stop_token_ids: Sequence[int] | None = None, sampler: str = "greedy",
              k: int = 5, seed: int | None = None,
-             run_with_state: StateRun | None = None) -> list[Any]:
+             run_with_state: StateRun | None = None,
+             on_token: Callable[[int, int], None] | None = None) -> list[Any]:
     """Generate from ``prompt_ids`` with the artifact's prefill/decode endpoints.
 
     Args:
@@ -174,6 +175,8 @@ def generate(spec: GenerativeSpec, run: Run, prompt_ids: Any, *, max_new_tokens:
         k: candidates of ``"top_k"``.
         seed: seed of ``"top_k"``'s draws (NumPy's generator, not Keras's).
         run_with_state: runs a stateful endpoint (``Artifact.run_with_state``).
+        on_token: called as ``on_token(row, token_id)`` for each new token as it
+            is chosen (a row's calls are its new tokens of the result, in order).
 
     Returns:
         One int32 array per prompt: the prompt followed by its new tokens.
@@ -209,6 +212,9 @@ def generate(spec: GenerativeSpec, run: Run, prompt_ids: Any, *, max_new_tokens:
         fresh = (index >= lengths) & (index < ends) & ~done
         tokens[:, index] = np.where(fresh, chosen, tokens[:, index])
         done |= fresh & np.isin(chosen, list(stops))
+        if on_token is not None:
+            for row in np.flatnonzero(fresh):
+                on_token(int(row), int(chosen[row]))
         if np.all(done | (index + 1 >= ends)):
             break
     results = []

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import abc
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -220,7 +220,8 @@ class Artifact(abc.ABC):
 
     def generate(self, prompt_ids: Any, *, max_new_tokens: int = 16,
                  stop_token_ids: Sequence[int] | None = None, sampler: str = "greedy",
-                 k: int = 5, seed: int | None = None) -> list[Any]:
+                 k: int = 5, seed: int | None = None,
+                 on_token: Callable[[int, int], None] | None = None) -> list[Any]:
         """Generate token ids from prompts with the artifact's prefill/decode endpoints.
 
         For artifacts exported with ``task="generate"``; greedy generation gives
@@ -232,6 +233,8 @@ class Artifact(abc.ABC):
             max_new_tokens: tokens generated after each prompt, at most.
             stop_token_ids: ids that end a row (kept in its output).
             sampler: ``"greedy"`` or ``"top_k"`` (``k`` candidates, ``seed``).
+            on_token: called as ``on_token(row, token_id)`` for each new token
+                as soon as it is chosen (to stream them).
 
         Returns:
             One int32 array per prompt: the prompt followed by its new tokens.
@@ -249,7 +252,7 @@ class Artifact(abc.ABC):
         spec = GenerativeSpec.of_metadata(self.metadata, os.fspath(self.path))
         return _generate(spec, self.run, prompt_ids, max_new_tokens=max_new_tokens,
                          stop_token_ids=stop_token_ids, sampler=sampler, k=k, seed=seed,
-                         run_with_state=self.run_with_state)
+                         run_with_state=self.run_with_state, on_token=on_token)
 
     def run_with_state(self, endpoint: str, inputs: dict[str, Any],
                        states: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:

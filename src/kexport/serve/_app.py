@@ -3,7 +3,8 @@
 Imported only when an app is built (FastAPI is imported here at the top, so
 that FastAPI resolves the route annotations).
 
-Every request that reaches a route gets a JSON answer: 200, 400 for a
+Every request that reaches a route gets a JSON answer (``generate_stream``:
+server-sent events once its first token is chosen): 200, 400 for a
 request the model cannot take (the message names what was expected and what
 was received), 404 for an unknown model or version, 408 for a body that
 does not arrive in time, 413 for a body over the limit. Inference runs in a
@@ -27,13 +28,13 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from kexport._version import __version__
 from kexport.errors import SignatureError
-from kexport.serve import _tfs, _v2
+from kexport.serve import _generate, _tfs, _v2
 from kexport.serve._models import Served, ServedModel
 from kexport.serve._values import BadRequest, scrub
 
@@ -152,7 +153,7 @@ def build_app(artifacts: dict[str, Served], models: dict[str, ServedModel], *,
     @app.get("/v2")
     async def server_metadata() -> Any:
         return {"name": "kexport", "version": __version__,
-                "extensions": ["binary_tensor_data"]}
+                "extensions": ["binary_tensor_data", "generate"]}
 
     def metadata(m: ServedModel) -> dict[str, Any]:
         return {"name": m.name, "versions": ["1"],
@@ -209,6 +210,84 @@ def build_app(artifacts: dict[str, Served], models: dict[str, ServedModel], *,
         app.add_api_route(prefix + "/ready", get_ready, methods=["GET"])
         app.add_api_route(prefix + "/config", get_config, methods=["GET"])
         app.add_api_route(prefix + "/infer", infer, methods=["POST"])
+
+    # -- Triton's generate extension (generative artifacts) -------------------
+    def generative(name: str, version: str | None) -> ServedModel:
+        m = model(name, version)
+        artifact = m.served.artifact
+        if not _generate.is_generative(artifact.metadata):
+            raise BadRequest(
+                f"Model '{name}': expected an artifact exported with task='generate' for "
+                f"/generate and /generate_stream. Received: a {artifact.format} artifact "
+                f"whose endpoints {sorted(artifact.endpoints)} compute a forward pass; "
+                f"POST /v2/models/{name}/infer runs it")
+        return m
+
+    def generation(m: ServedModel, prompt: list[int], params: dict[str, Any],
+                   on_token: Callable[[int, int], None] | None = None) -> list[int]:
+        """In the pool: the new ids of one prompt; one generation at a time per
+        artifact whose runtime is not thread-safe."""
+        try:
+            with m.served.lock:
+                row = m.served.artifact.generate([prompt], on_token=on_token, **params)[0]
+        except (BadRequest, SignatureError):
+            raise
+        except Exception as e:  # the runtime refused this request
+            raise BadRequest(f"Model '{m.name}': the {m.served.artifact.format} runtime "
+                             f"refused the request: {type(e).__name__}: {scrub(str(e))}") \
+                from None
+        return [int(t) for t in row[len(prompt):]]
+
+    async def generate(request: Request, name: str, version: str | None = None) -> Any:
+        async def work() -> Any:
+            m = generative(name, version)
+            body = await _read_body(request, max_body_bytes, body_timeout)
+            prompt, params = _generate.decode_generate(body, m.name)
+            ids = await asyncio.get_running_loop().run_in_executor(
+                pool, lambda: generation(m, prompt, params))
+            return _generate.reply(m.name, ids)
+        return await answer(work)
+
+    async def generate_stream(request: Request, name: str, version: str | None = None) -> Any:
+        async def work() -> Any:
+            m = generative(name, version)
+            body = await _read_body(request, max_body_bytes, body_timeout)
+            prompt, params = _generate.decode_generate(body, m.name)
+            loop = asyncio.get_running_loop()
+            queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+
+            def put(kind: str, value: Any) -> None:
+                loop.call_soon_threadsafe(queue.put_nowait, (kind, value))
+
+            def job() -> None:
+                try:
+                    generation(m, prompt, params, lambda row, token: put("token", token))
+                except Exception as e:
+                    put("error", e)
+                else:
+                    put("end", None)
+
+            loop.run_in_executor(pool, job)
+            first = await queue.get()  # a request generate refuses is still a 4xx
+            if first[0] == "error":
+                raise first[1]
+
+            async def events() -> Any:
+                kind, value = first
+                while kind == "token":
+                    yield _generate.event(_generate.reply(m.name, [value]))
+                    kind, value = await queue.get()
+                if kind == "error":
+                    known = isinstance(value, (BadRequest, SignatureError))
+                    yield _generate.event({"error": scrub(str(value)) if known else
+                                           f"Internal error ({type(value).__name__})"})
+
+            return StreamingResponse(events(), media_type="text/event-stream")
+        return await answer(work)
+
+    for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
+        app.add_api_route(prefix + "/generate", generate, methods=["POST"])
+        app.add_api_route(prefix + "/generate_stream", generate_stream, methods=["POST"])
 
     # -- TF-Serving REST ------------------------------------------------------
     async def predict(request: Request, name: str, version: str | None = None) -> Any:
