@@ -41,11 +41,13 @@ def served(tmp_path_factory):
         stopped = _keras(lm, PROMPTS[:1], NEW, stop_token_ids=(stop,))[0]
         x = np.ones((1, 4), "float32")
         forward = np.asarray(dense(x))
+        drawn = kexport.load(root / "gpt2").generate(PROMPTS[1], max_new_tokens=NEW,
+                                                     sampler="top_k", k=4, seed=3)[0]
         server.wait()
         wait_live(server.url)
         with httpx.Client(base_url=server.url, timeout=60) as http:
             yield http, {"rows": want, "stop": stop, "stopped": stopped, "x": x,
-                         "forward": forward}
+                         "forward": forward, "drawn": drawn.tolist()}
         assert server.alive()
     finally:
         server.stop()
@@ -77,6 +79,9 @@ def test_generate_answers_keras_greedy_tokens(served):
                         "parameters": {"max_new_tokens": NEW, "stop_token_ids": [ref["stop"]]}})
     assert r.json()["output_ids"] == ref["stopped"][len(PROMPTS[0]):]
     assert r.json()["output_ids"][-1] == ref["stop"] and len(r.json()["output_ids"]) < NEW
+    top_k = {"max_new_tokens": NEW, "sampler": "top_k", "k": 4, "seed": 3}
+    r = http.post("/v2/models/gpt2/generate", json={"input_ids": PROMPTS[1], "parameters": top_k})
+    assert r.json()["output_ids"] == ref["drawn"][len(PROMPTS[1]):]  # kexport.load's draws
 
 
 def test_generate_stream_sends_one_event_per_token(served):
@@ -105,6 +110,10 @@ def test_generate_stream_sends_one_event_per_token(served):
      ["context of 48 tokens", "50 tokens"]),
     ("gpt2", {"input_ids": [1], "parameters": {"temperature": 0.5}}, 400,
      ["parameters among", "temperature"]),
+    ("gpt2", {"input_ids": [1], "parameters": {"sampler": "top_k", "seed": "x"}}, 400,
+     ["parameters.seed", "int >= 0", '"x"']),
+    ("gpt2", {"input_ids": [1], "parameters": {"sampler": "beam"}}, 400,
+     ["parameters.sampler", "greedy", '"beam"']),
     ("dense", {"input_ids": [1]}, 400, ["task='generate'", "forward pass", "/infer"]),
     ("nope", {"input_ids": [1]}, 404, ["model name", "'nope'"]),
 ])

@@ -78,6 +78,10 @@ def decode_generate(body: bytes, model: str) -> tuple[list[int], dict[str, Any]]
     if "sampler" in params and params["sampler"] not in SAMPLERS:
         raise BadRequest(f'Expected "parameters.sampler" among {list(SAMPLERS)}. Received: '
                          f"{json.dumps(params['sampler'])[:40]}")
+    seed = params.get("seed")
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
+        raise BadRequest(f'Expected "parameters.seed" as an int >= 0. Received: '
+                         f"{json.dumps(seed)[:40]}")
     return prompt, params
 
 
