@@ -31,7 +31,7 @@ from kexport.errors import (
     VerificationError,
     describe,
 )
-from kexport.generation import onnx_genai, openvino_ir, saved_model, torch_program
+from kexport.generation import litert_lm, onnx_genai, openvino_ir, saved_model, torch_program
 from kexport.generation.model import cache_geometry
 from kexport.generation.spec import MANIFEST_KEY, TASK, GenerativeSpec
 
@@ -56,6 +56,7 @@ class _Writer:
 #: (backend, format) -> the writer of the generative form in that cell.
 WRITERS: dict[tuple[str, str], _Writer] = {
     ("tensorflow", "tf_saved_model"): _Writer(saved_model),
+    ("tensorflow", "litert"): _Writer(litert_lm),
     ("torch", "torch"): _Writer(torch_program),
     ("torch", "onnx"): _Writer(onnx_genai),
     ("torch", "openvino"): _Writer(openvino_ir),

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from kexport.errors import SignatureError, UnsupportedRouteError, describe
+from kexport.generation import litert_lm
 from kexport.generation.spec import GenerativeSpec
 
 __all__ = ["SAMPLERS", "as_keras_cache", "generate", "prompt_rows"]
@@ -187,6 +188,8 @@ def generate(spec: GenerativeSpec, run: Run, prompt_ids: Any, *, max_new_tokens:
     _check(spec, rows, max_new_tokens, sampler)
     if spec.convention in ("past_key_values", "stateful"):
         spec, run = as_keras_cache(spec, run, run_with_state)
+    elif spec.convention == litert_lm.CONVENTION:
+        spec, run = litert_lm.as_keras_cache(spec, run)
     choose = _chooser(sampler, k, seed)
     stops = set() if stop_token_ids is None else {int(t) for t in stop_token_ids}
     names, geometry = spec.names, spec.cache

@@ -75,8 +75,12 @@ class GenerativeSpec:
             ``"past_key_values"``: one endpoint for both, in optimum's and
             onnxruntime-genai's interface (``input_ids``, ``attention_mask``,
             ``past_key_values.{i}.key/.value`` ``[B, H, P, D]`` -> ``logits``,
-            ``present.{i}.key/.value``); :func:`kexport.generation.generate`
-            drives both.
+            ``present.{i}.key/.value``), ``"stateful"`` (that endpoint with the
+            cache as its state) or ``"litert_lm"``: fixed-shape ``prefill_{N}``
+            and ``decode`` signatures in LiteRT-LM's names (``tokens``,
+            ``input_pos``, ``kv_cache_k_{i}``/``kv_cache_v_{i}``, see
+            :mod:`kexport.generation.litert_lm`); :func:`kexport.generation.generate`
+            drives them all.
         engine: the runtime's own generation engine that the token check also
             drove (``"onnxruntime-genai"``), or ``""``.
     """

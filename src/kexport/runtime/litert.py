@@ -14,11 +14,12 @@ one place that picks between them.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
 
-from kexport.artifact import manifest_default_endpoint, read_litert_metadata
+from kexport.artifact import MANIFEST_NAME, manifest_default_endpoint, read_litert_metadata
 from kexport.artifact.extensions import TENSORFLOW_TEXT, load_extension, recorded_extensions
 from kexport.errors import ArtifactError
 from kexport.runtime._base import Artifact, EndpointInfo, TensorInfo
@@ -26,6 +27,8 @@ from kexport.runtime._base import Artifact, EndpointInfo, TensorInfo
 __all__ = ["INTERPRETERS", "PRECISIONS", "LiteRTArtifact", "detect", "interpreter_class", "open"]
 
 FORMAT = "litert"
+#: the flatbuffer of a LiteRT artifact that is a folder (docs/generation.md)
+FOLDER_FILE = "model.tflite"
 # The interpreter's CPU kernels compute a float graph in float32 (a quantized
 # file in the dtypes it was written in); there is no setting to ask for less.
 PRECISIONS: tuple[str, ...] = ("float32",)
@@ -34,7 +37,10 @@ INTERPRETERS: tuple[str, ...] = ("ai_edge_litert", "tensorflow")
 
 
 def detect(path: Path) -> bool:
-    """A flatbuffer file with the TFLite identifier ``TFL3``."""
+    """A flatbuffer file with the TFLite identifier ``TFL3``, or a folder holding one as
+    ``model.tflite`` (the generative form, its manifest beside it)."""
+    if path.is_dir():
+        path = path / FOLDER_FILE
     if not path.is_file():
         return False
     try:
@@ -90,7 +96,12 @@ class LiteRTArtifact(Artifact):
 
     def __init__(self, path: str, file: Path) -> None:
         super().__init__(path=path, format=FORMAT)
-        self.metadata = read_litert_metadata(file) or {}
+        if file.is_dir():  # the manifest is the folder's, the flatbuffer inside it
+            self.metadata = json.loads((file / MANIFEST_NAME).read_text()) \
+                if (file / MANIFEST_NAME).is_file() else {}
+            file = file / FOLDER_FILE
+        else:
+            self.metadata = read_litert_metadata(file) or {}
         self.interpreter, interpreter = interpreter_class()
         if TENSORFLOW_TEXT in recorded_extensions(self.metadata):
             self._interpreter = _with_text_ops(self.interpreter, path, file)
