@@ -182,6 +182,52 @@ def serve_and_ask(artifact_path: str, model: object, image: object, label: int) 
     return s_class == k_class and bool(np.allclose(served, keras_probs, atol=1e-5))
 
 
+#: what a client sends: known and unknown words, upper case, punctuation, non-ASCII text,
+#: odd whitespace and an empty string
+TEXTS = ["The cat sat on the mat.", "A DOG ran in the PARK!", "naïve café — 東京",
+         "", "  the\tcat\nran  ", "unknown words only"]
+
+
+def text_model_in_every_format(tmp: str, notes: list[str]) -> bool:
+    """A text classifier taking raw strings (TextVectorization -> Embedding -> Dense),
+    exported to every format that can hold it and fed raw strings from its artifact; the
+    formats that cannot hold it refuse with a typed error, writing nothing."""
+    import keras
+    import numpy as np
+
+    import kexport
+    from kexport.errors import KexportError
+
+    vectorize = keras.layers.TextVectorization(max_tokens=32, output_sequence_length=6)
+    vectorize.adapt(["the cat sat on the mat", "a dog ran in the park", "the cat ran"])
+    text = keras.Input(shape=(), dtype="string", name="text")
+    x = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(32, 8)(vectorize(text)))
+    model = keras.Model(text, keras.layers.Dense(2, name="score")(x))
+    want = keras.ops.convert_to_numpy(model(np.array(TEXTS, dtype=object)))
+    print("a text model taking raw strings (TextVectorization), in every format:", flush=True)
+    ok = True
+    for format, name in [("tf_saved_model", "text_sm"), ("onnx", "text.onnx"),
+                         ("openvino", "text_ov"), ("litert", "text.tflite"),
+                         ("torch", "text.pt2")]:
+        path = os.path.join(tmp, name)
+        try:
+            kexport.export_model(model, path, format=format, verbose=False)
+        except KexportError as e:  # a format that cannot hold it: typed, nothing written
+            written = os.path.exists(path)
+            ok &= not written
+            print(f"  {format:15s} refused ({type(e).__name__}), nothing written: "
+                  f"{not written}")
+            continue
+        artifact = kexport.load(path)
+        got = artifact.run(next(iter(artifact.endpoints)), {"text": np.array(TEXTS)})
+        err = float(np.max(np.abs(next(iter(got.values())) - want)))
+        ok &= err < 1e-5
+        print(f"  {format:15s} raw strings in: max abs err {err:.1e} on {len(TEXTS)} texts")
+    if not ok:
+        notes.append("the text model's artifacts differ from Keras on raw strings")
+    return ok
+
+
 def table(rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip()
@@ -299,6 +345,9 @@ def main() -> int:
             if not serve_and_ask(served_path, model, x_test[:1], int(y_test[0])):
                 failed = True
                 notes.append("kexport serve: the served prediction differs from Keras's")
+        if backend == "tensorflow":  # Keras builds string layers on TensorFlow only
+            print()
+            failed |= not text_model_in_every_format(tmp, notes)
     if quantized_s:
         notes.append(f"the quantized rows' exports and checks took {quantized_s:.0f}s")
     for note in notes:
