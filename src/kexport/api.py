@@ -129,13 +129,17 @@ def export_model(model: Any, filepath: str | os.PathLike[str], format: str = "tf
         if isinstance(kwargs.get(key), Iterator):
             kwargs[key] = list(kwargs[key])
     calibration = calibration_option(kwargs)
+    # the format's declared options, parsed once (unknown names, types) into the context
+    declared = routing.archive_route(format).options
+    typed = (declared.parse(kwargs, backend=keras.backend.backend(), entry="export_model")
+             if declared else None)
     if format in KERAS_QUANTIZED_REORDERED and keras_quantized(model):
         atol, rtol = KERAS_QUANTIZED_REORDERED[format]
         verify_options = {"atol": atol, "rtol": rtol, **verify_options}
     check = None if verify is False else staged_check(model, filepath, verify_options, policy,
                                                       calibration)
     context = ExportContext(overwrite=overwrite, samples=policy, check=check,
-                            printer=printer)
+                            printer=printer, options=typed)
     routing.export(candidates, model, filepath, context=context, input_signature=input_signature, **kwargs)
     if verify is True or (isinstance(verify, dict) and verify.get("fresh_process", True)):
         _verify_export(model, filepath, verify_options, context, calibration)

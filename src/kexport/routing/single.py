@@ -34,8 +34,9 @@ __all__ = ["OptionSplit", "RehostOptions", "export", "native_export", "rehost_ex
 
 #: ``split(options) -> (capture options, writer options)`` for a single-model export.
 OptionSplit = Callable[[dict[str, Any]], tuple[dict[str, Any], dict[str, Any]]]
-#: ``prepare(model, input_signature, options) -> keyword arguments of rehost_export``.
-RehostOptions = Callable[[Any, Any, dict[str, Any]], dict[str, Any]]
+#: ``prepare(model, input_signature, options, context) -> keyword arguments of
+#: rehost_export`` (``context.options``: the format's typed options, where it declares them).
+RehostOptions = Callable[[Any, Any, dict[str, Any], ExportContext], dict[str, Any]]
 
 
 def _capture_only(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -88,7 +89,8 @@ def rehost_export_for(format: str, host: str,
     def export_rehosted(model: Any, filepath: str | os.PathLike[str], *,
                         context: ExportContext, input_signature: Any | None = None,
                         **options: Any) -> Any:
-        extra = prepare(model, input_signature, dict(options)) if prepare else options
+        extra = (prepare(model, input_signature, dict(options), context) if prepare
+                 else options)
         return rehost_export(model, filepath, format, host, input_signature=input_signature,
                              context=context, **extra)
 

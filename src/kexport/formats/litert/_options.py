@@ -68,9 +68,10 @@ class LiteRTOptions:
 
 
 
-def rehost_options(model: Any, input_signature: Any, options: dict[str, Any]
-                   ) -> dict[str, Any]:
-    """What a re-host to LiteRT carries: converter options (``quantization``,
+def rehost_options(model: Any, input_signature: Any, options: dict[str, Any],
+                   context: Any = None) -> dict[str, Any]:
+    """(``context`` is not read: this format's options are not declared as a
+    :class:`~kexport.formats._options.FormatOptions` yet.) What a re-host to LiteRT carries: converter options (``quantization``,
     ``allow_flex``) travel to the child; a ``representative_dataset`` must then
     be a list of arrays/lists/dicts. Float artifacts are compared with the
     live model before they are placed; a quantized one is judged by its mode's
