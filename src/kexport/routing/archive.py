@@ -316,7 +316,7 @@ class ExportArchive:
         format_info(format)  # the arguments, checked once, where the call enters
         _atomic.check_filepath(filepath)
         printer = Printer.resolve(verbose)
-        typed = self._typed_options(format, format_options)
+        typed = self._typed_options(format, options, format_options)
         if typed is None:  # a format whose options are not declared yet
             mode = check_quantization(format, format_options.get("quantization"),
                                       format_options.get("calibration_data"))
@@ -354,7 +354,7 @@ class ExportArchive:
         if context.options is None and archive_route(format).options is not None:
             # a context built without them (a re-host child's): parsed here, once
             context = dataclasses.replace(
-                context, options=self._typed_options(format, format_options))
+                context, options=self._typed_options(format, options, format_options))
         valid = _format_options(writer)
         unknown = sorted(set(format_options) - set(valid))
         if unknown and context.options is None:
@@ -368,11 +368,11 @@ class ExportArchive:
                 write_archive_rehosted, format=format, host=host))
         writer(self, filepath, context=context, options=options, **format_options)
 
-    def _typed_options(self, format: str, given: dict[str, Any]) -> Any:
+    def _typed_options(self, format: str, options: Any, given: dict[str, Any]) -> Any:
         """``given`` parsed by the format's declared options (the one check of them:
         unknown names, types, the quantization request), ``None`` where it declares none."""
         declared = archive_route(format).options
-        return declared.parse(given, backend=self.backend, entry="write_out") if declared else None
+        return declared.for_write_out(options, given, backend=self.backend) if declared else None
 
     # -- for writers ----------------------------------------------------------
     @property

@@ -89,7 +89,7 @@ class CaptureRoute:
 # Keyed by format name (the formats themselves: ``kexport.artifact.FORMATS``).
 _ARCHIVE_ROUTES: dict[str, ArchiveRoute] = {
     "tf_saved_model": ArchiveRoute(saved_model.write_archive),
-    "litert": ArchiveRoute(litert.write_archive),
+    "litert": ArchiveRoute(litert.write_archive, options=litert.LiteRTOptions),
     "torch": ArchiveRoute(
         torch_program.write_archive, ("torch",),
         # torch.export reads PyTorch code only, never TensorFlow functions
