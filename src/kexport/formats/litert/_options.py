@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from kexport.artifact.exclusion import check_exclude
 from kexport.artifact.quantization import check_quantization
 from kexport.check.calibration import calibration_batches
 from kexport.context import ExportContext
@@ -53,9 +54,11 @@ class LiteRTOptions(FormatOptions):
     @classmethod
     def parse(cls, given: Mapping[str, Any], *, backend: str, entry: str) -> LiteRTOptions:
         """``given`` typed (``calibration_data`` or its former name
-        ``representative_dataset`` lands in :attr:`representative_dataset`)."""
-        cls.refuse_unknown(given, backend=backend, entry=entry)
+        ``representative_dataset`` lands in :attr:`representative_dataset`;
+        ``quantization_exclude`` is refused with the reason, a ``QuantizationError``)."""
         given = dict(given)
+        check_exclude("litert", given.get("quantization"), given.pop("quantization_exclude", None))
+        cls.refuse_unknown(given, backend=backend, entry=entry)
         data = calibration_option(given)
         flex = given.get("allow_flex")
         return cls(given.get("quantization"), data, False if flex is None else flex)
