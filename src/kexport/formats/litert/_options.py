@@ -32,7 +32,7 @@ class LiteRTOptions(FormatOptions):
             one, of batches; a batch is an array (single-input endpoints), a
             list in the endpoint's flat input order, or a dict keyed by input
             name. One array or dict is one batch. ``calibration_data=`` in
-            :func:`single_model_options` and :meth:`coerce` (the name every
+            :meth:`parse` and :meth:`coerce` (the name every
             format shares) lands here.
         allow_flex: allow Select-TF (Flex) operators when builtin ones cannot
             express the model.
