@@ -118,16 +118,16 @@ def export_model(model: Any, filepath: str | os.PathLike[str], format: str = "tf
     if kwargs.get("task") is not None:  # prefill/decode with a cache: docs/generation.md
         export_task(model, filepath, format, verbose=verbose, overwrite=overwrite, **kwargs)
         return
-    _check_quantization(format, kwargs)
+    for key in _CALIBRATION_KEYS:  # a one-pass generator: read once, for the export and its check
+        if isinstance(kwargs.get(key), Iterator):
+            kwargs[key] = list(kwargs[key])
+    typed = _typed_options(format, kwargs)
     if kwargs.get("quantization_exclude") is not None:  # unknown layers: before any work
         resolve_layers(model, kwargs["quantization_exclude"])
     candidates = routing.usable(keras.backend.backend(), format, model)
     # what check inputs must respect, read from the model once for every check
     policy = policy_for(model, normalize_for_model(model, input_signature), sample_data)
     _atomic.check_destination(filepath, overwrite)
-    for key in _CALIBRATION_KEYS:  # a one-pass generator: read once, for the export and its check
-        if isinstance(kwargs.get(key), Iterator):
-            kwargs[key] = list(kwargs[key])
     calibration = calibration_option(kwargs)
     if format in KERAS_QUANTIZED_REORDERED and keras_quantized(model):
         atol, rtol = KERAS_QUANTIZED_REORDERED[format]
@@ -135,7 +135,7 @@ def export_model(model: Any, filepath: str | os.PathLike[str], format: str = "tf
     check = None if verify is False else staged_check(model, filepath, verify_options, policy,
                                                       calibration)
     context = ExportContext(overwrite=overwrite, samples=policy, check=check,
-                            printer=printer)
+                            printer=printer, options=typed)
     routing.export(candidates, model, filepath, context=context, input_signature=input_signature, **kwargs)
     if verify is True or (isinstance(verify, dict) and verify.get("fresh_process", True)):
         _verify_export(model, filepath, verify_options, context, calibration)
@@ -151,6 +151,20 @@ def calibration_option(options: dict[str, Any]) -> Any | None:
         if options.get(key) is not None:
             return options[key]
     return None
+
+
+def _typed_options(format: str, kwargs: dict[str, Any]) -> Any:
+    """The format's declared options parsed once (names, types, the quantization
+    request) for ``context.options``; ``None`` (the request checked here) for a
+    format that declares none yet."""
+    import keras
+
+    format_info(format)
+    declared = routing.archive_route(format).options
+    if declared is None:
+        _check_quantization(format, kwargs)
+        return None
+    return declared.parse(kwargs, backend=keras.backend.backend(), entry="export_model")
 
 
 def _check_quantization(format: str, kwargs: dict[str, Any]) -> None:

@@ -101,6 +101,12 @@ class ExportContext:
             a re-host child, whose parent checks, a localiser probe).
         printer: where verbose output goes (:class:`Printer`, from the
             call's ``verbose``).
+        options: the format's typed options (a frozen
+            :class:`~kexport.formats._options.FormatOptions` of the format,
+            e.g. ``OnnxOptions``), parsed once where the call entered; the
+            converters and writers read it. ``None``: the format declares none
+            yet (its writer takes its keyword arguments), or the caller built
+            the context without them.
     """
 
     overwrite: bool = False
@@ -109,6 +115,7 @@ class ExportContext:
     source_backend: str | None = None
     check: Callable[[Path], None] | None = field(default=None, compare=False, repr=False)
     printer: Printer = field(default_factory=Printer)
+    options: Any = field(default=None, compare=False, repr=False)
 
     def check_staged(self, path: str | Path) -> None:
         """Check the complete artifact staged at ``path`` before it is placed (see

@@ -8,8 +8,11 @@ It may also declare, for the single-model export that
 
 - ``single_model_options(options) -> (capture options, writer options)``: how
   the options of ``export_model`` split (default: all go to the capture);
-- ``rehost_options(model, input_signature, options) -> dict``: what a
-  re-host to this format carries and checks (default: the options as given).
+- ``rehost_options(model, input_signature, options, context) -> dict``: what a
+  re-host to this format carries and checks (default: the options as given);
+- its typed options, a frozen :class:`~kexport.formats._options.FormatOptions`
+  (``ArchiveRoute.options``), parsed once where the call enters into
+  ``context.options``, which its converters and writer read.
 """
 
 from __future__ import annotations

@@ -368,9 +368,10 @@ def single_model_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[
     return options, writer
 
 
-def rehost_options(model: Any, input_signature: Any, options: dict[str, Any]
-                   ) -> dict[str, Any]:
-    """What a re-host to OpenVINO carries to the TensorFlow child: ``quantization``,
+def rehost_options(model: Any, input_signature: Any, options: dict[str, Any],
+                   context: Any = None) -> dict[str, Any]:
+    """(``context`` is not read: this format's options are not declared as a
+    :class:`~kexport.formats._options.FormatOptions` yet.) What a re-host to OpenVINO carries to the TensorFlow child: ``quantization``,
     the calibration batches as plain lists (checked here against the inputs,
     before the child starts) and ``quantization_exclude`` by layer path (the
     child resolves them again in the rebuilt model). A quantized IR is compared

@@ -7,6 +7,7 @@ then hands them to a format writer in :meth:`ExportArchive.write_out`.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import os
@@ -315,9 +316,11 @@ class ExportArchive:
         format_info(format)  # the arguments, checked once, where the call enters
         _atomic.check_filepath(filepath)
         printer = Printer.resolve(verbose)
-        mode = check_quantization(format, format_options.get("quantization"),
-                                  format_options.get("calibration_data"))
-        check_exclude(format, mode, format_options.get("quantization_exclude"))
+        typed = self._typed_options(format, options, format_options)
+        if typed is None:  # a format whose options are not declared yet
+            mode = check_quantization(format, format_options.get("quantization"),
+                                      format_options.get("calibration_data"))
+            check_exclude(format, mode, format_options.get("quantization_exclude"))
         if not self._endpoints:
             raise SignatureError(
                 "Expected at least one endpoint before write_out(). Received an "
@@ -337,7 +340,7 @@ class ExportArchive:
                               self._capture.trackables()["tracked_layers"], filepath, policy,
                               format_options.get("calibration_data")) if verify else None
         self.write_with(ExportContext(overwrite=overwrite, samples=policy, check=check,
-                                      printer=printer),
+                                      printer=printer, options=typed),
                         filepath, options=options, format=format, **format_options)
 
     def write_with(self, context: ExportContext, filepath: str | os.PathLike[str],
@@ -348,9 +351,13 @@ class ExportArchive:
         the quantization request) were checked, and ``verbose`` resolved into
         ``context.printer``, where the context was built."""
         writer = archive_route(format).writer
+        if context.options is None and archive_route(format).options is not None:
+            # a context built without them (a re-host child's): parsed here, once
+            context = dataclasses.replace(
+                context, options=self._typed_options(format, options, format_options))
         valid = _format_options(writer)
         unknown = sorted(set(format_options) - set(valid))
-        if unknown:
+        if unknown and context.options is None:
             raise SignatureTypeError(
                 f"Unexpected keyword arguments for write_out(format={format!r}): {unknown}. "
                 f"Expected only: {valid or 'none (this format takes no options)'}"
@@ -360,6 +367,12 @@ class ExportArchive:
             writer = in_process_first(self.backend, format, writer, functools.partial(
                 write_archive_rehosted, format=format, host=host))
         writer(self, filepath, context=context, options=options, **format_options)
+
+    def _typed_options(self, format: str, options: Any, given: dict[str, Any]) -> Any:
+        """``given`` parsed by the format's declared options (the one check of them:
+        unknown names, types, the quantization request), ``None`` where it declares none."""
+        declared = archive_route(format).options
+        return declared.for_write_out(options, given, backend=self.backend) if declared else None
 
     # -- for writers ----------------------------------------------------------
     @property

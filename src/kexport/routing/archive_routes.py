@@ -22,6 +22,7 @@ from kexport.capture.tensorflow import TensorFlowCapture
 from kexport.context import ExportContext
 from kexport.errors import UnsupportedRouteError
 from kexport.formats import litert, onnx, openvino, saved_model, torch_program
+from kexport.formats._options import FormatOptions
 from kexport.rehost.capture import RehostCapture
 
 __all__ = ["ArchiveRoute", "CaptureRoute", "archive_host", "archive_route", "capture_for",
@@ -49,12 +50,18 @@ class ArchiveRoute:
             :class:`~kexport.errors.RouteRefused` (nothing written), the
             archive is re-hosted (e.g. ONNX on JAX: ``jax2onnx``, as for one
             model, else tf2onnx on TensorFlow). See :func:`in_process_first`.
+        options: the format's typed options (a
+            :class:`~kexport.formats._options.FormatOptions` subclass), parsed
+            once where the call enters into ``ExportContext.options``;
+            ``None``: not declared yet (the writer's keyword-only parameters
+            are its options).
     """
 
     writer: Callable[..., Any] = field(compare=False, repr=False)
     native_archives: tuple[str, ...] = ()
     rehost: tuple[tuple[str, str], ...] = ()
     native_first: tuple[str, ...] = ()
+    options: type[FormatOptions] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -82,7 +89,7 @@ class CaptureRoute:
 # Keyed by format name (the formats themselves: ``kexport.artifact.FORMATS``).
 _ARCHIVE_ROUTES: dict[str, ArchiveRoute] = {
     "tf_saved_model": ArchiveRoute(saved_model.write_archive),
-    "litert": ArchiveRoute(litert.write_archive),
+    "litert": ArchiveRoute(litert.write_archive, options=litert.LiteRTOptions),
     "torch": ArchiveRoute(
         torch_program.write_archive, ("torch",),
         # torch.export reads PyTorch code only, never TensorFlow functions
@@ -95,7 +102,7 @@ _ARCHIVE_ROUTES: dict[str, ArchiveRoute] = {
         onnx.write_archive,
         # jax2onnx in process, as export_model; else re-hosted, as tf2onnx cannot
         # read the XlaCallModule (StableHLO) ops of jax2tf functions
-        rehost=(("jax", "tensorflow"),), native_first=("jax",)),
+        rehost=(("jax", "tensorflow"),), native_first=("jax",), options=onnx.OnnxOptions),
 }
 
 _CAPTURES: dict[str, CaptureRoute] = {

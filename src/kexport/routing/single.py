@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from kexport._dims import plan_signature
@@ -25,6 +26,7 @@ from kexport.capture.portable import portable_ops
 from kexport.context import ExportContext
 from kexport.rehost import rehost_export
 from kexport.routing.archive import ExportArchive
+from kexport.routing.archive_routes import archive_route
 from kexport.signature import normalize_for_model
 
 if TYPE_CHECKING:
@@ -34,8 +36,9 @@ __all__ = ["OptionSplit", "RehostOptions", "export", "native_export", "rehost_ex
 
 #: ``split(options) -> (capture options, writer options)`` for a single-model export.
 OptionSplit = Callable[[dict[str, Any]], tuple[dict[str, Any], dict[str, Any]]]
-#: ``prepare(model, input_signature, options) -> keyword arguments of rehost_export``.
-RehostOptions = Callable[[Any, Any, dict[str, Any]], dict[str, Any]]
+#: ``prepare(model, input_signature, options, context) -> keyword arguments of
+#: rehost_export`` (``context.options``: the format's typed options, where it declares them).
+RehostOptions = Callable[[Any, Any, dict[str, Any], ExportContext], dict[str, Any]]
 
 
 def _capture_only(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -50,18 +53,29 @@ def native_export(format: str, split: OptionSplit = _capture_only,
     Args:
         format: the artifact format (its archive writer does the writing).
         split: the format's ``single_model_options``: which options of
-            ``export_model`` go to the capture, which to the writer.
+            ``export_model`` go to the capture, which to the writer, for a
+            format that does not declare typed options (``ArchiveRoute.options``);
+            a format that does has them in ``context.options``, read by its
+            writer, and hands its ``PASSED`` ones to the capture.
         capture_defaults: capture options applied unless the caller gives them.
     """
     defaults = dict(capture_defaults or {})
 
     def export_native(model: Any, filepath: str | os.PathLike[str], *, context: ExportContext,
                       input_signature: Any | None = None, **options: Any) -> None:
-        capture_options, writer_options = split(dict(options))
+        archive = ExportArchive()
+        declared = archive_route(format).options
+        if declared is None:  # options not declared yet: the format splits them
+            capture_options, writer_options = split(dict(options))
+        else:  # the writer reads context.options (parsed here where a re-host child enters)
+            if not isinstance(context.options, declared):
+                context = replace(context, options=declared.parse(
+                    options, backend=archive.backend, entry="export_model"))
+            capture_options, writer_options = declared.capture_options(
+                options, archive.backend), {}
         capture_options = {**defaults, **capture_options}
         signature = plan_signature(inference_fn(model), normalize_for_model(
             model, input_signature), say=context.printer.say)
-        archive = ExportArchive()
         archive.track(model)
         archive.add_endpoint(DEFAULT_ENDPOINT, inference_fn(model),
                              signature, **capture_options)
@@ -88,7 +102,8 @@ def rehost_export_for(format: str, host: str,
     def export_rehosted(model: Any, filepath: str | os.PathLike[str], *,
                         context: ExportContext, input_signature: Any | None = None,
                         **options: Any) -> Any:
-        extra = prepare(model, input_signature, dict(options)) if prepare else options
+        extra = (prepare(model, input_signature, dict(options), context) if prepare
+                 else options)
         return rehost_export(model, filepath, format, host, input_signature=input_signature,
                              context=context, **extra)
 

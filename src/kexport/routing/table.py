@@ -149,11 +149,11 @@ _TF = ("tensorflow",)
 _TF2ONNX = ("tensorflow", "tf2onnx", "onnx", "onnxscript")
 _ROUTES: list[Route] = [
     Route("tensorflow", "litert", "native", "tf.function -> tf.lite.TFLiteConverter",
-          native_export("litert", litert.single_model_options), _TF, "tensorflow",
+          native_export("litert"), _TF, "tensorflow",
           refuses={"int8": _TFLITE_INT8, "float8": _NO_FLOAT8["litert"]}),
     Route("jax", "litert", "native", "jax2tf (StableHLO) -> tf.lite.TFLiteConverter",
           # LiteRT holds no state TFLite can update: trace with is_static=True
-          native_export("litert", litert.single_model_options, {"is_static": True}),
+          native_export("litert", capture_defaults={"is_static": True}),
           ("tensorflow", "jax"), "jax", check=native_problem,
           refuses={"int8": _TFLITE_INT8, "float8": _NO_FLOAT8["litert"],
                    "int4": "the TFLite converter cannot legalize the int4 unpacking's "

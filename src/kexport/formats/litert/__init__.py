@@ -52,7 +52,6 @@ from kexport.errors import (
     CaptureError,
     KexportError,
     QuantizationError,
-    SignatureError,
     WriteError,
 )
 from kexport.formats.litert._lowering import (
@@ -73,7 +72,6 @@ __all__ = [
     "LiteRTOptions",
     "calibration_option",
     "rehost_options",
-    "single_model_options",
     "write_archive",
 ]
 
@@ -286,13 +284,11 @@ def write_archive(archive: EndpointArchive, filepath: str | os.PathLike[str],
     Raises:
         SignatureError: ``quantization`` given with ``options`` too.
     """
-    if quantization is not None or calibration_data is not None:
-        if options is not None:
-            raise SignatureError(
-                "Expected `quantization` either in `options` or as write_out(..., "
-                "quantization=...), not both. Received both.")
-        options = {"quantization": quantization, "calibration_data": calibration_data}
-    opts = LiteRTOptions.coerce(options)
+    opts = context.options
+    if not isinstance(opts, LiteRTOptions):  # a caller that built its context without them
+        opts = LiteRTOptions.for_write_out(
+            options, {"quantization": quantization, "calibration_data": calibration_data},
+            backend=archive.backend)
     flatbuffer, text_ops = convert(archive, opts)
     meta = _metadata(archive, opts, context)
     if text_ops:  # kexport's LiteRT runtime registers TF Text's kernels for it
@@ -307,18 +303,3 @@ def write_archive(archive: EndpointArchive, filepath: str | os.PathLike[str],
     if context.printer.on:
         _summary.print_summary("litert", archive.endpoints, filepath,
                                say=context.printer)
-
-
-def single_model_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Split ``export_model``'s options: converter options go to the writer
-    (as one :class:`LiteRTOptions`), the rest to the capture (JAX: ``is_static``,
-    ``jax2tf_kwargs``).
-
-    Converter options: ``quantization``, ``calibration_data`` (or its former
-    name ``representative_dataset``) and ``allow_flex`` (see
-    :class:`LiteRTOptions`).
-    """
-    data = calibration_option(options)
-    converter = LiteRTOptions(options.pop("quantization", None), data,
-                              options.pop("allow_flex", False))
-    return options, {"options": converter}

@@ -4,19 +4,25 @@ and what a re-host to LiteRT carries to its child process."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
+from kexport.artifact.exclusion import check_exclude
 from kexport.artifact.quantization import check_quantization
 from kexport.check.calibration import calibration_batches
+from kexport.context import ExportContext
 from kexport.errors import SignatureError, SignatureTypeError, describe
+from kexport.formats._options import FormatOptions
 from kexport.signature import flat_names, flatten, normalize_for_model
 
 __all__ = ["LiteRTOptions", "calibration_option", "rehost_options"]
 
 @dataclass(frozen=True)
-class LiteRTOptions:
-    """Converter options for the LiteRT writer (``write_out(options=...)``).
+class LiteRTOptions(FormatOptions):
+    """The options of ``format="litert"``: converter options for the LiteRT writer
+    (``export_model(..., quantization=..., calibration_data=..., allow_flex=...)``,
+    ``write_out(options=...)`` or ``write_out(quantization=..., calibration_data=...)``),
+    parsed once where the call enters into ``ExportContext.options``.
 
     Attributes:
         quantization: ``None`` (float32), ``"dynamic_int8"``, ``"float16"`` or
@@ -26,15 +32,49 @@ class LiteRTOptions:
             one, of batches; a batch is an array (single-input endpoints), a
             list in the endpoint's flat input order, or a dict keyed by input
             name. One array or dict is one batch. ``calibration_data=`` in
-            :func:`single_model_options` and :meth:`coerce` (the name every
+            :meth:`parse` and :meth:`coerce` (the name every
             format shares) lands here.
         allow_flex: allow Select-TF (Flex) operators when builtin ones cannot
             express the model.
     """
 
+    FORMAT: ClassVar[str] = "litert"
+    ENTRIES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "export_model": ("quantization", "calibration_data", "representative_dataset",
+                         "allow_flex"),
+        "write_out": ("quantization", "calibration_data")}
+    # the JAX capture's own options (LiteRT traces with is_static=True by default)
+    PASSED: ClassVar[dict[str, tuple[str, ...]]] = {"jax": ("is_static", "jax2tf_kwargs")}
+
     quantization: str | None = None
-    representative_dataset: Callable[[], Iterable[Any]] | Iterable[Any] | None = None
+    representative_dataset: Callable[[], Iterable[Any]] | Iterable[Any] | None = field(
+        default=None, compare=False, repr=False)
     allow_flex: bool = False
+
+    @classmethod
+    def parse(cls, given: Mapping[str, Any], *, backend: str, entry: str) -> LiteRTOptions:
+        """``given`` typed (``calibration_data`` or its former name
+        ``representative_dataset`` lands in :attr:`representative_dataset`;
+        ``quantization_exclude`` is refused with the reason, a ``QuantizationError``)."""
+        given = dict(given)
+        check_exclude("litert", given.get("quantization"), given.pop("quantization_exclude", None))
+        cls.refuse_unknown(given, backend=backend, entry=entry)
+        data = calibration_option(given)
+        flex = given.get("allow_flex")
+        return cls(given.get("quantization"), data, False if flex is None else flex)
+
+    @classmethod
+    def for_write_out(cls, options: Any, given: Mapping[str, Any], *,
+                      backend: str) -> LiteRTOptions:
+        """``write_out``'s ``options`` (a :class:`LiteRTOptions` or a dict of its
+        fields) or its ``quantization``/``calibration_data`` keywords, not both."""
+        if options is None:
+            return cls.parse(given, backend=backend, entry="write_out")
+        if any(v is not None for v in given.values()):
+            raise SignatureError(
+                "Expected `quantization` either in `options` or as write_out(..., "
+                "quantization=...), not both. Received both.")
+        return cls.coerce(options)
 
     def __post_init__(self) -> None:
         check_quantization("litert", self.quantization, self.representative_dataset)
@@ -68,16 +108,20 @@ class LiteRTOptions:
 
 
 
-def rehost_options(model: Any, input_signature: Any, options: dict[str, Any]
-                   ) -> dict[str, Any]:
+def rehost_options(model: Any, input_signature: Any, options: dict[str, Any],
+                   context: ExportContext | None = None) -> dict[str, Any]:
     """What a re-host to LiteRT carries: converter options (``quantization``,
     ``allow_flex``) travel to the child; a ``representative_dataset`` must then
     be a list of arrays/lists/dicts. Float artifacts are compared with the
     live model before they are placed; a quantized one is judged by its mode's
     thresholds (``quantized``), a full-integer one on batches of its
     calibration data."""
-    data = calibration_option(options)
-    check_quantization("litert", options.get("quantization"), data)
+    typed = context.options if isinstance(context, ExportContext) else None
+    if not isinstance(typed, LiteRTOptions):
+        typed = LiteRTOptions.parse(options, backend=_backend(), entry="export_model")
+    options.pop("calibration_data", None)  # carried typed, below
+    options.update(quantization=typed.quantization, allow_flex=typed.allow_flex)
+    data = typed.representative_dataset
     given = None
     if data is not None:
         signature = normalize_for_model(model, input_signature)
@@ -86,7 +130,13 @@ def rehost_options(model: Any, input_signature: Any, options: dict[str, Any]
         # A full-integer artifact is only accurate on inputs like its calibration
         # data: it is compared with the live model on those samples, batched.
         given = _calibration_batches(options["representative_dataset"], names)
-    return {**options, "quantized": options.get("quantization"), "sample_inputs": given}
+    return {**options, "quantized": typed.quantization, "sample_inputs": given}
+
+
+def _backend() -> str:
+    import keras
+
+    return keras.backend.backend()
 
 
 def calibration_option(options: dict[str, Any]) -> Any:

@@ -39,7 +39,8 @@ Modules (this one only re-exports what the rest of kexport uses):
 
 - ``_graph``: constants, :class:`Source` (an endpoint to convert),
   :class:`RawGraph`, the ``Strategy`` base and its ``Attempt``;
-- ``_options``: step 1 checks (options, lookup layers);
+- ``_options``: its typed options (:class:`OnnxOptions`, parsed once where the call
+  enters) and the lookup-layer refusal;
 - ``_tensorflow``, ``_torch``, ``_jax``: the strategies of each backend;
 - ``_convert``: the strategy order per backend and the one try-in-order loop;
 - ``_export``: one model to one file, what a re-host carries;
@@ -68,6 +69,7 @@ from kexport.formats.onnx._graph import (
     RawGraph,
     Source,
 )
+from kexport.formats.onnx._options import OnnxOptions
 from kexport.formats.onnx._passes import FinishPassError
 
 __all__ = [
@@ -79,6 +81,7 @@ __all__ = [
     "Source",
     "export_jax",
     "in_process_problem",
+    "OnnxOptions",
     "rehost_options",
     "export_tensorflow",
     "export_torch",

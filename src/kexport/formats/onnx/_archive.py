@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 from kexport import _summary
 from kexport._atomic import atomic_target
 from kexport.artifact import ONNX_ARCHIVE_MANIFEST, Manifest
-from kexport.artifact.exclusion import check_exclude, resolve_layers
-from kexport.artifact.quantization import check_quantization, record
+from kexport.artifact.exclusion import resolve_layers
+from kexport.artifact.quantization import record
 from kexport.check.calibration import (
     calibration_by_endpoint,
     calibration_rows,
@@ -31,7 +31,7 @@ from kexport.formats.onnx._convert import STRATEGIES, Finished, convert, proto_r
 from kexport.formats.onnx._export import in_process_problem
 from kexport.formats.onnx._graph import ARCHIVE_WEIGHTS, INLINE_LIMIT, Source
 from kexport.formats.onnx._io import initializer_bytes
-from kexport.formats.onnx._options import _check_opset
+from kexport.formats.onnx._options import OnnxOptions
 from kexport.formats.onnx._quantize import Exclude, quantize_graph, toolchain
 from kexport.formats.onnx._tensorflow import _weight_bytes
 from kexport.formats.onnx._write import _check
@@ -96,10 +96,15 @@ def write_archive(archive: EndpointArchive, filepath: str | os.PathLike[str],
             "Expected `options=None` for format='onnx' (options are "
             f"tf.saved_model.SaveOptions, SavedModel only). Received: {type(options).__name__}"
         )
-    opset = _check_opset(opset_version)
-    mode = check_quantization("onnx", quantization, calibration_data)
+    opts = context.options
+    if not isinstance(opts, OnnxOptions):  # a caller that built its context without them
+        opts = OnnxOptions.parse(
+            {"opset_version": opset_version, "quantization": quantization,
+             "calibration_data": calibration_data, "quantization_exclude": quantization_exclude},
+            backend=archive.backend, entry="write_out")
+    opset, mode, names = opts.opset_version, opts.quantization, opts.quantization_exclude
+    calibration_data = opts.calibration_data
     tracked = list(archive.trackables()["tracked_layers"])
-    names = check_exclude("onnx", mode, quantization_exclude)
     layers = resolve_layers(tracked, names) if names else ()
     calibration = calibration_by_endpoint(archive.endpoints, calibration_data)
     for layer in tracked:  # as for one model: the route table's next route carries it

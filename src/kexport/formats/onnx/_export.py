@@ -26,7 +26,7 @@ from kexport.check.calibration import calibration_batches
 from kexport.context import ExportContext, Printer
 from kexport.formats.onnx._convert import STRATEGIES, Finished, convert, proto_route, without_paths
 from kexport.formats.onnx._graph import Source
-from kexport.formats.onnx._options import _pop_options, _refuse_lookup_layers
+from kexport.formats.onnx._options import OnnxOptions, _refuse_lookup_layers
 from kexport.formats.onnx._quantize import Exclude, quantize_graph
 from kexport.formats.onnx._write import write_model
 from kexport.formats.onnx.strings import export_strings, has_string_layers
@@ -44,31 +44,40 @@ def _export(model: Any, filepath: str | os.PathLike[str], input_signature: Any,
     quantize (when asked) and write the first graph accepted."""
     signature = plan_signature(inference_fn(model), normalize_for_model(model, input_signature),
                                say=context.printer.say)
-    opts = _pop_options(kwargs, backend)
+    opts = options_of(context, kwargs, backend)
     calibration = None
-    if opts["calibration_data"] is not None:  # checked against the inputs before any work
-        calibration = calibration_batches(opts["calibration_data"], flatten(signature),
+    if opts.calibration_data is not None:  # checked against the inputs before any work
+        calibration = calibration_batches(opts.calibration_data, flatten(signature),
                                           flat_names(signature))
-    layers = resolve_layers(model, opts["exclude"]) if opts["exclude"] else ()
+    layers = resolve_layers(model, opts.quantization_exclude) if opts.quantization_exclude else ()
 
     def place(finished: Finished) -> Finished:
         proto, accept = finished.proto, finished.accept
-        if opts["quantization"] is not None:
+        if opts.quantization is not None:
             # the fast strategy's acceptance checks the float graph, then it is quantized
             excluded = Exclude(model, layers, finished.strategy.naming) if layers else None
-            proto = quantize_graph(proto, opts["quantization"], calibration,
+            proto = quantize_graph(proto, opts.quantization, calibration,
                                    proto_route(proto), accept, excluded)
             accept = None
         # the acceptance of a fast strategy's float graph is its check; others are checked
-        write_model(proto, filepath, opts["threshold"], proto_route(proto), accept,
+        write_model(proto, filepath, opts.external_data_threshold, proto_route(proto), accept,
                     overwrite=context.overwrite,
                     check=context.check_staged if accept is None else None)
         return finished
 
     finished = convert(Source.of(model, signature), STRATEGIES[backend], context=context,
-                       opset=opts["opset"], backend=backend, place=place, layers=layers)
+                       opset=opts.opset_version, backend=backend, place=place, layers=layers)
     if context.printer.on:
         _summary.print_summary("onnx", [finished.summary], filepath, say=context.printer)
+
+
+def options_of(context: ExportContext, kwargs: dict[str, Any], backend: str) -> OnnxOptions:
+    """The export's typed ONNX options: ``context.options``, parsed where the call
+    entered (``export_model``); a caller that built its context without them
+    (a localiser probe) has its keyword arguments parsed by the same declaration."""
+    if isinstance(context.options, OnnxOptions):
+        return context.options
+    return OnnxOptions.parse(kwargs, backend=backend, entry="export_model")
 
 
 def export_tensorflow(model: Any, filepath: str | os.PathLike[str], *, context: ExportContext,
@@ -85,8 +94,8 @@ def export_tensorflow(model: Any, filepath: str | os.PathLike[str], *, context: 
     _export(model, filepath, input_signature, kwargs, "tensorflow", context)
 
 
-def rehost_options(model: Any, input_signature: Any, options: dict[str, Any]
-                   ) -> dict[str, Any]:
+def rehost_options(model: Any, input_signature: Any, options: dict[str, Any],
+                   context: ExportContext | None = None) -> dict[str, Any]:
     """What a re-host to ONNX carries to the TensorFlow child: the checked
     ``opset_version``, ``external_data_threshold`` and ``quantization``, and
     the calibration batches as plain lists (bad options, calibration data that
@@ -96,21 +105,21 @@ def rehost_options(model: Any, input_signature: Any, options: dict[str, Any]
     import keras
 
     _refuse_lookup_layers(model, REHOST_ROUTE)
-    opts = _pop_options(options, keras.backend.backend())
-    carried: dict[str, Any] = {"opset_version": opts["opset"],
-                               "external_data_threshold": opts["threshold"]}
-    mode = opts["quantization"]
+    opts = options_of(context or ExportContext(), options, keras.backend.backend())
+    carried: dict[str, Any] = {"opset_version": opts.opset_version,
+                               "external_data_threshold": opts.external_data_threshold}
+    mode = opts.quantization
     if mode is None:
         return carried
     # judged by the mode's thresholds (kexport.check.tolerance.QUANTIZED)
     carried.update(quantization=mode, quantized=mode)
-    if opts["exclude"]:  # by path: the child resolves them again in the rebuilt model
+    if opts.quantization_exclude:  # by path: the child resolves them again in the rebuilt model
         carried["quantization_exclude"] = [
-            layer.path for layer in resolve_layers(model, opts["exclude"])]
-    if opts["calibration_data"] is not None:
+            layer.path for layer in resolve_layers(model, opts.quantization_exclude)]
+    if opts.calibration_data is not None:
         signature = normalize_for_model(model, input_signature)
         names = flat_names(signature)
-        batches = calibration_batches(opts["calibration_data"], flatten(signature), names)
+        batches = calibration_batches(opts.calibration_data, flatten(signature), names)
         carried["calibration_data"] = [{n: v.tolist() for n, v in b.items()} for b in batches]
         carried["sample_inputs"] = [list(b.values()) for b in batches[:2]]
     return carried

@@ -1,16 +1,19 @@
-"""Step 1 checks of the ONNX writer: its options, and models no converter can take."""
+"""Step 1 checks of the ONNX writer: its options (:class:`OnnxOptions`, declared once,
+parsed once where the call enters), and models no converter can take."""
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 from kexport.artifact.exclusion import check_exclude
 from kexport.artifact.quantization import check_quantization
 from kexport.context import step_label
-from kexport.errors import SignatureError, SignatureTypeError, UnsupportedRouteError
+from kexport.errors import SignatureError, UnsupportedRouteError
+from kexport.formats._options import FormatOptions
 from kexport.formats.onnx._graph import DEFAULT_EXTERNAL_DATA_THRESHOLD, DEFAULT_OPSET
 
-__all__ = ["_check_opset", "_check_threshold", "_pop_options", "_refuse_lookup_layers"]
+__all__ = ["OnnxOptions", "_check_opset", "_check_threshold", "_refuse_lookup_layers"]
 
 _MIN_OPSET = 13
 _LOOKUP_LAYERS = ("StringLookup", "IntegerLookup", "TextVectorization", "Hashing")
@@ -42,27 +45,45 @@ def _check_threshold(threshold: Any) -> int:
     return threshold
 
 
-def _pop_options(kwargs: dict[str, Any], backend: str) -> dict[str, Any]:
-    """Split ONNX options from ``kwargs``; refuse what no route understands."""
-    calibration_data = kwargs.pop("calibration_data", None)
-    mode = check_quantization("onnx", kwargs.pop("quantization", None), calibration_data)
-    opts = {
-        "opset": _check_opset(kwargs.pop("opset_version", None)),
-        "threshold": _check_threshold(kwargs.pop("external_data_threshold", None)),
-        "quantization": mode,
-        "calibration_data": calibration_data,
-        "exclude": check_exclude("onnx", mode, kwargs.pop("quantization_exclude", None)),
-    }
+@dataclass(frozen=True)
+class OnnxOptions(FormatOptions):
+    """The options of ``format="onnx"``, checked and normalised when built.
+
+    Attributes:
+        opset_version: the ONNX opset of every graph (13 up to the newest the
+            installed ``onnx`` knows; default :data:`DEFAULT_OPSET`).
+        external_data_threshold: bytes above which a single model's weights go
+            to ``<file>.onnx.data`` (``export_model`` only: an archive is a folder).
+        quantization: the quantization mode (``None``: float), as
+            :func:`~kexport.artifact.quantization.check_quantization` returns it.
+        calibration_data: batches for a static mode.
+        quantization_exclude: names of layers kept in float (a tuple).
+    """
+
+    FORMAT: ClassVar[str] = "onnx"
+    ENTRIES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "write_out": ("opset_version", "quantization", "calibration_data",
+                      "quantization_exclude")}
     # JAX's SavedModel options have no meaning for an ONNX graph (no jax2tf here).
-    kwargs.pop("is_static", None)
-    kwargs.pop("jax2tf_kwargs", None)
-    if kwargs:
-        raise SignatureTypeError(
-            f"Unexpected keyword arguments for ONNX export on the {backend} backend: "
-            f"{sorted(kwargs)}. Expected only `opset_version`, `external_data_threshold`, "
-            "`quantization`, `calibration_data` and `quantization_exclude`."
-        )
-    return opts
+    IGNORED: ClassVar[dict[str, tuple[str, ...]]] = {
+        "export_model": ("is_static", "jax2tf_kwargs")}
+
+    opset_version: int = DEFAULT_OPSET
+    external_data_threshold: int = DEFAULT_EXTERNAL_DATA_THRESHOLD
+    quantization: str | None = None
+    calibration_data: Any = field(default=None, compare=False, repr=False)
+    quantization_exclude: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        mode = check_quantization("onnx", self.quantization, self.calibration_data)
+        values = {
+            "opset_version": _check_opset(self.opset_version),
+            "external_data_threshold": _check_threshold(self.external_data_threshold),
+            "quantization": mode,
+            "quantization_exclude": check_exclude("onnx", mode, self.quantization_exclude or None),
+        }
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
 
 
 def _refuse_lookup_layers(model: Any, route: str) -> None:
