@@ -11,7 +11,7 @@ message is computed (:func:`step_label`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -107,6 +107,10 @@ class ExportContext:
             converters and writers read it. ``None``: the format declares none
             yet (its writer takes its keyword arguments), or the caller built
             the context without them.
+        source_dtypes: in a re-host child, the source model's integer and
+            boolean output dtypes per endpoint (flat, ``None`` for the others):
+            the default endpoint's outputs are cast to them
+            (:mod:`kexport.rehost.dtypes`).
     """
 
     overwrite: bool = False
@@ -116,6 +120,8 @@ class ExportContext:
     check: Callable[[Path], None] | None = field(default=None, compare=False, repr=False)
     printer: Printer = field(default_factory=Printer)
     options: Any = field(default=None, compare=False, repr=False)
+    source_dtypes: Mapping[str, tuple[str | None, ...]] = field(
+        default_factory=dict, compare=False, repr=False)
 
     def check_staged(self, path: str | Path) -> None:
         """Check the complete artifact staged at ``path`` before it is placed (see

@@ -24,7 +24,7 @@ from typing import Any
 from kexport.errors import CaptureError, UnsupportedRouteError, describe
 from kexport.signature import specs_to_json
 
-__all__ = ["EndpointRecipe", "describe_endpoint", "is_layer", "not_described_error",
+__all__ = ["DESCRIBES_AS", "EndpointRecipe", "describe_endpoint", "is_layer", "not_described_error",
            "recipe_or_reason"]
 
 
@@ -56,6 +56,11 @@ _NOISE_OPS = {"RESUME", "PUSH_NULL", "PRECALL", "CACHE", "NOP", "COPY_FREE_VARS"
               "EXTENDED_ARG"}
 _LOAD_OBJ = {"LOAD_GLOBAL", "LOAD_DEREF", "LOAD_CLOSURE", "LOAD_NAME", "LOAD_FAST"}
 _CONST_TYPES = (bool, int, float, str, type(None))
+
+
+#: The attribute of a function that computes what the function it holds computes, its
+#: outputs cast (re-host children): it is described as that function.
+DESCRIBES_AS = "_kexport_describes_as"
 
 
 def is_layer(obj: Any) -> bool:
@@ -154,6 +159,9 @@ def _describe(fn: Callable[..., Any]) -> tuple[Any, str, dict[str, Any]] | str:
     obj: Any = None
     method = "__call__"
     kwargs: dict[str, Any] = {}
+    inner = getattr(fn, DESCRIBES_AS, None)
+    if inner is not None:  # a function that only changes output dtypes (kexport.rehost.dtypes)
+        return _describe(inner)
     if isinstance(fn, functools.partial):  # partial(model.call, training=False)
         if fn.args:
             return "it is a functools.partial with positional arguments"

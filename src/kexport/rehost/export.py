@@ -25,6 +25,7 @@ from kexport.context import ExportContext, Printer
 from kexport.errors import SignatureError, SignatureTypeError, VerificationError, describe
 from kexport.rehost.cases import LiveCase, live_cases, report_on
 from kexport.rehost.diagnosis import diagnosis
+from kexport.rehost.dtypes import source_dtypes
 from kexport.rehost.eligibility import check_rehostable
 from kexport.rehost.job import CaseRef, Job
 from kexport.rehost.placement import place
@@ -113,6 +114,8 @@ def rehost(models: list[Any], recipes: list[tuple[EndpointRecipe, Callable[..., 
         job = Job(format=format, host=host, source_backend=backend, models=tuple(files),
                   imports=tuple(modules), output=str(out), verbose=context.printer.on,
                   endpoints=tuple(r for r, _ in recipes),
+                  output_dtypes=source_dtypes({n: [e.live for e in es]
+                                               for n, es in cases.items()}),
                   cases={n: tuple(CaseRef(e.key, e.inputs) for e in es)
                          for n, es in cases.items()},
                   **_policy_fields(work, context), **fields)

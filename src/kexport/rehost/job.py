@@ -63,6 +63,9 @@ class Job:
         sample_data: the names of the user's sample arrays in ``sample_data.npz``.
         layers: a diagnosis request instead of an export.
         route: how the artifact is made, as its manifest records it.
+        output_dtypes: endpoint -> the live model's integer and boolean output
+            dtypes (flat, ``None`` for the others), which the child's program
+            returns (:mod:`kexport.rehost.dtypes`).
     """
 
     format: str
@@ -83,6 +86,7 @@ class Job:
     sample_data: tuple[str, ...] | None = None
     layers: LayersRequest | None = None
     route: str = "rehost"
+    output_dtypes: Mapping[str, tuple[str | None, ...]] = field(default_factory=dict)
 
     def endpoint(self, name: str) -> EndpointRecipe:
         """The endpoint called ``name``."""
@@ -111,6 +115,7 @@ class Job:
         d["models"], d["imports"] = tuple(d["models"]), tuple(d["imports"])
         if d.get("sample_data") is not None:
             d["sample_data"] = tuple(d["sample_data"])
+        d["output_dtypes"] = {n: tuple(v) for n, v in d.get("output_dtypes", {}).items()}
         if d.get("layers") is not None:
             d["layers"] = LayersRequest(**d["layers"])
         return cls(**d)

@@ -43,6 +43,7 @@ from kexport.rehost.child import (
     rebuild,
     run_artifact,
 )
+from kexport.rehost.dtypes import with_output_dtypes
 from kexport.rehost.generative import MODE as GENERATE
 from kexport.rehost.job import Job
 from kexport.routing.archive import ExportArchive
@@ -60,7 +61,7 @@ def _export(models: list[Any], ordered: list[list[Any]], job: Job,
     # the job folder is the child's own; the parent places the artifact with its overwrite
     context = ExportContext(overwrite=True, samples=parent_policy(work, job),
                             source_backend=job.source_backend,
-                            printer=Printer(on=job.verbose))
+                            printer=Printer(on=job.verbose), source_dtypes=job.output_dtypes)
     if job.mode == GENERATE:  # the parent checks the tokens against the live model
         export_generative(models[0], out, format=job.format, verbose=False, overwrite=True,
                           check=False, **job.kwargs)
@@ -75,7 +76,8 @@ def _export(models: list[Any], ordered: list[list[Any]], job: Job,
     for m in models:
         archive.track(m)
     for ep in job.endpoints:
-        fn = endpoint_fn(models[ep.model], ep.method, ep.kwargs)
+        fn = with_output_dtypes(endpoint_fn(models[ep.model], ep.method, ep.kwargs),
+                                job.output_dtypes.get(ep.name))
         archive.add_endpoint(ep.name, fn, list(ep.signature))
     for name, refs in job.collections.items():
         archive.add_variable_collection(name, [ordered[i][j] for i, j in refs])

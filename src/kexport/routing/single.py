@@ -25,6 +25,7 @@ from kexport.capture import precision
 from kexport.capture.portable import portable_ops
 from kexport.context import ExportContext
 from kexport.rehost import rehost_export
+from kexport.rehost.dtypes import with_output_dtypes
 from kexport.routing.archive import ExportArchive
 from kexport.routing.archive_routes import archive_route
 from kexport.signature import normalize_for_model
@@ -77,8 +78,9 @@ def native_export(format: str, split: OptionSplit = _capture_only,
         signature = plan_signature(inference_fn(model), normalize_for_model(
             model, input_signature), say=context.printer.say)
         archive.track(model)
-        archive.add_endpoint(DEFAULT_ENDPOINT, inference_fn(model),
-                             signature, **capture_options)
+        # in a re-host child: the source model's integer dtypes (kexport.rehost.dtypes)
+        fn = with_output_dtypes(inference_fn(model), context.source_dtypes.get(DEFAULT_ENDPOINT))
+        archive.add_endpoint(DEFAULT_ENDPOINT, fn, signature, **capture_options)
         archive.write_with(context, filepath, format=format, **writer_options)
 
     export_native.__qualname__ = export_native.__name__ = f"export_{format}_native"
