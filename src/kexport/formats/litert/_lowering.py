@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from kexport.formats.litert._jax_forms import jax_forms
+from kexport.formats.litert._newaxis import new_axes_expanded
 from kexport.formats.litert._tables import ranked_lookups
 from kexport.signature import flatten, pack_as
 
@@ -86,9 +87,10 @@ def signature_function(endpoint: TracedEndpoint, python_fn: Callable[..., Any]) 
 
 def concrete_signature(endpoint: TracedEndpoint, layers: list[Any]) -> Any:
     """Trace the endpoint for LiteRT: unrolled RNNs first, as captured otherwise; table
-    lookups keep their rank (:mod:`kexport.formats.litert._tables`)."""
+    lookups keep their rank (:mod:`kexport.formats.litert._tables`), new axes are
+    ``expand_dims`` (:mod:`kexport.formats.litert._newaxis`)."""
     python_fn = getattr(endpoint.function, "python_function", None)
-    with jax_forms(), ranked_lookups():
+    with jax_forms(), ranked_lookups(), new_axes_expanded():
         if python_fn is not None and layers:
             try:
                 with _rnn_unrolled(layers):
