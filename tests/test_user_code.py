@@ -180,3 +180,6 @@ def test_integer_and_boolean_outputs_are_exact(format, tmp_path, fresh_process):
             np.testing.assert_array_equal(out[key], want[key])
         np.testing.assert_allclose(out["probs"], want["probs"], atol=1e-5, rtol=1e-5)
     assert want["label"].dtype.kind == "i" and want["positive"].dtype == bool
+    # the declared signature is the live model's too (outputs in the flat, sorted order)
+    declared = kexport.load(path, format=format).endpoints["serve"].outputs
+    assert [np.dtype(t.dtype) for t in declared] == [want[k].dtype for k in sorted(want)]
