@@ -26,6 +26,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from kexport.check.compare import elementwise, tolerance_for
+
 __all__ = ["Value", "layer_of", "read_values", "slot_summary"]
 
 _SEGMENTS = re.compile(r"[/.:;,\s\[\]'\"()]+")
@@ -267,8 +269,6 @@ def slot_summary(calls: Sequence[Any], slots: Sequence[tuple[int, str, int]],
     called more than once, a tensor made between layers, or a layer no value
     is given to, is not compared (its slots pass, its row says so).
     """
-    from kexport.check.compare import elementwise, tolerance_for
-
     summary = [{"max_abs": 0.0, "max_rel": 0.0, "ok": True} for _ in slots]
     names = [c.path.split("@")[0].split("/")[-1] for c in calls]
     suffix = _scope_suffix(names, values)

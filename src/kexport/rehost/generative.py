@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from kexport import _atomic
 from kexport.errors import UnsupportedRouteError
 from kexport.generation.export import (
     WRITERS,
@@ -77,8 +78,6 @@ def _rehost(model: Any, filepath: str | os.PathLike[str], format: str, host: str
             verbose: bool | None, overwrite: bool, max_new_tokens: int) -> GenerativeSpec:
     import keras
     import numpy as np
-
-    from kexport import _atomic
 
     cache_geometry(model)  # a model that cannot generate is refused before it travels
     _atomic.check_destination(filepath, overwrite)

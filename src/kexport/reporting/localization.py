@@ -85,7 +85,8 @@ def _localize_finding(model: Any, artifact_path: str | os.PathLike[str],
 def finding_json(found: Localization) -> dict[str, Any]:
     """A localiser's report as the report's JSON: ``status`` (``"found"``:
     a culprit; ``"clean"``: every layer matches), ``culprit``, its row
-    (``layer``), the rows around it (``layers``) and how many rows there were."""
+    (``layer``), the rows around it (``layers``), how many rows there were and the
+    ``method`` the localiser compared by."""
     data = found.to_json()
     rows = [_row(r) for r in data.get("layers", []) if isinstance(r, Mapping)]
     culprit = found.culprit
@@ -93,6 +94,8 @@ def finding_json(found: Localization) -> dict[str, Any]:
     kept = rows[max(0, at - ROWS_BEFORE):at + ROWS_AFTER + 1] if at is not None \
         else rows[:ROWS_BEFORE]
     return {"status": "found" if culprit is not None else "clean",
+            # "artifact": the artifact's own intermediate values; "probe": a fresh export
+            "method": data.get("method", "probe"),
             "culprit": culprit, "layer": rows[at] if at is not None else None,
             "layers": kept, "total_layers": len(rows),
             "message": _message(rows[at]) if at is not None

@@ -245,8 +245,10 @@ def _localization(f: Mapping[str, Any] | None) -> str:
                      _e(", ".join(str(o) for o in (r.get("ops") or [])))])
     if rows:
         total = f.get("total_layers")
+        how = ("read from the artifact's own intermediate values"
+               if f.get("method") == "artifact" else "from a fresh probe export of the model")
         out.append(f'<p class="muted">{len(rows)} of {_e(total)} layers, in the model\'s '
-                   "order:</p>")
+                   f"order, {how}:</p>")
         out.append(_table(["layer", "class", "input error", "output error", "tolerance",
                            "result", "origin", "first ops in the artifact"], rows,
                           numeric=(2, 3, 4)))
