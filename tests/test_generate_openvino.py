@@ -37,7 +37,9 @@ def _same_tokens_both_ways(lm, path, fresh_process):
         {"prompts": prompts, "max_new_tokens": 6}])
     assert got["rows"][0] == want and got["format"] == "openvino"
     assert not got["keras_hub_imported"]
-    engine = fresh_process("fresh_generate:openvino_engine", path, prompts, 6)
+    # a process of its own: the session's shared worker may have imported Keras for
+    # other tests, and the engine must run without it
+    engine = _alone("fresh_generate:openvino_engine", path, prompts, 6)
     assert engine["rows"] == _cut(want, prompts, 0, True) and not engine["keras_imported"]
 
 
@@ -72,3 +74,14 @@ def test_rehosted_onto_pytorch_generates_the_live_models_tokens(tmp_path_factory
     _same_tokens_both_ways(lm, path, fresh_process)
     verdict = kexport.load(path).metadata["generation"]["verification"]
     assert verdict["live_backend"] == BACKEND
+
+
+def _alone(func, *args):
+    """``func(*args)`` in a new spawned process that has imported nothing of its own."""
+    from conftest import FreshProcess
+
+    process = FreshProcess()
+    try:
+        return process(func, *args)
+    finally:
+        process.close()
