@@ -88,6 +88,16 @@ def _dispatch(func, args, kwargs):
     return getattr(importlib.import_module(module or "fresh"), name)(*args, **kwargs)
 
 
+def run_alone(func: str, *args):
+    """``func(*args)`` (as for :class:`FreshProcess`) in a new spawned process of its own,
+    which no other test has used (the session's ``fresh_process`` worker is shared)."""
+    process = FreshProcess()
+    try:
+        return process(func, *args)
+    finally:
+        process.close()
+
+
 @pytest.fixture(scope="session")
 def fresh_process():
     """Call ``fresh_process("function_name", *args)`` to run ``fresh.function_name``

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import kexport
-from conftest import BACKEND
+from conftest import BACKEND, run_alone
 from test_generate import VOCAB, _keras
 
 native = pytest.mark.backends("torch")
@@ -79,7 +79,7 @@ def _same_tokens_both_ways(lm, path, fresh_process):
     assert not got["keras_hub_imported"]
     # a process of its own: the session's shared worker may have imported Keras for
     # other tests, and the engine must run without it
-    engine = _alone("fresh_generate:genai_engine", path, prompts, 7)
+    engine = run_alone("fresh_generate:genai_engine", path, prompts, 7)
     assert engine["rows"] == _cut(want, prompts, 0, False)  # eos 0: no tokenizer
     assert not engine["keras_imported"]
     return prompts, want
@@ -191,14 +191,3 @@ def test_a_forward_only_model_is_refused_before_it_travels(tmp_path):
     with pytest.raises(UnsupportedRouteError, match="without call_with_cache"):
         kexport.export_model(model, tmp_path / "m", format="onnx", task="generate")
     assert not (tmp_path / "m").exists()
-
-
-def _alone(func, *args):
-    """``func(*args)`` in a new spawned process that has imported nothing of its own."""
-    from conftest import FreshProcess
-
-    process = FreshProcess()
-    try:
-        return process(func, *args)
-    finally:
-        process.close()

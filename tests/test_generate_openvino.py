@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import kexport
-from conftest import BACKEND
+from conftest import BACKEND, run_alone
 from test_generate import VOCAB, _keras
 from test_generate_onnx import _cut, _lm
 
@@ -39,7 +39,7 @@ def _same_tokens_both_ways(lm, path, fresh_process):
     assert not got["keras_hub_imported"]
     # a process of its own: the session's shared worker may have imported Keras for
     # other tests, and the engine must run without it
-    engine = _alone("fresh_generate:openvino_engine", path, prompts, 6)
+    engine = run_alone("fresh_generate:openvino_engine", path, prompts, 6)
     assert engine["rows"] == _cut(want, prompts, 0, True) and not engine["keras_imported"]
 
 
@@ -74,14 +74,3 @@ def test_rehosted_onto_pytorch_generates_the_live_models_tokens(tmp_path_factory
     _same_tokens_both_ways(lm, path, fresh_process)
     verdict = kexport.load(path).metadata["generation"]["verification"]
     assert verdict["live_backend"] == BACKEND
-
-
-def _alone(func, *args):
-    """``func(*args)`` in a new spawned process that has imported nothing of its own."""
-    from conftest import FreshProcess
-
-    process = FreshProcess()
-    try:
-        return process(func, *args)
-    finally:
-        process.close()

@@ -26,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from kexport._numerics import openvino_config
 from kexport.check.compare import elementwise, tolerance_for
 
 __all__ = ["Value", "layer_of", "read_values", "slot_summary"]
@@ -122,7 +123,7 @@ def _openvino(path: str, feeds: list[Any], names: list[str]) -> list[Value]:
             ports.append(out)
             labels.append(op.get_friendly_name())
     model.add_outputs(ports)
-    compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    compiled = core.compile_model(model, "CPU", openvino_config())  # f32 on any CPU
     declared = [p.get_any_name() for p in compiled.inputs]
     result = compiled(_by_name(declared, feeds, names))
     by_name = {n: port for port in compiled.outputs for n in port.get_names()}
